@@ -1,0 +1,81 @@
+"""Typed settings for every mirrorq process; the only module that reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Self
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    """Settings shared by producers, workers and the CLI (environment prefix `MIRRORQ_`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MIRRORQ_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    broker_url: str = DEFAULT_REDIS_URL
+    # Empty means "the broker's Redis": one Redis is the normal deployment.
+    result_backend: str = ""
+    # Unset means real AWS; point it at `mirrorq emulator` for demos and tests.
+    ec2_endpoint_url: str | None = None
+    region: str = Field(
+        default="us-east-1",
+        validation_alias=AliasChoices("MIRRORQ_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    )
+
+    # Calls in flight per worker process: the work is waiting on EC2, not CPU.
+    concurrency: int = Field(default=64, ge=1, le=1024)
+    # A job stops retrying transient errors once this many seconds have passed since it started.
+    job_deadline_s: float = Field(default=120.0, gt=0)
+    # Full-jitter exponential backoff: sleep ~ U(0, min(cap, base * 2**attempt)).
+    backoff_base_s: float = Field(default=0.1, gt=0)
+    backoff_cap_s: float = Field(default=10.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=15.0, gt=0)
+    # A message not acked within this many seconds is handed to another worker; it must
+    # outlast the longest job or a healthy job would run twice (harmless, but wasteful).
+    visibility_timeout_s: int = Field(default=300, ge=1)
+    result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if not self.result_backend:
+            object.__setattr__(self, "result_backend", self.broker_url)
+        if self.visibility_timeout_s <= self.job_deadline_s + self.read_timeout_s:
+            raise ValueError(
+                "MIRRORQ_VISIBILITY_TIMEOUT_S must exceed MIRRORQ_JOB_DEADLINE_S + "
+                "MIRRORQ_READ_TIMEOUT_S, or a job still running would be handed to a second worker"
+            )
+        return self
+
+
+class EmulatorSettings(BaseSettings):
+    """Settings of `mirrorq emulator` (prefix `MIRRORQ_EMULATOR_`); CLI flags override them."""
+
+    model_config = SettingsConfigDict(env_prefix="MIRRORQ_EMULATOR_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5090, ge=0, le=65535)
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    drop_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    latency_ms: float = Field(default=0.0, ge=0.0)
+    # Token bucket per action; 0 turns throttling off. EC2's default for mutating
+    # actions is a bucket of 50 refilled at 5/s.
+    throttle_rate: float = Field(default=0.0, ge=0.0)
+    throttle_burst: int = Field(default=50, ge=1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()
+
+
+@lru_cache(maxsize=1)
+def get_emulator_settings() -> EmulatorSettings:
+    return EmulatorSettings()

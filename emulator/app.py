@@ -1,0 +1,238 @@
+"""The emulator's WSGI app: moto's EC2 behind a layer of EC2 fidelity and fault injection.
+
+Requests flow: control paths (`/_mirrorq/...`) → throttling → for the Traffic Mirroring
+create calls, injected faults, ClientToken replay and validation → moto. Describe* calls
+are never throttled or faulted: tests count what really exists through them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+from werkzeug.test import EnvironBuilder
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+from emulator import moto_ext
+from emulator.errors import EC2Error, dry_run_ok, throttled
+from emulator.faults import Faults
+from emulator.mirroring import (
+    IDEMPOTENT_ACTIONS,
+    Recorded,
+    TrafficMirroring,
+    fingerprint,
+    is_dry_run,
+)
+
+StartResponse = Callable[..., Any]
+Environ = dict[str, Any]
+Reply = tuple[str, list[tuple[str, str]], bytes]
+
+_CREDENTIAL_REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
+_ERROR_CODE = re.compile(rb"<Code>([^<]+)</Code>")
+FAULTED_ACTION = "CreateTrafficMirrorSession"
+
+
+class Stats:
+    """Calls received per action and outcome (`ok`, `replayed`, `dropped` or an error code)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+    def count(self, action: str, outcome: str) -> None:
+        with self._lock:
+            self._calls[action][outcome] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"calls": {action: dict(c) for action, c in sorted(self._calls.items())}}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+
+def region_of(environ: Environ) -> str:
+    match = _CREDENTIAL_REGION.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return match[1] if match else "us-east-1"
+
+
+def _json(start_response: StartResponse, status: str, payload: Any) -> list[bytes]:
+    body = json.dumps(payload, indent=2).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class EmulatorApp:
+    def __init__(self, faults: Faults) -> None:
+        moto_ext.install()
+        self.faults = faults
+        self.stats = Stats()
+        self.mirroring = TrafficMirroring()
+        self._moto = DomainDispatcherApplication(create_backend_app)
+        # moto's backends are plain dicts with no locking; one lock makes every
+        # check-then-create (per-ENI limits, token records) atomic, as EC2 is.
+        self._lock = threading.RLock()
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_mirrorq/"):
+            return self._control(path, environ, start_response)
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(body)
+        params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        action = params.get("Action")
+        if action is None:
+            status, headers, out = self._call_moto(environ)
+            start_response(status, headers)
+            return [out]
+        try:
+            if not action.startswith("Describe") and not self.faults.admit(action):
+                raise throttled()
+            if action in IDEMPOTENT_ACTIONS:
+                return self._create(action, params, environ, start_response)
+            status, headers, out = self._call_moto(environ)
+        except EC2Error as error:
+            return self._error(action, error, start_response)
+        self.stats.count(action, _outcome(status, out))
+        start_response(status, headers)
+        return [out]
+
+    # The Traffic Mirroring create calls ------------------------------------------------------
+
+    def _create(
+        self, action: str, params: dict[str, str], environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        plan = self.faults.plan
+        drop = False
+        if action == FAULTED_ACTION:
+            if plan.latency_ms:
+                time.sleep(plan.latency_ms / 1000)
+            if self.faults.roll(plan.error_rate):
+                raise self._injected_error()
+            drop = self.faults.roll(plan.drop_rate)
+        region = region_of(environ)
+        with self._lock:
+            recorded = None if is_dry_run(params) else self.mirroring.replay(region, action, params)
+            if recorded is None:
+                backend = ec2_backends[DEFAULT_ACCOUNT_ID][region]
+                extra = self.mirroring.check(action, backend, params)
+                if is_dry_run(params):
+                    raise dry_run_ok()
+                if extra:
+                    environ["wsgi.input"] = io.BytesIO(
+                        urlencode({**params, **extra}).encode()
+                    )
+                    environ["CONTENT_LENGTH"] = str(environ["wsgi.input"].getbuffer().nbytes)
+                status, headers, out = self._call_moto(environ)
+                if status.startswith("2"):
+                    self.mirroring.remember(
+                        region, action, params, Recorded(fingerprint(params), status, headers, out)
+                    )
+                outcome = _outcome(status, out)
+            else:
+                status, headers, out = recorded.status, recorded.headers, recorded.body
+                outcome = "replayed"
+        if drop:
+            # The session exists now; the client never hears of it. This is the case that
+            # turns a retry without a fixed ClientToken into a second session.
+            self.stats.count(action, "dropped")
+            _drop_connection(environ)
+            return []
+        self.stats.count(action, outcome)
+        start_response(status, headers)
+        return [out]
+
+    def _injected_error(self) -> EC2Error:
+        if self.faults.pick("InternalError", "Unavailable") == "InternalError":
+            return EC2Error("InternalError", "An internal error has occurred.", 500)
+        return EC2Error("Unavailable", "The server is overloaded and cannot accept the request.", 503)
+
+    # Plumbing ----------------------------------------------------------------------------
+
+    def _call_moto(self, environ: Environ) -> Reply:
+        captured: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+            captured["status"], captured["headers"] = status, headers
+
+        with self._lock:
+            chunks = self._moto(environ, start_response)
+            try:
+                out = b"".join(chunks)
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+        return captured["status"], captured["headers"], out
+
+    def _error(self, action: str, error: EC2Error, start_response: StartResponse) -> list[bytes]:
+        self.stats.count(action, error.code)
+        body = error.to_xml()
+        start_response(
+            f"{error.status} {_REASONS.get(error.status, 'Error')}",
+            [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    def _control(self, path: str, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/_mirrorq/stats" and method == "GET":
+            return _json(start_response, "200 OK", self.stats.snapshot())
+        if path == "/_mirrorq/faults" and method == "GET":
+            return _json(start_response, "200 OK", self.faults.as_dict())
+        if path == "/_mirrorq/faults" and method in ("POST", "PUT"):
+            raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            try:
+                changes = json.loads(raw or b"{}")
+                if not isinstance(changes, dict):
+                    raise ValueError("expected a JSON object of fault settings")
+                self.faults.update(changes)
+            except ValueError as error:
+                return _json(start_response, "400 Bad Request", {"error": str(error)})
+            return _json(start_response, "200 OK", self.faults.as_dict())
+        if path == "/_mirrorq/reset" and method == "POST":
+            self.reset()
+            return _json(start_response, "200 OK", {"reset": True})
+        return _json(start_response, "404 Not Found", {"error": f"no {method} {path}"})
+
+    def reset(self) -> None:
+        """Forget every resource, token record and counter (faults stay as they are)."""
+        with self._lock:
+            self._call_moto(EnvironBuilder(path="/moto-api/reset", method="POST").get_environ())
+            self.mirroring.reset()
+            self.stats.reset()
+
+
+_REASONS = {400: "Bad Request", 412: "Precondition Failed", 500: "Internal Server Error",
+            503: "Service Unavailable"}
+
+
+def _outcome(status: str, body: bytes) -> str:
+    if status.startswith("2"):
+        return "ok"
+    match = _ERROR_CODE.search(body)
+    return match[1].decode() if match else f"HTTP{status[:3]}"
+
+
+def _drop_connection(environ: Environ) -> None:
+    sock: socket.socket | None = environ.get("werkzeug.socket")
+    if sock is not None:
+        # Shut down, not close: the server's later write then fails with a broken pipe,
+        # which it treats as a client that went away, and the client sees EOF, no answer.
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

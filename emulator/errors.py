@@ -1,0 +1,39 @@
+"""EC2 Query-API errors as the emulator sends them: a code, a message and an HTTP status."""
+
+from __future__ import annotations
+
+import uuid
+from xml.sax.saxutils import escape
+
+
+class EC2Error(Exception):
+    """An error answer from the emulated EC2 endpoint."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def to_xml(self) -> bytes:
+        """The body EC2 sends, which botocore's ec2 parser turns into `ClientError`."""
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Response><Errors><Error><Code>{escape(self.code)}</Code>"
+            f"<Message>{escape(self.message)}</Message></Error></Errors>"
+            f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
+        ).encode()
+
+
+def invalid_value(message: str) -> EC2Error:
+    return EC2Error("InvalidParameterValue", message)
+
+
+def throttled() -> EC2Error:
+    return EC2Error("RequestLimitExceeded", "Request limit exceeded.", 503)
+
+
+def dry_run_ok() -> EC2Error:
+    return EC2Error(
+        "DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412
+    )

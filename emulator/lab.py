@@ -1,0 +1,121 @@
+"""A ready-made Traffic Mirroring lab in the emulator: VPC, subnets, instances, ENIs, targets."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+LAB_CIDR = "10.0.0.0/16"
+SUBNET_COUNT = 4
+EXTRA_ENI_EVERY = 5  # every 5th instance gets a second ENI, as multi-homed hosts do
+NLB_ARN = (
+    "arn:aws:elasticloadbalancing:{region}:123456789012:loadbalancer/net/mirrorq-lab/"
+    "50dc6c495c0c9188"
+)
+# Lab credentials are not secrets: the emulator accepts any.
+LAB_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def lab_client(endpoint_url: str, region: str = "us-east-1") -> Any:
+    """A plain boto3 EC2 client for the emulator, botocore retries off."""
+    return boto3.client(
+        "ec2",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        config=Config(retries={"total_max_attempts": 1}),
+        **LAB_CREDENTIALS,
+    )
+
+
+TAG_VARIANTS = 6  # Env x Role combinations
+
+
+def _tags(i: int) -> list[dict[str, str]]:
+    return [
+        {"Key": "Env", "Value": "prod" if i % 2 == 0 else "staging"},
+        {"Key": "Role", "Value": ("web", "db", "cache")[i % 3]},
+        {"Key": "mirrorq-lab", "Value": "1"},
+    ]
+
+
+def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[str, Any]:
+    """Create a lab with exactly `enis` source ENIs attached to instances; return its ids."""
+    if enis < 1:
+        raise ValueError("a lab needs at least one ENI")
+    ec2 = lab_client(endpoint_url, region)
+    vpc_id = ec2.create_vpc(CidrBlock=LAB_CIDR)["Vpc"]["VpcId"]
+    azs = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
+    subnet_ids = [
+        ec2.create_subnet(
+            VpcId=vpc_id, CidrBlock=f"10.0.{16 * i}.0/20", AvailabilityZone=azs[i % len(azs)]
+        )["Subnet"]["SubnetId"]
+        for i in range(SUBNET_COUNT)
+    ]
+    image_id = ec2.describe_images()["Images"][0]["ImageId"]
+
+    # k instances with one primary ENI each, plus one extra ENI on every 5th: k + ceil(k/5) >= n.
+    instances = math.ceil(enis * EXTRA_ENI_EVERY / (EXTRA_ENI_EVERY + 1))
+    extras = enis - instances
+    instance_ids: list[str] = []
+    for i, subnet_id in enumerate(subnet_ids):
+        count = instances // SUBNET_COUNT + (1 if i < instances % SUBNET_COUNT else 0)
+        if count:
+            reservation = ec2.run_instances(
+                ImageId=image_id, MinCount=count, MaxCount=count, SubnetId=subnet_id,
+                InstanceType="c5.large",
+            )
+            instance_ids += [inst["InstanceId"] for inst in reservation["Instances"]]
+    eni_ids, subnet_of = _primary_enis(ec2, instance_ids)
+    for instance_id in instance_ids[::EXTRA_ENI_EVERY][:extras]:
+        eni_id = ec2.create_network_interface(SubnetId=subnet_of[instance_id])[
+            "NetworkInterface"
+        ]["NetworkInterfaceId"]
+        ec2.attach_network_interface(NetworkInterfaceId=eni_id, InstanceId=instance_id, DeviceIndex=1)
+        eni_ids.append(eni_id)
+    for variant in range(TAG_VARIANTS):
+        tagged = eni_ids[variant::TAG_VARIANTS]
+        for chunk in range(0, len(tagged), 500):
+            ec2.create_tags(Resources=tagged[chunk : chunk + 500], Tags=_tags(variant))
+
+    sensor = ec2.run_instances(
+        ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=subnet_ids[0], InstanceType="c5.large"
+    )["Instances"][0]
+    sensor_eni = sensor["NetworkInterfaces"][0]["NetworkInterfaceId"]
+    eni_target = ec2.create_traffic_mirror_target(
+        NetworkInterfaceId=sensor_eni, Description="mirrorq lab sensor"
+    )["TrafficMirrorTarget"]["TrafficMirrorTargetId"]
+    nlb_target = ec2.create_traffic_mirror_target(
+        NetworkLoadBalancerArn=NLB_ARN.format(region=region), Description="mirrorq lab NLB"
+    )["TrafficMirrorTarget"]["TrafficMirrorTargetId"]
+    filter_id = ec2.create_traffic_mirror_filter(Description="mirrorq lab: all traffic")[
+        "TrafficMirrorFilter"
+    ]["TrafficMirrorFilterId"]
+    return {
+        "region": region,
+        "vpc_id": vpc_id,
+        "subnet_ids": subnet_ids,
+        "instance_ids": instance_ids,
+        "eni_ids": eni_ids,
+        "sensor_eni_id": sensor_eni,
+        "target_ids": {"eni": eni_target, "nlb": nlb_target},
+        "filter_id": filter_id,
+    }
+
+
+def _primary_enis(ec2: Any, instance_ids: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The instances' ENIs in launch order, and each instance's subnet."""
+    wanted = set(instance_ids)
+    enis: dict[str, list[str]] = {}
+    subnet_of: dict[str, str] = {}
+    for page in ec2.get_paginator("describe_instances").paginate():
+        for reservation in page["Reservations"]:
+            for inst in reservation["Instances"]:
+                if inst["InstanceId"] in wanted:
+                    enis[inst["InstanceId"]] = [
+                        e["NetworkInterfaceId"] for e in inst["NetworkInterfaces"]
+                    ]
+                    subnet_of[inst["InstanceId"]] = inst["SubnetId"]
+    return [eni for i in instance_ids for eni in enis[i]], subnet_of

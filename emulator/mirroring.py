@@ -1,0 +1,225 @@
+"""What moto lacks for Traffic Mirroring: EC2's validation and ClientToken idempotency.
+
+The checks run against moto's in-memory EC2 backend, under the emulator's lock, before
+the call is handed to moto to create the resource.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from emulator.errors import EC2Error, invalid_value
+
+MAX_CLIENT_TOKEN = 64
+SESSIONS_PER_INTERFACE = 3  # EC2 quota "sessions per source network interface"
+SESSION_NUMBER = (1, 32766)
+PACKET_LENGTH = (1, 8500)
+VIRTUAL_NETWORK_ID = (0, 2**24 - 1)  # a VXLAN network identifier is 24 bits
+MAX_TAGS = 50
+MAX_TAG_KEY = 127
+MAX_TAG_VALUE = 256
+# Parameters that do not take part in "same token, same request?".
+NOT_FINGERPRINTED = frozenset({"Action", "Version", "ClientToken", "DryRun"})
+IDEMPOTENT_ACTIONS = frozenset(
+    {"CreateTrafficMirrorSession", "CreateTrafficMirrorTarget", "CreateTrafficMirrorFilter"}
+)
+
+_TAG_SPEC = re.compile(r"TagSpecification\.(\d+)\.(ResourceType|Tag\.(\d+)\.(Key|Value))$")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The answer first given to a ClientToken, replayed for every retry of it."""
+
+    fingerprint: tuple[tuple[str, str], ...]
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def fingerprint(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in params.items() if k not in NOT_FINGERPRINTED))
+
+
+def is_dry_run(params: dict[str, str]) -> bool:
+    return params.get("DryRun", "false").lower() == "true"
+
+
+def tag_specifications(params: dict[str, str]) -> list[dict[str, Any]]:
+    """`TagSpecification.N.*` query parameters back into the request-syntax list."""
+    specs: dict[int, dict[str, Any]] = {}
+    for key, value in params.items():
+        match = _TAG_SPEC.match(key)
+        if not match:
+            continue
+        spec = specs.setdefault(int(match[1]), {"ResourceType": None, "Tags": {}})
+        if match[2] == "ResourceType":
+            spec["ResourceType"] = value
+        else:
+            spec["Tags"].setdefault(int(match[3]), {})[match[4]] = value
+    return [
+        {"ResourceType": s["ResourceType"], "Tags": [s["Tags"][i] for i in sorted(s["Tags"])]}
+        for _, s in sorted(specs.items())
+    ]
+
+
+def _required(params: dict[str, str], name: str) -> str:
+    value = params.get(name)
+    if not value:
+        raise EC2Error("MissingParameter", f"The request must contain the parameter {name}")
+    return value
+
+
+def _int_in(params: dict[str, str], name: str, bounds: tuple[int, int]) -> int | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid_value(f"Value ({raw}) for parameter {name} is invalid.") from None
+    low, high = bounds
+    if not low <= value <= high:
+        raise invalid_value(
+            f"Value ({value}) for parameter {name} is invalid. Valid values are {low}-{high}."
+        )
+    return value
+
+
+def check_tags(params: dict[str, str], resource_type: str) -> None:
+    for spec in tag_specifications(params):
+        if spec["ResourceType"] != resource_type:
+            raise invalid_value(
+                f"'{spec['ResourceType']}' is not a valid taggable resource type for this "
+                f"operation; use '{resource_type}'."
+            )
+        tags = spec["Tags"]
+        if len(tags) > MAX_TAGS:
+            raise invalid_value(f"A resource can have at most {MAX_TAGS} tags, got {len(tags)}.")
+        for tag in tags:
+            key, value = tag.get("Key", ""), tag.get("Value", "")
+            if not key or len(key) > MAX_TAG_KEY or key.lower().startswith("aws:"):
+                raise invalid_value(
+                    f"Tag key '{key[:40]}' is invalid: 1-{MAX_TAG_KEY} characters, "
+                    "not starting with 'aws:'."
+                )
+            if len(value) > MAX_TAG_VALUE:
+                raise invalid_value(f"Tag value for key '{key}' exceeds {MAX_TAG_VALUE} characters.")
+
+
+class TrafficMirroring:
+    """Validation and ClientToken records for the Traffic Mirroring create calls."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._records: dict[tuple[str, str, str], Recorded] = {}
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._records.clear()
+
+    # ClientToken idempotency ------------------------------------------------------------
+
+    def replay(self, region: str, action: str, params: dict[str, str]) -> Recorded | None:
+        """The recorded answer for this token, or None when the token is new.
+
+        Raises IdempotentParameterMismatch when the token was used with other parameters.
+        """
+        token = params.get("ClientToken")
+        if token is None:
+            return None
+        if len(token) > MAX_CLIENT_TOKEN:
+            raise invalid_value(
+                f"ClientToken must be at most {MAX_CLIENT_TOKEN} characters, got {len(token)}."
+            )
+        with self._lock:
+            recorded = self._records.get((region, action, token))
+        if recorded is not None and recorded.fingerprint != fingerprint(params):
+            raise EC2Error(
+                "IdempotentParameterMismatch",
+                f"The client token '{token}' has already been used with different parameters.",
+            )
+        return recorded
+
+    def remember(self, region: str, action: str, params: dict[str, str], answer: Recorded) -> None:
+        token = params.get("ClientToken")
+        if token is not None:
+            with self._lock:
+                self._records[(region, action, token)] = answer
+
+    # Validation -------------------------------------------------------------------------
+
+    def check(self, action: str, backend: Any, params: dict[str, str]) -> dict[str, str]:
+        """Raise the EC2Error EC2 would send; return parameters to add before creating."""
+        if action == "CreateTrafficMirrorSession":
+            return self._check_session(backend, params)
+        if action == "CreateTrafficMirrorTarget":
+            check_tags(params, "traffic-mirror-target")
+            eni_id = params.get("NetworkInterfaceId")
+            if eni_id and eni_id not in backend.enis:
+                raise _eni_not_found(eni_id)
+        elif action == "CreateTrafficMirrorFilter":
+            check_tags(params, "traffic-mirror-filter")
+        return {}
+
+    def _check_session(self, backend: Any, params: dict[str, str]) -> dict[str, str]:
+        eni_id = _required(params, "NetworkInterfaceId")
+        target_id = _required(params, "TrafficMirrorTargetId")
+        filter_id = _required(params, "TrafficMirrorFilterId")
+        _required(params, "SessionNumber")
+        session_number = _int_in(params, "SessionNumber", SESSION_NUMBER)
+        _int_in(params, "PacketLength", PACKET_LENGTH)
+        vni = _int_in(params, "VirtualNetworkId", VIRTUAL_NETWORK_ID)
+        check_tags(params, "traffic-mirror-session")
+        if params.get("Description") is not None and len(params["Description"]) > 255:
+            raise invalid_value("Description must be at most 255 characters.")
+
+        if eni_id not in backend.enis:
+            raise _eni_not_found(eni_id)
+        if target_id not in backend.traffic_mirror_targets:
+            # Sic: "NoFound" is the spelling EC2 documents and sends for targets.
+            raise EC2Error(
+                "InvalidTrafficMirrorTargetNoFound",
+                f"The traffic mirror target '{target_id}' does not exist.",
+            )
+        if filter_id not in backend.traffic_mirror_filters:
+            raise EC2Error(
+                "InvalidTrafficMirrorFilterNotFound",
+                f"The traffic mirror filter '{filter_id}' does not exist.",
+            )
+        if any(t.network_interface_id == eni_id for t in backend.traffic_mirror_targets.values()):
+            raise invalid_value(
+                f"Network interface {eni_id} is a traffic mirror target and cannot be a source."
+            )
+        on_eni = [
+            s for s in backend.traffic_mirror_sessions.values() if s.network_interface_id == eni_id
+        ]
+        if len(on_eni) >= SESSIONS_PER_INTERFACE:
+            raise EC2Error(
+                "TrafficMirrorSessionsPerInterfaceLimitExceeded",
+                f"Network interface {eni_id} already has {SESSIONS_PER_INTERFACE} traffic "
+                "mirror sessions.",
+            )
+        if any(s.session_number == session_number for s in on_eni):
+            raise invalid_value(
+                f"Session number {session_number} is already in use on network interface {eni_id}."
+            )
+        if vni is not None:
+            return {}
+        # Like EC2: no VirtualNetworkId given means an account-wide unique one chosen at random.
+        used = {s.virtual_network_id for s in backend.traffic_mirror_sessions.values()}
+        while (vni := self._rng.randint(1, VIRTUAL_NETWORK_ID[1])) in used:
+            pass
+        return {"VirtualNetworkId": str(vni)}
+
+
+def _eni_not_found(eni_id: str) -> EC2Error:
+    return EC2Error(
+        "InvalidNetworkInterfaceID.NotFound",
+        f"The networkInterface ID '{eni_id}' does not exist",
+    )

@@ -1,0 +1,92 @@
+"""Adjustments to moto 5.2.5's EC2 so it reads like the real thing to clients.
+
+- Traffic Mirroring ids carry EC2's prefixes (`tms-`, `tmt-`, `tmf-`), not moto's.
+- DescribeNetworkInterfaces and DescribeTrafficMirrorSessions honour MaxResults/NextToken,
+  so clients that forget to paginate miss ENIs here as they would on EC2.
+
+`install()` is idempotent and is called before the emulator serves its first request.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from moto.core.responses import ActionResult
+from moto.ec2 import utils as ec2_utils
+from moto.ec2.exceptions import EC2ClientError, InvalidNextToken
+from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
+from moto.ec2.responses.traffic_mirrors import TrafficMirrors
+
+EC2_PREFIXES = {
+    "traffic-mirror-session": "tms",
+    "traffic-mirror-target": "tmt",
+    "traffic-mirror-filter": "tmf",
+}
+MAX_RESULTS = (5, 1000)  # EC2's bounds for both paginated Describe calls
+
+T = TypeVar("T")
+
+
+def _encode(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
+
+
+def _decode(token: str) -> int:
+    try:
+        kind, _, offset = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind == "offset":
+            return int(offset)
+    except ValueError:
+        pass
+    raise InvalidNextToken(token)
+
+
+def paginate(response: Any, items: Sequence[T]) -> tuple[list[T], str | None]:
+    """One page of `items` as EC2 would return it, and the NextToken for the rest."""
+    start = _decode(response._get_param("NextToken")) if response._get_param("NextToken") else 0
+    max_results = response._get_int_param("MaxResults")
+    if max_results is None:
+        return list(items[start:]), None
+    low, high = MAX_RESULTS
+    if not low <= max_results <= high:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            f"Value ({max_results}) for parameter maxResults is invalid. "
+            f"Expecting a value between {low} and {high}.",
+        )
+    end = start + max_results
+    return list(items[start:end]), (_encode(end) if end < len(items) else None)
+
+
+def _describe_network_interfaces(self: Any) -> ActionResult:
+    eni_ids = self._get_param("NetworkInterfaceIds", [])
+    filters = self._filters_from_querystring()
+    self.error_on_dryrun()
+    enis = self.ec2_backend.get_all_network_interfaces(eni_ids, filters)
+    page, token = paginate(self, enis)
+    result: dict[str, Any] = {"NetworkInterfaces": page}
+    if token:
+        result["NextToken"] = token
+    return ActionResult(result)
+
+
+def _describe_traffic_mirror_sessions(self: Any) -> ActionResult:
+    sessions = self.ec2_backend.describe_traffic_mirror_sessions(
+        traffic_mirror_session_ids=self._get_param("TrafficMirrorSessionIds"),
+        filters=self._filters_from_querystring(),
+    )
+    page, token = paginate(self, sessions)
+    result: dict[str, Any] = {"TrafficMirrorSessions": page}
+    if token:
+        result["NextToken"] = token
+    return ActionResult(result)
+
+
+def install() -> None:
+    for resource, prefix in EC2_PREFIXES.items():
+        ec2_utils.EC2_RESOURCE_TO_PREFIX[resource] = prefix
+        ec2_utils.EC2_PREFIX_TO_RESOURCE[prefix] = resource
+    ElasticNetworkInterfaces.describe_network_interfaces = _describe_network_interfaces  # type: ignore[method-assign]
+    TrafficMirrors.describe_traffic_mirror_sessions = _describe_traffic_mirror_sessions  # type: ignore[method-assign]

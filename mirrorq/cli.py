@@ -1,0 +1,75 @@
+"""The `mirrorq` command line: one console script, a subcommand per job the product does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from config import get_emulator_settings
+
+EXIT_FAILED = 1  # a job or batch ended with failures
+EXIT_USAGE = 2  # usage or input error (click uses 2 for usage errors too)
+
+
+def _echo_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=None, separators=(",", ":")))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mirrorq")
+def main() -> None:
+    """mirrorq: create EC2 Traffic Mirror sessions through a job queue, exactly once each."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 5090; 0 picks a free one).")
+@click.option("--error-rate", type=float, default=None, help="Probability of a 500/503 before creating.")
+@click.option("--drop-rate", type=float, default=None, help="Probability of creating, then closing with no answer.")
+@click.option("--latency-ms", type=float, default=None, help="Delay added to each create.")
+@click.option("--throttle-rate", type=float, default=None, help="Token refill per second per action (0 = off).")
+@click.option("--throttle-burst", type=int, default=None, help="Token bucket size per action.")
+@click.option("--seed-lab", "seed_lab_enis", type=int, default=0, metavar="N",
+              help="Create a lab with N source ENIs and print its ids.")
+def emulator(
+    host: str | None, port: int | None, error_rate: float | None, drop_rate: float | None,
+    latency_ms: float | None, throttle_rate: float | None, throttle_burst: int | None,
+    seed_lab_enis: int,
+) -> None:
+    """Run the local EC2 emulator (moto + Traffic Mirroring fidelity + fault injection).
+
+    Settings also come from MIRRORQ_EMULATOR_* variables; faults can be changed while it
+    runs with POST /_mirrorq/faults, and counters read with GET /_mirrorq/stats.
+    """
+    from emulator.faults import FaultPlan
+    from emulator.lab import seed_lab
+    from emulator.server import EmulatorServer
+
+    settings = get_emulator_settings()
+    flags = {
+        "error_rate": error_rate, "drop_rate": drop_rate, "latency_ms": latency_ms,
+        "throttle_rate": throttle_rate, "throttle_burst": throttle_burst,
+    }
+    base = {name: getattr(settings, name) for name in flags}
+    try:
+        plan = FaultPlan().updated({**base, **{k: v for k, v in flags.items() if v is not None}})
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    server = EmulatorServer(host or settings.host, settings.port if port is None else port, plan)
+    server.start()
+    ready: dict[str, Any] = {"endpoint_url": server.endpoint_url, "faults": server.app.faults.as_dict()}
+    if seed_lab_enis:
+        ready["lab"] = seed_lab(server.endpoint_url, seed_lab_enis)
+    _echo_json(ready)
+    sys.stdout.flush()
+    logging.getLogger("mirrorq.emulator").info("serving on %s", server.endpoint_url)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
