@@ -68,6 +68,8 @@ class EmulatorSettings(BaseSettings):
     # actions is a bucket of 50 refilled at 5/s.
     throttle_rate: float = Field(default=0.0, ge=0.0)
     throttle_burst: int = Field(default=50, ge=1)
+    # Seed for the fault dice, so a run with faults can be replayed exactly.
+    seed: int | None = None
 
 
 @lru_cache(maxsize=1)

@@ -10,6 +10,8 @@ from botocore.config import Config
 
 LAB_CIDR = "10.0.0.0/16"
 SUBNET_COUNT = 4
+# moto launches any AMI id; listing its 1,300 real ones would cost more than the whole lab.
+LAB_IMAGE_ID = "ami-0a1b2c3d4e5f60718"
 EXTRA_ENI_EVERY = 5  # every 5th instance gets a second ENI, as multi-homed hosts do
 NLB_ARN = (
     "arn:aws:elasticloadbalancing:{region}:123456789012:loadbalancer/net/mirrorq-lab/"
@@ -54,7 +56,6 @@ def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[st
         )["Subnet"]["SubnetId"]
         for i in range(SUBNET_COUNT)
     ]
-    image_id = ec2.describe_images()["Images"][0]["ImageId"]
 
     # k instances with one primary ENI each, plus one extra ENI on every 5th: k + ceil(k/5) >= n.
     instances = math.ceil(enis * EXTRA_ENI_EVERY / (EXTRA_ENI_EVERY + 1))
@@ -64,7 +65,7 @@ def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[st
         count = instances // SUBNET_COUNT + (1 if i < instances % SUBNET_COUNT else 0)
         if count:
             reservation = ec2.run_instances(
-                ImageId=image_id, MinCount=count, MaxCount=count, SubnetId=subnet_id,
+                ImageId=LAB_IMAGE_ID, MinCount=count, MaxCount=count, SubnetId=subnet_id,
                 InstanceType="c5.large",
             )
             instance_ids += [inst["InstanceId"] for inst in reservation["Instances"]]
@@ -81,7 +82,7 @@ def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[st
             ec2.create_tags(Resources=tagged[chunk : chunk + 500], Tags=_tags(variant))
 
     sensor = ec2.run_instances(
-        ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=subnet_ids[0], InstanceType="c5.large"
+        ImageId=LAB_IMAGE_ID, MinCount=1, MaxCount=1, SubnetId=subnet_ids[0], InstanceType="c5.large"
     )["Instances"][0]
     sensor_eni = sensor["NetworkInterfaces"][0]["NetworkInterfaceId"]
     eni_target = ec2.create_traffic_mirror_target(

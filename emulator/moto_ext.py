@@ -73,10 +73,15 @@ def _describe_network_interfaces(self: Any) -> ActionResult:
 
 
 def _describe_traffic_mirror_sessions(self: Any) -> ActionResult:
+    filters = dict(self._filters_from_querystring() or {})
+    # moto compares the integer attribute with the filter's strings and never matches.
+    numbers = {int(n) for n in filters.pop("session-number", [])}
     sessions = self.ec2_backend.describe_traffic_mirror_sessions(
         traffic_mirror_session_ids=self._get_param("TrafficMirrorSessionIds"),
-        filters=self._filters_from_querystring(),
+        filters=filters or None,
     )
+    if numbers:
+        sessions = [s for s in sessions if s.session_number in numbers]
     page, token = paginate(self, sessions)
     result: dict[str, Any] = {"TrafficMirrorSessions": page}
     if token:

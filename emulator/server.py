@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from typing import Any
 
@@ -19,8 +20,14 @@ class _QuietHandler(WSGIRequestHandler):
 class EmulatorServer:
     """An emulator listening on `host:port` (port 0 picks a free one), served from a thread."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, plan: FaultPlan | None = None) -> None:
-        self.app = EmulatorApp(Faults(plan or FaultPlan()))
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        plan: FaultPlan | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.app = EmulatorApp(Faults(plan or FaultPlan(), random.Random(seed)))
         # threaded=True makes werkzeug speak HTTP/1.1, so clients keep their connections.
         self._server: BaseWSGIServer = make_server(
             host, port, self.app, threaded=True, request_handler=_QuietHandler

@@ -33,12 +33,13 @@ def main() -> None:
 @click.option("--latency-ms", type=float, default=None, help="Delay added to each create.")
 @click.option("--throttle-rate", type=float, default=None, help="Token refill per second per action (0 = off).")
 @click.option("--throttle-burst", type=int, default=None, help="Token bucket size per action.")
+@click.option("--seed", type=int, default=None, help="Seed the fault dice (replayable runs).")
 @click.option("--seed-lab", "seed_lab_enis", type=int, default=0, metavar="N",
               help="Create a lab with N source ENIs and print its ids.")
 def emulator(
     host: str | None, port: int | None, error_rate: float | None, drop_rate: float | None,
     latency_ms: float | None, throttle_rate: float | None, throttle_burst: int | None,
-    seed_lab_enis: int,
+    seed: int | None, seed_lab_enis: int,
 ) -> None:
     """Run the local EC2 emulator (moto + Traffic Mirroring fidelity + fault injection).
 
@@ -59,7 +60,12 @@ def emulator(
         plan = FaultPlan().updated({**base, **{k: v for k, v in flags.items() if v is not None}})
     except ValueError as error:
         raise click.UsageError(str(error)) from error
-    server = EmulatorServer(host or settings.host, settings.port if port is None else port, plan)
+    server = EmulatorServer(
+        host or settings.host,
+        settings.port if port is None else port,
+        plan,
+        settings.seed if seed is None else seed,
+    )
     server.start()
     ready: dict[str, Any] = {"endpoint_url": server.endpoint_url, "faults": server.app.faults.as_dict()}
     if seed_lab_enis:

@@ -1,0 +1,3 @@
+from mirrorq.cli import main
+
+main()

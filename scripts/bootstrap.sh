@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs before mirrorq runs: uv, the locked environment, Redis.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.9
+if ! command -v uv >/dev/null 2>&1; then
+  python3 -m pip install --quiet "uv==${UV_VERSION}"
+fi
+uv sync --frozen --quiet
+
+redis_url="${MIRRORQ_BROKER_URL:-redis://127.0.0.1:6379/0}"
+if ! uv run --frozen python - "$redis_url" <<'PY' >/dev/null 2>&1
+import sys, redis
+redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()
+PY
+then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+  fi
+  mkdir -p /var/lib/redis /var/log/redis
+  # Same flags as the machine image: loopback only, nothing persisted.
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+    --appendonly no --dir /var/lib/redis --logfile /var/log/redis/mirrorq.log
+  for _ in $(seq 50); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi

@@ -1,0 +1,100 @@
+"""Real processes for integration tests: the emulator and `mirrorq worker`s."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+
+MIRRORQ = [sys.executable, "-m", "mirrorq"]
+LOG_DIR = Path(os.environ.get("MIRRORQ_TEST_LOGS", "/tmp/mirrorq-test-logs"))
+
+
+def _http(url: str, payload: dict[str, Any] | None = None) -> Any:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+class EmulatorProcess:
+    """`mirrorq emulator --port 0` in a subprocess, with its control endpoints as methods."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [*MIRRORQ, "emulator", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"emulator exited with {self.proc.wait()} before it was ready")
+        self.ready: dict[str, Any] = json.loads(line)
+        self.url: str = self.ready["endpoint_url"]
+
+    def stats(self) -> dict[str, Any]:
+        return _http(f"{self.url}/_mirrorq/stats")["calls"]  # type: ignore[no-any-return]
+
+    def set_faults(self, **changes: float) -> dict[str, Any]:
+        return _http(f"{self.url}/_mirrorq/faults", changes)  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        self.set_faults(error_rate=0, drop_rate=0, latency_ms=0, throttle_rate=0, throttle_burst=50)
+        _http(f"{self.url}/_mirrorq/reset", {})
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class WorkerProcess:
+    """A real `mirrorq worker` with its own log file."""
+
+    def __init__(self, name: str, env: dict[str, str], *args: str) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f"{name}.log"
+        self._log: IO[bytes] = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [*MIRRORQ, "worker", "--hostname", f"{name}@%h", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker died: {self.log_path.read_text()[-3000:]}")
+            if b"ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready after {timeout}s: {self.log_path}")
+
+    def kill(self) -> None:
+        """SIGKILL: no warm shutdown, no acks, no goodbyes."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
