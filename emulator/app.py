@@ -150,6 +150,8 @@ class EmulatorApp:
             # turns a retry without a fixed ClientToken into a second session.
             self.stats.count(action, "dropped")
             _drop_connection(environ)
+            # The server insists on a status; writing it fails on the dead socket.
+            start_response("500 Internal Server Error", [("Content-Length", "0")])
             return []
         self.stats.count(action, outcome)
         start_response(status, headers)

@@ -25,6 +25,91 @@ def main() -> None:
     """mirrorq: create EC2 Traffic Mirror sessions through a job queue, exactly once each."""
 
 
+def _read_job(text: str) -> str:
+    return sys.stdin.read() if text == "-" else text
+
+
+def _fail_input(message: str) -> None:
+    click.echo(f"mirrorq: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _exit_for(record: dict[str, Any]) -> None:
+    _echo_json(record)
+    sys.exit(EXIT_FAILED if record["status"] == "failed" else 0)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(celery_args: tuple[str, ...]) -> None:
+    """Run a worker; CELERY_ARGS go to `celery worker` (e.g. --hostname, --loglevel).
+
+    The pool is threads with MIRRORQ_CONCURRENCY calls in flight (default 64), sharing one
+    EC2 client per process.
+    """
+    from tasks.jobs import app
+
+    app.worker_main(["worker", "--loglevel", "INFO", *celery_args])
+
+
+@main.command()
+@click.argument("job")
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option("--idempotency-key", default=None, help="Submitting the same key again returns the same job.")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds --wait waits.")
+def submit(job: str, wait: bool, idempotency_key: str | None, timeout: float) -> None:
+    """Enqueue one job: JOB is the request syntax as JSON text, or - to read stdin.
+
+    Prints the job id, or with --wait the result JSON (exit 1 if the job failed).
+    """
+    from tasks.contract import InvalidJobError
+    from tasks.producer import IdempotencyConflictError, Producer
+
+    producer = Producer()
+    try:
+        job_id = producer.submit(_read_job(job), idempotency_key=idempotency_key)
+    except InvalidJobError as error:
+        for e in error.errors:
+            click.echo(f"invalid job: {e['field']}: {e['message']}", err=True)
+        sys.exit(EXIT_USAGE)
+    except IdempotencyConflictError as error:
+        _fail_input(str(error))
+    if not wait:
+        click.echo(job_id)
+        return
+    try:
+        _exit_for(dict(producer.wait(job_id, timeout=timeout)))
+    except TimeoutError as error:
+        click.echo(f"mirrorq: {error}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("job_id")
+def status(job_id: str) -> None:
+    """Print a job's result JSON (exit 1 if it failed, 2 if the id is unknown)."""
+    from tasks.producer import Producer
+
+    record = Producer().result(job_id)
+    if record is None:
+        _fail_input(f"no job {job_id} (unknown id, or its result expired)")
+    else:
+        _exit_for(dict(record))
+
+
+@main.command()
+@click.option("--jobs", type=int, default=300, show_default=True, help="Jobs to run end to end.")
+@click.option("--drop-rate", type=float, default=0.1, show_default=True,
+              help="Emulator fault: responses dropped after the session was created.")
+@click.option("--error-rate", type=float, default=0.1, show_default=True,
+              help="Emulator fault: 500/503 answers before anything is created.")
+def demo(jobs: int, drop_rate: float, error_rate: float) -> None:
+    """The whole pipeline on this machine: emulator, a worker, JOBS jobs, their results."""
+    from mirrorq.demo import run_demo
+
+    sys.exit(run_demo(jobs=jobs, drop_rate=drop_rate, error_rate=error_rate))
+
+
 @main.command()
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 5090; 0 picks a free one).")

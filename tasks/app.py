@@ -1,0 +1,46 @@
+"""The Celery application: JSON only, late acks, redelivery of what a dead worker held."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from config import Settings, get_settings
+from tasks.contract import QUEUE, TASK_NAME
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("mirrorq", broker=settings.broker_url, backend=settings.result_backend)
+    app.conf.update(
+        # Only JSON crosses the queue; a pickled message is refused, never executed.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Ack after the job ran: a worker killed mid-job leaves its messages unacked, and
+        # Redis hands them to another worker once the visibility timeout passes.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # Each reserved message's visibility clock starts when it is fetched, so reserve
+        # no more than the pool can start at once.
+        worker_prefetch_multiplier=1,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # kombu rescans for abandoned messages every interval x throttle seconds (100 s
+            # by default); scan every few seconds so a dead worker's jobs move on promptly.
+            "unacked_restore_interval": 2,
+            "unacked_restore_throttle": 1,
+        },
+        task_default_queue=QUEUE,
+        task_routes={TASK_NAME: {"queue": QUEUE}},
+        # Results are written by the task itself (tasks/store.py), with every state.
+        task_ignore_result=True,
+        result_expires=settings.result_ttl_s,
+        worker_pool="threads",
+        worker_concurrency=settings.concurrency,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=True,
+    )
+    return app
+
+
+app = create_app(get_settings())

@@ -1,0 +1,89 @@
+"""The Celery task: decode the message, run the job on the process's EC2 runtime, record it.
+
+The task is thin on purpose (worker/execute.py holds the logic): it never raises for a
+bad job and never asks Celery to retry, so a message can't loop or kill the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_shutdown, worker_shutdown
+
+from config import get_settings
+from tasks.app import app
+from tasks.contract import (
+    TASK_NAME,
+    InvalidJobError,
+    JobResult,
+    JobStatus,
+    new_result,
+    parse_request,
+)
+from tasks.store import ResultStore
+from worker.execute import execute_job, utcnow
+from worker.runtime import close_runtime, get_runtime
+
+log = logging.getLogger("mirrorq.jobs")
+ENVELOPE_KEYS = frozenset({"request", "batch_id", "submitted_at"})
+
+
+def decode_envelope(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The documented payload is `kwargs={"request": {...}}` (plus optional batch_id)."""
+    if args:
+        raise InvalidJobError([{"field": "(message)", "message":
+                                "positional arguments are not accepted; send kwargs={'request': {...}}"}])
+    unknown = set(kwargs) - ENVELOPE_KEYS
+    if unknown:
+        raise InvalidJobError([{"field": k, "message": "unknown envelope field"} for k in sorted(unknown)])
+    if "request" not in kwargs:
+        raise InvalidJobError([{"field": "request", "message": "Field required"}])
+    return kwargs
+
+
+@app.task(name=TASK_NAME, bind=True)
+def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
+    job_id: str = self.request.id
+    settings = get_settings()
+    store = ResultStore(app)
+    previous = store.load(job_id)
+    if store.is_terminal(previous):
+        log.info("job %s already %s; redelivery ignored", job_id, previous and previous["status"])
+        return
+    record: JobResult = previous or new_result(job_id, None)
+    record["started_at"] = record["started_at"] or utcnow()
+    try:
+        envelope = decode_envelope(args, kwargs)
+        request = parse_request(envelope["request"])
+    except InvalidJobError as error:
+        record.update(status=JobStatus.FAILED.value, finished_at=utcnow(),
+                      error={"code": error.code, "message": str(error), "retryable": False})
+        store.save(record)
+        log.warning("job %s refused: %s", job_id, error)
+        return
+    record["batch_id"] = envelope.get("batch_id") or record["batch_id"]
+    record["submitted_at"] = record["submitted_at"] or envelope.get("submitted_at")
+    kwargs_ = request.to_kwargs()
+    # The token fixed at acceptance; a producer that sent none gets one derived from the
+    # job id, which every redelivery of this message shares.
+    kwargs_["ClientToken"] = request.ClientToken or record["client_token"] or job_id
+    record.update(request=kwargs_, client_token=kwargs_["ClientToken"],
+                  status=JobStatus.RUNNING.value)
+    store.save(record)
+
+    runtime = get_runtime(settings)
+    record = runtime.run(execute_job(runtime.client, record, settings, save=store.save))
+    store.save(record)
+    if record["status"] == JobStatus.FAILED.value and record["error"]:
+        log.warning("job %s failed after %d attempt(s): %s", job_id, record["attempts"],
+                    record["error"]["code"])
+    else:
+        log.info("job %s %s after %d attempt(s)", job_id, record["status"], record["attempts"])
+
+
+@worker_shutdown.connect
+@worker_process_shutdown.connect
+def _close_ec2_client(**_: Any) -> None:
+    close_runtime()

@@ -1,0 +1,110 @@
+"""The producer API: accept a job (validate, fix its ClientToken, enqueue) and read results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
+from celery import Celery
+
+from config import Settings, get_settings
+from tasks.contract import QUEUE, TASK_NAME, JobResult, new_result, parse_request
+from tasks import keys
+from tasks.store import ResultStore
+from worker.execute import utcnow
+
+
+
+
+class IdempotencyConflictError(ValueError):
+    """The idempotency key was already used for a different request."""
+
+
+class Producer:
+    """Submits jobs to the queue and reads their results; cheap to create, thread-safe."""
+
+    def __init__(self, app: Celery | None = None, settings: Settings | None = None) -> None:
+        if app is None:
+            from tasks.app import app as default_app
+
+            app = default_app
+        self.app = app
+        self.settings = settings or get_settings()
+        self.store = ResultStore(app)
+        self.redis = redis.Redis.from_url(self.settings.broker_url)
+
+    def submit(
+        self, request: Any, *, idempotency_key: str | None = None, batch_id: str | None = None
+    ) -> str:
+        """Validate and enqueue one job; return its id. Raises InvalidJobError naming fields."""
+        parsed = parse_request(request)
+        job_id = str(uuid.uuid4())
+        kwargs = parsed.to_kwargs()
+        if idempotency_key is not None:
+            existing = self._claim(idempotency_key, job_id, kwargs)
+            if existing is not None:
+                return existing
+        kwargs.setdefault("ClientToken", job_id)
+        record = new_result(job_id, kwargs, batch_id=batch_id, client_token=kwargs["ClientToken"],
+                            submitted_at=utcnow())
+        self.store.save(record)
+        self.app.send_task(
+            TASK_NAME,
+            kwargs={"request": kwargs, "batch_id": batch_id, "submitted_at": record["submitted_at"]},
+            task_id=job_id,
+            queue=QUEUE,
+            ignore_result=True,
+        )
+        return job_id
+
+    def _claim(self, key: str, job_id: str, kwargs: dict[str, Any]) -> str | None:
+        """Bind `key` to `job_id` unless it is bound already; return the earlier job id."""
+        digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()
+        value = json.dumps({"job_id": job_id, "request_sha256": digest})
+        if self.redis.set(keys.idempotency(key), value, nx=True, ex=self.settings.result_ttl_s):
+            return None
+        raw = self.redis.get(keys.idempotency(key))
+        earlier = json.loads(raw) if raw else {"job_id": job_id, "request_sha256": digest}
+        if earlier["request_sha256"] != digest:
+            raise IdempotencyConflictError(
+                f"idempotency key {key!r} was used for job {earlier['job_id']} with a different request"
+            )
+        return str(earlier["job_id"])
+
+    def result(self, job_id: str) -> JobResult | None:
+        return self.store.load(job_id)
+
+    def wait(self, job_id: str, timeout: float = 300.0, poll: float = 0.2) -> JobResult:
+        """Block until the job is terminal; raise TimeoutError with its last state otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.result(job_id)
+            if self.store.is_terminal(record) and record is not None:
+                return record
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} not finished after {timeout}s: {record}")
+            time.sleep(poll)
+
+
+_producer: Producer | None = None
+
+
+def _default() -> Producer:
+    global _producer  # noqa: PLW0603 - a module-level convenience over one Producer
+    if _producer is None:
+        _producer = Producer()
+    return _producer
+
+
+def submit(request: Any, *, idempotency_key: str | None = None) -> str:
+    """Enqueue one job (request syntax as a dict or JSON text); return its job id."""
+    return _default().submit(request, idempotency_key=idempotency_key)
+
+
+def result(job_id: str) -> JobResult | None:
+    """The job's result record, or None if the id is unknown."""
+    return _default().result(job_id)

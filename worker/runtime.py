@@ -1,0 +1,96 @@
+"""One event loop and one long-lived aiobotocore EC2 client per worker process.
+
+Celery's thread pool runs task bodies on threads; each hands its coroutine to this loop,
+so every job in the process shares one client, one connection pool and one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Coroutine
+from contextlib import AsyncExitStack
+from typing import Any, TypeVar
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from types_aiobotocore_ec2 import EC2Client
+
+from config import Settings
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def client_config(settings: Settings) -> AioConfig:
+    return AioConfig(
+        # worker/retry.py owns retries; botocore's own would multiply the attempts.
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        max_pool_connections=settings.concurrency,
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+    )
+
+
+class Ec2Runtime:
+    """The process's event loop thread and EC2 client; `run()` is safe from any thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="mirrorq-ec2-loop", daemon=True
+        )
+        self._thread.start()
+        self._stack = AsyncExitStack()
+        self.client: EC2Client = self.run(self._open())
+
+    async def _open(self) -> EC2Client:
+        session = get_session()
+        client = session.create_client(
+            "ec2",
+            region_name=self.settings.region,
+            endpoint_url=self.settings.ec2_endpoint_url,
+            config=client_config(self.settings),
+        )
+        return await self._stack.enter_async_context(client)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self.run(self._stack.aclose())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._loop.close()
+
+
+_runtime: Ec2Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime(settings: Settings) -> Ec2Runtime:
+    """This process's runtime, created on first use (after any fork, never inherited)."""
+    global _runtime  # noqa: PLW0603 - one runtime per process is the point
+    with _runtime_lock:
+        if _runtime is None or _runtime.pid != os.getpid():
+            _runtime = Ec2Runtime(settings)
+            log.info("EC2 client ready (region %s, endpoint %s, %d connections)",
+                     settings.region, settings.ec2_endpoint_url or "AWS",
+                     settings.concurrency)
+        return _runtime
+
+
+def close_runtime() -> None:
+    global _runtime  # noqa: PLW0603
+    with _runtime_lock:
+        if _runtime is not None and _runtime.pid == os.getpid():
+            _runtime.close()
+        _runtime = None
