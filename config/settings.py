@@ -57,7 +57,9 @@ class Settings(BaseSettings):
 class EmulatorSettings(BaseSettings):
     """Settings of `mirrorq emulator` (prefix `MIRRORQ_EMULATOR_`); CLI flags override them."""
 
-    model_config = SettingsConfigDict(env_prefix="MIRRORQ_EMULATOR_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MIRRORQ_EMULATOR_", env_file=".env", extra="ignore"
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=5090, ge=0, le=65535)

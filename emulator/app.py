@@ -7,6 +7,7 @@ are never throttled or faulted: tests count what really exists through them.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -18,11 +19,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
-from werkzeug.test import EnvironBuilder
-
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.test import EnvironBuilder
 
 from emulator import moto_ext
 from emulator.errors import EC2Error, dry_run_ok, throttled
@@ -71,7 +71,9 @@ def region_of(environ: Environ) -> str:
 
 def _json(start_response: StartResponse, status: str, payload: Any) -> list[bytes]:
     body = json.dumps(payload, indent=2).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
     return [body]
 
 
@@ -132,9 +134,7 @@ class EmulatorApp:
                 if is_dry_run(params):
                     raise dry_run_ok()
                 if extra:
-                    environ["wsgi.input"] = io.BytesIO(
-                        urlencode({**params, **extra}).encode()
-                    )
+                    environ["wsgi.input"] = io.BytesIO(urlencode({**params, **extra}).encode())
                     environ["CONTENT_LENGTH"] = str(environ["wsgi.input"].getbuffer().nbytes)
                 status, headers, out = self._call_moto(environ)
                 if status.startswith("2"):
@@ -160,14 +160,18 @@ class EmulatorApp:
     def _injected_error(self) -> EC2Error:
         if self.faults.pick("InternalError", "Unavailable") == "InternalError":
             return EC2Error("InternalError", "An internal error has occurred.", 500)
-        return EC2Error("Unavailable", "The server is overloaded and cannot accept the request.", 503)
+        return EC2Error(
+            "Unavailable", "The server is overloaded and cannot accept the request.", 503
+        )
 
     # Plumbing ----------------------------------------------------------------------------
 
     def _call_moto(self, environ: Environ) -> Reply:
         captured: dict[str, Any] = {}
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> None:
             captured["status"], captured["headers"] = status, headers
 
         with self._lock:
@@ -218,8 +222,12 @@ class EmulatorApp:
             self.stats.reset()
 
 
-_REASONS = {400: "Bad Request", 412: "Precondition Failed", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {
+    400: "Bad Request",
+    412: "Precondition Failed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def _outcome(status: str, body: bytes) -> str:
@@ -234,7 +242,5 @@ def _drop_connection(environ: Environ) -> None:
     if sock is not None:
         # Shut down, not close: the server's later write then fails with a broken pipe,
         # which it treats as a client that went away, and the client sees EOF, no answer.
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass

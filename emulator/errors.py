@@ -34,6 +34,4 @@ def throttled() -> EC2Error:
 
 
 def dry_run_ok() -> EC2Error:
-    return EC2Error(
-        "DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412
-    )
+    return EC2Error("DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412)

@@ -35,7 +35,7 @@ class FaultPlan:
         if unknown:
             raise ValueError(f"unknown fault settings: {sorted(unknown)}; known: {sorted(known)}")
         typed = {k: (int(v) if k == "throttle_burst" else float(v)) for k, v in changes.items()}
-        return replace(self, **typed).validated()
+        return replace(self, **typed).validated()  # type: ignore[arg-type]
 
 
 class Faults:

@@ -28,7 +28,8 @@ def lab_client(endpoint_url: str, region: str = "us-east-1") -> Any:
         endpoint_url=endpoint_url,
         region_name=region,
         config=Config(retries={"total_max_attempts": 1}),
-        **LAB_CREDENTIALS,
+        aws_access_key_id=LAB_CREDENTIALS["aws_access_key_id"],
+        aws_secret_access_key=LAB_CREDENTIALS["aws_secret_access_key"],
     )
 
 
@@ -65,16 +66,21 @@ def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[st
         count = instances // SUBNET_COUNT + (1 if i < instances % SUBNET_COUNT else 0)
         if count:
             reservation = ec2.run_instances(
-                ImageId=LAB_IMAGE_ID, MinCount=count, MaxCount=count, SubnetId=subnet_id,
+                ImageId=LAB_IMAGE_ID,
+                MinCount=count,
+                MaxCount=count,
+                SubnetId=subnet_id,
                 InstanceType="c5.large",
             )
             instance_ids += [inst["InstanceId"] for inst in reservation["Instances"]]
     eni_ids, subnet_of = _primary_enis(ec2, instance_ids)
     for instance_id in instance_ids[::EXTRA_ENI_EVERY][:extras]:
-        eni_id = ec2.create_network_interface(SubnetId=subnet_of[instance_id])[
-            "NetworkInterface"
-        ]["NetworkInterfaceId"]
-        ec2.attach_network_interface(NetworkInterfaceId=eni_id, InstanceId=instance_id, DeviceIndex=1)
+        eni_id = ec2.create_network_interface(SubnetId=subnet_of[instance_id])["NetworkInterface"][
+            "NetworkInterfaceId"
+        ]
+        ec2.attach_network_interface(
+            NetworkInterfaceId=eni_id, InstanceId=instance_id, DeviceIndex=1
+        )
         eni_ids.append(eni_id)
     for variant in range(TAG_VARIANTS):
         tagged = eni_ids[variant::TAG_VARIANTS]
@@ -82,7 +88,11 @@ def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[st
             ec2.create_tags(Resources=tagged[chunk : chunk + 500], Tags=_tags(variant))
 
     sensor = ec2.run_instances(
-        ImageId=LAB_IMAGE_ID, MinCount=1, MaxCount=1, SubnetId=subnet_ids[0], InstanceType="c5.large"
+        ImageId=LAB_IMAGE_ID,
+        MinCount=1,
+        MaxCount=1,
+        SubnetId=subnet_ids[0],
+        InstanceType="c5.large",
     )["Instances"][0]
     sensor_eni = sensor["NetworkInterfaces"][0]["NetworkInterfaceId"]
     eni_target = ec2.create_traffic_mirror_target(

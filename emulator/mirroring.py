@@ -108,7 +108,9 @@ def check_tags(params: dict[str, str], resource_type: str) -> None:
                     "not starting with 'aws:'."
                 )
             if len(value) > MAX_TAG_VALUE:
-                raise invalid_value(f"Tag value for key '{key}' exceeds {MAX_TAG_VALUE} characters.")
+                raise invalid_value(
+                    f"Tag value for key '{key}' exceeds {MAX_TAG_VALUE} characters."
+                )
 
 
 class TrafficMirroring:

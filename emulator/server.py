@@ -36,8 +36,7 @@ class EmulatorServer:
 
     @property
     def endpoint_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self._server.host}:{self._server.port}"
 
     def start(self) -> EmulatorServer:
         self._thread = threading.Thread(

@@ -47,7 +47,7 @@ def worker(celery_args: tuple[str, ...]) -> None:
     The pool is threads with MIRRORQ_CONCURRENCY calls in flight (default 64), sharing one
     EC2 client per process.
     """
-    from tasks.jobs import app
+    from tasks import app
 
     app.worker_main(["worker", "--loglevel", "INFO", *celery_args])
 
@@ -55,8 +55,12 @@ def worker(celery_args: tuple[str, ...]) -> None:
 @main.command()
 @click.argument("job")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
-@click.option("--idempotency-key", default=None, help="Submitting the same key again returns the same job.")
-@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds --wait waits.")
+@click.option(
+    "--idempotency-key", default=None, help="Submitting the same key again returns the same job."
+)
+@click.option(
+    "--timeout", type=float, default=600.0, show_default=True, help="Seconds --wait waits."
+)
 def submit(job: str, wait: bool, idempotency_key: str | None, timeout: float) -> None:
     """Enqueue one job: JOB is the request syntax as JSON text, or - to read stdin.
 
@@ -99,10 +103,20 @@ def status(job_id: str) -> None:
 
 @main.command()
 @click.option("--jobs", type=int, default=300, show_default=True, help="Jobs to run end to end.")
-@click.option("--drop-rate", type=float, default=0.1, show_default=True,
-              help="Emulator fault: responses dropped after the session was created.")
-@click.option("--error-rate", type=float, default=0.1, show_default=True,
-              help="Emulator fault: 500/503 answers before anything is created.")
+@click.option(
+    "--drop-rate",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Emulator fault: responses dropped after the session was created.",
+)
+@click.option(
+    "--error-rate",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Emulator fault: 500/503 answers before anything is created.",
+)
 def demo(jobs: int, drop_rate: float, error_rate: float) -> None:
     """The whole pipeline on this machine: emulator, a worker, JOBS jobs, their results."""
     from mirrorq.demo import run_demo
@@ -113,18 +127,42 @@ def demo(jobs: int, drop_rate: float, error_rate: float) -> None:
 @main.command()
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 5090; 0 picks a free one).")
-@click.option("--error-rate", type=float, default=None, help="Probability of a 500/503 before creating.")
-@click.option("--drop-rate", type=float, default=None, help="Probability of creating, then closing with no answer.")
+@click.option(
+    "--error-rate", type=float, default=None, help="Probability of a 500/503 before creating."
+)
+@click.option(
+    "--drop-rate",
+    type=float,
+    default=None,
+    help="Probability of creating, then closing with no answer.",
+)
 @click.option("--latency-ms", type=float, default=None, help="Delay added to each create.")
-@click.option("--throttle-rate", type=float, default=None, help="Token refill per second per action (0 = off).")
+@click.option(
+    "--throttle-rate",
+    type=float,
+    default=None,
+    help="Token refill per second per action (0 = off).",
+)
 @click.option("--throttle-burst", type=int, default=None, help="Token bucket size per action.")
 @click.option("--seed", type=int, default=None, help="Seed the fault dice (replayable runs).")
-@click.option("--seed-lab", "seed_lab_enis", type=int, default=0, metavar="N",
-              help="Create a lab with N source ENIs and print its ids.")
+@click.option(
+    "--seed-lab",
+    "seed_lab_enis",
+    type=int,
+    default=0,
+    metavar="N",
+    help="Create a lab with N source ENIs and print its ids.",
+)
 def emulator(
-    host: str | None, port: int | None, error_rate: float | None, drop_rate: float | None,
-    latency_ms: float | None, throttle_rate: float | None, throttle_burst: int | None,
-    seed: int | None, seed_lab_enis: int,
+    host: str | None,
+    port: int | None,
+    error_rate: float | None,
+    drop_rate: float | None,
+    latency_ms: float | None,
+    throttle_rate: float | None,
+    throttle_burst: int | None,
+    seed: int | None,
+    seed_lab_enis: int,
 ) -> None:
     """Run the local EC2 emulator (moto + Traffic Mirroring fidelity + fault injection).
 
@@ -137,8 +175,11 @@ def emulator(
 
     settings = get_emulator_settings()
     flags = {
-        "error_rate": error_rate, "drop_rate": drop_rate, "latency_ms": latency_ms,
-        "throttle_rate": throttle_rate, "throttle_burst": throttle_burst,
+        "error_rate": error_rate,
+        "drop_rate": drop_rate,
+        "latency_ms": latency_ms,
+        "throttle_rate": throttle_rate,
+        "throttle_burst": throttle_burst,
     }
     base = {name: getattr(settings, name) for name in flags}
     try:
@@ -152,7 +193,10 @@ def emulator(
         settings.seed if seed is None else seed,
     )
     server.start()
-    ready: dict[str, Any] = {"endpoint_url": server.endpoint_url, "faults": server.app.faults.as_dict()}
+    ready: dict[str, Any] = {
+        "endpoint_url": server.endpoint_url,
+        "faults": server.app.faults.as_dict(),
+    }
     if seed_lab_enis:
         ready["lab"] = seed_lab(server.endpoint_url, seed_lab_enis)
     _echo_json(ready)

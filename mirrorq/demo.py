@@ -22,11 +22,24 @@ from emulator.lab import LAB_CREDENTIALS, lab_client
 MIRRORQ = [sys.executable, "-m", "mirrorq"]
 
 
-def _start_emulator(jobs: int, drop_rate: float, error_rate: float) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def _start_emulator(
+    jobs: int, drop_rate: float, error_rate: float
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     proc = subprocess.Popen(
-        [*MIRRORQ, "emulator", "--port", "0", "--seed-lab", str(jobs),
-         "--drop-rate", str(drop_rate), "--error-rate", str(error_rate)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            *MIRRORQ,
+            "emulator",
+            "--port",
+            "0",
+            "--seed-lab",
+            str(jobs),
+            "--drop-rate",
+            str(drop_rate),
+            "--error-rate",
+            str(error_rate),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -43,8 +56,12 @@ def _start_worker(endpoint_url: str, log_path: Path) -> subprocess.Popen[bytes]:
         "AWS_SECRET_ACCESS_KEY": LAB_CREDENTIALS["aws_secret_access_key"],
     }
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([*MIRRORQ, "worker", "--hostname", "demo@%h"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [*MIRRORQ, "worker", "--hostname", "demo@%h"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     deadline = time.monotonic() + 60
     while b"ready." not in log_path.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -57,25 +74,33 @@ def run_demo(jobs: int, drop_rate: float, error_rate: float) -> int:
     from tasks.producer import Producer
 
     console = Console()
-    console.print(f"[bold]mirrorq demo[/]: {jobs} jobs through Redis, a worker and the EC2 "
-                  f"emulator (drop rate {drop_rate}, 5xx rate {error_rate})")
+    console.print(
+        f"[bold]mirrorq demo[/]: {jobs} jobs through Redis, a worker and the EC2 "
+        f"emulator (drop rate {drop_rate}, 5xx rate {error_rate})"
+    )
     emulator, ready = _start_emulator(jobs, drop_rate, error_rate)
     lab = ready["lab"]
     log_path = Path(tempfile.gettempdir()) / "mirrorq-demo-worker.log"
     worker = None
     try:
-        console.print(f"emulator at {ready['endpoint_url']}: lab of {len(lab['eni_ids'])} ENIs, "
-                      f"target {lab['target_ids']['eni']}, filter {lab['filter_id']}")
+        console.print(
+            f"emulator at {ready['endpoint_url']}: lab of {len(lab['eni_ids'])} ENIs, "
+            f"target {lab['target_ids']['eni']}, filter {lab['filter_id']}"
+        )
         worker = _start_worker(ready["endpoint_url"], log_path)
         console.print(f"worker ready (log: {log_path})")
         producer = Producer()
         started = time.monotonic()
         job_ids = [
-            producer.submit({
-                "NetworkInterfaceId": eni, "TrafficMirrorTargetId": lab["target_ids"]["eni"],
-                "TrafficMirrorFilterId": lab["filter_id"], "SessionNumber": 1,
-                "Description": "mirrorq demo",
-            })
+            producer.submit(
+                {
+                    "NetworkInterfaceId": eni,
+                    "TrafficMirrorTargetId": lab["target_ids"]["eni"],
+                    "TrafficMirrorFilterId": lab["filter_id"],
+                    "SessionNumber": 1,
+                    "Description": "mirrorq demo",
+                }
+            )
             for eni in lab["eni_ids"][:jobs]
         ]
         results = _follow(console, producer, job_ids)
@@ -117,8 +142,13 @@ def _count_sessions(endpoint_url: str) -> list[dict[str, Any]]:
     return [s for page in pages for s in page["TrafficMirrorSessions"]]
 
 
-def _report(console: Console, results: list[dict[str, Any]], sessions: list[dict[str, Any]],
-            stats: dict[str, int], elapsed: float) -> int:
+def _report(
+    console: Console,
+    results: list[dict[str, Any]],
+    sessions: list[dict[str, Any]],
+    stats: dict[str, int],
+    elapsed: float,
+) -> int:
     by_status = Counter(r["status"] for r in results)
     attempts = Counter(r["attempts"] for r in results)
     per_eni = Counter(s["NetworkInterfaceId"] for s in sessions)
@@ -130,9 +160,13 @@ def _report(console: Console, results: list[dict[str, Any]], sessions: list[dict
         table.add_row(f"jobs {status}", str(n))
     table.add_row("jobs retried (attempts > 1)", str(sum(n for a, n in attempts.items() if a > 1)))
     table.add_row("emulator: responses dropped after create", str(stats.get("dropped", 0)))
-    table.add_row("emulator: 500/503 injected",
-                  str(stats.get("InternalError", 0) + stats.get("Unavailable", 0)))
-    table.add_row("emulator: retries answered from the ClientToken record", str(stats.get("replayed", 0)))
+    table.add_row(
+        "emulator: 500/503 injected",
+        str(stats.get("InternalError", 0) + stats.get("Unavailable", 0)),
+    )
+    table.add_row(
+        "emulator: retries answered from the ClientToken record", str(stats.get("replayed", 0))
+    )
     table.add_row("sessions that exist in the emulator", str(len(sessions)))
     table.add_row("duplicate sessions", str(duplicates))
     table.add_row("jobs/second end to end", f"{len(results) / elapsed:.0f}")
@@ -141,6 +175,9 @@ def _report(console: Console, results: list[dict[str, Any]], sessions: list[dict
     console.print("one result (mirrorq status JOB_ID prints the same):")
     console.print_json(json.dumps(sample))
     ok = by_status.get("created", 0) == len(results) == len(sessions) and duplicates == 0
-    console.print("[green]every job created exactly one session[/]" if ok
-                  else "[red]mismatch between jobs and sessions[/]")
+    console.print(
+        "[green]every job created exactly one session[/]"
+        if ok
+        else "[red]mismatch between jobs and sessions[/]"
+    )
     return 0 if ok else 1

@@ -148,11 +148,23 @@ def parse_request(raw: Any) -> SessionRequest:
 
 
 def new_result(
-    job_id: str, request: dict[str, Any] | None, *, batch_id: str | None = None,
-    client_token: str | None = None, submitted_at: str | None = None,
+    job_id: str,
+    request: dict[str, Any] | None,
+    *,
+    batch_id: str | None = None,
+    client_token: str | None = None,
+    submitted_at: str | None = None,
 ) -> JobResult:
     return {
-        "job_id": job_id, "batch_id": batch_id, "status": JobStatus.QUEUED.value,
-        "attempts": 0, "client_token": client_token, "request": request, "response": None,
-        "error": None, "submitted_at": submitted_at, "started_at": None, "finished_at": None,
+        "job_id": job_id,
+        "batch_id": batch_id,
+        "status": JobStatus.QUEUED.value,
+        "attempts": 0,
+        "client_token": client_token,
+        "request": request,
+        "response": None,
+        "error": None,
+        "submitted_at": submitted_at,
+        "started_at": None,
+        "finished_at": None,
     }

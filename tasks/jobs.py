@@ -33,11 +33,20 @@ ENVELOPE_KEYS = frozenset({"request", "batch_id", "submitted_at"})
 def decode_envelope(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """The documented payload is `kwargs={"request": {...}}` (plus optional batch_id)."""
     if args:
-        raise InvalidJobError([{"field": "(message)", "message":
-                                "positional arguments are not accepted; send kwargs={'request': {...}}"}])
+        raise InvalidJobError(
+            [
+                {
+                    "field": "(message)",
+                    "message": "positional arguments are not accepted; "
+                    "send kwargs={'request': {...}}",
+                }
+            ]
+        )
     unknown = set(kwargs) - ENVELOPE_KEYS
     if unknown:
-        raise InvalidJobError([{"field": k, "message": "unknown envelope field"} for k in sorted(unknown)])
+        raise InvalidJobError(
+            [{"field": k, "message": "unknown envelope field"} for k in sorted(unknown)]
+        )
     if "request" not in kwargs:
         raise InvalidJobError([{"field": "request", "message": "Field required"}])
     return kwargs
@@ -45,7 +54,7 @@ def decode_envelope(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, 
 
 @app.task(name=TASK_NAME, bind=True)
 def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
-    job_id: str = self.request.id
+    job_id = str(self.request.id)
     settings = get_settings()
     store = ResultStore(app)
     previous = store.load(job_id)
@@ -58,8 +67,13 @@ def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: A
         envelope = decode_envelope(args, kwargs)
         request = parse_request(envelope["request"])
     except InvalidJobError as error:
-        record.update(status=JobStatus.FAILED.value, finished_at=utcnow(),
-                      error={"code": error.code, "message": str(error), "retryable": False})
+        record.update(
+            {
+                "status": JobStatus.FAILED.value,
+                "finished_at": utcnow(),
+                "error": {"code": error.code, "message": str(error), "retryable": False},
+            }
+        )
         store.save(record)
         log.warning("job %s refused: %s", job_id, error)
         return
@@ -69,16 +83,25 @@ def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: A
     # The token fixed at acceptance; a producer that sent none gets one derived from the
     # job id, which every redelivery of this message shares.
     kwargs_["ClientToken"] = request.ClientToken or record["client_token"] or job_id
-    record.update(request=kwargs_, client_token=kwargs_["ClientToken"],
-                  status=JobStatus.RUNNING.value)
+    record.update(
+        {
+            "request": kwargs_,
+            "client_token": kwargs_["ClientToken"],
+            "status": JobStatus.RUNNING.value,
+        }
+    )
     store.save(record)
 
     runtime = get_runtime(settings)
     record = runtime.run(execute_job(runtime.client, record, settings, save=store.save))
     store.save(record)
     if record["status"] == JobStatus.FAILED.value and record["error"]:
-        log.warning("job %s failed after %d attempt(s): %s", job_id, record["attempts"],
-                    record["error"]["code"])
+        log.warning(
+            "job %s failed after %d attempt(s): %s",
+            job_id,
+            record["attempts"],
+            record["error"]["code"],
+        )
     else:
         log.info("job %s %s after %d attempt(s)", job_id, record["status"], record["attempts"])
 

@@ -12,12 +12,10 @@ import redis
 from celery import Celery
 
 from config import Settings, get_settings
-from tasks.contract import QUEUE, TASK_NAME, JobResult, new_result, parse_request
 from tasks import keys
+from tasks.contract import QUEUE, TASK_NAME, JobResult, new_result, parse_request
 from tasks.store import ResultStore
 from worker.execute import utcnow
-
-
 
 
 class IdempotencyConflictError(ValueError):
@@ -49,12 +47,21 @@ class Producer:
             if existing is not None:
                 return existing
         kwargs.setdefault("ClientToken", job_id)
-        record = new_result(job_id, kwargs, batch_id=batch_id, client_token=kwargs["ClientToken"],
-                            submitted_at=utcnow())
+        record = new_result(
+            job_id,
+            kwargs,
+            batch_id=batch_id,
+            client_token=kwargs["ClientToken"],
+            submitted_at=utcnow(),
+        )
         self.store.save(record)
         self.app.send_task(
             TASK_NAME,
-            kwargs={"request": kwargs, "batch_id": batch_id, "submitted_at": record["submitted_at"]},
+            kwargs={
+                "request": kwargs,
+                "batch_id": batch_id,
+                "submitted_at": record["submitted_at"],
+            },
             task_id=job_id,
             queue=QUEUE,
             ignore_result=True,
@@ -71,7 +78,8 @@ class Producer:
         earlier = json.loads(raw) if raw else {"job_id": job_id, "request_sha256": digest}
         if earlier["request_sha256"] != digest:
             raise IdempotencyConflictError(
-                f"idempotency key {key!r} was used for job {earlier['job_id']} with a different request"
+                f"idempotency key {key!r} was used for job {earlier['job_id']} "
+                "with a different request"
             )
         return str(earlier["job_id"])
 

@@ -42,7 +42,8 @@ async def execute_job(
     kwargs: dict[str, Any] = dict(record["request"] or {})
 
     async def publish_retry(state: RetryCallState) -> None:
-        failure = classify(state.outcome.exception()) if state.outcome else None
+        error = state.outcome.exception() if state.outcome else None
+        failure = classify(error) if error is not None else None
         record["status"] = JobStatus.RETRYING.value
         if failure is not None:
             record["error"] = {"code": failure.code, "message": failure.message, "retryable": True}
@@ -63,18 +64,23 @@ async def execute_job(
                     await acquire()
                 record["attempts"] += 1
                 response = await client.create_traffic_mirror_session(**kwargs)
-    except Exception as error:  # noqa: BLE001 - every failure becomes the job's recorded outcome
+    except Exception as error:
         failure = classify(error)
         if failure.code == DRY_RUN_OK:
-            record.update(status=JobStatus.DRY_RUN_OK.value, error=None)
+            record.update({"status": JobStatus.DRY_RUN_OK.value, "error": None})
         else:
             record.update(
-                status=JobStatus.FAILED.value,
-                error={"code": failure.code, "message": failure.message,
-                       "retryable": failure.retryable},
+                {
+                    "status": JobStatus.FAILED.value,
+                    "error": {
+                        "code": failure.code,
+                        "message": failure.message,
+                        "retryable": failure.retryable,
+                    },
+                }
             )
     else:
         answer = {k: v for k, v in response.items() if k != "ResponseMetadata"}
-        record.update(status=JobStatus.CREATED.value, response=answer, error=None)
+        record.update({"status": JobStatus.CREATED.value, "response": answer, "error": None})
     record["finished_at"] = utcnow()
     return record

@@ -82,9 +82,12 @@ def get_runtime(settings: Settings) -> Ec2Runtime:
     with _runtime_lock:
         if _runtime is None or _runtime.pid != os.getpid():
             _runtime = Ec2Runtime(settings)
-            log.info("EC2 client ready (region %s, endpoint %s, %d connections)",
-                     settings.region, settings.ec2_endpoint_url or "AWS",
-                     settings.concurrency)
+            log.info(
+                "EC2 client ready (region %s, endpoint %s, %d connections)",
+                settings.region,
+                settings.ec2_endpoint_url or "AWS",
+                settings.concurrency,
+            )
         return _runtime
 
 
