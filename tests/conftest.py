@@ -37,3 +37,17 @@ def emulator(emulator_process: EmulatorProcess) -> EmulatorProcess:
 @pytest.fixture
 def ec2(emulator: EmulatorProcess) -> Any:
     return lab_client(emulator.url)
+
+
+TEST_REDIS_URL = "redis://127.0.0.1:6379/11"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A Redis database of the tests' own, emptied before each test."""
+    import redis
+
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client.flushdb()
+    client.close()
+    return TEST_REDIS_URL

@@ -1,0 +1,130 @@
+"""The job contract: the seed's constraints, with errors that name the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tasks.contract import InvalidJobError, parse_request
+
+VALID = {
+    "NetworkInterfaceId": "eni-0123456789abcdef0",
+    "TrafficMirrorTargetId": "tmt-0123456789abcdef0",
+    "TrafficMirrorFilterId": "tmf-0123456789abcdef0",
+    "SessionNumber": 1,
+}
+
+
+def fields_of(raw: Any) -> set[str]:
+    with pytest.raises(InvalidJobError) as raised:
+        parse_request(raw)
+    return {e["field"] for e in raised.value.errors}
+
+
+def test_every_parameter_of_the_seed_is_accepted() -> None:
+    full = {
+        **VALID,
+        "PacketLength": 8500,
+        "VirtualNetworkId": 2**24 - 1,
+        "Description": "d",
+        "TagSpecifications": [
+            {
+                "ResourceType": "traffic-mirror-session",
+                "Tags": [{"Key": "k" * 127, "Value": "v" * 256}],
+            }
+        ],
+        "DryRun": False,
+        "ClientToken": "t" * 64,
+    }
+    assert parse_request(full).to_kwargs() == full
+
+
+def test_unset_optionals_are_left_out_of_the_call() -> None:
+    assert parse_request(VALID).to_kwargs() == VALID
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"SessionNumber": 0}, "SessionNumber"),
+        ({"SessionNumber": 32767}, "SessionNumber"),
+        ({"SessionNumber": 1.5}, "SessionNumber"),
+        ({"PacketLength": 8501}, "PacketLength"),
+        ({"PacketLength": 0}, "PacketLength"),
+        ({"VirtualNetworkId": 2**24}, "VirtualNetworkId"),
+        ({"VirtualNetworkId": -1}, "VirtualNetworkId"),
+        ({"ClientToken": "x" * 65}, "ClientToken"),
+        ({"ClientToken": "jöb"}, "ClientToken"),
+        ({"DryRun": "maybe"}, "DryRun"),
+        ({"NetworkInterfaceId": "i-0123456789abcdef0"}, "NetworkInterfaceId"),
+        ({"TrafficMirrorTargetId": "tmf-0123456789abcdef0"}, "TrafficMirrorTargetId"),
+        ({"Surprise": 1}, "Surprise"),
+        (
+            {"TagSpecifications": [{"ResourceType": "instance", "Tags": []}]},
+            "TagSpecifications.0.ResourceType",
+        ),
+        (
+            {
+                "TagSpecifications": [
+                    {
+                        "ResourceType": "traffic-mirror-session",
+                        "Tags": [{"Key": "aws:x", "Value": ""}],
+                    }
+                ]
+            },
+            "TagSpecifications.0.Tags.0.Key",
+        ),
+        (
+            {
+                "TagSpecifications": [
+                    {"ResourceType": "traffic-mirror-session", "Tags": [{"Key": "k" * 128}]}
+                ]
+            },
+            "TagSpecifications.0.Tags.0.Key",
+        ),
+        (
+            {
+                "TagSpecifications": [
+                    {
+                        "ResourceType": "traffic-mirror-session",
+                        "Tags": [{"Key": "k", "Value": "v" * 257}],
+                    }
+                ]
+            },
+            "TagSpecifications.0.Tags.0.Value",
+        ),
+        (
+            {
+                "TagSpecifications": [
+                    {
+                        "ResourceType": "traffic-mirror-session",
+                        "Tags": [{"Key": f"k{i}"} for i in range(51)],
+                    }
+                ]
+            },
+            "TagSpecifications.0.Tags",
+        ),
+    ],
+)
+def test_out_of_contract_values_name_their_field(change: dict[str, Any], field: str) -> None:
+    assert field in fields_of({**VALID, **change})
+
+
+def test_missing_required_fields_are_all_named() -> None:
+    assert fields_of({"SessionNumber": 1}) == {
+        "NetworkInterfaceId",
+        "TrafficMirrorTargetId",
+        "TrafficMirrorFilterId",
+    }
+
+
+@pytest.mark.parametrize("raw", ["{nope", "[1, 2]", 42, None])
+def test_a_job_must_be_a_json_object(raw: Any) -> None:
+    assert fields_of(raw) == {"(job)"}
+
+
+def test_json_text_is_accepted() -> None:
+    import json
+
+    assert parse_request(json.dumps(VALID)).SessionNumber == 1

@@ -1,0 +1,377 @@
+"""The whole pipeline: real Redis, real `mirrorq worker` processes, the emulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from config import Settings
+from emulator.lab import LAB_CREDENTIALS, lab_client, seed_lab
+from tasks.app import create_app
+from tasks.contract import TASK_NAME
+from tasks.producer import Producer
+from tests.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+
+Lab = dict[str, Any]
+# Short enough that a dead worker's jobs move on within the test, long enough for any job.
+FAST = {
+    "MIRRORQ_JOB_DEADLINE_S": "20",
+    "MIRRORQ_READ_TIMEOUT_S": "5",
+    "MIRRORQ_VISIBILITY_TIMEOUT_S": "30",
+    "MIRRORQ_BACKOFF_BASE_S": "0.05",
+    "MIRRORQ_BACKOFF_CAP_S": "1",
+}
+
+
+@pytest.fixture
+def env(emulator: EmulatorProcess, redis_url: str) -> dict[str, str]:
+    import os
+
+    return {
+        **os.environ,
+        **FAST,
+        "MIRRORQ_BROKER_URL": redis_url,
+        "MIRRORQ_EC2_ENDPOINT_URL": emulator.url,
+        "MIRRORQ_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": LAB_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": LAB_CREDENTIALS["aws_secret_access_key"],
+    }
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(name: str | None = None, **overrides: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            name or f"w{len(started)}-{uuid.uuid4().hex[:6]}", {**env, **overrides}
+        )
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def producer(env: dict[str, str]) -> Producer:
+    fast: dict[str, Any] = {k.removeprefix("MIRRORQ_").lower(): v for k, v in FAST.items()}
+    settings = Settings(broker_url=env["MIRRORQ_BROKER_URL"], **fast)
+    return Producer(create_app(settings), settings)
+
+
+@pytest.fixture
+def lab(emulator: EmulatorProcess) -> Lab:
+    return seed_lab(emulator.url, 300)
+
+
+def job(lab: Lab, eni: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "NetworkInterfaceId": lab["eni_ids"][eni],
+        "TrafficMirrorTargetId": lab["target_ids"]["eni"],
+        "TrafficMirrorFilterId": lab["filter_id"],
+        "SessionNumber": 1,
+        **extra,
+    }
+
+
+def wait_all(producer: Producer, job_ids: list[str], timeout: float = 120) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    results: dict[str, JobResult] = {}
+    while len(results) < len(job_ids):
+        for job_id in job_ids:
+            if job_id not in results:
+                record = producer.result(job_id)
+                if record is not None and producer.store.is_terminal(record):
+                    results[job_id] = record
+        if time.monotonic() > deadline:
+            pending = Counter(
+                (producer.result(j) or {"status": "unknown"})["status"]
+                for j in job_ids
+                if j not in results
+            )
+            raise TimeoutError(f"{len(job_ids) - len(results)} jobs unfinished: {pending}")
+        time.sleep(0.2)
+    return [results[j] for j in job_ids]
+
+
+def sessions(emulator: EmulatorProcess) -> list[dict[str, Any]]:
+    pages = lab_client(emulator.url).get_paginator("describe_traffic_mirror_sessions").paginate()
+    return [s for page in pages for s in page["TrafficMirrorSessions"]]
+
+
+def assert_exactly_one_session_per_job(emulator: EmulatorProcess, results: list[Any]) -> None:
+    existing = sessions(emulator)
+    assert len(existing) == len(results)
+    per_eni = Counter(s["NetworkInterfaceId"] for s in existing)
+    assert max(per_eni.values()) == 1, "duplicate sessions"
+    assert all(r["status"] == "created" for r in results), Counter(r["status"] for r in results)
+    ids = {
+        r["response"]["TrafficMirrorSession"]["TrafficMirrorSessionId"]
+        for r in results
+        if r["response"]
+    }
+    assert ids == {s["TrafficMirrorSessionId"] for s in existing}
+
+
+# 1 and 2: exactly one session per job, with and without faults -------------------------
+
+
+def test_300_jobs_make_exactly_300_sessions(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    start_worker()
+    job_ids = [producer.submit(job(lab, i)) for i in range(300)]
+    results = wait_all(producer, job_ids)
+    assert_exactly_one_session_per_job(emulator, results)
+    first = results[0]
+    assert first["attempts"] == 1
+    assert first["client_token"] == first["request"]["ClientToken"]
+    assert first["client_token"] == first["response"]["ClientToken"]
+    assert None not in (first["started_at"], first["finished_at"], first["submitted_at"])
+
+
+def test_300_jobs_under_faults_still_make_exactly_300_sessions(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    emulator.set_faults(error_rate=0.3, drop_rate=0.2)
+    start_worker()
+    job_ids = [producer.submit(job(lab, i)) for i in range(300)]
+    results = wait_all(producer, job_ids)
+    assert_exactly_one_session_per_job(emulator, results)
+    assert sum(r["attempts"] > 1 for r in results) > 50
+    calls = emulator.stats()["CreateTrafficMirrorSession"]
+    assert calls["dropped"] > 0
+    assert calls["InternalError"] + calls["Unavailable"] > 0
+    # Every dropped create was retried with its token and answered from EC2's record.
+    assert calls["replayed"] >= 1
+
+
+# 3: permanent errors fail at once --------------------------------------------------------
+
+
+def test_permanent_errors_fail_after_one_attempt_with_ec2s_code(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    ec2 = lab_client(emulator.url)
+    for number in (1, 2, 3):
+        ec2.create_traffic_mirror_session(**job(lab, 1, SessionNumber=number))
+    ec2.create_traffic_mirror_session(**job(lab, 2, ClientToken="used-before"))
+    start_worker()
+    cases = {
+        "InvalidNetworkInterfaceID.NotFound": job(
+            lab, 0, NetworkInterfaceId="eni-0123456789abcdef0"
+        ),
+        "TrafficMirrorSessionsPerInterfaceLimitExceeded": job(lab, 1, SessionNumber=4),
+        "IdempotentParameterMismatch": job(lab, 2, ClientToken="used-before", PacketLength=64),
+    }
+    job_ids = {code: producer.submit(request) for code, request in cases.items()}
+    for code, job_id in job_ids.items():
+        (result,) = wait_all(producer, [job_id])
+        assert result["status"] == "failed"
+        assert result["error"] == {
+            "code": code,
+            "message": result["error"]["message"],
+            "retryable": False,
+        }
+        assert result["attempts"] == 1
+    assert emulator.stats()["CreateTrafficMirrorSession"].get("InternalError", 0) == 0
+
+
+# 4: a worker killed mid-run -------------------------------------------------------------
+
+
+def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    emulator.set_faults(latency_ms=150, drop_rate=0.1)
+    doomed = start_worker("doomed", MIRRORQ_VISIBILITY_TIMEOUT_S="12", MIRRORQ_JOB_DEADLINE_S="5")
+    job_ids = [producer.submit(job(lab, i)) for i in range(300)]
+    deadline = time.monotonic() + 60
+    while sum(producer.store.is_terminal(producer.result(j)) for j in job_ids[:100]) < 30:
+        assert time.monotonic() < deadline, "the first worker made no progress"
+        time.sleep(0.1)
+    doomed.kill()
+    in_flight = Counter((producer.result(j) or {"status": "?"})["status"] for j in job_ids)
+    assert in_flight["running"] + in_flight["retrying"] > 0, in_flight  # killed mid-job
+    start_worker("rescuer", MIRRORQ_VISIBILITY_TIMEOUT_S="12", MIRRORQ_JOB_DEADLINE_S="5")
+    results = wait_all(producer, job_ids, timeout=180)
+    assert_exactly_one_session_per_job(emulator, results)
+
+
+# 5: bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (
+            '{"NetworkInterfaceId": "eni-12345678", "TrafficMirrorTargetId": "tmt-12345678",'
+            ' "TrafficMirrorFilterId": "tmf-12345678", "SessionNumber": 40000}',
+            "SessionNumber",
+        ),
+        (
+            '{"NetworkInterfaceId": "nic-1", "TrafficMirrorTargetId": "tmt-12345678",'
+            ' "TrafficMirrorFilterId": "tmf-12345678", "SessionNumber": 1}',
+            "NetworkInterfaceId",
+        ),
+        (
+            '{"TrafficMirrorTargetId": "tmt-12345678", "TrafficMirrorFilterId": "tmf-12345678",'
+            ' "SessionNumber": 1}',
+            "NetworkInterfaceId",
+        ),
+        (
+            '{"NetworkInterfaceId": "eni-12345678", "TrafficMirrorTargetId": "tmt-12345678",'
+            ' "TrafficMirrorFilterId": "tmf-12345678", "SessionNumber": 1, "Colour": "red"}',
+            "Colour",
+        ),
+        ("{not json", "(job)"),
+    ],
+)
+def test_cli_refuses_invalid_jobs_naming_the_field(
+    env: dict[str, str], redis_url: str, payload: str, field: str
+) -> None:
+    done = subprocess.run(
+        [*MIRRORQ, "submit", payload], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert field in done.stderr
+    import redis
+
+    assert redis.Redis.from_url(redis_url).llen("mirrorq") == 0  # nothing reached the queue
+
+
+def test_malformed_messages_end_invalid_job_and_the_worker_goes_on(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    start_worker()
+    bad: dict[str, dict[str, Any]] = {
+        "wrong types": {"kwargs": {"request": {**job(lab, 0), "SessionNumber": "one"}}},
+        "missing fields": {"kwargs": {"request": {"SessionNumber": 1}}},
+        "not JSON": {"kwargs": {"request": "{this is not json"}},
+        "positional": {"args": ["eni-1", "tmt-1"]},
+        "no request": {"kwargs": {"job": {}}},
+    }
+    job_ids = {}
+    for name, message in bad.items():
+        job_ids[name] = job_id = str(uuid.uuid4())
+        producer.app.send_task(TASK_NAME, task_id=job_id, queue="mirrorq", **message)
+    good = producer.submit(job(lab, 5))
+    for name, job_id in job_ids.items():
+        (result,) = wait_all(producer, [job_id])
+        assert result["status"] == "failed", name
+        assert result["error"]["code"] == "InvalidJob", name
+        assert result["attempts"] == 0
+    assert wait_all(producer, [good])[0]["status"] == "created"
+    assert len(sessions(emulator)) == 1
+
+
+def test_send_task_without_mirrorq_uses_the_documented_contract(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Another service needs only Celery, the task name, the queue and the JSON payload."""
+    from celery import Celery
+
+    start_worker()
+    other = Celery(broker=env["MIRRORQ_BROKER_URL"], backend=env["MIRRORQ_BROKER_URL"])
+    other.conf.update(
+        task_serializer="json", accept_content=["json"], result_accept_content=["json"]
+    )
+    sent = other.send_task(
+        "mirrorq.create_traffic_mirror_session", kwargs={"request": job(lab, 7)}, queue="mirrorq"
+    )
+    result = sent.get(timeout=60)  # terminal jobs are SUCCESS to Celery, the record its value
+    assert result["status"] == "created"
+    assert result["client_token"] == sent.id  # no token sent: derived from the job id, fixed
+
+
+# 6: DryRun ------------------------------------------------------------------------------
+
+
+def test_dry_run_jobs_end_dry_run_ok_and_create_nothing(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    start_worker()
+    results = wait_all(producer, [producer.submit(job(lab, i, DryRun=True)) for i in range(5)])
+    assert {r["status"] for r in results} == {"dry_run_ok"}
+    assert all(r["error"] is None and r["attempts"] == 1 for r in results)
+    assert sessions(emulator) == []
+
+
+# The CLI and the producer API -----------------------------------------------------------
+
+
+def test_cli_submit_wait_and_status(
+    env: dict[str, str], lab: Lab, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    start_worker()
+    done = subprocess.run(
+        [*MIRRORQ, "submit", "--wait", json.dumps(job(lab, 3))],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "created"
+    status = subprocess.run(
+        [*MIRRORQ, "status", result["job_id"]], env=env, capture_output=True, text=True, check=False
+    )
+    assert json.loads(status.stdout) == result
+    failing = subprocess.run(
+        [*MIRRORQ, "submit", "--wait", "-"],
+        input=json.dumps(job(lab, 3)),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert failing.returncode == 1  # SessionNumber 1 is taken on that ENI now
+    assert json.loads(failing.stdout)["error"]["code"] == "InvalidParameterValue"
+    unknown = subprocess.run(
+        [*MIRRORQ, "status", "no-such-job"], env=env, capture_output=True, text=True, check=False
+    )
+    assert unknown.returncode == 2
+
+
+def test_idempotency_key_yields_the_same_job(producer: Producer, lab: Lab) -> None:
+    first = producer.submit(job(lab, 9), idempotency_key="event-123")
+    assert producer.submit(job(lab, 9), idempotency_key="event-123") == first
+    assert (producer.result(first) or {}).get("status") == "queued"
+    from tasks.producer import IdempotencyConflictError
+
+    with pytest.raises(IdempotencyConflictError):
+        producer.submit(job(lab, 10), idempotency_key="event-123")

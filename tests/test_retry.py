@@ -1,0 +1,126 @@
+"""The retry policy and the error table, driven without real sleeps or a network."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
+
+from worker.errors import classify, is_transient
+from worker.retry import retry_policy
+
+
+def client_error(code: str, status: int = 400) -> ClientError:
+    response: Any = {
+        "Error": {"Code": code, "Message": code},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "CreateTrafficMirrorSession")
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["RequestLimitExceeded", "Throttling", "InternalError", "ServiceUnavailable", "Unavailable"],
+)
+def test_throttling_and_5xx_are_transient(code: str) -> None:
+    assert is_transient(client_error(code, 503))
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "InvalidParameterValue",
+        "InvalidNetworkInterfaceID.NotFound",
+        "InvalidTrafficMirrorTargetNoFound",
+        "TrafficMirrorSessionsPerInterfaceLimitExceeded",
+        "IdempotentParameterMismatch",
+        "UnauthorizedOperation",
+        "DryRunOperation",
+        "MissingParameter",
+    ],
+)
+def test_everything_else_ec2_says_is_permanent(code: str) -> None:
+    failure = classify(client_error(code))
+    assert (failure.code, failure.retryable) == (code, False)
+
+
+def test_connection_errors_and_timeouts_are_transient() -> None:
+    assert is_transient(ConnectionClosedError(endpoint_url="http://ec2"))
+    assert is_transient(ReadTimeoutError(endpoint_url="http://ec2"))
+    assert is_transient(TimeoutError())
+    assert not is_transient(ValueError("a bug"))
+
+
+class Clock:
+    """Fake time: sleeping advances it, so deadlines are tested without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+async def run(policy: Any, outcomes: list[BaseException | str]) -> tuple[str, int]:
+    calls = 0
+    async for attempt in policy:
+        with attempt:
+            calls += 1
+            outcome = outcomes.pop(0)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome, calls
+    raise AssertionError("unreachable")
+
+
+def test_transient_errors_are_retried_until_success() -> None:
+    clock = Clock()
+    p = retry_policy(deadline_s=60, backoff_base_s=0.1, backoff_cap_s=2.0, sleep=clock.sleep)
+    outcome = asyncio.run(
+        run(
+            p,
+            [
+                client_error("RequestLimitExceeded", 503),
+                ConnectionClosedError(endpoint_url="x"),
+                "created",
+            ],
+        )
+    )
+    assert outcome == ("created", 3)
+    assert len(clock.sleeps) == 2
+
+
+def test_permanent_errors_are_not_retried() -> None:
+    clock = Clock()
+    p = retry_policy(deadline_s=60, backoff_base_s=0.1, backoff_cap_s=2.0, sleep=clock.sleep)
+    with pytest.raises(ClientError):
+        asyncio.run(run(p, [client_error("InvalidParameterValue"), "never"]))
+    assert clock.sleeps == []
+
+
+def test_backoff_is_full_jitter_exponential_and_capped() -> None:
+    clock = Clock()
+    p = retry_policy(deadline_s=10_000, backoff_base_s=0.1, backoff_cap_s=2.0, sleep=clock.sleep)
+    errors: list[BaseException | str] = [client_error("Throttling", 400) for _ in range(30)]
+    asyncio.run(run(p, [*errors, "created"]))
+    for n, slept in enumerate(clock.sleeps, start=1):
+        assert 0 <= slept <= min(2.0, 0.1 * 2**n)
+    assert max(clock.sleeps[10:]) <= 2.0
+    assert len(set(clock.sleeps)) > 20  # jittered, not a fixed ladder
+
+
+def test_the_deadline_stops_retrying(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    import tenacity
+
+    monkeypatch.setattr(tenacity.time, "monotonic", lambda: clock.now)  # type: ignore[attr-defined]
+    p = retry_policy(deadline_s=5, backoff_base_s=1.0, backoff_cap_s=4.0, sleep=clock.sleep)
+    with pytest.raises(ClientError) as raised:
+        asyncio.run(run(p, [client_error("InternalError", 500) for _ in range(1000)]))
+    assert raised.value.response["Error"]["Code"] == "InternalError"
+    assert clock.now <= 5
+    assert 1 < len(clock.sleeps) < 1000
