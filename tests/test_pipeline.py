@@ -86,7 +86,7 @@ def job(lab: Lab, eni: int, **extra: Any) -> dict[str, Any]:
 
 def wait_all(producer: Producer, job_ids: list[str], timeout: float = 120) -> list[Any]:
     deadline = time.monotonic() + timeout
-    results: dict[str, JobResult] = {}
+    results: dict[str, Any] = {}
     while len(results) < len(job_ids):
         for job_id in job_ids:
             if job_id not in results:
@@ -370,7 +370,9 @@ def test_cli_submit_wait_and_status(
 def test_idempotency_key_yields_the_same_job(producer: Producer, lab: Lab) -> None:
     first = producer.submit(job(lab, 9), idempotency_key="event-123")
     assert producer.submit(job(lab, 9), idempotency_key="event-123") == first
-    assert (producer.result(first) or {}).get("status") == "queued"
+    record = producer.result(first)
+    assert record is not None
+    assert record["status"] == "queued"
     from tasks.producer import IdempotencyConflictError
 
     with pytest.raises(IdempotencyConflictError):
