@@ -1,0 +1,1 @@
+"""Benchmarks of mirrorq's parts, each a module runnable with `python -m bench.<name>`."""
