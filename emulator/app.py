@@ -206,7 +206,7 @@ class EmulatorApp:
                 if not isinstance(changes, dict):
                     raise ValueError("expected a JSON object of fault settings")
                 self.faults.update(changes)
-            except ValueError as error:
+            except (TypeError, ValueError) as error:
                 return _json(start_response, "400 Bad Request", {"error": str(error)})
             return _json(start_response, "200 OK", self.faults.as_dict())
         if path == "/_mirrorq/reset" and method == "POST":
@@ -220,6 +220,7 @@ class EmulatorApp:
             self._call_moto(EnvironBuilder(path="/moto-api/reset", method="POST").get_environ())
             self.mirroring.reset()
             self.stats.reset()
+            self.faults.refill()
 
 
 _REASONS = {

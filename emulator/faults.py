@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from dataclasses import asdict, dataclass, fields, replace
@@ -21,6 +22,9 @@ class FaultPlan:
     throttle_burst: int = 50
 
     def validated(self) -> FaultPlan:
+        for f in fields(self):
+            if not math.isfinite(getattr(self, f.name)):
+                raise ValueError(f"{f.name} must be a finite number")
         for name in ("error_rate", "drop_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -34,7 +38,10 @@ class FaultPlan:
         unknown = set(changes) - set(known)
         if unknown:
             raise ValueError(f"unknown fault settings: {sorted(unknown)}; known: {sorted(known)}")
-        typed = {k: (int(v) if k == "throttle_burst" else float(v)) for k, v in changes.items()}
+        try:
+            typed = {k: (int(v) if k == "throttle_burst" else float(v)) for k, v in changes.items()}
+        except (TypeError, ValueError):
+            raise ValueError(f"fault settings must be numbers, got {changes}") from None
         return replace(self, **typed).validated()  # type: ignore[arg-type]
 
 
@@ -71,6 +78,10 @@ class Faults:
                 bucket = TokenBucket(plan.throttle_rate, plan.throttle_burst)
                 self._buckets[action] = bucket
         return bucket.try_take()
+
+    def refill(self) -> None:
+        with self._lock:
+            self._buckets.clear()
 
     def roll(self, rate: float) -> bool:
         with self._lock:

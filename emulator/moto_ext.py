@@ -75,7 +75,12 @@ def _describe_network_interfaces(self: Any) -> ActionResult:
 def _describe_traffic_mirror_sessions(self: Any) -> ActionResult:
     filters = dict(self._filters_from_querystring() or {})
     # moto compares the integer attribute with the filter's strings and never matches.
-    numbers = {int(n) for n in filters.pop("session-number", [])}
+    try:
+        numbers = {int(n) for n in filters.pop("session-number", [])}
+    except ValueError:
+        raise EC2ClientError(
+            "InvalidParameterValue", "The filter session-number takes integers."
+        ) from None
     sessions = self.ec2_backend.describe_traffic_mirror_sessions(
         traffic_mirror_session_ids=self._get_param("TrafficMirrorSessionIds"),
         filters=filters or None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -186,19 +187,19 @@ def emulator(
         plan = FaultPlan().updated({**base, **{k: v for k, v in flags.items() if v is not None}})
     except ValueError as error:
         raise click.UsageError(str(error)) from error
+    # The lab is seeded before throttling starts: it is set-up, not traffic.
     server = EmulatorServer(
         host or settings.host,
         settings.port if port is None else port,
-        plan,
+        dataclasses.replace(plan, throttle_rate=0.0),
         settings.seed if seed is None else seed,
     )
     server.start()
-    ready: dict[str, Any] = {
-        "endpoint_url": server.endpoint_url,
-        "faults": server.app.faults.as_dict(),
-    }
+    ready: dict[str, Any] = {"endpoint_url": server.endpoint_url}
     if seed_lab_enis:
         ready["lab"] = seed_lab(server.endpoint_url, seed_lab_enis)
+    server.app.faults.update({"throttle_rate": plan.throttle_rate})
+    ready["faults"] = server.app.faults.as_dict()
     _echo_json(ready)
     sys.stdout.flush()
     logging.getLogger("mirrorq.emulator").info("serving on %s", server.endpoint_url)
