@@ -18,6 +18,9 @@ SESSION_NUMBER_MAX = 32766
 PACKET_LENGTH_MAX = 8500
 VIRTUAL_NETWORK_ID_MAX = 2**24 - 1  # VXLAN network identifiers are 24 bits
 CLIENT_TOKEN_MAX = 64
+# mirrorq's one extension to the request syntax: the worker picks the lowest SessionNumber
+# free on the ENI when the job runs, under a per-ENI lease, and records it before calling EC2.
+AUTO = "auto"
 
 
 class JobStatus(StrEnum):
@@ -103,7 +106,7 @@ class SessionRequest(BaseModel):
     NetworkInterfaceId: Annotated[str, Field(pattern=r"^eni-[0-9a-f]{8,17}$")]
     TrafficMirrorTargetId: Annotated[str, Field(pattern=r"^tmt-[0-9a-f]{8,17}$")]
     TrafficMirrorFilterId: Annotated[str, Field(pattern=r"^tmf-[0-9a-f]{8,17}$")]
-    SessionNumber: Annotated[int, Field(ge=1, le=SESSION_NUMBER_MAX)]
+    SessionNumber: Annotated[int, Field(ge=1, le=SESSION_NUMBER_MAX)] | Literal["auto"]
     PacketLength: Annotated[int, Field(ge=1, le=PACKET_LENGTH_MAX)] | None = None
     VirtualNetworkId: Annotated[int, Field(ge=0, le=VIRTUAL_NETWORK_ID_MAX)] | None = None
     Description: Annotated[str, Field(max_length=255)] | None = None
@@ -118,16 +121,23 @@ class SessionRequest(BaseModel):
             raise ValueError("must be ASCII")
         return token
 
+    @property
+    def auto_session_number(self) -> bool:
+        return self.SessionNumber == AUTO
+
     def to_kwargs(self) -> dict[str, Any]:
         """The keyword arguments for `create_traffic_mirror_session`, unset fields left out."""
         return self.model_dump(mode="json", exclude_none=True)
 
 
 def _field_errors(error: ValidationError) -> list[FieldError]:
-    return [
-        {"field": ".".join(str(p) for p in e["loc"]) or "(job)", "message": e["msg"]}
-        for e in error.errors(include_url=False)
-    ]
+    """One error per field; a union's alternatives ("an integer" or "auto") joined by "or"."""
+    by_field: dict[str, list[str]] = {}
+    for e in error.errors(include_url=False):
+        # Keep field names and list indexes; drop pydantic's union-member tags.
+        path = [str(p) for p in e["loc"] if isinstance(p, int) or str(p).isidentifier()]
+        by_field.setdefault(".".join(path) or "(job)", []).append(e["msg"])
+    return [{"field": f, "message": " or ".join(m)} for f, m in by_field.items()]
 
 
 def parse_request(raw: Any) -> SessionRequest:

@@ -15,6 +15,7 @@ from celery.signals import worker_process_shutdown, worker_shutdown
 from config import get_settings
 from tasks.app import app
 from tasks.contract import (
+    AUTO,
     TASK_NAME,
     InvalidJobError,
     JobResult,
@@ -80,6 +81,10 @@ def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: A
     record["batch_id"] = envelope.get("batch_id") or record["batch_id"]
     record["submitted_at"] = record["submitted_at"] or envelope.get("submitted_at")
     kwargs_ = request.to_kwargs()
+    earlier = record["request"] or {}
+    if request.auto_session_number and earlier.get("SessionNumber", AUTO) != AUTO:
+        # A redelivery: the number chosen before the first attempt is part of the request now.
+        kwargs_ = dict(earlier)
     # The token fixed at acceptance; a producer that sent none gets one derived from the
     # job id, which every redelivery of this message shares.
     kwargs_["ClientToken"] = request.ClientToken or record["client_token"] or job_id
@@ -93,7 +98,10 @@ def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: A
     store.save(record)
 
     runtime = get_runtime(settings)
-    record = runtime.run(execute_job(runtime.client, record, settings, save=store.save))
+    leases = runtime.leases if request.auto_session_number else None
+    record = runtime.run(
+        execute_job(runtime.client, record, settings, save=store.save, leases=leases)
+    )
     store.save(record)
     if record["status"] == JobStatus.FAILED.value and record["error"]:
         log.warning(

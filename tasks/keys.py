@@ -5,3 +5,27 @@ PREFIX = "mirrorq"
 
 def idempotency(key: str) -> str:
     return f"{PREFIX}:idempotency:{key}"
+
+
+def eni_lease(eni_id: str) -> str:
+    return f"{PREFIX}:eni-lease:{eni_id}"
+
+
+def batch(batch_id: str) -> str:
+    """Hash: total, done, submitted_at, finished_at, source, plan (JSON)."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_counts(batch_id: str) -> str:
+    """Hash: status -> number of the batch's jobs in it."""
+    return f"{PREFIX}:batch:{batch_id}:counts"
+
+
+def batch_statuses(batch_id: str) -> str:
+    """Hash: job id -> its status, so a transition moves exactly one count."""
+    return f"{PREFIX}:batch:{batch_id}:statuses"
+
+
+def batch_jobs(batch_id: str) -> str:
+    """List: the batch's job ids in submission order."""
+    return f"{PREFIX}:batch:{batch_id}:jobs"

@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -13,7 +14,7 @@ from celery import Celery
 
 from config import Settings, get_settings
 from tasks import keys
-from tasks.contract import QUEUE, TASK_NAME, JobResult, new_result, parse_request
+from tasks.contract import QUEUE, TASK_NAME, JobResult, SessionRequest, new_result, parse_request
 from tasks.store import ResultStore
 from worker.execute import utcnow
 
@@ -67,6 +68,62 @@ class Producer:
             ignore_result=True,
         )
         return job_id
+
+    def submit_batch(
+        self,
+        requests: list[SessionRequest],
+        *,
+        source: str | None = None,
+        plan: dict[str, Any] | None = None,
+    ) -> str:
+        """Enqueue validated jobs as one batch; return the batch id at once.
+
+        Records and the batch's counts are written in one pipeline, then the messages are
+        published through one pipelined producer: a few round trips for thousands of jobs.
+        """
+        batch_id = str(uuid.uuid4())
+        submitted_at = utcnow()
+        messages: list[tuple[str, dict[str, Any]]] = []
+        client = self.store.backend.client
+        with client.pipeline(transaction=False) as pipe:
+            for parsed in requests:
+                job_id = str(uuid.uuid4())
+                kwargs = parsed.to_kwargs()
+                kwargs.setdefault("ClientToken", job_id)
+                self.store.queue_initial(
+                    pipe,
+                    new_result(
+                        job_id,
+                        kwargs,
+                        batch_id=batch_id,
+                        client_token=kwargs["ClientToken"],
+                        submitted_at=submitted_at,
+                    ),
+                )
+                messages.append((job_id, kwargs))
+            self.store.batches.create(
+                pipe, batch_id, [j for j, _ in messages], submitted_at, source, plan
+            )
+            pipe.execute()
+        with self.app.producer_or_acquire() as producer, producer.batch():
+            for job_id, kwargs in messages:
+                self.app.send_task(
+                    TASK_NAME,
+                    kwargs={"request": kwargs, "batch_id": batch_id, "submitted_at": submitted_at},
+                    task_id=job_id,
+                    queue=QUEUE,
+                    ignore_result=True,
+                    producer=producer,
+                )
+        return batch_id
+
+    def batch_status(self, batch_id: str) -> dict[str, Any] | None:
+        return self.store.batches.status(batch_id)
+
+    def batch_results(self, batch_id: str) -> Iterator[JobResult]:
+        """Every job's record in submission order (jobs whose record expired are skipped)."""
+        for chunk in self.store.batches.job_ids(batch_id):
+            yield from (r for r in self.store.load_many(chunk) if r is not None)
 
     def _claim(self, key: str, job_id: str, kwargs: dict[str, Any]) -> str | None:
         """Bind `key` to `job_id` unless it is bound already; return the earlier job id."""

@@ -23,6 +23,26 @@ TRANSIENT_CODES = THROTTLING_CODES | SERVER_CODES
 DRY_RUN_OK = "DryRunOperation"
 
 
+class MirrorqError(Exception):
+    """A failure of mirrorq's own making, with a code like EC2's."""
+
+    code = "MirrorqError"
+    retryable = False
+
+
+class EniBusyError(MirrorqError):
+    """Another auto-numbered job holds the ENI's lease; try again shortly."""
+
+    code = "EniBusy"
+    retryable = True
+
+
+class AlreadyMirroredError(MirrorqError):
+    """The ENI is already mirrored to this target through this filter."""
+
+    code = "AlreadyMirrored"
+
+
 @dataclass(frozen=True)
 class Failure:
     code: str
@@ -36,6 +56,8 @@ class Failure:
 
 def classify(error: BaseException) -> Failure:
     """EC2's code and whether another attempt may succeed."""
+    if isinstance(error, MirrorqError):
+        return Failure(error.code, str(error), error.retryable)
     if isinstance(error, ClientError):
         info = error.response.get("Error", {})
         code = str(info.get("Code") or "Unknown")

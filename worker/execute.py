@@ -14,9 +14,10 @@ from tenacity import RetryCallState
 from types_aiobotocore_ec2 import EC2Client
 
 from config import Settings
-from tasks.contract import JobResult, JobStatus
-from worker.errors import DRY_RUN_OK, classify
+from tasks.contract import AUTO, JobResult, JobStatus
+from worker.errors import DRY_RUN_OK, AlreadyMirroredError, EniBusyError, classify
 from worker.retry import Sleep, retry_policy
+from worker.sessions import EniLeases, lowest_free_session_number, same_mirror
 
 Save = Callable[[JobResult], None]
 
@@ -25,27 +26,61 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+async def _sessions_on(client: EC2Client, eni_id: str) -> list[dict[str, Any]]:
+    pages = client.get_paginator("describe_traffic_mirror_sessions").paginate(
+        Filters=[{"Name": "network-interface-id", "Values": [eni_id]}]
+    )
+    return [dict(s) async for page in pages for s in page["TrafficMirrorSessions"]]
+
+
+async def _choose_session_number(
+    client: EC2Client, record: JobResult, kwargs: dict[str, Any], save: Save
+) -> None:
+    """Resolve SessionNumber "auto" and record it before the first create is sent.
+
+    From then on every retry and redelivery sends identical parameters with the same token.
+    """
+    eni_id = kwargs["NetworkInterfaceId"]
+    existing = await _sessions_on(client, eni_id)
+    mirrored = same_mirror(
+        existing, kwargs["TrafficMirrorTargetId"], kwargs["TrafficMirrorFilterId"]
+    )
+    if mirrored is not None:
+        raise AlreadyMirroredError(
+            f"{eni_id} is already mirrored to {kwargs['TrafficMirrorTargetId']} through "
+            f"{kwargs['TrafficMirrorFilterId']} by {mirrored['TrafficMirrorSessionId']}"
+        )
+    # With no number free (3 sessions is EC2's limit anyway) EC2 gives the precise answer.
+    kwargs["SessionNumber"] = lowest_free_session_number(s["SessionNumber"] for s in existing) or 1
+    record["request"] = dict(kwargs)
+    await asyncio.to_thread(save, dict(record))  # type: ignore[arg-type]
+
+
 async def execute_job(
     client: EC2Client,
     record: JobResult,
     settings: Settings,
     *,
     save: Save,
+    leases: EniLeases | None = None,
     sleep: Sleep = asyncio.sleep,
     acquire: Callable[[], Awaitable[None]] | None = None,
 ) -> JobResult:
     """Create the session described by `record["request"]`; return the finished record.
 
     `record["request"]` already carries the job's ClientToken: every attempt sends exactly
-    these arguments, so EC2 can tell a retry from a new request.
+    these arguments, so EC2 can tell a retry from a new request. With `leases`, the job
+    holds its ENI's lease while it plans and creates (SessionNumber "auto").
     """
     kwargs: dict[str, Any] = dict(record["request"] or {})
+    eni_id: str = kwargs["NetworkInterfaceId"]
+    leased = False
 
     async def publish_retry(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        failure = classify(error) if error is not None else None
         record["status"] = JobStatus.RETRYING.value
-        if failure is not None:
+        if error is not None:
+            failure = classify(error)
             record["error"] = {"code": failure.code, "message": failure.message, "retryable": True}
         # A blocking Redis write must not stall the loop every other job shares.
         await asyncio.to_thread(save, dict(record))  # type: ignore[arg-type]
@@ -60,11 +95,17 @@ async def execute_job(
     try:
         async for attempt in policy:
             with attempt:
+                if leases is not None and not leased:
+                    if not await leases.acquire(eni_id, record["job_id"]):
+                        raise EniBusyError(f"another job is creating a session on {eni_id}")
+                    leased = True
+                if kwargs["SessionNumber"] == AUTO:
+                    await _choose_session_number(client, record, kwargs, save)
                 if acquire is not None:
                     await acquire()
                 record["attempts"] += 1
                 response = await client.create_traffic_mirror_session(**kwargs)
-    except Exception as error:
+    except Exception as error:  # every failure becomes the job's recorded outcome
         failure = classify(error)
         if failure.code == DRY_RUN_OK:
             record.update({"status": JobStatus.DRY_RUN_OK.value, "error": None})
@@ -82,5 +123,8 @@ async def execute_job(
     else:
         answer = {k: v for k, v in response.items() if k != "ResponseMetadata"}
         record.update({"status": JobStatus.CREATED.value, "response": answer, "error": None})
+    finally:
+        if leased and leases is not None:
+            await leases.release(eni_id, record["job_id"])
     record["finished_at"] = utcnow()
     return record

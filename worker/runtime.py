@@ -14,11 +14,13 @@ from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from types_aiobotocore_ec2 import EC2Client
 
 from config import Settings
+from worker.sessions import EniLeases
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ class Ec2Runtime:
         self._thread.start()
         self._stack = AsyncExitStack()
         self.client: EC2Client = self.run(self._open())
+        # Made on the loop's thread: redis.asyncio's connections belong to the loop that uses them.
+        self.redis: aioredis.Redis = self.run(self._open_redis())
+        self.leases = EniLeases(self.redis, settings.job_deadline_s + settings.read_timeout_s)
 
     async def _open(self) -> EC2Client:
         session = get_session()
@@ -57,6 +62,11 @@ class Ec2Runtime:
             config=client_config(self.settings),
         )
         return await self._stack.enter_async_context(client)
+
+    async def _open_redis(self) -> aioredis.Redis:
+        client = aioredis.Redis.from_url(self.settings.broker_url)
+        self._stack.push_async_callback(client.aclose)
+        return client
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
