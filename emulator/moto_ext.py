@@ -3,6 +3,7 @@
 - Traffic Mirroring ids carry EC2's prefixes (`tms-`, `tmt-`, `tmf-`), not moto's.
 - DescribeNetworkInterfaces and DescribeTrafficMirrorSessions honour MaxResults/NextToken,
   so clients that forget to paginate miss ENIs here as they would on EC2.
+- CreateNetworkInterface keeps its InterfaceType (efa, trunk...), which moto drops.
 
 `install()` is idempotent and is called before the emulator serves its first request.
 """
@@ -94,9 +95,21 @@ def _describe_traffic_mirror_sessions(self: Any) -> ActionResult:
     return ActionResult(result)
 
 
+_create_network_interface = ElasticNetworkInterfaces.create_network_interface
+
+
+def _create_typed_network_interface(self: Any) -> ActionResult:
+    result = _create_network_interface(self)
+    interface_type = self._get_param("InterfaceType")
+    if interface_type:
+        result.result["NetworkInterface"].interface_type = interface_type  # type: ignore[index]
+    return result
+
+
 def install() -> None:
     for resource, prefix in EC2_PREFIXES.items():
         ec2_utils.EC2_RESOURCE_TO_PREFIX[resource] = prefix
         ec2_utils.EC2_PREFIX_TO_RESOURCE[prefix] = resource
     ElasticNetworkInterfaces.describe_network_interfaces = _describe_network_interfaces  # type: ignore[method-assign]
     TrafficMirrors.describe_traffic_mirror_sessions = _describe_traffic_mirror_sessions  # type: ignore[method-assign]
+    ElasticNetworkInterfaces.create_network_interface = _create_typed_network_interface  # type: ignore[method-assign]

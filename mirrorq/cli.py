@@ -6,7 +6,8 @@ import dataclasses
 import json
 import logging
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
@@ -30,7 +31,7 @@ def _read_job(text: str) -> str:
     return sys.stdin.read() if text == "-" else text
 
 
-def _fail_input(message: str) -> None:
+def _fail_input(message: str) -> NoReturn:
     click.echo(f"mirrorq: {message}", err=True)
     sys.exit(EXIT_USAGE)
 
@@ -98,8 +99,266 @@ def status(job_id: str) -> None:
     record = Producer().result(job_id)
     if record is None:
         _fail_input(f"no job {job_id} (unknown id, or its result expired)")
+    _exit_for(dict(record))
+
+
+@main.group()
+def batch() -> None:
+    """Fire-and-forget batches: submit a file of jobs, follow them, export results."""
+
+
+@batch.command("submit")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default=None,
+    help="Default: from the file's extension (.csv, else JSON Lines).",
+)
+def batch_submit(file: Path, fmt: str | None) -> None:
+    """Enqueue every job of FILE (JSON Lines, or CSV with the same column names).
+
+    Prints the batch id at once. A file with any bad line is refused whole, every bad line
+    listed with its number, and nothing is queued (exit 2).
+    """
+    from tasks.batches import BatchFileError, read_jobs
+    from tasks.producer import Producer
+
+    try:
+        jobs = read_jobs(file, fmt)
+    except BatchFileError as error:
+        for line_error in error.errors:
+            click.echo(f"{file}: {line_error}", err=True)
+        click.echo(
+            f"mirrorq: {file} refused: {len(error.errors)} error(s); nothing was queued", err=True
+        )
+        sys.exit(EXIT_USAGE)
+    except UnicodeDecodeError as error:
+        _fail_input(f"{file} is not UTF-8 text: {error}")
+    click.echo(Producer().submit_batch(jobs, source=str(file)))
+
+
+@batch.command("status")
+@click.argument("batch_id")
+@click.option("--watch", is_flag=True, help="Show a live progress bar until the batch ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def batch_status(batch_id: str, watch: bool, as_json: bool) -> None:
+    """Counts of the batch's jobs by status (exit 1 once it ended with failures)."""
+    from rich.console import Console
+
+    from mirrorq.progress import counts_table
+    from mirrorq.progress import watch as follow
+    from tasks.producer import Producer
+
+    producer = Producer()
+    console = Console(stderr=as_json)
+    try:
+        status = follow(producer, batch_id, console) if watch else producer.batch_status(batch_id)
+    except LookupError as error:
+        _fail_input(str(error))
+    if status is None:
+        _fail_input(f"no batch {batch_id} (unknown id, or its record expired)")
+    if as_json:
+        _echo_json(status)
     else:
-        _exit_for(dict(record))
+        Console().print(counts_table(status))
+    sys.exit(EXIT_FAILED if status["finished_at"] and status["counts"].get("failed") else 0)
+
+
+RESULT_COLUMNS = (
+    "job_id",
+    "status",
+    "attempts",
+    "NetworkInterfaceId",
+    "TrafficMirrorTargetId",
+    "TrafficMirrorFilterId",
+    "SessionNumber",
+    "TrafficMirrorSessionId",
+    "error_code",
+    "error_message",
+    "client_token",
+    "submitted_at",
+    "started_at",
+    "finished_at",
+)
+
+
+def _result_row(record: dict[str, Any]) -> dict[str, Any]:
+    request = record.get("request") or {}
+    session = (record.get("response") or {}).get("TrafficMirrorSession") or {}
+    error = record.get("error") or {}
+    return {
+        **{
+            k: record.get(k)
+            for k in (
+                "job_id",
+                "status",
+                "attempts",
+                "client_token",
+                "submitted_at",
+                "started_at",
+                "finished_at",
+            )
+        },
+        **{
+            k: request.get(k)
+            for k in (
+                "NetworkInterfaceId",
+                "TrafficMirrorTargetId",
+                "TrafficMirrorFilterId",
+                "SessionNumber",
+            )
+        },
+        "TrafficMirrorSessionId": session.get("TrafficMirrorSessionId"),
+        "error_code": error.get("code"),
+        "error_message": error.get("message"),
+    }
+
+
+@batch.command("results")
+@click.argument("batch_id")
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+def batch_results(batch_id: str, fmt: str) -> None:
+    """One result per job, in submission order."""
+    import csv
+
+    from tasks.producer import Producer
+
+    producer = Producer()
+    if producer.batch_status(batch_id) is None:
+        _fail_input(f"no batch {batch_id} (unknown id, or its record expired)")
+    records = producer.batch_results(batch_id)
+    if fmt == "jsonl":
+        for record in records:
+            _echo_json(record)
+        return
+    writer = csv.DictWriter(sys.stdout, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow(_result_row(dict(record)))
+
+
+def _pairs(values: tuple[str, ...], option: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected Key=Value, got {value!r}", param_hint=option)
+        pairs.append((key, val))
+    return tuple(pairs)
+
+
+@main.command()
+@click.option("--target", "target_id", required=True, help="Traffic mirror target (tmt-...).")
+@click.option("--filter", "filter_id", required=True, help="Traffic mirror filter (tmf-...).")
+@click.option("--vpc", multiple=True, help="ENIs in this VPC (repeatable: any of them).")
+@click.option("--subnet", multiple=True, help="ENIs in this subnet (repeatable).")
+@click.option("--tag", multiple=True, metavar="KEY=VALUE", help="ENIs with this tag (repeatable).")
+@click.option("--instance", multiple=True, help="Every ENI of this instance (repeatable).")
+@click.option("--eni", multiple=True, help="This ENI (repeatable).")
+@click.option(
+    "--session-number",
+    default="auto",
+    show_default=True,
+    help="'auto' picks the lowest number free on each ENI when its job runs.",
+)
+@click.option("--packet-length", type=int, default=None)
+@click.option("--virtual-network-id", type=int, default=None)
+@click.option("--description", default=None)
+@click.option("--session-tag", multiple=True, metavar="KEY=VALUE", help="Tag every session.")
+@click.option("--dry-run", is_flag=True, help="Plan, and send DryRun jobs: nothing is created.")
+@click.option("--wait", is_flag=True, help="Follow the batch with a progress bar.")
+def mirror(
+    target_id: str,
+    filter_id: str,
+    vpc: tuple[str, ...],
+    subnet: tuple[str, ...],
+    tag: tuple[str, ...],
+    instance: tuple[str, ...],
+    eni: tuple[str, ...],
+    session_number: str,
+    packet_length: int | None,
+    virtual_network_id: int | None,
+    description: str | None,
+    session_tag: tuple[str, ...],
+    dry_run: bool,
+    wait: bool,
+) -> None:
+    """Mirror every matching ENI to TARGET through FILTER: resolve, plan, submit as a batch.
+
+    Selectors of different kinds must all match; repeated ones are alternatives. ENIs
+    already mirrored to this target and filter, at EC2's 3-session limit, that are mirror
+    targets themselves, or not of type `interface` are skipped with the reason.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from config import get_settings
+    from mirrorq.bulk import Ec2Inventory, Selectors, job_requests
+    from mirrorq.progress import counts_table
+    from mirrorq.progress import watch as follow
+    from tasks.contract import InvalidJobError, parse_request
+    from tasks.producer import Producer
+
+    selectors = Selectors(vpc, subnet, _pairs(tag, "--tag"), instance, eni)
+    if not selectors:
+        raise click.UsageError("name the ENIs: --vpc, --subnet, --tag, --instance or --eni")
+    number: int | str = session_number if session_number == "auto" else _int(session_number)
+    tags = _pairs(session_tag, "--session-tag")
+    tag_specs = (
+        [
+            {
+                "ResourceType": "traffic-mirror-session",
+                "Tags": [{"Key": k, "Value": v} for k, v in tags],
+            }
+        ]
+        if tags
+        else None
+    )
+    console = Console(stderr=True)
+    try:
+        plan = Ec2Inventory(get_settings()).plan(selectors, target_id, filter_id)
+    except LookupError as error:
+        _fail_input(str(error))
+    table = Table(title=f"plan: mirror to {target_id} through {filter_id}", title_justify="left")
+    table.add_column("outcome")
+    table.add_column("ENIs", justify="right")
+    for outcome, count in plan.counts().items():
+        table.add_row(outcome, str(count))
+    table.add_row("[bold]matched", f"[bold]{len(plan.items)}")
+    console.print(table)
+    requests = job_requests(
+        plan,
+        session_number=number,
+        dry_run=dry_run,
+        PacketLength=packet_length,
+        VirtualNetworkId=virtual_network_id,
+        Description=description,
+        TagSpecifications=tag_specs,
+    )
+    try:
+        jobs = [parse_request(r) for r in requests]
+    except InvalidJobError as error:
+        _fail_input(str(error))
+    producer = Producer()
+    batch_id = producer.submit_batch(jobs, source="mirrorq mirror", plan=plan.summary())
+    click.echo(batch_id)
+    if wait:
+        status = follow(producer, batch_id, console)
+        console.print(counts_table(status))
+        sys.exit(EXIT_FAILED if status["counts"].get("failed") else 0)
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected 'auto' or an integer, got {value!r}", param_hint="--session-number"
+        ) from None
 
 
 @main.command()

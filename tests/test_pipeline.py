@@ -7,66 +7,17 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from config import Settings
-from emulator.lab import LAB_CREDENTIALS, lab_client, seed_lab
-from tasks.app import create_app
+from emulator.lab import lab_client, seed_lab
 from tasks.contract import TASK_NAME
 from tasks.producer import Producer
 from tests.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 
 Lab = dict[str, Any]
-# Short enough that a dead worker's jobs move on within the test, long enough for any job.
-FAST = {
-    "MIRRORQ_JOB_DEADLINE_S": "20",
-    "MIRRORQ_READ_TIMEOUT_S": "5",
-    "MIRRORQ_VISIBILITY_TIMEOUT_S": "30",
-    "MIRRORQ_BACKOFF_BASE_S": "0.05",
-    "MIRRORQ_BACKOFF_CAP_S": "1",
-}
-
-
-@pytest.fixture
-def env(emulator: EmulatorProcess, redis_url: str) -> dict[str, str]:
-    import os
-
-    return {
-        **os.environ,
-        **FAST,
-        "MIRRORQ_BROKER_URL": redis_url,
-        "MIRRORQ_EC2_ENDPOINT_URL": emulator.url,
-        "MIRRORQ_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": LAB_CREDENTIALS["aws_access_key_id"],
-        "AWS_SECRET_ACCESS_KEY": LAB_CREDENTIALS["aws_secret_access_key"],
-    }
-
-
-@pytest.fixture
-def start_worker(env: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(name: str | None = None, **overrides: str) -> WorkerProcess:
-        worker = WorkerProcess(
-            name or f"w{len(started)}-{uuid.uuid4().hex[:6]}", {**env, **overrides}
-        )
-        started.append(worker)
-        worker.wait_ready()
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
-
-
-@pytest.fixture
-def producer(env: dict[str, str]) -> Producer:
-    fast: dict[str, Any] = {k.removeprefix("MIRRORQ_").lower(): v for k, v in FAST.items()}
-    settings = Settings(broker_url=env["MIRRORQ_BROKER_URL"], **fast)
-    return Producer(create_app(settings), settings)
 
 
 @pytest.fixture

@@ -1,0 +1,76 @@
+"""Following a batch in the terminal: counts, a live progress bar, rate and ETA."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from tasks.producer import Producer
+
+STATUS_ORDER = ("queued", "running", "retrying", "created", "dry_run_ok", "failed")
+
+
+def counts_table(status: dict[str, Any]) -> Table:
+    table = Table(title=f"batch {status['batch_id']}", title_justify="left")
+    table.add_column("status")
+    table.add_column("jobs", justify="right")
+    for name in STATUS_ORDER:
+        if status["counts"].get(name):
+            table.add_row(name, str(status["counts"][name]))
+    table.add_row("[bold]total", f"[bold]{status['total']}")
+    return table
+
+
+def _line(status: dict[str, Any]) -> str:
+    counts = status["counts"]
+    return "  ".join(f"{name} {counts[name]}" for name in STATUS_ORDER if counts.get(name))
+
+
+def watch(
+    producer: Producer, batch_id: str, console: Console, interval: float = 0.5
+) -> dict[str, Any]:
+    """Render the batch's progress until every job is terminal; return the final status."""
+    status = producer.batch_status(batch_id)
+    if status is None:
+        raise LookupError(f"no batch {batch_id}")
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[counts]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(
+            "jobs", total=status["total"], completed=status["done"], rate="", counts=_line(status)
+        )
+        started, done_at_start = time.monotonic(), status["done"]
+        while True:
+            elapsed = time.monotonic() - started
+            rate = (status["done"] - done_at_start) / elapsed if elapsed > 1 else 0.0
+            progress.update(
+                bar,
+                completed=status["done"],
+                counts=_line(status),
+                rate=f"{rate:.0f} jobs/s" if rate else "",
+            )
+            if status["finished_at"]:
+                return status
+            time.sleep(interval)
+            status = producer.batch_status(batch_id) or status
