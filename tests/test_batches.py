@@ -56,26 +56,38 @@ def test_jsonl_and_csv_read_the_same_jobs(tmp_path: Path) -> None:
 
 
 def test_every_bad_line_is_reported_with_its_number(tmp_path: Path) -> None:
-    path = write(tmp_path, "jobs.jsonl", [
-        json.dumps(GOOD),
-        "{not json",
-        json.dumps({**GOOD, "Colour": "red"}),
-        json.dumps({**GOOD, "SessionNumber": 40000}),
-        json.dumps(GOOD),
-        json.dumps({**GOOD, "PacketLength": 0, "VirtualNetworkId": -1}),
-    ])
+    path = write(
+        tmp_path,
+        "jobs.jsonl",
+        [
+            json.dumps(GOOD),
+            "{not json",
+            json.dumps({**GOOD, "Colour": "red"}),
+            json.dumps({**GOOD, "SessionNumber": 40000}),
+            json.dumps(GOOD),
+            json.dumps({**GOOD, "PacketLength": 0, "VirtualNetworkId": -1}),
+        ],
+    )
     assert bad_lines(path) == [
-        (2, "(line)"), (3, "Colour"), (4, "SessionNumber"), (6, "PacketLength"),
+        (2, "(line)"),
+        (3, "Colour"),
+        (4, "SessionNumber"),
+        (6, "PacketLength"),
         (6, "VirtualNetworkId"),
     ]
 
 
 def test_csv_errors_carry_file_line_numbers(tmp_path: Path) -> None:
-    path = write(tmp_path, "jobs.csv", [
-        ",".join(GOOD), ",".join(str(v) for v in GOOD.values()),
-        "eni-0123456789abcdef0,tmt-0123456789abcdef0,tmf-0123456789abcdef0,1.5",
-        "eni-0123456789abcdef0,tmt-0123456789abcdef0,tmf-0123456789abcdef0,1,extra",
-    ])
+    path = write(
+        tmp_path,
+        "jobs.csv",
+        [
+            ",".join(GOOD),
+            ",".join(str(v) for v in GOOD.values()),
+            "eni-0123456789abcdef0,tmt-0123456789abcdef0,tmf-0123456789abcdef0,1.5",
+            "eni-0123456789abcdef0,tmt-0123456789abcdef0,tmf-0123456789abcdef0,1,extra",
+        ],
+    )
     assert bad_lines(path) == [(3, "SessionNumber"), (4, "(line)")]
 
 
@@ -92,17 +104,28 @@ def lab(emulator: EmulatorProcess) -> dict[str, Any]:
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MIRRORQ, *args], env=env, capture_output=True, text=True,
-                          check=False, timeout=300)
+    return subprocess.run(
+        [*MIRRORQ, *args], env=env, capture_output=True, text=True, check=False, timeout=300
+    )
 
 
 def test_a_2000_job_batch_runs_and_exports_what_exists(
-    emulator: EmulatorProcess, lab: dict[str, Any], env: dict[str, str], tmp_path: Path,
+    emulator: EmulatorProcess,
+    lab: dict[str, Any],
+    env: dict[str, str],
+    tmp_path: Path,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    jobs = [{**GOOD, "NetworkInterfaceId": eni, "TrafficMirrorTargetId": lab["target_ids"]["nlb"],
-             "TrafficMirrorFilterId": lab["filter_id"], "SessionNumber": "auto"}
-            for eni in lab["eni_ids"]]
+    jobs = [
+        {
+            **GOOD,
+            "NetworkInterfaceId": eni,
+            "TrafficMirrorTargetId": lab["target_ids"]["nlb"],
+            "TrafficMirrorFilterId": lab["filter_id"],
+            "SessionNumber": "auto",
+        }
+        for eni in lab["eni_ids"]
+    ]
     path = write(tmp_path, "jobs.jsonl", [json.dumps(j) for j in jobs])
     submitted = run(env, "batch", "submit", str(path))
     assert submitted.returncode == 0, submitted.stderr
@@ -116,23 +139,33 @@ def test_a_2000_job_batch_runs_and_exports_what_exists(
     assert status["total"] == status["done"] == 2000
     assert status["finished_at"] >= status["submitted_at"]
 
-    sessions = {s["TrafficMirrorSessionId"]: s for page in lab_client(emulator.url)
-                .get_paginator("describe_traffic_mirror_sessions").paginate()
-                for s in page["TrafficMirrorSessions"]}
+    sessions = {
+        s["TrafficMirrorSessionId"]: s
+        for page in lab_client(emulator.url)
+        .get_paginator("describe_traffic_mirror_sessions")
+        .paginate()
+        for s in page["TrafficMirrorSessions"]
+    }
     exported = run(env, "batch", "results", batch_id, "--format", "jsonl")
     records = [json.loads(line) for line in exported.stdout.splitlines()]
     assert [r["request"]["NetworkInterfaceId"] for r in records] == lab["eni_ids"]
-    by_session = {r["response"]["TrafficMirrorSession"]["TrafficMirrorSessionId"]: r for r in records}
+    by_session = {
+        r["response"]["TrafficMirrorSession"]["TrafficMirrorSessionId"]: r for r in records
+    }
     assert set(by_session) == set(sessions)
     for session_id, record in by_session.items():
         assert record["response"]["TrafficMirrorSession"] == sessions[session_id]
         assert record["batch_id"] == batch_id
 
-    as_csv = list(csv.DictReader(io.StringIO(run(env, "batch", "results", batch_id,
-                                                 "--format", "csv").stdout)))
+    as_csv = list(
+        csv.DictReader(
+            io.StringIO(run(env, "batch", "results", batch_id, "--format", "csv").stdout)
+        )
+    )
     assert {row["TrafficMirrorSessionId"] for row in as_csv} == set(sessions)
     assert {(row["NetworkInterfaceId"], row["TrafficMirrorSessionId"]) for row in as_csv} == {
-        (s["NetworkInterfaceId"], sid) for sid, s in sessions.items()}
+        (s["NetworkInterfaceId"], sid) for sid, s in sessions.items()
+    }
     assert {row["SessionNumber"] for row in as_csv} == {"1"}
 
 
@@ -141,8 +174,10 @@ def test_a_2000_job_batch_runs_and_exports_what_exists(
     [
         (["{oops"], "line 1"),
         ([json.dumps(GOOD), json.dumps({**GOOD, "Bogus": 1})], "line 2: Bogus"),
-        ([json.dumps(GOOD), json.dumps(GOOD), json.dumps({**GOOD, "PacketLength": 9000})],
-         "line 3: PacketLength"),
+        (
+            [json.dumps(GOOD), json.dumps(GOOD), json.dumps({**GOOD, "PacketLength": 9000})],
+            "line 3: PacketLength",
+        ),
         ([""], "holds no jobs"),
     ],
 )
