@@ -49,7 +49,7 @@ def worker(celery_args: tuple[str, ...]) -> None:
     The pool is threads with MIRRORQ_CONCURRENCY calls in flight (default 64), sharing one
     EC2 client per process.
     """
-    from tasks import app
+    from tasks.jobs import app  # the app with the task registered
 
     app.worker_main(["worker", "--loglevel", "INFO", *celery_args])
 

@@ -23,7 +23,7 @@ STATUS_ORDER = ("queued", "running", "retrying", "created", "dry_run_ok", "faile
 
 
 def counts_table(status: dict[str, Any]) -> Table:
-    table = Table(title=f"batch {status['batch_id']}", title_justify="left")
+    table = Table(caption=f"batch {status['batch_id']}")
     table.add_column("status")
     table.add_column("jobs", justify="right")
     for name in STATUS_ORDER:

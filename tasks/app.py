@@ -9,7 +9,13 @@ from tasks.contract import QUEUE, TASK_NAME
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("mirrorq", broker=settings.broker_url, backend=settings.result_backend)
+    # The worker imports the task module; producers only need the app and the task's name.
+    app = Celery(
+        "mirrorq",
+        broker=settings.broker_url,
+        backend=settings.result_backend,
+        include=["tasks.jobs"],
+    )
     app.conf.update(
         # Only JSON crosses the queue; a pickled message is refused, never executed.
         task_serializer="json",

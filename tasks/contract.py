@@ -6,6 +6,7 @@ AWS shapes stay verbatim (PascalCase); mirrorq's envelope is snake_case.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypedDict
 
@@ -155,6 +156,11 @@ def parse_request(raw: Any) -> SessionRequest:
         return SessionRequest.model_validate(raw)
     except ValidationError as error:
         raise InvalidJobError(_field_errors(error)) from None
+
+
+def utcnow() -> str:
+    """Timestamps in results: UTC, ISO 8601, milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def new_result(

@@ -22,10 +22,13 @@ from tasks.contract import (
     JobStatus,
     new_result,
     parse_request,
+    utcnow,
 )
 from tasks.store import ResultStore
-from worker.execute import execute_job, utcnow
+from worker.execute import execute_job
 from worker.runtime import close_runtime, get_runtime
+
+__all__ = ["app", "create_traffic_mirror_session"]
 
 log = logging.getLogger("mirrorq.jobs")
 ENVELOPE_KEYS = frozenset({"request", "batch_id", "submitted_at"})

@@ -14,9 +14,16 @@ from celery import Celery
 
 from config import Settings, get_settings
 from tasks import keys
-from tasks.contract import QUEUE, TASK_NAME, JobResult, SessionRequest, new_result, parse_request
+from tasks.contract import (
+    QUEUE,
+    TASK_NAME,
+    JobResult,
+    SessionRequest,
+    new_result,
+    parse_request,
+    utcnow,
+)
 from tasks.store import ResultStore
-from worker.execute import utcnow
 
 
 class IdempotencyConflictError(ValueError):
@@ -56,18 +63,28 @@ class Producer:
             submitted_at=utcnow(),
         )
         self.store.save(record)
+        self._publish(job_id, kwargs, batch_id, record["submitted_at"])
+        return job_id
+
+    def _publish(
+        self,
+        job_id: str,
+        request: dict[str, Any],
+        batch_id: str | None,
+        submitted_at: str | None,
+        **options: Any,
+    ) -> None:
         self.app.send_task(
             TASK_NAME,
-            kwargs={
-                "request": kwargs,
-                "batch_id": batch_id,
-                "submitted_at": record["submitted_at"],
-            },
+            kwargs={"request": request, "batch_id": batch_id, "submitted_at": submitted_at},
             task_id=job_id,
             queue=QUEUE,
-            ignore_result=True,
+            ignore_result=True,  # the task writes its own record (tasks/store.py)
+            # What Celery shows in logs and monitors, instead of the whole request.
+            argsrepr="()",
+            kwargsrepr=f"{{job {job_id} on {request.get('NetworkInterfaceId')}}}",
+            **options,
         )
-        return job_id
 
     def submit_batch(
         self,
@@ -106,14 +123,14 @@ class Producer:
             )
             pipe.execute()
         with self.app.producer_or_acquire() as producer, producer.batch():
-            for job_id, kwargs in messages:
-                self.app.send_task(
-                    TASK_NAME,
-                    kwargs={"request": kwargs, "batch_id": batch_id, "submitted_at": submitted_at},
-                    task_id=job_id,
-                    queue=QUEUE,
-                    ignore_result=True,
+            for n, (job_id, kwargs) in enumerate(messages):
+                self._publish(
+                    job_id,
+                    kwargs,
+                    batch_id,
+                    submitted_at,
                     producer=producer,
+                    declare=None if n == 0 else [],
                 )
         return batch_id
 

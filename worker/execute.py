@@ -7,23 +7,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenacity import RetryCallState
-from types_aiobotocore_ec2 import EC2Client
 
 from config import Settings
-from tasks.contract import AUTO, JobResult, JobStatus
+from tasks.contract import AUTO, JobResult, JobStatus, utcnow
 from worker.errors import DRY_RUN_OK, AlreadyMirroredError, EniBusyError, classify
 from worker.retry import Sleep, retry_policy
 from worker.sessions import EniLeases, lowest_free_session_number, same_mirror
 
+if TYPE_CHECKING:  # stubs only: a development dependency
+    from types_aiobotocore_ec2 import EC2Client
+
 Save = Callable[[JobResult], None]
-
-
-def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 async def _sessions_on(client: EC2Client, eni_id: str) -> list[dict[str, Any]]:

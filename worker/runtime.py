@@ -12,15 +12,17 @@ import os
 import threading
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from types_aiobotocore_ec2 import EC2Client
 
 from config import Settings
 from worker.sessions import EniLeases
+
+if TYPE_CHECKING:  # stubs only: a development dependency
+    from types_aiobotocore_ec2 import EC2Client
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
