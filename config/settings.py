@@ -42,6 +42,21 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=300, ge=1)
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
 
+    # The fleet-wide EC2 request rate, shared by every worker through Redis (0 = no limit).
+    # EC2's default bucket for mutating actions is 50 refilled at 5/s; a burst a little below
+    # 50 leaves a cushion against network jitter making calls arrive early.
+    ec2_rate: float = Field(default=5.0, ge=0)
+    ec2_burst: int = Field(default=40, ge=1)
+    # Describe* calls (auto SessionNumber) have their own, larger EC2 bucket: 100 at 20/s.
+    ec2_describe_rate: float = Field(default=20.0, ge=0)
+    ec2_describe_burst: int = Field(default=90, ge=1)
+    # After RequestLimitExceeded the shared rate is cut by this factor...
+    ec2_rate_decrease: float = Field(default=0.7, gt=0, lt=1)
+    # ...and grows back by this fraction of the configured rate per second.
+    ec2_rate_recovery: float = Field(default=0.05, gt=0)
+    # Names the rate's scope in Redis; set it when several accounts share one Redis.
+    aws_account_id: str = "default"
+
     @model_validator(mode="after")
     def _check(self) -> Self:
         if not self.result_backend:

@@ -147,7 +147,7 @@ def batch_status(batch_id: str, watch: bool, as_json: bool) -> None:
     """Counts of the batch's jobs by status (exit 1 once it ended with failures)."""
     from rich.console import Console
 
-    from mirrorq.progress import counts_table
+    from mirrorq.progress import counts_table, rate_line
     from mirrorq.progress import watch as follow
     from tasks.producer import Producer
 
@@ -163,6 +163,7 @@ def batch_status(batch_id: str, watch: bool, as_json: bool) -> None:
         _echo_json(status)
     else:
         Console().print(counts_table(status))
+        Console().print(rate_line(producer))
     sys.exit(EXIT_FAILED if status["finished_at"] and status["counts"].get("failed") else 0)
 
 

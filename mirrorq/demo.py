@@ -54,6 +54,9 @@ def _start_worker(endpoint_url: str, log_path: Path) -> subprocess.Popen[bytes]:
         "MIRRORQ_EC2_ENDPOINT_URL": endpoint_url,
         "AWS_ACCESS_KEY_ID": LAB_CREDENTIALS["aws_access_key_id"],
         "AWS_SECRET_ACCESS_KEY": LAB_CREDENTIALS["aws_secret_access_key"],
+        # The emulator runs unthrottled here: a limit far above what it can serve.
+        "MIRRORQ_EC2_RATE": "1000",
+        "MIRRORQ_EC2_BURST": "200",
     }
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

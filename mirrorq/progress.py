@@ -38,6 +38,19 @@ def _line(status: dict[str, Any]) -> str:
     return "  ".join(f"{name} {counts[name]}" for name in STATUS_ORDER if counts.get(name))
 
 
+def rate_line(producer: Producer) -> str:
+    """The fleet's shared EC2 rate, as the workers' limiter sees it now."""
+    from worker.ratelimit import read_create_rate
+
+    snapshot = read_create_rate(producer.redis, producer.settings)
+    if snapshot is None:
+        return "EC2 rate: unlimited"
+    return (
+        f"EC2 rate {snapshot.rate:.1f}/s of {snapshot.configured:.1f}/s, "
+        f"{snapshot.throttles} throttled"
+    )
+
+
 def watch(
     producer: Producer, batch_id: str, console: Console, interval: float = 0.5
 ) -> dict[str, Any]:
@@ -55,10 +68,16 @@ def watch(
         TextColumn("ETA"),
         TimeRemainingColumn(),
         TextColumn("{task.fields[counts]}"),
+        TextColumn("[dim]{task.fields[ec2]}"),
     )
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task(
-            "jobs", total=status["total"], completed=status["done"], rate="", counts=_line(status)
+            "jobs",
+            total=status["total"],
+            completed=status["done"],
+            rate="",
+            counts=_line(status),
+            ec2=rate_line(producer),
         )
         started, done_at_start = time.monotonic(), status["done"]
         while True:
@@ -69,6 +88,7 @@ def watch(
                 completed=status["done"],
                 counts=_line(status),
                 rate=f"{rate:.0f} jobs/s" if rate else "",
+                ec2=rate_line(producer),
             )
             if status["finished_at"]:
                 return status

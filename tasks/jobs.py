@@ -103,7 +103,14 @@ def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: A
     runtime = get_runtime(settings)
     leases = runtime.leases if request.auto_session_number else None
     record = runtime.run(
-        execute_job(runtime.client, record, settings, save=store.save, leases=leases)
+        execute_job(
+            runtime.client,
+            record,
+            settings,
+            save=store.save,
+            leases=leases,
+            limiters=runtime.limiters,
+        )
     )
     store.save(record)
     if record["status"] == JobStatus.FAILED.value and record["error"]:

@@ -29,3 +29,8 @@ def batch_statuses(batch_id: str) -> str:
 def batch_jobs(batch_id: str) -> str:
     """List: the batch's job ids in submission order."""
     return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def rate_limit(account: str, region: str, action: str) -> str:
+    """Hash: the shared limiter's state (tat, rate, updated, last_cut, throttles)."""
+    return f"{PREFIX}:rate:{account}:{region}:{action}"

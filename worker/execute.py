@@ -6,7 +6,7 @@ Pure of Celery: the task in tasks/jobs.py decodes the message and stores what th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tenacity import RetryCallState
@@ -14,6 +14,7 @@ from tenacity import RetryCallState
 from config import Settings
 from tasks.contract import AUTO, JobResult, JobStatus, utcnow
 from worker.errors import DRY_RUN_OK, AlreadyMirroredError, EniBusyError, classify
+from worker.ratelimit import Limiters, SharedRateLimiter
 from worker.retry import Sleep, retry_policy
 from worker.sessions import EniLeases, lowest_free_session_number, same_mirror
 
@@ -23,22 +24,37 @@ if TYPE_CHECKING:  # stubs only: a development dependency
 Save = Callable[[JobResult], None]
 
 
-async def _sessions_on(client: EC2Client, eni_id: str) -> list[dict[str, Any]]:
-    pages = client.get_paginator("describe_traffic_mirror_sessions").paginate(
-        Filters=[{"Name": "network-interface-id", "Values": [eni_id]}]
-    )
-    return [dict(s) async for page in pages for s in page["TrafficMirrorSessions"]]
+async def _sessions_on(
+    client: EC2Client, eni_id: str, limiter: SharedRateLimiter | None
+) -> list[dict[str, Any]]:
+    """Every session on the ENI, a page at a time, each page a call paid for at the limiter."""
+    sessions: list[dict[str, Any]] = []
+    token: dict[str, Any] = {}
+    while True:
+        if limiter is not None:
+            await limiter.acquire()
+        page = await client.describe_traffic_mirror_sessions(
+            Filters=[{"Name": "network-interface-id", "Values": [eni_id]}], **token
+        )
+        sessions += [dict(s) for s in page.get("TrafficMirrorSessions", [])]
+        if not page.get("NextToken"):
+            return sessions
+        token = {"NextToken": page["NextToken"]}
 
 
 async def _choose_session_number(
-    client: EC2Client, record: JobResult, kwargs: dict[str, Any], save: Save
+    client: EC2Client,
+    record: JobResult,
+    kwargs: dict[str, Any],
+    save: Save,
+    limiter: SharedRateLimiter | None,
 ) -> None:
     """Resolve SessionNumber "auto" and record it before the first create is sent.
 
     From then on every retry and redelivery sends identical parameters with the same token.
     """
     eni_id = kwargs["NetworkInterfaceId"]
-    existing = await _sessions_on(client, eni_id)
+    existing = await _sessions_on(client, eni_id, limiter)
     mirrored = same_mirror(
         existing, kwargs["TrafficMirrorTargetId"], kwargs["TrafficMirrorFilterId"]
     )
@@ -60,15 +76,17 @@ async def execute_job(
     *,
     save: Save,
     leases: EniLeases | None = None,
+    limiters: Limiters | None = None,
     sleep: Sleep = asyncio.sleep,
-    acquire: Callable[[], Awaitable[None]] | None = None,
 ) -> JobResult:
     """Create the session described by `record["request"]`; return the finished record.
 
     `record["request"]` already carries the job's ClientToken: every attempt sends exactly
     these arguments, so EC2 can tell a retry from a new request. With `leases`, the job
-    holds its ENI's lease while it plans and creates (SessionNumber "auto").
+    holds its ENI's lease while it plans and creates (SessionNumber "auto"). With
+    `limiters`, every EC2 call first takes its slot from the fleet-wide rate limiter.
     """
+    limits = limiters or Limiters(create=None, describe=None)
     kwargs: dict[str, Any] = dict(record["request"] or {})
     eni_id: str = kwargs["NetworkInterfaceId"]
     leased = False
@@ -79,6 +97,8 @@ async def execute_job(
         if error is not None:
             failure = classify(error)
             record["error"] = {"code": failure.code, "message": failure.message, "retryable": True}
+            if failure.throttled and limits.create is not None:
+                await limits.create.throttled()
         # A blocking Redis write must not stall the loop every other job shares.
         await asyncio.to_thread(save, dict(record))  # type: ignore[arg-type]
 
@@ -97,9 +117,9 @@ async def execute_job(
                         raise EniBusyError(f"another job is creating a session on {eni_id}")
                     leased = True
                 if kwargs["SessionNumber"] == AUTO:
-                    await _choose_session_number(client, record, kwargs, save)
-                if acquire is not None:
-                    await acquire()
+                    await _choose_session_number(client, record, kwargs, save, limits.describe)
+                if limits.create is not None:
+                    await limits.create.acquire()
                 record["attempts"] += 1
                 response = await client.create_traffic_mirror_session(**kwargs)
     except Exception as error:  # every failure becomes the job's recorded outcome

@@ -7,6 +7,7 @@ so every job in the process shares one client, one connection pool and one loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
@@ -19,6 +20,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from config import Settings
+from worker.ratelimit import SharedRateLimiter, create_limiters
 from worker.sessions import EniLeases
 
 if TYPE_CHECKING:  # stubs only: a development dependency
@@ -50,10 +52,16 @@ class Ec2Runtime:
         )
         self._thread.start()
         self._stack = AsyncExitStack()
+        self._reporter: concurrent.futures.Future[None] | None = None
         self.client: EC2Client = self.run(self._open())
         # Made on the loop's thread: redis.asyncio's connections belong to the loop that uses them.
         self.redis: aioredis.Redis = self.run(self._open_redis())
         self.leases = EniLeases(self.redis, settings.job_deadline_s + settings.read_timeout_s)
+        self.limiters = create_limiters(self.redis, settings)
+        if self.limiters.create is not None:
+            self._reporter = asyncio.run_coroutine_threadsafe(
+                _report_rate(self.limiters.create), self._loop
+            )
 
     async def _open(self) -> EC2Client:
         session = get_session()
@@ -76,12 +84,38 @@ class Ec2Runtime:
     def close(self) -> None:
         if self._loop.is_closed():
             return
+        if self._reporter is not None:
+            self._reporter.cancel()
         try:
             self.run(self._stack.aclose())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
             self._loop.close()
+
+
+RATE_REPORT_S = 10.0
+
+
+async def _report_rate(limiter: SharedRateLimiter) -> None:
+    """Log the fleet's shared rate and throttle count whenever they change."""
+    last = None
+    while True:
+        await asyncio.sleep(RATE_REPORT_S)
+        try:
+            now = await limiter.snapshot()
+        except Exception:  # a Redis hiccup must not end the reporting
+            log.warning("could not read the shared EC2 rate", exc_info=True)
+            continue
+        if now != last:
+            log.info(
+                "EC2 CreateTrafficMirrorSession: shared rate %.2f/s of %.2f/s configured; "
+                "%d RequestLimitExceeded so far",
+                now.rate,
+                now.configured,
+                now.throttles,
+            )
+            last = now
 
 
 _runtime: Ec2Runtime | None = None

@@ -1,0 +1,150 @@
+"""The fleet-wide rate limiter: its schedule in a real Redis, and a fleet riding EC2's limit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from emulator.lab import lab_client, seed_lab
+from tasks.producer import Producer
+from tests.processes import EmulatorProcess, WorkerProcess
+from worker.ratelimit import SharedRateLimiter
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+def limiter_in(redis_url: str, **kwargs: Any) -> tuple[aioredis.Redis, SharedRateLimiter]:
+    client = aioredis.Redis.from_url(redis_url)
+    return client, SharedRateLimiter(client, "mirrorq:rate:test", sleep=no_sleep, **kwargs)
+
+
+def test_burst_then_one_slot_per_interval(redis_url: str) -> None:
+    async def run() -> list[float]:
+        client, limiter = limiter_in(redis_url, rate=10.0, burst=5)
+        waits = [await limiter.acquire() for _ in range(15)]
+        await client.aclose()
+        return waits
+
+    waits = asyncio.run(run())
+    assert waits[:5] == [0.0] * 5
+    # Reserved slots: the k-th call past the burst waits about k intervals of 0.1 s.
+    for k, wait in enumerate(waits[5:], start=1):
+        assert abs(wait - 0.1 * k) < 0.05, waits
+
+
+def test_throttling_cuts_the_rate_once_per_event_and_spends_the_burst(redis_url: str) -> None:
+    async def run() -> tuple[list[float], float, dict[bytes, bytes]]:
+        client, limiter = limiter_in(redis_url, rate=10.0, burst=5, decrease=0.5)
+        await limiter.acquire()
+        cut = [await limiter.throttled() for _ in range(20)]  # 20 in-flight calls, one event
+        wait = await limiter.acquire()
+        state = await client.hgetall(limiter.key)
+        await client.aclose()
+        return cut, wait, state
+
+    cut, wait, state = asyncio.run(run())
+    assert cut == [5.0] * 20
+    assert int(state[b"throttles"]) == 20
+    assert wait > 0  # no burst left after EC2 said its bucket is empty
+
+
+def test_the_rate_recovers_additively(redis_url: str) -> None:
+    async def run() -> float:
+        client, limiter = limiter_in(redis_url, rate=10.0, burst=5, decrease=0.5, recovery=0.5)
+        await limiter.throttled()  # 10 -> 5
+        await asyncio.sleep(0.4)  # recovers 0.5 * 10/s per second: about +2
+        await limiter.acquire()
+        rate = (await limiter.snapshot()).rate
+        await client.aclose()
+        return rate
+
+    assert 6.5 < asyncio.run(run()) < 8.5
+
+
+# A fleet against a throttling emulator --------------------------------------------------------
+
+
+def run_fleet(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+    jobs: int,
+    ec2_limit: tuple[float, int],
+    **limits: str,
+) -> tuple[list[Any], dict[str, int]]:
+    lab = seed_lab(emulator.url, jobs)
+    emulator.set_faults(throttle_rate=ec2_limit[0], throttle_burst=ec2_limit[1])
+    for _ in range(2):
+        start_worker(**limits)
+    job_ids = [
+        producer.submit(
+            {
+                "NetworkInterfaceId": eni,
+                "TrafficMirrorTargetId": lab["target_ids"]["nlb"],
+                "TrafficMirrorFilterId": lab["filter_id"],
+                "SessionNumber": 1,
+            }
+        )
+        for eni in lab["eni_ids"]
+    ]
+    deadline = time.monotonic() + 240
+    while not all(producer.store.is_terminal(producer.result(j)) for j in job_ids):
+        assert time.monotonic() < deadline, "the fleet did not finish"
+        time.sleep(0.5)
+    pages = lab_client(emulator.url).get_paginator("describe_traffic_mirror_sessions").paginate()
+    per_eni = Counter(s["NetworkInterfaceId"] for p in pages for s in p["TrafficMirrorSessions"])
+    assert sorted(per_eni) == sorted(lab["eni_ids"])
+    assert max(per_eni.values()) == 1
+    return [producer.result(j) for j in job_ids], emulator.stats()["CreateTrafficMirrorSession"]
+
+
+def test_two_workers_share_one_rate_and_stay_under_ec2s_limit(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    results, calls = run_fleet(
+        emulator,
+        producer,
+        start_worker,
+        240,
+        (40, 20),
+        MIRRORQ_EC2_RATE="40",
+        MIRRORQ_EC2_BURST="15",
+    )
+    assert {r["status"] for r in results} == {"created"}
+    # Each worker alone would stay under 40/s; only the shared schedule keeps both under it.
+    assert calls.get("RequestLimitExceeded", 0) <= 0.02 * calls["ok"], calls
+
+
+def test_a_lower_limit_than_configured_is_found_by_backing_off(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+    redis_url: str,
+) -> None:
+    results, calls = run_fleet(
+        emulator,
+        producer,
+        start_worker,
+        180,
+        (15, 10),
+        MIRRORQ_EC2_RATE="60",
+        MIRRORQ_EC2_BURST="30",
+    )
+    assert {r["status"] for r in results} == {"created"}
+    assert calls["RequestLimitExceeded"] > 0
+    import redis
+
+    state = redis.Redis.from_url(redis_url).hgetall(
+        "mirrorq:rate:default:us-east-1:CreateTrafficMirrorSession"
+    )
+    assert float(state[b"rate"]) < 60  # cut below the configured rate
+    assert int(state[b"throttles"]) == calls["RequestLimitExceeded"]

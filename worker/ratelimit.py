@@ -1,0 +1,164 @@
+"""The fleet-wide EC2 rate limiter: one GCRA schedule per account, Region and action in Redis.
+
+Every worker process on every host takes its slot from the same Redis script, so together
+they stay under the configured rate. When EC2 still answers RequestLimitExceeded (another
+tool shares the account, or the account's limit is lower), the shared rate is cut
+multiplicatively and grows back additively while calls succeed (AIMD).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from config import Settings
+from tasks import keys
+
+# Reserve the next slot. The rate first recovers additively for the time since the last
+# call; the slot is `tat`, pushed one interval on; a caller may run `burst` intervals ahead.
+# Redis truncates Lua numbers to integers, so floats travel as strings.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local configured, burst, recovery = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'rate', 'updated', 'tat')
+local rate = tonumber(state[1]) or configured
+local updated = tonumber(state[2]) or now
+local tat = tonumber(state[3]) or now
+rate = math.min(configured, rate + recovery * configured * math.max(0, now - updated))
+if tat < now then tat = now end
+local interval = 1 / rate
+tat = tat + interval
+local wait = math.max(0, tat - burst * interval - now)
+redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'updated', tostring(now), 'tat', tostring(tat))
+redis.call('EXPIRE', KEYS[1], 86400)
+return tostring(wait)
+"""
+
+# EC2 said RequestLimitExceeded: cut the rate (once per cooldown, however many in-flight
+# calls report the same event), and assume EC2's bucket is empty, so no burst is left.
+_THROTTLED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local configured, burst, factor = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local floor, cooldown = tonumber(ARGV[4]), tonumber(ARGV[5])
+local state = redis.call('HMGET', KEYS[1], 'rate', 'last_cut', 'tat')
+local rate = tonumber(state[1]) or configured
+local last_cut = tonumber(state[2]) or 0
+local tat = tonumber(state[3]) or now
+redis.call('HINCRBY', KEYS[1], 'throttles', 1)
+if now - last_cut >= cooldown then
+  rate = math.max(floor, rate * factor)
+  redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'last_cut', tostring(now),
+             'updated', tostring(now))
+end
+tat = math.max(tat, now + burst / rate)
+redis.call('HSET', KEYS[1], 'tat', tostring(tat))
+return tostring(rate)
+"""
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RateSnapshot:
+    rate: float
+    configured: float
+    throttles: int
+
+
+class SharedRateLimiter:
+    """`await acquire()` before each EC2 call; `await throttled()` when EC2 said so."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        key: str,
+        rate: float,
+        burst: int,
+        *,
+        decrease: float = 0.7,
+        recovery: float = 0.05,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.key = key
+        self.rate = rate
+        self.burst = burst
+        self._decrease = decrease
+        self._recovery = recovery
+        self._sleep = sleep
+        self._acquire = client.register_script(_ACQUIRE)
+        self._throttled = client.register_script(_THROTTLED)
+        self._redis = client
+
+    async def acquire(self) -> float:
+        """Wait for this caller's slot; return how long that was."""
+        wait = float(
+            await self._acquire(keys=[self.key], args=[self.rate, self.burst, self._recovery])
+        )
+        if wait > 0:
+            await self._sleep(wait)
+        return wait
+
+    async def throttled(self) -> float:
+        """Report RequestLimitExceeded; return the shared rate now in force."""
+        # Never below one call per 10 s, and never cut twice within one slot's reach.
+        floor, cooldown = max(0.1, self.rate / 100), max(1.0, 1 / self.rate)
+        return float(
+            await self._throttled(
+                keys=[self.key], args=[self.rate, self.burst, self._decrease, floor, cooldown]
+            )
+        )
+
+    async def snapshot(self) -> RateSnapshot:
+        return _snapshot(await self._redis.hgetall(self.key), self.rate)
+
+
+def _snapshot(state: dict[Any, Any], configured: float) -> RateSnapshot:
+    text = {(k.decode() if isinstance(k, bytes) else k): v for k, v in state.items()}
+    return RateSnapshot(
+        float(text.get("rate") or configured), configured, int(text.get("throttles") or 0)
+    )
+
+
+@dataclass(frozen=True)
+class Limiters:
+    create: SharedRateLimiter | None
+    describe: SharedRateLimiter | None
+
+
+CREATE_ACTION = "CreateTrafficMirrorSession"
+DESCRIBE_ACTION = "DescribeTrafficMirrorSessions"
+
+
+def create_limiters(client: aioredis.Redis, settings: Settings) -> Limiters:
+    def one(action: str, rate: float, burst: int) -> SharedRateLimiter | None:
+        if rate <= 0:
+            return None
+        key = keys.rate_limit(settings.aws_account_id, settings.region, action)
+        return SharedRateLimiter(
+            client,
+            key,
+            rate,
+            burst,
+            decrease=settings.ec2_rate_decrease,
+            recovery=settings.ec2_rate_recovery,
+        )
+
+    return Limiters(
+        create=one(CREATE_ACTION, settings.ec2_rate, settings.ec2_burst),
+        describe=one(DESCRIBE_ACTION, settings.ec2_describe_rate, settings.ec2_describe_burst),
+    )
+
+
+def read_create_rate(client: redis.Redis, settings: Settings) -> RateSnapshot | None:
+    """The shared create rate as the fleet sees it now (for the CLI), or None if unlimited."""
+    if settings.ec2_rate <= 0:
+        return None
+    key = keys.rate_limit(settings.aws_account_id, settings.region, CREATE_ACTION)
+    return _snapshot(client.hgetall(key), settings.ec2_rate)
