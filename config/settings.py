@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     # After RequestLimitExceeded the shared rate is cut by this factor...
     ec2_rate_decrease: float = Field(default=0.7, gt=0, lt=1)
     # ...and grows back by this fraction of the configured rate per second.
-    ec2_rate_recovery: float = Field(default=0.05, gt=0)
+    ec2_rate_recovery: float = Field(default=0.01, gt=0)
     # Names the rate's scope in Redis; set it when several accounts share one Redis.
     aws_account_id: str = "default"
 

@@ -40,7 +40,7 @@ def test_burst_then_one_slot_per_interval(redis_url: str) -> None:
 
 
 def test_throttling_cuts_the_rate_once_per_event_and_spends_the_burst(redis_url: str) -> None:
-    async def run() -> tuple[list[float], float, dict[bytes, bytes]]:
+    async def run() -> tuple[list[float], float, dict[Any, Any]]:
         client, limiter = limiter_in(redis_url, rate=10.0, burst=5, decrease=0.5)
         await limiter.acquire()
         cut = [await limiter.throttled() for _ in range(20)]  # 20 in-flight calls, one event

@@ -37,32 +37,32 @@ tat = tat + interval
 local wait = math.max(0, tat - burst * interval - now)
 redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'updated', tostring(now), 'tat', tostring(tat))
 redis.call('EXPIRE', KEYS[1], 86400)
-return tostring(wait)
+return tostring(wait) .. ' ' .. (redis.call('HGET', KEYS[1], 'epoch') or '0')
 """
 
 # EC2 said RequestLimitExceeded: cut the rate (once per cooldown, however many in-flight
-# calls report the same event), and assume EC2's bucket is empty, so no burst is left.
+# calls report the same event) and start a new epoch: slots reserved at the old rate are
+# void (their holders take new ones) and, EC2's bucket being empty, no burst is left.
 _THROTTLED = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local configured, burst, factor = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local floor, cooldown = tonumber(ARGV[4]), tonumber(ARGV[5])
-local state = redis.call('HMGET', KEYS[1], 'rate', 'last_cut', 'tat')
+local state = redis.call('HMGET', KEYS[1], 'rate', 'last_cut')
 local rate = tonumber(state[1]) or configured
 local last_cut = tonumber(state[2]) or 0
-local tat = tonumber(state[3]) or now
 redis.call('HINCRBY', KEYS[1], 'throttles', 1)
 if now - last_cut >= cooldown then
   rate = math.max(floor, rate * factor)
+  redis.call('HINCRBY', KEYS[1], 'epoch', 1)
   redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'last_cut', tostring(now),
-             'updated', tostring(now))
+             'updated', tostring(now), 'tat', tostring(now + burst / rate))
 end
-tat = math.max(tat, now + burst / rate)
-redis.call('HSET', KEYS[1], 'tat', tostring(tat))
 return tostring(rate)
 """
 
 Sleep = Callable[[float], Awaitable[None]]
+COOLDOWN_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -97,18 +97,30 @@ class SharedRateLimiter:
         self._redis = client
 
     async def acquire(self) -> float:
-        """Wait for this caller's slot; return how long that was."""
-        wait = float(
-            await self._acquire(keys=[self.key], args=[self.rate, self.burst, self._recovery])
-        )
-        if wait > 0:
-            await self._sleep(wait)
-        return wait
+        """Wait for this caller's slot; return how long that was.
+
+        A slot reserved before a cut is given up for a new one at the new rate: otherwise
+        every call already scheduled would still go out at the rate EC2 just refused.
+        """
+        waited = 0.0
+        while True:
+            answer = await self._acquire(
+                keys=[self.key], args=[self.rate, self.burst, self._recovery]
+            )
+            wait, epoch = (answer.decode() if isinstance(answer, bytes) else answer).split()
+            if float(wait) <= 0:
+                return waited
+            await self._sleep(float(wait))
+            waited += float(wait)
+            current = await self._redis.hget(self.key, "epoch")
+            if (current.decode() if isinstance(current, bytes) else current or "0") == epoch:
+                return waited
 
     async def throttled(self) -> float:
         """Report RequestLimitExceeded; return the shared rate now in force."""
-        # Never below one call per 10 s, and never cut twice within one slot's reach.
-        floor, cooldown = max(0.1, self.rate / 100), max(1.0, 1 / self.rate)
+        # Never below one call per 10 s; one cut per event, however many in-flight calls
+        # report it: calls answered within the cooldown were sent before the cut.
+        floor, cooldown = max(0.1, self.rate / 100), COOLDOWN_S
         return float(
             await self._throttled(
                 keys=[self.key], args=[self.rate, self.burst, self._decrease, floor, cooldown]
