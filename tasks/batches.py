@@ -159,8 +159,11 @@ class BatchStore:
         ):
             pipe.expire(key, self.ttl_s)
 
-    def transition(self, batch_id: str, job_id: str, status: str, now: str) -> None:
+    def transition(
+        self, batch_id: str, job_id: str, status: str, now: str, client: Any = None
+    ) -> None:
         self._transition(
+            client=client,
             keys=[keys.batch_statuses(batch_id), keys.batch_counts(batch_id), keys.batch(batch_id)],
             args=[job_id, status, now, _TERMINAL_ARG],
         )

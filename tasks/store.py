@@ -10,6 +10,18 @@ from tasks.batches import BatchStore
 from tasks.contract import TERMINAL_STATUSES, JobResult, JobStatus
 
 
+# Celery's own store_result reads the record, then writes it: two round trips, and a window
+# between them. This does the same in one atomic step: a finished record (SUCCESS) is never
+# overwritten, so a late or duplicate delivery cannot undo a job's outcome.
+_STORE = """
+local current = redis.call('GET', KEYS[1])
+if current and cjson.decode(current)['status'] == 'SUCCESS' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 def celery_state(status: str) -> str:
     """Terminal jobs are SUCCESS to Celery (the task did its work; `status` says how it went),
     so `AsyncResult(job_id).get()` returns the record, and a late write cannot undo them."""
@@ -20,7 +32,9 @@ class ResultStore:
     def __init__(self, app: Celery) -> None:
         backend: Any = app.backend
         self.backend = backend
-        self.batches = BatchStore(backend.client, int(backend.expires or 86400))
+        self.ttl_s = int(backend.expires or 86400)
+        self.batches = BatchStore(backend.client, self.ttl_s)
+        self._store = backend.client.register_script(_STORE)
 
     def load(self, job_id: str) -> JobResult | None:
         meta = self.backend.get_task_meta(job_id)
@@ -37,26 +51,34 @@ class ResultStore:
         return records
 
     def save(self, record: JobResult) -> None:
-        self.backend.store_result(record["job_id"], record, celery_state(record["status"]))
-        if record["batch_id"]:
-            now = record["finished_at"] or record["started_at"] or ""
-            self.batches.transition(record["batch_id"], record["job_id"], record["status"], now)
+        """Store the record (and move its batch's counts) in one round trip."""
+        with self.backend.client.pipeline(transaction=False) as pipe:
+            key, value = self._encoded(record)
+            self._store(keys=[key], args=[value, self.ttl_s], client=pipe)
+            if record["batch_id"]:
+                now = record["finished_at"] or record["started_at"] or ""
+                self.batches.transition(
+                    record["batch_id"], record["job_id"], record["status"], now, client=pipe
+                )
+            pipe.execute()
 
     def queue_initial(self, pipe: Any, record: JobResult) -> None:
-        """Write a new job's `queued` record on `pipe`, as Celery's backend would store it."""
+        """Write a new job's `queued` record on `pipe`."""
+        key, value = self._encoded(record)
+        pipe.set(key, value, ex=self.ttl_s)
+
+    def _encoded(self, record: JobResult) -> tuple[str, str]:
+        """The key and value Celery's Redis backend would write for this record."""
+        status = celery_state(record["status"])
         meta: dict[str, Any] = {
-            "status": celery_state(record["status"]),
+            "status": status,
             "result": record,
             "traceback": None,
             "children": [],
-            "date_done": None,
+            "date_done": record["finished_at"] if status == states.SUCCESS else None,
             "task_id": record["job_id"],
         }
-        pipe.set(
-            self.backend.get_key_for_task(record["job_id"]),
-            self.backend.encode(meta),
-            ex=int(self.backend.expires or 86400),
-        )
+        return self.backend.get_key_for_task(record["job_id"]), self.backend.encode(meta)
 
     def is_terminal(self, record: JobResult | None) -> bool:
         return record is not None and JobStatus(record["status"]) in TERMINAL_STATUSES
