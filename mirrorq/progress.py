@@ -44,7 +44,7 @@ def rate_line(producer: Producer) -> str:
 
     snapshot = read_create_rate(producer.redis, producer.settings)
     if snapshot is None:
-        return "EC2 rate: unlimited"
+        return "EC2 rate: no shared limit in use"
     return (
         f"EC2 rate {snapshot.rate:.1f}/s of {snapshot.configured:.1f}/s, "
         f"{snapshot.throttles} throttled"

@@ -9,7 +9,6 @@ from celery import Celery, states
 from tasks.batches import BatchStore
 from tasks.contract import TERMINAL_STATUSES, JobResult, JobStatus
 
-
 # Celery's own store_result reads the record, then writes it: two round trips, and a window
 # between them. This does the same in one atomic step: a finished record (SUCCESS) is never
 # overwritten, so a late or duplicate delivery cannot undo a job's outcome.

@@ -12,16 +12,16 @@ import redis
 
 from config import Settings
 from emulator.lab import LAB_CREDENTIALS, lab_client
+from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.app import create_app
 from tasks.producer import Producer
-from tests.processes import EmulatorProcess, WorkerProcess
 
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may pass only because of the developer's own AWS or mirrorq settings."""
     for name in list(os.environ):
-        if name.startswith(("AWS_", "MIRRORQ_")) and name != "MIRRORQ_TEST_LOGS":
+        if name.startswith(("AWS_", "MIRRORQ_")):
             monkeypatch.delenv(name)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from emulator.lab import lab_client, seed_lab
 from mirrorq.bulk import Outcome, Selectors, plan_mirroring
-from tests.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from worker.sessions import lowest_free_session_number
 
 T, F = "tmt-00000000000000001", "tmf-00000000000000001"

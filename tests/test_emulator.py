@@ -11,7 +11,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, ConnectionClosedError
 
 from emulator.lab import LAB_CREDENTIALS, seed_lab
-from tests.processes import EmulatorProcess
+from mirrorq.processes import EmulatorProcess
 
 Lab = dict[str, Any]
 

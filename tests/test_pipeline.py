@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from emulator.lab import lab_client, seed_lab
+from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tasks.contract import TASK_NAME
 from tasks.producer import Producer
-from tests.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 
 Lab = dict[str, Any]
 

@@ -11,8 +11,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from emulator.lab import lab_client, seed_lab
+from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.producer import Producer
-from tests.processes import EmulatorProcess, WorkerProcess
 from worker.ratelimit import SharedRateLimiter
 
 

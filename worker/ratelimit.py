@@ -35,7 +35,8 @@ if tat < now then tat = now end
 local interval = 1 / rate
 tat = tat + interval
 local wait = math.max(0, tat - burst * interval - now)
-redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'updated', tostring(now), 'tat', tostring(tat))
+redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'updated', tostring(now), 'tat', tostring(tat),
+           'configured', ARGV[1])
 redis.call('EXPIRE', KEYS[1], 86400)
 return tostring(wait) .. ' ' .. (redis.call('HGET', KEYS[1], 'epoch') or '0')
 """
@@ -132,7 +133,9 @@ class SharedRateLimiter:
 
 
 def _snapshot(state: dict[Any, Any], configured: float) -> RateSnapshot:
+    """What the workers last wrote; their configured rate wins over the reader's own."""
     text = {(k.decode() if isinstance(k, bytes) else k): v for k, v in state.items()}
+    configured = float(text.get("configured") or configured)
     return RateSnapshot(
         float(text.get("rate") or configured), configured, int(text.get("throttles") or 0)
     )
@@ -169,8 +172,7 @@ def create_limiters(client: aioredis.Redis, settings: Settings) -> Limiters:
 
 
 def read_create_rate(client: redis.Redis, settings: Settings) -> RateSnapshot | None:
-    """The shared create rate as the fleet sees it now (for the CLI), or None if unlimited."""
-    if settings.ec2_rate <= 0:
-        return None
+    """The shared create rate as the workers left it (for the CLI); None if none is kept."""
     key = keys.rate_limit(settings.aws_account_id, settings.region, CREATE_ACTION)
-    return _snapshot(client.hgetall(key), settings.ec2_rate)
+    state = client.hgetall(key)
+    return _snapshot(state, settings.ec2_rate) if state else None  # type: ignore[arg-type]

@@ -1,4 +1,7 @@
-"""Real processes for integration tests: the emulator and `mirrorq worker`s."""
+"""mirrorq's own processes, started and watched from Python: the emulator and workers.
+
+The demo, the integration tests and the benchmarks all run the real thing this way.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
 MIRRORQ = [sys.executable, "-m", "mirrorq"]
-LOG_DIR = Path(os.environ.get("MIRRORQ_TEST_LOGS", "/tmp/mirrorq-test-logs"))
+LOG_DIR = Path(tempfile.gettempdir()) / "mirrorq-logs"
 
 
 def _http(url: str, payload: dict[str, Any] | None = None) -> Any:
@@ -27,6 +31,7 @@ class EmulatorProcess:
     """`mirrorq emulator --port 0` in a subprocess, with its control endpoints as methods."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        """Start it with these CLI arguments; return once it serves (its lab seeded)."""
         self.proc = subprocess.Popen(
             [*MIRRORQ, "emulator", "--port", "0", *args],
             stdout=subprocess.PIPE,
@@ -40,6 +45,12 @@ class EmulatorProcess:
             raise RuntimeError(f"emulator exited with {self.proc.wait()} before it was ready")
         self.ready: dict[str, Any] = json.loads(line)
         self.url: str = self.ready["endpoint_url"]
+
+    def __enter__(self) -> EmulatorProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def stats(self) -> dict[str, Any]:
         return _http(f"{self.url}/_mirrorq/stats")["calls"]  # type: ignore[no-any-return]
@@ -63,9 +74,9 @@ class EmulatorProcess:
 class WorkerProcess:
     """A real `mirrorq worker` with its own log file."""
 
-    def __init__(self, name: str, env: dict[str, str], *args: str) -> None:
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOG_DIR / f"{name}.log"
+    def __init__(self, name: str, env: dict[str, str], *args: str, log_dir: Path = LOG_DIR) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [*MIRRORQ, "worker", "--hostname", f"{name}@%h", *args],
@@ -74,6 +85,12 @@ class WorkerProcess:
             env=env,
             start_new_session=True,
         )
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
