@@ -175,4 +175,4 @@ def read_create_rate(client: redis.Redis, settings: Settings) -> RateSnapshot | 
     """The shared create rate as the workers left it (for the CLI); None if none is kept."""
     key = keys.rate_limit(settings.aws_account_id, settings.region, CREATE_ACTION)
     state = client.hgetall(key)
-    return _snapshot(state, settings.ec2_rate) if state else None  # type: ignore[arg-type]
+    return _snapshot(state, settings.ec2_rate) if state else None
