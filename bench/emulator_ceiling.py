@@ -18,21 +18,15 @@ import contextlib
 import json
 import os
 import platform
-import queue
 import shlex
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from aiobotocore.config import AioConfig
@@ -41,6 +35,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from emulator.lab import LAB_CREDENTIALS, seed_lab
+from mirrorq.processes import EmulatorProcess
 
 if TYPE_CHECKING:
     from types_aiobotocore_ec2 import EC2Client as AioEC2Client
@@ -79,106 +74,34 @@ class RunResult:
 # The emulator process ---------------------------------------------------------------------
 
 
-def _http_json(url: str, payload: dict[str, Any] | None = None) -> Any:
-    data = None if payload is None else json.dumps(payload).encode()
-    # The emulator's own http:// URL, never user input: S310's file:// worry does not apply.
-    request = urllib.request.Request(  # noqa: S310
-        url,
-        data=data,
-        method="GET" if data is None else "POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:  # noqa: S310
-        return json.load(response)
-
-
 class Emulator:
-    """`python -m mirrorq emulator --port 0 --seed-lab N`, stopped on exit."""
+    """The emulator with a lab, and the little this benchmark asks of it."""
 
     def __init__(self, enis: int, startup_timeout: float) -> None:
+        started = time.perf_counter()
         self.enis = enis
-        self.startup_timeout = startup_timeout
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-        self.lab: dict[str, Any] = {}
-        self.seed_s = 0.0
+        self.process = EmulatorProcess(
+            "--seed-lab", str(enis), *NO_FAULTS, startup_timeout=startup_timeout
+        )
+        self.seed_s = time.perf_counter() - started
+        self.url = self.process.url
+        self.lab: dict[str, Any] = self.process.ready["lab"]
 
     def __enter__(self) -> Emulator:
-        started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mirrorq",
-                "emulator",
-                "--port",
-                "0",
-                "--seed-lab",
-                str(self.enis),
-                *NO_FAULTS,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-        )
-        try:
-            ready = json.loads(self._first_line())
-        except BaseException:
-            self._stop()
-            raise
-        self.seed_s = time.perf_counter() - started
-        self.url, self.lab = ready["endpoint_url"], ready["lab"]
         return self
 
-    def _first_line(self) -> str:
-        """The ready line, without hanging forever on an emulator that never prints it."""
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        lines: queue.Queue[str] = queue.Queue(maxsize=1)
-        stdout = self.proc.stdout
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=self.startup_timeout)
-        except queue.Empty:
-            raise TimeoutError(f"emulator not ready after {self.startup_timeout:.0f}s") from None
-        if not line:
-            self._stderr.seek(0)
-            tail = self._stderr.read()[-2000:].decode(errors="replace")
-            code = self.proc.wait()
-            raise RuntimeError(f"emulator exited with {code} before it was ready:\n{tail}")
-        return line
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop()
-
-    def _stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
+    def __exit__(self, *_: object) -> None:
+        self.process.stop()
 
     def fresh_lab(self) -> tuple[dict[str, Any], float]:
         """Forget everything, seed the same lab again; return it and the seconds it took."""
         started = time.perf_counter()
-        _http_json(f"{self.url}/_mirrorq/reset", {})
+        self.process.reset()
         lab = seed_lab(self.url, self.enis, REGION)
         return lab, time.perf_counter() - started
 
     def counts(self) -> dict[str, int]:
-        calls: dict[str, dict[str, int]] = _http_json(f"{self.url}/_mirrorq/stats")["calls"]
-        return dict(calls.get(ACTION, {}))
+        return dict(self.process.stats().get(ACTION, {}))
 
 
 # The calls --------------------------------------------------------------------------------

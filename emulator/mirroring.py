@@ -99,7 +99,9 @@ def check_tags(params: dict[str, str], resource_type: str) -> None:
             )
         tags = spec["Tags"]
         if len(tags) > MAX_TAGS:
-            raise invalid_value(f"A resource can have at most {MAX_TAGS} tags, got {len(tags)}.")
+            raise EC2Error(
+                "TagLimitExceeded", f"A resource can have at most {MAX_TAGS} tags, got {len(tags)}."
+            )
         for tag in tags:
             key, value = tag.get("Key", ""), tag.get("Value", "")
             if not key or len(key) > MAX_TAG_KEY or key.lower().startswith("aws:"):

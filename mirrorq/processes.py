@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -30,21 +32,43 @@ def _http(url: str, payload: dict[str, Any] | None = None) -> Any:
 class EmulatorProcess:
     """`mirrorq emulator --port 0` in a subprocess, with its control endpoints as methods."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, startup_timeout: float = 120.0
+    ) -> None:
         """Start it with these CLI arguments; return once it serves (its lab seeded)."""
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [*MIRRORQ, "emulator", "--port", "0", *args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self._stderr,
             env=env,
             text=True,
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"emulator exited with {self.proc.wait()} before it was ready")
+        try:
+            line = self._ready_line(startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
         self.ready: dict[str, Any] = json.loads(line)
         self.url: str = self.ready["endpoint_url"]
+
+    def _ready_line(self, timeout: float) -> str:
+        """The line it prints once serving, without hanging on one that never does."""
+        stdout = self.proc.stdout
+        assert stdout is not None
+        lines: queue.Queue[str] = queue.Queue(maxsize=1)
+        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"emulator not ready after {timeout:.0f}s") from None
+        if not line:
+            self._stderr.seek(0)
+            tail = self._stderr.read()[-2000:].decode(errors="replace")
+            raise RuntimeError(
+                f"emulator exited with {self.proc.wait()} before it was ready:\n{tail}"
+            )
+        return line
 
     def __enter__(self) -> EmulatorProcess:
         return self
@@ -63,12 +87,16 @@ class EmulatorProcess:
         _http(f"{self.url}/_mirrorq/reset", {})
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
 
 
 class WorkerProcess:

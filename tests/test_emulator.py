@@ -113,7 +113,7 @@ def test_targets_and_filters_are_idempotent_too(ec2: Any, lab: Lab) -> None:
                     }
                 ]
             },
-            "InvalidParameterValue",
+            "TagLimitExceeded",
         ),
         (
             {

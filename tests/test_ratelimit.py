@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from emulator.lab import lab_client, seed_lab
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.producer import Producer
-from worker.ratelimit import SharedRateLimiter
+from worker.ratelimit import COOLDOWN_S, SharedRateLimiter
 
 
 async def no_sleep(_: float) -> None:
@@ -39,25 +39,31 @@ def test_burst_then_one_slot_per_interval(redis_url: str) -> None:
         assert abs(wait - 0.1 * k) < 0.05, waits
 
 
-def test_throttling_cuts_the_rate_once_per_event_and_spends_the_burst(redis_url: str) -> None:
-    async def run() -> tuple[list[float], float, dict[Any, Any]]:
+def test_a_lone_throttle_spends_the_burst_and_a_repeated_one_cuts_the_rate(redis_url: str) -> None:
+    async def run() -> tuple[list[float], float, float, dict[Any, Any]]:
         client, limiter = limiter_in(redis_url, rate=10.0, burst=5, decrease=0.5)
         await limiter.acquire()
-        cut = [await limiter.throttled() for _ in range(20)]  # 20 in-flight calls, one event
+        first = [await limiter.throttled() for _ in range(20)]  # 20 in-flight calls, one event
         wait = await limiter.acquire()
+        await asyncio.sleep(COOLDOWN_S + 0.1)
+        second = await limiter.throttled()  # EC2 still says no: the rate is too high
         state = await client.hgetall(limiter.key)
         await client.aclose()
-        return cut, wait, state
+        return first, wait, second, state
 
-    cut, wait, state = asyncio.run(run())
-    assert cut == [5.0] * 20
-    assert int(state[b"throttles"]) == 20
-    assert wait > 0  # no burst left after EC2 said its bucket is empty
+    first, wait, second, state = asyncio.run(run())
+    assert first == [10.0] * 20  # taken for jitter: the rate stands...
+    assert wait > 0  # ...but no burst is left after EC2 said its bucket is empty
+    assert second == 5.0
+    assert int(state[b"throttles"]) == 21
+    assert int(state[b"epoch"]) == 1  # slots reserved at 10/s are void
 
 
 def test_the_rate_recovers_additively(redis_url: str) -> None:
     async def run() -> float:
         client, limiter = limiter_in(redis_url, rate=10.0, burst=5, decrease=0.5, recovery=0.5)
+        await limiter.throttled()
+        await asyncio.sleep(COOLDOWN_S + 0.05)
         await limiter.throttled()  # 10 -> 5
         await asyncio.sleep(0.4)  # recovers 0.5 * 10/s per second: about +2
         await limiter.acquire()

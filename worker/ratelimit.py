@@ -41,29 +41,37 @@ redis.call('EXPIRE', KEYS[1], 86400)
 return tostring(wait) .. ' ' .. (redis.call('HGET', KEYS[1], 'epoch') or '0')
 """
 
-# EC2 said RequestLimitExceeded: cut the rate (once per cooldown, however many in-flight
-# calls report the same event) and start a new epoch: slots reserved at the old rate are
-# void (their holders take new ones) and, EC2's bucket being empty, no burst is left.
+# EC2 said RequestLimitExceeded. In-flight calls report one event many times: only the first
+# report within `cooldown` acts. An event after a quiet spell is taken for jitter: EC2's
+# bucket is empty, so our burst is spent, but the rate stands. An event soon after another
+# means the rate is too high: cut it and start a new epoch, voiding the slots reserved at
+# the old rate (their holders take new ones).
 _THROTTLED = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local configured, burst, factor = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local floor, cooldown = tonumber(ARGV[4]), tonumber(ARGV[5])
-local state = redis.call('HMGET', KEYS[1], 'rate', 'last_cut')
+local floor, cooldown, quiet = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local state = redis.call('HMGET', KEYS[1], 'rate', 'last_event', 'tat')
 local rate = tonumber(state[1]) or configured
-local last_cut = tonumber(state[2]) or 0
+local last_event = tonumber(state[2]) or 0
+local tat = tonumber(state[3]) or now
 redis.call('HINCRBY', KEYS[1], 'throttles', 1)
-if now - last_cut >= cooldown then
+if now - last_event < cooldown then return tostring(rate) end
+if now - last_event < quiet then
   rate = math.max(floor, rate * factor)
   redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-  redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'last_cut', tostring(now),
-             'updated', tostring(now), 'tat', tostring(now + burst / rate))
+  tat = now + burst / rate
+else
+  tat = math.max(tat, now + burst / rate)
 end
+redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'last_event', tostring(now),
+           'updated', tostring(now), 'tat', tostring(tat))
 return tostring(rate)
 """
 
 Sleep = Callable[[float], Awaitable[None]]
-COOLDOWN_S = 0.5
+COOLDOWN_S = 0.5  # reports of one throttling event arrive within this
+QUIET_S = 10.0  # a throttle after this long without one is taken for jitter
 
 
 @dataclass(frozen=True)
@@ -121,10 +129,11 @@ class SharedRateLimiter:
         """Report RequestLimitExceeded; return the shared rate now in force."""
         # Never below one call per 10 s; one cut per event, however many in-flight calls
         # report it: calls answered within the cooldown were sent before the cut.
-        floor, cooldown = max(0.1, self.rate / 100), COOLDOWN_S
+        floor = max(0.1, self.rate / 100)
         return float(
             await self._throttled(
-                keys=[self.key], args=[self.rate, self.burst, self._decrease, floor, cooldown]
+                keys=[self.key],
+                args=[self.rate, self.burst, self._decrease, floor, COOLDOWN_S, QUIET_S],
             )
         )
 
