@@ -84,6 +84,9 @@ class EmulatorApp:
         self.stats = Stats()
         self.mirroring = TrafficMirroring()
         self._moto = DomainDispatcherApplication(create_backend_app)
+        # Every Query-API call here is EC2's: going straight to moto's EC2 app skips the
+        # dispatcher's per-request scan of moto's modules (a tenth of the emulator's CPU).
+        self._ec2 = create_backend_app("ec2")
         # moto's backends are plain dicts with no locking; one lock makes every
         # check-then-create (per-ENI limits, token records) atomic, as EC2 is.
         self._lock = threading.RLock()
@@ -105,7 +108,7 @@ class EmulatorApp:
                 raise throttled()
             if action in IDEMPOTENT_ACTIONS:
                 return self._create(action, params, environ, start_response)
-            status, headers, out = self._call_moto(environ)
+            status, headers, out = self._call_moto(environ, self._ec2)
         except EC2Error as error:
             return self._error(action, error, start_response)
         self.stats.count(action, _outcome(status, out))
@@ -136,7 +139,7 @@ class EmulatorApp:
                 if extra:
                     environ["wsgi.input"] = io.BytesIO(urlencode({**params, **extra}).encode())
                     environ["CONTENT_LENGTH"] = str(environ["wsgi.input"].getbuffer().nbytes)
-                status, headers, out = self._call_moto(environ)
+                status, headers, out = self._call_moto(environ, self._ec2)
                 if status.startswith("2"):
                     self.mirroring.remember(
                         region, action, params, Recorded(fingerprint(params), status, headers, out)
@@ -166,7 +169,7 @@ class EmulatorApp:
 
     # Plumbing ----------------------------------------------------------------------------
 
-    def _call_moto(self, environ: Environ) -> Reply:
+    def _call_moto(self, environ: Environ, app: Any = None) -> Reply:
         captured: dict[str, Any] = {}
 
         def start_response(
@@ -175,7 +178,7 @@ class EmulatorApp:
             captured["status"], captured["headers"] = status, headers
 
         with self._lock:
-            chunks = self._moto(environ, start_response)
+            chunks = (app or self._moto)(environ, start_response)
             try:
                 out = b"".join(chunks)
             finally:

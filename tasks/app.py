@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import Celery
+from celery.signals import after_setup_logger
 
 from config import Settings, get_settings
 from tasks.contract import QUEUE, TASK_NAME
@@ -47,6 +51,13 @@ def create_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=True,
     )
     return app
+
+
+@after_setup_logger.connect
+def _quiet_task_trace(**_: Any) -> None:
+    """Celery logs every task's success at INFO; the result backend already records each job,
+    and at thousands of jobs a minute those lines cost CPU and bury the ones that matter."""
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 
 
 app = create_app(get_settings())

@@ -6,6 +6,7 @@ bad job and never asks Celery to retry, so a message can't loop or kill the work
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -60,8 +61,11 @@ def decode_envelope(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, 
 def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
     job_id = str(self.request.id)
     settings = get_settings()
-    store = ResultStore(app)
-    previous = store.load(job_id)
+    store = _store()
+    # Only a redelivery can find a record worth reading (attempts so far, a SessionNumber
+    # chosen before, or an outcome); a first delivery carries all it needs in the message.
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    previous = store.load(job_id) if redelivered else None
     if store.is_terminal(previous):
         log.info("job %s already %s; redelivery ignored", job_id, previous and previous["status"])
         return
@@ -121,7 +125,13 @@ def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: A
             record["error"]["code"],
         )
     else:
-        log.info("job %s %s after %d attempt(s)", job_id, record["status"], record["attempts"])
+        # The result backend is the record of every job; a log line each would only be noise.
+        log.debug("job %s %s after %d attempt(s)", job_id, record["status"], record["attempts"])
+
+
+@functools.cache
+def _store() -> ResultStore:
+    return ResultStore(app)
 
 
 @worker_shutdown.connect
