@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_shutdown, worker_shutdown
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 from config import get_settings
+from tasks import keys
 from tasks.app import app
 from tasks.contract import (
     AUTO,
@@ -134,7 +136,36 @@ def _store() -> ResultStore:
     return ResultStore(app)
 
 
+_stop_repair = threading.Event()
+
+
+def _repair_loop() -> None:
+    """Every few seconds, one worker of the fleet (a Redis lock decides which) looks for
+    accepted jobs whose message was lost and publishes them again."""
+    from tasks.producer import Producer
+
+    settings = get_settings()
+    producer = Producer(app, settings)
+    client = producer.store.backend.client
+    while not _stop_repair.wait(settings.repair_interval_s):
+        try:
+            if not client.set(
+                keys.REPAIR_LOCK, "1", nx=True, px=int(settings.repair_interval_s * 900)
+            ):
+                continue
+            for job_id in producer.repair_lost_jobs(settings.lost_after_s):
+                log.warning("job %s was accepted but its message was lost; published again", job_id)
+        except Exception:  # a Redis hiccup must not end the repairs
+            log.warning("lost-job repair failed; will try again", exc_info=True)
+
+
+@worker_ready.connect
+def _start_repair(**_: Any) -> None:
+    threading.Thread(target=_repair_loop, name="mirrorq-repair", daemon=True).start()
+
+
 @worker_shutdown.connect
 @worker_process_shutdown.connect
 def _close_ec2_client(**_: Any) -> None:
+    _stop_repair.set()
     close_runtime()

@@ -34,3 +34,9 @@ def batch_jobs(batch_id: str) -> str:
 def rate_limit(account: str, region: str, action: str) -> str:
     """Hash: the shared limiter's state (tat, rate, updated, last_cut, throttles)."""
     return f"{PREFIX}:rate:{account}:{region}:{action}"
+
+
+PENDING = f"{PREFIX}:pending"  # sorted set: accepted jobs not yet started, by submission time
+REPAIR_LOCK = f"{PREFIX}:repair-lock"
+REPAIR_SUSPECTS = f"{PREFIX}:repair-suspects"  # jobs that looked lost at the previous sweep
+KOMBU_UNACKED = "unacked"  # kombu's Redis transport: delivery tag -> message held by a worker

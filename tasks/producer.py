@@ -62,9 +62,51 @@ class Producer:
             client_token=kwargs["ClientToken"],
             submitted_at=utcnow(),
         )
-        self.store.save(record)
+        with self.store.backend.client.pipeline(transaction=False) as pipe:
+            self.store.queue_initial(pipe, record)
+            pipe.execute()
         self._publish(job_id, kwargs, batch_id, record["submitted_at"])
         return job_id
+
+    def repair_lost_jobs(self, lost_after_s: float) -> list[str]:
+        """Publish again the accepted jobs whose message is gone; return their ids.
+
+        A job counts as lost when it is still `queued` long after submission, the queue is
+        empty (so it is not waiting there) and no worker holds its message, twice in a row
+        (one sweep could race a worker that just popped it). Publishing again is safe: the
+        job keeps its id and ClientToken, and a finished job is never run twice.
+        """
+        client = self.store.backend.client
+        if client.llen(QUEUE):
+            return []
+        cutoff = time.time() - lost_after_s
+        candidates = [
+            j.decode()
+            for j in client.zrangebyscore(keys.PENDING, "-inf", cutoff, start=0, num=1000)
+        ]
+        if not candidates:
+            client.delete(keys.REPAIR_SUSPECTS)
+            return []
+        held = b"".join(client.hvals(keys.KOMBU_UNACKED))
+        suspects = {s.decode() for s in client.smembers(keys.REPAIR_SUSPECTS)}
+        lost: list[tuple[str, JobResult]] = []
+        now_suspect: list[tuple[str, JobResult]] = []
+        for job_id, record in zip(candidates, self.store.load_many(candidates), strict=True):
+            if record is None or record["status"] != "queued":
+                client.zrem(keys.PENDING, job_id)
+            elif job_id.encode() not in held:
+                (lost if job_id in suspects else now_suspect).append((job_id, record))
+        for job_id, record in lost:
+            self._publish(
+                job_id, record["request"] or {}, record["batch_id"], record["submitted_at"]
+            )
+        with client.pipeline(transaction=False) as pipe:
+            pipe.delete(keys.REPAIR_SUSPECTS)
+            if now_suspect:
+                pipe.sadd(keys.REPAIR_SUSPECTS, *[j for j, _ in now_suspect])
+                pipe.expire(keys.REPAIR_SUSPECTS, int(lost_after_s * 10))
+            pipe.execute()
+        return [j for j, _ in lost]
 
     def _publish(
         self,

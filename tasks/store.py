@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 from celery import Celery, states
 
+from tasks import keys
 from tasks.batches import BatchStore
 from tasks.contract import TERMINAL_STATUSES, JobResult, JobStatus
 
@@ -54,6 +56,7 @@ class ResultStore:
         with self.backend.client.pipeline(transaction=False) as pipe:
             key, value = self._encoded(record)
             self._store(keys=[key], args=[value, self.ttl_s], client=pipe)
+            pipe.zrem(keys.PENDING, record["job_id"])  # started: no longer at risk of loss
             if record["batch_id"]:
                 now = record["finished_at"] or record["started_at"] or ""
                 self.batches.transition(
@@ -62,9 +65,10 @@ class ResultStore:
             pipe.execute()
 
     def queue_initial(self, pipe: Any, record: JobResult) -> None:
-        """Write a new job's `queued` record on `pipe`."""
+        """Write a new job's `queued` record on `pipe`, and note it as pending."""
         key, value = self._encoded(record)
         pipe.set(key, value, ex=self.ttl_s)
+        pipe.zadd(keys.PENDING, {record["job_id"]: time.time()})
 
     def _encoded(self, record: JobResult) -> tuple[str, str]:
         """The key and value Celery's Redis backend would write for this record."""

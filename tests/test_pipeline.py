@@ -328,3 +328,23 @@ def test_idempotency_key_yields_the_same_job(producer: Producer, lab: Lab) -> No
 
     with pytest.raises(IdempotencyConflictError):
         producer.submit(job(lab, 10), idempotency_key="event-123")
+
+
+def test_a_job_whose_message_was_lost_is_published_again(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+    redis_url: str,
+) -> None:
+    """kombu pops a message before recording it as unacked: a worker killed in between
+    loses it. Here the message is taken off the queue by hand, as such a worker would."""
+    import redis
+
+    job_id = producer.submit(job(lab, 11))
+    assert redis.Redis.from_url(redis_url).rpop("mirrorq") is not None  # the message is gone
+    start_worker(MIRRORQ_REPAIR_INTERVAL_S="1", MIRRORQ_LOST_AFTER_S="2")
+    (result,) = wait_all(producer, [job_id], timeout=60)
+    assert result["status"] == "created"
+    assert result["client_token"] == job_id  # the token fixed at acceptance, unchanged
+    assert len(sessions(emulator)) == 1
