@@ -63,6 +63,8 @@ FAST = {
     "MIRRORQ_VISIBILITY_TIMEOUT_S": "30",
     "MIRRORQ_BACKOFF_BASE_S": "0.05",
     "MIRRORQ_BACKOFF_CAP_S": "1",
+    "MIRRORQ_REPAIR_INTERVAL_S": "2",
+    "MIRRORQ_LOST_AFTER_S": "10",
     # The shared limiter stays in the path, at rates the emulator never reaches.
     "MIRRORQ_EC2_RATE": "1000",
     "MIRRORQ_EC2_BURST": "200",
