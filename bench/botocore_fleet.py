@@ -13,11 +13,9 @@ import sys
 from collections import Counter
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
-from emulator.lab import LAB_CREDENTIALS
+from emulator.lab import aio_lab_client
 
 MAX_ATTEMPTS = 10  # what a careful user sets; botocore's own default is 3
 
@@ -26,16 +24,10 @@ async def run(endpoint: str, jobs: list[dict[str, Any]], concurrency: int) -> di
     failures: Counter[str] = Counter()
     created = 0
     gate = asyncio.Semaphore(concurrency)
-    async with get_session().create_client(
-        "ec2",
-        region_name="us-east-1",
-        endpoint_url=endpoint,
-        config=AioConfig(
-            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
-            max_pool_connections=concurrency,
-        ),
-        aws_access_key_id=LAB_CREDENTIALS["aws_access_key_id"],
-        aws_secret_access_key=LAB_CREDENTIALS["aws_secret_access_key"],
+    async with aio_lab_client(
+        endpoint,
+        concurrency=concurrency,
+        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
     ) as client:
 
         async def one(job: dict[str, Any]) -> None:

@@ -29,12 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from emulator.lab import LAB_CREDENTIALS, seed_lab
+from emulator.lab import LAB_CREDENTIALS, aio_lab_client, seed_lab
 from mirrorq.processes import EmulatorProcess
 
 if TYPE_CHECKING:
@@ -195,14 +193,7 @@ async def _run_concurrent(
     errors: dict[str, int] = {}
     stopped = False
     client: AioEC2Client
-    async with get_session().create_client(
-        "ec2",
-        endpoint_url=url,
-        region_name=REGION,
-        config=AioConfig(retries={"total_max_attempts": 1}, max_pool_connections=concurrency),
-        aws_access_key_id=LAB_CREDENTIALS["aws_access_key_id"],
-        aws_secret_access_key=LAB_CREDENTIALS["aws_secret_access_key"],
-    ) as client:
+    async with aio_lab_client(url, concurrency=concurrency, region=REGION) as client:
         gate = asyncio.Semaphore(concurrency)
 
         async def warm() -> None:

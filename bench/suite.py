@@ -31,13 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from rich.console import Console
 from rich.table import Table
 
 from config import Settings
-from emulator.lab import LAB_CREDENTIALS, lab_client
+from emulator.lab import LAB_CREDENTIALS, aio_lab_client, lab_client
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.app import create_app
 from tasks.contract import parse_request
@@ -143,14 +141,7 @@ def rss_mb(pid: int) -> float:
 
 async def _bare(url: str, requests: list[dict[str, Any]]) -> None:
     gate = asyncio.Semaphore(CONCURRENCY)
-    async with get_session().create_client(
-        "ec2",
-        region_name="us-east-1",
-        endpoint_url=url,
-        config=AioConfig(retries={"total_max_attempts": 1}, max_pool_connections=CONCURRENCY),
-        aws_access_key_id=LAB_CREDENTIALS["aws_access_key_id"],
-        aws_secret_access_key=LAB_CREDENTIALS["aws_secret_access_key"],
-    ) as client:
+    async with aio_lab_client(url, concurrency=CONCURRENCY) as client:
 
         async def one(request: dict[str, Any]) -> None:
             async with gate:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
+from aiobotocore.config import AioConfig
+from aiobotocore.session import ClientCreatorContext, get_session
 from botocore.config import Config
+
+if TYPE_CHECKING:  # stubs only: a development dependency
+    from types_aiobotocore_ec2 import EC2Client
 
 LAB_CIDR = "10.0.0.0/16"
 SUBNET_COUNT = 4
@@ -34,6 +39,26 @@ def lab_client(endpoint_url: str, region: str = "us-east-1") -> Any:
 
 
 TAG_VARIANTS = 6  # Env x Role combinations
+
+
+def aio_lab_client(
+    endpoint_url: str,
+    *,
+    concurrency: int = 10,
+    retries: dict[str, Any] | None = None,
+    region: str = "us-east-1",
+) -> ClientCreatorContext[EC2Client]:
+    """The same for aiobotocore (`async with`): botocore retries off unless `retries` says."""
+    return get_session().create_client(
+        "ec2",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        config=AioConfig(
+            retries=retries or {"total_max_attempts": 1}, max_pool_connections=concurrency
+        ),
+        aws_access_key_id=LAB_CREDENTIALS["aws_access_key_id"],
+        aws_secret_access_key=LAB_CREDENTIALS["aws_secret_access_key"],
+    )
 
 
 def _tags(i: int) -> list[dict[str, str]]:

@@ -6,11 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, ConnectionClosedError
 
-from emulator.lab import LAB_CREDENTIALS, seed_lab
+from emulator.lab import aio_lab_client, seed_lab
 from mirrorq.processes import EmulatorProcess
 
 Lab = dict[str, Any]
@@ -360,14 +358,7 @@ def test_aiobotocore_reaches_the_emulator_with_fixed_tokens(
     emulator.set_faults(drop_rate=0.5)
 
     async def run() -> int:
-        async with get_session().create_client(
-            "ec2",
-            endpoint_url=emulator.url,
-            region_name="us-east-1",
-            config=AioConfig(retries={"total_max_attempts": 1}),
-            aws_access_key_id=LAB_CREDENTIALS["aws_access_key_id"],
-            aws_secret_access_key=LAB_CREDENTIALS["aws_secret_access_key"],
-        ) as client:
+        async with aio_lab_client(emulator.url) as client:
 
             async def one(eni: int) -> None:
                 args = session_args(lab, eni=eni, ClientToken=f"job-{eni}")
