@@ -7,8 +7,10 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import after_setup_logger
+from kombu.utils.url import url_to_parts
 
 from config import Settings, get_settings
+from tasks import broker
 from tasks.contract import QUEUE, TASK_NAME
 
 
@@ -50,6 +52,9 @@ def create_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=True,
     )
+    if url_to_parts(settings.broker_url).scheme == "redis":
+        # Same wire format as kombu's own Redis transport; less CPU per message.
+        app.conf.broker_transport = broker.TRANSPORT
     return app
 
 
