@@ -1,7 +1,7 @@
 """Batches: job files read with line numbers, and each batch's record in Redis.
 
 A batch's status costs the same for 10 or 10,000 jobs: counts by status are kept in a hash
-and moved by one atomic script per job transition.
+and moved atomically with each job's record (tasks/store.py).
 """
 
 from __future__ import annotations
@@ -20,26 +20,34 @@ from tasks import keys
 from tasks.contract import TERMINAL_STATUSES, InvalidJobError, SessionRequest, parse_request
 
 # Move one job from its old status to `new` (never out of a terminal one), then count it
-# done and stamp the batch's end when the last job finishes.
-_TRANSITION = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old == ARGV[2] then return 0 end
-local terminal = {}
-for status in string.gmatch(ARGV[4], '[^,]+') do terminal[status] = true end
-if old and terminal[old] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if old then redis.call('HINCRBY', KEYS[2], old, -1) end
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-if terminal[ARGV[2]] then
-  local done = redis.call('HINCRBY', KEYS[3], 'done', 1)
-  if done >= tonumber(redis.call('HGET', KEYS[3], 'total') or '0') then
-    redis.call('HSET', KEYS[3], 'finished_at', ARGV[3])
+# done and stamp the batch's end when the last job finishes. A Lua function, so the result
+# store's script (tasks/store.py) can move the counts in the same atomic step.
+TRANSITION_FUNCTION = """
+local function transition(statuses, counts, batch, job, new, now, terminal_csv)
+  local old = redis.call('HGET', statuses, job)
+  if old == new then return 0 end
+  local terminal = {}
+  for status in string.gmatch(terminal_csv, '[^,]+') do terminal[status] = true end
+  if old and terminal[old] then return 0 end
+  redis.call('HSET', statuses, job, new)
+  if old then redis.call('HINCRBY', counts, old, -1) end
+  redis.call('HINCRBY', counts, new, 1)
+  if terminal[new] then
+    local done = redis.call('HINCRBY', batch, 'done', 1)
+    if done >= tonumber(redis.call('HGET', batch, 'total') or '0') then
+      redis.call('HSET', batch, 'finished_at', now)
+    end
   end
+  return 1
 end
-return 1
 """
-_TERMINAL_ARG = ",".join(sorted(TERMINAL_STATUSES))
+TERMINAL_ARG = ",".join(sorted(TERMINAL_STATUSES))
 CHUNK = 1000
+
+
+def batch_keys(batch_id: str) -> list[str]:
+    """The keys a transition moves: the job's status, the counts, the batch's record."""
+    return [keys.batch_statuses(batch_id), keys.batch_counts(batch_id), keys.batch(batch_id)]
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,6 @@ class BatchStore:
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self.redis = client
         self.ttl_s = ttl_s
-        self._transition = client.register_script(_TRANSITION)
 
     def create(
         self,
@@ -158,15 +165,6 @@ class BatchStore:
             keys.batch_jobs(batch_id),
         ):
             pipe.expire(key, self.ttl_s)
-
-    def transition(
-        self, batch_id: str, job_id: str, status: str, now: str, client: Any = None
-    ) -> None:
-        self._transition(
-            client=client,
-            keys=[keys.batch_statuses(batch_id), keys.batch_counts(batch_id), keys.batch(batch_id)],
-            args=[job_id, status, now, _TERMINAL_ARG],
-        )
 
     def status(self, batch_id: str) -> dict[str, Any] | None:
         with self.redis.pipeline(transaction=False) as pipe:
