@@ -11,7 +11,7 @@ from kombu.utils.url import url_to_parts
 
 from config import Settings, get_settings
 from tasks import broker
-from tasks.contract import QUEUE, TASK_NAME
+from tasks.contract import BATCH_TASK_NAME, QUEUE, TASK_NAME
 
 
 def create_app(settings: Settings) -> Celery:
@@ -43,12 +43,13 @@ def create_app(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
         },
         task_default_queue=QUEUE,
-        task_routes={TASK_NAME: {"queue": QUEUE}},
+        task_routes={name: {"queue": QUEUE} for name in (TASK_NAME, BATCH_TASK_NAME)},
         # Results are written by the task itself (tasks/store.py), with every state.
         task_ignore_result=True,
         result_expires=settings.result_ttl_s,
         worker_pool="threads",
-        worker_concurrency=settings.concurrency,
+        # Threads run messages; a message of a batch holds several jobs (jobs_per_message).
+        worker_concurrency=settings.worker_threads,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=True,
     )

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, TypedDict
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 TASK_NAME = "mirrorq.create_traffic_mirror_session"
+# How batches travel: several jobs to a message (see Settings.jobs_per_message).
+BATCH_TASK_NAME = "mirrorq.create_traffic_mirror_sessions"
 QUEUE = "mirrorq"
 
 SESSION_NUMBER_MAX = 32766

@@ -1,11 +1,19 @@
-"""The Celery task: decode the message, run the job on the process's EC2 runtime, record it.
+"""The Celery tasks: decode a message, run its jobs on the process's EC2 runtime, record them.
 
-The task is thin on purpose (worker/execute.py holds the logic): it never raises for a
-bad job and never asks Celery to retry, so a message can't loop or kill the worker.
+Two message forms carry jobs. `create_traffic_mirror_session` is the documented one: one job,
+`kwargs={"request": {...}}`, the task id is the job id; anything may send it. Batches travel
+as `create_traffic_mirror_sessions`, several jobs to a message (Settings.jobs_per_message),
+`kwargs={"jobs": [{"job_id": ..., "request": {...}, "batch_id": ..., "submitted_at": ...}]}`.
+Either way the thread hands all of the message's jobs to the event loop at once and they run
+side by side; the message is acked when the last of them is recorded.
+
+The tasks are thin on purpose (worker/execute.py holds the logic): they never raise for a
+bad job and never ask Celery to retry, so a message can't loop or kill the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -14,11 +22,12 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
-from config import get_settings
+from config import Settings, get_settings
 from tasks import keys
 from tasks.app import app
 from tasks.contract import (
     AUTO,
+    BATCH_TASK_NAME,
     TASK_NAME,
     InvalidJobError,
     JobResult,
@@ -27,14 +36,15 @@ from tasks.contract import (
     parse_request,
     utcnow,
 )
-from tasks.store import ResultStore
+from tasks.store import AsyncResultStore, ResultStore, is_terminal
 from worker.execute import execute_job
-from worker.runtime import close_runtime, get_runtime
+from worker.runtime import Ec2Runtime, close_runtime, get_runtime
 
-__all__ = ["app", "create_traffic_mirror_session"]
+__all__ = ["app", "create_traffic_mirror_session", "create_traffic_mirror_sessions"]
 
 log = logging.getLogger("mirrorq.jobs")
 ENVELOPE_KEYS = frozenset({"request", "batch_id", "submitted_at"})
+Envelope = dict[str, Any] | InvalidJobError  # a job's envelope, or why it has none
 
 
 def decode_envelope(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -59,22 +69,96 @@ def decode_envelope(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, 
     return kwargs
 
 
+def decode_batch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, Envelope]]:
+    """Each job of a batch message, by id. A job without a usable id can't be recorded,
+    so it is logged and left out; a job with one but a bad envelope is recorded as failed."""
+    jobs = kwargs.get("jobs")
+    if args or set(kwargs) != {"jobs"} or not isinstance(jobs, list):
+        log.warning("batch message refused: expected kwargs={'jobs': [...]} only")
+        return []
+    decoded: list[tuple[str, Envelope]] = []
+    for n, job in enumerate(jobs):
+        job_id = job.get("job_id") if isinstance(job, dict) else None
+        if not isinstance(job_id, str) or not job_id:
+            log.warning("batch message: job %d has no job_id and can't be recorded", n)
+            continue
+        envelope = {k: v for k, v in job.items() if k != "job_id"}
+        try:
+            decoded.append((job_id, decode_envelope((), envelope)))
+        except InvalidJobError as error:
+            decoded.append((job_id, error))
+    return decoded
+
+
+def _envelope(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Envelope:
+    try:
+        return decode_envelope(args, kwargs)
+    except InvalidJobError as error:
+        return error
+
+
 @app.task(name=TASK_NAME, bind=True)
 def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
-    job_id = str(self.request.id)
+    _run_message(self, [(str(self.request.id), _envelope(args, kwargs))])
+
+
+@app.task(name=BATCH_TASK_NAME, bind=True)
+def create_traffic_mirror_sessions(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
+    _run_message(self, decode_batch(args, kwargs))
+
+
+def _run_message(task: Task[Any, None], jobs: list[tuple[str, Envelope]]) -> None:
+    if not jobs:
+        return
     settings = get_settings()
-    store = _store()
-    # Only a redelivery can find a record worth reading (attempts so far, a SessionNumber
+    runtime = get_runtime(settings)
+    # Only a redelivery can find records worth reading (attempts so far, a SessionNumber
     # chosen before, or an outcome); a first delivery carries all it needs in the message.
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    previous = store.load(job_id) if redelivered else None
-    if store.is_terminal(previous):
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    runtime.run(run_jobs(runtime, _worker_store(runtime), settings, jobs, redelivered))
+
+
+async def run_jobs(
+    runtime: Ec2Runtime,
+    store: AsyncResultStore,
+    settings: Settings,
+    jobs: list[tuple[str, Envelope]],
+    redelivered: bool,
+) -> None:
+    """Run a message's jobs side by side; every one is recorded before this returns."""
+    previous = (
+        await store.load_many([job_id for job_id, _ in jobs]) if redelivered else [None] * len(jobs)
+    )
+    outcomes = await asyncio.gather(
+        *(
+            run_job(runtime, store, settings, job_id, envelope, earlier)
+            for (job_id, envelope), earlier in zip(jobs, previous, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    # A job that could not even be recorded (Redis gone) fails the message, after its
+    # siblings are done: Celery logs it, and the jobs' records show where each one stopped.
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+async def run_job(
+    runtime: Ec2Runtime,
+    store: AsyncResultStore,
+    settings: Settings,
+    job_id: str,
+    envelope: Envelope,
+    previous: JobResult | None,
+) -> None:
+    if is_terminal(previous):
         log.info("job %s already %s; redelivery ignored", job_id, previous and previous["status"])
         return
     record: JobResult = previous or new_result(job_id, None)
     record["started_at"] = record["started_at"] or utcnow()
     try:
-        envelope = decode_envelope(args, kwargs)
+        if isinstance(envelope, InvalidJobError):
+            raise envelope
         request = parse_request(envelope["request"])
     except InvalidJobError as error:
         record.update(
@@ -84,7 +168,7 @@ def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: A
                 "error": {"code": error.code, "message": str(error), "retryable": False},
             }
         )
-        store.save(record)
+        await store.save(record)
         log.warning("job %s refused: %s", job_id, error)
         return
     record["batch_id"] = envelope.get("batch_id") or record["batch_id"]
@@ -104,21 +188,17 @@ def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: A
             "status": JobStatus.RUNNING.value,
         }
     )
-    store.save(record)
+    await store.save(record)
 
-    runtime = get_runtime(settings)
-    leases = runtime.leases if request.auto_session_number else None
-    record = runtime.run(
-        execute_job(
-            runtime.client,
-            record,
-            settings,
-            save=store.save,
-            leases=leases,
-            limiters=runtime.limiters,
-        )
+    record = await execute_job(
+        runtime.client,
+        record,
+        settings,
+        save=store.save,
+        leases=runtime.leases if request.auto_session_number else None,
+        limiters=runtime.limiters,
     )
-    store.save(record)
+    await store.save(record)
     if record["status"] == JobStatus.FAILED.value and record["error"]:
         log.warning(
             "job %s failed after %d attempt(s): %s",
@@ -134,6 +214,12 @@ def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: A
 @functools.cache
 def _store() -> ResultStore:
     return ResultStore(app)
+
+
+@functools.cache
+def _worker_store(runtime: Ec2Runtime) -> AsyncResultStore:
+    """The process's store on its runtime's loop (a new runtime after a fork, a new store)."""
+    return AsyncResultStore(_store(), runtime.results_redis)
 
 
 _stop_repair = threading.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
@@ -15,6 +16,7 @@ from celery import Celery
 from config import Settings, get_settings
 from tasks import keys
 from tasks.contract import (
+    BATCH_TASK_NAME,
     QUEUE,
     TASK_NAME,
     JobResult,
@@ -24,6 +26,26 @@ from tasks.contract import (
     utcnow,
 )
 from tasks.store import ResultStore
+
+
+def held_job_ids(unacked: list[bytes]) -> set[str]:
+    """The jobs in the messages workers hold unacked (values of kombu's `unacked` hash: the
+    raw message, exchange and routing key). A batch message holds several, in its body."""
+    held: set[str] = set()
+    for value in unacked:
+        try:
+            message = json.loads(value)[0]
+            headers = message["headers"]
+            held.add(headers["id"])
+            if headers.get("task") == BATCH_TASK_NAME:
+                body = message["body"]
+                if message["properties"].get("body_encoding") == "base64":
+                    body = base64.b64decode(body)
+                _, kwargs, _ = json.loads(body)
+                held.update(str(job["job_id"]) for job in kwargs["jobs"])
+        except (ValueError, LookupError, TypeError):
+            continue  # not a message mirrorq sent
+    return held
 
 
 class IdempotencyConflictError(ValueError):
@@ -87,14 +109,14 @@ class Producer:
         if not candidates:
             client.delete(keys.REPAIR_SUSPECTS)
             return []
-        held = b"".join(client.hvals(keys.KOMBU_UNACKED))
+        held = held_job_ids(client.hvals(keys.KOMBU_UNACKED))
         suspects = {s.decode() for s in client.smembers(keys.REPAIR_SUSPECTS)}
         lost: list[tuple[str, JobResult]] = []
         now_suspect: list[tuple[str, JobResult]] = []
         for job_id, record in zip(candidates, self.store.load_many(candidates), strict=True):
             if record is None or record["status"] != "queued":
                 client.zrem(keys.PENDING, job_id)
-            elif job_id.encode() not in held:
+            elif job_id not in held:
                 (lost if job_id in suspects else now_suspect).append((job_id, record))
         for job_id, record in lost:
             self._publish(
@@ -104,7 +126,7 @@ class Producer:
             pipe.delete(keys.REPAIR_SUSPECTS)
             if now_suspect:
                 pipe.sadd(keys.REPAIR_SUSPECTS, *[j for j, _ in now_suspect])
-                pipe.expire(keys.REPAIR_SUSPECTS, int(lost_after_s * 10))
+                pipe.expire(keys.REPAIR_SUSPECTS, int(max(lost_after_s, 1) * 10))
             pipe.execute()
         return [j for j, _ in lost]
 
@@ -164,15 +186,32 @@ class Producer:
                 pipe, batch_id, [j for j, _ in messages], submitted_at, source, plan
             )
             pipe.execute()
+        per_message = self.settings.jobs_per_message
         with self.app.producer_or_acquire() as producer, producer.batch():
-            for n, (job_id, kwargs) in enumerate(messages):
-                self._publish(
-                    job_id,
-                    kwargs,
-                    batch_id,
-                    submitted_at,
-                    producer=producer,
-                    declare=None if n == 0 else [],
+            for n, start in enumerate(range(0, len(messages), per_message)):
+                options = {"producer": producer, "declare": None if n == 0 else []}
+                jobs = messages[start : start + per_message]
+                if len(jobs) == 1:
+                    self._publish(*jobs[0], batch_id, submitted_at, **options)
+                    continue
+                self.app.send_task(
+                    BATCH_TASK_NAME,
+                    kwargs={
+                        "jobs": [
+                            {
+                                "job_id": job_id,
+                                "request": kwargs,
+                                "batch_id": batch_id,
+                                "submitted_at": submitted_at,
+                            }
+                            for job_id, kwargs in jobs
+                        ]
+                    },
+                    queue=QUEUE,
+                    ignore_result=True,
+                    argsrepr="()",
+                    kwargsrepr=f"{{{len(jobs)} jobs of batch {batch_id}}}",
+                    **options,
                 )
         return batch_id
 

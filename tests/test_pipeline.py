@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
+from config import Settings
 from emulator.lab import lab_client, seed_lab
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
-from tasks.contract import TASK_NAME
+from tasks.app import create_app
+from tasks.contract import BATCH_TASK_NAME, TASK_NAME, parse_request
 from tasks.producer import Producer
 
 Lab = dict[str, Any]
@@ -150,15 +152,22 @@ def test_permanent_errors_fail_after_one_attempt_with_ec2s_code(
 # 4: a worker killed mid-run -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("sent", ["one job per message", "as a batch"])
 def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(
     emulator: EmulatorProcess,
     lab: Lab,
     producer: Producer,
     start_worker: Callable[..., WorkerProcess],
+    sent: str,
 ) -> None:
     emulator.set_faults(latency_ms=150, drop_rate=0.1)
     doomed = start_worker("doomed", MIRRORQ_VISIBILITY_TIMEOUT_S="12", MIRRORQ_JOB_DEADLINE_S="5")
-    job_ids = [producer.submit(job(lab, i)) for i in range(300)]
+    requests = [job(lab, i) for i in range(300)]
+    if sent == "as a batch":  # several jobs to a message: the whole message is redelivered
+        batch_id = producer.submit_batch([parse_request(r) for r in requests])
+        job_ids = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
+    else:
+        job_ids = [producer.submit(r) for r in requests]
     deadline = time.monotonic() + 60
     while sum(producer.store.is_terminal(producer.result(j)) for j in job_ids[:100]) < 30:
         assert time.monotonic() < deadline, "the first worker made no progress"
@@ -239,6 +248,34 @@ def test_malformed_messages_end_invalid_job_and_the_worker_goes_on(
         assert result["attempts"] == 0
     assert wait_all(producer, [good])[0]["status"] == "created"
     assert len(sessions(emulator)) == 1
+
+
+def test_malformed_batch_messages_record_what_they_can_and_the_worker_goes_on(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    start_worker()
+    good, bad = str(uuid.uuid4()), str(uuid.uuid4())
+    jobs: list[Any] = [
+        {"job_id": good, "request": job(lab, 0)},
+        {"job_id": bad, "request": {**job(lab, 1), "SessionNumber": 0}},
+        {"request": job(lab, 2)},  # no id: nothing to record it under
+        "not an object",
+    ]
+    producer.app.send_task(BATCH_TASK_NAME, kwargs={"jobs": jobs}, queue="mirrorq")
+    producer.app.send_task(BATCH_TASK_NAME, args=[jobs], queue="mirrorq")  # wrong shape
+    after = producer.submit(job(lab, 3))
+    created, refused, later = wait_all(producer, [good, bad, after])
+    assert created["status"] == later["status"] == "created"
+    assert refused["status"] == "failed"
+    assert refused["error"]["code"] == "InvalidJob"
+    assert "SessionNumber" in refused["error"]["message"]
+    assert {s["NetworkInterfaceId"] for s in sessions(emulator)} == {
+        lab["eni_ids"][0],
+        lab["eni_ids"][3],
+    }
 
 
 def test_send_task_without_mirrorq_uses_the_documented_contract(
@@ -348,3 +385,44 @@ def test_a_job_whose_message_was_lost_is_published_again(
     assert result["status"] == "created"
     assert result["client_token"] == job_id  # the token fixed at acceptance, unchanged
     assert len(sessions(emulator)) == 1
+
+
+def test_jobs_held_in_a_batch_message_are_not_taken_for_lost(
+    lab: Lab, producer: Producer, redis_url: str
+) -> None:
+    """Repair must see the jobs inside a message a worker holds, and only those."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    batch_id = producer.submit_batch([parse_request(job(lab, i)) for i in range(8)])
+    job_ids = next(producer.store.batches.job_ids(batch_id))
+    assert client.llen("mirrorq") == 1  # eight jobs, one message
+    with producer.app.connection_for_read() as connection:
+        # Taken as a worker takes it: off the queue and into kombu's unacked hash.
+        channel: Any = connection.default_channel
+        message = channel.basic_get("mirrorq", no_ack=False)
+        assert message is not None
+        for _ in range(2):  # a job is lost only when it looks lost twice in a row
+            assert producer.repair_lost_jobs(lost_after_s=0) == []
+        client.delete("unacked")  # what a worker killed between pop and record leaves
+        assert producer.repair_lost_jobs(lost_after_s=0) == []
+        assert sorted(producer.repair_lost_jobs(lost_after_s=0)) == sorted(job_ids)
+    assert client.llen("mirrorq") == 8  # published again, one message each
+
+
+@pytest.mark.parametrize(("per_message", "messages"), [(1, 20), (8, 3), (19, 2), (64, 1)])
+def test_a_batch_travels_jobs_per_message_to_a_message(
+    lab: Lab, env: dict[str, str], redis_url: str, per_message: int, messages: int
+) -> None:
+    import redis
+
+    settings = Settings(broker_url=redis_url, jobs_per_message=per_message)
+    batcher = Producer(create_app(settings), settings)
+    batcher.submit_batch([parse_request(job(lab, i)) for i in range(20)])
+    queued = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange("mirrorq", 0, -1)]
+    assert len(queued) == messages
+    # A remainder of one travels in the documented single-job form.
+    tasks = Counter(m["headers"]["task"] for m in queued)
+    assert sum(tasks.values()) == messages
+    assert set(tasks) <= {TASK_NAME, BATCH_TASK_NAME}
+    assert (TASK_NAME in tasks) == (per_message == 1 or 20 % per_message == 1)

@@ -6,7 +6,7 @@ Pure of Celery: the task in tasks/jobs.py decodes the message and stores what th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from tenacity import RetryCallState
@@ -21,7 +21,7 @@ from worker.sessions import EniLeases, lowest_free_session_number, same_mirror
 if TYPE_CHECKING:  # stubs only: a development dependency
     from types_aiobotocore_ec2 import EC2Client
 
-Save = Callable[[JobResult], None]
+Save = Callable[[JobResult], Awaitable[None]]  # records a job's progress, on the loop
 
 
 async def _sessions_on(
@@ -66,7 +66,7 @@ async def _choose_session_number(
     # With no number free (3 sessions is EC2's limit anyway) EC2 gives the precise answer.
     kwargs["SessionNumber"] = lowest_free_session_number(s["SessionNumber"] for s in existing) or 1
     record["request"] = dict(kwargs)
-    await asyncio.to_thread(save, dict(record))  # type: ignore[arg-type]
+    await save(record)
 
 
 async def execute_job(
@@ -99,8 +99,7 @@ async def execute_job(
             record["error"] = {"code": failure.code, "message": failure.message, "retryable": True}
             if failure.throttled and limits.create is not None:
                 await limits.create.throttled()
-        # A blocking Redis write must not stall the loop every other job shares.
-        await asyncio.to_thread(save, dict(record))  # type: ignore[arg-type]
+        await save(record)
 
     policy = retry_policy(
         deadline_s=settings.job_deadline_s,

@@ -1,7 +1,8 @@
 """One event loop and one long-lived aiobotocore EC2 client per worker process.
 
-Celery's thread pool runs task bodies on threads; each hands its coroutine to this loop,
-so every job in the process shares one client, one connection pool and one loop.
+Celery's thread pool runs task bodies on threads; each hands its message's jobs to this loop
+as one coroutine, so every job in the process shares one client, one connection pool, one
+Redis connection pool and one loop.
 """
 
 from __future__ import annotations
@@ -55,7 +56,12 @@ class Ec2Runtime:
         self._reporter: concurrent.futures.Future[None] | None = None
         self.client: EC2Client = self.run(self._open())
         # Made on the loop's thread: redis.asyncio's connections belong to the loop that uses them.
-        self.redis: aioredis.Redis = self.run(self._open_redis())
+        self.redis: aioredis.Redis = self.run(self._open_redis(settings.broker_url))
+        self.results_redis = (
+            self.redis
+            if settings.result_backend == settings.broker_url
+            else self.run(self._open_redis(settings.result_backend))
+        )
         self.leases = EniLeases(self.redis, settings.job_deadline_s + settings.read_timeout_s)
         self.limiters = create_limiters(self.redis, settings)
         if self.limiters.create is not None:
@@ -73,8 +79,8 @@ class Ec2Runtime:
         )
         return await self._stack.enter_async_context(client)
 
-    async def _open_redis(self) -> aioredis.Redis:
-        client = aioredis.Redis.from_url(self.settings.broker_url)
+    async def _open_redis(self, url: str) -> aioredis.Redis:
+        client = aioredis.Redis.from_url(url)
         self._stack.push_async_callback(client.aclose)
         return client
 
