@@ -46,8 +46,9 @@ def _exit_for(record: dict[str, Any]) -> None:
 def worker(celery_args: tuple[str, ...]) -> None:
     """Run a worker; CELERY_ARGS go to `celery worker` (e.g. --hostname, --loglevel).
 
-    The pool is threads with MIRRORQ_CONCURRENCY calls in flight (default 64), sharing one
-    EC2 client per process.
+    Up to MIRRORQ_CONCURRENCY jobs in flight (default 64) share one event loop and one EC2
+    client per process. The pool is threads, one per message: MIRRORQ_CONCURRENCY /
+    MIRRORQ_JOBS_PER_MESSAGE of them (8), as a batch's jobs travel 8 to a message.
     """
     from tasks.jobs import app  # the app with the task registered
 

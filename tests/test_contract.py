@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tasks.app import create_app
 from tasks.contract import InvalidJobError, parse_request
 
 VALID = {
@@ -128,3 +129,16 @@ def test_json_text_is_accepted() -> None:
     import json
 
     assert parse_request(json.dumps(VALID)).SessionNumber == 1
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "per_message", "threads"), [(64, 8, 8), (64, 1, 64), (10, 8, 2), (4, 8, 1)]
+)
+def test_worker_threads_hold_concurrency_jobs_between_them(
+    concurrency: int, per_message: int, threads: int
+) -> None:
+    from config import Settings
+
+    settings = Settings(concurrency=concurrency, jobs_per_message=per_message)
+    assert settings.worker_threads == threads
+    assert create_app(settings).conf.worker_concurrency == threads
