@@ -43,6 +43,7 @@ from tasks.producer import Producer
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 NAIVE_REDIS_URL = "redis://127.0.0.1:6379/14"
+SINGLES_REDIS_URL = "redis://127.0.0.1:6379/15"  # the pipeline with one job per message
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 CONCURRENCY = 64
 ROUNDS = 3
@@ -53,7 +54,7 @@ console = Console()
 
 
 def flush() -> None:
-    for url in (REDIS_URL, NAIVE_REDIS_URL):
+    for url in (REDIS_URL, NAIVE_REDIS_URL, SINGLES_REDIS_URL):
         redis.Redis.from_url(url).flushdb()
 
 
@@ -111,14 +112,18 @@ def workers(emulator: EmulatorProcess, count: int, **extra: str) -> Iterator[lis
         yield started
 
 
-def producer() -> Producer:
-    settings = Settings(broker_url=REDIS_URL)
+def producer(url: str = REDIS_URL, jobs_per_message: int | None = None) -> Producer:
+    settings = Settings(broker_url=url)
+    if jobs_per_message is not None:
+        settings = settings.model_copy(update={"jobs_per_message": jobs_per_message})
     return Producer(create_app(settings), settings)
 
 
-def run_batch(requests: list[dict[str, Any]], timeout: float = 900) -> tuple[float, dict[str, Any]]:
+def run_batch(
+    requests: list[dict[str, Any]], timeout: float = 900, p: Producer | None = None
+) -> tuple[float, dict[str, Any]]:
     """Submit as one batch; seconds until its last job finished, and its final status."""
-    p = producer()
+    p = p or producer()
     jobs = [parse_request(r) for r in requests]
     started = time.monotonic()
     batch_id = p.submit_batch(jobs)
@@ -160,20 +165,42 @@ def bench_pipeline(
         "bare_aiobotocore_loop": [],
         "sequential_boto3_loop": [],
         "mirrorq_pipeline": [],
+        "mirrorq_pipeline_one_job_per_message": [],
     }
+    out["jobs_per_message"] = Settings().jobs_per_message
     sequential = min(jobs, 500)  # rates, not totals, are compared
-    with workers(emulator, 1, MIRRORQ_EC2_RATE="100000", MIRRORQ_EC2_BURST="10000") as (w,):
+    unlimited = {"MIRRORQ_EC2_RATE": "100000", "MIRRORQ_EC2_BURST": "10000"}
+    singles = producer(SINGLES_REDIS_URL, jobs_per_message=1)
+    with (
+        workers(emulator, 1, **unlimited) as (w,),
+        # Its own Redis database, so the two workers never take each other's messages.
+        workers(
+            emulator,
+            1,
+            **unlimited,
+            MIRRORQ_BROKER_URL=SINGLES_REDIS_URL,
+            MIRRORQ_JOBS_PER_MESSAGE="1",
+        ),
+    ):
+        # Steady state is what is compared: each worker's first jobs open its connections.
+        for p in (producer(), singles):
+            lab = fresh_lab(emulator, 200)
+            run_batch(requests_for(lab), p=p)
         for _ in range(ROUNDS):
             lab = fresh_lab(emulator, jobs)
             started = time.monotonic()
             asyncio.run(_bare(emulator.url, requests_for(lab)))
             rates["bare_aiobotocore_loop"].append(jobs / (time.monotonic() - started))
 
-            lab = fresh_lab(emulator, jobs)
-            elapsed, status = run_batch(requests_for(lab))
-            assert status["counts"] == {"created": jobs}, status
-            assert sessions_and_duplicates(emulator) == (jobs, 0)
-            rates["mirrorq_pipeline"].append(jobs / elapsed)
+            for name, p in (
+                ("mirrorq_pipeline", producer()),
+                ("mirrorq_pipeline_one_job_per_message", singles),
+            ):
+                lab = fresh_lab(emulator, jobs)
+                elapsed, status = run_batch(requests_for(lab), p=p)
+                assert status["counts"] == {"created": jobs}, status
+                assert sessions_and_duplicates(emulator) == (jobs, 0)
+                rates[name].append(jobs / elapsed)
 
             lab = fresh_lab(emulator, sequential)
             ec2 = lab_client(emulator.url)  # plain boto3, retries off
@@ -237,7 +264,12 @@ def bench_pipeline(
     ceiling = out["bare_aiobotocore_loop"]
     out["ratios_to_bare_loop"] = {
         k: out[k] / ceiling
-        for k in ("mirrorq_pipeline", "sequential_boto3_loop", "naive_celery_task")
+        for k in (
+            "mirrorq_pipeline",
+            "mirrorq_pipeline_one_job_per_message",
+            "sequential_boto3_loop",
+            "naive_celery_task",
+        )
     }
     return out
 
@@ -405,7 +437,13 @@ def report(results: dict[str, Any]) -> Table:
         "1.00",
     )
     for key, label, target in (
-        ("mirrorq_pipeline", "mirrorq pipeline, 1 worker", " (>= 0.80)"),
+        (
+            "mirrorq_pipeline",
+            f"mirrorq pipeline, 1 worker x{p['concurrency']}, "
+            f"{p['jobs_per_message']} jobs per message",
+            " (>= 0.80)",
+        ),
+        ("mirrorq_pipeline_one_job_per_message", "same, one job per message", ""),
         ("naive_celery_task", "naive Celery task, client per job", ""),
         ("sequential_boto3_loop", "sequential boto3 loop", ""),
     ):
