@@ -154,3 +154,17 @@ def test_a_lower_limit_than_configured_is_found_by_backing_off(
     )
     assert float(state[b"rate"]) < 60  # cut below the configured rate
     assert int(state[b"throttles"]) == calls["RequestLimitExceeded"]
+
+
+def test_a_slot_wait_that_threatens_the_visibility_timeout_is_explained() -> None:
+    from config import Settings
+    from worker.execute import slow_slot_warning
+
+    settings = Settings(visibility_timeout_s=300, ec2_rate=5)
+    assert slow_slot_warning(0.0, settings) is None
+    assert slow_slot_warning(74.0, settings) is None
+    warning = slow_slot_warning(80.0, settings)
+    assert warning is not None
+    assert "waited 80 s" in warning
+    assert "5 calls/s" in warning
+    assert "MIRRORQ_VISIBILITY_TIMEOUT_S" in warning

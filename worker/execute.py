@@ -6,6 +6,8 @@ Pure of Celery: the task in tasks/jobs.py decodes the message and stores what th
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,17 +24,48 @@ if TYPE_CHECKING:  # stubs only: a development dependency
     from types_aiobotocore_ec2 import EC2Client
 
 Save = Callable[[JobResult], Awaitable[None]]  # records a job's progress, on the loop
+log = logging.getLogger(__name__)
+SLOW_SLOT_WARNING_EVERY_S = 60.0
+_last_slow_slot_warning = -SLOW_SLOT_WARNING_EVERY_S
+
+
+def slow_slot_warning(waited_s: float, settings: Settings) -> str | None:
+    """A slot wait long enough to threaten the visibility timeout, explained; else None.
+
+    Every job a worker holds waits for its slot while its message stays unacked: when the
+    fleet holds more jobs than the shared rate serves within the visibility timeout, Redis
+    hands messages still waiting to a second worker. Harmless (same tokens, finished jobs
+    are skipped) but wasteful, and a sign the fleet is sized past the account's rate.
+    """
+    if waited_s < settings.visibility_timeout_s / 4:
+        return None
+    return (
+        f"waited {waited_s:.0f} s for an EC2 slot: the fleet holds more jobs than "
+        f"{settings.ec2_rate:g} calls/s can serve within the {settings.visibility_timeout_s} s "
+        "visibility timeout, so waiting messages may be handed to a second worker; lower "
+        "MIRRORQ_CONCURRENCY or run fewer workers, or raise MIRRORQ_VISIBILITY_TIMEOUT_S"
+    )
+
+
+async def _take_slot(limiter: SharedRateLimiter | None, settings: Settings) -> None:
+    global _last_slow_slot_warning  # noqa: PLW0603 - one warning a minute per process
+    if limiter is None:
+        return
+    warning = slow_slot_warning(await limiter.acquire(), settings)
+    now = time.monotonic()
+    if warning and now - _last_slow_slot_warning >= SLOW_SLOT_WARNING_EVERY_S:
+        _last_slow_slot_warning = now
+        log.warning(warning)
 
 
 async def _sessions_on(
-    client: EC2Client, eni_id: str, limiter: SharedRateLimiter | None
+    client: EC2Client, eni_id: str, limiter: SharedRateLimiter | None, settings: Settings
 ) -> list[dict[str, Any]]:
     """Every session on the ENI, a page at a time, each page a call paid for at the limiter."""
     sessions: list[dict[str, Any]] = []
     token: dict[str, Any] = {}
     while True:
-        if limiter is not None:
-            await limiter.acquire()
+        await _take_slot(limiter, settings)
         page = await client.describe_traffic_mirror_sessions(
             Filters=[{"Name": "network-interface-id", "Values": [eni_id]}], **token
         )
@@ -48,13 +81,14 @@ async def _choose_session_number(
     kwargs: dict[str, Any],
     save: Save,
     limiter: SharedRateLimiter | None,
+    settings: Settings,
 ) -> None:
     """Resolve SessionNumber "auto" and record it before the first create is sent.
 
     From then on every retry and redelivery sends identical parameters with the same token.
     """
     eni_id = kwargs["NetworkInterfaceId"]
-    existing = await _sessions_on(client, eni_id, limiter)
+    existing = await _sessions_on(client, eni_id, limiter, settings)
     mirrored = same_mirror(
         existing, kwargs["TrafficMirrorTargetId"], kwargs["TrafficMirrorFilterId"]
     )
@@ -116,9 +150,10 @@ async def execute_job(
                         raise EniBusyError(f"another job is creating a session on {eni_id}")
                     leased = True
                 if kwargs["SessionNumber"] == AUTO:
-                    await _choose_session_number(client, record, kwargs, save, limits.describe)
-                if limits.create is not None:
-                    await limits.create.acquire()
+                    await _choose_session_number(
+                        client, record, kwargs, save, limits.describe, settings
+                    )
+                await _take_slot(limits.create, settings)
                 record["attempts"] += 1
                 response = await client.create_traffic_mirror_session(**kwargs)
     except Exception as error:  # every failure becomes the job's recorded outcome
