@@ -48,7 +48,9 @@ def worker(celery_args: tuple[str, ...]) -> None:
 
     Up to MIRRORQ_CONCURRENCY jobs in flight (default 64) share one event loop and one EC2
     client per process. The pool is threads, one per message: MIRRORQ_CONCURRENCY /
-    MIRRORQ_JOBS_PER_MESSAGE of them (8), as a batch's jobs travel 8 to a message.
+    MIRRORQ_JOBS_PER_MESSAGE of them (8), as a batch's jobs travel 8 to a message. Jobs sent
+    one by one (submit, send_task) therefore run 8 at a time; set MIRRORQ_JOBS_PER_MESSAGE=1
+    for a fleet fed only single jobs.
     """
     from tasks.jobs import app  # the app with the task registered
 

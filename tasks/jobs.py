@@ -20,7 +20,9 @@ import threading
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
+from redis.exceptions import RedisError
 
 from config import Settings, get_settings
 from tasks import keys
@@ -115,7 +117,14 @@ def _run_message(task: Task[Any, None], jobs: list[tuple[str, Envelope]]) -> Non
     # Only a redelivery can find records worth reading (attempts so far, a SessionNumber
     # chosen before, or an outcome); a first delivery carries all it needs in the message.
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
-    runtime.run(run_jobs(runtime, _worker_store(runtime), settings, jobs, redelivered))
+    try:
+        runtime.run(run_jobs(runtime, _worker_store(runtime), settings, jobs, redelivered))
+    except (RedisError, OSError) as error:
+        # A job could not be recorded (Redis unreachable, say). Acking would strand it in
+        # `running`; back to the queue instead: the redelivery finishes what this left, and
+        # skips the jobs already finished.
+        log.warning("message %s goes back to the queue: %r", task.request.id, error)
+        raise Reject(repr(error), requeue=True) from error
 
 
 async def run_jobs(
@@ -129,15 +138,19 @@ async def run_jobs(
     previous = (
         await store.load_many([job_id for job_id, _ in jobs]) if redelivered else [None] * len(jobs)
     )
+
+    async def admitted(job_id: str, envelope: Envelope, earlier: JobResult | None) -> None:
+        async with runtime.slots:  # a message from elsewhere may hold any number of jobs
+            await run_job(runtime, store, settings, job_id, envelope, earlier)
+
     outcomes = await asyncio.gather(
         *(
-            run_job(runtime, store, settings, job_id, envelope, earlier)
+            admitted(job_id, envelope, earlier)
             for (job_id, envelope), earlier in zip(jobs, previous, strict=True)
         ),
         return_exceptions=True,
     )
-    # A job that could not even be recorded (Redis gone) fails the message, after its
-    # siblings are done: Celery logs it, and the jobs' records show where each one stopped.
+    # A job that could not be recorded fails the message, once its siblings are done.
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome

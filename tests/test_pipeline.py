@@ -278,6 +278,24 @@ def test_malformed_batch_messages_record_what_they_can_and_the_worker_goes_on(
     }
 
 
+def test_a_message_of_any_size_runs_within_the_workers_concurrency(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A batch message from elsewhere may hold far more jobs than the worker's concurrency:
+    they wait for a slot (and a Redis connection) instead of failing."""
+    emulator.set_faults(latency_ms=50)
+    worker = start_worker(MIRRORQ_CONCURRENCY="8")
+    job_ids = [str(uuid.uuid4()) for _ in range(250)]
+    jobs = [{"job_id": j, "request": job(lab, i)} for i, j in enumerate(job_ids)]
+    producer.app.send_task(BATCH_TASK_NAME, kwargs={"jobs": jobs}, queue="mirrorq")
+    results = wait_all(producer, job_ids)
+    assert_exactly_one_session_per_job(emulator, results)
+    assert "Error" not in worker.log_path.read_text()
+
+
 def test_send_task_without_mirrorq_uses_the_documented_contract(
     emulator: EmulatorProcess,
     lab: Lab,

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # stubs only: a development dependency
     from types_aiobotocore_ec2 import EC2Client
 
 T = TypeVar("T")
+SPARE_REDIS_CONNECTIONS = 4
 log = logging.getLogger(__name__)
 
 
@@ -53,6 +54,8 @@ class Ec2Runtime:
         )
         self._thread.start()
         self._stack = AsyncExitStack()
+        # Jobs running at once in this process, whatever the size of the messages they came in.
+        self.slots = asyncio.Semaphore(settings.concurrency)
         self._reporter: concurrent.futures.Future[None] | None = None
         self.client: EC2Client = self.run(self._open())
         # Made on the loop's thread: redis.asyncio's connections belong to the loop that uses them.
@@ -80,7 +83,15 @@ class Ec2Runtime:
         return await self._stack.enter_async_context(client)
 
     async def _open_redis(self, url: str) -> aioredis.Redis:
-        client = aioredis.Redis.from_url(url)
+        # A job holds at most one connection at a time, and `slots` admits `concurrency`
+        # jobs: a blocking pool of that size (and a few for the rate reporter) makes a burst
+        # wait for a connection instead of failing with "too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=self.settings.concurrency + SPARE_REDIS_CONNECTIONS,
+            timeout=self.settings.read_timeout_s,
+        )
+        client = aioredis.Redis.from_pool(pool)
         self._stack.push_async_callback(client.aclose)
         return client
 
