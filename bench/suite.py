@@ -170,7 +170,7 @@ def bench_pipeline(
     out["jobs_per_message"] = Settings().jobs_per_message
     sequential = min(jobs, 500)  # rates, not totals, are compared
     unlimited = {"MIRRORQ_EC2_RATE": "100000", "MIRRORQ_EC2_BURST": "10000"}
-    singles = producer(SINGLES_REDIS_URL, jobs_per_message=1)
+    batches, singles = producer(), producer(SINGLES_REDIS_URL, jobs_per_message=1)
     with (
         workers(emulator, 1, **unlimited) as (w,),
         # Its own Redis database, so the two workers never take each other's messages.
@@ -183,7 +183,7 @@ def bench_pipeline(
         ),
     ):
         # Steady state is what is compared: each worker's first jobs open its connections.
-        for p in (producer(), singles):
+        for p in (batches, singles):
             lab = fresh_lab(emulator, 200)
             run_batch(requests_for(lab), p=p)
         for _ in range(ROUNDS):
@@ -193,7 +193,7 @@ def bench_pipeline(
             rates["bare_aiobotocore_loop"].append(jobs / (time.monotonic() - started))
 
             for name, p in (
-                ("mirrorq_pipeline", producer()),
+                ("mirrorq_pipeline", batches),
                 ("mirrorq_pipeline_one_job_per_message", singles),
             ):
                 lab = fresh_lab(emulator, jobs)

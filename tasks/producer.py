@@ -138,15 +138,50 @@ class Producer:
         submitted_at: str | None,
         **options: Any,
     ) -> None:
-        self.app.send_task(
+        self._send(
             TASK_NAME,
-            kwargs={"request": request, "batch_id": batch_id, "submitted_at": submitted_at},
+            {"request": request, "batch_id": batch_id, "submitted_at": submitted_at},
+            f"{{job {job_id} on {request.get('NetworkInterfaceId')}}}",
             task_id=job_id,
+            **options,
+        )
+
+    def _publish_jobs(
+        self,
+        jobs: list[tuple[str, dict[str, Any]]],
+        batch_id: str,
+        submitted_at: str,
+        **options: Any,
+    ) -> None:
+        """Several jobs of a batch in one message; one alone goes in the single-job form."""
+        if len(jobs) == 1:
+            self._publish(*jobs[0], batch_id, submitted_at, **options)
+            return
+        entries = [
+            {
+                "job_id": job_id,
+                "request": kwargs,
+                "batch_id": batch_id,
+                "submitted_at": submitted_at,
+            }
+            for job_id, kwargs in jobs
+        ]
+        self._send(
+            BATCH_TASK_NAME,
+            {"jobs": entries},
+            f"{{{len(jobs)} jobs of batch {batch_id}}}",
+            **options,
+        )
+
+    def _send(self, name: str, kwargs: dict[str, Any], summary: str, **options: Any) -> None:
+        self.app.send_task(
+            name,
+            kwargs=kwargs,
             queue=QUEUE,
-            ignore_result=True,  # the task writes its own record (tasks/store.py)
+            ignore_result=True,  # the task writes its own records (tasks/store.py)
             # What Celery shows in logs and monitors, instead of the whole request.
             argsrepr="()",
-            kwargsrepr=f"{{job {job_id} on {request.get('NetworkInterfaceId')}}}",
+            kwargsrepr=summary,
             **options,
         )
 
@@ -189,29 +224,12 @@ class Producer:
         per_message = self.settings.jobs_per_message
         with self.app.producer_or_acquire() as producer, producer.batch():
             for n, start in enumerate(range(0, len(messages), per_message)):
-                options = {"producer": producer, "declare": None if n == 0 else []}
-                jobs = messages[start : start + per_message]
-                if len(jobs) == 1:
-                    self._publish(*jobs[0], batch_id, submitted_at, **options)
-                    continue
-                self.app.send_task(
-                    BATCH_TASK_NAME,
-                    kwargs={
-                        "jobs": [
-                            {
-                                "job_id": job_id,
-                                "request": kwargs,
-                                "batch_id": batch_id,
-                                "submitted_at": submitted_at,
-                            }
-                            for job_id, kwargs in jobs
-                        ]
-                    },
-                    queue=QUEUE,
-                    ignore_result=True,
-                    argsrepr="()",
-                    kwargsrepr=f"{{{len(jobs)} jobs of batch {batch_id}}}",
-                    **options,
+                self._publish_jobs(
+                    messages[start : start + per_message],
+                    batch_id,
+                    submitted_at,
+                    producer=producer,
+                    declare=None if n == 0 else [],
                 )
         return batch_id
 
