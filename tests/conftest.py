@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from config import Settings
 from emulator.lab import LAB_CREDENTIALS, lab_client
 from mirrorq.processes import EmulatorProcess, WorkerProcess
-from tasks.app import create_app
 from tasks.producer import Producer
+from tests.helpers import FAST, producer_for
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(autouse=True)
@@ -44,33 +45,26 @@ def ec2(emulator: EmulatorProcess) -> Any:
     return lab_client(emulator.url)
 
 
-TEST_REDIS_URL = "redis://127.0.0.1:6379/11"
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The test session's own redis-server on a free port: no other test run, developer or
+    CI job on this machine shares its queue, and the machine's Redis is never touched."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), aof=False).start()
+    yield server
+    server.stop()
+
+
+def flushed(url: str) -> str:
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
 
 
 @pytest.fixture
-def redis_url() -> str:
+def redis_url(redis_server: RedisServer) -> str:
     """A Redis database of the tests' own, emptied before each test."""
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    client.flushdb()
-    client.close()
-    return TEST_REDIS_URL
-
-
-# Short enough that a dead worker's jobs move on within the test, long enough for any job.
-FAST = {
-    "MIRRORQ_JOB_DEADLINE_S": "20",
-    "MIRRORQ_READ_TIMEOUT_S": "5",
-    "MIRRORQ_VISIBILITY_TIMEOUT_S": "30",
-    "MIRRORQ_BACKOFF_BASE_S": "0.05",
-    "MIRRORQ_BACKOFF_CAP_S": "1",
-    "MIRRORQ_REPAIR_INTERVAL_S": "2",
-    "MIRRORQ_LOST_AFTER_S": "10",
-    # The shared limiter stays in the path, at rates the emulator never reaches.
-    "MIRRORQ_EC2_RATE": "1000",
-    "MIRRORQ_EC2_BURST": "200",
-    "MIRRORQ_EC2_DESCRIBE_RATE": "1000",
-    "MIRRORQ_EC2_DESCRIBE_BURST": "200",
-}
+    return flushed(redis_server.url(11))
 
 
 @pytest.fixture
@@ -90,9 +84,9 @@ def env(emulator: EmulatorProcess, redis_url: str) -> dict[str, str]:
 def start_worker(env: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(name: str | None = None, **overrides: str) -> WorkerProcess:
+    def start(name: str | None = None, *args: str, **overrides: str) -> WorkerProcess:
         worker = WorkerProcess(
-            name or f"w{len(started)}-{uuid.uuid4().hex[:6]}", {**env, **overrides}
+            name or f"w{len(started)}-{uuid.uuid4().hex[:6]}", {**env, **overrides}, *args
         )
         started.append(worker)
         worker.wait_ready()
@@ -105,6 +99,18 @@ def start_worker(env: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
 
 @pytest.fixture
 def producer(env: dict[str, str]) -> Producer:
-    fast: dict[str, Any] = {k.removeprefix("MIRRORQ_").lower(): v for k, v in FAST.items()}
-    settings = Settings(broker_url=env["MIRRORQ_BROKER_URL"], **fast)
-    return Producer(create_app(settings), settings)
+    return producer_for(env["MIRRORQ_BROKER_URL"])
+
+
+@pytest.fixture
+def results_url(redis_server: RedisServer) -> str:
+    """A second database of the tests' own, for results kept apart from the broker."""
+    return flushed(redis_server.url(12))
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (AOF on), which the test may stop, crash, restart."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

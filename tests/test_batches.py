@@ -34,7 +34,7 @@ def write(tmp_path: Path, name: str, lines: list[str]) -> Path:
 def bad_lines(path: Path) -> list[tuple[int, str]]:
     with pytest.raises(BatchFileError) as raised:
         read_jobs(path)
-    return [(e.line, e.field) for e in raised.value.errors]
+    return [(e.get("line", 0), e["field"]) for e in raised.value.errors]
 
 
 # Reading files (pure) -------------------------------------------------------------------------

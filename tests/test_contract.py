@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from tasks.app import create_app
-from tasks.contract import InvalidJobError, parse_request
+from tasks.contract import parse_request
+from tasks.errors import InvalidJobError
 
 VALID = {
     "NetworkInterfaceId": "eni-0123456789abcdef0",

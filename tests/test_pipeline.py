@@ -18,8 +18,8 @@ from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tasks.app import create_app
 from tasks.contract import BATCH_TASK_NAME, TASK_NAME, parse_request
 from tasks.producer import Producer
-
-Lab = dict[str, Any]
+from tests.helpers import Lab, job, wait_all
+from tests.helpers import sessions as sessions_at
 
 
 @pytest.fixture
@@ -27,39 +27,8 @@ def lab(emulator: EmulatorProcess) -> Lab:
     return seed_lab(emulator.url, 300)
 
 
-def job(lab: Lab, eni: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "NetworkInterfaceId": lab["eni_ids"][eni],
-        "TrafficMirrorTargetId": lab["target_ids"]["eni"],
-        "TrafficMirrorFilterId": lab["filter_id"],
-        "SessionNumber": 1,
-        **extra,
-    }
-
-
-def wait_all(producer: Producer, job_ids: list[str], timeout: float = 120) -> list[Any]:
-    deadline = time.monotonic() + timeout
-    results: dict[str, Any] = {}
-    while len(results) < len(job_ids):
-        for job_id in job_ids:
-            if job_id not in results:
-                record = producer.result(job_id)
-                if record is not None and producer.store.is_terminal(record):
-                    results[job_id] = record
-        if time.monotonic() > deadline:
-            pending = Counter(
-                (producer.result(j) or {"status": "unknown"})["status"]
-                for j in job_ids
-                if j not in results
-            )
-            raise TimeoutError(f"{len(job_ids) - len(results)} jobs unfinished: {pending}")
-        time.sleep(0.2)
-    return [results[j] for j in job_ids]
-
-
 def sessions(emulator: EmulatorProcess) -> list[dict[str, Any]]:
-    pages = lab_client(emulator.url).get_paginator("describe_traffic_mirror_sessions").paginate()
-    return [s for page in pages for s in page["TrafficMirrorSessions"]]
+    return sessions_at(emulator.url)
 
 
 def assert_exactly_one_session_per_job(emulator: EmulatorProcess, results: list[Any]) -> None:
@@ -379,7 +348,7 @@ def test_idempotency_key_yields_the_same_job(producer: Producer, lab: Lab) -> No
     record = producer.result(first)
     assert record is not None
     assert record["status"] == "queued"
-    from tasks.producer import IdempotencyConflictError
+    from tasks.errors import IdempotencyConflictError
 
     with pytest.raises(IdempotencyConflictError):
         producer.submit(job(lab, 10), idempotency_key="event-123")
@@ -411,6 +380,11 @@ def test_jobs_held_in_a_batch_message_are_not_taken_for_lost(
     """Repair must see the jobs inside a message a worker holds, and only those."""
     import redis
 
+    from worker.repair import repair_lost_jobs
+
+    def repair(lost_after_s: float) -> list[str]:
+        return repair_lost_jobs(producer.redis, producer.store, producer.publish, lost_after_s)
+
     client = redis.Redis.from_url(redis_url)
     batch_id = producer.submit_batch([parse_request(job(lab, i)) for i in range(8)])
     job_ids = next(producer.store.batches.job_ids(batch_id))
@@ -421,10 +395,10 @@ def test_jobs_held_in_a_batch_message_are_not_taken_for_lost(
         message = channel.basic_get("mirrorq", no_ack=False)
         assert message is not None
         for _ in range(2):  # a job is lost only when it looks lost twice in a row
-            assert producer.repair_lost_jobs(lost_after_s=0) == []
+            assert repair(lost_after_s=0) == []
         client.delete("unacked")  # what a worker killed between pop and record leaves
-        assert producer.repair_lost_jobs(lost_after_s=0) == []
-        assert sorted(producer.repair_lost_jobs(lost_after_s=0)) == sorted(job_ids)
+        assert repair(lost_after_s=0) == []
+        assert sorted(repair(lost_after_s=0)) == sorted(job_ids)
     assert client.llen("mirrorq") == 8  # published again, one message each
 
 

@@ -1,0 +1,97 @@
+"""What many integration tests share: building jobs for a lab, waiting for them, reading EC2."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from config import Settings
+from emulator.lab import lab_client
+from tasks.app import create_app
+from tasks.producer import Producer
+
+Lab = dict[str, Any]
+
+# Short enough that a dead worker's jobs move on within the test, long enough for any job.
+FAST = {
+    "MIRRORQ_JOB_DEADLINE_S": "20",
+    "MIRRORQ_READ_TIMEOUT_S": "5",
+    "MIRRORQ_VISIBILITY_TIMEOUT_S": "30",
+    "MIRRORQ_BACKOFF_BASE_S": "0.05",
+    "MIRRORQ_BACKOFF_CAP_S": "1",
+    "MIRRORQ_REPAIR_INTERVAL_S": "2",
+    "MIRRORQ_LOST_AFTER_S": "10",
+    # The shared limiter stays in the path, at rates the emulator never reaches.
+    "MIRRORQ_EC2_RATE": "1000",
+    "MIRRORQ_EC2_BURST": "200",
+    "MIRRORQ_EC2_DESCRIBE_RATE": "1000",
+    "MIRRORQ_EC2_DESCRIBE_BURST": "200",
+}
+
+
+def producer_for(broker_url: str, **overrides: Any) -> Producer:
+    """A producer with the tests' short timings, on its own Celery app."""
+    fast: dict[str, Any] = {k.removeprefix("MIRRORQ_").lower(): v for k, v in FAST.items()}
+    settings = Settings(broker_url=broker_url, **{**fast, **overrides})
+    return Producer(create_app(settings), settings)
+
+
+def job(lab: Lab, eni: int, **extra: Any) -> dict[str, Any]:
+    """A job for the lab's `eni`-th ENI, to its ENI target through its filter."""
+    return {
+        "NetworkInterfaceId": lab["eni_ids"][eni],
+        "TrafficMirrorTargetId": lab["target_ids"]["eni"],
+        "TrafficMirrorFilterId": lab["filter_id"],
+        "SessionNumber": 1,
+        **extra,
+    }
+
+
+def wait_all(producer: Producer, job_ids: list[str], timeout: float = 120) -> list[Any]:
+    """Every job's terminal record, in order; TimeoutError naming what is left otherwise."""
+    deadline = time.monotonic() + timeout
+    results: dict[str, Any] = {}
+    while len(results) < len(job_ids):
+        for job_id in job_ids:
+            if job_id not in results:
+                record = producer.result(job_id)
+                if record is not None and producer.store.is_terminal(record):
+                    results[job_id] = record
+        if time.monotonic() > deadline:
+            pending = Counter(
+                (producer.result(j) or {"status": "unknown"})["status"]
+                for j in job_ids
+                if j not in results
+            )
+            raise TimeoutError(f"{len(job_ids) - len(results)} jobs unfinished: {pending}")
+        time.sleep(0.2)
+    return [results[j] for j in job_ids]
+
+
+def status_of(producer: Producer, job_id: str) -> str | None:
+    record = producer.result(job_id)
+    return None if record is None else record["status"]
+
+
+def sessions(endpoint_url: str) -> list[dict[str, Any]]:
+    """Every session that exists in EC2 (the emulator, or any stand-in at that URL)."""
+    pages = lab_client(endpoint_url).get_paginator("describe_traffic_mirror_sessions").paginate()
+    return [s for page in pages for s in page["TrafficMirrorSessions"]]
+
+
+def mirrors(endpoint_url: str, target_id: str, filter_id: str) -> Counter[str]:
+    """Sessions per source ENI to this target through this filter."""
+    return Counter(
+        s["NetworkInterfaceId"]
+        for s in sessions(endpoint_url)
+        if (s["TrafficMirrorTargetId"], s["TrafficMirrorFilterId"]) == (target_id, filter_id)
+    )
+
+
+def wait_until(condition: Any, timeout: float = 60, interval: float = 0.05, what: str = "") -> None:
+    """Poll `condition()` until it is true; AssertionError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        time.sleep(interval)

@@ -1,0 +1,130 @@
+"""One mirror per ENI, target and filter: the per-ENI lease and the per-job run lease, raced.
+
+Real workers, real Redis, the emulator over HTTP, at scaled-down lease times and rates so
+that jobs wait far longer for their EC2 slot than a lease lives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from emulator.lab import lab_client, seed_lab
+from mirrorq.processes import EmulatorProcess, WorkerProcess
+from tasks.contract import TASK_NAME
+from tasks.producer import Producer
+from tests.helpers import mirrors, sessions, status_of, wait_all, wait_until
+
+# Creates trickle out at 2/s, so the last of 24 jobs waits ~12 s for its slot, while a lease
+# lives 1 s unless renewed (and, where leases last deadline + read timeout, 4 s).
+SLOW_RACE = {
+    "MIRRORQ_EC2_RATE": "2",
+    "MIRRORQ_EC2_BURST": "1",
+    "MIRRORQ_LEASE_S": "1",
+    "MIRRORQ_JOB_DEADLINE_S": "3",
+    "MIRRORQ_READ_TIMEOUT_S": "1",
+}
+
+
+def auto_job(eni_id: str, target_id: str, filter_id: str) -> dict[str, Any]:
+    return {
+        "NetworkInterfaceId": eni_id,
+        "TrafficMirrorTargetId": target_id,
+        "TrafficMirrorFilterId": filter_id,
+        "SessionNumber": "auto",
+    }
+
+
+def test_jobs_racing_for_one_eni_never_both_create_however_long_they_wait(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    lab = seed_lab(emulator.url, 8)
+    enis, nlb, other, flt = (
+        lab["eni_ids"],
+        lab["target_ids"]["nlb"],
+        lab["target_ids"]["eni"],
+        lab["filter_id"],
+    )
+    ec2 = lab_client(emulator.url)
+    # An unrelated session on every ENI: a job that read before it was deleted picks number
+    # 2, one that read after picks 1, so two readers no longer collide on the number.
+    unrelated = [
+        ec2.create_traffic_mirror_session(
+            NetworkInterfaceId=e,
+            TrafficMirrorTargetId=other,
+            TrafficMirrorFilterId=flt,
+            SessionNumber=1,
+        )["TrafficMirrorSession"]["TrafficMirrorSessionId"]
+        for e in enis
+    ]
+    start_worker(**SLOW_RACE)
+    start_worker(**SLOW_RACE)
+    job_ids = [producer.submit(auto_job(e, nlb, flt)) for _ in range(3) for e in enis]
+    wait_until(
+        lambda: emulator.stats().get("DescribeTrafficMirrorSessions", {}).get("ok", 0) >= 4,
+        what="the first jobs to read their ENI's sessions",
+    )
+    for session_id in unrelated:
+        ec2.delete_traffic_mirror_session(TrafficMirrorSessionId=session_id)
+
+    results = wait_all(producer, job_ids, timeout=120)
+    assert mirrors(emulator.url, nlb, flt) == dict.fromkeys(enis, 1)
+    outcomes = Counter((r["status"], (r["error"] or {}).get("code")) for r in results)
+    assert outcomes == {("created", None): 8, ("failed", "AlreadyMirrored"): 16}
+
+
+def test_a_copy_of_a_running_job_never_runs_beside_it(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A second message for a job (a redelivery while it still runs, a repair's copy, a
+    producer sending twice) waits for the running copy and then sees its outcome."""
+    lab = seed_lab(emulator.url, 10)
+    emulator.set_faults(latency_ms=1500)  # each create takes 1.5 s: the copies overlap
+    start_worker()
+    start_worker()
+    requests = [auto_job(e, lab["target_ids"]["nlb"], lab["filter_id"]) for e in lab["eni_ids"]]
+    job_ids = [producer.submit(r) for r in requests]
+    for job_id in job_ids:
+        record = producer.result(job_id)
+        assert record is not None
+        producer.app.send_task(
+            TASK_NAME, task_id=job_id, kwargs={"request": record["request"]}, queue="mirrorq"
+        )
+
+    results = wait_all(producer, job_ids, timeout=120)
+    assert {r["status"] for r in results} == {"created"}
+    assert [r["attempts"] for r in results] == [1] * 10
+    assert len(sessions(emulator.url)) == 10
+    # One create per job reached EC2: no copy ran, not even one answered from the token.
+    assert emulator.stats()["CreateTrafficMirrorSession"] == {"ok": 10}
+
+
+def test_a_lease_held_across_retries_outlives_its_ttl(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A job that keeps retrying holds its ENI far longer than one lease lifetime: the lease
+    is renewed while held, so a second job for the ENI waits and then finds the mirror."""
+    lab = seed_lab(emulator.url, 4)
+    nlb, flt = lab["target_ids"]["nlb"], lab["filter_id"]
+    emulator.set_faults(error_rate=1.0)  # every create fails with a 5xx for now
+    start_worker(MIRRORQ_LEASE_S="0.5", MIRRORQ_BACKOFF_CAP_S="0.3")
+    first = [producer.submit(auto_job(e, nlb, flt)) for e in lab["eni_ids"]]
+    wait_until(
+        lambda: all(status_of(producer, j) == "retrying" for j in first),
+        what="the first jobs to be retrying",
+    )
+    second = [producer.submit(auto_job(e, nlb, flt)) for e in lab["eni_ids"]]
+    time.sleep(2.0)  # four lease lifetimes, and the second jobs are waiting for the ENIs
+    emulator.set_faults(error_rate=0.0)
+    firsts, seconds = wait_all(producer, first), wait_all(producer, second)
+    assert {r["status"] for r in firsts} == {"created"}
+    assert {(r["status"], r["error"]["code"]) for r in seconds} == {("failed", "AlreadyMirrored")}
+    assert mirrors(emulator.url, nlb, flt) == dict.fromkeys(lab["eni_ids"], 1)

@@ -1,0 +1,96 @@
+"""What sits between mirrorq and EC2 (proxies, load balancers, VPC endpoints) misbehaving:
+real workers talk to the emulator through a small HTTP proxy that mangles some answers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import redis
+
+from emulator.errors import throttled
+from emulator.lab import seed_lab
+from mirrorq.processes import EmulatorProcess, WorkerProcess
+from tasks.producer import Producer
+from tests.fault_proxy import BAD_GATEWAY_HTML, Answer, FaultProxy
+from tests.helpers import job, mirrors, wait_all
+
+# Each kind of answer a proxy gives, keyed by the ClientToken prefix of the jobs that get it.
+MANGLED = {
+    "html502": Answer(502, BAD_GATEWAY_HTML),  # forwarded: the session exists
+    "empty503": Answer(503, b"", forward="instead"),  # never reached EC2
+    "empty504": Answer(504, b""),
+    "text500": Answer(500, b"upstream connect error or disconnect/reset", "text/plain"),
+    "junk200": Answer(200, b"<<<this is not EC2's XML", "text/xml"),
+}
+
+
+def test_every_5xx_and_unparseable_answer_to_a_create_is_retried_with_the_same_token(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    lab = seed_lab(emulator.url, 10)
+    first_try: set[str] = set()
+    lock = threading.Lock()
+
+    def rule(action: str, params: dict[str, str], _: int) -> Answer | None:
+        token = params.get("ClientToken", "")
+        if action != "CreateTrafficMirrorSession":
+            return None
+        with lock:
+            if token in first_try:
+                return None  # the retry goes through
+            first_try.add(token)
+        return MANGLED[token.split("-")[0]]
+
+    with FaultProxy(emulator.url, rule) as proxy:
+        start_worker(MIRRORQ_EC2_ENDPOINT_URL=proxy.url)
+        job_ids = [
+            producer.submit(job(lab, i, ClientToken=f"{kind}-{n}"))
+            for i, (kind, n) in enumerate((k, n) for k in MANGLED for n in range(2))
+        ]
+        results = wait_all(producer, job_ids)
+    assert {r["status"] for r in results} == {"created"}, [r["error"] for r in results]
+    assert [r["attempts"] for r in results] == [2] * 10
+    assert proxy.mangled["CreateTrafficMirrorSession"] == 10
+    # The forwarded creates made their sessions; each retry was answered from the token.
+    assert mirrors(emulator.url, lab["target_ids"]["eni"], lab["filter_id"]) == dict.fromkeys(
+        lab["eni_ids"], 1
+    )
+    assert emulator.stats()["CreateTrafficMirrorSession"]["replayed"] == 8
+
+
+def test_a_throttled_describe_slows_only_the_describe_rate(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """EC2 keeps a bucket per action: throttled DescribeTrafficMirrorSessions calls (SessionNumber
+    auto) must not cut the shared CreateTrafficMirrorSession rate."""
+    lab = seed_lab(emulator.url, 10)
+    no = throttled()
+
+    def rule(action: str, _: dict[str, str], seen: int) -> Answer | None:
+        if action == "DescribeTrafficMirrorSessions" and seen < 6:
+            return Answer(no.status, no.to_xml(), "text/xml", forward="instead")
+        return None
+
+    with FaultProxy(emulator.url, rule) as proxy:
+        start_worker(MIRRORQ_EC2_ENDPOINT_URL=proxy.url)
+        job_ids = [
+            producer.submit(
+                job(lab, i, SessionNumber="auto", TrafficMirrorTargetId=lab["target_ids"]["nlb"])
+            )
+            for i in range(10)
+        ]
+        results = wait_all(producer, job_ids)
+    assert {r["status"] for r in results} == {"created"}
+    assert proxy.mangled["DescribeTrafficMirrorSessions"] == 6
+    state = redis.Redis.from_url(redis_url)
+    create = state.hgetall("mirrorq:rate:default:us-east-1:CreateTrafficMirrorSession")
+    describe = state.hgetall("mirrorq:rate:default:us-east-1:DescribeTrafficMirrorSessions")
+    assert int(create.get(b"throttles", 0)) == 0
+    assert float(create[b"rate"]) == float(create[b"configured"])
+    assert int(describe[b"throttles"]) == 6

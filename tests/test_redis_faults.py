@@ -1,0 +1,188 @@
+"""Redis faults: results kept apart from the broker, outages mid-job, restarts mid-batch,
+and submissions that fail half way. Real workers, real redis-server processes of the tests'
+own (AOF on) that are stopped, crashed and started again; never the machine's Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from emulator.lab import seed_lab
+from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+from tests.helpers import job, mirrors, producer_for, status_of, wait_all, wait_until
+from tests.redis_server import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_repair_reads_the_broker_when_results_live_elsewhere(
+    emulator: EmulatorProcess,
+    redis_url: str,
+    results_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Jobs waiting in the queue behind a slow rate are not lost, so nothing is published
+    again: the repair must look at the broker's queue, not the results' database."""
+    lab = seed_lab(emulator.url, 20)
+    producer = producer_for(redis_url, result_backend=results_url)
+    worker = start_worker(
+        MIRRORQ_RESULT_BACKEND=results_url,
+        MIRRORQ_EC2_RATE="2",
+        MIRRORQ_EC2_BURST="1",
+        MIRRORQ_REPAIR_INTERVAL_S="0.5",
+        MIRRORQ_LOST_AFTER_S="1",
+    )
+    job_ids = [producer.submit(job(lab, i)) for i in range(20)]  # 8 run, 12 wait queued
+    results = wait_all(producer, job_ids)
+    assert {r["status"] for r in results} == {"created"}
+    assert [r["attempts"] for r in results] == [1] * 20
+    assert emulator.stats()["CreateTrafficMirrorSession"] == {"ok": 20}
+    assert "published again" not in worker.log_path.read_text()
+    assert redis.Redis.from_url(results_url).exists("mirrorq") == 0  # no queue on the results
+
+
+def private_env(env: dict[str, str], server: RedisServer, **extra: str) -> dict[str, str]:
+    return {**env, "MIRRORQ_BROKER_URL": server.url(0), **extra}
+
+
+def test_a_redis_outage_during_jobs_fails_none_of_them(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    private_redis: RedisServer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Redis goes away while jobs are between attempts: they must not end `failed` for it,
+    but finish once Redis is back, with their tokens unchanged."""
+    lab = seed_lab(emulator.url, 10)
+    emulator.set_faults(latency_ms=800, error_rate=1.0)  # every create answers 5xx, slowly
+    start_worker(**private_env(env, private_redis))
+    producer = producer_for(private_redis.url(0))
+    job_ids = [producer.submit(job(lab, i)) for i in range(8)]  # a worker runs 8 single jobs
+    wait_until(
+        lambda: all(status_of(producer, j) in {"running", "retrying"} for j in job_ids),
+        what="every job to have started",
+    )
+    private_redis.shutdown()  # the creates in flight now fail, and `retrying` can't be saved
+
+    def failed_creates() -> int:
+        calls = emulator.stats().get("CreateTrafficMirrorSession", {})
+        return int(calls.get("InternalError", 0) + calls.get("Unavailable", 0))
+
+    wait_until(lambda: failed_creates() >= 8, what="the creates in flight to fail")
+    emulator.set_faults(error_rate=0.0)
+    private_redis.start()
+    results = wait_all(producer, job_ids, timeout=120)
+    assert {r["status"] for r in results} == {"created"}, [r["error"] for r in results]
+    assert all(r["client_token"] == j for r, j in zip(results, job_ids, strict=True))
+    assert all(r["attempts"] >= 2 for r in results)
+    assert mirrors(emulator.url, lab["target_ids"]["eni"], lab["filter_id"]) == dict.fromkeys(
+        lab["eni_ids"][:8], 1
+    )
+
+
+@pytest.mark.parametrize("how", ["graceful", "crash"])
+def test_a_redis_restart_mid_batch_loses_and_duplicates_nothing(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    private_redis: RedisServer,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    how: str,
+) -> None:
+    """Redis restarts (gracefully, or killed with -9) in the middle of a 200-job batch; no
+    process is restarted by hand: the workers, the producer and `batch status --watch` ride
+    it out, and the batch finishes with one session per job."""
+    lab = seed_lab(emulator.url, 201)  # the 201st for a job submitted after the restart
+    emulator.set_faults(latency_ms=30)
+    renv = private_env(env, private_redis, MIRRORQ_REPAIR_INTERVAL_S="1", MIRRORQ_LOST_AFTER_S="3")
+    workers = [start_worker(**renv), start_worker(**renv)]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        "".join(
+            json.dumps(job(lab, i, TrafficMirrorTargetId=lab["target_ids"]["nlb"])) + "\n"
+            for i in range(200)
+        )
+    )
+    producer = producer_for(private_redis.url(0))  # a long-lived producer, made before
+    submitted = subprocess.run(
+        [*MIRRORQ, "batch", "submit", str(jobs)],
+        env=renv,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    batch_id = submitted.stdout.strip()
+    watch = subprocess.Popen(
+        [*MIRRORQ, "batch", "status", batch_id, "--watch", "--json"],
+        env=renv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(
+        lambda: (producer.batch_status(batch_id) or {"done": 0})["done"] >= 40,
+        what="the batch to be under way",
+    )
+    private_redis.restart(down_for_s=2.0, crash=how == "crash")
+
+    out, err = watch.communicate(timeout=180)
+    assert watch.returncode == 0, err[-3000:]
+    status = json.loads(out)
+    assert status["counts"] == {"created": 200}
+    assert status["total"] == status["done"] == 200
+    assert mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"]) == dict.fromkeys(
+        lab["eni_ids"][:200], 1
+    )
+    assert all(w.proc.poll() is None for w in workers), "a worker died"
+    after = producer.submit(job(lab, 200, TrafficMirrorTargetId=lab["target_ids"]["nlb"]))
+    assert wait_all(producer, [after])[0]["status"] == "created"
+
+
+def test_the_redis_mirrorq_starts_or_ships_keeps_an_append_only_file() -> None:
+    bootstrap = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    assert "--appendonly yes" in bootstrap
+    assert "--appendfsync everysec" in bootstrap
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert '"--appendonly", "yes"' in compose
+    assert '"--appendfsync", "everysec"' in compose
+
+
+def test_an_idempotency_key_never_points_at_a_job_that_does_not_exist(
+    emulator: EmulatorProcess, redis_url: str, private_redis: RedisServer
+) -> None:
+    """The key is claimed, the record written and the message queued together, or not at all."""
+    lab = seed_lab(emulator.url, 2)
+    # Results on a Redis that is down: the record can't be written.
+    private_redis.shutdown()
+    producer = producer_for(redis_url, result_backend=private_redis.url(0))
+    with pytest.raises(redis.RedisError):
+        producer.submit(job(lab, 0), idempotency_key="event-1")
+    private_redis.start()
+    job_id = producer.submit(job(lab, 0), idempotency_key="event-1")
+    record = producer.result(job_id)
+    assert record is not None, "the key names a job that was never recorded"
+    assert record["status"] == "queued"
+    assert redis.Redis.from_url(redis_url).llen("mirrorq") == 1
+
+    # A broker that is down: the record is written, then the message can't be queued.
+    results = redis.Redis.from_url(private_redis.url(0))
+
+    def stored() -> tuple[set[Any], list[Any]]:
+        return set(results.keys()), list(results.zrange("mirrorq:pending", 0, -1))
+
+    before = stored()
+    unreachable = producer_for(
+        f"redis://127.0.0.1:{free_port()}/0", result_backend=private_redis.url(0)
+    )
+    with pytest.raises(Exception):  # noqa: B017, PT011 - kombu's OperationalError, or Redis's
+        unreachable.submit(job(lab, 1), idempotency_key="event-2")
+    assert stored() == before  # no claim, no record, nothing pending
+    job_id = producer.submit(job(lab, 1), idempotency_key="event-2")
+    assert producer.result(job_id) is not None

@@ -1,0 +1,79 @@
+"""No credential, session token or signature in any log, at any level, the worker's included."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+
+from emulator.lab import seed_lab
+from mirrorq.processes import EmulatorProcess, WorkerProcess
+from tasks.producer import Producer
+from tests.helpers import job, wait_all
+
+ACCESS_KEY_ID = "AKIAMIRRORQTEST0SECRET"
+SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYmirrorqSECRET"  # noqa: S105 - a fake
+SESSION_TOKEN = "FwoGZXIvYXdzEMIRRORQSESSIONTOKENz0LxhVyeZ+very/long/token=="  # noqa: S105
+SIGNATURE = re.compile(r"[Ss]ignature[=:\s\\n]+[0-9a-f]{64}")
+
+
+def test_a_worker_at_debug_logs_no_credential_token_or_signature(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    lab = seed_lab(emulator.url, 3)
+    worker = start_worker(
+        None,
+        "--loglevel",
+        "DEBUG",
+        AWS_ACCESS_KEY_ID=ACCESS_KEY_ID,
+        AWS_SECRET_ACCESS_KEY=SECRET_ACCESS_KEY,
+        AWS_SESSION_TOKEN=SESSION_TOKEN,
+    )
+    job_ids = [producer.submit(job(lab, i, SessionNumber="auto")) for i in range(3)]
+    assert {r["status"] for r in wait_all(producer, job_ids)} == {"created"}
+    worker.stop()
+    log = worker.log_path.read_text()
+    # The check has teeth only if botocore really logged its requests at DEBUG.
+    assert "CreateTrafficMirrorSession" in log
+    assert "Authorization" in log or "authorization" in log
+    for secret in (ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN):
+        assert secret not in log
+    assert not SIGNATURE.search(log), SIGNATURE.search(log)
+
+
+def test_the_redaction_filter_catches_what_botocore_prints() -> None:
+    from worker.redaction import RedactSecrets
+
+    secrets = RedactSecrets()
+    secrets.remember(ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN)
+    lines = [
+        (
+            "Sending http request: <AWSPreparedRequest headers={'Authorization': "
+            "b'AWS4-HMAC-SHA256 Credential=ASIAY34FZKBOKMUTVV7A/20261127/us-east-1/ec2/"
+            "aws4_request, SignedHeaders=host;x-amz-date, Signature="
+            + "a" * 64
+            + "', 'X-Amz-Security-Token': b'IQoJb3JpZ2luX2VjEMIRRORQ'}>"
+        ),
+        "CanonicalRequest:\nPOST\n/\n\nx-amz-security-token:IQoJb3JpZ2luX2VjEMIRRORQ\n",
+        "Signature:\n" + "b" * 64,
+        f"{{'aws_access_key_id': '{ACCESS_KEY_ID}', "
+        f"'aws_secret_access_key': '{SECRET_ACCESS_KEY}'}}",
+    ]
+    for line in lines:
+        record = logging.LogRecord(
+            "botocore.endpoint", logging.DEBUG, __file__, 1, "%s", (line,), None
+        )
+        assert secrets.filter(record)
+        text = record.getMessage()
+        for secret in (
+            ACCESS_KEY_ID,
+            SECRET_ACCESS_KEY,
+            SESSION_TOKEN,
+            "ASIAY34FZKBOKMUTVV7A",
+            "IQoJb3JpZ2luX2VjEMIRRORQ",
+            "a" * 64,
+            "b" * 64,
+        ):
+            assert secret not in text, text
