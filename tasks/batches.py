@@ -9,99 +9,93 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from tasks import keys
-from tasks.contract import TERMINAL_STATUSES, InvalidJobError, SessionRequest, parse_request
+from tasks.contract import SessionRequest, parse_json, parse_request
+from tasks.errors import FieldError, InvalidJobError
+from tasks.records import JobStatus
 
-# Move one job from its old status to `new` (never out of a terminal one), then count it
-# done and stamp the batch's end when the last job finishes. A Lua function, so the result
-# store's script (tasks/store.py) can move the counts in the same atomic step.
-TRANSITION_FUNCTION = """
-local function transition(statuses, counts, batch, job, new, now, terminal_csv)
-  local old = redis.call('HGET', statuses, job)
-  if old == new then return 0 end
-  local terminal = {}
-  for status in string.gmatch(terminal_csv, '[^,]+') do terminal[status] = true end
-  if old and terminal[old] then return 0 end
-  redis.call('HSET', statuses, job, new)
-  if old then redis.call('HINCRBY', counts, old, -1) end
-  redis.call('HINCRBY', counts, new, 1)
-  if terminal[new] then
-    local done = redis.call('HINCRBY', batch, 'done', 1)
-    if done >= tonumber(redis.call('HGET', batch, 'total') or '0') then
-      redis.call('HSET', batch, 'finished_at', now)
-    end
-  end
-  return 1
-end
-"""
-TERMINAL_ARG = ",".join(sorted(TERMINAL_STATUSES))
 CHUNK = 1000
 
-
-def batch_keys(batch_id: str) -> list[str]:
-    """The keys a transition moves: the job's status, the counts, the batch's record."""
-    return [keys.batch_statuses(batch_id), keys.batch_counts(batch_id), keys.batch(batch_id)]
-
-
-@dataclass(frozen=True)
-class LineError:
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.field}: {self.message}"
+# CSV cells are text. These columns hold EC2 integers: digits only become numbers; anything
+# else (" 7 ", "1.5", "1_0") stays text for the contract to refuse, naming the field.
+_INTEGER_COLUMNS = frozenset({"SessionNumber", "PacketLength", "VirtualNetworkId"})
+_DIGITS = re.compile(r"[0-9]+")
 
 
-class BatchFileError(ValueError):
-    """A job file with bad lines; lists every one of them."""
-
-    def __init__(self, errors: list[LineError]) -> None:
-        self.errors = errors
-        super().__init__("\n".join(str(e) for e in errors))
+class BatchFileError(InvalidJobError):
+    """A job file with bad lines; lists every one of them, each with its line number."""
 
 
 def _csv_row(row: dict[str, str | None]) -> dict[str, Any]:
-    """CSV cells are text: empty means absent, TagSpecifications is JSON, numbers stay text
-    for the contract to parse (so "1.5" is refused, not truncated)."""
+    """Empty cells are absent; TagSpecifications is JSON; DryRun true/false; integers digits."""
     out: dict[str, Any] = {}
     for key, value in row.items():
         if key is None or value is None or value == "":
             continue
         if key == "TagSpecifications":
-            out[key] = json.loads(value)
+            out[key] = parse_json(value, "TagSpecifications")
         elif key == "DryRun":
             out[key] = {"true": True, "false": False}.get(value.strip().lower(), value)
+        elif key in _INTEGER_COLUMNS and _DIGITS.fullmatch(value):
+            out[key] = int(value)
         else:
             out[key] = value
     return out
 
 
+def _csv_records(text: str) -> Iterator[tuple[int, Any]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        columns = reader.fieldnames or []
+    except csv.Error as error:
+        yield 1, InvalidJobError([{"field": "(line)", "message": f"not CSV: {error}"}])
+        return
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        yield (
+            1,
+            InvalidJobError(
+                [{"field": c, "message": "the column appears more than once"} for c in twice]
+            ),
+        )
+        return
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:  # a cell over csv's limit (131,072 characters), a stray quote
+            yield (
+                reader.line_num + 1,  # csv counts only the lines it finished reading
+                InvalidJobError([{"field": "(line)", "message": f"not CSV: {error}"}]),
+            )
+            return
+        if None in row:
+            yield reader.line_num, ValueError("more cells than column names")
+            continue
+        try:
+            yield reader.line_num, _csv_row(row)
+        except InvalidJobError as error:
+            yield reader.line_num, error
+
+
 def _records(text: str, fmt: str) -> Iterator[tuple[int, Any]]:
     if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text))
-        for row in reader:
-            if None in row:
-                yield reader.line_num, ValueError("more cells than column names")
-                continue
-            try:
-                yield reader.line_num, _csv_row(row)
-            except ValueError as error:
-                yield reader.line_num, ValueError(f"TagSpecifications is not JSON: {error}")
+        yield from _csv_records(text)
         return
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
-                yield number, json.loads(line)
-            except ValueError as error:
-                yield number, ValueError(f"not JSON: {error}")
+                yield number, parse_json(line, "(line)")
+            except InvalidJobError as error:
+                yield number, error
 
 
 def read_jobs(path: Path, fmt: str | None = None) -> list[SessionRequest]:
@@ -109,17 +103,20 @@ def read_jobs(path: Path, fmt: str | None = None) -> list[SessionRequest]:
     fmt = fmt or ("csv" if path.suffix.lower() == ".csv" else "jsonl")
     text = path.read_text(encoding="utf-8")
     jobs: list[SessionRequest] = []
-    errors: list[LineError] = []
+    errors: list[FieldError] = []
     for line, raw in _records(text, fmt):
+        if isinstance(raw, InvalidJobError):
+            errors += [{**e, "line": line} for e in raw.errors]
+            continue
         if isinstance(raw, ValueError):
-            errors.append(LineError(line, "(line)", str(raw)))
+            errors.append({"field": "(line)", "message": str(raw), "line": line})
             continue
         try:
             jobs.append(parse_request(raw))
         except InvalidJobError as error:
-            errors += [LineError(line, e["field"], e["message"]) for e in error.errors]
+            errors += [{**e, "line": line} for e in error.errors]
     if not jobs and not errors:
-        errors.append(LineError(0, "(file)", f"{path} holds no jobs"))
+        errors.append({"field": "(file)", "message": f"{path} holds no jobs", "line": 0})
     if errors:
         raise BatchFileError(errors)
     return jobs
@@ -151,11 +148,13 @@ class BatchStore:
         }
         pipe.hset(keys.batch(batch_id), mapping=meta)
         if job_ids:
-            pipe.hset(keys.batch_counts(batch_id), mapping={"queued": len(job_ids)})
+            pipe.hset(keys.batch_counts(batch_id), mapping={JobStatus.QUEUED: len(job_ids)})
             for start in range(0, len(job_ids), CHUNK):
                 chunk = job_ids[start : start + CHUNK]
                 pipe.rpush(keys.batch_jobs(batch_id), *chunk)
-                pipe.hset(keys.batch_statuses(batch_id), mapping=dict.fromkeys(chunk, "queued"))
+                pipe.hset(
+                    keys.batch_statuses(batch_id), mapping=dict.fromkeys(chunk, JobStatus.QUEUED)
+                )
         else:
             pipe.hset(keys.batch(batch_id), "finished_at", submitted_at)
         for key in (

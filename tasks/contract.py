@@ -1,16 +1,24 @@
-"""The job contract: the seed's request syntax, validated, and the result record.
+"""The job contract: the seed's request syntax, validated strictly, and the message envelope.
 
-AWS shapes stay verbatim (PascalCase); mirrorq's envelope is snake_case.
+AWS shapes stay verbatim (PascalCase); mirrorq's envelope is snake_case. Every input, however
+hostile, becomes a valid request or an InvalidJobError that names each offending field.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tasks.errors import FieldError, InvalidJobError
 
 TASK_NAME = "mirrorq.create_traffic_mirror_session"
 # How batches travel: several jobs to a message (see Settings.jobs_per_message).
@@ -21,63 +29,24 @@ SESSION_NUMBER_MAX = 32766
 PACKET_LENGTH_MAX = 8500
 VIRTUAL_NETWORK_ID_MAX = 2**24 - 1  # VXLAN network identifiers are 24 bits
 CLIENT_TOKEN_MAX = 64
+MAX_TAGS = 50
 # mirrorq's one extension to the request syntax: the worker picks the lowest SessionNumber
 # free on the ENI when the job runs, under a per-ENI lease, and records it before calling EC2.
 AUTO = "auto"
 
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    CREATED = "created"
-    FAILED = "failed"
-    DRY_RUN_OK = "dry_run_ok"
-
-
-TERMINAL_STATUSES = frozenset({JobStatus.CREATED, JobStatus.FAILED, JobStatus.DRY_RUN_OK})
-
-
-class JobError(TypedDict):
-    code: str  # EC2's error code, or mirrorq's own (InvalidJob, DeadlineExceeded, ...)
-    message: str
-    retryable: bool
-
-
-class JobResult(TypedDict):
-    """What `mirrorq status` prints and the result backend holds for every job."""
-
-    job_id: str
-    batch_id: str | None
-    status: str  # a JobStatus value
-    attempts: int  # CreateTrafficMirrorSession calls made, across retries and redeliveries
-    client_token: str | None
-    request: dict[str, Any] | None  # the request syntax as executed
-    response: dict[str, Any] | None  # EC2's answer, verbatim
-    error: JobError | None
-    submitted_at: str | None
-    started_at: str | None
-    finished_at: str | None
-
-
-class FieldError(TypedDict):
-    field: str
-    message: str
-
-
-class InvalidJobError(ValueError):
-    """A job that does not satisfy the request syntax; names every offending field."""
-
-    code = "InvalidJob"
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
-
+# EC2's ids, and the ones plain moto and LocalStack issue for targets and filters
+# (`traf-mir-tar-…`, `traf-mir-fil-…`), so teams can point mirrorq at the stand-in their CI
+# already runs. Each prefix still belongs to one kind: a filter id in the target field, or a
+# typo'd prefix, is refused.
+ENI_ID = r"^eni-[0-9a-f]{8,17}$"
+TARGET_ID = r"^(tmt|traf-mir-tar)-[0-9a-f]{8,17}$"
+FILTER_ID = r"^(tmf|traf-mir-fil)-[0-9a-f]{8,17}$"
 
 # The request syntax --------------------------------------------------------------------------
 
-_Strict = ConfigDict(extra="forbid", frozen=True)
+# Strict: EC2's integers are integers and its booleans booleans. `true`, `"7"`, `" 7 "`,
+# `"1_0"` and `1.0` are refused, naming the field, rather than quietly turned into numbers.
+_Strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Tag(BaseModel):
@@ -98,7 +67,17 @@ class TagSpecification(BaseModel):
     model_config = _Strict
 
     ResourceType: Literal["traffic-mirror-session"]
-    Tags: Annotated[list[Tag], Field(max_length=50)] = []
+    Tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] = []
+
+    @field_validator("Tags")
+    @classmethod
+    def _unique_keys(cls, tags: list[Tag]) -> list[Tag]:
+        seen: set[str] = set()
+        for n, tag in enumerate(tags):
+            if tag.Key in seen:
+                raise _AtIndex(n, "Key", f"duplicate tag key {tag.Key!r}")
+            seen.add(tag.Key)
+        return tags
 
 
 class SessionRequest(BaseModel):
@@ -106,16 +85,31 @@ class SessionRequest(BaseModel):
 
     model_config = _Strict
 
-    NetworkInterfaceId: Annotated[str, Field(pattern=r"^eni-[0-9a-f]{8,17}$")]
-    TrafficMirrorTargetId: Annotated[str, Field(pattern=r"^tmt-[0-9a-f]{8,17}$")]
-    TrafficMirrorFilterId: Annotated[str, Field(pattern=r"^tmf-[0-9a-f]{8,17}$")]
+    NetworkInterfaceId: Annotated[str, Field(pattern=ENI_ID)]
+    TrafficMirrorTargetId: Annotated[str, Field(pattern=TARGET_ID)]
+    TrafficMirrorFilterId: Annotated[str, Field(pattern=FILTER_ID)]
     SessionNumber: Annotated[int, Field(ge=1, le=SESSION_NUMBER_MAX)] | Literal["auto"]
     PacketLength: Annotated[int, Field(ge=1, le=PACKET_LENGTH_MAX)] | None = None
     VirtualNetworkId: Annotated[int, Field(ge=0, le=VIRTUAL_NETWORK_ID_MAX)] | None = None
     Description: Annotated[str, Field(max_length=255)] | None = None
-    TagSpecifications: list[TagSpecification] | None = None
-    DryRun: StrictBool | None = None
+    # EC2 takes one specification per resource type, and this call tags one type.
+    TagSpecifications: Annotated[list[TagSpecification], Field(max_length=1)] | None = None
+    DryRun: bool | None = None
     ClientToken: Annotated[str, Field(min_length=1, max_length=CLIENT_TOKEN_MAX)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, raw: Any) -> Any:
+        # Refuse a huge list before validating its items: a million tag specifications must
+        # cost a length check, not a million validations.
+        if isinstance(raw, dict):
+            specs = raw.get("TagSpecifications")
+            if isinstance(specs, list) and len(specs) > 1:
+                raise _AtField(
+                    "TagSpecifications",
+                    f"at most one specification (for traffic-mirror-session), got {len(specs)}",
+                )
+        return raw
 
     @field_validator("ClientToken")
     @classmethod
@@ -133,23 +127,68 @@ class SessionRequest(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+class _AtField(ValueError):
+    """A validation error that knows the field it belongs to (raised from a model check)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class _AtIndex(ValueError):
+    """A validation error about one item of a list field (duplicate tag keys)."""
+
+    def __init__(self, index: int, field: str, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.field = field
+
+
+_FIELDS = frozenset(
+    {*SessionRequest.model_fields, *TagSpecification.model_fields, *Tag.model_fields}
+)
+
+
+def _name(part: str | int) -> str:
+    return part if isinstance(part, str) and part.isidentifier() else json.dumps(part)
+
+
 def _field_errors(error: ValidationError) -> list[FieldError]:
-    """One error per field; a union's alternatives ("an integer" or "auto") joined by "or"."""
+    """One error per field, named by its path (`TagSpecifications.0.Tags.2.Key`); an unknown
+    key by itself, quoted when it is not a plain name; a union's alternatives joined by "or"."""
     by_field: dict[str, list[str]] = {}
     for e in error.errors(include_url=False):
-        # Keep field names and list indexes; drop pydantic's union-member tags.
-        path = [str(p) for p in e["loc"] if isinstance(p, int) or str(p).isidentifier()]
-        by_field.setdefault(".".join(path) or "(job)", []).append(e["msg"])
+        loc, message = list(e["loc"]), e["msg"]
+        cause = (e.get("ctx") or {}).get("error")
+        if e["type"] == "extra_forbidden":
+            path = [*(p for p in loc[:-1] if isinstance(p, int) or p in _FIELDS), loc[-1]]
+            message = "not a parameter of CreateTrafficMirrorSession"
+        else:
+            # Keep field names and list indexes; drop pydantic's union-member tags.
+            path = [p for p in loc if isinstance(p, int) or p in _FIELDS]
+            if isinstance(cause, _AtField):
+                path, message = [cause.field], str(cause)
+            elif isinstance(cause, _AtIndex):
+                path, message = [*path, cause.index, cause.field], str(cause)
+        name = ".".join(_name(p) for p in path) or "(job)"
+        by_field.setdefault(name, []).append(message.removeprefix("Value error, "))
     return [{"field": f, "message": " or ".join(m)} for f, m in by_field.items()]
+
+
+def parse_json(text: str | bytes, what: str = "(job)") -> Any:
+    """JSON text, or InvalidJobError naming `what`: never a RecursionError or a traceback."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidJobError([{"field": what, "message": "JSON nested too deeply"}]) from None
+    except ValueError as error:
+        raise InvalidJobError([{"field": what, "message": f"not JSON: {error}"}]) from None
 
 
 def parse_request(raw: Any) -> SessionRequest:
     """Validate a job's request (a dict, or JSON text of one); raise InvalidJobError."""
     if isinstance(raw, str | bytes):
-        try:
-            raw = json.loads(raw)
-        except ValueError as error:
-            raise InvalidJobError([{"field": "(job)", "message": f"not JSON: {error}"}]) from None
+        raw = parse_json(raw)
     if not isinstance(raw, dict):
         raise InvalidJobError(
             [{"field": "(job)", "message": f"expected a JSON object, got {type(raw).__name__}"}]
@@ -158,31 +197,59 @@ def parse_request(raw: Any) -> SessionRequest:
         return SessionRequest.model_validate(raw)
     except ValidationError as error:
         raise InvalidJobError(_field_errors(error)) from None
+    except RecursionError:
+        raise InvalidJobError([{"field": "(job)", "message": "nested too deeply"}]) from None
 
 
-def utcnow() -> str:
-    """Timestamps in results: UTC, ISO 8601, milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+# The message envelope ------------------------------------------------------------------------
 
 
-def new_result(
-    job_id: str,
-    request: dict[str, Any] | None,
-    *,
-    batch_id: str | None = None,
-    client_token: str | None = None,
-    submitted_at: str | None = None,
-) -> JobResult:
-    return {
-        "job_id": job_id,
-        "batch_id": batch_id,
-        "status": JobStatus.QUEUED.value,
-        "attempts": 0,
-        "client_token": client_token,
-        "request": request,
-        "response": None,
-        "error": None,
-        "submitted_at": submitted_at,
-        "started_at": None,
-        "finished_at": None,
-    }
+class Envelope(BaseModel):
+    """What travels with a job's request: `kwargs={"request": {...}, ...}` of the task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    request: Any
+    batch_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    submitted_at: Annotated[str, Field(max_length=40)] | None = None
+    rule: Annotated[str, Field(max_length=128)] | None = None
+    event_id: Annotated[str, Field(max_length=256)] | None = None
+    # Targets a rule treats as one mirror ("any of these through this filter"), so that
+    # racing planners that chose different targets still mirror the ENI once.
+    alternatives: Annotated[
+        list[Annotated[str, Field(pattern=TARGET_ID)]], Field(max_length=64)
+    ] = []
+
+    def origin(self) -> dict[str, str | None] | None:
+        return (
+            {"rule": self.rule, "event_id": self.event_id} if self.rule or self.event_id else None
+        )
+
+
+def parse_envelope(args: Any, kwargs: Any) -> Envelope:
+    """The documented payload is `kwargs={"request": {...}}` (optional: batch_id)."""
+    if args:
+        raise InvalidJobError(
+            [
+                {
+                    "field": "(message)",
+                    "message": "positional arguments are not accepted; "
+                    "send kwargs={'request': {...}}",
+                }
+            ]
+        )
+    if not isinstance(kwargs, dict):
+        raise InvalidJobError([{"field": "(message)", "message": "kwargs must be an object"}])
+    try:
+        return Envelope.model_validate(kwargs)
+    except ValidationError as error:
+        raise InvalidJobError(_field_errors_envelope(error)) from None
+
+
+def _field_errors_envelope(error: ValidationError) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for e in error.errors(include_url=False):
+        name = ".".join(_name(p) for p in e["loc"]) or "(message)"
+        message = "unknown envelope field" if e["type"] == "extra_forbidden" else e["msg"]
+        errors.append({"field": name, "message": message})
+    return errors

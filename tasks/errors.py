@@ -1,0 +1,44 @@
+"""mirrorq's own errors: one hierarchy, each with a code in EC2's style.
+
+The CLI prints the code and the fields; the HTTP API answers with the same code; a job
+refused by a worker records it. AWS's and Redis's own exceptions are never wrapped in these:
+`worker/errors.py` classifies them as they are.
+"""
+
+from __future__ import annotations
+
+from typing import NotRequired, TypedDict
+
+
+class FieldError(TypedDict):
+    field: str  # "SessionNumber", "TagSpecifications.0.Tags.2.Key", "(job)", "(line)"...
+    message: str
+    line: NotRequired[int]  # in a job file or a JSON Lines body
+
+
+class MirrorqError(Exception):
+    """A failure of mirrorq's own making, with a code like EC2's."""
+
+    code = "MirrorqError"
+    retryable = False
+
+
+class InvalidJobError(MirrorqError):
+    """Input that is not a valid job (or file of jobs); names every offending field."""
+
+    code = "InvalidJob"
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(describe(e) for e in errors))
+
+
+class IdempotencyConflictError(MirrorqError):
+    """The idempotency key was already used for a different request."""
+
+    code = "IdempotencyConflict"
+
+
+def describe(error: FieldError) -> str:
+    where = f"line {error['line']}: " if "line" in error else ""
+    return f"{where}{error['field']}: {error['message']}"
