@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     lost_after_s: float = Field(default=60.0, gt=0)
     # Names the rate's scope in Redis; set it when several accounts share one Redis.
     aws_account_id: str = "default"
+    # Leases (on an ENI while a job reads its sessions and creates, on a job while a worker
+    # runs it) are renewed every third of this while held; a holder that stops renewing
+    # (killed, cut off from Redis) loses them this long after its last renewal. A create is
+    # only sent under a lease just extended to outlast the call.
+    lease_s: float = Field(default=30.0, gt=0)
+    # How long a mirrorq process retries a Redis command while Redis is unreachable (a
+    # restart, a failover) before that command fails. Workers never fail a job for it: they
+    # wait for Redis and carry on.
+    redis_retry_s: float = Field(default=20.0, ge=0)
 
     @property
     def worker_threads(self) -> int:

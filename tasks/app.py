@@ -11,6 +11,7 @@ from kombu.utils.url import url_to_parts
 
 from config import Settings, get_settings
 from tasks import broker
+from tasks.connections import publish_retry_policy
 from tasks.contract import BATCH_TASK_NAME, QUEUE, TASK_NAME
 
 
@@ -42,6 +43,11 @@ def create_app(settings: Settings) -> Celery:
             "unacked_restore_interval": 2,
             "unacked_restore_throttle": 1,
         },
+        # Publishing rides out a Redis restart as commands do (tasks/connections.py).
+        task_publish_retry_policy=publish_retry_policy(settings),
+        # A job keeps running while the worker reconnects to a restarted Redis: its message
+        # stays unacked there, and the job records its outcome once Redis is back.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_default_queue=QUEUE,
         task_routes={name: {"queue": QUEUE} for name in (TASK_NAME, BATCH_TASK_NAME)},
         # Results are written by the task itself (tasks/store.py), with every state.

@@ -8,7 +8,13 @@ def idempotency(key: str) -> str:
 
 
 def eni_lease(eni_id: str) -> str:
+    """String: the token of the job planning and creating on this ENI (worker/leases.py)."""
     return f"{PREFIX}:eni-lease:{eni_id}"
+
+
+def job_lease(job_id: str) -> str:
+    """String: the token of the worker running this job, so no copy of it runs beside it."""
+    return f"{PREFIX}:job-lease:{job_id}"
 
 
 def batch(batch_id: str) -> str:
@@ -36,7 +42,7 @@ def rate_limit(account: str, region: str, action: str) -> str:
     return f"{PREFIX}:rate:{account}:{region}:{action}"
 
 
-PENDING = f"{PREFIX}:pending"  # sorted set: accepted jobs not yet started, by submission time
+PENDING = f"{PREFIX}:pending"  # sorted set: accepted jobs not yet finished, by submission time
 REPAIR_LOCK = f"{PREFIX}:repair-lock"
 REPAIR_SUSPECTS = f"{PREFIX}:repair-suspects"  # jobs that looked lost at the previous sweep
 KOMBU_UNACKED = "unacked"  # kombu's Redis transport: delivery tag -> message held by a worker

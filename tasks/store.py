@@ -1,102 +1,236 @@
-"""Job results in Celery's Redis result backend, one record per job id; batch counts beside."""
+"""Job records in Celery's Redis result backend, and every write that changes them.
+
+A record is written by one script per step, atomically with what depends on it: the job's
+run lease (only the worker holding it may write), the pending index (accepted jobs not yet
+finished, which the lost-message repair reads) and its batch's counts. A finished record is
+never overwritten, so a late or duplicate delivery cannot undo a job's outcome.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Literal, cast
 
+import redis
 import redis.asyncio as aioredis
 from celery import Celery, states
 
+from config import Settings
 from tasks import keys
-from tasks.batches import TERMINAL_ARG, TRANSITION_FUNCTION, BatchStore, batch_keys
-from tasks.contract import TERMINAL_STATUSES, JobResult, JobStatus
+from tasks.batches import BatchStore
+from tasks.connections import sync_client
+from tasks.records import TERMINAL_STATUSES, JobResult, JobStatus, is_terminal, loaded
 
-# Celery's own store_result reads the record, then writes it: two round trips, and a window
-# between them. This does the same in one atomic step: a finished record (SUCCESS) is never
-# overwritten, so a late or duplicate delivery cannot undo a job's outcome. The same step
-# takes the job off the pending index and moves its batch's counts. One script, one command:
-# a pipeline of scripts would cost redis-py a SCRIPT EXISTS round trip on every save.
-# KEYS: record, pending index[, batch statuses, batch counts, batch record]
-# ARGV: record JSON, ttl, job id[, status, now, terminal statuses]
-_SAVE = (
-    TRANSITION_FUNCTION
+# Move one registered job from its old status to `new` (never out of a terminal one), then
+# count it done and stamp the batch's end when the last job finishes. A job the batch did
+# not register (a stranger naming the batch) moves nothing and creates no key.
+_TRANSITION = """
+local function transition(statuses, counts, batch, job, new, now, terminal)
+  local old = redis.call('HGET', statuses, job)
+  if not old or old == new or terminal[old] then return end
+  redis.call('HSET', statuses, job, new)
+  redis.call('HINCRBY', counts, old, -1)
+  redis.call('HINCRBY', counts, new, 1)
+  if terminal[new] then
+    local done = redis.call('HINCRBY', batch, 'done', 1)
+    if done >= tonumber(redis.call('HGET', batch, 'total') or '0') then
+      redis.call('HSET', batch, 'finished_at', now)
+    end
+  end
+end
+"""
+
+# One step of a job, as a worker takes it. One script, one round trip: a pipeline of scripts
+# would cost redis-py a SCRIPT EXISTS round trip each time.
+# KEYS: record, pending index, job lease[, batch statuses, batch counts, batch record]
+# ARGV: step (start|save|finish), record JSON, ttl, job id, lease token, lease ms, status, now
+# Returns {verdict[, current record]}:
+#   busy          another worker holds the job's lease (a copy is running): nothing written
+#   done          the job already finished: nothing written
+#   not-in-batch  (start) the batch names a batch that did not register this job
+#   resume        (start) the job ran before (a redelivery): lease taken, record returned so
+#                 the worker carries on from it
+#   stored        written
+_STEP = (
+    _TRANSITION
     + """
+local step, job, token = ARGV[1], ARGV[4], ARGV[5]
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= token then return {'busy'} end
 local current = redis.call('GET', KEYS[1])
-local stored = 0
-if not (current and cjson.decode(current)['status'] == 'SUCCESS') then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  redis.call('PUBLISH', KEYS[1], ARGV[1])
-  stored = 1
+local meta = current and cjson.decode(current)
+if meta and meta['status'] == 'SUCCESS' then
+  if holder then redis.call('DEL', KEYS[3]) end
+  redis.call('ZREM', KEYS[2], job)
+  return {'done', current}
 end
-redis.call('ZREM', KEYS[2], ARGV[3])
-if #KEYS == 5 then
-  transition(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+if step == 'start' then
+  if #KEYS == 6 and redis.call('HEXISTS', KEYS[4], job) == 0 then return {'not-in-batch'} end
+  if meta and meta['status'] ~= 'QUEUED' then
+    redis.call('SET', KEYS[3], token, 'PX', ARGV[6])
+    return {'resume', current}
+  end
 end
-return stored
+if step == 'finish' then
+  if holder then redis.call('DEL', KEYS[3]) end
+  redis.call('ZREM', KEYS[2], job)
+else
+  redis.call('SET', KEYS[3], token, 'PX', ARGV[6])
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('PUBLISH', KEYS[1], ARGV[2])
+if #KEYS == 6 then
+  local terminal = {}
+  for status in string.gmatch(ARGV[9], '[^,]+') do terminal[status] = true end
+  transition(KEYS[4], KEYS[5], KEYS[6], job, ARGV[7], ARGV[8], terminal)
+end
+return {'stored'}
 """
 )
 
+# Accept a job: its idempotency claim (if it has a key), its record and its pending entry,
+# all or nothing. Returns nil when accepted, else the claim that was there first.
+# KEYS: record, pending index[, idempotency key]; ARGV: record JSON, ttl, job id, now, claim
+_ACCEPT = """
+if #KEYS == 3 then
+  if not redis.call('SET', KEYS[3], ARGV[5], 'NX', 'EX', ARGV[2]) then
+    return redis.call('GET', KEYS[3])
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+return false
+"""
 
-def celery_state(status: str) -> str:
+# Undo an acceptance whose message could not be queued: only what it wrote, only if still so.
+# KEYS: record, pending index[, idempotency key]; ARGV: job id, claim
+_UNACCEPT = """
+local current = redis.call('GET', KEYS[1])
+if current and cjson.decode(current)['status'] == 'QUEUED' then redis.call('DEL', KEYS[1]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+if #KEYS == 3 and redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
+return 1
+"""
+
+TERMINAL_ARG = ",".join(sorted(TERMINAL_STATUSES))
+Step = Literal["start", "save", "finish"]
+Verdict = Literal["busy", "done", "not-in-batch", "resume", "stored"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    verdict: Verdict
+    current: JobResult | None = None  # the stored record, for "done" and "resume"
+
+
+def celery_state(status: JobStatus) -> str:
     """Terminal jobs are SUCCESS to Celery (the task did its work; `status` says how it went),
     so `AsyncResult(job_id).get()` returns the record, and a late write cannot undo them."""
     return states.SUCCESS if status in TERMINAL_STATUSES else status.upper()
 
 
-class ResultStore:
-    """Records through Celery's Redis backend (its keys, its encoding), for producers and CLI."""
+def batch_keys(batch_id: str) -> list[str]:
+    """The keys a transition moves: the job's status, the counts, the batch's record."""
+    return [keys.batch_statuses(batch_id), keys.batch_counts(batch_id), keys.batch(batch_id)]
 
-    def __init__(self, app: Celery) -> None:
-        backend: Any = app.backend
+
+class ResultStore:
+    """Records through Celery's Redis backend (its keys, its encoding), for any process."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        backend: Any = app.backend  # its key names and encoding; the client is ours
         self.backend = backend
+        self.client: redis.Redis = sync_client(settings.result_backend, settings)
         self.ttl_s = int(backend.expires or 86400)
-        self.batches = BatchStore(backend.client, self.ttl_s)
-        self._save = backend.client.register_script(_SAVE)
+        self.lease_ms = int(settings.lease_s * 1000)
+        self.batches = BatchStore(self.client, self.ttl_s)
+        self._step = self.client.register_script(_STEP)
+        self._accept = self.client.register_script(_ACCEPT)
+        self._unaccept = self.client.register_script(_UNACCEPT)
 
     def load(self, job_id: str) -> JobResult | None:
-        meta = self.backend.get_task_meta(job_id)
-        result = meta.get("result")
-        return cast(JobResult, result) if isinstance(result, dict) else None
+        return self.load_many([job_id])[0]
 
     def load_many(self, job_ids: list[str]) -> list[JobResult | None]:
         """Many records in one round trip (batch exports)."""
-        return self.decode_many(self.backend.client.mget(self.keys_for(job_ids)))
+        return self.decode_many(self.client.mget(self.keys_for(job_ids)) if job_ids else [])
 
     def keys_for(self, job_ids: list[str]) -> list[str]:
         return [self.backend.get_key_for_task(j) for j in job_ids]
 
+    def decode(self, value: Any) -> JobResult | None:
+        result = self.backend.decode_result(value).get("result") if value else None
+        return loaded(result) if isinstance(result, dict) else None
+
     def decode_many(self, values: list[Any]) -> list[JobResult | None]:
-        records: list[JobResult | None] = []
-        for value in values:
-            result = self.backend.decode_result(value).get("result") if value else None
-            records.append(cast(JobResult, result) if isinstance(result, dict) else None)
-        return records
+        return [self.decode(value) for value in values]
 
-    def save(self, record: JobResult) -> None:
-        """Store the record, and move its batch's counts, in one atomic round trip."""
-        script_keys, args = self.save_arguments(record)
-        self._save(keys=script_keys, args=args)
+    def is_terminal(self, record: JobResult | None) -> bool:
+        return is_terminal(record)
 
-    def save_arguments(self, record: JobResult) -> tuple[list[str], list[Any]]:
-        """The save script's keys and arguments for this record."""
-        key, value = self._encoded(record)
-        script_keys, args = [key, keys.PENDING], [value, self.ttl_s, record["job_id"]]
-        if record["batch_id"]:
-            script_keys += batch_keys(record["batch_id"])
-            now = record["finished_at"] or record["started_at"] or ""
-            args += [record["status"], now, TERMINAL_ARG]
-        return script_keys, args
+    # Acceptance (producers) ------------------------------------------------------------------
 
-    def queue_initial(self, pipe: Any, record: JobResult) -> None:
-        """Write a new job's `queued` record on `pipe`, and note it as pending."""
-        key, value = self._encoded(record)
+    def accept(self, record: JobResult, claim: tuple[str, str] | None = None) -> str | None:
+        """Write a new job's `queued` record and pending entry, with its idempotency claim
+        (key, claim JSON) if any, atomically. Returns the earlier claim if the key was taken."""
+        script_keys, args = self._accept_arguments(record, claim)
+        earlier = self._accept(keys=script_keys, args=args)
+        return earlier.decode() if isinstance(earlier, bytes) else earlier
+
+    def accept_on(self, pipe: Any, record: JobResult) -> None:
+        """The same, queued on `pipe` (a batch writes all its records in one pipeline)."""
+        key, value = self.encoded(record)
         pipe.set(key, value, ex=self.ttl_s)
         pipe.zadd(keys.PENDING, {record["job_id"]: time.time()})
 
-    def _encoded(self, record: JobResult) -> tuple[str, str]:
+    def unaccept(self, record: JobResult, claim: tuple[str, str] | None = None) -> None:
+        """Undo `accept` (its message could not be queued), if nothing ran the job since."""
+        script_keys = [self.backend.get_key_for_task(record["job_id"]), keys.PENDING]
+        args = [record["job_id"], ""]
+        if claim is not None:
+            script_keys.append(keys.idempotency(claim[0]))
+            args[1] = claim[1]
+        self._unaccept(keys=script_keys, args=args)
+
+    def _accept_arguments(
+        self, record: JobResult, claim: tuple[str, str] | None
+    ) -> tuple[list[str], list[Any]]:
+        key, value = self.encoded(record)
+        script_keys = [key, keys.PENDING]
+        args: list[Any] = [value, self.ttl_s, record["job_id"], time.time(), ""]
+        if claim is not None:
+            script_keys.append(keys.idempotency(claim[0]))
+            args[4] = claim[1]
+        return script_keys, args
+
+    # A worker's steps ------------------------------------------------------------------------
+
+    def step(self, step: Step, record: JobResult, token: str = "") -> StepResult:
+        """One step of a job, from a thread (a message refused before it could run)."""
+        script_keys, args = self.step_arguments(step, record, token)
+        return self.step_result(self._step(keys=script_keys, args=args))
+
+    def step_arguments(
+        self, step: Step, record: JobResult, token: str
+    ) -> tuple[list[str], list[Any]]:
+        key, value = self.encoded(record)
+        script_keys = [key, keys.PENDING, keys.job_lease(record["job_id"])]
+        now = record["finished_at"] or record["started_at"] or ""
+        args: list[Any] = [step, value, self.ttl_s, record["job_id"], token, self.lease_ms]
+        args += [record["status"], now, TERMINAL_ARG]
+        if record["batch_id"]:
+            script_keys += batch_keys(record["batch_id"])
+        return script_keys, args
+
+    def step_result(self, answer: list[Any]) -> StepResult:
+        verdict = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
+        current = self.decode(answer[1]) if len(answer) > 1 else None
+        return StepResult(cast(Verdict, verdict), current)
+
+    def encoded(self, record: JobResult) -> tuple[str, str]:
         """The key and value Celery's Redis backend would write for this record."""
-        status = celery_state(record["status"])
+        status = celery_state(JobStatus(record["status"]))
         meta: dict[str, Any] = {
             "status": status,
             "result": record,
@@ -107,26 +241,19 @@ class ResultStore:
         }
         return self.backend.get_key_for_task(record["job_id"]), self.backend.encode(meta)
 
-    def is_terminal(self, record: JobResult | None) -> bool:
-        return is_terminal(record)
-
-
-def is_terminal(record: JobResult | None) -> bool:
-    return record is not None and JobStatus(record["status"]) in TERMINAL_STATUSES
-
 
 class AsyncResultStore:
-    """The same records and script on a worker's event loop (redis.asyncio): a job's writes
-    never block the loop that every job in the process shares, nor cost a thread hop."""
+    """The same records and steps on a worker's event loop (redis.asyncio): a job's writes
+    never block the loop every job in the process shares, nor cost a thread hop."""
 
     def __init__(self, store: ResultStore, client: aioredis.Redis) -> None:
         self._store = store
         self._client = client
-        self._save = client.register_script(_SAVE)
+        self._step = client.register_script(_STEP)
 
     async def load_many(self, job_ids: list[str]) -> list[JobResult | None]:
         return self._store.decode_many(await self._client.mget(self._store.keys_for(job_ids)))
 
-    async def save(self, record: JobResult) -> None:
-        script_keys, args = self._store.save_arguments(record)
-        await self._save(keys=script_keys, args=args)
+    async def step(self, step: Step, record: JobResult, token: str) -> StepResult:
+        script_keys, args = self._store.step_arguments(step, record, token)
+        return self._store.step_result(await self._step(keys=script_keys, args=args))

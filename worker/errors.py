@@ -1,15 +1,30 @@
-"""Which EC2 failures are worth retrying: one table, consulted everywhere.
+"""Every failure a job can meet, in one table: its code, and what the worker does about it.
 
-botocore's exceptions are used as they are; this module only reads them.
+botocore's, aiohttp's and redis-py's exceptions are used as they are; this module only reads
+them. Three things can happen to a job that meets an error:
+
+- RETRY: transient (throttling, 5xx from EC2 or from anything in between, an answer that
+  could not be read, a dropped connection). Retried with backoff and the same ClientToken.
+- FAIL: permanent (validation, `*.NotFound`, quotas, IdempotentParameterMismatch, ...). The
+  job ends `failed` with the code.
+- RESUME: Redis, where the job is recorded, is unreachable. Nothing is decided about the
+  job: the worker waits for Redis and runs the job on from its record.
+- YIELD: another worker owns the job now (this one was cut off from Redis past its run
+  lease, and a copy took over): this one stops and records nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from enum import StrEnum
 
 import aiohttp
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+from botocore.parsers import ResponseParserError
+from redis.exceptions import RedisError
+
+from tasks.errors import MirrorqError
 
 # Transient by EC2's own description: request throttling and server-side trouble.
 THROTTLING_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
@@ -19,22 +34,20 @@ SERVER_CODES = frozenset(
 TRANSIENT_CODES = THROTTLING_CODES | SERVER_CODES
 # Everything else EC2 answers is permanent: validation, *.NotFound, quota *LimitExceeded,
 # IdempotentParameterMismatch, UnauthorizedOperation... Retrying cannot change the answer.
+# Except any 5xx, and 429, whatever the code: a proxy, load balancer or VPC endpoint in front
+# of EC2 answers 502/503/504 (botocore names the code after the status) and may have
+# forwarded the create first. Retrying with the same token finds out.
+TOO_MANY_REQUESTS = 429
 
 DRY_RUN_OK = "DryRunOperation"
+EC2_SAYS_NUMBER_TAKEN = "InvalidParameterValue"  # among other things; read with the describe
 
 
-class MirrorqError(Exception):
-    """A failure of mirrorq's own making, with a code like EC2's."""
-
-    code = "MirrorqError"
-    retryable = False
-
-
-class EniBusyError(MirrorqError):
-    """Another auto-numbered job holds the ENI's lease; try again shortly."""
-
-    code = "EniBusy"
-    retryable = True
+class Action(StrEnum):
+    RETRY = "retry"
+    FAIL = "fail"
+    RESUME = "resume"
+    YIELD = "yield"
 
 
 class AlreadyMirroredError(MirrorqError):
@@ -43,33 +56,63 @@ class AlreadyMirroredError(MirrorqError):
     code = "AlreadyMirrored"
 
 
+class LeaseLostError(MirrorqError):
+    """The ENI's lease lapsed before the create was sent (the holder was cut off from Redis,
+    or stalled): nothing was sent; the next attempt takes the lease again and reads again."""
+
+    code = "LeaseLost"
+    retryable = True
+
+
+class SupersededError(MirrorqError):
+    """Another worker holds the job's run lease, or finished the job: it owns the record."""
+
+    code = "Superseded"
+
+
 @dataclass(frozen=True)
 class Failure:
     code: str
     message: str
-    retryable: bool
+    action: Action
+    operation: str | None = None  # the EC2 action that failed, when EC2 (or a proxy) answered
+
+    @property
+    def retryable(self) -> bool:
+        return self.action is Action.RETRY
 
     @property
     def throttled(self) -> bool:
         return self.code in THROTTLING_CODES
 
 
-def classify(error: BaseException) -> Failure:
-    """EC2's code and whether another attempt may succeed."""
+def classify(error: BaseException) -> Failure:  # noqa: PLR0911 - a return per row
+    """The table: what `error` is called, and what the worker does about it."""
+    if isinstance(error, SupersededError):
+        return Failure(error.code, str(error), Action.YIELD)
     if isinstance(error, MirrorqError):
-        return Failure(error.code, str(error), error.retryable)
+        return Failure(error.code, str(error), Action.RETRY if error.retryable else Action.FAIL)
+    if isinstance(error, RedisError):
+        return Failure("RedisUnavailable", f"{type(error).__name__}: {error}", Action.RESUME)
     if isinstance(error, ClientError):
         info = error.response.get("Error", {})
-        code = str(info.get("Code") or "Unknown")
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        retryable = code in TRANSIENT_CODES or (code == "Unknown" and status >= 500)
-        return Failure(code, str(info.get("Message") or error), retryable)
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        code = str(info.get("Code") or status or "Unknown")
+        transient = code in TRANSIENT_CODES or status >= 500 or status == TOO_MANY_REQUESTS
+        message = str(info.get("Message") or error)
+        return Failure(
+            code, message, Action.RETRY if transient else Action.FAIL, error.operation_name
+        )
+    if isinstance(error, ResponseParserError):
+        # A 200 or 5xx whose body is not EC2's XML: something in between answered, or the
+        # answer was cut short. The create may have been carried out; the token says.
+        return Failure("UnreadableResponse", str(error)[:300], Action.RETRY)
     if isinstance(error, ConnectionError | HTTPClientError | aiohttp.ClientError):
         # The request may or may not have reached EC2; the fixed ClientToken makes a retry safe.
-        return Failure("ConnectionError", type(error).__name__ + ": " + str(error), True)
+        return Failure("ConnectionError", f"{type(error).__name__}: {error}", Action.RETRY)
     if isinstance(error, asyncio.TimeoutError | TimeoutError):
-        return Failure("Timeout", "no answer from EC2 in time", True)
-    return Failure(type(error).__name__, str(error), False)
+        return Failure("Timeout", "no answer from EC2 in time", Action.RETRY)
+    return Failure(type(error).__name__, str(error), Action.FAIL)
 
 
 def is_transient(error: BaseException) -> bool:

@@ -1,24 +1,40 @@
-"""Running one job against EC2: the attempts, the retry policy and the outcome.
+"""One job's attempts against EC2 under the retry policy, and the record they end in.
 
-Pure of Celery: the task in tasks/jobs.py decodes the message and stores what this returns.
+Pure of Celery and of messages: worker/runner.py hands it a started record and stores what
+it returns. Every attempt sends exactly `record["request"]`, ClientToken included, so EC2
+can tell a retry from a new request. A job with SessionNumber `auto` reads its ENI's
+sessions and creates under the ENI's lease (worker/leases.py), so two jobs for one ENI,
+target and filter never both create.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
 from tenacity import RetryCallState
 
 from config import Settings
-from tasks.contract import AUTO, JobResult, JobStatus, utcnow
-from worker.errors import DRY_RUN_OK, AlreadyMirroredError, EniBusyError, classify
+from tasks import keys, records
+from tasks.records import JobResult
+from worker.errors import (
+    DRY_RUN_OK,
+    EC2_SAYS_NUMBER_TAKEN,
+    Action,
+    AlreadyMirroredError,
+    LeaseLostError,
+    classify,
+)
+from worker.leases import Lease, Leases
 from worker.ratelimit import Limiters, SharedRateLimiter
 from worker.retry import Sleep, retry_policy
-from worker.sessions import EniLeases, lowest_free_session_number, same_mirror
+from worker.sessions import plan_session_number
 
 if TYPE_CHECKING:  # stubs only: a development dependency
     from types_aiobotocore_ec2 import EC2Client
@@ -29,13 +45,28 @@ SLOW_SLOT_WARNING_EVERY_S = 60.0
 _last_slow_slot_warning = -SLOW_SLOT_WARNING_EVERY_S
 
 
+@dataclass(frozen=True)
+class Ec2:
+    """What a job's attempts use: the EC2 client, the shared limiters, the leases."""
+
+    client: EC2Client
+    limiters: Limiters
+    leases: Leases
+    settings: Settings
+
+    @property
+    def create_bound_s(self) -> float:
+        """The longest a create can take: a fenced lease must outlast it."""
+        return self.settings.connect_timeout_s + self.settings.read_timeout_s + 1.0
+
+
 def slow_slot_warning(waited_s: float, settings: Settings) -> str | None:
     """A slot wait long enough to threaten the visibility timeout, explained; else None.
 
     Every job a worker holds waits for its slot while its message stays unacked: when the
     fleet holds more jobs than the shared rate serves within the visibility timeout, Redis
-    hands messages still waiting to a second worker. Harmless (same tokens, finished jobs
-    are skipped) but wasteful, and a sign the fleet is sized past the account's rate.
+    hands messages still waiting to a second worker. Harmless (same tokens, and a copy waits
+    for the job's lease) but wasteful, and a sign the fleet is sized past the account's rate.
     """
     if waited_s < settings.visibility_timeout_s / 4:
         return None
@@ -47,7 +78,7 @@ def slow_slot_warning(waited_s: float, settings: Settings) -> str | None:
     )
 
 
-async def _take_slot(limiter: SharedRateLimiter | None, settings: Settings) -> None:
+async def take_slot(limiter: SharedRateLimiter | None, settings: Settings) -> None:
     global _last_slow_slot_warning  # noqa: PLW0603 - one warning a minute per process
     if limiter is None:
         return
@@ -58,15 +89,13 @@ async def _take_slot(limiter: SharedRateLimiter | None, settings: Settings) -> N
         log.warning(warning)
 
 
-async def _sessions_on(
-    client: EC2Client, eni_id: str, limiter: SharedRateLimiter | None, settings: Settings
-) -> list[dict[str, Any]]:
+async def sessions_on(ec2: Ec2, eni_id: str) -> list[dict[str, Any]]:
     """Every session on the ENI, a page at a time, each page a call paid for at the limiter."""
     sessions: list[dict[str, Any]] = []
     token: dict[str, Any] = {}
     while True:
-        await _take_slot(limiter, settings)
-        page = await client.describe_traffic_mirror_sessions(
+        await take_slot(ec2.limiters.describe, ec2.settings)
+        page = await ec2.client.describe_traffic_mirror_sessions(
             Filters=[{"Name": "network-interface-id", "Values": [eni_id]}], **token
         )
         sessions += [dict(s) for s in page.get("TrafficMirrorSessions", [])]
@@ -75,64 +104,40 @@ async def _sessions_on(
         token = {"NextToken": page["NextToken"]}
 
 
-async def _choose_session_number(
-    client: EC2Client,
-    record: JobResult,
-    kwargs: dict[str, Any],
-    save: Save,
-    limiter: SharedRateLimiter | None,
-    settings: Settings,
-) -> None:
-    """Resolve SessionNumber "auto" and record it before the first create is sent.
-
-    From then on every retry and redelivery sends identical parameters with the same token.
-    """
-    eni_id = kwargs["NetworkInterfaceId"]
-    existing = await _sessions_on(client, eni_id, limiter, settings)
-    mirrored = same_mirror(
-        existing, kwargs["TrafficMirrorTargetId"], kwargs["TrafficMirrorFilterId"]
-    )
-    if mirrored is not None:
-        raise AlreadyMirroredError(
-            f"{eni_id} is already mirrored to {kwargs['TrafficMirrorTargetId']} through "
-            f"{kwargs['TrafficMirrorFilterId']} by {mirrored['TrafficMirrorSessionId']}"
-        )
-    # With no number free (3 sessions is EC2's limit anyway) EC2 gives the precise answer.
-    kwargs["SessionNumber"] = lowest_free_session_number(s["SessionNumber"] for s in existing) or 1
-    record["request"] = dict(kwargs)
-    await save(record)
-
-
 async def execute_job(
-    client: EC2Client,
+    ec2: Ec2,
     record: JobResult,
-    settings: Settings,
     *,
     save: Save,
-    leases: EniLeases | None = None,
-    limiters: Limiters | None = None,
+    auto: bool,
+    alternatives: Sequence[str] = (),
     sleep: Sleep = asyncio.sleep,
 ) -> JobResult:
-    """Create the session described by `record["request"]`; return the finished record.
+    """Create the session `record["request"]` describes; return the finished record.
 
-    `record["request"]` already carries the job's ClientToken: every attempt sends exactly
-    these arguments, so EC2 can tell a retry from a new request. With `leases`, the job
-    holds its ENI's lease while it plans and creates (SessionNumber "auto"). With
-    `limiters`, every EC2 call first takes its slot from the fleet-wide rate limiter.
+    With `auto`, each create is preceded by a read of the ENI's sessions under the ENI's
+    lease (the same lease for as long as it is held: a retry does not read again), and the
+    create is fenced: sent only while that lease is still this job's.
+
+    Raises RedisError when Redis, where the job is recorded, is unreachable, and
+    SupersededError when another worker took the job over: nothing is decided then.
     """
-    limits = limiters or Limiters(create=None, describe=None)
-    kwargs: dict[str, Any] = dict(record["request"] or {})
-    eni_id: str = kwargs["NetworkInterfaceId"]
-    leased = False
+    settings = ec2.settings
+    eni_lease = keys.eni_lease(str((record["request"] or {})["NetworkInterfaceId"]))
+    holding: Lease | None = None
+    read_under: Lease | None = None
+    ours_maybe = False  # a session to this mirror carries our number: ours, if EC2 replays
 
-    async def publish_retry(state: RetryCallState) -> None:
+    async def on_retry(state: RetryCallState) -> None:
+        nonlocal record
         error = state.outcome.exception() if state.outcome else None
-        record["status"] = JobStatus.RETRYING.value
-        if error is not None:
-            failure = classify(error)
-            record["error"] = {"code": failure.code, "message": failure.message, "retryable": True}
-            if failure.throttled and limits.create is not None:
-                await limits.create.throttled()
+        if error is None:
+            return
+        failure = classify(error)
+        record = records.retrying(record, failure.code, failure.message)
+        limiter = ec2.limiters.of(failure.operation) if failure.throttled else None
+        if limiter is not None:
+            await limiter.throttled()
         await save(record)
 
     policy = retry_policy(
@@ -140,42 +145,51 @@ async def execute_job(
         backoff_base_s=settings.backoff_base_s,
         backoff_cap_s=settings.backoff_cap_s,
         sleep=sleep,
-        before_sleep=publish_retry,
+        before_sleep=on_retry,
     )
     try:
         async for attempt in policy:
             with attempt:
-                if leases is not None and not leased:
-                    if not await leases.acquire(eni_id, record["job_id"]):
-                        raise EniBusyError(f"another job is creating a session on {eni_id}")
-                    leased = True
-                if kwargs["SessionNumber"] == AUTO:
-                    await _choose_session_number(
-                        client, record, kwargs, save, limits.describe, settings
-                    )
-                await _take_slot(limits.create, settings)
-                record["attempts"] += 1
-                response = await client.create_traffic_mirror_session(**kwargs)
-    except Exception as error:  # every failure becomes the job's recorded outcome
+                await take_slot(ec2.limiters.create, settings)
+                if auto:
+                    if holding is None or holding.lost:
+                        holding = await ec2.leases.acquire(eni_lease)
+                    if read_under is not holding:
+                        request = dict(record["request"] or {})
+                        existing = await sessions_on(ec2, request["NetworkInterfaceId"])
+                        plan, ours_maybe = plan_session_number(existing, request, alternatives)
+                        if plan != request:
+                            record = records.planned(record, plan)
+                            await save(record)
+                        read_under = holding
+                    if not await ec2.leases.fence(holding, ec2.create_bound_s):
+                        raise LeaseLostError("the ENI's lease lapsed before the create was sent")
+                record = records.attempted(record)
+                response = await asyncio.wait_for(
+                    ec2.client.create_traffic_mirror_session(**(record["request"] or {})),
+                    ec2.create_bound_s,
+                )
+    except Exception as error:  # every failure but Redis's becomes the job's outcome
         failure = classify(error)
+        if failure.action in (Action.RESUME, Action.YIELD):
+            raise
         if failure.code == DRY_RUN_OK:
-            record.update({"status": JobStatus.DRY_RUN_OK.value, "error": None})
-        else:
-            record.update(
-                {
-                    "status": JobStatus.FAILED.value,
-                    "error": {
-                        "code": failure.code,
-                        "message": failure.message,
-                        "retryable": failure.retryable,
-                    },
-                }
-            )
-    else:
-        answer = {k: v for k, v in response.items() if k != "ResponseMetadata"}
-        record.update({"status": JobStatus.CREATED.value, "response": answer, "error": None})
+            return records.dry_run_ok(record)
+        if ours_maybe and failure.code == EC2_SAYS_NUMBER_TAKEN:
+            # A session to this mirror holds our number, and EC2 did not know our token: it
+            # is another job's. (Had it been ours, EC2 would have answered from the token.)
+            failure = classify(AlreadyMirroredError(_already(record)))
+        return records.failed(record, failure.code, failure.message, retryable=failure.retryable)
     finally:
-        if leased and leases is not None:
-            await leases.release(eni_id, record["job_id"])
-    record["finished_at"] = utcnow()
-    return record
+        if holding is not None:
+            with contextlib.suppress(RedisError):  # unreleased, it lapses within one TTL
+                await ec2.leases.release(holding)
+    return records.created(record, dict(response))
+
+
+def _already(record: JobResult) -> str:
+    request = record["request"] or {}
+    return (
+        f"{request.get('NetworkInterfaceId')} is already mirrored to "
+        f"{request.get('TrafficMirrorTargetId')} through {request.get('TrafficMirrorFilterId')}"
+    )

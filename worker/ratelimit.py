@@ -150,14 +150,20 @@ def _snapshot(state: dict[Any, Any], configured: float) -> RateSnapshot:
     )
 
 
+CREATE_ACTION = "CreateTrafficMirrorSession"
+DESCRIBE_ACTION = "DescribeTrafficMirrorSessions"
+
+
 @dataclass(frozen=True)
 class Limiters:
+    """One limiter per EC2 action: EC2 keeps a bucket per action, so each action's throttles
+    slow only that action."""
+
     create: SharedRateLimiter | None
     describe: SharedRateLimiter | None
 
-
-CREATE_ACTION = "CreateTrafficMirrorSession"
-DESCRIBE_ACTION = "DescribeTrafficMirrorSessions"
+    def of(self, action: str | None) -> SharedRateLimiter | None:
+        return {CREATE_ACTION: self.create, DESCRIBE_ACTION: self.describe}.get(action or "")
 
 
 def create_limiters(client: aioredis.Redis, settings: Settings) -> Limiters:

@@ -1,8 +1,8 @@
-"""One event loop and one long-lived aiobotocore EC2 client per worker process.
+"""One event loop, one long-lived aiobotocore EC2 client and one Redis pool per worker process.
 
 Celery's thread pool runs task bodies on threads; each hands its message's jobs to this loop
 as one coroutine, so every job in the process shares one client, one connection pool, one
-Redis connection pool and one loop.
+Redis pool and one loop.
 """
 
 from __future__ import annotations
@@ -21,14 +21,19 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from config import Settings
+from tasks.connections import async_pool
+from tasks.store import AsyncResultStore, ResultStore
+from worker.execute import Ec2
+from worker.leases import Leases
 from worker.ratelimit import SharedRateLimiter, create_limiters
-from worker.sessions import EniLeases
+from worker.redaction import redact_credentials
+from worker.runner import Worker
 
 if TYPE_CHECKING:  # stubs only: a development dependency
     from types_aiobotocore_ec2 import EC2Client
 
 T = TypeVar("T")
-SPARE_REDIS_CONNECTIONS = 4
+SPARE_REDIS_CONNECTIONS = 4  # the rate reporter and the lease renewer
 log = logging.getLogger(__name__)
 
 
@@ -43,9 +48,9 @@ def client_config(settings: Settings) -> AioConfig:
 
 
 class Ec2Runtime:
-    """The process's event loop thread and EC2 client; `run()` is safe from any thread."""
+    """The process's event loop thread and clients; `run()` is safe from any thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: ResultStore) -> None:
         self.settings = settings
         self.pid = os.getpid()
         self._loop = asyncio.new_event_loop()
@@ -54,44 +59,51 @@ class Ec2Runtime:
         )
         self._thread.start()
         self._stack = AsyncExitStack()
-        # Jobs running at once in this process, whatever the size of the messages they came in.
-        self.slots = asyncio.Semaphore(settings.concurrency)
         self._reporter: concurrent.futures.Future[None] | None = None
-        self.client: EC2Client = self.run(self._open())
-        # Made on the loop's thread: redis.asyncio's connections belong to the loop that uses them.
-        self.redis: aioredis.Redis = self.run(self._open_redis(settings.broker_url))
-        self.results_redis = (
-            self.redis
-            if settings.result_backend == settings.broker_url
-            else self.run(self._open_redis(settings.result_backend))
-        )
-        self.leases = EniLeases(self.redis, settings.job_deadline_s + settings.read_timeout_s)
-        self.limiters = create_limiters(self.redis, settings)
-        if self.limiters.create is not None:
+        self.worker: Worker = self.run(self._open(store))
+        if self.worker.ec2.limiters.create is not None:
             self._reporter = asyncio.run_coroutine_threadsafe(
-                _report_rate(self.limiters.create), self._loop
+                _report_rate(self.worker.ec2.limiters.create), self._loop
             )
 
-    async def _open(self) -> EC2Client:
+    async def _open(self, store: ResultStore) -> Worker:
+        """Everything is made on the loop's thread: redis.asyncio's connections belong to the
+        loop that uses them."""
+        settings = self.settings
         session = get_session()
-        client = session.create_client(
-            "ec2",
-            region_name=self.settings.region,
-            endpoint_url=self.settings.ec2_endpoint_url,
-            config=client_config(self.settings),
+        client: EC2Client = await self._stack.enter_async_context(
+            session.create_client(
+                "ec2",
+                region_name=settings.region,
+                endpoint_url=settings.ec2_endpoint_url,
+                config=client_config(settings),
+            )
         )
-        return await self._stack.enter_async_context(client)
+        credentials = await session.get_credentials()
+        if credentials is not None:
+            await redact_credentials(credentials)
+        broker = self._redis(settings.broker_url)
+        results = (
+            broker
+            if settings.result_backend == settings.broker_url
+            else self._redis(settings.result_backend)
+        )
+        leases = Leases(results, settings.lease_s)
+        self._stack.push_async_callback(leases.close)
+        ec2 = Ec2(client, create_limiters(broker, settings), leases, settings)
+        return Worker(
+            ec2=ec2,
+            store=AsyncResultStore(store, results),
+            # Jobs running at once, whatever the size of the messages they came in.
+            slots=asyncio.Semaphore(settings.concurrency),
+            ping=results.ping,
+        )
 
-    async def _open_redis(self, url: str) -> aioredis.Redis:
-        # A job holds at most one connection at a time, and `slots` admits `concurrency`
-        # jobs: a blocking pool of that size (and a few for the rate reporter) makes a burst
-        # wait for a connection instead of failing with "too many connections".
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=self.settings.concurrency + SPARE_REDIS_CONNECTIONS,
-            timeout=self.settings.read_timeout_s,
+    def _redis(self, url: str) -> aioredis.Redis:
+        # A job holds at most one connection at a time, and `slots` admits `concurrency` jobs.
+        client = async_pool(
+            url, self.settings, max_connections=self.settings.concurrency + SPARE_REDIS_CONNECTIONS
         )
-        client = aioredis.Redis.from_pool(pool)
         self._stack.push_async_callback(client.aclose)
         return client
 
@@ -139,12 +151,12 @@ _runtime: Ec2Runtime | None = None
 _runtime_lock = threading.Lock()
 
 
-def get_runtime(settings: Settings) -> Ec2Runtime:
+def get_runtime(settings: Settings, store: ResultStore) -> Ec2Runtime:
     """This process's runtime, created on first use (after any fork, never inherited)."""
     global _runtime  # noqa: PLW0603 - one runtime per process is the point
     with _runtime_lock:
         if _runtime is None or _runtime.pid != os.getpid():
-            _runtime = Ec2Runtime(settings)
+            _runtime = Ec2Runtime(settings, store)
             log.info(
                 "EC2 client ready (region %s, endpoint %s, %d connections)",
                 settings.region,

@@ -1,24 +1,15 @@
-"""Choosing a SessionNumber at run time, under a per-ENI lease held in Redis.
+"""SessionNumber `auto`: what to send, decided from the ENI's sessions read under its lease.
 
-Two jobs planning on the same ENI at once would both see the same lowest free number, or
-both see "not mirrored yet"; the lease makes planning and creating one step per ENI.
+Pure: worker/execute.py reads the sessions under the ENI's lease and sends what this says.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from tasks import keys
-from tasks.contract import SESSION_NUMBER_MAX
-
-# Compare-and-delete: only the job that holds a lease may release it.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+from tasks.contract import AUTO, SESSION_NUMBER_MAX
+from worker.errors import AlreadyMirroredError
 
 
 def lowest_free_session_number(used: Iterable[int]) -> int | None:
@@ -27,34 +18,44 @@ def lowest_free_session_number(used: Iterable[int]) -> int | None:
 
 
 def same_mirror(
-    sessions: Iterable[dict[str, Any]], target_id: str, filter_id: str
-) -> dict[str, Any] | None:
-    """The session that already mirrors to this target through this filter, if any."""
-    return next(
-        (
-            s
-            for s in sessions
-            if s["TrafficMirrorTargetId"] == target_id and s["TrafficMirrorFilterId"] == filter_id
-        ),
-        None,
-    )
+    sessions: Iterable[dict[str, Any]], target_ids: Iterable[str], filter_id: str
+) -> list[dict[str, Any]]:
+    """The sessions that already mirror to one of these targets through this filter."""
+    targets = set(target_ids)
+    return [
+        s
+        for s in sessions
+        if s["TrafficMirrorTargetId"] in targets and s["TrafficMirrorFilterId"] == filter_id
+    ]
 
 
-class EniLeases:
-    def __init__(self, client: aioredis.Redis, ttl_s: float) -> None:
-        self._redis = client
-        self._ttl_ms = int(ttl_s * 1000)
+def plan_session_number(
+    sessions: list[dict[str, Any]], request: dict[str, Any], alternatives: Sequence[str] = ()
+) -> tuple[dict[str, Any], bool]:
+    """The request to send, and whether a session found may be this job's own.
 
-    async def acquire(self, eni_id: str, job_id: str) -> bool:
-        """Take the ENI's lease, or keep it if this job already holds it (a redelivery)."""
-        key = keys.eni_lease(eni_id)
-        if await self._redis.set(key, job_id, nx=True, px=self._ttl_ms):
-            return True
-        holder = await self._redis.get(key)
-        if holder in (job_id, job_id.encode()):
-            await self._redis.pexpire(key, self._ttl_ms)
-            return True
-        return False
-
-    async def release(self, eni_id: str, job_id: str) -> None:
-        await self._redis.eval(_RELEASE, 1, keys.eni_lease(eni_id), job_id)
+    A job that chose no number yet has sent nothing: any session to its mirror (its target,
+    or one of the rule's `alternatives`, through its filter) is another's, and the job is
+    refused (AlreadyMirrored). A job that chose a number before (a redelivery, or a lease
+    lost) may have created its session with it: a session to its target with that number
+    may be its own, and resending with its token tells (EC2 answers from the token's record,
+    or refuses the number). A session to the mirror with any other number is not its own.
+    """
+    target, filter_id = request["TrafficMirrorTargetId"], request["TrafficMirrorFilterId"]
+    same = same_mirror(sessions, [target, *alternatives], filter_id)
+    number = request["SessionNumber"]
+    used = [int(s["SessionNumber"]) for s in sessions]
+    if number != AUTO:
+        if any(s["SessionNumber"] == number and s["TrafficMirrorTargetId"] == target for s in same):
+            return request, True
+        if not same and number not in used:
+            return request, False
+    if same:
+        raise AlreadyMirroredError(
+            f"{request['NetworkInterfaceId']} is already mirrored to "
+            f"{same[0]['TrafficMirrorTargetId']} through {filter_id} by "
+            f"{same[0]['TrafficMirrorSessionId']}"
+        )
+    # Our number (if any) went to another mirror: our create never took effect with it. With
+    # no number free (3 sessions is EC2's limit anyway) EC2 gives the precise answer.
+    return {**request, "SessionNumber": lowest_free_session_number(used) or 1}, False

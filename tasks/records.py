@@ -1,0 +1,165 @@
+"""A job's record: its statuses, its shape, and the only functions that change it.
+
+A record moves `queued` → `running` (→ `retrying` → `running`)* → `created` | `failed` |
+`dry_run_ok`. Each step is a small pure function here that returns the next record; the
+result store (tasks/store.py) writes what they return, and nothing else edits a record.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, NotRequired, TypedDict
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    CREATED = "created"
+    FAILED = "failed"
+    DRY_RUN_OK = "dry_run_ok"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.CREATED, JobStatus.FAILED, JobStatus.DRY_RUN_OK})
+# The order statuses are shown in (tables, progress lines, metrics).
+STATUS_ORDER = (
+    JobStatus.QUEUED,
+    JobStatus.RUNNING,
+    JobStatus.RETRYING,
+    JobStatus.CREATED,
+    JobStatus.DRY_RUN_OK,
+    JobStatus.FAILED,
+)
+
+
+class JobError(TypedDict):
+    code: str  # EC2's error code, or mirrorq's own (InvalidJob, AlreadyMirrored, ...)
+    message: str
+    retryable: bool  # on a failed job: its deadline ran out on a transient error
+
+
+class JobResult(TypedDict):
+    """What `mirrorq status` prints and the result backend holds for every job."""
+
+    job_id: str
+    batch_id: str | None
+    status: JobStatus
+    attempts: int  # CreateTrafficMirrorSession calls made, across retries and redeliveries
+    client_token: str | None
+    request: dict[str, Any] | None  # the request syntax as executed
+    response: dict[str, Any] | None  # EC2's answer, verbatim
+    error: JobError | None
+    submitted_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    rule: NotRequired[str | None]  # the policy rule that made the job
+    event_id: NotRequired[str | None]  # the EventBridge event that made the job
+
+
+def utcnow() -> str:
+    """Timestamps in records: UTC, ISO 8601, milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def is_terminal(record: JobResult | None) -> bool:
+    return record is not None and JobStatus(record["status"]) in TERMINAL_STATUSES
+
+
+def loaded(raw: dict[str, Any]) -> JobResult:
+    """A record read back from JSON, its status typed again."""
+    record: Any = dict(raw)
+    record["status"] = JobStatus(record["status"])
+    return record  # type: ignore[no-any-return]
+
+
+def accepted(
+    job_id: str,
+    request: dict[str, Any] | None,
+    *,
+    batch_id: str | None = None,
+    submitted_at: str | None = None,
+    origin: dict[str, str | None] | None = None,
+) -> JobResult:
+    """A new job, `queued`: its ClientToken is the request's, fixed from now on."""
+    record: JobResult = {
+        "job_id": job_id,
+        "batch_id": batch_id,
+        "status": JobStatus.QUEUED,
+        "attempts": 0,
+        "client_token": (request or {}).get("ClientToken"),
+        "request": request,
+        "response": None,
+        "error": None,
+        "submitted_at": submitted_at,
+        "started_at": None,
+        "finished_at": None,
+    }
+    if origin:
+        record["rule"] = origin.get("rule")
+        record["event_id"] = origin.get("event_id")
+    return record
+
+
+def started(record: JobResult, request: dict[str, Any]) -> JobResult:
+    """A worker runs the job with `request` (its token included) from now on."""
+    return {
+        **record,
+        "status": JobStatus.RUNNING,
+        "request": request,
+        "client_token": request.get("ClientToken"),
+        "started_at": record["started_at"] or utcnow(),
+    }
+
+
+def planned(record: JobResult, request: dict[str, Any]) -> JobResult:
+    """SessionNumber `auto` resolved: every attempt from now on sends exactly `request`."""
+    return {**record, "request": request}
+
+
+def attempted(record: JobResult) -> JobResult:
+    """One more CreateTrafficMirrorSession call is on its way."""
+    return {**record, "attempts": record["attempts"] + 1}
+
+
+def retrying(record: JobResult, code: str, message: str) -> JobResult:
+    return {
+        **record,
+        "status": JobStatus.RETRYING,
+        "error": {"code": code, "message": message, "retryable": True},
+    }
+
+
+def created(record: JobResult, response: dict[str, Any]) -> JobResult:
+    answer = {k: v for k, v in response.items() if k != "ResponseMetadata"}
+    return _finished(record, JobStatus.CREATED, response=answer)
+
+
+def dry_run_ok(record: JobResult) -> JobResult:
+    return _finished(record, JobStatus.DRY_RUN_OK)
+
+
+def failed(record: JobResult, code: str, message: str, *, retryable: bool = False) -> JobResult:
+    return _finished(
+        record,
+        JobStatus.FAILED,
+        error={"code": code, "message": message, "retryable": retryable},
+    )
+
+
+def _finished(
+    record: JobResult,
+    status: JobStatus,
+    *,
+    response: dict[str, Any] | None = None,
+    error: JobError | None = None,
+) -> JobResult:
+    now = utcnow()
+    return {
+        **record,
+        "status": status,
+        "response": response,
+        "error": error,
+        "started_at": record["started_at"] or now,
+        "finished_at": now,
+    }

@@ -1,0 +1,92 @@
+"""No credential, session token or signature in any log line, at any level.
+
+botocore at DEBUG prints each request's headers (the access key id inside `Authorization`,
+`X-Amz-Security-Token`), the canonical request and the signature. Every log record made in
+a mirrorq process passes through `RedactSecrets` (installed as the record factory, so no
+handler or logger can be missed): the patterns below, and the process's own credentials by
+value, wherever they appear, become `***`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+MASK = "***"
+_PATTERNS = [
+    # Authorization: AWS4-HMAC-SHA256 Credential=AKID/date/region/service/aws4_request
+    re.compile(r"(Credential=)[^/\s,'\"]+"),
+    # Authorization: ..., Signature=<hex>; and botocore.auth's "Signature:\n<hex>"
+    re.compile(r"(Signature[=:]\s*)[0-9a-fA-F]{16,}"),
+    # The session token as a header (dict repr, canonical request line) or query parameter.
+    re.compile(r"((?i:x-amz-security-token)['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,}&]+"),
+    # Credentials by name, as a dict, an env line or a config file would hold them.
+    re.compile(
+        r"((?i:aws_access_key_id|aws_secret_access_key|aws_session_token|accesskeyid|"
+        r"secretaccesskey|sessiontoken|secret_key|access_key|token)['\"]?\s*[:=]\s*b?['\"]?)"
+        r"[^'\"\s,}]+"
+    ),
+    # Access key ids, wherever they turn up.
+    re.compile(r"()\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|APKA)[A-Z0-9]{12,}\b"),
+]
+
+
+class RedactSecrets:
+    """Masks secrets in log records; `remember()` adds this process's own credentials."""
+
+    def __init__(self) -> None:
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def remember(self, *secrets: str | None) -> None:
+        with self._lock:
+            self._known |= {s for s in secrets if s and len(s) >= 4}
+
+    def redact(self, text: str) -> str:
+        for secret in sorted(self._known, key=len, reverse=True):
+            text = text.replace(secret, MASK)
+        for pattern in _PATTERNS:
+            text = pattern.sub(lambda m: m.group(1) + MASK, text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the record in place (its message, and its traceback text); keep it."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: logging reports it; don't make it worse
+            return True
+        record.msg, record.args = self.redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+REDACTOR = RedactSecrets()
+_installed = False
+
+
+def install() -> None:
+    """Route every log record of this process through the redactor (idempotent)."""
+    global _installed  # noqa: PLW0603 - one record factory per process
+    if _installed:
+        return
+    make_record = logging.getLogRecordFactory()
+
+    def redacted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        REDACTOR.filter(record)
+        return record
+
+    logging.setLogRecordFactory(redacted)
+    _installed = True
+
+
+async def redact_credentials(credentials: Any) -> None:
+    """Remember aiobotocore credentials by value (a refreshed token is still caught by the
+    patterns, wherever botocore prints it)."""
+    frozen = await credentials.get_frozen_credentials()
+    REDACTOR.remember(frozen.access_key, frozen.secret_key, frozen.token)

@@ -1,0 +1,140 @@
+"""The lost-message repair: accepted jobs whose message is gone are published again.
+
+kombu's Redis transport pops a message before it records it as unacked, so a worker killed
+in between loses it; a Redis crash can lose the last second of writes. Every accepted job
+stays in the pending index until it finishes. Every few seconds one worker of the fleet (a
+Redis lock decides which) looks at the jobs pending longer than `lost_after_s` and publishes
+again each one that is nowhere: not waiting in the queue, not in a message a worker holds,
+not running under a live run lease. A job must look lost twice in a row (one sweep could race
+a worker that just popped it). Publishing again is safe: the job keeps its id and token, a
+finished job is never run twice, and a copy never runs beside a running job.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from config import Settings
+from tasks import keys
+from tasks.contract import BATCH_TASK_NAME, QUEUE
+from tasks.records import JobResult
+from tasks.store import ResultStore
+
+log = logging.getLogger(__name__)
+SCAN = 1000  # pending jobs looked at per sweep
+Publish = Callable[[JobResult], None]
+
+
+def held_job_ids(unacked: list[bytes]) -> set[str]:
+    """The jobs in the messages workers hold unacked (values of kombu's `unacked` hash: the
+    raw message, exchange and routing key). A batch message holds several, in its body."""
+    held: set[str] = set()
+    for value in unacked:
+        try:
+            message = json.loads(value)[0]
+            headers = message["headers"]
+            held.add(headers["id"])
+            if headers.get("task") == BATCH_TASK_NAME:
+                body = message["body"]
+                if message["properties"].get("body_encoding") == "base64":
+                    body = base64.b64decode(body)
+                _, kwargs, _ = json.loads(body)
+                held.update(str(job["job_id"]) for job in kwargs["jobs"])
+        except (ValueError, LookupError, TypeError, RecursionError):
+            continue  # not a message mirrorq sent
+    return held
+
+
+def repair_lost_jobs(
+    broker: redis.Redis, store: ResultStore, publish: Publish, lost_after_s: float
+) -> list[str]:
+    """Publish again the accepted jobs whose message is gone; return their ids."""
+    results = store.client
+    if broker.llen(QUEUE):
+        return []  # jobs are waiting in the queue: nothing looks lost while they do
+    cutoff = time.time() - lost_after_s
+    candidates = [
+        _text(j) for j in results.zrangebyscore(keys.PENDING, "-inf", cutoff, start=0, num=SCAN)
+    ]
+    if not candidates:
+        results.delete(keys.REPAIR_SUSPECTS)
+        return []
+    held = held_job_ids([_bytes(v) for v in broker.hvals(keys.KOMBU_UNACKED)])
+    with results.pipeline(transaction=False) as pipe:
+        for job_id in candidates:
+            pipe.exists(keys.job_lease(job_id))
+        running = {j for j, leased in zip(candidates, pipe.execute(), strict=True) if leased}
+    suspects = {_text(s) for s in results.smembers(keys.REPAIR_SUSPECTS)}
+    lost: list[JobResult] = []
+    now_suspect: list[str] = []
+    for job_id, record in zip(candidates, store.load_many(candidates), strict=True):
+        if record is None or store.is_terminal(record):
+            results.zrem(keys.PENDING, job_id)  # finished (or expired): not pending any more
+        elif job_id in held or job_id in running:
+            continue
+        elif job_id in suspects:
+            lost.append(record)
+        else:
+            now_suspect.append(job_id)
+    for record in lost:
+        publish(record)
+    with results.pipeline(transaction=False) as pipe:
+        pipe.delete(keys.REPAIR_SUSPECTS)
+        if now_suspect:
+            pipe.sadd(keys.REPAIR_SUSPECTS, *now_suspect)
+            pipe.expire(keys.REPAIR_SUSPECTS, int(max(lost_after_s, 1) * 10))
+        pipe.execute()
+    return [r["job_id"] for r in lost]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+class Repairer:
+    """The repair loop, on a thread of its own in every worker process."""
+
+    def __init__(
+        self, broker: redis.Redis, store: ResultStore, publish: Publish, settings: Settings
+    ) -> None:
+        self._broker = broker
+        self._store = store
+        self._publish = publish
+        self._settings = settings
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="mirrorq-repair", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        interval = self._settings.repair_interval_s
+        while not self._stop.wait(interval):
+            try:
+                # One worker of the fleet sweeps at a time.
+                if not self._store.client.set(
+                    keys.REPAIR_LOCK, "1", nx=True, px=int(interval * 900)
+                ):
+                    continue
+                for job_id in repair_lost_jobs(
+                    self._broker, self._store, self._publish, self._settings.lost_after_s
+                ):
+                    log.warning(
+                        "job %s was accepted but its message was lost; published again", job_id
+                    )
+            except Exception:  # a Redis hiccup must not end the repairs
+                log.warning("lost-job repair failed; will try again", exc_info=True)
