@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from config import get_emulator_settings
+from tasks.records import JobStatus
 
 EXIT_FAILED = 1  # a job or batch ended with failures
 EXIT_USAGE = 2  # usage or input error (click uses 2 for usage errors too)
@@ -25,6 +26,9 @@ def _echo_json(payload: Any) -> None:
 @click.version_option(package_name="mirrorq")
 def main() -> None:
     """mirrorq: create EC2 Traffic Mirror sessions through a job queue, exactly once each."""
+    from worker.redaction import install
+
+    install()  # no credential, token or signature in any log line of any mirrorq process
 
 
 def _read_job(text: str) -> str:
@@ -38,7 +42,7 @@ def _fail_input(message: str) -> NoReturn:
 
 def _exit_for(record: dict[str, Any]) -> None:
     _echo_json(record)
-    sys.exit(EXIT_FAILED if record["status"] == "failed" else 0)
+    sys.exit(EXIT_FAILED if record["status"] == JobStatus.FAILED else 0)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -54,7 +58,11 @@ def worker(celery_args: tuple[str, ...]) -> None:
     """
     from tasks.jobs import app  # the app with the task registered
 
-    app.worker_main(["worker", "--loglevel", "INFO", *celery_args])
+    # Gossip and mingle are Celery's worker-to-worker chatter over the broker; mirrorq's
+    # workers coordinate through Redis keys instead, and mingle costs a second at start.
+    app.worker_main(
+        ["worker", "--loglevel", "INFO", "--without-gossip", "--without-mingle", *celery_args]
+    )
 
 
 @main.command()
@@ -71,8 +79,8 @@ def submit(job: str, wait: bool, idempotency_key: str | None, timeout: float) ->
 
     Prints the job id, or with --wait the result JSON (exit 1 if the job failed).
     """
-    from tasks.contract import InvalidJobError
-    from tasks.producer import IdempotencyConflictError, Producer
+    from tasks.errors import IdempotencyConflictError, InvalidJobError
+    from tasks.producer import Producer
 
     producer = Producer()
     try:
@@ -126,13 +134,14 @@ def batch_submit(file: Path, fmt: str | None) -> None:
     listed with its number, and nothing is queued (exit 2).
     """
     from tasks.batches import BatchFileError, read_jobs
+    from tasks.errors import describe
     from tasks.producer import Producer
 
     try:
         jobs = read_jobs(file, fmt)
     except BatchFileError as error:
         for line_error in error.errors:
-            click.echo(f"{file}: {line_error}", err=True)
+            click.echo(f"{file}: {describe(line_error)}", err=True)
         click.echo(
             f"mirrorq: {file} refused: {len(error.errors)} error(s); nothing was queued", err=True
         )
@@ -170,79 +179,22 @@ def batch_status(batch_id: str, watch: bool, as_json: bool) -> None:
     sys.exit(EXIT_FAILED if status["finished_at"] and status["counts"].get("failed") else 0)
 
 
-RESULT_COLUMNS = (
-    "job_id",
-    "status",
-    "attempts",
-    "NetworkInterfaceId",
-    "TrafficMirrorTargetId",
-    "TrafficMirrorFilterId",
-    "SessionNumber",
-    "TrafficMirrorSessionId",
-    "error_code",
-    "error_message",
-    "client_token",
-    "submitted_at",
-    "started_at",
-    "finished_at",
-)
-
-
-def _result_row(record: dict[str, Any]) -> dict[str, Any]:
-    request = record.get("request") or {}
-    session = (record.get("response") or {}).get("TrafficMirrorSession") or {}
-    error = record.get("error") or {}
-    return {
-        **{
-            k: record.get(k)
-            for k in (
-                "job_id",
-                "status",
-                "attempts",
-                "client_token",
-                "submitted_at",
-                "started_at",
-                "finished_at",
-            )
-        },
-        **{
-            k: request.get(k)
-            for k in (
-                "NetworkInterfaceId",
-                "TrafficMirrorTargetId",
-                "TrafficMirrorFilterId",
-                "SessionNumber",
-            )
-        },
-        "TrafficMirrorSessionId": session.get("TrafficMirrorSessionId"),
-        "error_code": error.get("code"),
-        "error_message": error.get("message"),
-    }
-
-
 @batch.command("results")
 @click.argument("batch_id")
 @click.option(
     "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
 )
 def batch_results(batch_id: str, fmt: str) -> None:
-    """One result per job, in submission order."""
-    import csv
-
+    """One result per job, in submission order (CSV cells that a spreadsheet would run as
+    a formula are prefixed with ')."""
+    from mirrorq.export import export_lines
     from tasks.producer import Producer
 
     producer = Producer()
     if producer.batch_status(batch_id) is None:
         _fail_input(f"no batch {batch_id} (unknown id, or its record expired)")
-    records = producer.batch_results(batch_id)
-    if fmt == "jsonl":
-        for record in records:
-            _echo_json(record)
-        return
-    writer = csv.DictWriter(sys.stdout, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for record in records:
-        writer.writerow(_result_row(dict(record)))
+    for line in export_lines(producer.batch_results(batch_id), fmt):
+        sys.stdout.write(line)
 
 
 def _pairs(values: tuple[str, ...], option: str) -> tuple[tuple[str, str], ...]:
@@ -304,7 +256,8 @@ def mirror(
     from mirrorq.bulk import Ec2Inventory, Selectors, job_requests
     from mirrorq.progress import counts_table
     from mirrorq.progress import watch as follow
-    from tasks.contract import InvalidJobError, parse_request
+    from tasks.contract import parse_request
+    from tasks.errors import InvalidJobError
     from tasks.producer import Producer
 
     selectors = Selectors(vpc, subnet, _pairs(tag, "--tag"), instance, eni)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -18,8 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from tasks.producer import Producer
-
-STATUS_ORDER = ("queued", "running", "retrying", "created", "dry_run_ok", "failed")
+from tasks.records import STATUS_ORDER
 
 
 def counts_table(status: dict[str, Any]) -> Table:
@@ -88,9 +88,14 @@ def watch(
                 completed=status["done"],
                 counts=_line(status),
                 rate=f"{rate:.0f} jobs/s" if rate else "",
-                ec2=rate_line(producer),
             )
             if status["finished_at"]:
                 return status
             time.sleep(interval)
-            status = producer.batch_status(batch_id) or status
+            try:
+                status = producer.batch_status(batch_id) or status
+                ec2_line = rate_line(producer)
+            except RedisError:
+                # Redis is restarting: the batch goes on (workers wait for it too); so do we.
+                ec2_line = "[yellow]Redis unreachable: waiting for it"
+            progress.update(bar, ec2=ec2_line)
