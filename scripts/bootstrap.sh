@@ -19,8 +19,10 @@ then
     apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
   fi
   mkdir -p /var/lib/redis /var/log/redis
-  # Same flags as the machine image: loopback only, nothing persisted.
+  # Loopback only, with an append-only file fsynced every second: the queue, unacked
+  # messages, records, leases and batches survive a restart (README, "What survives").
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
-    --appendonly no --dir /var/lib/redis --logfile /var/log/redis/mirrorq.log
+    --appendonly yes --appendfsync everysec --dir /var/lib/redis \
+    --logfile /var/log/redis/mirrorq.log
   for _ in $(seq 50); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
