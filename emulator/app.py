@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
+from moto.iam.models import get_account_id_from
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.test import EnvironBuilder
 
@@ -43,7 +44,7 @@ Environ = dict[str, Any]
 Reply = tuple[str, list[tuple[str, str]], bytes]
 
 _CREDENTIAL_SCOPE = re.compile(
-    r"Credential=[^/]+/\d{8}/(?P<region>[a-z0-9-]+)/(?P<service>[a-z0-9-]+)/"
+    r"Credential=(?P<key>[^/]+)/\d{8}/(?P<region>[a-z0-9-]+)/(?P<service>[a-z0-9-]+)/"
 )
 _ERROR_CODE = re.compile(rb"<Code>([^<]+)</Code>")
 _JSON_ERROR_TYPE = re.compile(rb'"__type"\s*:\s*"(?:[^"#]*#)?([^"]+)"')
@@ -73,6 +74,19 @@ class Stats:
 def region_of(environ: Environ) -> str:
     match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
     return match["region"] if match else "us-east-1"
+
+
+def account_of(environ: Environ) -> str:
+    """The account moto serves a request in: an assumed role's (STS AssumeRole), else the default.
+
+    The checks must read the backend moto will write to, or a session created with a role's
+    credentials would be validated against another account's ENIs.
+    """
+    header: str | None = environ.get("HTTP_X_MOTO_ACCOUNT_ID")
+    if header:
+        return header
+    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return get_account_id_from(match["key"]) if match else DEFAULT_ACCOUNT_ID
 
 
 def service_of(environ: Environ) -> str | None:
@@ -158,11 +172,15 @@ class EmulatorApp:
             if self.faults.roll(plan.error_rate):
                 raise self._injected_error()
             drop = self.faults.roll(plan.drop_rate)
-        region = region_of(environ)
+        account, region = account_of(environ), region_of(environ)
         with self._lock:
-            recorded = None if is_dry_run(params) else self.mirroring.replay(region, action, params)
+            recorded = (
+                None
+                if is_dry_run(params)
+                else self.mirroring.replay(account, region, action, params)
+            )
             if recorded is None:
-                backend = ec2_backends[DEFAULT_ACCOUNT_ID][region]
+                backend = ec2_backends[account][region]
                 extra = self.mirroring.check(action, backend, params)
                 if is_dry_run(params):
                     raise dry_run_ok()
@@ -172,7 +190,11 @@ class EmulatorApp:
                 status, headers, out = self._call_moto(environ, self._ec2)
                 if status.startswith("2"):
                     self.mirroring.remember(
-                        region, action, params, Recorded(fingerprint(params), status, headers, out)
+                        account,
+                        region,
+                        action,
+                        params,
+                        Recorded(fingerprint(params), status, headers, out),
                     )
                 outcome = _outcome(status, out)
             else:

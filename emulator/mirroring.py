@@ -119,7 +119,7 @@ class TrafficMirroring:
     """Validation and ClientToken records for the Traffic Mirroring create calls."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._records: dict[tuple[str, str, str], Recorded] = {}
+        self._records: dict[tuple[str, str, str, str], Recorded] = {}
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
 
@@ -129,7 +129,9 @@ class TrafficMirroring:
 
     # ClientToken idempotency ------------------------------------------------------------
 
-    def replay(self, region: str, action: str, params: dict[str, str]) -> Recorded | None:
+    def replay(
+        self, account: str, region: str, action: str, params: dict[str, str]
+    ) -> Recorded | None:
         """The recorded answer for this token, or None when the token is new.
 
         Raises IdempotentParameterMismatch when the token was used with other parameters.
@@ -142,7 +144,7 @@ class TrafficMirroring:
                 f"ClientToken must be at most {MAX_CLIENT_TOKEN} characters, got {len(token)}."
             )
         with self._lock:
-            recorded = self._records.get((region, action, token))
+            recorded = self._records.get((account, region, action, token))
         if recorded is not None and recorded.fingerprint != fingerprint(params):
             raise EC2Error(
                 "IdempotentParameterMismatch",
@@ -150,11 +152,13 @@ class TrafficMirroring:
             )
         return recorded
 
-    def remember(self, region: str, action: str, params: dict[str, str], answer: Recorded) -> None:
+    def remember(
+        self, account: str, region: str, action: str, params: dict[str, str], answer: Recorded
+    ) -> None:
         token = params.get("ClientToken")
         if token is not None:
             with self._lock:
-                self._records[(region, action, token)] = answer
+                self._records[(account, region, action, token)] = answer
 
     # Validation -------------------------------------------------------------------------
 
