@@ -30,6 +30,7 @@ from werkzeug.test import EnvironBuilder
 
 from emulator import moto_ext
 from emulator.errors import EC2Error, dry_run_ok, throttled
+from emulator.events import EventFeed
 from emulator.faults import Faults
 from emulator.mirroring import (
     IDEMPOTENT_ACTIONS,
@@ -108,11 +109,12 @@ def _json(start_response: StartResponse, status: str, payload: Any) -> list[byte
 
 
 class EmulatorApp:
-    def __init__(self, faults: Faults) -> None:
+    def __init__(self, faults: Faults, events_queue: str | None = None) -> None:
         moto_ext.install()
         self.faults = faults
         self.stats = Stats()
         self.mirroring = TrafficMirroring()
+        self.events = EventFeed(events_queue)
         self._moto = DomainDispatcherApplication(create_backend_app)
         # Going straight to a service's moto app skips the dispatcher's per-request scan of
         # moto's modules (a tenth of the emulator's CPU).
@@ -156,6 +158,17 @@ class EmulatorApp:
         except EC2Error as error:
             return self._error(action, error, start_response)
         self.stats.count(action, _outcome(status, out))
+        if status.startswith("2"):
+            # Sent before the answer, so a client that hears "ok" finds the events queued.
+            self.events.after_call(
+                action,
+                params,
+                out,
+                account=account_of(environ),
+                region=region_of(environ),
+                source_ip=environ.get("REMOTE_ADDR", "127.0.0.1"),
+                user_agent=environ.get("HTTP_USER_AGENT", ""),
+            )
         start_response(status, headers)
         return [out]
 
@@ -245,10 +258,13 @@ class EmulatorApp:
 
     def _control(self, path: str, environ: Environ, start_response: StartResponse) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
-        if path == "/_mirrorq/stats" and method == "GET":
-            return _json(start_response, "200 OK", self.stats.snapshot())
-        if path == "/_mirrorq/faults" and method == "GET":
-            return _json(start_response, "200 OK", self.faults.as_dict())
+        reads: dict[str, Callable[[], dict[str, Any]]] = {
+            "/_mirrorq/stats": self.stats.snapshot,
+            "/_mirrorq/faults": self.faults.as_dict,
+            "/_mirrorq/events": lambda: self.events.as_dict(_base_url(environ)),
+        }
+        if method == "GET" and path in reads:
+            return _json(start_response, "200 OK", reads[path]())
         if path == "/_mirrorq/faults" and method in ("POST", "PUT"):
             raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
             try:
@@ -269,6 +285,7 @@ class EmulatorApp:
         with self._lock, moto_ext.SQS_LOCK:
             self._call_moto(EnvironBuilder(path="/moto-api/reset", method="POST").get_environ())
             self.mirroring.reset()
+            self.events.reset()
             self.stats.reset()
             self.faults.refill()
 
@@ -279,6 +296,11 @@ _REASONS = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+def _base_url(environ: Environ) -> str:
+    """This server as the client reached it, as moto builds its queue URLs."""
+    return f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', 'localhost')}"
 
 
 def _call(app: Any, environ: Environ) -> Reply:
