@@ -30,7 +30,8 @@ def lab(emulator: EmulatorProcess) -> Lab:
 def job(lab: Lab, eni: int, **extra: Any) -> dict[str, Any]:
     return {
         "NetworkInterfaceId": lab["eni_ids"][eni],
-        "TrafficMirrorTargetId": lab["target_ids"]["eni"],
+        # The NLB target: an instance's ENI takes sessions from 10 sources at most.
+        "TrafficMirrorTargetId": lab["target_ids"]["nlb"],
         "TrafficMirrorFilterId": lab["filter_id"],
         "SessionNumber": 1,
         **extra,
