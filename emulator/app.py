@@ -1,11 +1,5 @@
 """The emulator's WSGI app: moto's EC2 behind a layer of EC2 fidelity and fault injection,
-and moto's SQS and STS beside it on the same endpoint.
-
-Requests flow: control paths (`/_mirrorq/...`) → the service named by the SigV4 credential
-scope (or `X-Amz-Target`). EC2 calls go through throttling → for the Traffic Mirroring
-create calls, injected faults, ClientToken replay and validation → moto. Describe* calls
-are never throttled or faulted: tests count what really exists through them. SQS and STS
-calls go straight to moto, never throttled or faulted.
+with moto's SQS and STS on the same endpoint.
 """
 
 from __future__ import annotations
@@ -109,6 +103,14 @@ def _json(start_response: StartResponse, status: str, payload: Any) -> list[byte
 
 
 class EmulatorApp:
+    """Control paths (`/_mirrorq/...`), else the service the SigV4 scope (or X-Amz-Target) names.
+
+    EC2 calls go through throttling → for the Traffic Mirroring create calls, injected
+    faults, ClientToken replay and validation → moto → events. Describe* calls are never
+    throttled or faulted: tests count what really exists through them. SQS and STS calls go
+    straight to moto, never throttled or faulted.
+    """
+
     def __init__(self, faults: Faults, events_queue: str | None = None) -> None:
         moto_ext.install()
         self.faults = faults

@@ -1,7 +1,5 @@
-"""The EventBridge events EC2 sends, put into an SQS queue as a rule with an SQS target would.
-
-Instance state changes after RunInstances and StartInstances, CloudTrail API-call events
-after CreateNetworkInterface and AttachNetworkInterface; each message body is the event.
+"""The EventBridge events EC2 would send after the emulator's successful calls, put into an
+SQS queue as an EventBridge rule with an SQS target delivers them (the body is the event).
 """
 
 from __future__ import annotations
@@ -320,11 +318,12 @@ class EventFeed:
 
     def reset(self) -> None:
         """After moto's reset: the queue again, empty, in every Region that had it."""
-        with moto_ext.SQS_LOCK:
-            for region in sorted(self._regions):
-                self._ensure_queue(region)
         with self._lock:
+            regions = sorted(self._regions)
             self._sent.clear()
+        with moto_ext.SQS_LOCK:
+            for region in regions:
+                self._ensure_queue(region)
 
     def as_dict(self, endpoint_url: str) -> dict[str, Any]:
         with self._lock:
@@ -344,5 +343,6 @@ class EventFeed:
             backend.get_queue(self.queue_name)
         except QueueDoesNotExist:
             backend.create_queue(self.queue_name)
-        self._regions.add(region)
+        with self._lock:
+            self._regions.add(region)
         return backend
