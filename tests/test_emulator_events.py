@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import threading
 import time
 import uuid
@@ -19,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from emulator.lab import LAB_IMAGE_ID, lab_client, lab_sqs_client, seed_lab
 from emulator.mirroring import largest_instance_types
-from mirrorq.processes import EmulatorProcess
+from mirrorq.processes import MIRRORQ, EmulatorProcess
 
 SAMPLES = Path(__file__).parent / "events"
 QUEUE = "mirrorq-events"
@@ -254,6 +255,18 @@ def test_ready_line_and_control_endpoint_name_the_queue(
     }
     # A reset empties the queue but keeps it, so a listener polling it carries on.
     assert sqs.get_queue_url(QueueName=QUEUE)["QueueUrl"] == queue_url
+
+
+def test_an_events_queue_must_be_a_standard_queues_name() -> None:
+    refused = subprocess.run(
+        [*MIRRORQ, "emulator", "--port", "0", "--events-queue", "events.fifo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "--events-queue" in refused.stderr
 
 
 def test_run_instances_sends_pending_then_running_per_instance(
