@@ -113,7 +113,8 @@ def planned_requests(lab: dict[str, Any], calls: int, label: str) -> list[dict[s
     return [
         {
             "NetworkInterfaceId": enis[i % len(enis)],
-            "TrafficMirrorTargetId": lab["target_ids"]["eni"],
+            # The NLB target: an instance's ENI target takes 10 sources at most.
+            "TrafficMirrorTargetId": lab["target_ids"]["nlb"],
             "TrafficMirrorFilterId": lab["filter_id"],
             "SessionNumber": 1 + i // len(enis),
             "ClientToken": f"bench-{label}-{i}",
@@ -126,7 +127,7 @@ def _warmup_request(lab: dict[str, Any]) -> dict[str, Any]:
     """A DryRun create: the whole validation path and a connection, no session made."""
     return {
         "NetworkInterfaceId": lab["eni_ids"][0],
-        "TrafficMirrorTargetId": lab["target_ids"]["eni"],
+        "TrafficMirrorTargetId": lab["target_ids"]["nlb"],
         "TrafficMirrorFilterId": lab["filter_id"],
         "SessionNumber": 1,
         "DryRun": True,

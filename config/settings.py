@@ -9,6 +9,8 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# A standard SQS queue's name (FIFO names end in `.fifo`; EventBridge needs a group id for them).
+SQS_QUEUE_NAME = r"^[A-Za-z0-9_-]{1,80}$"
 
 
 class Settings(BaseSettings):
@@ -111,6 +113,9 @@ class EmulatorSettings(BaseSettings):
     throttle_burst: int = Field(default=50, ge=1)
     # Seed for the fault dice, so a run with faults can be replayed exactly.
     seed: int | None = None
+    # SQS queue (served by the emulator itself) that gets the EventBridge events EC2 would
+    # send: instance state changes and CloudTrail API calls. Unset: no events.
+    events_queue: str | None = Field(default=None, pattern=SQS_QUEUE_NAME)
 
 
 @lru_cache(maxsize=1)

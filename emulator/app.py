@@ -1,8 +1,5 @@
-"""The emulator's WSGI app: moto's EC2 behind a layer of EC2 fidelity and fault injection.
-
-Requests flow: control paths (`/_mirrorq/...`) → throttling → for the Traffic Mirroring
-create calls, injected faults, ClientToken replay and validation → moto. Describe* calls
-are never throttled or faulted: tests count what really exists through them.
+"""The emulator's WSGI app: moto's EC2 behind a layer of EC2 fidelity and fault injection,
+with moto's SQS and STS on the same endpoint.
 """
 
 from __future__ import annotations
@@ -21,11 +18,13 @@ from urllib.parse import parse_qsl, urlencode
 
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
+from moto.iam.models import get_account_id_from
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.test import EnvironBuilder
 
 from emulator import moto_ext
 from emulator.errors import EC2Error, dry_run_ok, throttled
+from emulator.events import EventFeed
 from emulator.faults import Faults
 from emulator.mirroring import (
     IDEMPOTENT_ACTIONS,
@@ -39,8 +38,11 @@ StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 Reply = tuple[str, list[tuple[str, str]], bytes]
 
-_CREDENTIAL_REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
+_CREDENTIAL_SCOPE = re.compile(
+    r"Credential=(?P<key>[^/]+)/\d{8}/(?P<region>[a-z0-9-]+)/(?P<service>[a-z0-9-]+)/"
+)
 _ERROR_CODE = re.compile(rb"<Code>([^<]+)</Code>")
+_JSON_ERROR_TYPE = re.compile(rb'"__type"\s*:\s*"(?:[^"#]*#)?([^"]+)"')
 FAULTED_ACTION = "CreateTrafficMirrorSession"
 
 
@@ -65,8 +67,31 @@ class Stats:
 
 
 def region_of(environ: Environ) -> str:
-    match = _CREDENTIAL_REGION.search(environ.get("HTTP_AUTHORIZATION", ""))
-    return match[1] if match else "us-east-1"
+    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return match["region"] if match else "us-east-1"
+
+
+def account_of(environ: Environ) -> str:
+    """The account moto serves a request in: an assumed role's (STS AssumeRole), else the default.
+
+    The checks must read the backend moto will write to, or a session created with a role's
+    credentials would be validated against another account's ENIs.
+    """
+    header: str | None = environ.get("HTTP_X_MOTO_ACCOUNT_ID")
+    if header:
+        return header
+    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return get_account_id_from(match["key"]) if match else DEFAULT_ACCOUNT_ID
+
+
+def service_of(environ: Environ) -> str | None:
+    """The AWS service a request is for: its SigV4 scope, else its JSON target, else None."""
+    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    if match:
+        return match["service"]
+    if environ.get("HTTP_X_AMZ_TARGET", "").startswith("AmazonSQS."):
+        return "sqs"
+    return None
 
 
 def _json(start_response: StartResponse, status: str, payload: Any) -> list[bytes]:
@@ -78,17 +103,29 @@ def _json(start_response: StartResponse, status: str, payload: Any) -> list[byte
 
 
 class EmulatorApp:
-    def __init__(self, faults: Faults) -> None:
+    """Control paths (`/_mirrorq/...`), else the service the SigV4 scope (or X-Amz-Target) names.
+
+    EC2 calls go through throttling → for the Traffic Mirroring create calls, injected
+    faults, ClientToken replay and validation → moto → events. Describe* calls are never
+    throttled or faulted: tests count what really exists through them. SQS and STS calls go
+    straight to moto, never throttled or faulted.
+    """
+
+    def __init__(self, faults: Faults, events_queue: str | None = None) -> None:
         moto_ext.install()
         self.faults = faults
         self.stats = Stats()
         self.mirroring = TrafficMirroring()
+        self.events = EventFeed(events_queue)
         self._moto = DomainDispatcherApplication(create_backend_app)
-        # Every Query-API call here is EC2's: going straight to moto's EC2 app skips the
-        # dispatcher's per-request scan of moto's modules (a tenth of the emulator's CPU).
+        # Going straight to a service's moto app skips the dispatcher's per-request scan of
+        # moto's modules (a tenth of the emulator's CPU).
         self._ec2 = create_backend_app("ec2")
-        # moto's backends are plain dicts with no locking; one lock makes every
-        # check-then-create (per-ENI limits, token records) atomic, as EC2 is.
+        self._sqs = create_backend_app("sqs")
+        self._sts = create_backend_app("sts")
+        # moto's backends are plain dicts with no locking; one lock makes every EC2
+        # check-then-create (per-ENI limits, token records) atomic, as EC2 is. SQS has its
+        # own (moto_ext.SQS_LOCK), which a long poll releases while it waits.
         self._lock = threading.RLock()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -97,12 +134,23 @@ class EmulatorApp:
             return self._control(path, environ, start_response)
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         environ["wsgi.input"] = io.BytesIO(body)
+        service = service_of(environ)
+        if service == "sqs":
+            with moto_ext.SQS_LOCK:
+                reply = _call(self._sqs, environ)
+            return self._counted(_sqs_action(environ, body), reply, start_response)
+        if service == "sts":
+            return self._counted(_query_action(body), _call(self._sts, environ), start_response)
         params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         action = params.get("Action")
-        if action is None:
-            status, headers, out = self._call_moto(environ)
-            start_response(status, headers)
-            return [out]
+        if action is None or service not in (None, "ec2"):
+            # Anything else moto serves (its /moto-api, other services) through its dispatcher.
+            return self._counted(None, self._call_moto(environ), start_response)
+        return self._ec2_call(action, params, environ, start_response)
+
+    def _ec2_call(
+        self, action: str, params: dict[str, str], environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
         try:
             if not action.startswith("Describe") and not self.faults.admit(action):
                 raise throttled()
@@ -112,6 +160,17 @@ class EmulatorApp:
         except EC2Error as error:
             return self._error(action, error, start_response)
         self.stats.count(action, _outcome(status, out))
+        if status.startswith("2"):
+            # Sent before the answer, so a client that hears "ok" finds the events queued.
+            self.events.after_call(
+                action,
+                params,
+                out,
+                account=account_of(environ),
+                region=region_of(environ),
+                source_ip=environ.get("REMOTE_ADDR", "127.0.0.1"),
+                user_agent=environ.get("HTTP_USER_AGENT", ""),
+            )
         start_response(status, headers)
         return [out]
 
@@ -128,11 +187,15 @@ class EmulatorApp:
             if self.faults.roll(plan.error_rate):
                 raise self._injected_error()
             drop = self.faults.roll(plan.drop_rate)
-        region = region_of(environ)
+        account, region = account_of(environ), region_of(environ)
         with self._lock:
-            recorded = None if is_dry_run(params) else self.mirroring.replay(region, action, params)
+            recorded = (
+                None
+                if is_dry_run(params)
+                else self.mirroring.replay(account, region, action, params)
+            )
             if recorded is None:
-                backend = ec2_backends[DEFAULT_ACCOUNT_ID][region]
+                backend = ec2_backends[account][region]
                 extra = self.mirroring.check(action, backend, params)
                 if is_dry_run(params):
                     raise dry_run_ok()
@@ -142,7 +205,11 @@ class EmulatorApp:
                 status, headers, out = self._call_moto(environ, self._ec2)
                 if status.startswith("2"):
                     self.mirroring.remember(
-                        region, action, params, Recorded(fingerprint(params), status, headers, out)
+                        account,
+                        region,
+                        action,
+                        params,
+                        Recorded(fingerprint(params), status, headers, out),
                     )
                 outcome = _outcome(status, out)
             else:
@@ -170,22 +237,17 @@ class EmulatorApp:
     # Plumbing ----------------------------------------------------------------------------
 
     def _call_moto(self, environ: Environ, app: Any = None) -> Reply:
-        captured: dict[str, Any] = {}
-
-        def start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> None:
-            captured["status"], captured["headers"] = status, headers
-
         with self._lock:
-            chunks = (app or self._moto)(environ, start_response)
-            try:
-                out = b"".join(chunks)
-            finally:
-                close = getattr(chunks, "close", None)
-                if close is not None:
-                    close()
-        return captured["status"], captured["headers"], out
+            return _call(app or self._moto, environ)
+
+    def _counted(
+        self, action: str | None, reply: Reply, start_response: StartResponse
+    ) -> list[bytes]:
+        status, headers, out = reply
+        if action:
+            self.stats.count(action, _outcome(status, out, headers))
+        start_response(status, headers)
+        return [out]
 
     def _error(self, action: str, error: EC2Error, start_response: StartResponse) -> list[bytes]:
         self.stats.count(action, error.code)
@@ -198,10 +260,13 @@ class EmulatorApp:
 
     def _control(self, path: str, environ: Environ, start_response: StartResponse) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
-        if path == "/_mirrorq/stats" and method == "GET":
-            return _json(start_response, "200 OK", self.stats.snapshot())
-        if path == "/_mirrorq/faults" and method == "GET":
-            return _json(start_response, "200 OK", self.faults.as_dict())
+        reads: dict[str, Callable[[], dict[str, Any]]] = {
+            "/_mirrorq/stats": self.stats.snapshot,
+            "/_mirrorq/faults": self.faults.as_dict,
+            "/_mirrorq/events": lambda: self.events.as_dict(_base_url(environ)),
+        }
+        if method == "GET" and path in reads:
+            return _json(start_response, "200 OK", reads[path]())
         if path == "/_mirrorq/faults" and method in ("POST", "PUT"):
             raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
             try:
@@ -218,10 +283,11 @@ class EmulatorApp:
         return _json(start_response, "404 Not Found", {"error": f"no {method} {path}"})
 
     def reset(self) -> None:
-        """Forget every resource, token record and counter (faults stay as they are)."""
-        with self._lock:
+        """Forget every resource of every service, token record and counter (not faults)."""
+        with self._lock, moto_ext.SQS_LOCK:
             self._call_moto(EnvironBuilder(path="/moto-api/reset", method="POST").get_environ())
             self.mirroring.reset()
+            self.events.reset()
             self.stats.reset()
             self.faults.refill()
 
@@ -234,10 +300,46 @@ _REASONS = {
 }
 
 
-def _outcome(status: str, body: bytes) -> str:
+def _base_url(environ: Environ) -> str:
+    """This server as the client reached it, as moto builds its queue URLs."""
+    return f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', 'localhost')}"
+
+
+def _call(app: Any, environ: Environ) -> Reply:
+    """One WSGI call to a moto app, its answer collected."""
+    captured: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        captured["status"], captured["headers"] = status, headers
+
+    chunks = app(environ, start_response)
+    try:
+        out = b"".join(chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return captured["status"], captured["headers"], out
+
+
+def _query_action(body: bytes) -> str | None:
+    return dict(parse_qsl(body.decode("utf-8", "replace"))).get("Action")
+
+
+def _sqs_action(environ: Environ, body: bytes) -> str | None:
+    # botocore speaks SQS's JSON protocol (X-Amz-Target); older SDKs its Query protocol.
+    target: str = environ.get("HTTP_X_AMZ_TARGET", "")
+    return target.partition(".")[2] or _query_action(body)
+
+
+def _outcome(status: str, body: bytes, headers: list[tuple[str, str]] | None = None) -> str:
     if status.startswith("2"):
         return "ok"
-    match = _ERROR_CODE.search(body)
+    # SQS's JSON errors name their Query-API code here, which is what botocore reports.
+    for name, value in headers or []:
+        if name.lower() == "x-amzn-query-error":
+            return value.partition(";")[0]
+    match = _ERROR_CODE.search(body) or _JSON_ERROR_TYPE.search(body)
     return match[1].decode() if match else f"HTTP{status[:3]}"
 
 

@@ -26,16 +26,21 @@ NLB_ARN = (
 LAB_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
-def lab_client(endpoint_url: str, region: str = "us-east-1") -> Any:
-    """A plain boto3 EC2 client for the emulator, botocore retries off."""
+def lab_client(endpoint_url: str, region: str = "us-east-1", service: str = "ec2") -> Any:
+    """A plain boto3 client (EC2 unless `service` says) for the emulator, botocore retries off."""
     return boto3.client(
-        "ec2",
+        service,  # type: ignore[call-overload]
         endpoint_url=endpoint_url,
         region_name=region,
         config=Config(retries={"total_max_attempts": 1}),
         aws_access_key_id=LAB_CREDENTIALS["aws_access_key_id"],
         aws_secret_access_key=LAB_CREDENTIALS["aws_secret_access_key"],
     )
+
+
+def lab_sqs_client(endpoint_url: str, region: str = "us-east-1") -> Any:
+    """The same for the emulator's SQS (botocore's read timeout, 60 s, outlasts a 20 s poll)."""
+    return lab_client(endpoint_url, region, "sqs")
 
 
 TAG_VARIANTS = 6  # Env x Role combinations

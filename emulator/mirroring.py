@@ -6,16 +6,23 @@ the call is handed to moto to create the resource.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import threading
 from dataclasses import dataclass
 from typing import Any
 
+from moto.ec2.models.instance_types import INSTANCE_TYPES
+
 from emulator.errors import EC2Error, invalid_value
 
 MAX_CLIENT_TOKEN = 64
 SESSIONS_PER_INTERFACE = 3  # EC2 quota "sessions per source network interface"
+# EC2 quota "sources per target" for a network-interface target: 100 on the largest size of
+# an instance family, 10 on the rest. NLB and Gateway Load Balancer endpoint targets: no limit.
+SOURCES_PER_TARGET = 10
+SOURCES_PER_LARGEST_TARGET = 100
 SESSION_NUMBER = (1, 32766)
 PACKET_LENGTH = (1, 8500)
 VIRTUAL_NETWORK_ID = (0, 2**24 - 1)  # a VXLAN network identifier is 24 bits
@@ -115,11 +122,42 @@ def check_tags(params: dict[str, str], resource_type: str) -> None:
                 )
 
 
+@functools.cache
+def largest_instance_types() -> frozenset[str]:
+    """Per instance family, the types with the most vCPUs in moto's data, bare metal aside.
+
+    An approximation of EC2's list of "largest size" types, which the quota page names one by
+    one: it agrees on the common families (c5.24xlarge, m5.24xlarge, r5.24xlarge...).
+    """
+    vcpus = {
+        name: spec["VCpuInfo"]["DefaultVCpus"]
+        for name, spec in INSTANCE_TYPES.items()
+        if "metal" not in name.partition(".")[2] and not spec.get("BareMetal")
+    }
+    most: dict[str, int] = {}
+    for name, count in vcpus.items():
+        family = name.partition(".")[0]
+        most[family] = max(most.get(family, 0), count)
+    return frozenset(name for name, count in vcpus.items() if count == most[name.partition(".")[0]])
+
+
+def sources_limit(backend: Any, target: Any) -> int | None:
+    """How many distinct source ENIs `target` takes sessions from; None for no limit."""
+    if target.type != "network-interface":
+        return None
+    eni = backend.enis.get(target.network_interface_id)
+    instance = eni.instance if eni is not None else None
+    if instance is not None and instance.instance_type in largest_instance_types():
+        return SOURCES_PER_LARGEST_TARGET
+    # A target ENI on no instance counts as a small one: EC2 decides by the instance.
+    return SOURCES_PER_TARGET
+
+
 class TrafficMirroring:
     """Validation and ClientToken records for the Traffic Mirroring create calls."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._records: dict[tuple[str, str, str], Recorded] = {}
+        self._records: dict[tuple[str, str, str, str], Recorded] = {}
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
 
@@ -129,7 +167,9 @@ class TrafficMirroring:
 
     # ClientToken idempotency ------------------------------------------------------------
 
-    def replay(self, region: str, action: str, params: dict[str, str]) -> Recorded | None:
+    def replay(
+        self, account: str, region: str, action: str, params: dict[str, str]
+    ) -> Recorded | None:
         """The recorded answer for this token, or None when the token is new.
 
         Raises IdempotentParameterMismatch when the token was used with other parameters.
@@ -142,7 +182,7 @@ class TrafficMirroring:
                 f"ClientToken must be at most {MAX_CLIENT_TOKEN} characters, got {len(token)}."
             )
         with self._lock:
-            recorded = self._records.get((region, action, token))
+            recorded = self._records.get((account, region, action, token))
         if recorded is not None and recorded.fingerprint != fingerprint(params):
             raise EC2Error(
                 "IdempotentParameterMismatch",
@@ -150,11 +190,13 @@ class TrafficMirroring:
             )
         return recorded
 
-    def remember(self, region: str, action: str, params: dict[str, str], answer: Recorded) -> None:
+    def remember(
+        self, account: str, region: str, action: str, params: dict[str, str], answer: Recorded
+    ) -> None:
         token = params.get("ClientToken")
         if token is not None:
             with self._lock:
-                self._records[(region, action, token)] = answer
+                self._records[(account, region, action, token)] = answer
 
     # Validation -------------------------------------------------------------------------
 
@@ -213,6 +255,7 @@ class TrafficMirroring:
             raise invalid_value(
                 f"Session number {session_number} is already in use on network interface {eni_id}."
             )
+        _check_sources(backend, target_id, eni_id)
         if vni is not None:
             return {}
         # Like EC2: no VirtualNetworkId given means an account-wide unique one chosen at random.
@@ -220,6 +263,24 @@ class TrafficMirroring:
         while (vni := self._rng.randint(1, VIRTUAL_NETWORK_ID[1])) in used:
             pass
         return {"VirtualNetworkId": str(vni)}
+
+
+def _check_sources(backend: Any, target_id: str, eni_id: str) -> None:
+    limit = sources_limit(backend, backend.traffic_mirror_targets[target_id])
+    if limit is None:
+        return
+    sources = {
+        s.network_interface_id
+        for s in backend.traffic_mirror_sessions.values()
+        if s.traffic_mirror_target_id == target_id
+    }
+    # A second session from a source already counted is not a new source.
+    if eni_id not in sources and len(sources) >= limit:
+        raise EC2Error(
+            "TrafficMirrorSourcesPerTargetLimitExceeded",
+            f"Sources per interface-target limit reached ({len(sources) + 1}): traffic mirror "
+            f"target {target_id} takes sessions from at most {limit} network interfaces.",
+        )
 
 
 def _eni_not_found(eni_id: str) -> EC2Error:

@@ -1,9 +1,12 @@
-"""Adjustments to moto 5.2.5's EC2 so it reads like the real thing to clients.
+"""Adjustments to moto 5.2.5's EC2 and SQS so they read like the real thing to clients.
 
 - Traffic Mirroring ids carry EC2's prefixes (`tms-`, `tmt-`, `tmf-`), not moto's.
 - DescribeNetworkInterfaces and DescribeTrafficMirrorSessions honour MaxResults/NextToken,
   so clients that forget to paginate miss ENIs here as they would on EC2.
 - CreateNetworkInterface keeps its InterfaceType (efa, trunk...), which moto drops.
+- SQS runs under one lock of its own (`SQS_LOCK`) that a long poll releases while it waits,
+  and a poll wakes when a message becomes visible again or its WaitTimeSeconds is up, not
+  only on its 1 s tick.
 
 `install()` is idempotent and is called before the emulator serves its first request.
 """
@@ -11,14 +14,18 @@
 from __future__ import annotations
 
 import base64
+import math
+import threading
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from moto.core.responses import ActionResult
+from moto.core.utils import unix_time, unix_time_millis
 from moto.ec2 import utils as ec2_utils
 from moto.ec2.exceptions import EC2ClientError, InvalidNextToken
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
 from moto.ec2.responses.traffic_mirrors import TrafficMirrors
+from moto.sqs.models import Queue, SQSBackend
 
 EC2_PREFIXES = {
     "traffic-mirror-session": "tms",
@@ -106,6 +113,78 @@ def _create_typed_network_interface(self: Any) -> ActionResult:
     return result
 
 
+# SQS ----------------------------------------------------------------------------------------
+
+# moto's SQS has no lock: a DeleteMessage that rebuilds a queue's message list drops a message
+# sent meanwhile, and two polls can both take one message. Every SQS call the emulator serves
+# holds this lock; each queue's condition is built on it, so a long poll releases it while it
+# waits and no send can slip in between a poll's scan and its wait.
+SQS_LOCK = threading.RLock()
+# A message turns visible strictly after its instant: wake just past it.
+_SETTLE_S = 0.001
+_poll = threading.local()
+
+
+def _next_change_s(queue: Any) -> float:
+    """Seconds until one of the queue's messages turns visible or its delay ends."""
+    now = unix_time_millis()
+    instants = [
+        instant
+        for m in queue._messages
+        for instant in (m.visible_at, m.delayed_until)
+        if instant >= now
+    ]
+    return (min(instants) - now) / 1000 + _SETTLE_S if instants else math.inf
+
+
+_queue_init = Queue.__init__
+
+
+def _queue_init_on_sqs_lock(self: Any, *args: Any, **kwargs: Any) -> None:
+    _queue_init(self, *args, **kwargs)
+    self._messages_lock = threading.Condition(SQS_LOCK)
+
+
+def _wait_for_messages(self: Any, timeout: float) -> None:
+    """Wait for a send, a visibility change, the next message to turn visible or the poll's end.
+
+    moto waits on "any visible message" for up to 1 s: a message skipped as undeliverable
+    (its FIFO group busy) makes that wait return at once and the poll spins, and a message
+    made visible by ChangeMessageVisibility or an expired timeout waits for the next tick.
+    """
+    deadline: float | None = getattr(_poll, "deadline", None)
+    left = math.inf if deadline is None else deadline - unix_time() + _SETTLE_S
+    with self._messages_lock:
+        self._messages_lock.wait(max(0.0, min(timeout, _next_change_s(self), left)))
+
+
+_receive_message = SQSBackend.receive_message
+
+
+def _receive_message_until_deadline(
+    self: Any, queue_name: str, count: int, wait_seconds_timeout: int, *args: Any, **kwargs: Any
+) -> Any:
+    outer = getattr(_poll, "deadline", None)
+    _poll.deadline = unix_time() + wait_seconds_timeout
+    try:
+        return _receive_message(self, queue_name, count, wait_seconds_timeout, *args, **kwargs)
+    finally:
+        _poll.deadline = outer
+
+
+_change_message_visibility = SQSBackend.change_message_visibility
+
+
+def _change_message_visibility_and_wake(
+    self: Any, queue_name: str, receipt_handle: str, visibility_timeout: int
+) -> None:
+    _change_message_visibility(self, queue_name, receipt_handle, visibility_timeout)
+    # A message handed back (timeout 0) is receivable now: wake the polls waiting on it.
+    condition = self.get_queue(queue_name)._messages_lock
+    with condition:
+        condition.notify_all()
+
+
 def install() -> None:
     for resource, prefix in EC2_PREFIXES.items():
         ec2_utils.EC2_RESOURCE_TO_PREFIX[resource] = prefix
@@ -113,3 +192,7 @@ def install() -> None:
     ElasticNetworkInterfaces.describe_network_interfaces = _describe_network_interfaces  # type: ignore[method-assign]
     TrafficMirrors.describe_traffic_mirror_sessions = _describe_traffic_mirror_sessions  # type: ignore[method-assign]
     ElasticNetworkInterfaces.create_network_interface = _create_typed_network_interface  # type: ignore[method-assign]
+    Queue.__init__ = _queue_init_on_sqs_lock  # type: ignore[method-assign]
+    Queue.wait_for_messages = _wait_for_messages  # type: ignore[method-assign]
+    SQSBackend.receive_message = _receive_message_until_deadline  # type: ignore[method-assign]
+    SQSBackend.change_message_visibility = _change_message_visibility_and_wake  # type: ignore[method-assign]

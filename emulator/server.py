@@ -26,8 +26,9 @@ class EmulatorServer:
         port: int = 0,
         plan: FaultPlan | None = None,
         seed: int | None = None,
+        events_queue: str | None = None,
     ) -> None:
-        self.app = EmulatorApp(Faults(plan or FaultPlan(), random.Random(seed)))
+        self.app = EmulatorApp(Faults(plan or FaultPlan(), random.Random(seed)), events_queue)
         # threaded=True makes werkzeug speak HTTP/1.1, so clients keep their connections.
         self._server: BaseWSGIServer = make_server(
             host, port, self.app, threaded=True, request_handler=_QuietHandler

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -12,6 +13,7 @@ from typing import Any, NoReturn
 import click
 
 from config import get_emulator_settings
+from config.settings import SQS_QUEUE_NAME
 from tasks.records import JobStatus
 
 EXIT_FAILED = 1  # a job or batch ended with failures
@@ -370,6 +372,12 @@ def demo(jobs: int, drop_rate: float, error_rate: float) -> None:
     metavar="N",
     help="Create a lab with N source ENIs and print its ids.",
 )
+@click.option(
+    "--events-queue",
+    default=None,
+    metavar="NAME",
+    help="SQS queue (served here) that gets EC2's EventBridge events.",
+)
 def emulator(
     host: str | None,
     port: int | None,
@@ -380,8 +388,10 @@ def emulator(
     throttle_burst: int | None,
     seed: int | None,
     seed_lab_enis: int,
+    events_queue: str | None,
 ) -> None:
-    """Run the local EC2 emulator (moto + Traffic Mirroring fidelity + fault injection).
+    """Run the local EC2 emulator (moto + Traffic Mirroring fidelity + fault injection),
+    with SQS and STS on the same endpoint.
 
     Settings also come from MIRRORQ_EMULATOR_* variables; faults can be changed while it
     runs with POST /_mirrorq/faults, and counters read with GET /_mirrorq/stats.
@@ -403,18 +413,29 @@ def emulator(
         plan = FaultPlan().updated({**base, **{k: v for k, v in flags.items() if v is not None}})
     except ValueError as error:
         raise click.UsageError(str(error)) from error
-    # The lab is seeded before throttling starts: it is set-up, not traffic.
+    events_queue = events_queue or settings.events_queue
+    if events_queue is not None and not re.fullmatch(SQS_QUEUE_NAME, events_queue):
+        raise click.BadParameter(
+            "1-80 letters, digits, hyphens or underscores (a standard queue)",
+            param_hint="--events-queue",
+        )
+    # The lab is seeded before throttling starts and before events are sent: it is set-up,
+    # not traffic.
     server = EmulatorServer(
         host or settings.host,
         settings.port if port is None else port,
         dataclasses.replace(plan, throttle_rate=0.0),
         settings.seed if seed is None else seed,
+        events_queue,
     )
     server.start()
     ready: dict[str, Any] = {"endpoint_url": server.endpoint_url}
     if seed_lab_enis:
         ready["lab"] = seed_lab(server.endpoint_url, seed_lab_enis)
     server.app.faults.update({"throttle_rate": plan.throttle_rate})
+    if events_queue is not None:
+        server.app.events.switch_on()
+        ready["events_queue_url"] = server.app.events.queue_url(server.endpoint_url)
     ready["faults"] = server.app.faults.as_dict()
     _echo_json(ready)
     sys.stdout.flush()

@@ -44,7 +44,7 @@ def run_demo(jobs: int, drop_rate: float, error_rate: float) -> int:
         lab = emulator.ready["lab"]
         console.print(
             f"emulator at {emulator.url}: a lab of {len(lab['eni_ids'])} ENIs, "
-            f"target {lab['target_ids']['eni']}, filter {lab['filter_id']}"
+            f"target {lab['target_ids']['nlb']}, filter {lab['filter_id']}"
         )
         with WorkerProcess("demo", worker_env(emulator.url)) as worker:
             worker.wait_ready()
@@ -56,7 +56,8 @@ def run_demo(jobs: int, drop_rate: float, error_rate: float) -> int:
                     parse_request(
                         {
                             "NetworkInterfaceId": eni,
-                            "TrafficMirrorTargetId": lab["target_ids"]["eni"],
+                            # An instance's ENI target takes 10 sources at most.
+                            "TrafficMirrorTargetId": lab["target_ids"]["nlb"],
                             "TrafficMirrorFilterId": lab["filter_id"],
                             "SessionNumber": "auto",
                             "Description": "mirrorq demo",

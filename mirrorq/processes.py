@@ -79,6 +79,15 @@ class EmulatorProcess:
     def stats(self) -> dict[str, Any]:
         return _http(f"{self.url}/_mirrorq/stats")["calls"]  # type: ignore[no-any-return]
 
+    @property
+    def events_queue_url(self) -> str | None:
+        """The events queue's URL (started with --events-queue), else None."""
+        return self.ready.get("events_queue_url")
+
+    def events(self) -> dict[str, Any]:
+        """The events queue and what was sent to it: GET /_mirrorq/events."""
+        return _http(f"{self.url}/_mirrorq/events")  # type: ignore[no-any-return]
+
     def set_faults(self, **changes: float) -> dict[str, Any]:
         return _http(f"{self.url}/_mirrorq/faults", changes)  # type: ignore[no-any-return]
 

@@ -38,10 +38,11 @@ def producer_for(broker_url: str, **overrides: Any) -> Producer:
 
 
 def job(lab: Lab, eni: int, **extra: Any) -> dict[str, Any]:
-    """A job for the lab's `eni`-th ENI, to its ENI target through its filter."""
+    """A job for the lab's `eni`-th ENI, to its NLB target through its filter (an instance's
+    ENI, as a target, takes sessions from 10 sources at most)."""
     return {
         "NetworkInterfaceId": lab["eni_ids"][eni],
-        "TrafficMirrorTargetId": lab["target_ids"]["eni"],
+        "TrafficMirrorTargetId": lab["target_ids"]["nlb"],
         "TrafficMirrorFilterId": lab["filter_id"],
         "SessionNumber": 1,
         **extra,

@@ -150,12 +150,11 @@ def test_mirror_a_vpc_creates_one_session_per_eligible_eni_and_is_idempotent(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     ec2 = lab_client(emulator.url)
-    enis, nlb, eni_target, flt = (
-        lab["eni_ids"],
-        lab["target_ids"]["nlb"],
-        lab["target_ids"]["eni"],
-        lab["filter_id"],
-    )
+    enis, nlb, flt = lab["eni_ids"], lab["target_ids"]["nlb"], lab["filter_id"]
+    # Another target with no sources limit: the lab's ENI target takes 10 sources at most.
+    other_target = ec2.create_traffic_mirror_target(
+        GatewayLoadBalancerEndpointId="vpce-0123456789abcdef0"
+    )["TrafficMirrorTarget"]["TrafficMirrorTargetId"]
     for e in enis[:40]:  # already mirrored to the NLB target
         ec2.create_traffic_mirror_session(
             NetworkInterfaceId=e,
@@ -167,14 +166,14 @@ def test_mirror_a_vpc_creates_one_session_per_eligible_eni_and_is_idempotent(
         for number in (1, 2, 3):
             ec2.create_traffic_mirror_session(
                 NetworkInterfaceId=e,
-                TrafficMirrorTargetId=eni_target,
+                TrafficMirrorTargetId=other_target,
                 TrafficMirrorFilterId=flt,
                 SessionNumber=number,
             )
     for e in enis[60:80]:  # one session already: auto must pick 2
         ec2.create_traffic_mirror_session(
             NetworkInterfaceId=e,
-            TrafficMirrorTargetId=eni_target,
+            TrafficMirrorTargetId=other_target,
             TrafficMirrorFilterId=flt,
             SessionNumber=1,
         )

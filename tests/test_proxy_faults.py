@@ -55,7 +55,7 @@ def test_every_5xx_and_unparseable_answer_to_a_create_is_retried_with_the_same_t
     assert [r["attempts"] for r in results] == [2] * 10
     assert proxy.mangled["CreateTrafficMirrorSession"] == 10
     # The forwarded creates made their sessions; each retry was answered from the token.
-    assert mirrors(emulator.url, lab["target_ids"]["eni"], lab["filter_id"]) == dict.fromkeys(
+    assert mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"]) == dict.fromkeys(
         lab["eni_ids"], 1
     )
     assert emulator.stats()["CreateTrafficMirrorSession"]["replayed"] == 8
@@ -79,12 +79,7 @@ def test_a_throttled_describe_slows_only_the_describe_rate(
 
     with FaultProxy(emulator.url, rule) as proxy:
         start_worker(MIRRORQ_EC2_ENDPOINT_URL=proxy.url)
-        job_ids = [
-            producer.submit(
-                job(lab, i, SessionNumber="auto", TrafficMirrorTargetId=lab["target_ids"]["nlb"])
-            )
-            for i in range(10)
-        ]
+        job_ids = [producer.submit(job(lab, i, SessionNumber="auto")) for i in range(10)]
         results = wait_all(producer, job_ids)
     assert {r["status"] for r in results} == {"created"}
     assert proxy.mangled["DescribeTrafficMirrorSessions"] == 6

@@ -82,7 +82,7 @@ def test_a_redis_outage_during_jobs_fails_none_of_them(
     assert {r["status"] for r in results} == {"created"}, [r["error"] for r in results]
     assert all(r["client_token"] == j for r, j in zip(results, job_ids, strict=True))
     assert all(r["attempts"] >= 2 for r in results)
-    assert mirrors(emulator.url, lab["target_ids"]["eni"], lab["filter_id"]) == dict.fromkeys(
+    assert mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"]) == dict.fromkeys(
         lab["eni_ids"][:8], 1
     )
 
@@ -104,12 +104,7 @@ def test_a_redis_restart_mid_batch_loses_and_duplicates_nothing(
     renv = private_env(env, private_redis, MIRRORQ_REPAIR_INTERVAL_S="1", MIRRORQ_LOST_AFTER_S="3")
     workers = [start_worker(**renv), start_worker(**renv)]
     jobs = tmp_path / "jobs.jsonl"
-    jobs.write_text(
-        "".join(
-            json.dumps(job(lab, i, TrafficMirrorTargetId=lab["target_ids"]["nlb"])) + "\n"
-            for i in range(200)
-        )
-    )
+    jobs.write_text("".join(json.dumps(job(lab, i)) + "\n" for i in range(200)))
     producer = producer_for(private_redis.url(0))  # a long-lived producer, made before
     submitted = subprocess.run(
         [*MIRRORQ, "batch", "submit", str(jobs)],
@@ -141,7 +136,7 @@ def test_a_redis_restart_mid_batch_loses_and_duplicates_nothing(
         lab["eni_ids"][:200], 1
     )
     assert all(w.proc.poll() is None for w in workers), "a worker died"
-    after = producer.submit(job(lab, 200, TrafficMirrorTargetId=lab["target_ids"]["nlb"]))
+    after = producer.submit(job(lab, 200))
     assert wait_all(producer, [after])[0]["status"] == "created"
 
 
