@@ -8,6 +8,7 @@ demo:
 test:
 	./scripts/bootstrap.sh
 	uv run --frozen ruff check .
+	uv run --frozen ruff format --check .
 	uv run --frozen mypy
 	uv run --frozen pytest
 

@@ -40,6 +40,7 @@ from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.app import create_app
 from tasks.contract import parse_request
 from tasks.producer import Producer
+from tasks.records import JobStatus
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 NAIVE_REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -198,7 +199,7 @@ def bench_pipeline(
             ):
                 lab = fresh_lab(emulator, jobs)
                 elapsed, status = run_batch(requests_for(lab), p=p)
-                assert status["counts"] == {"created": jobs}, status
+                assert status["counts"] == {JobStatus.CREATED: jobs}, status
                 assert sessions_and_duplicates(emulator) == (jobs, 0)
                 rates[name].append(jobs / elapsed)
 
@@ -331,14 +332,15 @@ def ride(
         }
     calls = emulator.stats().get("CreateTrafficMirrorSession", {})
     sessions, duplicates = sessions_and_duplicates(emulator)
+    created = outcome.get(JobStatus.CREATED, 0)
     return {
         "jobs": jobs,
         "ec2_rate": rate,
         "ec2_burst": burst,
         "mirrorq_limit": list(mirrorq) if mirrorq else None,
         "seconds": elapsed,
-        "achieved_rate": outcome.get("created", 0) / elapsed,
-        "ratio_to_theoretical": theoretical_s / elapsed if outcome.get("created") == jobs else None,
+        "achieved_rate": created / elapsed,
+        "ratio_to_theoretical": theoretical_s / elapsed if created == jobs else None,
         "throttled_fraction": _throttled_fraction(calls),
         "calls": calls,
         "outcome": outcome,

@@ -18,6 +18,8 @@ from botocore.exceptions import ClientError
 
 from config import Settings
 from tasks.contract import AUTO
+from worker.errors import classify
+from worker.sessions import same_mirror
 
 PAGE_SIZE = 1000  # EC2's maximum for both Describe calls
 SESSIONS_PER_INTERFACE = 3
@@ -56,6 +58,33 @@ class Selectors:
         for key, value in self.tags:
             by_name.setdefault(f"tag:{key}", []).append(value)
         return [{"Name": name, "Values": values} for name, values in by_name.items()]
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What every session of a bulk run (or a policy rule) is created with, besides its ENI,
+    target, filter and number: the seed's optional parameters, under the CLI's names."""
+
+    packet_length: int | None = None
+    virtual_network_id: int | None = None
+    description: str | None = None
+    session_tags: tuple[tuple[str, str], ...] = ()
+
+    def request_fields(self) -> dict[str, Any]:
+        """The same, in the request syntax (PascalCase, unset ones left out)."""
+        fields: dict[str, Any] = {
+            "PacketLength": self.packet_length,
+            "VirtualNetworkId": self.virtual_network_id,
+            "Description": self.description,
+        }
+        if self.session_tags:
+            fields["TagSpecifications"] = [
+                {
+                    "ResourceType": "traffic-mirror-session",
+                    "Tags": [{"Key": k, "Value": v} for k, v in self.session_tags],
+                }
+            ]
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -108,11 +137,7 @@ def plan_mirroring(
     for eni in enis:
         eni_id = eni["NetworkInterfaceId"]
         existing = on_eni.get(eni_id, [])
-        same = [
-            s
-            for s in existing
-            if s["TrafficMirrorTargetId"] == target_id and s["TrafficMirrorFilterId"] == filter_id
-        ]
+        same = same_mirror(existing, [target_id], filter_id)
         if same:
             item = PlanItem(eni_id, Outcome.ALREADY_MIRRORED, same[0]["TrafficMirrorSessionId"])
         elif eni_id in target_enis:
@@ -128,11 +153,14 @@ def plan_mirroring(
 
 
 def job_requests(
-    plan: Plan, *, session_number: int | str = AUTO, dry_run: bool = False, **passthrough: Any
+    plan: Plan,
+    options: SessionOptions = SessionOptions(),
+    *,
+    session_number: int | str = AUTO,
+    dry_run: bool = False,
 ) -> list[dict[str, Any]]:
-    """One job per ENI to mirror; PacketLength, VirtualNetworkId, Description and
-    TagSpecifications pass through to every job."""
-    extra = {k: v for k, v in passthrough.items() if v is not None}
+    """One job per ENI to mirror, each with the session options."""
+    extra = options.request_fields()
     return [
         {
             "NetworkInterfaceId": eni_id,
@@ -182,7 +210,7 @@ class Ec2Inventory:
                 TrafficMirrorFilterIds=[filter_id],
             )
         except ClientError as error:
-            if "NotFound" in error.response.get("Error", {}).get("Code", ""):
+            if classify(error).not_found:
                 return False
             raise
         return bool(found)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from emulator.lab import LAB_CREDENTIALS, lab_client
 from mirrorq.processes import EmulatorProcess, WorkerProcess
+from tasks.records import JobStatus
 
 
 def worker_env(endpoint_url: str) -> dict[str, str]:
@@ -28,7 +29,7 @@ def worker_env(endpoint_url: str) -> dict[str, str]:
 
 
 def run_demo(jobs: int, drop_rate: float, error_rate: float) -> int:
-    from mirrorq.progress import watch
+    from mirrorq.display import watch
     from tasks.contract import parse_request
     from tasks.producer import Producer
 
@@ -112,7 +113,7 @@ def _report(
     sample = next((r for r in results if r["attempts"] > 1), results[0])
     console.print("one result (`mirrorq status JOB_ID` prints the same):")
     console.print_json(json.dumps(sample))
-    ok = by_status.get("created", 0) == len(results) == len(sessions) and duplicates == 0
+    ok = by_status.get(JobStatus.CREATED, 0) == len(results) == len(sessions) and duplicates == 0
     console.print(
         "[green]every job created exactly one session[/]"
         if ok

@@ -226,6 +226,9 @@ class Envelope(BaseModel):
         )
 
 
+DecodedJob = tuple[str, Envelope | InvalidJobError]  # a job id, and its envelope or why not
+
+
 def parse_envelope(args: Any, kwargs: Any) -> Envelope:
     """The documented payload is `kwargs={"request": {...}}` (optional: batch_id)."""
     if args:

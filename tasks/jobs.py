@@ -11,31 +11,21 @@ kill the worker. What the jobs do lives in worker/ (runner, execute, repair).
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
 from celery import Task
-from celery.exceptions import InvalidTaskError, Reject
-from celery.signals import (
-    task_internal_error,
-    worker_process_shutdown,
-    worker_ready,
-    worker_shutdown,
-)
-from celery.worker import strategy
-from kombu.exceptions import ContentDisallowed, DecodeError
+from celery.exceptions import Reject
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
 from config import get_settings
 from tasks.app import app
-from tasks.contract import BATCH_TASK_NAME, TASK_NAME, Envelope, parse_envelope
-from tasks.errors import InvalidJobError
+from tasks.contract import BATCH_TASK_NAME, TASK_NAME, DecodedJob
+from tasks.messages import JobTask, decode_batch, envelope, store
 from tasks.producer import Producer
-from tasks.records import accepted, failed
-from tasks.store import ResultStore
 from worker.repair import Repairer
-from worker.runner import Job, run_message
+from worker.runner import run_message
 from worker.runtime import close_runtime, get_runtime
 
 __all__ = ["app", "create_traffic_mirror_session", "create_traffic_mirror_sessions"]
@@ -43,101 +33,9 @@ __all__ = ["app", "create_traffic_mirror_session", "create_traffic_mirror_sessio
 log = logging.getLogger("mirrorq.jobs")
 
 
-@functools.cache
-def _store() -> ResultStore:
-    return ResultStore(app, get_settings())
-
-
-# What Celery raises when a message can't become a call of the task: a body that is not JSON
-# (or not allowed: pickle), nested past Python's recursion limit, not [args, kwargs, embed],
-# kwargs that are not an object.
-UNREADABLE = (
-    DecodeError,
-    ContentDisallowed,
-    InvalidTaskError,
-    ValueError,
-    TypeError,
-    LookupError,
-    RecursionError,
-)
-
-
-def _record_unreadable(task_name: str, job_id: Any, error: BaseException) -> None:
-    """A message that never reaches the task still carries its job id (the task id of the
-    documented form): the job is recorded `failed`/InvalidJob instead of vanishing."""
-    if task_name != TASK_NAME or not isinstance(job_id, str) or not job_id:
-        log.warning("an unreadable %s message was dropped: %s", task_name, type(error).__name__)
-        return
-    refused = failed(
-        accepted(job_id, None),
-        InvalidJobError.code,
-        f"(message): the message could not be read as a job ({type(error).__name__}); "
-        "send JSON: kwargs={'request': {...}}",
-    )
-    try:
-        _store().step("finish", refused)
-        log.warning("job %s refused: its message could not be read", job_id)
-    except RedisError:
-        log.warning("job %s: could not record that its message was unreadable", job_id)
-
-
-def guarded_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
-    """Celery's own strategy, guarded: a message it chokes on while turning it into a request
-    (which would otherwise stop the worker with "Unrecoverable error") is recorded and acked."""
-    handle = strategy.default(task, app, consumer, **kwargs)
-
-    def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **more: Any) -> Any:
-        try:
-            return handle(message, body, ack, reject, callbacks, **more)
-        except UNREADABLE as error:
-            _record_unreadable(task.name, (message.headers or {}).get("id"), error)
-            message.ack_log_error(log, consumer.connection_errors)
-            return None
-
-    return guarded
-
-
-@task_internal_error.connect
-def _unreadable_call(
-    sender: Any = None, task_id: Any = None, exception: Any = None, **_: Any
-) -> None:
-    """A message that became a request but not a call (kwargs not an object): Celery reports
-    it through this signal and acks the message."""
-    if sender is not None and isinstance(exception, UNREADABLE):
-        _record_unreadable(sender.name, task_id, exception)
-
-
-class JobTask(Task):  # type: ignore[type-arg]
-    Strategy = "tasks.jobs:guarded_strategy"
-
-
-def _envelope(args: Any, kwargs: Any) -> Envelope | InvalidJobError:
-    try:
-        return parse_envelope(args, kwargs)
-    except InvalidJobError as error:
-        return error
-
-
-def decode_batch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Job]:
-    """Each job of a batch message, by id. A job without a usable id can't be recorded,
-    so it is logged and left out; a job with one but a bad envelope is recorded as failed."""
-    jobs = kwargs.get("jobs")
-    if args or set(kwargs) != {"jobs"} or not isinstance(jobs, list):
-        log.warning("batch message refused: expected kwargs={'jobs': [...]} only")
-        return []
-    decoded: list[Job] = []
-    for n, job in enumerate(jobs):
-        job_id = job.get("job_id") if isinstance(job, dict) else None
-        if not isinstance(job_id, str) or not 0 < len(job_id) <= 128:
-            log.warning("batch message: job %d has no job_id and can't be recorded", n)
-            continue
-        decoded.append((job_id, _envelope((), {k: v for k, v in job.items() if k != "job_id"})))
-    return decoded
-
-
 @app.task(name=TASK_NAME, bind=True, base=JobTask)
 def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
-    _run(self, [(str(self.request.id), _envelope(args, kwargs))])
+    _run(self, [(str(self.request.id), envelope(args, kwargs))])
 
 
 @app.task(name=BATCH_TASK_NAME, bind=True, base=JobTask)
@@ -145,10 +43,10 @@ def create_traffic_mirror_sessions(self: Task[Any, None], *args: Any, **kwargs: 
     _run(self, decode_batch(args, kwargs))
 
 
-def _run(task: Task[Any, None], jobs: list[Job]) -> None:
+def _run(task: Task[Any, None], jobs: list[DecodedJob]) -> None:
     if not jobs:
         return
-    runtime = get_runtime(get_settings(), _store())
+    runtime = get_runtime(get_settings(), store())
     try:
         runtime.run(run_message(runtime.worker, jobs))
     except (RedisError, OSError) as error:
@@ -166,7 +64,7 @@ def _start_repair(**_: Any) -> None:
     global _repairer  # noqa: PLW0603 - one repair thread per worker process
     settings = get_settings()
     producer = Producer(app, settings)
-    _repairer = Repairer(producer.redis, _store(), producer.publish, settings)
+    _repairer = Repairer(producer.redis, store(), producer.publish, settings)
     _repairer.start()
 
 

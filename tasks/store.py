@@ -44,7 +44,8 @@ end
 # One step of a job, as a worker takes it. One script, one round trip: a pipeline of scripts
 # would cost redis-py a SCRIPT EXISTS round trip each time.
 # KEYS: record, pending index, job lease[, batch statuses, batch counts, batch record]
-# ARGV: step (start|save|finish), record JSON, ttl, job id, lease token, lease ms, status, now
+# ARGV: step (start|save|finish), record JSON, ttl, job id, lease token, lease ms, status, now,
+#       terminal statuses, the queued state (as Celery's meta spells it)
 # Returns {verdict[, current record]}:
 #   busy          another worker holds the job's lease (a copy is running): nothing written
 #   done          the job already finished: nothing written
@@ -67,7 +68,7 @@ if meta and meta['status'] == 'SUCCESS' then
 end
 if step == 'start' then
   if #KEYS == 6 and redis.call('HEXISTS', KEYS[4], job) == 0 then return {'not-in-batch'} end
-  if meta and meta['status'] ~= 'QUEUED' then
+  if meta and meta['status'] ~= ARGV[10] then
     redis.call('SET', KEYS[3], token, 'PX', ARGV[6])
     return {'resume', current}
   end
@@ -104,10 +105,10 @@ return false
 """
 
 # Undo an acceptance whose message could not be queued: only what it wrote, only if still so.
-# KEYS: record, pending index[, idempotency key]; ARGV: job id, claim
+# KEYS: record, pending index[, idempotency key]; ARGV: job id, claim, the queued state
 _UNACCEPT = """
 local current = redis.call('GET', KEYS[1])
-if current and cjson.decode(current)['status'] == 'QUEUED' then redis.call('DEL', KEYS[1]) end
+if current and cjson.decode(current)['status'] == ARGV[3] then redis.call('DEL', KEYS[1]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if #KEYS == 3 and redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
 return 1
@@ -128,6 +129,9 @@ def celery_state(status: JobStatus) -> str:
     """Terminal jobs are SUCCESS to Celery (the task did its work; `status` says how it went),
     so `AsyncResult(job_id).get()` returns the record, and a late write cannot undo them."""
     return states.SUCCESS if status in TERMINAL_STATUSES else status.upper()
+
+
+QUEUED_STATE = celery_state(JobStatus.QUEUED)
 
 
 def batch_keys(batch_id: str) -> list[str]:
@@ -187,7 +191,7 @@ class ResultStore:
     def unaccept(self, record: JobResult, claim: tuple[str, str] | None = None) -> None:
         """Undo `accept` (its message could not be queued), if nothing ran the job since."""
         script_keys = [self.backend.get_key_for_task(record["job_id"]), keys.PENDING]
-        args = [record["job_id"], ""]
+        args = [record["job_id"], "", QUEUED_STATE]
         if claim is not None:
             script_keys.append(keys.idempotency(claim[0]))
             args[1] = claim[1]
@@ -218,7 +222,7 @@ class ResultStore:
         script_keys = [key, keys.PENDING, keys.job_lease(record["job_id"])]
         now = record["finished_at"] or record["started_at"] or ""
         args: list[Any] = [step, value, self.ttl_s, record["job_id"], token, self.lease_ms]
-        args += [record["status"], now, TERMINAL_ARG]
+        args += [record["status"], now, TERMINAL_ARG, QUEUED_STATE]
         if record["batch_id"]:
             script_keys += batch_keys(record["batch_id"])
         return script_keys, args

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emulator.lab import seed_lab
+from mirrorq.jobfiles import BatchFileError, read_jobs
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
-from tasks.batches import BatchFileError, read_jobs
 from tasks.contract import TASK_NAME, SessionRequest, parse_request
 from tasks.errors import InvalidJobError
 from tasks.producer import Producer

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
+from tenacity import RetryCallState
 
 from worker.errors import classify, is_transient
 from worker.retry import retry_policy
@@ -113,14 +114,32 @@ def test_backoff_is_full_jitter_exponential_and_capped() -> None:
     assert len(set(clock.sleeps)) > 20  # jittered, not a fixed ladder
 
 
-def test_the_deadline_stops_retrying(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock()
-    import tenacity
+def failed_attempt(policy: Any, error: BaseException, number: int, at: float) -> RetryCallState:
+    """tenacity's own state after attempt `number` failed `at` seconds into the job."""
+    state = RetryCallState(retry_object=policy, fn=None, args=(), kwargs={})
+    state.start_time = 0.0
+    state.attempt_number = number
+    state.set_exception((type(error), error, None))
+    state.outcome_timestamp = at
+    return state
 
-    monkeypatch.setattr(tenacity.time, "monotonic", lambda: clock.now)  # type: ignore[attr-defined]
-    p = retry_policy(deadline_s=5, backoff_base_s=1.0, backoff_cap_s=4.0, sleep=clock.sleep)
-    with pytest.raises(ClientError) as raised:
-        asyncio.run(run(p, [client_error("InternalError", 500) for _ in range(1000)]))
-    assert raised.value.response["Error"]["Code"] == "InternalError"
-    assert clock.now <= 5
-    assert 1 < len(clock.sleeps) < 1000
+
+def test_the_deadline_stops_retrying() -> None:
+    policy = retry_policy(deadline_s=5, backoff_base_s=1.0, backoff_cap_s=4.0)
+    error = client_error("InternalError", 500)
+    early = failed_attempt(policy, error, number=2, at=0.5)
+    early.upcoming_sleep = policy.wait(early)
+    assert policy.retry(early)
+    assert 0 <= early.upcoming_sleep <= 4.0
+    assert not policy.stop(early)  # the next attempt starts within the deadline
+    late = failed_attempt(policy, error, number=9, at=4.5)
+    late.upcoming_sleep = 0.6
+    assert policy.stop(late)  # it would start past the deadline: the job ends now
+    late.upcoming_sleep = 0.4
+    assert not policy.stop(late)
+
+
+def test_a_permanent_error_is_not_retried_whatever_the_time_left() -> None:
+    policy = retry_policy(deadline_s=60, backoff_base_s=1.0, backoff_cap_s=4.0)
+    state = failed_attempt(policy, client_error("InvalidParameterValue"), number=1, at=0.1)
+    assert not policy.retry(state)

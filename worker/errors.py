@@ -39,6 +39,15 @@ TRANSIENT_CODES = THROTTLING_CODES | SERVER_CODES
 # forwarded the create first. Retrying with the same token finds out.
 TOO_MANY_REQUESTS = 429
 
+# EC2's answers for an id that does not exist (sic: "NoFound" is how EC2 spells the target's).
+NOT_FOUND_CODES = frozenset(
+    {
+        "InvalidTrafficMirrorTargetNoFound",
+        "InvalidTrafficMirrorFilterNotFound",
+        "InvalidTrafficMirrorSessionNotFound",
+    }
+)
+
 DRY_RUN_OK = "DryRunOperation"
 EC2_SAYS_NUMBER_TAKEN = "InvalidParameterValue"  # among other things; read with the describe
 
@@ -84,6 +93,10 @@ class Failure:
     @property
     def throttled(self) -> bool:
         return self.code in THROTTLING_CODES
+
+    @property
+    def not_found(self) -> bool:
+        return self.code in NOT_FOUND_CODES or self.code.endswith(".NotFound")
 
 
 def classify(error: BaseException) -> Failure:  # noqa: PLR0911 - a return per row

@@ -16,11 +16,12 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from worker.retry import Sleep
 
 # Extend the lease if it is still this holder's, never shortening it (a fence may have
 # extended it past the TTL for a create in flight). 1 if held, 0 if lost.
@@ -37,7 +38,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-Sleep = Callable[[float], Awaitable[None]]
 log = logging.getLogger(__name__)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from tasks import keys, records
-from tasks.contract import AUTO, Envelope, SessionRequest, parse_request
+from tasks.contract import AUTO, DecodedJob, Envelope, SessionRequest, parse_request
 from tasks.errors import InvalidJobError
 from tasks.records import JobResult, JobStatus
 from tasks.store import AsyncResultStore, Step, StepResult
@@ -27,7 +27,6 @@ from worker.execute import Ec2, execute_job
 from worker.leases import Lease
 
 log = logging.getLogger(__name__)
-Job = tuple[str, Envelope | InvalidJobError]  # a job id, and its envelope or why it has none
 REDIS_WAIT_LOG_EVERY_S = 60.0
 
 
@@ -41,7 +40,7 @@ class Worker:
     ping: Callable[[], Awaitable[object]]  # is Redis (where records live) back?
 
 
-async def run_message(worker: Worker, jobs: list[Job]) -> None:
+async def run_message(worker: Worker, jobs: list[DecodedJob]) -> None:
     """Run a message's jobs side by side; every one is recorded before this returns."""
 
     async def admitted(job_id: str, envelope: Envelope | InvalidJobError) -> None:

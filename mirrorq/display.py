@@ -1,4 +1,5 @@
-"""Following a batch in the terminal: counts, a live progress bar, rate and ETA."""
+"""What the CLI shows: the plan of a bulk run, a batch's counts, a live progress bar with rate
+and ETA, and the fleet's shared EC2 rate."""
 
 from __future__ import annotations
 
@@ -18,8 +19,21 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from mirrorq.bulk import Plan
 from tasks.producer import Producer
 from tasks.records import STATUS_ORDER
+
+
+def plan_table(plan: Plan) -> Table:
+    table = Table(
+        title=f"plan: mirror to {plan.target_id} through {plan.filter_id}", title_justify="left"
+    )
+    table.add_column("outcome")
+    table.add_column("ENIs", justify="right")
+    for outcome, count in plan.counts().items():
+        table.add_row(outcome, str(count))
+    table.add_row("[bold]matched", f"[bold]{len(plan.items)}")
+    return table
 
 
 def counts_table(status: dict[str, Any]) -> Table:
@@ -53,11 +67,12 @@ def rate_line(producer: Producer) -> str:
 
 def watch(
     producer: Producer, batch_id: str, console: Console, interval: float = 0.5
-) -> dict[str, Any]:
-    """Render the batch's progress until every job is terminal; return the final status."""
+) -> dict[str, Any] | None:
+    """Render the batch's progress until every job is terminal; return the final status
+    (None for an unknown batch)."""
     status = producer.batch_status(batch_id)
     if status is None:
-        raise LookupError(f"no batch {batch_id}")
+        return None
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -1,0 +1,10 @@
+"""The `mirrorq` command line: one console script, a subcommand per job the product does.
+
+Each command parses its options, calls one function of the product, and prints; the
+commands live by subject in this package's modules.
+"""
+
+from mirrorq.cli import batches, jobs, mirroring, services
+from mirrorq.cli.base import main
+
+__all__ = ["batches", "jobs", "main", "mirroring", "services"]

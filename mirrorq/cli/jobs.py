@@ -1,0 +1,57 @@
+"""`mirrorq submit` and `mirrorq status`: one job at a time."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mirrorq.cli.base import EXIT_FAILED, exit_for, fail_fields, fail_input, main
+
+
+@main.command()
+@click.argument("job")
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option(
+    "--idempotency-key", default=None, help="Submitting the same key again returns the same job."
+)
+@click.option(
+    "--timeout", type=float, default=600.0, show_default=True, help="Seconds --wait waits."
+)
+def submit(job: str, wait: bool, idempotency_key: str | None, timeout: float) -> None:
+    """Enqueue one job: JOB is the request syntax as JSON text, or - to read stdin.
+
+    Prints the job id, or with --wait the result JSON (exit 1 if the job failed).
+    """
+    from tasks.errors import IdempotencyConflictError, InvalidJobError
+    from tasks.producer import Producer
+
+    producer = Producer()
+    try:
+        job_id = producer.submit(
+            sys.stdin.read() if job == "-" else job, idempotency_key=idempotency_key
+        )
+    except InvalidJobError as error:
+        fail_fields(error.errors)
+    except IdempotencyConflictError as error:
+        fail_input(str(error))
+    if not wait:
+        click.echo(job_id)
+        return
+    try:
+        exit_for(producer.wait(job_id, timeout=timeout))
+    except TimeoutError as error:
+        click.echo(f"mirrorq: {error}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("job_id")
+def status(job_id: str) -> None:
+    """Print a job's result JSON (exit 1 if it failed, 2 if the id is unknown)."""
+    from tasks.producer import Producer
+
+    record = Producer().result(job_id)
+    if record is None:
+        fail_input(f"no job {job_id} (unknown id, or its result expired)")
+    exit_for(record)

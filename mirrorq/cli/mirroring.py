@@ -1,0 +1,98 @@
+"""`mirrorq mirror`: bulk mirroring, resolved and planned against live EC2, run as a batch."""
+
+from __future__ import annotations
+
+import click
+
+from mirrorq.cli.base import exit_for_batch, fail_input, key_values, main
+
+
+def _session_number(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected 'auto' or an integer, got {value!r}", param_hint="--session-number"
+        ) from None
+
+
+@main.command()
+@click.option("--target", "target_id", required=True, help="Traffic mirror target (tmt-...).")
+@click.option("--filter", "filter_id", required=True, help="Traffic mirror filter (tmf-...).")
+@click.option("--vpc", multiple=True, help="ENIs in this VPC (repeatable: any of them).")
+@click.option("--subnet", multiple=True, help="ENIs in this subnet (repeatable).")
+@click.option("--tag", multiple=True, metavar="KEY=VALUE", help="ENIs with this tag (repeatable).")
+@click.option("--instance", multiple=True, help="Every ENI of this instance (repeatable).")
+@click.option("--eni", multiple=True, help="This ENI (repeatable).")
+@click.option(
+    "--session-number",
+    default="auto",
+    show_default=True,
+    help="'auto' picks the lowest number free on each ENI when its job runs.",
+)
+@click.option("--packet-length", type=int, default=None)
+@click.option("--virtual-network-id", type=int, default=None)
+@click.option("--description", default=None)
+@click.option("--session-tag", multiple=True, metavar="KEY=VALUE", help="Tag every session.")
+@click.option("--dry-run", is_flag=True, help="Plan, and send DryRun jobs: nothing is created.")
+@click.option("--wait", is_flag=True, help="Follow the batch with a progress bar.")
+def mirror(
+    target_id: str,
+    filter_id: str,
+    vpc: tuple[str, ...],
+    subnet: tuple[str, ...],
+    tag: tuple[str, ...],
+    instance: tuple[str, ...],
+    eni: tuple[str, ...],
+    session_number: str,
+    packet_length: int | None,
+    virtual_network_id: int | None,
+    description: str | None,
+    session_tag: tuple[str, ...],
+    dry_run: bool,
+    wait: bool,
+) -> None:
+    """Mirror every matching ENI to TARGET through FILTER: resolve, plan, submit as a batch.
+
+    Selectors of different kinds must all match; repeated ones are alternatives. ENIs
+    already mirrored to this target and filter, at EC2's 3-session limit, that are mirror
+    targets themselves, or not of type `interface` are skipped with the reason.
+    """
+    from rich.console import Console
+
+    from config import get_settings
+    from mirrorq import display
+    from mirrorq.bulk import Ec2Inventory, Selectors, SessionOptions, job_requests
+    from tasks.contract import parse_request
+    from tasks.errors import InvalidJobError
+    from tasks.producer import Producer
+
+    selectors = Selectors(vpc, subnet, key_values(tag, "--tag"), instance, eni)
+    if not selectors:
+        raise click.UsageError("name the ENIs: --vpc, --subnet, --tag, --instance or --eni")
+    options = SessionOptions(
+        packet_length, virtual_network_id, description, key_values(session_tag, "--session-tag")
+    )
+    console = Console(stderr=True)
+    try:
+        plan = Ec2Inventory(get_settings()).plan(selectors, target_id, filter_id)
+    except LookupError as error:
+        fail_input(str(error))
+    console.print(display.plan_table(plan))
+    requests = job_requests(
+        plan, options, session_number=_session_number(session_number), dry_run=dry_run
+    )
+    try:
+        jobs = [parse_request(r) for r in requests]
+    except InvalidJobError as error:
+        fail_input(str(error))
+    producer = Producer()
+    batch_id = producer.submit_batch(jobs, source="mirrorq mirror", plan=plan.summary())
+    click.echo(batch_id)
+    if wait:
+        status = display.watch(producer, batch_id, console)
+        if status is not None:
+            console.print(display.counts_table(status))
+            exit_for_batch(status)

@@ -1,0 +1,163 @@
+"""`mirrorq worker`, `mirrorq emulator` and `mirrorq demo`: the long-running processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import sys
+from typing import Any
+
+import click
+
+from config import get_emulator_settings
+from config.settings import SQS_QUEUE_NAME
+from mirrorq.cli.base import echo_json, main
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(celery_args: tuple[str, ...]) -> None:
+    """Run a worker; CELERY_ARGS go to `celery worker` (e.g. --hostname, --loglevel).
+
+    Up to MIRRORQ_CONCURRENCY jobs in flight (default 64) share one event loop and one EC2
+    client per process. The pool is threads, one per message: MIRRORQ_CONCURRENCY /
+    MIRRORQ_JOBS_PER_MESSAGE of them (8), as a batch's jobs travel 8 to a message. Jobs sent
+    one by one (submit, send_task) therefore run 8 at a time; set MIRRORQ_JOBS_PER_MESSAGE=1
+    for a fleet fed only single jobs.
+    """
+    from tasks.jobs import app  # the app with the task registered
+
+    # Gossip and mingle are Celery's worker-to-worker chatter over the broker; mirrorq's
+    # workers coordinate through Redis keys instead, and mingle costs a second at start.
+    app.worker_main(
+        ["worker", "--loglevel", "INFO", "--without-gossip", "--without-mingle", *celery_args]
+    )
+
+
+@main.command()
+@click.option("--jobs", type=int, default=300, show_default=True, help="Jobs to run end to end.")
+@click.option(
+    "--drop-rate",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Emulator fault: responses dropped after the session was created.",
+)
+@click.option(
+    "--error-rate",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Emulator fault: 500/503 answers before anything is created.",
+)
+def demo(jobs: int, drop_rate: float, error_rate: float) -> None:
+    """The whole pipeline on this machine: emulator, a worker, JOBS jobs, their results."""
+    from mirrorq.demo import run_demo
+
+    sys.exit(run_demo(jobs=jobs, drop_rate=drop_rate, error_rate=error_rate))
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 5090; 0 picks a free one).")
+@click.option(
+    "--error-rate", type=float, default=None, help="Probability of a 500/503 before creating."
+)
+@click.option(
+    "--drop-rate",
+    type=float,
+    default=None,
+    help="Probability of creating, then closing with no answer.",
+)
+@click.option("--latency-ms", type=float, default=None, help="Delay added to each create.")
+@click.option(
+    "--throttle-rate",
+    type=float,
+    default=None,
+    help="Token refill per second per action (0 = off).",
+)
+@click.option("--throttle-burst", type=int, default=None, help="Token bucket size per action.")
+@click.option("--seed", type=int, default=None, help="Seed the fault dice (replayable runs).")
+@click.option(
+    "--seed-lab",
+    "seed_lab_enis",
+    type=int,
+    default=0,
+    metavar="N",
+    help="Create a lab with N source ENIs and print its ids.",
+)
+@click.option(
+    "--events-queue",
+    default=None,
+    metavar="NAME",
+    help="SQS queue (served here) that gets EC2's EventBridge events.",
+)
+def emulator(
+    host: str | None,
+    port: int | None,
+    error_rate: float | None,
+    drop_rate: float | None,
+    latency_ms: float | None,
+    throttle_rate: float | None,
+    throttle_burst: int | None,
+    seed: int | None,
+    seed_lab_enis: int,
+    events_queue: str | None,
+) -> None:
+    """Run the local EC2 emulator (moto + Traffic Mirroring fidelity + fault injection),
+    with SQS and STS on the same endpoint.
+
+    Settings also come from MIRRORQ_EMULATOR_* variables; faults can be changed while it
+    runs with POST /_mirrorq/faults, and counters read with GET /_mirrorq/stats.
+    """
+    from emulator.faults import FaultPlan
+    from emulator.lab import seed_lab
+    from emulator.server import EmulatorServer
+
+    settings = get_emulator_settings()
+    flags = {
+        "error_rate": error_rate,
+        "drop_rate": drop_rate,
+        "latency_ms": latency_ms,
+        "throttle_rate": throttle_rate,
+        "throttle_burst": throttle_burst,
+    }
+    base = {name: getattr(settings, name) for name in flags}
+    try:
+        plan = FaultPlan().updated({**base, **{k: v for k, v in flags.items() if v is not None}})
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    events_queue = events_queue or settings.events_queue
+    if events_queue is not None and not re.fullmatch(SQS_QUEUE_NAME, events_queue):
+        raise click.BadParameter(
+            "1-80 letters, digits, hyphens or underscores (a standard queue)",
+            param_hint="--events-queue",
+        )
+    # The lab is seeded before throttling starts and before events are sent: it is set-up,
+    # not traffic.
+    server = EmulatorServer(
+        host or settings.host,
+        settings.port if port is None else port,
+        dataclasses.replace(plan, throttle_rate=0.0),
+        settings.seed if seed is None else seed,
+        events_queue,
+    )
+    server.start()
+    ready: dict[str, Any] = {"endpoint_url": server.endpoint_url}
+    if seed_lab_enis:
+        ready["lab"] = seed_lab(server.endpoint_url, seed_lab_enis)
+    server.app.faults.update({"throttle_rate": plan.throttle_rate})
+    if events_queue is not None:
+        server.app.events.switch_on()
+        ready["events_queue_url"] = server.app.events.queue_url(server.endpoint_url)
+    ready["faults"] = server.app.faults.as_dict()
+    echo_json(ready)
+    sys.stdout.flush()
+    logging.getLogger("mirrorq.emulator").info("serving on %s", server.endpoint_url)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
