@@ -42,29 +42,24 @@ class BatchStore:
             "source": source or "",
             "plan": json.dumps(plan or {}),
         }
-        pipe.hset(keys.batch(batch_id), mapping=meta)
+        batch = keys.batch(batch_id)
+        pipe.hset(batch.record, mapping=meta)
         if job_ids:
-            pipe.hset(keys.batch_counts(batch_id), mapping={JobStatus.QUEUED: len(job_ids)})
+            pipe.hset(batch.counts, mapping={JobStatus.QUEUED: len(job_ids)})
             for start in range(0, len(job_ids), CHUNK):
                 chunk = job_ids[start : start + CHUNK]
-                pipe.rpush(keys.batch_jobs(batch_id), *chunk)
-                pipe.hset(
-                    keys.batch_statuses(batch_id), mapping=dict.fromkeys(chunk, JobStatus.QUEUED)
-                )
+                pipe.rpush(batch.jobs, *chunk)
+                pipe.hset(batch.statuses, mapping=dict.fromkeys(chunk, JobStatus.QUEUED))
         else:
-            pipe.hset(keys.batch(batch_id), "finished_at", submitted_at)
-        for key in (
-            keys.batch(batch_id),
-            keys.batch_counts(batch_id),
-            keys.batch_statuses(batch_id),
-            keys.batch_jobs(batch_id),
-        ):
+            pipe.hset(batch.record, "finished_at", submitted_at)
+        for key in batch.all():
             pipe.expire(key, self.ttl_s)
 
     def status(self, batch_id: str) -> dict[str, Any] | None:
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.batch(batch_id))
-            pipe.hgetall(keys.batch_counts(batch_id))
+            batch = keys.batch(batch_id)
+            pipe.hgetall(batch.record)
+            pipe.hgetall(batch.counts)
             meta, counts = pipe.execute()
         if not meta:
             return None
@@ -83,6 +78,7 @@ class BatchStore:
     def job_ids(self, batch_id: str) -> Iterator[list[str]]:
         """The batch's job ids in submission order, a chunk at a time."""
         start = 0
-        while chunk := self.redis.lrange(keys.batch_jobs(batch_id), start, start + CHUNK - 1):
+        jobs = keys.batch(batch_id).jobs
+        while chunk := self.redis.lrange(jobs, start, start + CHUNK - 1):
             yield [j.decode() if isinstance(j, bytes) else j for j in chunk]
             start += CHUNK

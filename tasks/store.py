@@ -136,7 +136,8 @@ QUEUED_STATE = celery_state(JobStatus.QUEUED)
 
 def batch_keys(batch_id: str) -> list[str]:
     """The keys a transition moves: the job's status, the counts, the batch's record."""
-    return [keys.batch_statuses(batch_id), keys.batch_counts(batch_id), keys.batch(batch_id)]
+    batch = keys.batch(batch_id)
+    return [batch.statuses, batch.counts, batch.record]
 
 
 class ResultStore:
