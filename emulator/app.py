@@ -11,7 +11,6 @@ import re
 import socket
 import threading
 import time
-from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -33,6 +32,7 @@ from emulator.mirroring import (
     fingerprint,
     is_dry_run,
 )
+from emulator.stats import Stats, outcome_of
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
@@ -41,29 +41,7 @@ Reply = tuple[str, list[tuple[str, str]], bytes]
 _CREDENTIAL_SCOPE = re.compile(
     r"Credential=(?P<key>[^/]+)/\d{8}/(?P<region>[a-z0-9-]+)/(?P<service>[a-z0-9-]+)/"
 )
-_ERROR_CODE = re.compile(rb"<Code>([^<]+)</Code>")
-_JSON_ERROR_TYPE = re.compile(rb'"__type"\s*:\s*"(?:[^"#]*#)?([^"]+)"')
 FAULTED_ACTION = "CreateTrafficMirrorSession"
-
-
-class Stats:
-    """Calls received per action and outcome (`ok`, `replayed`, `dropped` or an error code)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._calls: defaultdict[str, Counter[str]] = defaultdict(Counter)
-
-    def count(self, action: str, outcome: str) -> None:
-        with self._lock:
-            self._calls[action][outcome] += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {"calls": {action: dict(c) for action, c in sorted(self._calls.items())}}
-
-    def reset(self) -> None:
-        with self._lock:
-            self._calls.clear()
 
 
 def region_of(environ: Environ) -> str:
@@ -159,7 +137,7 @@ class EmulatorApp:
             status, headers, out = self._call_moto(environ, self._ec2)
         except EC2Error as error:
             return self._error(action, error, start_response)
-        self.stats.count(action, _outcome(status, out))
+        self.stats.count(action, outcome_of(status, out))
         if status.startswith("2"):
             # Sent before the answer, so a client that hears "ok" finds the events queued.
             self.events.after_call(
@@ -211,7 +189,7 @@ class EmulatorApp:
                         params,
                         Recorded(fingerprint(params), status, headers, out),
                     )
-                outcome = _outcome(status, out)
+                outcome = outcome_of(status, out)
             else:
                 status, headers, out = recorded.status, recorded.headers, recorded.body
                 outcome = "replayed"
@@ -245,7 +223,7 @@ class EmulatorApp:
     ) -> list[bytes]:
         status, headers, out = reply
         if action:
-            self.stats.count(action, _outcome(status, out, headers))
+            self.stats.count(action, outcome_of(status, out, headers))
         start_response(status, headers)
         return [out]
 
@@ -330,17 +308,6 @@ def _sqs_action(environ: Environ, body: bytes) -> str | None:
     # botocore speaks SQS's JSON protocol (X-Amz-Target); older SDKs its Query protocol.
     target: str = environ.get("HTTP_X_AMZ_TARGET", "")
     return target.partition(".")[2] or _query_action(body)
-
-
-def _outcome(status: str, body: bytes, headers: list[tuple[str, str]] | None = None) -> str:
-    if status.startswith("2"):
-        return "ok"
-    # SQS's JSON errors name their Query-API code here, which is what botocore reports.
-    for name, value in headers or []:
-        if name.lower() == "x-amzn-query-error":
-            return value.partition(";")[0]
-    match = _ERROR_CODE.search(body) or _JSON_ERROR_TYPE.search(body)
-    return match[1].decode() if match else f"HTTP{status[:3]}"
 
 
 def _drop_connection(environ: Environ) -> None:
