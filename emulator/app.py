@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 import socket
 import threading
 import time
@@ -15,9 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
-from moto.iam.models import get_account_id_from
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.test import EnvironBuilder
 
@@ -32,44 +29,11 @@ from emulator.mirroring import (
     fingerprint,
     is_dry_run,
 )
+from emulator.request import account_of, query_action, region_of, service_of, sqs_action
 from emulator.stats import Stats, outcome_of
+from emulator.wsgi import Environ, Reply, StartResponse, call_app, read_body
 
-StartResponse = Callable[..., Any]
-Environ = dict[str, Any]
-Reply = tuple[str, list[tuple[str, str]], bytes]
-
-_CREDENTIAL_SCOPE = re.compile(
-    r"Credential=(?P<key>[^/]+)/\d{8}/(?P<region>[a-z0-9-]+)/(?P<service>[a-z0-9-]+)/"
-)
 FAULTED_ACTION = "CreateTrafficMirrorSession"
-
-
-def region_of(environ: Environ) -> str:
-    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
-    return match["region"] if match else "us-east-1"
-
-
-def account_of(environ: Environ) -> str:
-    """The account moto serves a request in: an assumed role's (STS AssumeRole), else the default.
-
-    The checks must read the backend moto will write to, or a session created with a role's
-    credentials would be validated against another account's ENIs.
-    """
-    header: str | None = environ.get("HTTP_X_MOTO_ACCOUNT_ID")
-    if header:
-        return header
-    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
-    return get_account_id_from(match["key"]) if match else DEFAULT_ACCOUNT_ID
-
-
-def service_of(environ: Environ) -> str | None:
-    """The AWS service a request is for: its SigV4 scope, else its JSON target, else None."""
-    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
-    if match:
-        return match["service"]
-    if environ.get("HTTP_X_AMZ_TARGET", "").startswith("AmazonSQS."):
-        return "sqs"
-    return None
 
 
 def _json(start_response: StartResponse, status: str, payload: Any) -> list[bytes]:
@@ -110,15 +74,15 @@ class EmulatorApp:
         path = environ.get("PATH_INFO", "")
         if path.startswith("/_mirrorq/"):
             return self._control(path, environ, start_response)
-        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        body = read_body(environ)
         environ["wsgi.input"] = io.BytesIO(body)
         service = service_of(environ)
         if service == "sqs":
             with moto_ext.SQS_LOCK:
-                reply = _call(self._sqs, environ)
-            return self._counted(_sqs_action(environ, body), reply, start_response)
+                reply = call_app(self._sqs, environ)
+            return self._counted(sqs_action(environ, body), reply, start_response)
         if service == "sts":
-            return self._counted(_query_action(body), _call(self._sts, environ), start_response)
+            return self._counted(query_action(body), call_app(self._sts, environ), start_response)
         params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         action = params.get("Action")
         if action is None or service not in (None, "ec2"):
@@ -216,7 +180,7 @@ class EmulatorApp:
 
     def _call_moto(self, environ: Environ, app: Any = None) -> Reply:
         with self._lock:
-            return _call(app or self._moto, environ)
+            return call_app(app or self._moto, environ)
 
     def _counted(
         self, action: str | None, reply: Reply, start_response: StartResponse
@@ -246,7 +210,7 @@ class EmulatorApp:
         if method == "GET" and path in reads:
             return _json(start_response, "200 OK", reads[path]())
         if path == "/_mirrorq/faults" and method in ("POST", "PUT"):
-            raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            raw = read_body(environ)
             try:
                 changes = json.loads(raw or b"{}")
                 if not isinstance(changes, dict):
@@ -281,33 +245,6 @@ _REASONS = {
 def _base_url(environ: Environ) -> str:
     """This server as the client reached it, as moto builds its queue URLs."""
     return f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', 'localhost')}"
-
-
-def _call(app: Any, environ: Environ) -> Reply:
-    """One WSGI call to a moto app, its answer collected."""
-    captured: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-        captured["status"], captured["headers"] = status, headers
-
-    chunks = app(environ, start_response)
-    try:
-        out = b"".join(chunks)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-    return captured["status"], captured["headers"], out
-
-
-def _query_action(body: bytes) -> str | None:
-    return dict(parse_qsl(body.decode("utf-8", "replace"))).get("Action")
-
-
-def _sqs_action(environ: Environ, body: bytes) -> str | None:
-    # botocore speaks SQS's JSON protocol (X-Amz-Target); older SDKs its Query protocol.
-    target: str = environ.get("HTTP_X_AMZ_TARGET", "")
-    return target.partition(".")[2] or _query_action(body)
 
 
 def _drop_connection(environ: Environ) -> None:
