@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -19,6 +18,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 from werkzeug.test import EnvironBuilder
 
 from emulator import moto_ext
+from emulator.control import CONTROL_PREFIX, ControlEndpoints
 from emulator.errors import EC2Error, dry_run_ok, throttled
 from emulator.events import EventFeed
 from emulator.faults import Faults
@@ -36,14 +36,6 @@ from emulator.wsgi import Environ, Reply, StartResponse, call_app, read_body
 FAULTED_ACTION = "CreateTrafficMirrorSession"
 
 
-def _json(start_response: StartResponse, status: str, payload: Any) -> list[bytes]:
-    body = json.dumps(payload, indent=2).encode()
-    start_response(
-        status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-    )
-    return [body]
-
-
 class EmulatorApp:
     """Control paths (`/_mirrorq/...`), else the service the SigV4 scope (or X-Amz-Target) names.
 
@@ -59,6 +51,7 @@ class EmulatorApp:
         self.stats = Stats()
         self.mirroring = TrafficMirroring()
         self.events = EventFeed(events_queue)
+        self.control = ControlEndpoints(self.stats, self.faults, self.events, self.reset)
         self._moto = DomainDispatcherApplication(create_backend_app)
         # Going straight to a service's moto app skips the dispatcher's per-request scan of
         # moto's modules (a tenth of the emulator's CPU).
@@ -72,8 +65,8 @@ class EmulatorApp:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path.startswith("/_mirrorq/"):
-            return self._control(path, environ, start_response)
+        if path.startswith(CONTROL_PREFIX):
+            return self.control(path, environ, start_response)
         body = read_body(environ)
         environ["wsgi.input"] = io.BytesIO(body)
         service = service_of(environ)
@@ -200,30 +193,6 @@ class EmulatorApp:
         )
         return [body]
 
-    def _control(self, path: str, environ: Environ, start_response: StartResponse) -> list[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        reads: dict[str, Callable[[], dict[str, Any]]] = {
-            "/_mirrorq/stats": self.stats.snapshot,
-            "/_mirrorq/faults": self.faults.as_dict,
-            "/_mirrorq/events": lambda: self.events.as_dict(_base_url(environ)),
-        }
-        if method == "GET" and path in reads:
-            return _json(start_response, "200 OK", reads[path]())
-        if path == "/_mirrorq/faults" and method in ("POST", "PUT"):
-            raw = read_body(environ)
-            try:
-                changes = json.loads(raw or b"{}")
-                if not isinstance(changes, dict):
-                    raise ValueError("expected a JSON object of fault settings")
-                self.faults.update(changes)
-            except (TypeError, ValueError) as error:
-                return _json(start_response, "400 Bad Request", {"error": str(error)})
-            return _json(start_response, "200 OK", self.faults.as_dict())
-        if path == "/_mirrorq/reset" and method == "POST":
-            self.reset()
-            return _json(start_response, "200 OK", {"reset": True})
-        return _json(start_response, "404 Not Found", {"error": f"no {method} {path}"})
-
     def reset(self) -> None:
         """Forget every resource of every service, token record and counter (not faults)."""
         with self._lock, moto_ext.SQS_LOCK:
@@ -240,11 +209,6 @@ _REASONS = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
-
-
-def _base_url(environ: Environ) -> str:
-    """This server as the client reached it, as moto builds its queue URLs."""
-    return f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', 'localhost')}"
 
 
 def _drop_connection(environ: Environ) -> None:
