@@ -4,36 +4,25 @@ with moto's SQS and STS on the same endpoint.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import socket
 import threading
-import time
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
-from moto.ec2.models import ec2_backends
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.test import EnvironBuilder
 
 from emulator import moto_ext
 from emulator.control import CONTROL_PREFIX, ControlEndpoints
-from emulator.errors import EC2Error, dry_run_ok, throttled
+from emulator.create_path import CreatePath
+from emulator.errors import EC2Error, throttled
 from emulator.events import EventFeed
 from emulator.faults import Faults
-from emulator.mirroring import (
-    IDEMPOTENT_ACTIONS,
-    Recorded,
-    TrafficMirroring,
-    fingerprint,
-    is_dry_run,
-)
+from emulator.mirroring import IDEMPOTENT_ACTIONS, TrafficMirroring
 from emulator.request import account_of, query_action, region_of, service_of, sqs_action
 from emulator.stats import Stats, outcome_of
 from emulator.wsgi import Environ, Reply, StartResponse, call_app, read_body
-
-FAULTED_ACTION = "CreateTrafficMirrorSession"
 
 
 class EmulatorApp:
@@ -62,6 +51,7 @@ class EmulatorApp:
         # check-then-create (per-ENI limits, token records) atomic, as EC2 is. SQS has its
         # own (moto_ext.SQS_LOCK), which a long poll releases while it waits.
         self._lock = threading.RLock()
+        self.creates = CreatePath(self.faults, self.mirroring, self.stats, self._lock, self._ec2)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -90,7 +80,7 @@ class EmulatorApp:
             if not action.startswith("Describe") and not self.faults.admit(action):
                 raise throttled()
             if action in IDEMPOTENT_ACTIONS:
-                return self._create(action, params, environ, start_response)
+                return self.creates(action, params, environ, start_response)
             status, headers, out = self._call_moto(environ, self._ec2)
         except EC2Error as error:
             return self._error(action, error, start_response)
@@ -108,66 +98,6 @@ class EmulatorApp:
             )
         start_response(status, headers)
         return [out]
-
-    # The Traffic Mirroring create calls ------------------------------------------------------
-
-    def _create(
-        self, action: str, params: dict[str, str], environ: Environ, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        plan = self.faults.plan
-        drop = False
-        if action == FAULTED_ACTION:
-            if plan.latency_ms:
-                time.sleep(plan.latency_ms / 1000)
-            if self.faults.roll(plan.error_rate):
-                raise self._injected_error()
-            drop = self.faults.roll(plan.drop_rate)
-        account, region = account_of(environ), region_of(environ)
-        with self._lock:
-            recorded = (
-                None
-                if is_dry_run(params)
-                else self.mirroring.replay(account, region, action, params)
-            )
-            if recorded is None:
-                backend = ec2_backends[account][region]
-                extra = self.mirroring.check(action, backend, params)
-                if is_dry_run(params):
-                    raise dry_run_ok()
-                if extra:
-                    environ["wsgi.input"] = io.BytesIO(urlencode({**params, **extra}).encode())
-                    environ["CONTENT_LENGTH"] = str(environ["wsgi.input"].getbuffer().nbytes)
-                status, headers, out = self._call_moto(environ, self._ec2)
-                if status.startswith("2"):
-                    self.mirroring.remember(
-                        account,
-                        region,
-                        action,
-                        params,
-                        Recorded(fingerprint(params), status, headers, out),
-                    )
-                outcome = outcome_of(status, out)
-            else:
-                status, headers, out = recorded.status, recorded.headers, recorded.body
-                outcome = "replayed"
-        if drop:
-            # The session exists now; the client never hears of it. This is the case that
-            # turns a retry without a fixed ClientToken into a second session.
-            self.stats.count(action, "dropped")
-            _drop_connection(environ)
-            # The server insists on a status; writing it fails on the dead socket.
-            start_response("500 Internal Server Error", [("Content-Length", "0")])
-            return []
-        self.stats.count(action, outcome)
-        start_response(status, headers)
-        return [out]
-
-    def _injected_error(self) -> EC2Error:
-        if self.faults.pick("InternalError", "Unavailable") == "InternalError":
-            return EC2Error("InternalError", "An internal error has occurred.", 500)
-        return EC2Error(
-            "Unavailable", "The server is overloaded and cannot accept the request.", 503
-        )
 
     # Plumbing ----------------------------------------------------------------------------
 
@@ -209,12 +139,3 @@ _REASONS = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
-
-
-def _drop_connection(environ: Environ) -> None:
-    sock: socket.socket | None = environ.get("werkzeug.socket")
-    if sock is not None:
-        # Shut down, not close: the server's later write then fails with a broken pipe,
-        # which it treats as a client that went away, and the client sees EOF, no answer.
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
