@@ -118,7 +118,7 @@ class EmulatorApp:
         self.stats.count(action, error.code)
         body = error.to_xml()
         start_response(
-            f"{error.status} {_REASONS.get(error.status, 'Error')}",
+            error.status_line,
             [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))],
         )
         return [body]
@@ -131,11 +131,3 @@ class EmulatorApp:
             self.events.reset()
             self.stats.reset()
             self.faults.refill()
-
-
-_REASONS = {
-    400: "Bad Request",
-    412: "Precondition Failed",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
