@@ -1,5 +1,5 @@
-"""The emulator's WSGI app: moto's EC2 behind a layer of EC2 fidelity and fault injection,
-with moto's SQS and STS on the same endpoint.
+"""The emulator's WSGI app: each request to the control endpoints or, by its service, to
+moto's EC2 (behind throttling, the create path and the events feed), SQS or STS.
 """
 
 from __future__ import annotations
