@@ -1,105 +1,28 @@
-"""The emulator's WSGI app: moto's EC2 behind a layer of EC2 fidelity and fault injection,
-with moto's SQS and STS on the same endpoint.
+"""The emulator's WSGI app: each request to the control endpoints or, by its service, to
+moto's EC2 (behind throttling, the create path and the events feed), SQS or STS.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import json
-import re
-import socket
 import threading
-import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
-from moto.core.models import DEFAULT_ACCOUNT_ID
-from moto.ec2.models import ec2_backends
-from moto.iam.models import get_account_id_from
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.test import EnvironBuilder
 
 from emulator import moto_ext
-from emulator.errors import EC2Error, dry_run_ok, throttled
+from emulator.control import CONTROL_PREFIX, ControlEndpoints
+from emulator.create_path import CreatePath
+from emulator.errors import EC2Error, throttled
 from emulator.events import EventFeed
 from emulator.faults import Faults
-from emulator.mirroring import (
-    IDEMPOTENT_ACTIONS,
-    Recorded,
-    TrafficMirroring,
-    fingerprint,
-    is_dry_run,
-)
-
-StartResponse = Callable[..., Any]
-Environ = dict[str, Any]
-Reply = tuple[str, list[tuple[str, str]], bytes]
-
-_CREDENTIAL_SCOPE = re.compile(
-    r"Credential=(?P<key>[^/]+)/\d{8}/(?P<region>[a-z0-9-]+)/(?P<service>[a-z0-9-]+)/"
-)
-_ERROR_CODE = re.compile(rb"<Code>([^<]+)</Code>")
-_JSON_ERROR_TYPE = re.compile(rb'"__type"\s*:\s*"(?:[^"#]*#)?([^"]+)"')
-FAULTED_ACTION = "CreateTrafficMirrorSession"
-
-
-class Stats:
-    """Calls received per action and outcome (`ok`, `replayed`, `dropped` or an error code)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._calls: defaultdict[str, Counter[str]] = defaultdict(Counter)
-
-    def count(self, action: str, outcome: str) -> None:
-        with self._lock:
-            self._calls[action][outcome] += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {"calls": {action: dict(c) for action, c in sorted(self._calls.items())}}
-
-    def reset(self) -> None:
-        with self._lock:
-            self._calls.clear()
-
-
-def region_of(environ: Environ) -> str:
-    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
-    return match["region"] if match else "us-east-1"
-
-
-def account_of(environ: Environ) -> str:
-    """The account moto serves a request in: an assumed role's (STS AssumeRole), else the default.
-
-    The checks must read the backend moto will write to, or a session created with a role's
-    credentials would be validated against another account's ENIs.
-    """
-    header: str | None = environ.get("HTTP_X_MOTO_ACCOUNT_ID")
-    if header:
-        return header
-    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
-    return get_account_id_from(match["key"]) if match else DEFAULT_ACCOUNT_ID
-
-
-def service_of(environ: Environ) -> str | None:
-    """The AWS service a request is for: its SigV4 scope, else its JSON target, else None."""
-    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
-    if match:
-        return match["service"]
-    if environ.get("HTTP_X_AMZ_TARGET", "").startswith("AmazonSQS."):
-        return "sqs"
-    return None
-
-
-def _json(start_response: StartResponse, status: str, payload: Any) -> list[bytes]:
-    body = json.dumps(payload, indent=2).encode()
-    start_response(
-        status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-    )
-    return [body]
+from emulator.mirroring import IDEMPOTENT_ACTIONS, TrafficMirroring
+from emulator.request import account_of, query_action, region_of, service_of, sqs_action
+from emulator.stats import Stats, outcome_of
+from emulator.wsgi import Environ, Reply, StartResponse, call_app, read_body
 
 
 class EmulatorApp:
@@ -117,6 +40,7 @@ class EmulatorApp:
         self.stats = Stats()
         self.mirroring = TrafficMirroring()
         self.events = EventFeed(events_queue)
+        self.control = ControlEndpoints(self.stats, self.faults, self.events, self.reset)
         self._moto = DomainDispatcherApplication(create_backend_app)
         # Going straight to a service's moto app skips the dispatcher's per-request scan of
         # moto's modules (a tenth of the emulator's CPU).
@@ -127,20 +51,21 @@ class EmulatorApp:
         # check-then-create (per-ENI limits, token records) atomic, as EC2 is. SQS has its
         # own (moto_ext.SQS_LOCK), which a long poll releases while it waits.
         self._lock = threading.RLock()
+        self.creates = CreatePath(self.faults, self.mirroring, self.stats, self._lock, self._ec2)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path.startswith("/_mirrorq/"):
-            return self._control(path, environ, start_response)
-        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        if path.startswith(CONTROL_PREFIX):
+            return self.control(path, environ, start_response)
+        body = read_body(environ)
         environ["wsgi.input"] = io.BytesIO(body)
         service = service_of(environ)
         if service == "sqs":
             with moto_ext.SQS_LOCK:
-                reply = _call(self._sqs, environ)
-            return self._counted(_sqs_action(environ, body), reply, start_response)
+                reply = call_app(self._sqs, environ)
+            return self._counted(sqs_action(environ, body), reply, start_response)
         if service == "sts":
-            return self._counted(_query_action(body), _call(self._sts, environ), start_response)
+            return self._counted(query_action(body), call_app(self._sts, environ), start_response)
         params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         action = params.get("Action")
         if action is None or service not in (None, "ec2"):
@@ -155,11 +80,11 @@ class EmulatorApp:
             if not action.startswith("Describe") and not self.faults.admit(action):
                 raise throttled()
             if action in IDEMPOTENT_ACTIONS:
-                return self._create(action, params, environ, start_response)
+                return self.creates(action, params, environ, start_response)
             status, headers, out = self._call_moto(environ, self._ec2)
         except EC2Error as error:
             return self._error(action, error, start_response)
-        self.stats.count(action, _outcome(status, out))
+        self.stats.count(action, outcome_of(status, out))
         if status.startswith("2"):
             # Sent before the answer, so a client that hears "ok" finds the events queued.
             self.events.after_call(
@@ -174,78 +99,18 @@ class EmulatorApp:
         start_response(status, headers)
         return [out]
 
-    # The Traffic Mirroring create calls ------------------------------------------------------
-
-    def _create(
-        self, action: str, params: dict[str, str], environ: Environ, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        plan = self.faults.plan
-        drop = False
-        if action == FAULTED_ACTION:
-            if plan.latency_ms:
-                time.sleep(plan.latency_ms / 1000)
-            if self.faults.roll(plan.error_rate):
-                raise self._injected_error()
-            drop = self.faults.roll(plan.drop_rate)
-        account, region = account_of(environ), region_of(environ)
-        with self._lock:
-            recorded = (
-                None
-                if is_dry_run(params)
-                else self.mirroring.replay(account, region, action, params)
-            )
-            if recorded is None:
-                backend = ec2_backends[account][region]
-                extra = self.mirroring.check(action, backend, params)
-                if is_dry_run(params):
-                    raise dry_run_ok()
-                if extra:
-                    environ["wsgi.input"] = io.BytesIO(urlencode({**params, **extra}).encode())
-                    environ["CONTENT_LENGTH"] = str(environ["wsgi.input"].getbuffer().nbytes)
-                status, headers, out = self._call_moto(environ, self._ec2)
-                if status.startswith("2"):
-                    self.mirroring.remember(
-                        account,
-                        region,
-                        action,
-                        params,
-                        Recorded(fingerprint(params), status, headers, out),
-                    )
-                outcome = _outcome(status, out)
-            else:
-                status, headers, out = recorded.status, recorded.headers, recorded.body
-                outcome = "replayed"
-        if drop:
-            # The session exists now; the client never hears of it. This is the case that
-            # turns a retry without a fixed ClientToken into a second session.
-            self.stats.count(action, "dropped")
-            _drop_connection(environ)
-            # The server insists on a status; writing it fails on the dead socket.
-            start_response("500 Internal Server Error", [("Content-Length", "0")])
-            return []
-        self.stats.count(action, outcome)
-        start_response(status, headers)
-        return [out]
-
-    def _injected_error(self) -> EC2Error:
-        if self.faults.pick("InternalError", "Unavailable") == "InternalError":
-            return EC2Error("InternalError", "An internal error has occurred.", 500)
-        return EC2Error(
-            "Unavailable", "The server is overloaded and cannot accept the request.", 503
-        )
-
     # Plumbing ----------------------------------------------------------------------------
 
     def _call_moto(self, environ: Environ, app: Any = None) -> Reply:
         with self._lock:
-            return _call(app or self._moto, environ)
+            return call_app(app or self._moto, environ)
 
     def _counted(
         self, action: str | None, reply: Reply, start_response: StartResponse
     ) -> list[bytes]:
         status, headers, out = reply
         if action:
-            self.stats.count(action, _outcome(status, out, headers))
+            self.stats.count(action, outcome_of(status, out, headers))
         start_response(status, headers)
         return [out]
 
@@ -253,34 +118,10 @@ class EmulatorApp:
         self.stats.count(action, error.code)
         body = error.to_xml()
         start_response(
-            f"{error.status} {_REASONS.get(error.status, 'Error')}",
+            error.status_line,
             [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))],
         )
         return [body]
-
-    def _control(self, path: str, environ: Environ, start_response: StartResponse) -> list[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        reads: dict[str, Callable[[], dict[str, Any]]] = {
-            "/_mirrorq/stats": self.stats.snapshot,
-            "/_mirrorq/faults": self.faults.as_dict,
-            "/_mirrorq/events": lambda: self.events.as_dict(_base_url(environ)),
-        }
-        if method == "GET" and path in reads:
-            return _json(start_response, "200 OK", reads[path]())
-        if path == "/_mirrorq/faults" and method in ("POST", "PUT"):
-            raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-            try:
-                changes = json.loads(raw or b"{}")
-                if not isinstance(changes, dict):
-                    raise ValueError("expected a JSON object of fault settings")
-                self.faults.update(changes)
-            except (TypeError, ValueError) as error:
-                return _json(start_response, "400 Bad Request", {"error": str(error)})
-            return _json(start_response, "200 OK", self.faults.as_dict())
-        if path == "/_mirrorq/reset" and method == "POST":
-            self.reset()
-            return _json(start_response, "200 OK", {"reset": True})
-        return _json(start_response, "404 Not Found", {"error": f"no {method} {path}"})
 
     def reset(self) -> None:
         """Forget every resource of every service, token record and counter (not faults)."""
@@ -290,63 +131,3 @@ class EmulatorApp:
             self.events.reset()
             self.stats.reset()
             self.faults.refill()
-
-
-_REASONS = {
-    400: "Bad Request",
-    412: "Precondition Failed",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-
-def _base_url(environ: Environ) -> str:
-    """This server as the client reached it, as moto builds its queue URLs."""
-    return f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', 'localhost')}"
-
-
-def _call(app: Any, environ: Environ) -> Reply:
-    """One WSGI call to a moto app, its answer collected."""
-    captured: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-        captured["status"], captured["headers"] = status, headers
-
-    chunks = app(environ, start_response)
-    try:
-        out = b"".join(chunks)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-    return captured["status"], captured["headers"], out
-
-
-def _query_action(body: bytes) -> str | None:
-    return dict(parse_qsl(body.decode("utf-8", "replace"))).get("Action")
-
-
-def _sqs_action(environ: Environ, body: bytes) -> str | None:
-    # botocore speaks SQS's JSON protocol (X-Amz-Target); older SDKs its Query protocol.
-    target: str = environ.get("HTTP_X_AMZ_TARGET", "")
-    return target.partition(".")[2] or _query_action(body)
-
-
-def _outcome(status: str, body: bytes, headers: list[tuple[str, str]] | None = None) -> str:
-    if status.startswith("2"):
-        return "ok"
-    # SQS's JSON errors name their Query-API code here, which is what botocore reports.
-    for name, value in headers or []:
-        if name.lower() == "x-amzn-query-error":
-            return value.partition(";")[0]
-    match = _ERROR_CODE.search(body) or _JSON_ERROR_TYPE.search(body)
-    return match[1].decode() if match else f"HTTP{status[:3]}"
-
-
-def _drop_connection(environ: Environ) -> None:
-    sock: socket.socket | None = environ.get("werkzeug.socket")
-    if sock is not None:
-        # Shut down, not close: the server's later write then fails with a broken pipe,
-        # which it treats as a client that went away, and the client sees EOF, no answer.
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)

@@ -5,6 +5,13 @@ from __future__ import annotations
 import uuid
 from xml.sax.saxutils import escape
 
+_REASONS = {
+    400: "Bad Request",
+    412: "Precondition Failed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
 
 class EC2Error(Exception):
     """An error answer from the emulated EC2 endpoint."""
@@ -14,6 +21,10 @@ class EC2Error(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+    @property
+    def status_line(self) -> str:
+        return f"{self.status} {_REASONS.get(self.status, 'Error')}"
 
     def to_xml(self) -> bytes:
         """The body EC2 sends, which botocore's ec2 parser turns into `ClientError`."""
