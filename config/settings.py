@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Self
+from typing import Any, Self
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     result_backend: str = ""
     # Unset means real AWS; point it at `mirrorq emulator` for demos and tests.
     ec2_endpoint_url: str | None = None
+    # Where `mirrorq listen` reads SQS; unset means the EC2 endpoint's (the emulator serves
+    # both), or real AWS when that is unset too.
+    sqs_endpoint_url: str | None = None
     region: str = Field(
         default="us-east-1",
         validation_alias=AliasChoices("MIRRORQ_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
@@ -116,6 +119,11 @@ class EmulatorSettings(BaseSettings):
     # SQS queue (served by the emulator itself) that gets the EventBridge events EC2 would
     # send: instance state changes and CloudTrail API calls. Unset: no events.
     events_queue: str | None = Field(default=None, pattern=SQS_QUEUE_NAME)
+
+    def overridden(self, **flags: Any) -> EmulatorSettings:
+        """These settings with the command line's flags (those given) on top, validated."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        return EmulatorSettings.model_validate({**self.model_dump(), **given})
 
 
 @lru_cache(maxsize=1)

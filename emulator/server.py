@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from config import EmulatorSettings
 from emulator.app import EmulatorApp
 from emulator.faults import FaultPlan, Faults
+from emulator.lab import seed_lab
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -57,3 +60,32 @@ class EmulatorServer:
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def launch(
+    settings: EmulatorSettings, seed_lab_enis: int = 0
+) -> tuple[EmulatorServer, dict[str, Any]]:
+    """Start serving; return the server and what it announces (its endpoint, lab, queue).
+
+    The lab is seeded before throttling starts and before events are sent: it is set-up,
+    not traffic.
+    """
+    plan = FaultPlan().updated(
+        {name: getattr(settings, name) for name in FaultPlan.__dataclass_fields__}
+    )
+    server = EmulatorServer(
+        settings.host,
+        settings.port,
+        dataclasses.replace(plan, throttle_rate=0.0),
+        settings.seed,
+        settings.events_queue,
+    ).start()
+    ready: dict[str, Any] = {"endpoint_url": server.endpoint_url}
+    if seed_lab_enis:
+        ready["lab"] = seed_lab(server.endpoint_url, seed_lab_enis)
+    server.app.faults.update({"throttle_rate": plan.throttle_rate})
+    if settings.events_queue is not None:
+        server.app.events.switch_on()
+        ready["events_queue_url"] = server.app.events.queue_url(server.endpoint_url)
+    ready["faults"] = server.app.faults.as_dict()
+    return server, ready

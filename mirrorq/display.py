@@ -19,20 +19,28 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mirrorq.bulk import Plan
+from mirrorq.planning import Plan
 from tasks.producer import Producer
 from tasks.records import STATUS_ORDER
 
 
 def plan_table(plan: Plan) -> Table:
-    table = Table(
-        title=f"plan: mirror to {plan.target_id} through {plan.filter_id}", title_justify="left"
-    )
+    """Outcomes by rule: how many ENIs each rule would mirror, and why it skips the rest."""
+    title = "plan"
+    if len(plan.rules) == 1:
+        rule = plan.rules[0]
+        title = f"plan: mirror to {', '.join(rule.targets)} through {rule.filter_id}"
+    table = Table(title=title, title_justify="left")
+    if len(plan.rules) > 1:
+        table.add_column("rule")
     table.add_column("outcome")
     table.add_column("ENIs", justify="right")
-    for outcome, count in plan.counts().items():
-        table.add_row(outcome, str(count))
-    table.add_row("[bold]matched", f"[bold]{len(plan.items)}")
+    for rule in plan.rules:
+        counts = plan.counts(rule.name)
+        name = [rule.name] if len(plan.rules) > 1 else []
+        for outcome, count in counts.items():
+            table.add_row(*name, outcome, str(count))
+        table.add_row(*name, "[bold]matched", f"[bold]{sum(counts.values())}")
     return table
 
 

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from emulator.lab import lab_client, seed_lab
-from mirrorq.bulk import Outcome, Selectors, plan_mirroring
+from mirrorq.planning import Outcome, Plan, Target, plan
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+from mirrorq.rules import Rule, Selectors
 from worker.sessions import lowest_free_session_number
 
 T, F = "tmt-00000000000000001", "tmf-00000000000000001"
@@ -37,14 +38,21 @@ def session(
 # The plan (pure) ----------------------------------------------------------------------------
 
 
+def plan_mirroring(
+    enis: list[dict[str, Any]], sessions: list[dict[str, Any]], target_enis: set[str]
+) -> Plan:
+    """What `mirrorq mirror --eni … --target T --filter F` plans."""
+    every = Selectors(eni_ids=tuple(e["NetworkInterfaceId"] for e in enis))
+    rule = Rule(name="", selectors=every, targets=(T,), filter_id=F)
+    return plan([rule], enis, sessions, {T: Target(T)}, target_enis)
+
+
 def test_plan_gives_every_eni_an_outcome() -> None:
     enis = [eni(1), eni(2), eni(3), eni(4), eni(5, "efa"), eni(6)]
     sessions = [session(2, 1, target=T), session(3, 1), session(3, 2), session(3, 3), session(6, 1)]
-    targets = [
-        {"TrafficMirrorTargetId": "tmt-x", "NetworkInterfaceId": eni(4)["NetworkInterfaceId"]}
-    ]
-    plan = plan_mirroring(enis, sessions, targets, T, F)
-    assert [(i.eni_id[-1], i.outcome) for i in plan.items] == [
+    target_enis = {eni(4)["NetworkInterfaceId"]}  # the ENI of another target, "tmt-x"
+    planned = plan_mirroring(enis, sessions, target_enis)
+    assert [(i.eni_id[-1], i.outcome) for i in planned.items] == [
         ("1", Outcome.CREATE),
         ("2", Outcome.ALREADY_MIRRORED),
         ("3", Outcome.SESSION_LIMIT),
@@ -52,7 +60,7 @@ def test_plan_gives_every_eni_an_outcome() -> None:
         ("5", Outcome.NOT_INTERFACE),
         ("6", Outcome.CREATE),
     ]
-    assert plan.counts() == {
+    assert planned.counts() == {
         "create": 2,
         "already_mirrored": 1,
         "session_limit": 1,
@@ -62,8 +70,8 @@ def test_plan_gives_every_eni_an_outcome() -> None:
 
 
 def test_same_target_through_another_filter_is_not_the_same_mirror() -> None:
-    plan = plan_mirroring([eni(1)], [session(1, 1, target=T, flt="tmf-other")], [], T, F)
-    assert plan.to_create() == [eni(1)["NetworkInterfaceId"]]
+    planned = plan_mirroring([eni(1)], [session(1, 1, target=T, flt="tmf-other")], set())
+    assert [i.eni_id for i in planned.to_create()] == [eni(1)["NetworkInterfaceId"]]
 
 
 def test_selectors_become_ec2_filters() -> None:

@@ -17,12 +17,12 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
-from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from config import Settings
 from tasks.connections import async_pool
 from tasks.store import AsyncResultStore, ResultStore
+from worker.aws import client_config
 from worker.execute import Ec2
 from worker.leases import Leases
 from worker.ratelimit import SharedRateLimiter, create_limiters
@@ -35,16 +35,6 @@ if TYPE_CHECKING:  # stubs only: a development dependency
 T = TypeVar("T")
 SPARE_REDIS_CONNECTIONS = 4  # the rate reporter and the lease renewer
 log = logging.getLogger(__name__)
-
-
-def client_config(settings: Settings) -> AioConfig:
-    return AioConfig(
-        # worker/retry.py owns retries; botocore's own would multiply the attempts.
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        max_pool_connections=settings.concurrency,
-        connect_timeout=settings.connect_timeout_s,
-        read_timeout=settings.read_timeout_s,
-    )
 
 
 class Ec2Runtime:

@@ -60,36 +60,45 @@ def mirror(
     already mirrored to this target and filter, at EC2's 3-session limit, that are mirror
     targets themselves, or not of type `interface` are skipped with the reason.
     """
+    import asyncio
+
     from rich.console import Console
 
     from config import get_settings
     from mirrorq import display
-    from mirrorq.bulk import Ec2Inventory, Selectors, SessionOptions, job_requests
-    from tasks.contract import parse_request
+    from mirrorq.bulk import plan_live, submit_plan
+    from mirrorq.inventory import UnknownResourceError
+    from mirrorq.rules import Rule, Selectors, SessionOptions
     from tasks.errors import InvalidJobError
     from tasks.producer import Producer
 
     selectors = Selectors(vpc, subnet, key_values(tag, "--tag"), instance, eni)
     if not selectors:
         raise click.UsageError("name the ENIs: --vpc, --subnet, --tag, --instance or --eni")
-    options = SessionOptions(
-        packet_length, virtual_network_id, description, key_values(session_tag, "--session-tag")
+    rule = Rule(
+        name="",
+        selectors=selectors,
+        targets=(target_id,),
+        filter_id=filter_id,
+        options=SessionOptions(
+            packet_length,
+            virtual_network_id,
+            description,
+            key_values(session_tag, "--session-tag"),
+        ),
+        session_number=_session_number(session_number),
     )
     console = Console(stderr=True)
     try:
-        plan = Ec2Inventory(get_settings()).plan(selectors, target_id, filter_id)
-    except LookupError as error:
-        fail_input(str(error))
+        plan = asyncio.run(plan_live(get_settings(), [rule]))
+    except UnknownResourceError as error:
+        fail_input(f"--{error.kind}: {error}")
     console.print(display.plan_table(plan))
-    requests = job_requests(
-        plan, options, session_number=_session_number(session_number), dry_run=dry_run
-    )
+    producer = Producer()
     try:
-        jobs = [parse_request(r) for r in requests]
+        batch_id = submit_plan(producer, plan, source="mirrorq mirror", dry_run=dry_run)
     except InvalidJobError as error:
         fail_input(str(error))
-    producer = Producer()
-    batch_id = producer.submit_batch(jobs, source="mirrorq mirror", plan=plan.summary())
     click.echo(batch_id)
     if wait:
         status = display.watch(producer, batch_id, console)

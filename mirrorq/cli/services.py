@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import re
 import sys
-from typing import Any
 
 import click
 
 from config import get_emulator_settings
-from config.settings import SQS_QUEUE_NAME
 from mirrorq.cli.base import echo_json, main
 
 
@@ -111,47 +107,27 @@ def emulator(
     Settings also come from MIRRORQ_EMULATOR_* variables; faults can be changed while it
     runs with POST /_mirrorq/faults, and counters read with GET /_mirrorq/stats.
     """
-    from emulator.faults import FaultPlan
-    from emulator.lab import seed_lab
-    from emulator.server import EmulatorServer
+    from pydantic import ValidationError
 
-    settings = get_emulator_settings()
-    flags = {
-        "error_rate": error_rate,
-        "drop_rate": drop_rate,
-        "latency_ms": latency_ms,
-        "throttle_rate": throttle_rate,
-        "throttle_burst": throttle_burst,
-    }
-    base = {name: getattr(settings, name) for name in flags}
+    from emulator.server import launch
+
     try:
-        plan = FaultPlan().updated({**base, **{k: v for k, v in flags.items() if v is not None}})
-    except ValueError as error:
-        raise click.UsageError(str(error)) from error
-    events_queue = events_queue or settings.events_queue
-    if events_queue is not None and not re.fullmatch(SQS_QUEUE_NAME, events_queue):
-        raise click.BadParameter(
-            "1-80 letters, digits, hyphens or underscores (a standard queue)",
-            param_hint="--events-queue",
+        settings = get_emulator_settings().overridden(
+            host=host,
+            port=port,
+            error_rate=error_rate,
+            drop_rate=drop_rate,
+            latency_ms=latency_ms,
+            throttle_rate=throttle_rate,
+            throttle_burst=throttle_burst,
+            seed=seed,
+            events_queue=events_queue,
         )
-    # The lab is seeded before throttling starts and before events are sent: it is set-up,
-    # not traffic.
-    server = EmulatorServer(
-        host or settings.host,
-        settings.port if port is None else port,
-        dataclasses.replace(plan, throttle_rate=0.0),
-        settings.seed if seed is None else seed,
-        events_queue,
-    )
-    server.start()
-    ready: dict[str, Any] = {"endpoint_url": server.endpoint_url}
-    if seed_lab_enis:
-        ready["lab"] = seed_lab(server.endpoint_url, seed_lab_enis)
-    server.app.faults.update({"throttle_rate": plan.throttle_rate})
-    if events_queue is not None:
-        server.app.events.switch_on()
-        ready["events_queue_url"] = server.app.events.queue_url(server.endpoint_url)
-    ready["faults"] = server.app.faults.as_dict()
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        name = str(first["loc"][0]).replace("_", "-")
+        raise click.BadParameter(first["msg"], param_hint=f"--{name}") from None
+    server, ready = launch(settings, seed_lab_enis)
     echo_json(ready)
     sys.stdout.flush()
     logging.getLogger("mirrorq.emulator").info("serving on %s", server.endpoint_url)

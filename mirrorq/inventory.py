@@ -1,0 +1,210 @@
+"""EC2's state, read for planning: ENIs, sessions, and targets with their zones and limits.
+
+Every Describe call is paginated (a client that forgets to misses ENIs), retried as a job's
+calls are (worker/retry.py), and paid for at the fleet's shared Describe limiter when one is
+given, so a burst of events cannot spend the account's Describe bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from config import Settings
+from mirrorq.planning import Target
+from mirrorq.rules import Rule
+from worker.errors import classify
+from worker.execute import take_slot
+from worker.ratelimit import SharedRateLimiter
+from worker.retry import retry_policy
+
+if TYPE_CHECKING:  # stubs only: a development dependency
+    from types_aiobotocore_ec2 import EC2Client
+
+PAGE_SIZE = 1000  # EC2's maximum for the paginated Describe calls
+FILTER_VALUES = 200  # values per filter in one call: more go in several calls
+SOURCES_PER_TARGET = 10  # EC2: a network-interface target takes 10 sources...
+SOURCES_PER_LARGEST_TARGET = 100  # ...or 100 on the largest size of its instance family
+ALL_ZONES = frozenset({"network-load-balancer", "gateway-load-balancer-endpoint"})
+
+
+class UnknownResourceError(LookupError):
+    """A rule or command names a target or filter that does not exist; names which."""
+
+    def __init__(self, kind: str, ids: list[str]) -> None:
+        super().__init__(f"no traffic mirror {kind} {', '.join(ids)}")
+        self.kind = kind  # "target" or "filter": the option or field that names it
+        self.ids = ids
+
+
+class Inventory:
+    def __init__(
+        self, client: EC2Client, settings: Settings, limiter: SharedRateLimiter | None = None
+    ) -> None:
+        self._ec2: Any = client
+        self._settings = settings
+        self._limiter = limiter
+        self._largest: frozenset[str] | None = None  # instance types change only with EC2
+
+    async def _all(self, operation: str, key: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """Every item of a paginated Describe call."""
+        items: list[dict[str, Any]] = []
+        token: dict[str, Any] = {}
+        while True:
+            page = await self._call(operation, **kwargs, **token)
+            items += page.get(key, [])
+            if not page.get("NextToken"):
+                return items
+            token = {"NextToken": page["NextToken"]}
+
+    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        policy = retry_policy(
+            deadline_s=self._settings.job_deadline_s,
+            backoff_base_s=self._settings.backoff_base_s,
+            backoff_cap_s=self._settings.backoff_cap_s,
+        )
+        async for attempt in policy:
+            with attempt:
+                await take_slot(self._limiter, self._settings)
+                answer: dict[str, Any] = await getattr(self._ec2, operation)(**kwargs)
+                return answer
+        raise AssertionError("unreachable: the policy reraises")  # pragma: no cover
+
+    # ENIs and sessions -----------------------------------------------------------------------
+
+    async def enis(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return await self._all(
+            "describe_network_interfaces",
+            "NetworkInterfaces",
+            Filters=filters,
+            MaxResults=PAGE_SIZE,
+        )
+
+    async def enis_for(self, rules: Iterable[Rule]) -> list[dict[str, Any]]:
+        """Every ENI some rule's selectors match (one filtered listing per rule)."""
+        found: dict[str, dict[str, Any]] = {}
+        for rule in rules:
+            for eni in await self.enis(rule.selectors.filters()):
+                found.setdefault(eni["NetworkInterfaceId"], eni)
+        return list(found.values())
+
+    async def enis_named(
+        self, *, eni_ids: Iterable[str] = (), instance_ids: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """These ENIs, and every ENI attached to these instances (not only the primary)."""
+        found: dict[str, dict[str, Any]] = {}
+        for name, values in (
+            ("network-interface-id", sorted(set(eni_ids))),
+            ("attachment.instance-id", sorted(set(instance_ids))),
+        ):
+            for start in range(0, len(values), FILTER_VALUES):
+                chunk = values[start : start + FILTER_VALUES]
+                for eni in await self.enis([{"Name": name, "Values": chunk}]):
+                    found.setdefault(eni["NetworkInterfaceId"], eni)
+        return list(found.values())
+
+    async def sessions(self, filters: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"MaxResults": PAGE_SIZE}
+        if filters:
+            kwargs["Filters"] = filters
+        return await self._all(
+            "describe_traffic_mirror_sessions", "TrafficMirrorSessions", **kwargs
+        )
+
+    async def sessions_touching(
+        self, eni_ids: Iterable[str], target_ids: Iterable[str]
+    ) -> list[dict[str, Any]]:
+        """The sessions on these ENIs, and those to these targets (their load)."""
+        found: dict[str, dict[str, Any]] = {}
+        for name, values in (
+            ("network-interface-id", sorted(set(eni_ids))),
+            ("traffic-mirror-target-id", sorted(set(target_ids))),
+        ):
+            for start in range(0, len(values), FILTER_VALUES):
+                chunk = values[start : start + FILTER_VALUES]
+                for s in await self.sessions([{"Name": name, "Values": chunk}]):
+                    found.setdefault(s["TrafficMirrorSessionId"], s)
+        return list(found.values())
+
+    # Targets and filters ---------------------------------------------------------------------
+
+    async def targets(self, target_ids: Iterable[str]) -> dict[str, Target]:
+        """These targets with the zone each serves and the sources it takes; refuses any that
+        does not exist, naming it."""
+        wanted = sorted(set(target_ids))
+        described = await self._all("describe_traffic_mirror_targets", "TrafficMirrorTargets")
+        found = {
+            t["TrafficMirrorTargetId"]: t for t in described if t["TrafficMirrorTargetId"] in wanted
+        }
+        missing = [t for t in wanted if t not in found]
+        if missing:
+            raise UnknownResourceError("target", missing)
+        eni_ids = [t["NetworkInterfaceId"] for t in found.values() if t.get("NetworkInterfaceId")]
+        enis = {e["NetworkInterfaceId"]: e for e in await self.enis_named(eni_ids=eni_ids)}
+        sizes = await self._instance_types(
+            [(e.get("Attachment") or {}).get("InstanceId") for e in enis.values()]
+        )
+        largest = await self._largest_types() if sizes else frozenset()
+        targets = {}
+        for target_id, t in found.items():
+            eni = enis.get(t.get("NetworkInterfaceId") or "")
+            if t.get("Type") in ALL_ZONES or eni is None:
+                targets[target_id] = Target(target_id)
+                continue
+            instance = str((eni.get("Attachment") or {}).get("InstanceId"))
+            largest_size = sizes.get(instance, "") in largest
+            limit = SOURCES_PER_LARGEST_TARGET if largest_size else SOURCES_PER_TARGET
+            targets[target_id] = Target(
+                target_id, eni["NetworkInterfaceId"], eni.get("AvailabilityZone"), limit
+            )
+        return targets
+
+    async def all_target_enis(self) -> set[str]:
+        """Every ENI that is some target's (a target cannot be a source)."""
+        described = await self._all("describe_traffic_mirror_targets", "TrafficMirrorTargets")
+        return {t["NetworkInterfaceId"] for t in described if t.get("NetworkInterfaceId")}
+
+    async def require_filters(self, filter_ids: Iterable[str]) -> None:
+        for filter_id in sorted(set(filter_ids)):
+            try:
+                found = await self._all(
+                    "describe_traffic_mirror_filters",
+                    "TrafficMirrorFilters",
+                    TrafficMirrorFilterIds=[filter_id],
+                )
+            except ClientError as error:
+                if not classify(error).not_found:
+                    raise
+                found = []
+            if not found:
+                raise UnknownResourceError("filter", [filter_id])
+
+    async def _instance_types(self, instance_ids: Iterable[str | None]) -> dict[str, str]:
+        ids = sorted({i for i in instance_ids if i})
+        if not ids:
+            return {}
+        reservations = await self._all("describe_instances", "Reservations", InstanceIds=ids)
+        return {i["InstanceId"]: i["InstanceType"] for r in reservations for i in r["Instances"]}
+
+    async def _largest_types(self) -> frozenset[str]:
+        if self._largest is None:
+            described = await self._all("describe_instance_types", "InstanceTypes")
+            self._largest = _largest(described)
+        return self._largest
+
+
+def _largest(described: list[dict[str, Any]]) -> frozenset[str]:
+    """Per instance family, the sizes with the most vCPUs, bare metal aside: EC2's "largest
+    size", whose network-interface targets take 100 sources instead of 10."""
+    vcpus = {
+        t["InstanceType"]: t.get("VCpuInfo", {}).get("DefaultVCpus", 0)
+        for t in described
+        if not t.get("BareMetal") and "metal" not in t["InstanceType"].partition(".")[2]
+    }
+    most: dict[str, int] = {}
+    for name, count in vcpus.items():
+        family = name.partition(".")[0]
+        most[family] = max(most.get(family, 0), count)
+    return frozenset(n for n, c in vcpus.items() if c == most[n.partition(".")[0]])

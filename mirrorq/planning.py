@@ -1,0 +1,208 @@
+"""Planning: for each rule and each ENI it matches, create a session (to which target) or why not.
+
+Pure: the inventory (mirrorq/inventory.py) reads EC2, this decides. Rules apply in order and
+every rule that matches an ENI applies; what an earlier rule plans counts for the later ones
+(EC2's 3 sessions per ENI, a target's sources, "already mirrored"). Running a plan twice
+creates nothing new; a session deleted since is planned again, with a new job (a new token).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from mirrorq.rules import Choose, Rule
+from worker.sessions import same_mirror
+
+SESSIONS_PER_INTERFACE = 3  # EC2's quota of sessions per source ENI
+
+
+class Outcome(StrEnum):
+    CREATE = "create"
+    ALREADY_MIRRORED = "already_mirrored"  # to (one of) the rule's targets, through its filter
+    SESSION_LIMIT = "session_limit"  # already 3 sessions, EC2's per-ENI limit
+    IS_MIRROR_TARGET = "is_mirror_target"  # a target cannot be a source
+    NOT_INTERFACE = "not_interface_type"  # efa, trunk, ... ENIs are not mirrored
+    NO_TARGET_IN_ZONE = "no_target_in_zone"  # same-az: none of the targets serves the ENI's zone
+    TARGETS_FULL = "targets_full"  # every candidate target takes no more sources
+
+
+@dataclass(frozen=True)
+class Target:
+    """A traffic mirror target, as planning needs it."""
+
+    target_id: str
+    eni_id: str | None = None  # a network-interface target's ENI
+    zone: str | None = None  # None: serves every zone (NLB, Gateway Load Balancer endpoint)
+    source_limit: int | None = None  # None: no limit (NLB, GWLB endpoint)
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    rule: str
+    eni_id: str
+    outcome: Outcome
+    target_id: str | None = None  # for CREATE: the target chosen
+    detail: str = ""
+
+
+@dataclass
+class Plan:
+    rules: list[Rule]
+    items: list[PlanItem] = field(default_factory=list)
+
+    def counts(self, rule: str | None = None) -> dict[str, int]:
+        counted = Counter(i.outcome for i in self.items if rule is None or i.rule == rule)
+        return {o.value: counted[o] for o in Outcome if counted[o]}
+
+    def to_create(self) -> list[PlanItem]:
+        return [i for i in self.items if i.outcome is Outcome.CREATE]
+
+    def summary(self) -> dict[str, Any]:
+        """What a batch keeps as its record of the plan (one rule: `mirror`'s shape)."""
+        per_rule = {r.name: self._rule_summary(r) for r in self.rules}
+        if len(self.rules) == 1:
+            return next(iter(per_rule.values()))
+        return {"counts": self.counts(), "rules": per_rule}
+
+    def _rule_summary(self, rule: Rule) -> dict[str, Any]:
+        skipped: dict[str, list[str]] = {}
+        for item in self.items:
+            if item.rule == rule.name and item.outcome is not Outcome.CREATE:
+                skipped.setdefault(item.outcome.value, []).append(item.eni_id)
+        targets: dict[str, Any] = (
+            {"target": rule.targets[0]}
+            if rule.choose is None
+            else {"targets": list(rule.targets), "choose": rule.choose.value}
+        )
+        return {
+            **targets,
+            "filter": rule.filter_id,
+            "counts": self.counts(rule.name),
+            "skipped": skipped,
+        }
+
+
+@dataclass
+class _Load:
+    """What the targets and ENIs hold, existing and planned so far."""
+
+    on_eni: dict[str, list[dict[str, Any]]]
+    sessions: Counter[str]
+    sources: dict[str, set[str]]
+
+    @classmethod
+    def of(cls, sessions: Iterable[dict[str, Any]]) -> _Load:
+        load = cls({}, Counter(), {})
+        for s in sessions:
+            load.add(s["NetworkInterfaceId"], s["TrafficMirrorTargetId"], s)
+        return load
+
+    def add(self, eni_id: str, target_id: str, session: dict[str, Any]) -> None:
+        self.on_eni.setdefault(eni_id, []).append(session)
+        self.sessions[target_id] += 1
+        self.sources.setdefault(target_id, set()).add(eni_id)
+
+    def has_room(self, target: Target, eni_id: str) -> bool:
+        sources = self.sources.get(target.target_id, set())
+        return (
+            target.source_limit is None or eni_id in sources or len(sources) < target.source_limit
+        )
+
+
+def plan(
+    rules: list[Rule],
+    enis: list[dict[str, Any]],
+    sessions: list[dict[str, Any]],
+    targets: dict[str, Target],
+    target_enis: set[str],
+) -> Plan:
+    """Decide, rule by rule, for each ENI a rule's selectors match. `targets` are the rules'
+    targets; `target_enis` every ENI that is a target in the account (never a source)."""
+    load = _Load.of(sessions)
+    result = Plan(rules)
+    for rule in rules:
+        seen: set[str] = set()
+        for eni in enis:
+            eni_id = eni["NetworkInterfaceId"]
+            if eni_id in seen or not rule.selectors.matches(eni):
+                continue
+            seen.add(eni_id)
+            item = _decide(rule, eni, load, targets, target_enis)
+            result.items.append(item)
+            if item.target_id is not None:
+                planned = {
+                    "TrafficMirrorTargetId": item.target_id,
+                    "TrafficMirrorFilterId": rule.filter_id,
+                    "TrafficMirrorSessionId": "(planned)",
+                }
+                load.add(eni_id, item.target_id, planned)
+    return result
+
+
+def _decide(  # noqa: PLR0911 - a return per outcome
+    rule: Rule,
+    eni: dict[str, Any],
+    load: _Load,
+    targets: dict[str, Target],
+    target_enis: set[str],
+) -> PlanItem:
+    eni_id = eni["NetworkInterfaceId"]
+    existing = load.on_eni.get(eni_id, [])
+    same = same_mirror(existing, rule.targets, rule.filter_id)
+    if same:
+        return PlanItem(
+            rule.name, eni_id, Outcome.ALREADY_MIRRORED, detail=same[0]["TrafficMirrorSessionId"]
+        )
+    if eni_id in target_enis:
+        return PlanItem(rule.name, eni_id, Outcome.IS_MIRROR_TARGET)
+    if eni.get("InterfaceType", "interface") != "interface":
+        return PlanItem(rule.name, eni_id, Outcome.NOT_INTERFACE, detail=eni["InterfaceType"])
+    if len(existing) >= SESSIONS_PER_INTERFACE:
+        return PlanItem(
+            rule.name, eni_id, Outcome.SESSION_LIMIT, detail=f"{len(existing)} sessions"
+        )
+    candidates = [targets[t] for t in rule.targets if t in targets]
+    if rule.choose is Choose.SAME_AZ:
+        zone = eni.get("AvailabilityZone")
+        candidates = [t for t in candidates if t.zone is None or t.zone == zone]
+        if not candidates:
+            return PlanItem(rule.name, eni_id, Outcome.NO_TARGET_IN_ZONE, detail=str(zone))
+    room = [t for t in candidates if load.has_room(t, eni_id)]
+    if not room:
+        return PlanItem(rule.name, eni_id, Outcome.TARGETS_FULL)
+    # Fewest sessions first; ties go to the target listed first.
+    chosen = min(room, key=lambda t: load.sessions[t.target_id])
+    return PlanItem(rule.name, eni_id, Outcome.CREATE, target_id=chosen.target_id)
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """A job to submit: its request, what made it, and the rule's other targets."""
+
+    request: dict[str, Any]
+    rule: str
+    alternatives: list[str]
+
+
+def planned_jobs(plan: Plan, *, dry_run: bool = False) -> list[PlannedJob]:
+    """One job per ENI and rule to create, each with the rule's session options."""
+    rules = {r.name: r for r in plan.rules}
+    jobs = []
+    for item in plan.to_create():
+        rule = rules[item.rule]
+        assert item.target_id is not None
+        request = {
+            "NetworkInterfaceId": item.eni_id,
+            "TrafficMirrorTargetId": item.target_id,
+            "TrafficMirrorFilterId": rule.filter_id,
+            "SessionNumber": rule.session_number,
+            **rule.options.request_fields(),
+            **({"DryRun": True} if dry_run else {}),
+        }
+        others = [t for t in rule.targets if t != item.target_id]
+        jobs.append(PlannedJob(request, rule.name, others))
+    return jobs
