@@ -4,6 +4,8 @@
 - DescribeNetworkInterfaces and DescribeTrafficMirrorSessions honour MaxResults/NextToken,
   so clients that forget to paginate miss ENIs here as they would on EC2.
 - CreateNetworkInterface keeps its InterfaceType (efa, trunk...), which moto drops.
+- RunInstances tags the instances' ENIs with its `network-interface` TagSpecifications, as
+  EC2 does (moto drops them), before it answers (and so before any event about them).
 - SQS runs under one lock of its own (`SQS_LOCK`) that a long poll releases while it waits,
   and a poll wakes when a message becomes visible again or its WaitTimeSeconds is up, not
   only on its 1 s tick.
@@ -24,6 +26,7 @@ from moto.core.utils import unix_time, unix_time_millis
 from moto.ec2 import utils as ec2_utils
 from moto.ec2.exceptions import EC2ClientError, InvalidNextToken
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
+from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.traffic_mirrors import TrafficMirrors
 from moto.sqs.models import Queue, SQSBackend
 
@@ -185,6 +188,18 @@ def _change_message_visibility_and_wake(
         condition.notify_all()
 
 
+_run_instances = InstanceResponse.run_instances
+
+
+def _run_instances_tagging_enis(self: Any) -> ActionResult:
+    result = _run_instances(self)
+    tags = self._parse_tag_specification().get("network-interface", {})
+    if tags:
+        for instance in result.result.instances:  # type: ignore[attr-defined]
+            self.ec2_backend.create_tags([nic.id for nic in instance.nics.values()], tags)
+    return result
+
+
 def install() -> None:
     for resource, prefix in EC2_PREFIXES.items():
         ec2_utils.EC2_RESOURCE_TO_PREFIX[resource] = prefix
@@ -192,6 +207,7 @@ def install() -> None:
     ElasticNetworkInterfaces.describe_network_interfaces = _describe_network_interfaces  # type: ignore[method-assign]
     TrafficMirrors.describe_traffic_mirror_sessions = _describe_traffic_mirror_sessions  # type: ignore[method-assign]
     ElasticNetworkInterfaces.create_network_interface = _create_typed_network_interface  # type: ignore[method-assign]
+    InstanceResponse.run_instances = _run_instances_tagging_enis  # type: ignore[method-assign]
     Queue.__init__ = _queue_init_on_sqs_lock  # type: ignore[method-assign]
     Queue.wait_for_messages = _wait_for_messages  # type: ignore[method-assign]
     SQSBackend.receive_message = _receive_message_until_deadline  # type: ignore[method-assign]

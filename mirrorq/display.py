@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from mirrorq.planning import Plan
+from mirrorq.rules import Rule
 from tasks.producer import Producer
 from tasks.records import STATUS_ORDER
 
@@ -42,6 +43,62 @@ def plan_table(plan: Plan) -> Table:
             table.add_row(*name, outcome, str(count))
         table.add_row(*name, "[bold]matched", f"[bold]{sum(counts.values())}")
     return table
+
+
+def rule_json(rule: Rule) -> dict[str, Any]:
+    """A rule as the policy file writes it."""
+    s = rule.selectors
+    out: dict[str, Any] = {
+        "name": rule.name,
+        "vpc": list(s.vpc_ids),
+        "subnet": list(s.subnet_ids),
+        "tag": [f"{k}={v}" for k, v in s.tags],
+        "instance": list(s.instance_ids),
+        "eni": list(s.eni_ids),
+    }
+    if rule.choose is None:
+        out["target"] = rule.targets[0]
+    else:
+        out |= {"targets": list(rule.targets), "choose": rule.choose.value}
+    out["filter"] = rule.filter_id
+    o = rule.options
+    out |= {
+        "packet_length": o.packet_length,
+        "virtual_network_id": o.virtual_network_id,
+        "description": o.description,
+        "session_tags": [f"{k}={v}" for k, v in o.session_tags],
+    }
+    return {k: v for k, v in out.items() if v not in (None, [])}
+
+
+def rules_table(rules: list[Rule], title: str) -> Table:
+    table = Table(title=f"{title}: {len(rules)} rule(s)", title_justify="left")
+    for column in ("rule", "ENIs", "to", "through", "session options"):
+        table.add_column(column)
+    for rule in rules:
+        shown = rule_json(rule)
+        enis = "; ".join(
+            f"{k} {', '.join(shown[k])}"
+            for k in ("vpc", "subnet", "tag", "instance", "eni")
+            if k in shown
+        )
+        to = (
+            rule.targets[0]
+            if rule.choose is None
+            else f"{rule.choose.value}: {', '.join(rule.targets)}"
+        )
+        options = ", ".join(
+            f"{k}={v}"
+            for k, v in shown.items()
+            if k in ("packet_length", "virtual_network_id", "description", "session_tags")
+        )
+        table.add_row(rule.name, enis, to, rule.filter_id, options)
+    return table
+
+
+def plan_jobs_json(plan: Plan) -> list[dict[str, Any]]:
+    """Each ENI a plan would mirror: the rule, the ENI, the target chosen."""
+    return [{"rule": i.rule, "eni": i.eni_id, "target": i.target_id} for i in plan.to_create()]
 
 
 def counts_table(status: dict[str, Any]) -> Table:

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 MIRRORQ = [sys.executable, "-m", "mirrorq"]
 LOG_DIR = Path(tempfile.gettempdir()) / "mirrorq-logs"
@@ -108,22 +108,29 @@ class EmulatorProcess:
         self._stderr.close()
 
 
-class WorkerProcess:
-    """A real `mirrorq worker` with its own log file."""
+class ServiceProcess:
+    """A long-running `mirrorq` command (worker, listener, API) with its own log file."""
+
+    command: tuple[str, ...] = ()
+    ready_marker = b""  # what it logs once it serves
 
     def __init__(self, name: str, env: dict[str, str], *args: str, log_dir: Path = LOG_DIR) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [*MIRRORQ, "worker", "--hostname", f"{name}@%h", *args],
+            [*MIRRORQ, *self.command, *self.arguments(name), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
         )
 
-    def __enter__(self) -> WorkerProcess:
+    def arguments(self, name: str) -> list[str]:
+        return []
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -133,11 +140,11 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker died: {self.log_path.read_text()[-3000:]}")
-            if b"ready." in self.log_path.read_bytes():
+                raise RuntimeError(f"{self.name} died: {self.log_path.read_text()[-3000:]}")
+            if self.ready_marker in self.log_path.read_bytes():
                 return
             time.sleep(0.1)
-        raise TimeoutError(f"worker not ready after {timeout}s: {self.log_path}")
+        raise TimeoutError(f"{self.name} not ready after {timeout}s: {self.log_path}")
 
     def kill(self) -> None:
         """SIGKILL: no warm shutdown, no acks, no goodbyes."""
@@ -152,3 +159,20 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._log.close()
+
+
+class WorkerProcess(ServiceProcess):
+    """A real `mirrorq worker`."""
+
+    command = ("worker",)
+    ready_marker = b"ready."
+
+    def arguments(self, name: str) -> list[str]:
+        return ["--hostname", f"{name}@%h"]
+
+
+class ListenerProcess(ServiceProcess):
+    """A real `mirrorq listen` (its queues and policy are its arguments)."""
+
+    command = ("listen",)
+    ready_marker = b"listening on"

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -27,6 +28,12 @@ from tasks.store import ResultStore
 
 log = logging.getLogger(__name__)
 Origin = dict[str, str | None]  # {"rule": ..., "event_id": ...}: what made a job
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    job_id: str
+    new: bool  # False: the idempotency key named this job already
 
 
 class Producer:
@@ -54,6 +61,19 @@ class Producer:
     ) -> str:
         """Validate and enqueue one job; return its id. Raises InvalidJobError naming fields,
         IdempotencyConflictError if the key was used for another request."""
+        return self.accept(
+            request, idempotency_key=idempotency_key, origin=origin, alternatives=alternatives
+        ).job_id
+
+    def accept(
+        self,
+        request: Any,
+        *,
+        idempotency_key: str | None = None,
+        origin: Origin | None = None,
+        alternatives: Iterable[str] = (),
+    ) -> Acceptance:
+        """`submit`, telling also whether the job is new or the key named it already."""
         kwargs = parse_request(request).to_kwargs()
         job_id = str(uuid.uuid4())
         claim = None
@@ -64,13 +84,13 @@ class Producer:
         record = accepted(job_id, kwargs, submitted_at=utcnow(), origin=origin)
         earlier = self.store.accept(record, claim)
         if earlier is not None:
-            return _same_request(idempotency_key or "", earlier, claim)
+            return Acceptance(_same_request(idempotency_key or "", earlier, claim), new=False)
         try:
             self._publish(record, list(alternatives))
         except Exception:
             self._unaccept(record, claim)
             raise
-        return job_id
+        return Acceptance(job_id, new=True)
 
     def submit_batch(
         self,
@@ -177,6 +197,17 @@ class Producer:
         """Every job's record in submission order (jobs whose record expired are skipped)."""
         for chunk in self.store.batches.job_ids(batch_id):
             yield from (r for r in self.store.load_many(chunk) if r is not None)
+
+    def wait_batch(
+        self, batch_id: str, timeout: float = 300.0, poll: float = 0.5
+    ) -> dict[str, Any] | None:
+        """The batch's status once it ended, or as it stands after `timeout` (None: unknown)."""
+        deadline = time.monotonic() + timeout
+        while (status := self.batch_status(batch_id)) is not None and not status["finished_at"]:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(poll)
+        return status
 
     def result(self, job_id: str) -> JobResult | None:
         return self.store.load(job_id)

@@ -25,7 +25,9 @@ class Answer:
     status: int
     body: bytes = b""
     content_type: str = "text/html"
-    forward: Literal["before", "instead"] = "before"  # "before": the call reaches EC2 first
+    # "before": the call reaches EC2 first; "instead": it never does; "hold": the call waits
+    # (the client hears nothing) until the proxy is closed.
+    forward: Literal["before", "instead", "hold"] = "before"
 
 
 Rule = Callable[[str, dict[str, str], int], Answer | None]  # None: forward untouched
@@ -40,6 +42,7 @@ class FaultProxy:
         self.calls: Counter[str] = Counter()
         self.mangled: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,11 +54,18 @@ class FaultProxy:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 params = dict(parse_qsl(body.decode("utf-8", "replace")))
-                action = params.get("Action", "")
+                # The Query protocol (EC2) names the action in the body; JSON (SQS) in a header.
+                target = self.headers.get("X-Amz-Target", "")
+                action = params.get("Action") or target.rpartition(".")[2]
                 with proxy._lock:
                     seen = proxy.calls[action]
                     proxy.calls[action] += 1
                 answer = proxy.rule(action, params, seen)
+                if answer is not None and answer.forward == "hold":
+                    with proxy._lock:
+                        proxy.mangled[action] += 1
+                    proxy._closing.wait()
+                    return
                 if answer is None or answer.forward == "before":
                     status, headers, reply = proxy._forward(self.command, self.path, self, body)
                 if answer is not None:
@@ -101,5 +111,6 @@ class FaultProxy:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()

@@ -1,0 +1,185 @@
+"""`mirrorq policy`, `mirrorq reconcile` and `mirrorq listen`: a policy file kept true, on a
+schedule and from EventBridge events."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import click
+
+from mirrorq.cli.base import EXIT_USAGE, echo_json, exit_for_batch, fail_input, main
+
+if TYPE_CHECKING:
+    from mirrorq.rules import Rule
+
+policy_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _rules(path: Path) -> list[Rule]:
+    from mirrorq.policy import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as error:
+        _refuse(error)
+
+
+def _refuse(error: Exception) -> NoReturn:
+    click.echo(f"mirrorq: {error}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+@main.group()
+def policy() -> None:
+    """Policy files: which ENIs go to which sensor, as TOML rules."""
+
+
+@policy.command("check")
+@click.argument("file", type=policy_file)
+@click.option("--json", "as_json", is_flag=True, help="Print the rules as JSON.")
+def policy_check(file: Path, as_json: bool) -> None:
+    """Validate FILE and print its rules (exit 2 naming the rule and field if invalid)."""
+    from rich.console import Console
+
+    from mirrorq import display
+
+    rules = _rules(file)
+    if as_json:
+        echo_json([display.rule_json(r) for r in rules])
+    else:
+        Console().print(display.rules_table(rules, title=str(file)))
+
+
+@policy.command("plan")
+@click.argument("file", type=policy_file)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def policy_plan(file: Path, as_json: bool) -> None:
+    """What each rule of FILE would create and skip against live EC2, with reasons.
+
+    Creates nothing.
+    """
+    import asyncio
+
+    from rich.console import Console
+
+    from config import get_settings
+    from mirrorq import display
+    from mirrorq.bulk import plan_live
+    from mirrorq.inventory import UnknownResourceError
+
+    rules = _rules(file)
+    try:
+        plan = asyncio.run(plan_live(get_settings(), rules))
+    except UnknownResourceError as error:
+        fail_input(f"{file}: {error}")
+    if as_json:
+        echo_json({**plan.summary(), "jobs": display.plan_jobs_json(plan)})
+    else:
+        Console().print(display.plan_table(plan))
+
+
+@main.command()
+@click.option("--policy", "policy_path", type=policy_file, required=True, help="Policy file.")
+@click.option(
+    "--every",
+    default=None,
+    metavar="DURATION",
+    help="Repeat every DURATION (30s, 5m, 1h) for as long as it runs.",
+)
+@click.option("--dry-run", is_flag=True, help="Plan, and send DryRun jobs: nothing is created.")
+@click.option("--wait", is_flag=True, help="Follow the pass's batch with a progress bar.")
+def reconcile(policy_path: Path, every: str | None, dry_run: bool, wait: bool) -> None:
+    """Mirror every rule's gaps: plan from live EC2, submit them as one batch.
+
+    Prints the batch id. With --every, a pass runs each DURATION until stopped (Ctrl-C or
+    SIGTERM), each logging one line: what it planned, skipped by reason, created, failed.
+    """
+    import logging
+    import signal
+    import threading
+
+    from rich.console import Console
+
+    from config import get_settings
+    from mirrorq import display
+    from mirrorq.inventory import UnknownResourceError
+    from mirrorq.reconcile import parse_duration, reconcile_every, run_pass
+    from tasks.producer import Producer
+
+    rules = _rules(policy_path)
+    settings, producer = get_settings(), Producer()
+    if every is not None:
+        try:
+            period = parse_duration(every)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--every") from None
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            reconcile_every(settings, rules, producer, period, stop, dry_run=dry_run)
+        except KeyboardInterrupt:
+            stop.set()
+        return
+    console = Console(stderr=True)
+    try:
+        done = run_pass(settings, rules, producer, dry_run=dry_run)
+    except UnknownResourceError as error:
+        fail_input(f"{policy_path}: {error}")
+    console.print(display.plan_table(done.plan))
+    click.echo(done.batch_id)
+    if wait:
+        status = display.watch(producer, done.batch_id, console)
+        if status is not None:
+            console.print(display.counts_table(status))
+            exit_for_batch(status)
+
+
+@main.command()
+@click.option(
+    "--sqs-queue-url",
+    "queue_urls",
+    multiple=True,
+    required=True,
+    metavar="URL",
+    help="A queue EventBridge delivers to (repeatable).",
+)
+@click.option("--policy", "policy_path", type=policy_file, required=True, help="Policy file.")
+@click.option(
+    "--pollers",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Long polls in flight per queue.",
+)
+def listen(queue_urls: tuple[str, ...], policy_path: Path, pollers: int) -> None:
+    """Turn EventBridge events from SQS into jobs through the policy.
+
+    Instances reaching running (every ENI attached), CloudTrail's CreateNetworkInterface and
+    AttachNetworkInterface (that ENI), and mirrorq.CreateTrafficMirrorSession events (their
+    detail is one job). A message is deleted once its jobs are accepted; one that is not an
+    event is left for the queue's dead-letter queue. Stops on Ctrl-C or SIGTERM.
+    """
+    import asyncio
+    import logging
+    import signal
+
+    from config import get_settings
+    from mirrorq.listener import listen as run
+
+    rules = _rules(policy_path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    async def main_() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        logging.getLogger("mirrorq.listen").info(
+            "listening on %d queue(s) with %d rule(s)", len(queue_urls), len(rules)
+        )
+        await run(get_settings(), rules, queue_urls, pollers=pollers, stop=stop)
+
+    asyncio.run(main_())

@@ -1,0 +1,92 @@
+"""EventBridge events, read: what each one asks to mirror, or why it asks for nothing.
+
+Three kinds make jobs: an instance reaching `running` (every ENI attached to it), a
+CloudTrail record of CreateNetworkInterface or AttachNetworkInterface (that ENI, whatever
+service made it: ECS, EKS, Lambda...), and a service's own `mirrorq.CreateTrafficMirrorSession`
+event whose `detail` is one job in the request syntax. Any other event is ignored, with the
+reason; a body that is not an event at all is NotAnEvent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+STATE_CHANGE = "EC2 Instance State-change Notification"
+API_CALL = "AWS API Call via CloudTrail"
+JOB = "mirrorq.CreateTrafficMirrorSession"
+MAX_EVENT_BYTES = 256 * 1024  # EventBridge's own limit on an event
+
+
+class NotAnEvent(ValueError):
+    """The body is not an EventBridge event (left for the queue's dead-letter queue)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """What one event asks for."""
+
+    event_id: str
+    region: str | None
+    instance_ids: tuple[str, ...] = ()
+    eni_ids: tuple[str, ...] = ()
+    job: dict[str, Any] | None = None  # a service's own job (mirrorq.CreateTrafficMirrorSession)
+    ignored: str = ""  # why it asks for nothing
+
+    @property
+    def wants_enis(self) -> bool:
+        return bool(self.instance_ids or self.eni_ids)
+
+
+def read_event(body: str | bytes | dict[str, Any]) -> Event:
+    """The event in an SQS message body (EventBridge delivers it verbatim), or in an API
+    destination's request body."""
+    if isinstance(body, str | bytes):
+        if len(body) > MAX_EVENT_BYTES:
+            raise NotAnEvent(f"{len(body)} bytes: EventBridge events are at most 256 KiB")
+        try:
+            body = json.loads(body)
+        except (ValueError, RecursionError) as error:
+            raise NotAnEvent(f"not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise NotAnEvent("not a JSON object")
+    event_id, kind, detail = body.get("id"), body.get("detail-type"), body.get("detail")
+    if not isinstance(event_id, str) or not event_id or not isinstance(kind, str):
+        raise NotAnEvent("an EventBridge event has an id and a detail-type")
+    if not isinstance(detail, dict):
+        raise NotAnEvent("an EventBridge event's detail is an object")
+    region = body.get("region") if isinstance(body.get("region"), str) else None
+    if kind == STATE_CHANGE:
+        return _state_change(event_id, region, detail)
+    if kind == API_CALL:
+        return _api_call(event_id, region, detail)
+    if kind == JOB:
+        return Event(event_id, region, job=detail)
+    return Event(event_id, region, ignored=f"detail-type {kind!r}")
+
+
+def _state_change(event_id: str, region: str | None, detail: dict[str, Any]) -> Event:
+    instance, state = detail.get("instance-id"), detail.get("state")
+    if state != "running":
+        return Event(event_id, region, ignored=f"instance state {state!r}")
+    if not isinstance(instance, str) or not instance.startswith("i-"):
+        raise NotAnEvent("a state-change event names its instance-id")
+    return Event(event_id, region, instance_ids=(instance,))
+
+
+def _api_call(event_id: str, region: str | None, detail: dict[str, Any]) -> Event:
+    name = detail.get("eventName")
+    if detail.get("errorCode"):
+        return Event(event_id, region, ignored=f"{name} failed ({detail['errorCode']})")
+    if name == "CreateNetworkInterface":
+        eni = ((detail.get("responseElements") or {}).get("networkInterface") or {}).get(
+            "networkInterfaceId"
+        )
+    elif name == "AttachNetworkInterface":
+        eni = (detail.get("requestParameters") or {}).get("networkInterfaceId")
+    else:
+        return Event(event_id, region, ignored=f"eventName {name!r}")
+    if not isinstance(eni, str) or not eni.startswith("eni-"):
+        raise NotAnEvent(f"a {name} record names its network interface")
+    return Event(event_id, region, eni_ids=(eni,))

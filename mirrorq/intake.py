@@ -1,0 +1,160 @@
+"""Events into jobs, through the policy: what `mirrorq listen` and `POST /v1/events` share.
+
+A batch of events is planned together (one read of their ENIs, their sessions and the rules'
+targets), with the same planner as `reconcile`. Each job is submitted under an idempotency key
+per event, ENI and rule, so an event delivered twice (EventBridge delivers at least once, and
+a listener may die before it deletes a message) never makes a second job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from config import Settings
+from mirrorq import planning
+from mirrorq.events import Event
+from mirrorq.inventory import Inventory
+from mirrorq.planning import Target
+from mirrorq.rules import Rule
+from tasks.errors import IdempotencyConflictError, InvalidJobError
+from tasks.producer import Producer
+
+log = logging.getLogger(__name__)
+TARGETS_FRESH_S = 60.0  # targets change rarely; their load is read with every batch
+
+
+@dataclass
+class Outcome:
+    """What became of one event."""
+
+    event_id: str
+    job_ids: list[str] = field(default_factory=list)
+    duplicates: int = 0  # jobs this event made before (a redelivery)
+    ignored: str = ""  # why it made no job
+    error: str = ""  # why it could not be handled (not acknowledged)
+
+    @property
+    def done(self) -> bool:
+        """Acknowledge it: every job it asks for is accepted (or it asks for none)."""
+        return not self.error
+
+
+class Intake:
+    def __init__(
+        self, rules: Sequence[Rule], settings: Settings, producer: Producer, inventory: Inventory
+    ) -> None:
+        self.rules = list(rules)
+        self.settings = settings
+        self.producer = producer
+        self.inventory = inventory
+        self.counts: Counter[str] = Counter()
+        self._targets: tuple[float, dict[str, Target], set[str]] | None = None
+
+    async def handle(self, events: Sequence[Event]) -> list[Outcome]:
+        outcomes = {e.event_id: Outcome(e.event_id) for e in events}
+        wanting: list[Event] = []
+        for event in events:
+            outcome = outcomes[event.event_id]
+            if event.region is not None and event.region != self.settings.region:
+                outcome.ignored = (
+                    f"region {event.region} (this listener serves {self.settings.region})"
+                )
+            elif event.ignored:
+                outcome.ignored = event.ignored
+            elif event.job is not None:
+                await self._submit_job(event, outcome)
+            elif event.wants_enis:
+                wanting.append(event)
+        if wanting:
+            await self._mirror(wanting, outcomes)
+        for outcome in outcomes.values():
+            self.counts["events"] += 1
+            self.counts["jobs"] += len(outcome.job_ids)
+            self.counts["duplicates"] += outcome.duplicates
+            self.counts["ignored"] += bool(outcome.ignored)
+            self.counts["failed"] += bool(outcome.error)
+        return list(outcomes.values())
+
+    async def _mirror(self, events: list[Event], outcomes: dict[str, Outcome]) -> None:
+        enis = await self.inventory.enis_named(
+            eni_ids=[e for ev in events for e in ev.eni_ids],
+            instance_ids=[i for ev in events for i in ev.instance_ids],
+        )
+        targets, target_enis = await self._targets_now()
+        sessions = await self.inventory.sessions_touching(
+            [e["NetworkInterfaceId"] for e in enis], targets
+        )
+        plan = planning.plan(self.rules, enis, sessions, targets, target_enis)
+        named_by = _first_event_naming(events, enis)
+        for job in planning.planned_jobs(plan):
+            event_id = named_by[job.request["NetworkInterfaceId"]]
+            key = f"event:{event_id}:{job.request['NetworkInterfaceId']}:{job.rule}"
+            await self._submit(
+                job.request,
+                key,
+                {"rule": job.rule, "event_id": event_id},
+                job.alternatives,
+                outcomes[event_id],
+            )
+        for event in events:
+            outcome = outcomes[event.event_id]
+            if not outcome.job_ids and not outcome.duplicates and not outcome.ignored:
+                outcome.ignored = "no ENI of it left to mirror (none matches a rule, or each is "
+                outcome.ignored += "mirrored already, gone, or named by an earlier event)"
+
+    async def _submit_job(self, event: Event, outcome: Outcome) -> None:
+        try:
+            await self._submit(
+                event.job, f"event:{event.event_id}", {"event_id": event.event_id}, [], outcome
+            )
+        except InvalidJobError as error:
+            outcome.error = f"its detail is not a valid job: {error}"
+
+    async def _submit(
+        self,
+        request: object,
+        key: str,
+        origin: dict[str, str | None],
+        alternatives: list[str],
+        outcome: Outcome,
+    ) -> None:
+        try:
+            accepted = await asyncio.to_thread(
+                self.producer.accept,
+                request,
+                idempotency_key=key,
+                origin=origin,
+                alternatives=alternatives,
+            )
+        except IdempotencyConflictError:
+            outcome.duplicates += 1  # made before, and planned differently now: the first stands
+            return
+        if accepted.new:
+            outcome.job_ids.append(accepted.job_id)
+        else:
+            outcome.duplicates += 1
+
+    async def _targets_now(self) -> tuple[dict[str, Target], set[str]]:
+        now = time.monotonic()
+        if self._targets is None or now - self._targets[0] > TARGETS_FRESH_S:
+            targets = await self.inventory.targets(t for r in self.rules for t in r.targets)
+            target_enis = await self.inventory.all_target_enis()
+            self._targets = (now, targets, target_enis)
+        return self._targets[1], self._targets[2]
+
+
+def _first_event_naming(events: list[Event], enis: list[dict[str, Any]]) -> dict[str, str]:
+    """Each ENI found, and the first event of the batch that named it (by id or instance)."""
+    named: dict[str, str] = {}
+    for event in events:
+        for eni in enis:
+            instance = (eni.get("Attachment") or {}).get("InstanceId")
+            if eni["NetworkInterfaceId"] in event.eni_ids or instance in event.instance_ids:
+                named.setdefault(eni["NetworkInterfaceId"], event.event_id)
+    return named

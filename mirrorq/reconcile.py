@@ -1,0 +1,105 @@
+"""`mirrorq reconcile`: every rule of a policy planned from live state, the gaps submitted as
+one batch; once, or on a schedule for as long as it runs, with a one-line summary per pass.
+
+Running it when nothing changed creates nothing; a session deleted since is created again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from config import Settings
+from mirrorq.bulk import plan_live, submit_plan
+from mirrorq.planning import Outcome, Plan
+from mirrorq.rules import Rule
+from tasks.producer import Producer
+from tasks.records import JobStatus
+
+log = logging.getLogger("mirrorq.reconcile")
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `5m`, `1h30m` as seconds; ValueError for anything else or zero."""
+    match = _DURATION.match(text.strip())
+    if not text.strip() or match is None:
+        raise ValueError(f"expected a duration such as 30s, 5m or 1h30m, got {text!r}")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ValueError("the duration must be more than zero")
+    return total
+
+
+@dataclass(frozen=True)
+class Pass:
+    number: int
+    plan: Plan
+    batch_id: str
+    counts: dict[str, int]  # the batch's jobs by status, once it ended (or as far as it got)
+
+
+def run_pass(
+    settings: Settings,
+    rules: Sequence[Rule],
+    producer: Producer,
+    *,
+    number: int = 1,
+    dry_run: bool = False,
+    wait_s: float | None = None,
+) -> Pass:
+    """Plan every rule now, submit the gaps as one batch; wait up to `wait_s` for it to end."""
+    plan = asyncio.run(plan_live(settings, rules))
+    batch_id = submit_plan(producer, plan, source="mirrorq reconcile", dry_run=dry_run)
+    counts: dict[str, int] = {}
+    if wait_s is not None:
+        status = producer.wait_batch(batch_id, timeout=wait_s)
+        counts = dict(status["counts"]) if status else {}
+    return Pass(number, plan, batch_id, counts)
+
+
+def summary(done: Pass) -> str:
+    """`pass 3: 12 to create (prod-web 10, db 2); skipped already_mirrored 340, session_limit
+    2; batch …: created 12, failed 0`"""
+    creates = done.plan.to_create()
+    by_rule = {r.name: sum(1 for i in creates if i.rule == r.name) for r in done.plan.rules}
+    planned = ", ".join(f"{name} {n}" for name, n in by_rule.items() if n)
+    skipped = {k: v for k, v in done.plan.counts().items() if k != Outcome.CREATE}
+    line = f"pass {done.number}: {len(creates)} to create"
+    line += f" ({planned})" if planned else ""
+    line += "; skipped " + (", ".join(f"{k} {v}" for k, v in skipped.items()) or "none")
+    line += f"; batch {done.batch_id}"
+    if done.counts:
+        created = done.counts.get(JobStatus.CREATED, 0) + done.counts.get(JobStatus.DRY_RUN_OK, 0)
+        line += f": created {created}, failed {done.counts.get(JobStatus.FAILED, 0)}"
+    return line
+
+
+def reconcile_every(
+    settings: Settings,
+    rules: Sequence[Rule],
+    producer: Producer,
+    every_s: float,
+    stop: threading.Event,
+    *,
+    dry_run: bool = False,
+) -> None:
+    """A pass every `every_s` seconds (each waits for its batch, at most a period) until stop."""
+    number = 0
+    while not stop.is_set():
+        number += 1
+        started = time.monotonic()
+        try:
+            done = run_pass(
+                settings, rules, producer, number=number, dry_run=dry_run, wait_s=every_s
+            )
+            log.info(summary(done))
+        except Exception:  # EC2 or Redis away: this pass is lost, the next one tries again
+            log.warning("pass %d failed; the next one tries again", number, exc_info=True)
+        stop.wait(max(0.0, started + every_s - time.monotonic()))

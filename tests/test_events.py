@@ -1,0 +1,416 @@
+"""Event-driven intake end to end: the emulator emits EC2's EventBridge events into SQS, a real
+`mirrorq listen` turns them into jobs through a policy, real workers create the sessions;
+`mirrorq reconcile` repairs what is missing. Real Redis, real processes, real HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from emulator.lab import LAB_IMAGE_ID, NLB_ARN, lab_client, lab_sqs_client
+from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
+from tests.fault_proxy import Answer, FaultProxy
+from tests.helpers import sessions, wait_until
+
+Lab = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def events_emulator() -> Iterator[EmulatorProcess]:
+    emulator = EmulatorProcess("--seed", "11", "--events-queue", "events")
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def emulator_with_events(events_emulator: EmulatorProcess) -> EmulatorProcess:
+    events_emulator.reset()
+    return events_emulator
+
+
+def build_lab(url: str) -> Lab:
+    """A VPC with subnets in three zones, a sensor (ENI target) in each of the first two, an
+    NLB target, and three filters."""
+    ec2 = lab_client(url)
+    vpc = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
+    zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]][:3]
+    subnets = {
+        zone: ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.7.{n}.0/24", AvailabilityZone=zone)[
+            "Subnet"
+        ]["SubnetId"]
+        for n, zone in enumerate(zones)
+    }
+    sensors = {}
+    for zone in zones[:2]:
+        # The largest size of its family: its ENI takes 100 sources, not 10.
+        sensor = ec2.run_instances(
+            ImageId=LAB_IMAGE_ID,
+            MinCount=1,
+            MaxCount=1,
+            SubnetId=subnets[zone],
+            InstanceType="c5.24xlarge",
+        )["Instances"][0]
+        eni = sensor["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        sensors[zone] = ec2.create_traffic_mirror_target(NetworkInterfaceId=eni)[
+            "TrafficMirrorTarget"
+        ]["TrafficMirrorTargetId"]
+    nlb = ec2.create_traffic_mirror_target(
+        NetworkLoadBalancerArn=NLB_ARN.format(region="us-east-1")
+    )
+    filters = [
+        ec2.create_traffic_mirror_filter(Description=d)["TrafficMirrorFilter"][
+            "TrafficMirrorFilterId"
+        ]
+        for d in ("web", "db", "own")
+    ]
+    return {
+        "zones": zones,
+        "subnets": subnets,
+        "sensors": sensors,
+        "nlb": nlb["TrafficMirrorTarget"]["TrafficMirrorTargetId"],
+        "f_web": filters[0],
+        "f_db": filters[1],
+        "f_own": filters[2],
+    }
+
+
+def write_policy(tmp_path: Path, lab: Lab) -> Path:
+    a, b = (lab["sensors"][z] for z in lab["zones"][:2])
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        f"""
+[[rules]]
+name = "prod-web"
+tag = ["Env=prod"]
+targets = ["{a}", "{b}"]
+choose = "same-az"
+filter = "{lab["f_web"]}"
+description = "prod web"
+
+[[rules]]
+name = "db"
+tag = ["Role=db"]
+target = "{lab["nlb"]}"
+filter = "{lab["f_db"]}"
+packet_length = 128
+"""
+    )
+    return path
+
+
+def launch(url: str, lab: Lab, instances: int) -> dict[str, tuple[str, dict[str, str]]]:
+    """`instances` instances with 1-3 ENIs each, across the zones, some tagged to match a
+    rule and some not; every ENI, with its zone and tags."""
+    ec2 = lab_client(url)
+    made: dict[str, tuple[str, dict[str, str]]] = {}
+    kinds = [{"Env": "prod"}, {"Role": "db"}, {"Env": "prod", "Role": "db"}, {"Env": "dev"}]
+    for i in range(instances):
+        zone = lab["zones"][i % 3]
+        tags = kinds[i % 4]
+        spec = [
+            {
+                "ResourceType": "network-interface",
+                "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+            }
+        ]
+        instance = ec2.run_instances(
+            ImageId=LAB_IMAGE_ID,
+            MinCount=1,
+            MaxCount=1,
+            SubnetId=lab["subnets"][zone],
+            TagSpecifications=spec,
+        )["Instances"][0]
+        made[instance["NetworkInterfaces"][0]["NetworkInterfaceId"]] = (zone, tags)
+        for device in range(1, 1 + i % 3):
+            eni = ec2.create_network_interface(
+                SubnetId=lab["subnets"][zone], TagSpecifications=spec
+            )["NetworkInterface"]["NetworkInterfaceId"]
+            ec2.attach_network_interface(
+                NetworkInterfaceId=eni, InstanceId=instance["InstanceId"], DeviceIndex=device
+            )
+            made[eni] = (zone, tags)
+    return made
+
+
+def expected_mirrors(
+    lab: Lab, enis: dict[str, tuple[str, dict[str, str]]]
+) -> set[tuple[str, str, str]]:
+    """(ENI, target, filter) for each mirror the policy asks for."""
+    wanted = set()
+    for eni, (zone, tags) in enis.items():
+        if tags.get("Env") == "prod" and zone in lab["sensors"]:
+            wanted.add((eni, lab["sensors"][zone], lab["f_web"]))
+        if tags.get("Role") == "db":
+            wanted.add((eni, lab["nlb"], lab["f_db"]))
+    return wanted
+
+
+def mirrors_made(url: str) -> list[tuple[str, str, str]]:
+    return sorted(
+        (s["NetworkInterfaceId"], s["TrafficMirrorTargetId"], s["TrafficMirrorFilterId"])
+        for s in sessions(url)
+    )
+
+
+def drain(url: str, queue_url: str) -> list[str]:
+    """Every message body in the queue, taken out of it."""
+    sqs = lab_sqs_client(url)
+    bodies: list[str] = []
+    while True:
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        messages = got.get("Messages", [])
+        if not messages:
+            return bodies
+        bodies += [m["Body"] for m in messages]
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)
+            ],
+        )
+
+
+def intake_queue(url: str, visibility_s: int = 5) -> str:
+    queue: str = lab_sqs_client(url).create_queue(
+        QueueName=f"intake-{uuid.uuid4().hex[:8]}",
+        Attributes={"VisibilityTimeout": str(visibility_s)},
+    )["QueueUrl"]
+    return queue
+
+
+def send(url: str, queue_url: str, bodies: list[str]) -> None:
+    sqs = lab_sqs_client(url)
+    for start in range(0, len(bodies), 10):
+        sqs.send_message_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(n), "MessageBody": b} for n, b in enumerate(bodies[start : start + 10])
+            ],
+        )
+
+
+def queue_depth(url: str, queue_url: str) -> int:
+    attributes = lab_sqs_client(url).get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return sum(int(v) for v in attributes.values())
+
+
+def records(redis_url: str) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter("celery-task-meta-*"))
+    return [json.loads(v)["result"] for v in client.mget(keys) if v] if keys else []
+
+
+def test_events_mirror_every_matching_eni_once_per_rule_and_reconcile_repairs(
+    emulator_with_events: EmulatorProcess,
+    env: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    url = emulator_with_events.url
+    lab = build_lab(url)
+    policy = write_policy(tmp_path, lab)
+    enis = launch(url, lab, 50)
+    events = drain(url, emulator_with_events.ready["events_queue_url"])
+    # pending and running for each instance (the two sensors too), create and attach per ENI
+    assert len(events) == (50 + 2) * 2 + 2 * sum(1 for i in range(50) for _ in range(i % 3))
+    own = {
+        "NetworkInterfaceId": next(iter(enis)),
+        "TrafficMirrorTargetId": lab["nlb"],
+        "TrafficMirrorFilterId": lab["f_own"],
+        "SessionNumber": "auto",
+    }
+    own_event = json.dumps(
+        {
+            "version": "0",
+            "id": "own-1",
+            "source": "my.service",
+            "detail-type": "mirrorq.CreateTrafficMirrorSession",
+            "detail": own,
+        }
+    )
+    unknown = json.dumps(
+        {"id": "x-1", "detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}
+    )
+    queue = intake_queue(url)
+    # Every event twice (EventBridge delivers at least once), and two that make nothing.
+    send(url, queue, [*events, *events, own_event, own_event, unknown, "this is not an event"])
+
+    lenv = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
+    start_worker(**lenv)
+    start_worker(**lenv)
+    listener = ListenerProcess("listener", lenv, "--sqs-queue-url", queue, "--policy", str(policy))
+    try:
+        listener.wait_ready()
+        wanted = expected_mirrors(lab, enis) | {
+            (own["NetworkInterfaceId"], lab["nlb"], lab["f_own"])
+        }
+        assert any(t == lab["sensors"][lab["zones"][0]] for _, t, _ in wanted)
+        assert any(t == lab["sensors"][lab["zones"][1]] for _, t, _ in wanted)
+        wait_until(
+            lambda: set(mirrors_made(url)) >= wanted,
+            timeout=120,
+            interval=0.5,
+            what="every mirror the policy asks for",
+        )
+        # Only the message that is not an event stays, for the dead-letter queue.
+        wait_until(
+            lambda: queue_depth(url, queue) == 1,
+            timeout=60,
+            interval=0.5,
+            what="the listener to delete what it handled",
+        )
+        assert listener.proc.poll() is None, "the listener stopped"
+    finally:
+        listener.stop()
+    assert mirrors_made(url) == sorted(wanted)  # once each: none twice, none unasked
+    made = records(redis_url)
+    assert {r["rule"] for r in made if r.get("rule")} == {"prod-web", "db"}
+    assert all(r.get("event_id") for r in made)
+    assert sum(1 for r in made if r.get("event_id") == "own-1") == 1
+    log = listener.log_path.read_text()
+    assert "is not an EventBridge event" in log
+
+    # A reconcile pass after the listener creates nothing...
+    def reconcile() -> dict[str, Any]:
+        done = subprocess.run(
+            [*MIRRORQ, "reconcile", "--policy", str(policy), "--wait"],
+            env=lenv,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        status = subprocess.run(
+            [*MIRRORQ, "batch", "status", done.stdout.strip(), "--json"],
+            env=lenv,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result: dict[str, Any] = json.loads(status.stdout)
+        return result
+
+    quiet = reconcile()
+    assert quiet["total"] == 0
+    assert "create" not in quiet["plan"]["counts"]
+    # ...and after sessions are deleted by hand, the next pass (and only it) makes them again.
+    ec2 = lab_client(url)
+    gone = [s for s in sessions(url) if s["TrafficMirrorFilterId"] != lab["f_own"]][:3]
+    for s in gone:
+        ec2.delete_traffic_mirror_session(TrafficMirrorSessionId=s["TrafficMirrorSessionId"])
+    repaired = reconcile()
+    assert repaired["counts"] == {"created": 3}
+    assert mirrors_made(url) == sorted(wanted)
+    assert reconcile()["total"] == 0
+
+
+def test_a_listener_killed_before_it_deletes_its_messages_makes_no_job_twice(
+    emulator_with_events: EmulatorProcess,
+    env: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    url = emulator_with_events.url
+    lab = build_lab(url)
+    policy = write_policy(tmp_path, lab)
+    enis = launch(url, lab, 12)
+    events = drain(url, emulator_with_events.ready["events_queue_url"])
+    queue = intake_queue(url, visibility_s=2)
+    send(url, queue, events)
+    lenv = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
+    start_worker(**lenv)
+    wanted = expected_mirrors(lab, enis)
+
+    def hold_deletes(action: str, _: dict[str, str], __: int) -> Answer | None:
+        return Answer(200, forward="hold") if action.startswith("DeleteMessage") else None
+
+    with FaultProxy(url, hold_deletes) as proxy:
+        doomed = ListenerProcess(
+            "doomed",
+            {**lenv, "MIRRORQ_SQS_ENDPOINT_URL": proxy.url},
+            "--sqs-queue-url",
+            queue,
+            "--policy",
+            str(policy),
+        )
+        doomed.wait_ready()
+        # It accepted a batch's jobs and is stuck deleting the messages they came from.
+        wait_until(lambda: proxy.mangled["DeleteMessageBatch"] >= 1, what="a delete")
+        accepted = records(redis_url)
+        assert accepted, "no job was accepted before the delete"
+        doomed.kill()
+    rescuer = ListenerProcess("rescuer", lenv, "--sqs-queue-url", queue, "--policy", str(policy))
+    try:
+        rescuer.wait_ready()
+        wait_until(
+            lambda: queue_depth(url, queue) == 0,
+            timeout=90,
+            interval=0.5,
+            what="the redelivered events to be handled and deleted",
+        )
+        wait_until(lambda: set(mirrors_made(url)) >= wanted, timeout=60, what="the sessions")
+    finally:
+        rescuer.stop()
+    made = records(redis_url)
+    keys = {(r["event_id"], r["request"]["NetworkInterfaceId"], r["rule"]) for r in made}
+    assert len(keys) == len(made)  # no event, ENI and rule made two jobs
+    assert {r["job_id"] for r in accepted} <= {r["job_id"] for r in made}
+    assert mirrors_made(url) == sorted(wanted)
+    summary = [line for line in rescuer.log_path.read_text().splitlines() if "duplicates" in line]
+    assert int(summary[-1].split("events ")[1].split(":")[0]) >= 10  # the held batch came back
+
+
+def test_policy_check_and_plan_from_the_command_line(
+    emulator_with_events: EmulatorProcess, env: dict[str, str], tmp_path: Path
+) -> None:
+    url = emulator_with_events.url
+    lab = build_lab(url)
+    policy = write_policy(tmp_path, lab)
+    launch(url, lab, 8)
+    lenv = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
+    checked = subprocess.run(
+        [*MIRRORQ, "policy", "check", str(policy), "--json"],
+        env=lenv,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [r["name"] for r in json.loads(checked.stdout)] == ["prod-web", "db"]
+    planned = subprocess.run(
+        [*MIRRORQ, "policy", "plan", str(policy), "--json"],
+        env=lenv,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    plan = json.loads(planned.stdout)
+    assert set(plan["rules"]) == {"prod-web", "db"}
+    assert plan["rules"]["prod-web"]["counts"]["create"] >= 1
+    assert plan["rules"]["prod-web"]["counts"]["no_target_in_zone"] >= 1  # the third zone
+    assert {j["rule"] for j in plan["jobs"]} == {"prod-web", "db"}
+    assert sessions(url) == []  # planning creates nothing
+    broken = tmp_path / "broken.toml"
+    broken.write_text(policy.read_text().replace('choose = "same-az"', 'choose = "nearest"'))
+    refused = subprocess.run(
+        [*MIRRORQ, "policy", "check", str(broken)],
+        env=lenv,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "rules[1] (prod-web).choose" in refused.stderr
