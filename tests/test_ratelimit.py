@@ -1,4 +1,5 @@
-"""The fleet-wide rate limiter: its schedule in a real Redis, and a fleet riding EC2's limit."""
+"""The fleet-wide rate limiter: its schedule in a real Redis on a clock the tests drive, and a
+fleet riding EC2's limit."""
 
 from __future__ import annotations
 
@@ -20,14 +21,31 @@ async def no_sleep(_: float) -> None:
     return None
 
 
-def limiter_in(redis_url: str, **kwargs: Any) -> tuple[aioredis.Redis, SharedRateLimiter]:
+class Clock:
+    """Unix time that stands still until the test moves it on: callers that take their slots
+    one after another without sleeping all arrive at one instant."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def limiter_in(
+    redis_url: str, clock: Clock | None, **kwargs: Any
+) -> tuple[aioredis.Redis, SharedRateLimiter]:
     client = aioredis.Redis.from_url(redis_url)
-    return client, SharedRateLimiter(client, "mirrorq:rate:test", sleep=no_sleep, **kwargs)
+    limiter = SharedRateLimiter(client, "mirrorq:rate:test", sleep=no_sleep, clock=clock, **kwargs)
+    return client, limiter
 
 
 def test_burst_then_one_slot_per_interval(redis_url: str) -> None:
     async def run() -> list[float]:
-        client, limiter = limiter_in(redis_url, rate=10.0, burst=5)
+        client, limiter = limiter_in(redis_url, Clock(), rate=10.0, burst=5)
         waits = [await limiter.acquire() for _ in range(15)]
         await client.aclose()
         return waits
@@ -41,11 +59,12 @@ def test_burst_then_one_slot_per_interval(redis_url: str) -> None:
 
 def test_a_lone_throttle_spends_the_burst_and_a_repeated_one_cuts_the_rate(redis_url: str) -> None:
     async def run() -> tuple[list[float], float, float, dict[Any, Any]]:
-        client, limiter = limiter_in(redis_url, rate=10.0, burst=5, decrease=0.5)
+        clock = Clock()
+        client, limiter = limiter_in(redis_url, clock, rate=10.0, burst=5, decrease=0.5)
         await limiter.acquire()
         first = [await limiter.throttled() for _ in range(20)]  # 20 in-flight calls, one event
         wait = await limiter.acquire()
-        await asyncio.sleep(COOLDOWN_S + 0.1)
+        clock.advance(COOLDOWN_S + 0.1)
         second = await limiter.throttled()  # EC2 still says no: the rate is too high
         state = await client.hgetall(limiter.key)
         await client.aclose()
@@ -61,17 +80,37 @@ def test_a_lone_throttle_spends_the_burst_and_a_repeated_one_cuts_the_rate(redis
 
 def test_the_rate_recovers_additively(redis_url: str) -> None:
     async def run() -> float:
-        client, limiter = limiter_in(redis_url, rate=10.0, burst=5, decrease=0.5, recovery=0.5)
+        clock = Clock()
+        client, limiter = limiter_in(
+            redis_url, clock, rate=10.0, burst=5, decrease=0.5, recovery=0.5
+        )
         await limiter.throttled()
-        await asyncio.sleep(COOLDOWN_S + 0.05)
+        clock.advance(COOLDOWN_S + 0.05)
         await limiter.throttled()  # 10 -> 5
-        await asyncio.sleep(0.4)  # recovers 0.5 * 10/s per second: about +2
+        clock.advance(0.4)  # recovers 0.5 * 10/s per second: about +2
         await limiter.acquire()
         rate = (await limiter.snapshot()).rate
         await client.aclose()
         return rate
 
     assert 6.5 < asyncio.run(run()) < 8.5
+
+
+def test_without_a_clock_the_schedule_runs_on_redis_time(redis_url: str) -> None:
+    async def run() -> tuple[float, float, dict[Any, Any]]:
+        client, limiter = limiter_in(redis_url, None, rate=10.0, burst=5)
+        before = await client.time()
+        await limiter.acquire()
+        await limiter.throttled()
+        after = await client.time()
+        state = await client.hgetall(limiter.key)
+        await client.aclose()
+        return before[0] + before[1] / 1e6, after[0] + after[1] / 1e6, state
+
+    before, after, state = asyncio.run(run())
+    # Stored with 14 significant digits: within 0.1 ms of the server's clock.
+    for field in (b"updated", b"last_event"):
+        assert before - 1e-4 <= float(state[field]) <= after + 1e-4, state
 
 
 # A fleet against a throttling emulator --------------------------------------------------------
