@@ -3,7 +3,8 @@
 Every worker process on every host takes its slot from the same Redis script, so together
 they stay under the configured rate. When EC2 still answers RequestLimitExceeded (another
 tool shares the account, or the account's limit is lower), the shared rate is cut
-multiplicatively and grows back additively while calls succeed (AIMD).
+multiplicatively and grows back additively while calls succeed (AIMD). `worker.gcra` is the
+same arithmetic in Python: the specification these scripts implement, held to them by tests.
 """
 
 from __future__ import annotations
