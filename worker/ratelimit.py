@@ -3,7 +3,8 @@
 Every worker process on every host takes its slot from the same Redis script, so together
 they stay under the configured rate. When EC2 still answers RequestLimitExceeded (another
 tool shares the account, or the account's limit is lower), the shared rate is cut
-multiplicatively and grows back additively while calls succeed (AIMD).
+multiplicatively and grows back additively while calls succeed (AIMD). `worker.gcra` is the
+same arithmetic in Python: the specification these scripts implement, held to them by tests.
 """
 
 from __future__ import annotations
@@ -19,12 +20,22 @@ import redis.asyncio as aioredis
 from config import Settings
 from tasks import keys
 
+# Redis TIME is the one clock every host shares, and a GCRA schedule kept by several hosts
+# needs one clock. Tests pass their own `now` instead, as the scripts' last argument. Both
+# scripts are registered with this prefix.
+_CLOCK = """
+local function clock(given)
+  if given then return tonumber(given) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
 # Reserve the next slot. The rate first recovers additively for the time since the last
 # call; the slot is `tat`, pushed one interval on; a caller may run `burst` intervals ahead.
 # Redis truncates Lua numbers to integers, so floats travel as strings.
 _ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = clock(ARGV[4])
 local configured, burst, recovery = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'rate', 'updated', 'tat')
 local rate = tonumber(state[1]) or configured
@@ -47,9 +58,8 @@ return tostring(wait) .. ' ' .. (redis.call('HGET', KEYS[1], 'epoch') or '0')
 # means the rate is too high: cut it and start a new epoch, voiding the slots reserved at
 # the old rate (their holders take new ones).
 _THROTTLED = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local configured, burst, factor = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = clock(ARGV[7])
+local configured, burst, decrease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local floor, cooldown, quiet = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local state = redis.call('HMGET', KEYS[1], 'rate', 'last_event', 'tat')
 local rate = tonumber(state[1]) or configured
@@ -58,7 +68,7 @@ local tat = tonumber(state[3]) or now
 redis.call('HINCRBY', KEYS[1], 'throttles', 1)
 if now - last_event < cooldown then return tostring(rate) end
 if now - last_event < quiet then
-  rate = math.max(floor, rate * factor)
+  rate = math.max(floor, rate * decrease)
   redis.call('HINCRBY', KEYS[1], 'epoch', 1)
   tat = now + burst / rate
 else
@@ -70,6 +80,7 @@ return tostring(rate)
 """
 
 Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]  # Unix time, as Redis TIME: a missing last_event (0) is long ago
 COOLDOWN_S = 0.5  # reports of one throttling event arrive within this
 QUIET_S = 10.0  # a throttle after this long without one is taken for jitter
 
@@ -94,15 +105,20 @@ class SharedRateLimiter:
         decrease: float = 0.7,
         recovery: float = 0.05,
         sleep: Sleep = asyncio.sleep,
+        clock: Clock | None = None,
     ) -> None:
+        """`clock` None reads Redis TIME, as production must; tests pass a clock they drive."""
         self.key = key
         self.rate = rate
         self.burst = burst
+        # Never below one call per 10 s.
+        self.floor = max(0.1, rate / 100)
         self._decrease = decrease
         self._recovery = recovery
         self._sleep = sleep
-        self._acquire = client.register_script(_ACQUIRE)
-        self._throttled = client.register_script(_THROTTLED)
+        self._clock = clock
+        self._acquire = client.register_script(_CLOCK + _ACQUIRE)
+        self._throttled = client.register_script(_CLOCK + _THROTTLED)
         self._redis = client
 
     async def acquire(self) -> float:
@@ -114,7 +130,7 @@ class SharedRateLimiter:
         waited = 0.0
         while True:
             answer = await self._acquire(
-                keys=[self.key], args=[self.rate, self.burst, self._recovery]
+                keys=[self.key], args=[self.rate, self.burst, self._recovery, *self._now()]
             )
             wait, epoch = (answer.decode() if isinstance(answer, bytes) else answer).split()
             if float(wait) <= 0:
@@ -127,15 +143,13 @@ class SharedRateLimiter:
 
     async def throttled(self) -> float:
         """Report RequestLimitExceeded; return the shared rate now in force."""
-        # Never below one call per 10 s; one cut per event, however many in-flight calls
-        # report it: calls answered within the cooldown were sent before the cut.
-        floor = max(0.1, self.rate / 100)
-        return float(
-            await self._throttled(
-                keys=[self.key],
-                args=[self.rate, self.burst, self._decrease, floor, COOLDOWN_S, QUIET_S],
-            )
-        )
+        # One cut per event, however many in-flight calls report it: calls answered within
+        # the cooldown were sent before the cut.
+        args = [self.rate, self.burst, self._decrease, self.floor, COOLDOWN_S, QUIET_S]
+        return float(await self._throttled(keys=[self.key], args=[*args, *self._now()]))
+
+    def _now(self) -> list[float]:
+        return [] if self._clock is None else [self._clock()]
 
     async def snapshot(self) -> RateSnapshot:
         return _snapshot(await self._redis.hgetall(self.key), self.rate)
