@@ -38,6 +38,12 @@ def lab_client(endpoint_url: str, region: str = "us-east-1", service: str = "ec2
     )
 
 
+def sessions(endpoint_url: str, region: str = "us-east-1") -> list[dict[str, Any]]:
+    """Every Traffic Mirror session that exists there, every page."""
+    pages = lab_client(endpoint_url, region).get_paginator("describe_traffic_mirror_sessions")
+    return [s for page in pages.paginate() for s in page["TrafficMirrorSessions"]]
+
+
 def lab_sqs_client(endpoint_url: str, region: str = "us-east-1") -> Any:
     """The same for the emulator's SQS (botocore's read timeout, 60 s, outlasts a 20 s poll)."""
     return lab_client(endpoint_url, region, "sqs")

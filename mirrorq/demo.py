@@ -11,7 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from emulator.lab import LAB_CREDENTIALS, lab_client
+from emulator import lab as emulator_lab
+from emulator.lab import LAB_CREDENTIALS
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.records import JobStatus
 
@@ -25,6 +26,8 @@ def worker_env(endpoint_url: str) -> dict[str, str]:
         # The emulator runs unthrottled here: a shared limit far above what it can serve.
         "MIRRORQ_EC2_RATE": "1000",
         "MIRRORQ_EC2_BURST": "200",
+        "MIRRORQ_EC2_DESCRIBE_RATE": "1000",
+        "MIRRORQ_EC2_DESCRIBE_BURST": "200",
     }
 
 
@@ -72,14 +75,9 @@ def run_demo(jobs: int, drop_rate: float, error_rate: float) -> int:
             watch(producer, batch_id, console)
             elapsed = time.monotonic() - started
             results = list(producer.batch_results(batch_id))
-        sessions = _sessions(emulator.url)
+        sessions = emulator_lab.sessions(emulator.url)
         stats = emulator.stats().get("CreateTrafficMirrorSession", {})
     return _report(console, results, sessions, stats, elapsed)
-
-
-def _sessions(endpoint_url: str) -> list[dict[str, Any]]:
-    pages = lab_client(endpoint_url).get_paginator("describe_traffic_mirror_sessions").paginate()
-    return [s for page in pages for s in page["TrafficMirrorSessions"]]
 
 
 def _report(

@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 from config import Settings
-from emulator.lab import lab_client
+from emulator import lab
 from tasks.app import create_app
 from tasks.producer import Producer
 
@@ -77,8 +77,7 @@ def status_of(producer: Producer, job_id: str) -> str | None:
 
 def sessions(endpoint_url: str) -> list[dict[str, Any]]:
     """Every session that exists in EC2 (the emulator, or any stand-in at that URL)."""
-    pages = lab_client(endpoint_url).get_paginator("describe_traffic_mirror_sessions").paginate()
-    return [s for page in pages for s in page["TrafficMirrorSessions"]]
+    return lab.sessions(endpoint_url)
 
 
 def mirrors(endpoint_url: str, target_id: str, filter_id: str) -> Counter[str]:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import redis
 
-from emulator.lab import LAB_IMAGE_ID, NLB_ARN, lab_client, lab_sqs_client
+from emulator.lab import lab_client, lab_sqs_client
+from emulator.zoned_lab import expected_mirrors, launch, policy_text, seed_zoned_lab
 from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.fault_proxy import Answer, FaultProxy
 from tests.helpers import sessions, wait_until
@@ -36,121 +37,10 @@ def emulator_with_events(events_emulator: EmulatorProcess) -> EmulatorProcess:
     return events_emulator
 
 
-def build_lab(url: str) -> Lab:
-    """A VPC with subnets in three zones, a sensor (ENI target) in each of the first two, an
-    NLB target, and three filters."""
-    ec2 = lab_client(url)
-    vpc = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
-    zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]][:3]
-    subnets = {
-        zone: ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.7.{n}.0/24", AvailabilityZone=zone)[
-            "Subnet"
-        ]["SubnetId"]
-        for n, zone in enumerate(zones)
-    }
-    sensors = {}
-    for zone in zones[:2]:
-        # The largest size of its family: its ENI takes 100 sources, not 10.
-        sensor = ec2.run_instances(
-            ImageId=LAB_IMAGE_ID,
-            MinCount=1,
-            MaxCount=1,
-            SubnetId=subnets[zone],
-            InstanceType="c5.24xlarge",
-        )["Instances"][0]
-        eni = sensor["NetworkInterfaces"][0]["NetworkInterfaceId"]
-        sensors[zone] = ec2.create_traffic_mirror_target(NetworkInterfaceId=eni)[
-            "TrafficMirrorTarget"
-        ]["TrafficMirrorTargetId"]
-    nlb = ec2.create_traffic_mirror_target(
-        NetworkLoadBalancerArn=NLB_ARN.format(region="us-east-1")
-    )
-    filters = [
-        ec2.create_traffic_mirror_filter(Description=d)["TrafficMirrorFilter"][
-            "TrafficMirrorFilterId"
-        ]
-        for d in ("web", "db", "own")
-    ]
-    return {
-        "zones": zones,
-        "subnets": subnets,
-        "sensors": sensors,
-        "nlb": nlb["TrafficMirrorTarget"]["TrafficMirrorTargetId"],
-        "f_web": filters[0],
-        "f_db": filters[1],
-        "f_own": filters[2],
-    }
-
-
 def write_policy(tmp_path: Path, lab: Lab) -> Path:
-    a, b = (lab["sensors"][z] for z in lab["zones"][:2])
     path = tmp_path / "policy.toml"
-    path.write_text(
-        f"""
-[[rules]]
-name = "prod-web"
-tag = ["Env=prod"]
-targets = ["{a}", "{b}"]
-choose = "same-az"
-filter = "{lab["f_web"]}"
-description = "prod web"
-
-[[rules]]
-name = "db"
-tag = ["Role=db"]
-target = "{lab["nlb"]}"
-filter = "{lab["f_db"]}"
-packet_length = 128
-"""
-    )
+    path.write_text(policy_text(lab))
     return path
-
-
-def launch(url: str, lab: Lab, instances: int) -> dict[str, tuple[str, dict[str, str]]]:
-    """`instances` instances with 1-3 ENIs each, across the zones, some tagged to match a
-    rule and some not; every ENI, with its zone and tags."""
-    ec2 = lab_client(url)
-    made: dict[str, tuple[str, dict[str, str]]] = {}
-    kinds = [{"Env": "prod"}, {"Role": "db"}, {"Env": "prod", "Role": "db"}, {"Env": "dev"}]
-    for i in range(instances):
-        zone = lab["zones"][i % 3]
-        tags = kinds[i % 4]
-        spec = [
-            {
-                "ResourceType": "network-interface",
-                "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
-            }
-        ]
-        instance = ec2.run_instances(
-            ImageId=LAB_IMAGE_ID,
-            MinCount=1,
-            MaxCount=1,
-            SubnetId=lab["subnets"][zone],
-            TagSpecifications=spec,
-        )["Instances"][0]
-        made[instance["NetworkInterfaces"][0]["NetworkInterfaceId"]] = (zone, tags)
-        for device in range(1, 1 + i % 3):
-            eni = ec2.create_network_interface(
-                SubnetId=lab["subnets"][zone], TagSpecifications=spec
-            )["NetworkInterface"]["NetworkInterfaceId"]
-            ec2.attach_network_interface(
-                NetworkInterfaceId=eni, InstanceId=instance["InstanceId"], DeviceIndex=device
-            )
-            made[eni] = (zone, tags)
-    return made
-
-
-def expected_mirrors(
-    lab: Lab, enis: dict[str, tuple[str, dict[str, str]]]
-) -> set[tuple[str, str, str]]:
-    """(ENI, target, filter) for each mirror the policy asks for."""
-    wanted = set()
-    for eni, (zone, tags) in enis.items():
-        if tags.get("Env") == "prod" and zone in lab["sensors"]:
-            wanted.add((eni, lab["sensors"][zone], lab["f_web"]))
-        if tags.get("Role") == "db":
-            wanted.add((eni, lab["nlb"], lab["f_db"]))
-    return wanted
 
 
 def mirrors_made(url: str) -> list[tuple[str, str, str]]:
@@ -219,7 +109,7 @@ def test_events_mirror_every_matching_eni_once_per_rule_and_reconcile_repairs(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     url = emulator_with_events.url
-    lab = build_lab(url)
+    lab = seed_zoned_lab(url)
     policy = write_policy(tmp_path, lab)
     enis = launch(url, lab, 50)
     events = drain(url, emulator_with_events.ready["events_queue_url"])
@@ -325,7 +215,7 @@ def test_a_listener_killed_before_it_deletes_its_messages_makes_no_job_twice(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     url = emulator_with_events.url
-    lab = build_lab(url)
+    lab = seed_zoned_lab(url)
     policy = write_policy(tmp_path, lab)
     enis = launch(url, lab, 12)
     events = drain(url, emulator_with_events.ready["events_queue_url"])
@@ -378,7 +268,7 @@ def test_policy_check_and_plan_from_the_command_line(
     emulator_with_events: EmulatorProcess, env: dict[str, str], tmp_path: Path
 ) -> None:
     url = emulator_with_events.url
-    lab = build_lab(url)
+    lab = seed_zoned_lab(url)
     policy = write_policy(tmp_path, lab)
     launch(url, lab, 8)
     lenv = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}

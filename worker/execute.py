@@ -33,8 +33,9 @@ from worker.errors import (
 )
 from worker.leases import Lease, Leases
 from worker.ratelimit import Limiters, SharedRateLimiter
-from worker.retry import Sleep, retry_policy
+from worker.retry import retry_policy
 from worker.sessions import plan_session_number
+from worker.timing import Sleep
 
 if TYPE_CHECKING:  # stubs only: a development dependency
     from types_aiobotocore_ec2 import EC2Client

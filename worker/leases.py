@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from worker.retry import Sleep
+from worker.timing import Sleep
 
 # Extend the lease if it is still this holder's, never shortening it (a fence may have
 # extended it past the TTL for a create in flight). 1 if held, 0 if lost.

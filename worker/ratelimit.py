@@ -10,7 +10,6 @@ same arithmetic in Python: the specification these scripts implement, held to th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ import redis.asyncio as aioredis
 
 from config import Settings
 from tasks import keys
+from worker.timing import Clock, Sleep
 
 # Redis TIME is the one clock every host shares, and a GCRA schedule kept by several hosts
 # needs one clock. Tests pass their own `now` instead, as the scripts' last argument. Both
@@ -79,8 +79,6 @@ redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'last_event', tostring(now),
 return tostring(rate)
 """
 
-Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], float]  # Unix time, as Redis TIME: a missing last_event (0) is long ago
 COOLDOWN_S = 0.5  # reports of one throttling event arrive within this
 QUIET_S = 10.0  # a throttle after this long without one is taken for jitter
 

@@ -18,8 +18,8 @@ from tenacity import (
 )
 
 from worker.errors import is_transient
+from worker.timing import Sleep
 
-Sleep = Callable[[float], Awaitable[None]]
 OnRetry = Callable[[RetryCallState], Awaitable[None]]
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from config import get_emulator_settings
 from mirrorq.cli.base import echo_json, main
+
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -31,24 +35,31 @@ def worker(celery_args: tuple[str, ...]) -> None:
     )
 
 
+def _fault_option(name: str, meaning: str) -> Callable[[Command], Command]:
+    return click.option(name, type=float, default=0.1, show_default=True, help=meaning)
+
+
 @main.command()
 @click.option("--jobs", type=int, default=300, show_default=True, help="Jobs to run end to end.")
+@_fault_option("--drop-rate", "Emulator fault: responses dropped after the session was created.")
+@_fault_option("--error-rate", "Emulator fault: 500/503 answers before anything is created.")
 @click.option(
-    "--drop-rate",
-    type=float,
-    default=0.1,
-    show_default=True,
-    help="Emulator fault: responses dropped after the session was created.",
+    "--events", is_flag=True, help="Instead: instances launched, mirrored by the listener."
 )
 @click.option(
-    "--error-rate",
-    type=float,
-    default=0.1,
-    show_default=True,
-    help="Emulator fault: 500/503 answers before anything is created.",
+    "--instances", type=int, default=30, show_default=True, help="With --events: how many."
 )
-def demo(jobs: int, drop_rate: float, error_rate: float) -> None:
-    """The whole pipeline on this machine: emulator, a worker, JOBS jobs, their results."""
+def demo(jobs: int, drop_rate: float, error_rate: float, events: bool, instances: int) -> None:
+    """The whole pipeline on this machine: emulator, a worker, JOBS jobs, their results.
+
+    With --events: the event-driven loop instead. The emulator sends EC2's EventBridge events
+    into SQS as INSTANCES instances are launched; `mirrorq listen` turns them into jobs
+    through a two-rule policy, and the sessions appear within seconds.
+    """
+    if events:
+        from mirrorq.demo_events import run_events_demo
+
+        sys.exit(run_events_demo(instances))
     from mirrorq.demo import run_demo
 
     sys.exit(run_demo(jobs=jobs, drop_rate=drop_rate, error_rate=error_rate))
