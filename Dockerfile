@@ -1,4 +1,4 @@
-# One image for every mirrorq process: worker, emulator, CLI.
+# One image for every mirrorq process: worker, listener, API, emulator, CLI.
 FROM python:3.11-slim
 COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /usr/local/bin/uv
 WORKDIR /app
@@ -10,5 +10,7 @@ COPY emulator emulator
 COPY mirrorq mirrorq
 RUN uv sync --frozen --no-dev
 ENV PATH=/app/.venv/bin:$PATH
+# `mirrorq api` (docker-compose publishes it on 127.0.0.1 only)
+EXPOSE 8080
 USER nobody
 ENTRYPOINT ["mirrorq"]

@@ -15,380 +15,24 @@ Run: `make bench` (or `uv run python -m bench`). Prints a table, writes bench/re
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis
 from rich.console import Console
 from rich.table import Table
 
-from config import Settings
-from emulator.lab import LAB_CREDENTIALS, aio_lab_client, lab_client
-from mirrorq.processes import EmulatorProcess, WorkerProcess
-from tasks.app import create_app
-from tasks.contract import parse_request
-from tasks.producer import Producer
-from tasks.records import JobStatus
+from bench.api import bench_api
+from bench.common import RESULTS, flush
+from bench.events import bench_events
+from bench.limits import ride
+from bench.pipeline import bench_pipeline
+from bench.submission import bench_submission
+from mirrorq.processes import EmulatorProcess
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
-NAIVE_REDIS_URL = "redis://127.0.0.1:6379/14"
-SINGLES_REDIS_URL = "redis://127.0.0.1:6379/15"  # the pipeline with one job per message
-RESULTS = Path(__file__).parent / "results" / "latest.json"
-CONCURRENCY = 64
-ROUNDS = 3
 console = Console()
-
-
-# Helpers ------------------------------------------------------------------------------------
-
-
-def flush() -> None:
-    for url in (REDIS_URL, NAIVE_REDIS_URL, SINGLES_REDIS_URL):
-        redis.Redis.from_url(url).flushdb()
-
-
-def fresh_lab(emulator: EmulatorProcess, enis: int) -> dict[str, Any]:
-    from emulator.lab import seed_lab
-
-    emulator.reset()
-    flush()
-    return seed_lab(emulator.url, enis)
-
-
-def requests_for(lab: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        {
-            "NetworkInterfaceId": eni,
-            "TrafficMirrorTargetId": lab["target_ids"]["nlb"],
-            "TrafficMirrorFilterId": lab["filter_id"],
-            "SessionNumber": 1,
-            "ClientToken": f"bench-{i}",
-        }
-        for i, eni in enumerate(lab["eni_ids"])
-    ]
-
-
-def sessions_and_duplicates(emulator: EmulatorProcess) -> tuple[int, int]:
-    pages = lab_client(emulator.url).get_paginator("describe_traffic_mirror_sessions").paginate()
-    per_eni = Counter(s["NetworkInterfaceId"] for p in pages for s in p["TrafficMirrorSessions"])
-    return sum(per_eni.values()), sum(n - 1 for n in per_eni.values())
-
-
-def worker_env(emulator: EmulatorProcess, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "MIRRORQ_BROKER_URL": REDIS_URL,
-        "MIRRORQ_EC2_ENDPOINT_URL": emulator.url,
-        "MIRRORQ_REGION": "us-east-1",
-        "MIRRORQ_CONCURRENCY": str(CONCURRENCY),
-        "AWS_ACCESS_KEY_ID": LAB_CREDENTIALS["aws_access_key_id"],
-        "AWS_SECRET_ACCESS_KEY": LAB_CREDENTIALS["aws_secret_access_key"],
-        "MIRRORQ_EC2_RATE": "0",
-        "MIRRORQ_EC2_DESCRIBE_RATE": "0",
-        **extra,
-    }
-
-
-@contextmanager
-def workers(emulator: EmulatorProcess, count: int, **extra: str) -> Iterator[list[WorkerProcess]]:
-    with ExitStack() as stack:
-        started = [
-            stack.enter_context(WorkerProcess(f"bench-{i}", worker_env(emulator, **extra)))
-            for i in range(count)
-        ]
-        for w in started:
-            w.wait_ready(60)
-        yield started
-
-
-def producer(url: str = REDIS_URL, jobs_per_message: int | None = None) -> Producer:
-    settings = Settings(broker_url=url)
-    if jobs_per_message is not None:
-        settings = settings.model_copy(update={"jobs_per_message": jobs_per_message})
-    return Producer(create_app(settings), settings)
-
-
-def run_batch(
-    requests: list[dict[str, Any]], timeout: float = 900, p: Producer | None = None
-) -> tuple[float, dict[str, Any]]:
-    """Submit as one batch; seconds until its last job finished, and its final status."""
-    p = p or producer()
-    jobs = [parse_request(r) for r in requests]
-    started = time.monotonic()
-    batch_id = p.submit_batch(jobs)
-    while not (status := p.batch_status(batch_id) or {}).get("finished_at"):
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"batch unfinished after {timeout}s: {status}")
-        time.sleep(0.05)
-    return time.monotonic() - started, status
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-# 1. Pipeline overhead ------------------------------------------------------------------------
-
-
-async def _bare(url: str, requests: list[dict[str, Any]]) -> None:
-    gate = asyncio.Semaphore(CONCURRENCY)
-    async with aio_lab_client(url, concurrency=CONCURRENCY) as client:
-
-        async def one(request: dict[str, Any]) -> None:
-            async with gate:
-                await client.create_traffic_mirror_session(**request)
-
-        await asyncio.gather(*(one(r) for r in requests))
-
-
-def bench_pipeline(
-    emulator: EmulatorProcess, jobs: int, footprint: dict[str, Any]
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"jobs": jobs, "concurrency": CONCURRENCY, "rounds": ROUNDS}
-    # The machine is shared and the emulator's speed drifts: the contenders take turns, round
-    # after round, and each is reported by its median.
-    rates: dict[str, list[float]] = {
-        "bare_aiobotocore_loop": [],
-        "sequential_boto3_loop": [],
-        "mirrorq_pipeline": [],
-        "mirrorq_pipeline_one_job_per_message": [],
-    }
-    out["jobs_per_message"] = Settings().jobs_per_message
-    sequential = min(jobs, 500)  # rates, not totals, are compared
-    unlimited = {"MIRRORQ_EC2_RATE": "100000", "MIRRORQ_EC2_BURST": "10000"}
-    batches, singles = producer(), producer(SINGLES_REDIS_URL, jobs_per_message=1)
-    with (
-        workers(emulator, 1, **unlimited) as (w,),
-        # Its own Redis database, so the two workers never take each other's messages.
-        workers(
-            emulator,
-            1,
-            **unlimited,
-            MIRRORQ_BROKER_URL=SINGLES_REDIS_URL,
-            MIRRORQ_JOBS_PER_MESSAGE="1",
-        ),
-    ):
-        # Steady state is what is compared: each worker's first jobs open its connections.
-        for p in (batches, singles):
-            lab = fresh_lab(emulator, 200)
-            run_batch(requests_for(lab), p=p)
-        for _ in range(ROUNDS):
-            lab = fresh_lab(emulator, jobs)
-            started = time.monotonic()
-            asyncio.run(_bare(emulator.url, requests_for(lab)))
-            rates["bare_aiobotocore_loop"].append(jobs / (time.monotonic() - started))
-
-            for name, p in (
-                ("mirrorq_pipeline", batches),
-                ("mirrorq_pipeline_one_job_per_message", singles),
-            ):
-                lab = fresh_lab(emulator, jobs)
-                elapsed, status = run_batch(requests_for(lab), p=p)
-                assert status["counts"] == {JobStatus.CREATED: jobs}, status
-                assert sessions_and_duplicates(emulator) == (jobs, 0)
-                rates[name].append(jobs / elapsed)
-
-            lab = fresh_lab(emulator, sequential)
-            ec2 = lab_client(emulator.url)  # plain boto3, retries off
-            started = time.monotonic()
-            for request in requests_for(lab):
-                ec2.create_traffic_mirror_session(**request)
-            rates["sequential_boto3_loop"].append(sequential / (time.monotonic() - started))
-        footprint["worker_rss_mb_after_jobs"] = rss_mb(w.proc.pid)
-    out["per_round"] = rates
-    out.update({name: statistics.median(values) for name, values in rates.items()})
-
-    naive_jobs = min(jobs, 100)  # it manages about 2 jobs/s: a sample is enough
-    lab = fresh_lab(emulator, naive_jobs)
-    env = {
-        **os.environ,
-        "NAIVE_BROKER_URL": NAIVE_REDIS_URL,
-        "NAIVE_EC2_ENDPOINT_URL": emulator.url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }
-    log = Path(tempfile.gettempdir()) / "bench-naive.log"
-    with log.open("wb") as sink:
-        naive = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "bench.naive",
-                "worker",
-                "--pool",
-                "threads",
-                "-c",
-                str(CONCURRENCY),
-                "-Q",
-                "naive",
-                "--loglevel",
-                "INFO",
-            ],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while b"ready." not in log.read_bytes():
-            if naive.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the naive worker did not start; see {log}")
-            time.sleep(0.1)
-        from bench.naive import create  # its app is on NAIVE_REDIS_URL
-
-        started = time.monotonic()
-        results = [create.apply_async((r,), queue="naive") for r in requests_for(lab)]
-        for result in results:
-            result.get(timeout=600)
-        out["naive_celery_task"] = naive_jobs / (time.monotonic() - started)
-    finally:
-        naive.terminate()
-        naive.wait(timeout=30)
-
-    ceiling = out["bare_aiobotocore_loop"]
-    out["ratios_to_bare_loop"] = {
-        k: out[k] / ceiling
-        for k in (
-            "mirrorq_pipeline",
-            "mirrorq_pipeline_one_job_per_message",
-            "sequential_boto3_loop",
-            "naive_celery_task",
-        )
-    }
-    return out
-
-
-# 2. Riding the limit -------------------------------------------------------------------------
-
-
-def _throttled_fraction(calls: dict[str, int]) -> float:
-    total = sum(calls.values())
-    return calls.get("RequestLimitExceeded", 0) / total if total else 0.0
-
-
-def ride(
-    emulator: EmulatorProcess, jobs: int, ec2: tuple[float, int], mirrorq: tuple[float, int] | None
-) -> dict[str, Any]:
-    """4 processes creating `jobs` sessions against an emulator throttling at `ec2`."""
-    rate, burst = ec2
-    lab = fresh_lab(emulator, jobs)
-    requests = requests_for(lab)
-    emulator.set_faults(throttle_rate=rate, throttle_burst=burst)
-    theoretical_s = max(jobs - burst, 0) / rate
-    if mirrorq is not None:
-        with workers(
-            emulator,
-            4,
-            MIRRORQ_EC2_RATE=str(mirrorq[0]),
-            MIRRORQ_EC2_BURST=str(mirrorq[1]),
-            MIRRORQ_JOB_DEADLINE_S="600",
-            MIRRORQ_VISIBILITY_TIMEOUT_S="900",
-        ):
-            elapsed, status = run_batch(requests)
-        outcome = status["counts"]
-    else:
-        path = Path(tempfile.gettempdir()) / "bench-fleet-jobs.jsonl"
-        path.write_text("\n".join(json.dumps(r) for r in requests))
-        started = time.monotonic()
-        fleet = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.botocore_fleet",
-                    emulator.url,
-                    str(path),
-                    str(i),
-                    "4",
-                    str(CONCURRENCY),
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(4)
-        ]
-        reports = [json.loads(p.communicate(timeout=900)[0]) for p in fleet]
-        elapsed = time.monotonic() - started
-        outcome = {
-            "created": sum(r["created"] for r in reports),
-            "failed": sum(r["failed"] for r in reports),
-        }
-    calls = emulator.stats().get("CreateTrafficMirrorSession", {})
-    sessions, duplicates = sessions_and_duplicates(emulator)
-    created = outcome.get(JobStatus.CREATED, 0)
-    return {
-        "jobs": jobs,
-        "ec2_rate": rate,
-        "ec2_burst": burst,
-        "mirrorq_limit": list(mirrorq) if mirrorq else None,
-        "seconds": elapsed,
-        "achieved_rate": created / elapsed,
-        "ratio_to_theoretical": theoretical_s / elapsed if created == jobs else None,
-        "throttled_fraction": _throttled_fraction(calls),
-        "calls": calls,
-        "outcome": outcome,
-        "sessions": sessions,
-        "duplicates": duplicates,
-    }
-
-
-# 3. Submission and 4. footprint -------------------------------------------------------------
-
-
-def bench_submission(jobs: int) -> dict[str, Any]:
-    flush()
-    client = redis.Redis.from_url(REDIS_URL)
-    requests = [
-        parse_request(
-            {
-                "NetworkInterfaceId": f"eni-{i:017x}",
-                "TrafficMirrorTargetId": "tmt-0123456789abcdef0",
-                "TrafficMirrorFilterId": "tmf-0123456789abcdef0",
-                "SessionNumber": "auto",
-            }
-        )
-        for i in range(jobs)
-    ]
-    before = int(client.info("memory")["used_memory"])
-    started = time.monotonic()
-    producer().submit_batch(requests)
-    seconds = time.monotonic() - started
-    per_job = (int(client.info("memory")["used_memory"]) - before) / jobs
-    path = Path(tempfile.gettempdir()) / "bench-submit.jsonl"
-    path.write_text("\n".join(r.model_dump_json(exclude_none=True) for r in requests))
-    flush()
-    started = time.monotonic()
-    subprocess.run(
-        [sys.executable, "-m", "mirrorq", "batch", "submit", str(path)],
-        check=True,
-        env={**os.environ, "MIRRORQ_BROKER_URL": REDIS_URL},
-        capture_output=True,
-    )
-    cli_seconds = time.monotonic() - started
-    flush()
-    return {
-        "jobs": jobs,
-        "submit_batch_seconds": seconds,
-        "cli_seconds_with_startup": cli_seconds,
-        "redis_bytes_per_queued_job": per_job,
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -396,8 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1000, help="jobs per pipeline run")
     parser.add_argument("--ride-jobs", type=int, default=2000, help="jobs per riding-the-limit run")
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--only", choices=["pipeline"], help="run only the pipeline benchmark")
+    parser.add_argument(
+        "--only", choices=["pipeline", "events", "api"], help="run only this benchmark (printed)"
+    )
     args = parser.parse_args(argv)
+    if args.only in ("events", "api"):
+        console.print_json(json.dumps(bench_events() if args.only == "events" else bench_api()))
+        return
 
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -405,12 +54,12 @@ def main(argv: list[str] | None = None) -> None:
         "footprint": {},
     }
     with EmulatorProcess() as emulator:
-        console.print("1/4 pipeline overhead ...")
+        console.print("1/5 pipeline overhead ...")
         results["pipeline"] = bench_pipeline(emulator, args.jobs, results["footprint"])
         if args.only == "pipeline":
             console.print_json(json.dumps(results["pipeline"]))
             return
-        console.print("2/4 riding the limit (three runs of about a minute or two) ...")
+        console.print("2/5 riding the limit (three runs of about a minute or two) ...")
         results["ride"] = {
             "shared_limiter": ride(emulator, args.ride_jobs, (20, 50), (20, 45)),
             "botocore_standard_retries_only": ride(emulator, args.ride_jobs, (20, 50), None),
@@ -418,8 +67,12 @@ def main(argv: list[str] | None = None) -> None:
                 emulator, args.ride_jobs // 2, (10, 50), (20, 45)
             ),
         }
-    console.print("3/4 submission ...")
+    console.print("3/5 submission ...")
     results["submission"] = bench_submission(10_000)
+    console.print("4/5 event to session ...")
+    results["events"] = bench_events()
+    console.print("5/5 the HTTP API ...")
+    results["api"] = bench_api()
     flush()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
@@ -470,4 +123,30 @@ def report(results: dict[str, Any]) -> Table:
         f"{results['footprint']['worker_rss_mb_after_jobs']:.0f} MiB",
         "",
     )
+    a = results["api"]
+    table.add_row(
+        f"POST /v1/jobs, one job a request, {a['clients']} clients",
+        f"{a['post_jobs_per_s']:.0f} jobs/s",
+        f"producer alone: {a['python_producer_jobs_per_s']:.0f} jobs/s",
+    )
+    table.add_row(
+        f"POST /v1/batches ({a['batch']:,} jobs each)",
+        f"{a['post_batches_jobs_per_s']:.0f} jobs/s",
+        f"producer alone: {a['python_producer_batch_jobs_per_s']:.0f} jobs/s",
+    )
+    table.add_row(
+        "one POST /v1/jobs at a time",
+        f"p50 {a['single_post_ms']['p50']:.1f} ms, p99 {a['single_post_ms']['p99']:.1f} ms",
+        "",
+    )
+    e = results["events"]
+    for way, label in (("event", "EventBridge event in SQS"), ("submit", "mirrorq submit")):
+        for when, target in (("idle", " (p50 < 200 ms)" if way == "event" else ""), ("burst", "")):
+            r = e[way][when]
+            size = "one at a time, idle" if when == "idle" else f"a burst of {e['burst']}"
+            table.add_row(
+                f"{label} -> session exists, {size}",
+                f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms",
+                target,
+            )
     return table

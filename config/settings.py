@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Self
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -80,6 +81,20 @@ class Settings(BaseSettings):
     # restart, a failover) before that command fails. Workers never fail a job for it: they
     # wait for Redis and carry on.
     redis_retry_s: float = Field(default=20.0, ge=0)
+
+    # The HTTP API: bearer tokens, comma-separated (or one a line in a file), never logged.
+    api_tokens: SecretStr | None = None
+    api_tokens_file: Path | None = None
+    # A body larger than this is refused (413) before it is read whole: room for a
+    # 10,000-job batch with tags on every job.
+    api_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    def api_token_values(self) -> list[str]:
+        """The API's bearer tokens, from MIRRORQ_API_TOKENS and MIRRORQ_API_TOKENS_FILE."""
+        tokens = self.api_tokens.get_secret_value().split(",") if self.api_tokens else []
+        if self.api_tokens_file is not None:
+            tokens += self.api_tokens_file.read_text(encoding="utf-8").splitlines()
+        return [t.strip() for t in tokens if t.strip()]
 
     @property
     def worker_threads(self) -> int:

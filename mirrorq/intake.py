@@ -143,7 +143,12 @@ class Intake:
     async def _targets_now(self) -> tuple[dict[str, Target], set[str]]:
         now = time.monotonic()
         if self._targets is None or now - self._targets[0] > TARGETS_FRESH_S:
-            targets = await self.inventory.targets(t for r in self.rules for t in r.targets)
+            wanted = {t for r in self.rules for t in r.targets}
+            # A rule whose targets are gone makes nothing; the others go on (a listener is a
+            # service: one stale rule must not stop every event).
+            targets = await self.inventory.targets(wanted, missing_ok=True)
+            if missing := sorted(wanted - set(targets)):
+                log.warning("policy names targets that do not exist: %s", ", ".join(missing))
             target_enis = await self.inventory.all_target_enis()
             self._targets = (now, targets, target_enis)
         return self._targets[1], self._targets[2]

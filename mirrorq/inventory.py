@@ -130,16 +130,18 @@ class Inventory:
 
     # Targets and filters ---------------------------------------------------------------------
 
-    async def targets(self, target_ids: Iterable[str]) -> dict[str, Target]:
-        """These targets with the zone each serves and the sources it takes; refuses any that
-        does not exist, naming it."""
+    async def targets(
+        self, target_ids: Iterable[str], *, missing_ok: bool = False
+    ) -> dict[str, Target]:
+        """These targets with the zone each serves and the sources it takes. One that does not
+        exist is refused, named (or, with `missing_ok`, left out)."""
         wanted = sorted(set(target_ids))
         described = await self._all("describe_traffic_mirror_targets", "TrafficMirrorTargets")
         found = {
             t["TrafficMirrorTargetId"]: t for t in described if t["TrafficMirrorTargetId"] in wanted
         }
         missing = [t for t in wanted if t not in found]
-        if missing:
+        if missing and not missing_ok:
             raise UnknownResourceError("target", missing)
         eni_ids = [t["NetworkInterfaceId"] for t in found.values() if t.get("NetworkInterfaceId")]
         enis = {e["NetworkInterfaceId"]: e for e in await self.enis_named(eni_ids=eni_ids)}

@@ -1,4 +1,5 @@
-"""Job files (JSON Lines or CSV) read into validated jobs, every bad line named with its number.
+"""Job files (JSON Lines, CSV, or a JSON array) read into validated jobs, every bad line named
+with its number.
 
 The CLI reads them from a file, the HTTP API from a request body: one reader for both.
 """
@@ -81,6 +82,17 @@ def _csv_records(text: str) -> Iterator[tuple[int, Any]]:
 def _records(text: str, fmt: str) -> Iterator[tuple[int, Any]]:
     if fmt == "csv":
         yield from _csv_records(text)
+        return
+    if fmt == "json":  # a JSON array of jobs: its items are numbered as lines are
+        try:
+            items = parse_json(text, "(body)")
+        except InvalidJobError as error:
+            yield 1, error
+            return
+        if not isinstance(items, list):
+            yield 1, ValueError("expected a JSON array of jobs, or JSON Lines")
+            return
+        yield from enumerate(items, start=1)
         return
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():

@@ -26,6 +26,7 @@ class Outcome(StrEnum):
     SESSION_LIMIT = "session_limit"  # already 3 sessions, EC2's per-ENI limit
     IS_MIRROR_TARGET = "is_mirror_target"  # a target cannot be a source
     NOT_INTERFACE = "not_interface_type"  # efa, trunk, ... ENIs are not mirrored
+    NO_TARGET = "no_target"  # none of the rule's targets exists (deleted since?)
     NO_TARGET_IN_ZONE = "no_target_in_zone"  # same-az: none of the targets serves the ENI's zone
     TARGETS_FULL = "targets_full"  # every candidate target takes no more sources
 
@@ -166,6 +167,8 @@ def _decide(  # noqa: PLR0911 - a return per outcome
             rule.name, eni_id, Outcome.SESSION_LIMIT, detail=f"{len(existing)} sessions"
         )
     candidates = [targets[t] for t in rule.targets if t in targets]
+    if not candidates:
+        return PlanItem(rule.name, eni_id, Outcome.NO_TARGET, detail=", ".join(rule.targets))
     if rule.choose is Choose.SAME_AZ:
         zone = eni.get("AvailabilityZone")
         candidates = [t for t in candidates if t.zone is None or t.zone == zone]

@@ -5,10 +5,12 @@ The demo, the integration tests and the benchmarks all run the real thing this w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,14 @@ def _http(url: str, payload: dict[str, Any] | None = None) -> Any:
     request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
+
+
+def free_port() -> int:
+    """A port nothing listens on now (for a process of ours to take)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class EmulatorProcess:
@@ -148,7 +158,8 @@ class ServiceProcess:
 
     def kill(self) -> None:
         """SIGKILL: no warm shutdown, no acks, no goodbyes."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it died already
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
     def stop(self) -> None:
@@ -176,3 +187,10 @@ class ListenerProcess(ServiceProcess):
 
     command = ("listen",)
     ready_marker = b"listening on"
+
+
+class ApiProcess(ServiceProcess):
+    """A real `mirrorq api` on a port of its own (`--port`, `--policy` are its arguments)."""
+
+    command = ("api",)
+    ready_marker = b"Uvicorn running on"

@@ -45,6 +45,7 @@ class BatchStore:
         batch = keys.batch(batch_id)
         pipe.hset(batch.record, mapping=meta)
         if job_ids:
+            pipe.sadd(keys.RUNNING_BATCHES, batch_id)
             pipe.hset(batch.counts, mapping={JobStatus.QUEUED: len(job_ids)})
             for start in range(0, len(job_ids), CHUNK):
                 chunk = job_ids[start : start + CHUNK]

@@ -49,6 +49,10 @@ def batch(batch_id: str) -> BatchKeys:
     return BatchKeys(record, f"{record}:counts", f"{record}:statuses", f"{record}:jobs")
 
 
+STATS_STATUS = _key("stats", "status")  # hash: status -> jobs that entered it (a counter)
+STATS_FAILED = _key("stats", "failed")  # hash: error code -> jobs that failed with it
+STATS_DURATION = _key("stats", "duration")  # hash: submission-to-outcome bucket -> jobs, sum
+RUNNING_BATCHES = _key("batches", "running")  # set: batches not finished yet
 PENDING = _key("pending")  # sorted set: accepted jobs not yet finished, by submission time
 REPAIR_LOCK = _key("repair-lock")
 REPAIR_SUSPECTS = _key("repair-suspects")  # jobs that looked lost at the previous sweep

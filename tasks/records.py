@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired
+
+# pydantic (the API's schema of the record) reads TypedDicts only from typing_extensions on 3.11.
+from typing_extensions import TypedDict
 
 
 class JobStatus(StrEnum):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, cast
 
 import redis
@@ -26,7 +27,7 @@ from tasks.records import TERMINAL_STATUSES, JobResult, JobStatus, is_terminal, 
 # count it done and stamp the batch's end when the last job finishes. A job the batch did
 # not register (a stranger naming the batch) moves nothing and creates no key.
 _TRANSITION = """
-local function transition(statuses, counts, batch, job, new, now, terminal)
+local function transition(statuses, counts, batch, running, batch_id, job, new, now, terminal)
   local old = redis.call('HGET', statuses, job)
   if not old or old == new or terminal[old] then return end
   redis.call('HSET', statuses, job, new)
@@ -36,16 +37,20 @@ local function transition(statuses, counts, batch, job, new, now, terminal)
     local done = redis.call('HINCRBY', batch, 'done', 1)
     if done >= tonumber(redis.call('HGET', batch, 'total') or '0') then
       redis.call('HSET', batch, 'finished_at', now)
+      redis.call('SREM', running, batch_id)
     end
   end
 end
 """
 
-# One step of a job, as a worker takes it. One script, one round trip: a pipeline of scripts
-# would cost redis-py a SCRIPT EXISTS round trip each time.
-# KEYS: record, pending index, job lease[, batch statuses, batch counts, batch record]
-# ARGV: step (start|save|finish), record JSON, ttl, job id, lease token, lease ms, status, now,
-#       terminal statuses, the queued state (as Celery's meta spells it)
+# One step of a job, as a worker takes it, with the fleet's counters (what /metrics reads).
+# One script, one round trip: a pipeline of scripts would cost redis-py a SCRIPT EXISTS round
+# trip each time.
+# KEYS: record, pending index, job lease, status counts, failures by code, durations
+#       [, batch statuses, batch counts, batch record, running batches]
+# ARGV: step (start|save|finish), record JSON, ttl, job id, lease token, lease ms, status,
+#       now, terminal statuses, queued state, finished state, the record's state (as Celery's
+#       meta spells them), error code, seconds since submission, duration buckets, batch id
 # Returns {verdict[, current record]}:
 #   busy          another worker holds the job's lease (a copy is running): nothing written
 #   done          the job already finished: nothing written
@@ -56,18 +61,18 @@ end
 _STEP = (
     _TRANSITION
     + """
-local step, job, token = ARGV[1], ARGV[4], ARGV[5]
+local step, job, token, status = ARGV[1], ARGV[4], ARGV[5], ARGV[7]
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= token then return {'busy'} end
 local current = redis.call('GET', KEYS[1])
 local meta = current and cjson.decode(current)
-if meta and meta['status'] == 'SUCCESS' then
+if meta and meta['status'] == ARGV[11] then
   if holder then redis.call('DEL', KEYS[3]) end
   redis.call('ZREM', KEYS[2], job)
   return {'done', current}
 end
 if step == 'start' then
-  if #KEYS == 6 and redis.call('HEXISTS', KEYS[4], job) == 0 then return {'not-in-batch'} end
+  if #KEYS == 10 and redis.call('HEXISTS', KEYS[7], job) == 0 then return {'not-in-batch'} end
   if meta and meta['status'] ~= ARGV[10] then
     redis.call('SET', KEYS[3], token, 'PX', ARGV[6])
     return {'resume', current}
@@ -81,10 +86,23 @@ else
 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('PUBLISH', KEYS[1], ARGV[2])
-if #KEYS == 6 then
+if not meta or meta['status'] ~= ARGV[12] then
+  redis.call('HINCRBY', KEYS[4], status, 1)
+  if ARGV[13] ~= '' then redis.call('HINCRBY', KEYS[5], ARGV[13], 1) end
+  if ARGV[14] ~= '' then
+    local seconds, bucket = tonumber(ARGV[14]), '+Inf'
+    for bound in string.gmatch(ARGV[15], '[^,]+') do
+      if seconds <= tonumber(bound) then bucket = bound break end
+    end
+    redis.call('HINCRBY', KEYS[6], bucket, 1)
+    redis.call('HINCRBY', KEYS[6], 'count', 1)
+    redis.call('HINCRBYFLOAT', KEYS[6], 'sum', ARGV[14])
+  end
+end
+if #KEYS == 10 then
   local terminal = {}
-  for status in string.gmatch(ARGV[9], '[^,]+') do terminal[status] = true end
-  transition(KEYS[4], KEYS[5], KEYS[6], job, ARGV[7], ARGV[8], terminal)
+  for each in string.gmatch(ARGV[9], '[^,]+') do terminal[each] = true end
+  transition(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[16], job, status, ARGV[8], terminal)
 end
 return {'stored'}
 """
@@ -92,25 +110,31 @@ return {'stored'}
 
 # Accept a job: its idempotency claim (if it has a key), its record and its pending entry,
 # all or nothing. Returns nil when accepted, else the claim that was there first.
-# KEYS: record, pending index[, idempotency key]; ARGV: record JSON, ttl, job id, now, claim
+# KEYS: record, pending index, status counts[, idempotency key]
+# ARGV: record JSON, ttl, job id, now, claim, status
 _ACCEPT = """
-if #KEYS == 3 then
-  if not redis.call('SET', KEYS[3], ARGV[5], 'NX', 'EX', ARGV[2]) then
-    return redis.call('GET', KEYS[3])
+if #KEYS == 4 then
+  if not redis.call('SET', KEYS[4], ARGV[5], 'NX', 'EX', ARGV[2]) then
+    return redis.call('GET', KEYS[4])
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
 return false
 """
 
 # Undo an acceptance whose message could not be queued: only what it wrote, only if still so.
-# KEYS: record, pending index[, idempotency key]; ARGV: job id, claim, the queued state
+# KEYS: record, pending index, status counts[, idempotency key]
+# ARGV: job id, claim, the queued state, status
 _UNACCEPT = """
 local current = redis.call('GET', KEYS[1])
-if current and cjson.decode(current)['status'] == ARGV[3] then redis.call('DEL', KEYS[1]) end
+if current and cjson.decode(current)['status'] == ARGV[3] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HINCRBY', KEYS[3], ARGV[4], -1)
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
-if #KEYS == 3 and redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
+if #KEYS == 4 and redis.call('GET', KEYS[4]) == ARGV[2] then redis.call('DEL', KEYS[4]) end
 return 1
 """
 
@@ -132,6 +156,22 @@ def celery_state(status: JobStatus) -> str:
 
 
 QUEUED_STATE = celery_state(JobStatus.QUEUED)
+# Submission to outcome, in seconds: the buckets of the fleet's histogram (/metrics).
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
+DURATION_ARG = ",".join(repr(b) for b in DURATION_BUCKETS)
+
+
+def seconds_to_finish(record: JobResult) -> str:
+    """How long a finished job took from submission ("" for one not finished, or untimed)."""
+    if not (record["finished_at"] and record["submitted_at"]):
+        return ""
+    try:
+        took = datetime.fromisoformat(record["finished_at"]) - datetime.fromisoformat(
+            record["submitted_at"]
+        )
+    except ValueError:  # a sender's own submitted_at that is not a timestamp
+        return ""
+    return repr(max(0.0, took.total_seconds()))
 
 
 def batch_keys(batch_id: str) -> list[str]:
@@ -188,11 +228,16 @@ class ResultStore:
         key, value = self.encoded(record)
         pipe.set(key, value, ex=self.ttl_s)
         pipe.zadd(keys.PENDING, {record["job_id"]: time.time()})
+        pipe.hincrby(keys.STATS_STATUS, record["status"], 1)
 
     def unaccept(self, record: JobResult, claim: tuple[str, str] | None = None) -> None:
         """Undo `accept` (its message could not be queued), if nothing ran the job since."""
-        script_keys = [self.backend.get_key_for_task(record["job_id"]), keys.PENDING]
-        args = [record["job_id"], "", QUEUED_STATE]
+        script_keys = [
+            self.backend.get_key_for_task(record["job_id"]),
+            keys.PENDING,
+            keys.STATS_STATUS,
+        ]
+        args = [record["job_id"], "", QUEUED_STATE, record["status"]]
         if claim is not None:
             script_keys.append(keys.idempotency(claim[0]))
             args[1] = claim[1]
@@ -202,8 +247,8 @@ class ResultStore:
         self, record: JobResult, claim: tuple[str, str] | None
     ) -> tuple[list[str], list[Any]]:
         key, value = self.encoded(record)
-        script_keys = [key, keys.PENDING]
-        args: list[Any] = [value, self.ttl_s, record["job_id"], time.time(), ""]
+        script_keys = [key, keys.PENDING, keys.STATS_STATUS]
+        args: list[Any] = [value, self.ttl_s, record["job_id"], time.time(), "", record["status"]]
         if claim is not None:
             script_keys.append(keys.idempotency(claim[0]))
             args[4] = claim[1]
@@ -220,12 +265,17 @@ class ResultStore:
         self, step: Step, record: JobResult, token: str
     ) -> tuple[list[str], list[Any]]:
         key, value = self.encoded(record)
+        status = JobStatus(record["status"])
         script_keys = [key, keys.PENDING, keys.job_lease(record["job_id"])]
+        script_keys += [keys.STATS_STATUS, keys.STATS_FAILED, keys.STATS_DURATION]
         now = record["finished_at"] or record["started_at"] or ""
         args: list[Any] = [step, value, self.ttl_s, record["job_id"], token, self.lease_ms]
-        args += [record["status"], now, TERMINAL_ARG, QUEUED_STATE]
+        args += [status, now, TERMINAL_ARG, QUEUED_STATE, states.SUCCESS, celery_state(status)]
+        error = record["error"] if status is JobStatus.FAILED else None
+        args += [error["code"] if error else "", seconds_to_finish(record), DURATION_ARG]
+        args += [record["batch_id"] or ""]
         if record["batch_id"]:
-            script_keys += batch_keys(record["batch_id"])
+            script_keys += [*batch_keys(record["batch_id"]), keys.RUNNING_BATCHES]
         return script_keys, args
 
     def step_result(self, answer: list[Any]) -> StepResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from mirrorq.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-MIRRORQ_SERVICES = ["emulator", "worker"]
+MIRRORQ_SERVICES = ["emulator", "worker", "listener", "api"]
 
 
 def setting_names() -> set[str]:
@@ -29,6 +30,9 @@ def test_service_commands_are_real_mirrorq_commands(service: str) -> None:
     command = main.commands.get(name)
     assert isinstance(command, click.Command), f"mirrorq has no {name!r} command"
     if name != "worker":  # the worker passes its arguments on to celery
+        for volume in COMPOSE["services"][service].get("volumes", []):
+            host, container, *_ = volume.split(":")
+            args = [str(ROOT / host) if a == container else a for a in args]
         command.make_context(name, list(args))  # raises on unknown options or bad values
 
 
@@ -71,3 +75,14 @@ def test_images_build_from_this_repository() -> None:
     for folder in ("config", "tasks", "worker", "emulator", "mirrorq"):
         assert f"COPY {folder} {folder}" in dockerfile
     assert "uv sync --frozen" in dockerfile
+
+
+def test_the_deploy_examples_are_what_they_say() -> None:
+    from mirrorq.policy import load_policy
+
+    rules = load_policy(ROOT / "deploy" / "policy.example.toml")
+    assert [r.name for r in rules] == ["prod-web", "payments"]
+    for path in (ROOT / "deploy").rglob("*.json"):
+        assert json.loads(path.read_text()), path
+    running = json.loads((ROOT / "deploy" / "eventbridge" / "instance-running.json").read_text())
+    assert running["detail"]["state"] == ["running"]

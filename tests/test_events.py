@@ -237,12 +237,14 @@ def test_a_listener_killed_before_it_deletes_its_messages_makes_no_job_twice(
             "--policy",
             str(policy),
         )
-        doomed.wait_ready()
-        # It accepted a batch's jobs and is stuck deleting the messages they came from.
-        wait_until(lambda: proxy.mangled["DeleteMessageBatch"] >= 1, what="a delete")
-        accepted = records(redis_url)
-        assert accepted, "no job was accepted before the delete"
-        doomed.kill()
+        try:
+            doomed.wait_ready()
+            # It accepted a batch's jobs and is stuck deleting the messages they came from.
+            wait_until(lambda: proxy.mangled["DeleteMessageBatch"] >= 1, what="a delete")
+            accepted = records(redis_url)
+            assert accepted, "no job was accepted before the delete"
+        finally:
+            doomed.kill()
     rescuer = ListenerProcess("rescuer", lenv, "--sqs-queue-url", queue, "--policy", str(policy))
     try:
         rescuer.wait_ready()

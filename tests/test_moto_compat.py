@@ -12,13 +12,12 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from emulator.lab import LAB_IMAGE_ID, lab_client
-from mirrorq.processes import WorkerProcess
+from mirrorq.processes import WorkerProcess, free_port
 from tasks.contract import parse_request
 from tasks.errors import InvalidJobError
 from tasks.producer import Producer
 from tests.fault_proxy import Answer, FaultProxy
 from tests.helpers import sessions, wait_all
-from tests.redis_server import free_port
 
 VALID = {
     "NetworkInterfaceId": "eni-0123456789abcdef0",

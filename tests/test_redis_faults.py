@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from emulator.lab import seed_lab
-from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess, free_port
 from tests.helpers import job, mirrors, producer_for, status_of, wait_all, wait_until
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

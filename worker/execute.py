@@ -32,7 +32,8 @@ from worker.errors import (
     classify,
 )
 from worker.leases import Lease, Leases
-from worker.ratelimit import Limiters, SharedRateLimiter
+from worker.metrics import ec2_call
+from worker.ratelimit import CREATE_ACTION, DESCRIBE_ACTION, Limiters, SharedRateLimiter
 from worker.retry import retry_policy
 from worker.sessions import plan_session_number
 from worker.timing import Sleep
@@ -96,9 +97,10 @@ async def sessions_on(ec2: Ec2, eni_id: str) -> list[dict[str, Any]]:
     token: dict[str, Any] = {}
     while True:
         await take_slot(ec2.limiters.describe, ec2.settings)
-        page = await ec2.client.describe_traffic_mirror_sessions(
-            Filters=[{"Name": "network-interface-id", "Values": [eni_id]}], **token
-        )
+        async with ec2_call(DESCRIBE_ACTION):
+            page = await ec2.client.describe_traffic_mirror_sessions(
+                Filters=[{"Name": "network-interface-id", "Values": [eni_id]}], **token
+            )
         sessions += [dict(s) for s in page.get("TrafficMirrorSessions", [])]
         if not page.get("NextToken"):
             return sessions
@@ -166,10 +168,11 @@ async def execute_job(
                     if not await ec2.leases.fence(holding, ec2.create_bound_s):
                         raise LeaseLostError("the ENI's lease lapsed before the create was sent")
                 record = records.attempted(record)
-                response = await asyncio.wait_for(
-                    ec2.client.create_traffic_mirror_session(**(record["request"] or {})),
-                    ec2.create_bound_s,
-                )
+                async with ec2_call(CREATE_ACTION):
+                    response = await asyncio.wait_for(
+                        ec2.client.create_traffic_mirror_session(**(record["request"] or {})),
+                        ec2.create_bound_s,
+                    )
     except Exception as error:  # every failure but Redis's becomes the job's outcome
         failure = classify(error)
         if failure.action in (Action.RESUME, Action.YIELD):

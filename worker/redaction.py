@@ -57,7 +57,11 @@ class RedactSecrets:
             message = record.getMessage()
         except Exception:  # a bad format string: logging reports it; don't make it worse
             return True
-        record.msg, record.args = self.redact(message), None
+        redacted = self.redact(message)
+        if redacted != message:
+            # Formatters that read the arguments themselves (uvicorn's access log) get none
+            # left to leak: the message is final.
+            record.msg, record.args = redacted, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

@@ -25,6 +25,7 @@ from tasks.store import AsyncResultStore, Step, StepResult
 from worker.errors import SupersededError
 from worker.execute import Ec2, execute_job
 from worker.leases import Lease
+from worker.metrics import JOBS_IN_FLIGHT
 
 log = logging.getLogger(__name__)
 REDIS_WAIT_LOG_EVERY_S = 60.0
@@ -45,7 +46,11 @@ async def run_message(worker: Worker, jobs: list[DecodedJob]) -> None:
 
     async def admitted(job_id: str, envelope: Envelope | InvalidJobError) -> None:
         async with worker.slots:  # a message from elsewhere may hold any number of jobs
-            await run_job(worker, job_id, envelope)
+            JOBS_IN_FLIGHT.inc()
+            try:
+                await run_job(worker, job_id, envelope)
+            finally:
+                JOBS_IN_FLIGHT.dec()
 
     await asyncio.gather(*(admitted(job_id, envelope) for job_id, envelope in jobs))
 

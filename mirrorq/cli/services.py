@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -16,8 +17,14 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve this process's metrics (jobs in flight, EC2 call latency) on 127.0.0.1:PORT.",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: tuple[str, ...]) -> None:
+def worker(metrics_port: int | None, celery_args: tuple[str, ...]) -> None:
     """Run a worker; CELERY_ARGS go to `celery worker` (e.g. --hostname, --loglevel).
 
     Up to MIRRORQ_CONCURRENCY jobs in flight (default 64) share one event loop and one EC2
@@ -27,6 +34,11 @@ def worker(celery_args: tuple[str, ...]) -> None:
     for a fleet fed only single jobs.
     """
     from tasks.jobs import app  # the app with the task registered
+
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1")
 
     # Gossip and mingle are Celery's worker-to-worker chatter over the broker; mirrorq's
     # workers coordinate through Redis keys instead, and mingle costs a second at start.
@@ -148,3 +160,35 @@ def emulator(
         pass
     finally:
         server.stop()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Policy file: POST /v1/events turns EventBridge events into jobs through it.",
+)
+def api(host: str, port: int, policy_path: Path | None) -> None:
+    """Serve the HTTP API (jobs, batches, events, health, metrics) on HOST:PORT.
+
+    Every /v1 route needs a bearer token from MIRRORQ_API_TOKENS (comma-separated) or
+    MIRRORQ_API_TOKENS_FILE (one a line). It serves plain HTTP: put it behind a proxy that
+    terminates TLS, and keep it on loopback unless told otherwise.
+    """
+    import uvicorn
+
+    from config import get_settings
+    from mirrorq.api import create_app
+    from mirrorq.policy import PolicyError, load_policy
+
+    try:
+        rules = load_policy(policy_path) if policy_path else []
+        app = create_app(get_settings(), rules)
+    except (PolicyError, ValueError, OSError) as error:
+        click.echo(f"mirrorq: {error}", err=True)
+        sys.exit(2)
+    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)

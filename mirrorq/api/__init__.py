@@ -1,0 +1,93 @@
+"""`mirrorq api`: the HTTP API for services that don't speak Celery: jobs, batches and events
+with the CLI's contract, guarantees and records; health and the fleet's metrics.
+
+One ASGI app (FastAPI); the producer, contract, policy, intake and export code are the CLI's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CollectorRegistry
+
+from config import Settings
+from mirrorq.api import errors
+from mirrorq.api.auth import Tokens
+from mirrorq.api.limits import BodyLimit
+from mirrorq.api.metrics import FleetCollector
+from mirrorq.api.routes import Services, probes, v1
+from mirrorq.api.schemas import request_syntax_components
+from mirrorq.rules import Rule
+from tasks.producer import Producer
+from worker.redaction import REDACTOR
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, rules: Sequence[Rule] = ()) -> FastAPI:
+    """The API; with `rules` (a policy), POST /v1/events turns events into jobs."""
+    tokens = settings.api_token_values()
+    REDACTOR.remember(*tokens)  # never in a log line, whatever logs it
+    producer = Producer(settings=settings)
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(producer))
+    services = Services(producer, Tokens(tokens), registry)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if rules:
+                services.intake = await _intake(stack, settings, rules, producer)
+            yield
+
+    app = FastAPI(
+        title="mirrorq",
+        summary="Create EC2 Traffic Mirror sessions through a job queue, exactly once each.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.include_router(v1)
+    app.include_router(probes)
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+async def _intake(
+    stack: AsyncExitStack, settings: Settings, rules: Sequence[Rule], producer: Producer
+) -> Any:
+    from mirrorq.intake import Intake
+    from mirrorq.inventory import Inventory
+    from tasks.connections import async_pool
+    from worker.aws import ec2_client
+    from worker.ratelimit import create_limiters
+
+    ec2 = await stack.enter_async_context(ec2_client(settings))
+    redis = async_pool(settings.broker_url, settings, max_connections=4)
+    stack.push_async_callback(redis.aclose)
+    inventory = Inventory(ec2, settings, create_limiters(redis, settings).describe)
+    return Intake(rules, settings, producer, inventory)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with the request syntax's schemas among its components (the routes
+    that read their body themselves refer to them)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(request_syntax_components())
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for path, operations in schema["paths"].items():
+            if path.startswith("/v1/"):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema

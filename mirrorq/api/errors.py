@@ -1,0 +1,71 @@
+"""One error shape for every answer that is not a success, with the CLI's codes:
+`{"error": {"code", "message", "fields": [{"field", "message", "line"?}]}}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from tasks.errors import FieldError, IdempotencyConflictError, InvalidJobError, MirrorqError
+
+STATUS_CODES = {401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed", 413: "TooLarge"}
+
+
+class ApiError(Exception):
+    """An answer that is not a success: its HTTP status, code, message and fields."""
+
+    def __init__(
+        self, status: int, code: str, message: str, fields: list[FieldError] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields or []
+
+
+def error_body(code: str, message: str, fields: list[FieldError] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "fields": fields or []}}
+
+
+def answer(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        error_body(error.code, error.message, error.fields), error.status, headers=headers
+    )
+
+
+def from_mirrorq(error: MirrorqError) -> ApiError:
+    """mirrorq's own errors, as the CLI names them: invalid input 422, a reused key 409."""
+    if isinstance(error, InvalidJobError):
+        bad_json = any(
+            e["field"] in ("(job)", "(body)") and "JSON" in e["message"] for e in error.errors
+        )
+        return ApiError(400 if bad_json else 422, error.code, str(error), error.errors)
+    if isinstance(error, IdempotencyConflictError):
+        return ApiError(409, error.code, str(error))
+    return ApiError(400, error.code, str(error))
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, error: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        return answer(error, headers)
+
+    @app.exception_handler(MirrorqError)
+    async def _mirrorq(_: Request, error: MirrorqError) -> JSONResponse:
+        return answer(from_mirrorq(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
+        fields: list[FieldError] = [
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+            for e in error.errors()
+        ]
+        return answer(ApiError(422, "InvalidRequest", "the request is not valid", fields))
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, error: HTTPException) -> JSONResponse:
+        code = STATUS_CODES.get(error.status_code, "HttpError")
+        return answer(ApiError(error.status_code, code, str(error.detail)))

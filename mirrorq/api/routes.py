@@ -1,0 +1,240 @@
+"""The routes: /v1 (jobs, batches, events; every one behind a bearer token), health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+
+from mirrorq.api.auth import Tokens
+from mirrorq.api.errors import ApiError
+from mirrorq.api.schemas import (
+    BatchAccepted,
+    BatchStatus,
+    EventOutcome,
+    JobAccepted,
+    body,
+    body_of,
+    errors,
+)
+from mirrorq.events import NotAnEvent, read_event
+from mirrorq.export import export_lines
+from mirrorq.intake import Intake
+from mirrorq.jobfiles import parse_jobs
+from tasks.producer import Producer
+from tasks.records import JobResult, is_terminal
+
+WAIT_POLL_S = 0.1
+READY_TIMEOUT_S = 2.0  # a probe must answer; Redis commands themselves wait through a restart
+MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+
+
+@dataclass
+class Services:
+    producer: Producer
+    tokens: Tokens
+    registry: CollectorRegistry
+    intake: Intake | None = None  # with --policy: POST /v1/events
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+def authorized(request: Request, s: Annotated[Services, Depends(services)]) -> None:
+    s.tokens.check(request)
+
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)], responses=errors(401))
+probes = APIRouter()
+Svc = Annotated[Services, Depends(services)]
+
+
+@v1.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobAccepted,
+    responses={
+        200: {"model": JobResult, "description": "finished within ?wait"},
+        **errors(400, 409, 413, 422),
+    },
+    openapi_extra=body_of("SessionRequest"),
+    summary="Submit one job (the seed's request syntax)",
+)
+async def submit_job(
+    request: Request,
+    s: Svc,
+    wait: Annotated[float, Query(ge=0, le=600, description="seconds to wait for the outcome")] = 0,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=256, description="same key, same job")
+    ] = None,
+) -> Response:
+    raw = await request.body()
+    accepted = await run_in_threadpool(s.producer.accept, raw, idempotency_key=idempotency_key)
+    if wait > 0:
+        record = await _outcome(s.producer, accepted.job_id, wait)
+        if record is not None:
+            return JSONResponse(record, 200)
+    return JSONResponse({"job_id": accepted.job_id}, 202)
+
+
+async def _outcome(producer: Producer, job_id: str, wait: float) -> JobResult | None:
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        record = await run_in_threadpool(producer.result, job_id)
+        if record is not None and is_terminal(record):
+            return record
+        if asyncio.get_running_loop().time() >= deadline:
+            return None
+        await asyncio.sleep(WAIT_POLL_S)
+
+
+@v1.get(
+    "/jobs/{job_id}",
+    response_model=JobResult,
+    responses=errors(404),
+    summary="A job's result record",
+)
+async def get_job(job_id: str, s: Svc) -> JSONResponse:
+    record = await run_in_threadpool(s.producer.result, job_id)
+    if record is None:
+        raise ApiError(404, "JobNotFound", f"no job {job_id} (unknown id, or its record expired)")
+    return JSONResponse(record)
+
+
+@v1.post(
+    "/batches",
+    status_code=202,
+    response_model=BatchAccepted,
+    responses=errors(400, 413, 422),
+    openapi_extra=body(
+        {
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "items": {"$ref": "#/components/schemas/SessionRequest"},
+                }
+            },
+            "application/x-ndjson": {"schema": {"type": "string", "description": "one job a line"}},
+        }
+    ),
+    summary="Submit a batch: a JSON array or JSON Lines of jobs, refused whole if any is bad",
+)
+async def submit_batch(request: Request, s: Svc) -> JSONResponse:
+    text = (await request.body()).decode("utf-8", "replace")
+    fmt = "json" if text.lstrip().startswith("[") else "jsonl"
+    jobs = await run_in_threadpool(parse_jobs, text, fmt, "the body")
+    batch_id = await run_in_threadpool(s.producer.submit_batch, jobs, source="mirrorq api")
+    return JSONResponse({"batch_id": batch_id, "jobs": len(jobs)}, 202)
+
+
+@v1.get(
+    "/batches/{batch_id}",
+    response_model=BatchStatus,
+    responses=errors(404),
+    summary="A batch's counts by status, totals, plan and times",
+)
+async def get_batch(batch_id: str, s: Svc) -> JSONResponse:
+    return JSONResponse(await _batch(s, batch_id))
+
+
+async def _batch(s: Services, batch_id: str) -> dict[str, Any]:
+    status = await run_in_threadpool(s.producer.batch_status, batch_id)
+    if status is None:
+        raise ApiError(
+            404, "BatchNotFound", f"no batch {batch_id} (unknown id, or its record expired)"
+        )
+    return status
+
+
+@v1.get(
+    "/batches/{batch_id}/results",
+    responses={
+        200: {
+            "content": {MEDIA["jsonl"]: {}, MEDIA["csv"]: {}},
+            "description": "one record (JSON Lines) or row (CSV) per job",
+        },
+        **errors(404),
+    },
+    response_class=StreamingResponse,
+    summary="The batch's results, streamed in submission order",
+)
+async def batch_results(
+    batch_id: str,
+    s: Svc,
+    format: Annotated[str, Query(pattern="^(jsonl|csv)$")] = "jsonl",
+) -> StreamingResponse:
+    await _batch(s, batch_id)
+    lines = export_lines(s.producer.batch_results(batch_id), format)
+    return StreamingResponse(lines, media_type=MEDIA[format])
+
+
+@v1.post(
+    "/events",
+    status_code=202,
+    response_model=EventOutcome,
+    responses=errors(400, 413, 422),
+    openapi_extra=body(
+        {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["id", "detail-type", "detail"],
+                    "description": "an EventBridge event, as an API destination sends it",
+                }
+            }
+        }
+    ),
+    summary="An EventBridge event, through the policy (as mirrorq listen does)",
+)
+async def post_event(request: Request, s: Svc) -> JSONResponse:
+    if s.intake is None:
+        raise ApiError(400, "NoPolicy", "this API was started without --policy: no events")
+    try:
+        event = read_event(await request.body())
+    except NotAnEvent as error:
+        raise ApiError(400, "InvalidEvent", str(error)) from None
+    (outcome,) = await s.intake.handle([event])
+    if outcome.error:
+        raise ApiError(422, "InvalidJob", outcome.error)
+    return JSONResponse(
+        {
+            "event_id": outcome.event_id,
+            "job_ids": outcome.job_ids,
+            "duplicates": outcome.duplicates,
+            "ignored": outcome.ignored,
+        },
+        202,
+    )
+
+
+@probes.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@probes.get("/readyz", responses=errors(503), summary="Readiness: Redis answers")
+async def readyz(s: Svc) -> JSONResponse:
+    try:
+        for ping in (s.producer.store.client.ping, s.producer.redis.ping):
+            await asyncio.wait_for(run_in_threadpool(ping), READY_TIMEOUT_S)
+    except (RedisError, TimeoutError) as error:
+        raise ApiError(503, "NotReady", f"Redis does not answer: {type(error).__name__}") from None
+    return JSONResponse({"status": "ready"})
+
+
+@probes.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    summary="Prometheus metrics of the whole fleet, read from Redis",
+)
+async def metrics(s: Svc) -> Response:
+    text = await run_in_threadpool(generate_latest, s.registry)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,346 @@
+"""The HTTP API over real HTTP: a real `mirrorq api` process, real Redis, real workers, the
+emulator. Auth, limits, errors, the contract's guarantees through HTTP, events, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from emulator.lab import lab_client, seed_lab
+from emulator.zoned_lab import policy_text, seed_zoned_lab
+from mirrorq.processes import ApiProcess, EmulatorProcess, WorkerProcess, free_port
+from tests.helpers import job, mirrors, sessions, wait_until
+
+TOKENS = ("first-token-5f0c", "second-token-9a7e")
+AUTH = {"Authorization": f"Bearer {TOKENS[1]}"}
+
+
+class Api:
+    def __init__(self, process: ApiProcess, url: str) -> None:
+        self.process, self.url = process, url
+        self.http = httpx.Client(base_url=url, headers=AUTH, timeout=60)
+
+    def job_ids_done(self, job_ids: list[str], timeout: float = 120) -> list[dict[str, Any]]:
+        done: dict[str, dict[str, Any]] = {}
+
+        def finished() -> bool:
+            for job_id in job_ids:
+                if job_id not in done:
+                    record = self.http.get(f"/v1/jobs/{job_id}").json()
+                    if record["status"] in ("created", "failed", "dry_run_ok"):
+                        done[job_id] = record
+            return len(done) == len(job_ids)
+
+        wait_until(finished, timeout=timeout, interval=0.2, what="the jobs to finish")
+        return [done[j] for j in job_ids]
+
+
+def start_api(env: dict[str, str], tmp_path: Path, *args: str, **extra: str) -> ApiProcess:
+    port = free_port()
+    process = ApiProcess(
+        f"api-{uuid.uuid4().hex[:6]}", {**env, **extra}, "--port", str(port), *args
+    )
+    process.wait_ready()
+    process.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    return process
+
+
+@pytest.fixture
+def api_env(env: dict[str, str]) -> dict[str, str]:
+    return {**env, "MIRRORQ_API_TOKENS": ",".join(TOKENS)}
+
+
+@pytest.fixture
+def api(api_env: dict[str, str], tmp_path: Path) -> Iterator[Api]:
+    process = start_api(api_env, tmp_path)
+    yield Api(process, process.url)  # type: ignore[attr-defined]
+    process.stop()
+    log = process.log_path.read_text()
+    assert not any(token in log for token in TOKENS), "a token was logged"
+
+
+V1 = [
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs/some-id"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches/some-id"),
+    ("GET", "/v1/batches/some-id/results"),
+    ("POST", "/v1/events"),
+]
+
+
+def test_every_v1_route_needs_a_valid_token_and_says_no_more(api: Api) -> None:
+    bare = httpx.Client(base_url=api.url)
+    answers = set()
+    for method, path in V1:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Basic {TOKENS[0]}"},
+            {"Authorization": f"Bearer {TOKENS[0]}x"},
+            {"Authorization": "Bearer"},
+        ):
+            answer = bare.request(method, path, headers=headers, content=b"{}")
+            assert answer.status_code == 401, (method, path, headers)
+            assert answer.headers["www-authenticate"] == "Bearer"
+            answers.add(answer.text)
+    assert len(answers) == 1  # the same answer whatever was wrong
+    assert json.loads(answers.pop())["error"]["code"] == "Unauthorized"
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert bare.get(path).status_code == 200
+    first = httpx.get(
+        f"{api.url}/v1/jobs/some-id", headers={"Authorization": f"Bearer {TOKENS[0]}"}
+    )
+    assert first.status_code == 404  # either token opens the door
+
+
+def test_bad_input_gets_one_error_shape_naming_the_field(
+    api: Api, emulator: EmulatorProcess
+) -> None:
+    lab = seed_lab(emulator.url, 2)
+    invalid = api.http.post("/v1/jobs", json=job(lab, 0, SessionNumber=0, Colour="red"))
+    assert invalid.status_code == 422
+    error = invalid.json()["error"]
+    assert error["code"] == "InvalidJob"
+    assert {f["field"] for f in error["fields"]} == {"SessionNumber", "Colour"}
+    assert api.http.post("/v1/jobs", content=b"{not json").status_code == 400
+    assert (
+        api.http.post("/v1/jobs", content=b"[" * 100_000).json()["error"]["fields"][0]["field"]
+        == "(job)"
+    )
+    batch = api.http.post("/v1/batches", content=json.dumps(job(lab, 0)) + "\n{}\n")
+    assert batch.status_code == 422
+    assert {f.get("line") for f in batch.json()["error"]["fields"]} == {2}
+    first = api.http.post("/v1/jobs", json=job(lab, 0), headers={"Idempotency-Key": "k-1"})
+    again = api.http.post("/v1/jobs", json=job(lab, 0), headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["job_id"] == again.json()["job_id"]
+    other = api.http.post("/v1/jobs", json=job(lab, 1), headers={"Idempotency-Key": "k-1"})
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "IdempotencyConflict"
+    assert api.http.get("/v1/batches/nope").json()["error"]["code"] == "BatchNotFound"
+    assert api.http.get("/v1/jobs/x", params={"wait": "soon"}).status_code in (404, 422)
+    assert api.http.post("/v1/jobs", params={"wait": "soon"}, json=job(lab, 1)).status_code == 422
+
+
+def test_an_oversized_body_is_refused_before_it_is_read_and_the_api_stays_up(
+    api_env: dict[str, str], tmp_path: Path, emulator: EmulatorProcess
+) -> None:
+    process = start_api(api_env, tmp_path, MIRRORQ_API_MAX_BODY_BYTES="4096")
+    url = process.url  # type: ignore[attr-defined]
+    try:
+        http = httpx.Client(base_url=url, headers=AUTH, timeout=30)
+        declared = http.post("/v1/batches", content=b"x" * 100_000)
+        assert declared.status_code == 413
+        assert declared.json()["error"]["code"] == "TooLarge"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+            for _ in range(100):
+                yield b"x" * 1000
+
+        assert http.post("/v1/batches", content=chunks()).status_code == 413
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        lab = seed_lab(emulator.url, 1)
+        assert http.post("/v1/jobs", json=job(lab, 0)).status_code == 202
+    finally:
+        process.stop()
+
+
+def test_a_thousand_jobs_posted_at_once_end_created_one_session_each(
+    api: Api, emulator: EmulatorProcess, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    lab = seed_lab(emulator.url, 1000)
+    start_worker(MIRRORQ_JOBS_PER_MESSAGE="1")
+    start_worker(MIRRORQ_JOBS_PER_MESSAGE="1")
+
+    async def post_all() -> list[str]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(
+            base_url=api.url, headers=AUTH, limits=limits, timeout=60
+        ) as c:
+            answers = await asyncio.gather(
+                *(c.post("/v1/jobs", json=job(lab, i)) for i in range(1000))
+            )
+        assert Counter(a.status_code for a in answers) == {202: 1000}
+        return [a.json()["job_id"] for a in answers]
+
+    job_ids = asyncio.run(post_all())
+    assert len(set(job_ids)) == 1000
+    records = api.job_ids_done(job_ids, timeout=240)
+    assert Counter(r["status"] for r in records) == {"created": 1000}
+    assert mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"]) == dict.fromkeys(
+        lab["eni_ids"], 1
+    )
+
+
+def test_a_batch_in_json_lines_comes_back_as_csv_matching_ec2(
+    api: Api, emulator: EmulatorProcess, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    lab = seed_lab(emulator.url, 40)
+    start_worker()
+    body = "".join(json.dumps(job(lab, i, SessionNumber="auto")) + "\n" for i in range(30))
+    posted = api.http.post(
+        "/v1/batches", content=body, headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert posted.status_code == 202
+    batch_id = posted.json()["batch_id"]
+    assert posted.json()["jobs"] == 30
+    wait_until(
+        lambda: api.http.get(f"/v1/batches/{batch_id}").json()["finished_at"],
+        timeout=120,
+        what="the batch to finish",
+    )
+    status = api.http.get(f"/v1/batches/{batch_id}").json()
+    assert (status["total"], status["done"], status["counts"]) == (30, 30, {"created": 30})
+    exported = api.http.get(f"/v1/batches/{batch_id}/results", params={"format": "csv"})
+    assert exported.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    made = {s["TrafficMirrorSessionId"]: s for s in sessions(emulator.url)}
+    assert {r["TrafficMirrorSessionId"] for r in rows} == set(made)
+    for row in rows:
+        session = made[row["TrafficMirrorSessionId"]]
+        assert row["NetworkInterfaceId"] == session["NetworkInterfaceId"]
+        assert int(row["SessionNumber"]) == session["SessionNumber"]
+    lines = api.http.get(f"/v1/batches/{batch_id}/results").text.splitlines()
+    assert [json.loads(line)["batch_id"] for line in lines] == [batch_id] * 30
+    array = api.http.post("/v1/batches", json=[job(lab, i) for i in range(30, 40)])
+    assert array.json()["jobs"] == 10
+    waited = api.http.post(
+        "/v1/jobs",
+        params={"wait": 60},
+        json=job(lab, 30, SessionNumber=2, TrafficMirrorTargetId=lab["target_ids"]["nlb"]),
+    )
+    assert waited.status_code == 200
+    assert waited.json()["status"] in ("created", "failed")
+
+
+def test_the_same_event_twice_makes_one_session(
+    api_env: dict[str, str],
+    tmp_path: Path,
+    emulator: EmulatorProcess,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    lab = seed_zoned_lab(emulator.url)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text(lab))
+    tags = [{"ResourceType": "network-interface", "Tags": [{"Key": "Role", "Value": "db"}]}]
+    eni = lab_client(emulator.url).create_network_interface(
+        SubnetId=lab["subnets"][lab["zones"][0]], TagSpecifications=tags
+    )["NetworkInterface"]["NetworkInterfaceId"]
+    event = {
+        "version": "0",
+        "id": "evt-42",
+        "detail-type": "AWS API Call via CloudTrail",
+        "source": "aws.ec2",
+        "region": "us-east-1",
+        "detail": {
+            "eventName": "CreateNetworkInterface",
+            "responseElements": {"networkInterface": {"networkInterfaceId": eni}},
+        },
+    }
+    process = start_api(api_env, tmp_path, "--policy", str(policy))
+    try:
+        http = httpx.Client(base_url=process.url, headers=AUTH, timeout=60)  # type: ignore[attr-defined]
+        start_worker()
+        first, second = (http.post("/v1/events", json=event) for _ in range(2))
+        assert (first.status_code, second.status_code) == (202, 202)
+        assert len(first.json()["job_ids"]) == 1
+        assert second.json()["job_ids"] == []
+        wait_until(lambda: len(sessions(emulator.url)) == 1, what="the session")
+        third = http.post("/v1/events", json=event)
+        assert third.json()["job_ids"] == []
+        assert [s["NetworkInterfaceId"] for s in sessions(emulator.url)] == [eni]
+        record = http.get(f"/v1/jobs/{first.json()['job_ids'][0]}").json()
+        assert (record["rule"], record["event_id"]) == ("db", "evt-42")
+        assert (
+            http.post("/v1/events", content=b"not an event").json()["error"]["code"]
+            == "InvalidEvent"
+        )
+    finally:
+        process.stop()
+
+
+def test_metrics_parse_and_match_the_records(
+    api: Api, emulator: EmulatorProcess, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    lab = seed_lab(emulator.url, 20)
+    metrics_port = free_port()
+    start_worker(None, "--metrics-port", str(metrics_port))
+    good = [api.http.post("/v1/jobs", json=job(lab, i)).json()["job_id"] for i in range(15)]
+    bad = [
+        api.http.post(
+            "/v1/jobs",
+            json=job(lab, 0, NetworkInterfaceId="eni-0123456789abcdef0", ClientToken=f"t-{i}"),
+        ).json()["job_id"]
+        for i in range(3)
+    ]
+    records = api.job_ids_done(good + bad)
+    statuses = Counter(r["status"] for r in records)
+    families = {f.name: f for f in text_string_to_metric_families(api.http.get("/metrics").text)}
+
+    def value(name: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for s in families[name].samples
+            if s.name.endswith(("_total", "_count")) or s.name == name
+            if all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    assert value("mirrorq_jobs", status="created") == statuses["created"] == 15
+    assert value("mirrorq_jobs", status="failed") == statuses["failed"] == 3
+    assert value("mirrorq_jobs", status="queued") == 18
+    assert value("mirrorq_jobs_failed", code="InvalidNetworkInterfaceID.NotFound") == 3
+    assert value("mirrorq_jobs_pending") == 0
+    buckets = [s for s in families["mirrorq_job_seconds"].samples if s.name.endswith("_count")]
+    assert buckets[0].value == 18
+    worker = {
+        f.name: f
+        for f in text_string_to_metric_families(
+            httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        )
+    }
+    calls = [
+        s
+        for s in worker["mirrorq_ec2_call_seconds"].samples
+        if s.name.endswith("_count") and s.labels["action"] == "CreateTrafficMirrorSession"
+    ]
+    assert sum(s.value for s in calls if s.labels["outcome"] == "ok") == 15
+    assert sum(s.value for s in calls if s.labels["outcome"] != "ok") == 3
+    assert "mirrorq_worker_jobs_in_flight" in worker
+
+
+def test_openapi_documents_every_route_and_the_request_syntax(api: Api) -> None:
+    schema = httpx.get(f"{api.url}/openapi.json").json()
+    paths = schema["paths"]
+    assert {(m.upper(), p) for p, ops in paths.items() for m in ops} >= {
+        (m, p.replace("some-id", "{job_id}" if "jobs" in p else "{batch_id}")) for m, p in V1
+    } | {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+    body = paths["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/SessionRequest"}
+    components = schema["components"]["schemas"]
+    assert set(components["SessionRequest"]["properties"]) == {
+        "NetworkInterfaceId",
+        "TrafficMirrorTargetId",
+        "TrafficMirrorFilterId",
+        "SessionNumber",
+        "PacketLength",
+        "VirtualNetworkId",
+        "Description",
+        "TagSpecifications",
+        "DryRun",
+        "ClientToken",
+    }
+    assert "client_token" in components["JobResult"]["properties"]
+    assert {"401", "422", "202"} <= set(paths["/v1/jobs"]["post"]["responses"])
+    assert paths["/v1/jobs"]["post"]["security"] == [{"bearer": []}]

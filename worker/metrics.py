@@ -1,0 +1,34 @@
+"""A worker process's own metrics (`mirrorq worker --metrics-port`): jobs in flight, and EC2
+call latency by action and outcome. The fleet's metrics are the API's, read from Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prometheus_client import Gauge, Histogram
+
+JOBS_IN_FLIGHT = Gauge("mirrorq_worker_jobs_in_flight", "Jobs this worker process is running")
+EC2_CALLS = Histogram(
+    "mirrorq_ec2_call_seconds",
+    "EC2 calls made by this worker process, by action and outcome (ok, or the error code)",
+    ["action", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
+
+@asynccontextmanager
+async def ec2_call(action: str) -> AsyncIterator[None]:
+    """Time one EC2 call; its outcome is `ok`, or the code of what it raised."""
+    from worker.errors import classify  # the error table; imported late, only when timing
+
+    started = time.monotonic()
+    outcome = "ok"
+    try:
+        yield
+    except Exception as error:
+        outcome = classify(error).code
+        raise
+    finally:
+        EC2_CALLS.labels(action, outcome).observe(time.monotonic() - started)
