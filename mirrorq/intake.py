@@ -78,7 +78,7 @@ class Intake:
             self.counts["jobs"] += len(outcome.job_ids)
             self.counts["duplicates"] += outcome.duplicates
             self.counts["ignored"] += bool(outcome.ignored)
-            self.counts["failed"] += bool(outcome.error)
+            self.counts["unhandled"] += bool(outcome.error)
         return list(outcomes.values())
 
     async def _mirror(self, events: list[Event], outcomes: dict[str, Outcome]) -> None:

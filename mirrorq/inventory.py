@@ -7,7 +7,7 @@ given, so a burst of events cannot spend the account's Describe bucket.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -94,16 +94,8 @@ class Inventory:
         self, *, eni_ids: Iterable[str] = (), instance_ids: Iterable[str] = ()
     ) -> list[dict[str, Any]]:
         """These ENIs, and every ENI attached to these instances (not only the primary)."""
-        found: dict[str, dict[str, Any]] = {}
-        for name, values in (
-            ("network-interface-id", sorted(set(eni_ids))),
-            ("attachment.instance-id", sorted(set(instance_ids))),
-        ):
-            for start in range(0, len(values), FILTER_VALUES):
-                chunk = values[start : start + FILTER_VALUES]
-                for eni in await self.enis([{"Name": name, "Values": chunk}]):
-                    found.setdefault(eni["NetworkInterfaceId"], eni)
-        return list(found.values())
+        filters = [("network-interface-id", eni_ids), ("attachment.instance-id", instance_ids)]
+        return await _union(self.enis, filters, "NetworkInterfaceId")
 
     async def sessions(self, filters: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {"MaxResults": PAGE_SIZE}
@@ -117,16 +109,8 @@ class Inventory:
         self, eni_ids: Iterable[str], target_ids: Iterable[str]
     ) -> list[dict[str, Any]]:
         """The sessions on these ENIs, and those to these targets (their load)."""
-        found: dict[str, dict[str, Any]] = {}
-        for name, values in (
-            ("network-interface-id", sorted(set(eni_ids))),
-            ("traffic-mirror-target-id", sorted(set(target_ids))),
-        ):
-            for start in range(0, len(values), FILTER_VALUES):
-                chunk = values[start : start + FILTER_VALUES]
-                for s in await self.sessions([{"Name": name, "Values": chunk}]):
-                    found.setdefault(s["TrafficMirrorSessionId"], s)
-        return list(found.values())
+        filters = [("network-interface-id", eni_ids), ("traffic-mirror-target-id", target_ids)]
+        return await _union(self.sessions, filters, "TrafficMirrorSessionId")
 
     # Targets and filters ---------------------------------------------------------------------
 
@@ -195,6 +179,23 @@ class Inventory:
             described = await self._all("describe_instance_types", "InstanceTypes")
             self._largest = _largest(described)
         return self._largest
+
+
+async def _union(
+    describe: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]],
+    filters: list[tuple[str, Iterable[str]]],
+    key: str,
+) -> list[dict[str, Any]]:
+    """What matches any value of any of these filters, each item once; a filter's values go
+    FILTER_VALUES to a call."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, values in filters:
+        wanted = sorted(set(values))
+        for start in range(0, len(wanted), FILTER_VALUES):
+            chunk = wanted[start : start + FILTER_VALUES]
+            for item in await describe([{"Name": name, "Values": chunk}]):
+                found.setdefault(item[key], item)
+    return list(found.values())
 
 
 def _largest(described: list[dict[str, Any]]) -> frozenset[str]:

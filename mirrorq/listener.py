@@ -145,5 +145,5 @@ def _summary(counts: Counter[str]) -> None:
         counts["duplicates"],
         counts["ignored"],
         counts["malformed"],
-        counts["failed"],
+        counts["unhandled"],
     )

@@ -51,19 +51,9 @@ class Producer:
 
     # Accepting jobs --------------------------------------------------------------------------
 
-    def submit(
-        self,
-        request: Any,
-        *,
-        idempotency_key: str | None = None,
-        origin: Origin | None = None,
-        alternatives: Iterable[str] = (),
-    ) -> str:
-        """Validate and enqueue one job; return its id. Raises InvalidJobError naming fields,
-        IdempotencyConflictError if the key was used for another request."""
-        return self.accept(
-            request, idempotency_key=idempotency_key, origin=origin, alternatives=alternatives
-        ).job_id
+    def submit(self, request: Any, **options: Any) -> str:
+        """Validate and enqueue one job; return its id (the options are `accept`'s)."""
+        return self.accept(request, **options).job_id
 
     def accept(
         self,
@@ -73,7 +63,9 @@ class Producer:
         origin: Origin | None = None,
         alternatives: Iterable[str] = (),
     ) -> Acceptance:
-        """`submit`, telling also whether the job is new or the key named it already."""
+        """Validate and enqueue one job: its id, and whether it is new or the idempotency key
+        named it already. Raises InvalidJobError naming fields, IdempotencyConflictError if the
+        key was used for another request."""
         kwargs = parse_request(request).to_kwargs()
         job_id = str(uuid.uuid4())
         claim = None

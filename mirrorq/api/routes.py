@@ -15,11 +15,12 @@ from starlette.concurrency import run_in_threadpool
 from mirrorq.api.auth import Tokens
 from mirrorq.api.errors import ApiError
 from mirrorq.api.schemas import (
+    BATCH_BODY,
+    EVENT_BODY,
     BatchAccepted,
     BatchStatus,
     EventOutcome,
     JobAccepted,
-    body,
     body_of,
     errors,
 )
@@ -114,17 +115,7 @@ async def get_job(job_id: str, s: Svc) -> JSONResponse:
     status_code=202,
     response_model=BatchAccepted,
     responses=errors(400, 413, 422),
-    openapi_extra=body(
-        {
-            "application/json": {
-                "schema": {
-                    "type": "array",
-                    "items": {"$ref": "#/components/schemas/SessionRequest"},
-                }
-            },
-            "application/x-ndjson": {"schema": {"type": "string", "description": "one job a line"}},
-        }
-    ),
+    openapi_extra=BATCH_BODY,
     summary="Submit a batch: a JSON array or JSON Lines of jobs, refused whole if any is bad",
 )
 async def submit_batch(request: Request, s: Svc) -> JSONResponse:
@@ -181,17 +172,7 @@ async def batch_results(
     status_code=202,
     response_model=EventOutcome,
     responses=errors(400, 413, 422),
-    openapi_extra=body(
-        {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["id", "detail-type", "detail"],
-                    "description": "an EventBridge event, as an API destination sends it",
-                }
-            }
-        }
-    ),
+    openapi_extra=EVENT_BODY,
     summary="An EventBridge event, through the policy (as mirrorq listen does)",
 )
 async def post_event(request: Request, s: Svc) -> JSONResponse:

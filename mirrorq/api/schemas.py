@@ -73,5 +73,26 @@ def body_of(model: str) -> dict[str, Any]:
     return body({"application/json": {"schema": {"$ref": REF.format(model=model)}}})
 
 
+BATCH_BODY = body(
+    {
+        "application/json": {
+            "schema": {"type": "array", "items": {"$ref": REF.format(model="SessionRequest")}}
+        },
+        "application/x-ndjson": {"schema": {"type": "string", "description": "one job a line"}},
+    }
+)
+EVENT_BODY = body(
+    {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["id", "detail-type", "detail"],
+                "description": "an EventBridge event, as an API destination sends it",
+            }
+        }
+    }
+)
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody} for s in statuses}

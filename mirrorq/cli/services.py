@@ -77,27 +77,29 @@ def demo(jobs: int, drop_rate: float, error_rate: float, events: bool, instances
     sys.exit(run_demo(jobs=jobs, drop_rate=drop_rate, error_rate=error_rate))
 
 
+# The emulator's settings a flag overrides: (flag, type, help). Unset flags leave the
+# MIRRORQ_EMULATOR_* variables (or the defaults) in force.
+EMULATOR_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("--host", str, "Address to bind (default 127.0.0.1)."),
+    ("--port", int, "Port (default 5090; 0 picks a free one)."),
+    ("--error-rate", float, "Probability of a 500/503 before creating."),
+    ("--drop-rate", float, "Probability of creating, then closing with no answer."),
+    ("--latency-ms", float, "Delay added to each create."),
+    ("--throttle-rate", float, "Token refill per second per action (0 = off)."),
+    ("--throttle-burst", int, "Token bucket size per action."),
+    ("--seed", int, "Seed the fault dice (replayable runs)."),
+    ("--events-queue", str, "SQS queue (served here) that gets EC2's EventBridge events."),
+)
+
+
+def _emulator_flags(command: Command) -> Command:
+    for flag, kind, meaning in reversed(EMULATOR_FLAGS):
+        command = click.option(flag, type=kind, default=None, help=meaning)(command)
+    return command
+
+
 @main.command()
-@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port (default 5090; 0 picks a free one).")
-@click.option(
-    "--error-rate", type=float, default=None, help="Probability of a 500/503 before creating."
-)
-@click.option(
-    "--drop-rate",
-    type=float,
-    default=None,
-    help="Probability of creating, then closing with no answer.",
-)
-@click.option("--latency-ms", type=float, default=None, help="Delay added to each create.")
-@click.option(
-    "--throttle-rate",
-    type=float,
-    default=None,
-    help="Token refill per second per action (0 = off).",
-)
-@click.option("--throttle-burst", type=int, default=None, help="Token bucket size per action.")
-@click.option("--seed", type=int, default=None, help="Seed the fault dice (replayable runs).")
+@_emulator_flags
 @click.option(
     "--seed-lab",
     "seed_lab_enis",
@@ -106,24 +108,7 @@ def demo(jobs: int, drop_rate: float, error_rate: float, events: bool, instances
     metavar="N",
     help="Create a lab with N source ENIs and print its ids.",
 )
-@click.option(
-    "--events-queue",
-    default=None,
-    metavar="NAME",
-    help="SQS queue (served here) that gets EC2's EventBridge events.",
-)
-def emulator(
-    host: str | None,
-    port: int | None,
-    error_rate: float | None,
-    drop_rate: float | None,
-    latency_ms: float | None,
-    throttle_rate: float | None,
-    throttle_burst: int | None,
-    seed: int | None,
-    seed_lab_enis: int,
-    events_queue: str | None,
-) -> None:
+def emulator(seed_lab_enis: int, **flags: Any) -> None:
     """Run the local EC2 emulator (moto + Traffic Mirroring fidelity + fault injection),
     with SQS and STS on the same endpoint.
 
@@ -135,17 +120,7 @@ def emulator(
     from emulator.server import launch
 
     try:
-        settings = get_emulator_settings().overridden(
-            host=host,
-            port=port,
-            error_rate=error_rate,
-            drop_rate=drop_rate,
-            latency_ms=latency_ms,
-            throttle_rate=throttle_rate,
-            throttle_burst=throttle_burst,
-            seed=seed,
-            events_queue=events_queue,
-        )
+        settings = get_emulator_settings().overridden(**flags)
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
         name = str(first["loc"][0]).replace("_", "-")
