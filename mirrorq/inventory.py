@@ -46,7 +46,8 @@ class Inventory:
         self._ec2: Any = client
         self._settings = settings
         self._limiter = limiter
-        self._largest: frozenset[str] | None = None  # instance types change only with EC2
+        # Per instance family, its largest sizes: instance types change only with EC2 itself.
+        self._largest: dict[str, frozenset[str]] = {}
 
     async def _all(self, operation: str, key: str, **kwargs: Any) -> list[dict[str, Any]]:
         """Every item of a paginated Describe call."""
@@ -132,7 +133,7 @@ class Inventory:
         sizes = await self._instance_types(
             [(e.get("Attachment") or {}).get("InstanceId") for e in enis.values()]
         )
-        largest = await self._largest_types() if sizes else frozenset()
+        largest = await self._largest_types({t.partition(".")[0] for t in sizes.values()})
         targets = {}
         for target_id, t in found.items():
             eni = enis.get(t.get("NetworkInterfaceId") or "")
@@ -174,11 +175,19 @@ class Inventory:
         reservations = await self._all("describe_instances", "Reservations", InstanceIds=ids)
         return {i["InstanceId"]: i["InstanceType"] for r in reservations for i in r["Instances"]}
 
-    async def _largest_types(self) -> frozenset[str]:
-        if self._largest is None:
-            described = await self._all("describe_instance_types", "InstanceTypes")
-            self._largest = _largest(described)
-        return self._largest
+    async def _largest_types(self, families: set[str]) -> frozenset[str]:
+        """The largest sizes of these families (their types described by a wildcard filter:
+        describing all of EC2's ~1,000 types would cost seconds)."""
+        if wanted := sorted(families - set(self._largest)):
+            described = await self._all(
+                "describe_instance_types",
+                "InstanceTypes",
+                Filters=[{"Name": "instance-type", "Values": [f"{f}.*" for f in wanted]}],
+            )
+            largest = _largest(described)
+            for family in wanted:
+                self._largest[family] = frozenset(t for t in largest if t.startswith(f"{family}."))
+        return frozenset().union(*(self._largest[f] for f in families))
 
 
 async def _union(

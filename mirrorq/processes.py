@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import IO, Any, Self
 
@@ -127,7 +128,8 @@ class ServiceProcess:
     def __init__(self, name: str, env: dict[str, str], *args: str, log_dir: Path = LOG_DIR) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.name = name
-        self.log_path = log_dir / f"{name}.log"
+        # Its own file, whatever else runs under the same name (other test processes, demos).
+        self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:8]}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [*MIRRORQ, *self.command, *self.arguments(name), *args],

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from tasks.errors import FieldError, IdempotencyConflictError, InvalidJobError, MirrorqError
+from worker.errors import classify
 
 STATUS_CODES = {401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed", 413: "TooLarge"}
 
@@ -64,6 +67,35 @@ def install(app: FastAPI) -> None:
             for e in error.errors()
         ]
         return answer(ApiError(422, "InvalidRequest", "the request is not valid", fields))
+
+    @app.exception_handler(RedisError)
+    async def _redis(_: Request, error: RedisError) -> JSONResponse:
+        return answer(
+            ApiError(
+                503,
+                "RedisUnavailable",
+                f"Redis does not answer ({type(error).__name__}); try again",
+            )
+        )
+
+    @app.exception_handler(BotoCoreError)
+    async def _aws(_: Request, error: BotoCoreError) -> JSONResponse:
+        return answer(
+            ApiError(
+                503, "Ec2Unavailable", f"EC2 could not be read ({type(error).__name__}); try again"
+            )
+        )
+
+    @app.exception_handler(ClientError)
+    async def _ec2(_: Request, error: ClientError) -> JSONResponse:
+        failure = classify(error)
+        status = 503 if failure.retryable else 502
+        return answer(ApiError(status, failure.code, f"EC2 answered {failure.code}"))
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, error: Exception) -> JSONResponse:
+        # Logged by uvicorn with its traceback; the client gets the shape, not the insides.
+        return answer(ApiError(500, "InternalError", "the API failed to answer; see its log"))
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, error: HTTPException) -> JSONResponse:
