@@ -56,7 +56,9 @@ def read_event(body: str | bytes | dict[str, Any]) -> Event:
         raise NotAnEvent("an EventBridge event has an id and a detail-type")
     if not isinstance(detail, dict):
         raise NotAnEvent("an EventBridge event's detail is an object")
-    region = body.get("region") if isinstance(body.get("region"), str) else None
+    region = body.get("region")
+    if region is not None and not isinstance(region, str):
+        raise NotAnEvent("an EventBridge event's region is a string")
     if kind == STATE_CHANGE:
         return _state_change(event_id, region, detail)
     if kind == API_CALL:
@@ -77,16 +79,29 @@ def _state_change(event_id: str, region: str | None, detail: dict[str, Any]) -> 
 
 def _api_call(event_id: str, region: str | None, detail: dict[str, Any]) -> Event:
     name = detail.get("eventName")
+    if not isinstance(name, str):
+        raise NotAnEvent("a CloudTrail record names its eventName")
     if detail.get("errorCode"):
-        return Event(event_id, region, ignored=f"{name} failed ({detail['errorCode']})")
+        return Event(event_id, region, ignored=f"{name} failed ({detail['errorCode']!r})")
     if name == "CreateNetworkInterface":
-        eni = ((detail.get("responseElements") or {}).get("networkInterface") or {}).get(
-            "networkInterfaceId"
-        )
+        eni = _dig(detail, "responseElements", "networkInterface", "networkInterfaceId")
     elif name == "AttachNetworkInterface":
-        eni = (detail.get("requestParameters") or {}).get("networkInterfaceId")
+        eni = _dig(detail, "requestParameters", "networkInterfaceId")
     else:
         return Event(event_id, region, ignored=f"eventName {name!r}")
     if not isinstance(eni, str) or not eni.startswith("eni-"):
         raise NotAnEvent(f"a {name} record names its network interface")
     return Event(event_id, region, eni_ids=(eni,))
+
+
+def _dig(detail: dict[str, Any], *path: str) -> Any:
+    """detail[path[0]][path[1]]..., None where a key is missing or null; NotAnEvent where a
+    step is not an object."""
+    found: Any = detail
+    for i, key in enumerate(path):
+        if found is None:
+            return None
+        if not isinstance(found, dict):
+            raise NotAnEvent(f"{'.'.join(path[:i]) or 'detail'} is not an object")
+        found = found.get(key)
+    return found

@@ -61,7 +61,9 @@ def jsonl_lines(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
 def csv_lines(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
     """The header, then a line per record: streamable, a row at a time."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    # RFC 4180's CRLF: the writer quotes a cell holding either character, so a lone CR
+    # inside a cell cannot start a row of its own in the reader.
+    writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     for record in records:
         writer.writerow(result_row(record))

@@ -94,7 +94,7 @@ class Intake:
         named_by = _first_event_naming(events, enis)
         for job in planning.planned_jobs(plan):
             event_id = named_by[job.request["NetworkInterfaceId"]]
-            key = f"event:{event_id}:{job.request['NetworkInterfaceId']}:{job.rule}"
+            key = f"{event_id}:{job.request['NetworkInterfaceId']}:{job.rule}"
             await self._submit(
                 job.request,
                 key,
@@ -110,9 +110,7 @@ class Intake:
 
     async def _submit_job(self, event: Event, outcome: Outcome) -> None:
         try:
-            await self._submit(
-                event.job, f"event:{event.event_id}", {"event_id": event.event_id}, [], outcome
-            )
+            await self._submit(event.job, event.event_id, {"event_id": event.event_id}, [], outcome)
         except InvalidJobError as error:
             outcome.error = f"its detail is not a valid job: {error}"
 
@@ -128,7 +126,7 @@ class Intake:
             accepted = await asyncio.to_thread(
                 self.producer.accept,
                 request,
-                idempotency_key=key,
+                event_key=key,
                 origin=origin,
                 alternatives=alternatives,
             )

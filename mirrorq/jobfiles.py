@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.contract import SessionRequest, parse_json, parse_request
-from tasks.errors import FieldError, InvalidJobError
+from tasks.errors import MAX_LISTED, FieldError, InvalidJobError
 
 # CSV cells are text. These columns hold EC2 integers: digits only become numbers; anything
 # else (" 7 ", "1.5", "1_0") stays text for the contract to refuse, naming the field.
@@ -23,7 +23,8 @@ _DIGITS = re.compile(r"[0-9]+")
 
 
 class BatchFileError(InvalidJobError):
-    """A job file with bad lines; lists every one of them, each with its line number."""
+    """A job file with bad lines, each named with its line number (the first MAX_LISTED, and
+    how many in all)."""
 
 
 def _csv_row(row: dict[str, str | None]) -> dict[str, Any]:
@@ -109,22 +110,28 @@ def read_jobs(path: Path, fmt: str | None = None) -> list[SessionRequest]:
 
 
 def parse_jobs(text: str, fmt: str, source: str = "the input") -> list[SessionRequest]:
-    """Every job of JSON Lines or CSV text, or BatchFileError naming every bad line."""
+    """Every job of JSON Lines or CSV text, or BatchFileError naming the bad lines."""
     jobs: list[SessionRequest] = []
     errors: list[FieldError] = []
+    total = 0
+
+    def bad(line: int, found: list[FieldError]) -> None:
+        nonlocal total
+        total += len(found)
+        errors.extend({**e, "line": line} for e in found[: MAX_LISTED - len(errors)])
+
     for line, raw in _records(text, fmt):
         if isinstance(raw, InvalidJobError):
-            errors += [{**e, "line": line} for e in raw.errors]
-            continue
-        if isinstance(raw, ValueError):
-            errors.append({"field": "(line)", "message": str(raw), "line": line})
-            continue
-        try:
-            jobs.append(parse_request(raw))
-        except InvalidJobError as error:
-            errors += [{**e, "line": line} for e in error.errors]
-    if not jobs and not errors:
-        errors.append({"field": "(file)", "message": f"{source} holds no jobs", "line": 0})
-    if errors:
-        raise BatchFileError(errors)
+            bad(line, raw.errors)
+        elif isinstance(raw, ValueError):
+            bad(line, [{"field": "(line)", "message": str(raw)}])
+        else:
+            try:
+                jobs.append(parse_request(raw))
+            except InvalidJobError as error:
+                bad(line, error.errors)
+    if not jobs and not total:
+        bad(0, [{"field": "(file)", "message": f"{source} holds no jobs"}])
+    if total:
+        raise BatchFileError(errors, total)
     return jobs

@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from config import Settings
-from mirrorq.events import Event, NotAnEvent, read_event
+from mirrorq.events import Event, read_event
 from mirrorq.intake import Intake
 from mirrorq.inventory import Inventory
 from mirrorq.rules import Rule
@@ -91,7 +91,7 @@ async def _handle(sqs: Any, queue_url: str, intake: Intake, messages: list[dict[
     for message in messages:
         try:
             event = read_event(message.get("Body", ""))
-        except NotAnEvent as error:
+        except Exception as error:  # NotAnEvent, or a shape read_event did not foresee
             intake.counts["malformed"] += 1
             log.warning(
                 "message %s is not an EventBridge event (%s); left for the dead-letter queue",

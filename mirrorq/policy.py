@@ -132,25 +132,35 @@ def parse_policy(raw: dict[str, Any], path: str = "policy") -> list[Rule]:
     names: set[str] = set()
     for n, spec in enumerate(specs, start=1):
         label = _label(n, spec)
-        try:
-            rule = RuleSpec.model_validate(spec).to_rule()
-        except ValidationError as error:
-            errors += [
-                {
-                    "field": f"{label}.{'.'.join(map(str, e['loc'])) or '(rule)'}",
-                    "message": e["msg"].removeprefix("Value error, "),
-                }
-                for e in error.errors(include_url=False)
-            ]
-            continue
-        if rule.name in names:
-            errors.append({"field": f"{label}.name", "message": "another rule has this name"})
-        names.add(rule.name)
-        errors += [{**e, "field": f"{label}.{e['field']}"} for e in _option_errors(rule)]
-        rules.append(rule)
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if isinstance(name, str):
+            if name in names:
+                errors.append({"field": f"{label}.name", "message": "another rule has this name"})
+            names.add(name)
+        rule, found = check_rule(spec)
+        errors += [{**e, "field": f"{label}.{e['field']}"} for e in found]
+        if rule is not None:
+            rules.append(rule)
     if errors:
         raise PolicyError(path, errors)
     return rules
+
+
+def check_rule(spec: Any) -> tuple[Rule | None, list[FieldError]]:
+    """A rule as the file (or `mirrorq mirror`'s options) gives it, and what is wrong with it,
+    each field named as written ("packet_length", "vpc.0", "(rule)")."""
+    try:
+        rule = RuleSpec.model_validate(spec).to_rule()
+    except ValidationError as error:
+        return None, [
+            {
+                "field": ".".join(map(str, e["loc"])) or "(rule)",
+                "message": e["msg"].removeprefix("Value error, "),
+            }
+            for e in error.errors(include_url=False)
+        ]
+    found = _option_errors(rule)
+    return (None if found else rule), found
 
 
 def _label(n: int, spec: Any) -> str:

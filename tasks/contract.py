@@ -113,9 +113,9 @@ class SessionRequest(BaseModel):
 
     @field_validator("ClientToken")
     @classmethod
-    def _ascii(cls, token: str | None) -> str | None:
-        if token is not None and not token.isascii():
-            raise ValueError("must be ASCII")
+    def _printable_ascii(cls, token: str | None) -> str | None:
+        if token is not None and not all(" " <= c <= "~" for c in token):
+            raise ValueError("must be printable ASCII (no control characters)")
         return token
 
     @property

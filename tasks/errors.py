@@ -23,14 +23,23 @@ class MirrorqError(Exception):
     retryable = False
 
 
+MAX_LISTED = 100  # errors listed in one answer; a file of a million bad lines names 100
+_IN_MESSAGE = 10
+
+
 class InvalidJobError(MirrorqError):
-    """Input that is not a valid job (or file of jobs); names every offending field."""
+    """Input that is not a valid job (or file of jobs); names the offending fields: all of
+    them, or the first MAX_LISTED with `total` counting every one."""
 
     code = "InvalidJob"
 
-    def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(describe(e) for e in errors))
+    def __init__(self, errors: list[FieldError], total: int | None = None) -> None:
+        self.errors = errors[:MAX_LISTED]
+        self.total = max(total or 0, len(errors))
+        message = "; ".join(describe(e) for e in errors[:_IN_MESSAGE])
+        if self.total > _IN_MESSAGE:
+            message += f"; ... {self.total} errors in all"
+        super().__init__(message)
 
 
 class IdempotencyConflictError(MirrorqError):

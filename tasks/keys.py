@@ -12,8 +12,14 @@ def _key(*parts: str) -> str:
 
 
 def idempotency(key: str) -> str:
-    """String: {"job_id", "request_sha256"} of the job a producer's idempotency key names."""
+    """String: {"job_id", "request_sha256"} of the job a client's idempotency key names."""
     return _key("idempotency", key)
+
+
+def event_claim(key: str) -> str:
+    """String: the same, for the job an event makes for one ENI and rule (mirrorq/intake.py).
+    A namespace of its own: no client's key can take an event's job."""
+    return _key("event-claim", key)
 
 
 def eni_lease(eni_id: str) -> str:

@@ -20,14 +20,16 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from config import Settings, get_settings
+from tasks import keys
 from tasks.connections import sync_client
 from tasks.contract import BATCH_TASK_NAME, QUEUE, TASK_NAME, SessionRequest, parse_request
-from tasks.errors import IdempotencyConflictError
+from tasks.errors import IdempotencyConflictError, InvalidJobError
 from tasks.records import JobResult, accepted, is_terminal, utcnow
 from tasks.store import ResultStore
 
 log = logging.getLogger(__name__)
 Origin = dict[str, str | None]  # {"rule": ..., "event_id": ...}: what made a job
+MAX_KEY_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -60,23 +62,27 @@ class Producer:
         request: Any,
         *,
         idempotency_key: str | None = None,
+        event_key: str | None = None,
         origin: Origin | None = None,
         alternatives: Iterable[str] = (),
     ) -> Acceptance:
-        """Validate and enqueue one job: its id, and whether it is new or the idempotency key
-        named it already. Raises InvalidJobError naming fields, IdempotencyConflictError if the
-        key was used for another request."""
+        """Validate and enqueue one job: its id, and whether it is new or its key named it
+        already. The key is a client's `idempotency_key`, or the `event_key` of an event's
+        job (a namespace of its own). Raises InvalidJobError naming fields,
+        IdempotencyConflictError if the key was used for another request."""
         kwargs = parse_request(request).to_kwargs()
         job_id = str(uuid.uuid4())
         claim = None
-        if idempotency_key is not None:
+        key = _claim_key(idempotency_key, event_key)
+        if key is not None:
             digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()
-            claim = (idempotency_key, json.dumps({"job_id": job_id, "request_sha256": digest}))
+            claim = (key, json.dumps({"job_id": job_id, "request_sha256": digest}))
         kwargs.setdefault("ClientToken", job_id)
         record = accepted(job_id, kwargs, submitted_at=utcnow(), origin=origin)
         earlier = self.store.accept(record, claim)
         if earlier is not None:
-            return Acceptance(_same_request(idempotency_key or "", earlier, claim), new=False)
+            named = idempotency_key or event_key or ""
+            return Acceptance(_same_request(named, earlier, claim), new=False)
         try:
             self._publish(record, list(alternatives))
         except Exception:
@@ -228,6 +234,24 @@ def _envelope(record: JobResult, alternatives: list[str]) -> dict[str, Any]:
     if alternatives:
         envelope["alternatives"] = alternatives
     return envelope
+
+
+def _claim_key(idempotency_key: str | None, event_key: str | None) -> str | None:
+    """The Redis key of a job's claim, if it has one; a key that names nothing is refused."""
+    if idempotency_key is not None and event_key is not None:
+        raise ValueError("a job has an idempotency_key or an event_key, not both")
+    for field, key, where in (
+        ("idempotency_key", idempotency_key, keys.idempotency),
+        ("event_key", event_key, keys.event_claim),
+    ):
+        if key is None:
+            continue
+        if not key.strip() or len(key) > MAX_KEY_LENGTH:
+            raise InvalidJobError(
+                [{"field": field, "message": f"1 to {MAX_KEY_LENGTH} characters, not blank"}]
+            )
+        return where(key)
+    return None
 
 
 def _same_request(key: str, earlier: str, claim: tuple[str, str] | None) -> str:

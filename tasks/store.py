@@ -104,7 +104,8 @@ class ResultStore:
 
     def accept(self, record: JobResult, claim: tuple[str, str] | None = None) -> str | None:
         """Write a new job's `queued` record and pending entry, with its idempotency claim
-        (key, claim JSON) if any, atomically. Returns the earlier claim if the key was taken."""
+        (the claim's Redis key, claim JSON) if any, atomically. Returns the earlier claim if
+        the key was taken."""
         script_keys, args = self._accept_arguments(record, claim)
         earlier = self._accept(keys=script_keys, args=args)
         return earlier.decode() if isinstance(earlier, bytes) else earlier
@@ -125,7 +126,7 @@ class ResultStore:
         ]
         args = [record["job_id"], "", QUEUED_STATE, record["status"]]
         if claim is not None:
-            script_keys.append(keys.idempotency(claim[0]))
+            script_keys.append(claim[0])
             args[1] = claim[1]
         self._unaccept(keys=script_keys, args=args)
 
@@ -136,7 +137,7 @@ class ResultStore:
         script_keys = [key, keys.PENDING, keys.STATS_STATUS]
         args: list[Any] = [value, self.ttl_s, record["job_id"], time.time(), "", record["status"]]
         if claim is not None:
-            script_keys.append(keys.idempotency(claim[0]))
+            script_keys.append(claim[0])
             args[4] = claim[1]
         return script_keys, args
 

@@ -344,3 +344,34 @@ def test_openapi_documents_every_route_and_the_request_syntax(api: Api) -> None:
     assert "client_token" in components["JobResult"]["properties"]
     assert {"401", "422", "202"} <= set(paths["/v1/jobs"]["post"]["responses"])
     assert paths["/v1/jobs"]["post"]["security"] == [{"bearer": []}]
+
+
+def test_review_findings_bodies_keys_logs_and_schema(
+    api: Api, emulator: EmulatorProcess, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Found in review: a batch body that is not UTF-8 was accepted with its bytes replaced;
+    an API key `event:<id>` pre-empted that event's job; an empty key was shared by everyone;
+    the redactor broke uvicorn's access log; the OpenAPI document promised FastAPI's 422."""
+    lab = seed_lab(emulator.url, 2)
+    bad_utf8 = json.dumps(job(lab, 0, Description="x")).encode().replace(b'"x"', b'"\xff\xfe"')
+    for path in ("/v1/jobs", "/v1/batches"):
+        answer = api.http.post(path, content=bad_utf8)
+        assert answer.status_code == 400, path
+        assert answer.json()["error"]["code"] == "InvalidJob"
+    assert (
+        api.http.post("/v1/jobs", json=job(lab, 0), headers={"Idempotency-Key": ""}).status_code
+        == 422
+    )
+    taken = api.http.post("/v1/jobs", json=job(lab, 0), headers={"Idempotency-Key": "event:own-9"})
+    assert taken.status_code == 202
+    for _ in range(20):
+        assert httpx.get(f"{api.url}/healthz", params={"token": "x"}).status_code == 200
+    schema = httpx.get(f"{api.url}/openapi.json").json()
+    text = json.dumps(schema)
+    assert "HTTPValidationError" not in text
+    event = schema["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]
+    assert event["schema"]["properties"]["id"]["type"] == "string"
+    api.process.stop()
+    log = api.process.log_path.read_text()
+    assert "Logging error" not in log
+    assert "/healthz?token=***" in log or "/healthz?token=" in log

@@ -306,3 +306,23 @@ def test_policy_check_and_plan_from_the_command_line(
     )
     assert refused.returncode == 2
     assert "rules[1] (prod-web).choose" in refused.stderr
+
+
+def test_an_api_key_cannot_take_an_events_key(emulator: EmulatorProcess, redis_url: str) -> None:
+    """Found in review: keys shared one namespace, so `event:<id>` sent by a client pre-empted
+    the job that event would make."""
+    from tests.helpers import producer_for
+
+    lab = seed_zoned_lab(emulator.url)
+    producer = producer_for(redis_url)
+    request = {
+        "NetworkInterfaceId": "eni-0123456789abcdef0",
+        "TrafficMirrorTargetId": lab["nlb"],
+        "TrafficMirrorFilterId": lab["f_own"],
+        "SessionNumber": "auto",
+    }
+    by_client = producer.accept(request, idempotency_key="event:own-1")
+    by_event = producer.accept(request, event_key="event:own-1")
+    assert by_client.new
+    assert by_event.new
+    assert by_client.job_id != by_event.job_id

@@ -386,3 +386,44 @@ def test_a_cell_that_a_spreadsheet_would_run_is_quoted(cell: str) -> None:
     assert csv_cell(cell) == "'" + cell
     assert csv_cell("eni-0123") == "eni-0123"
     assert csv_cell(7) == 7
+
+
+def test_a_carriage_return_inside_a_cell_cannot_start_a_row_of_its_own() -> None:
+    """Found in review: a CR inside an unquoted cell let a reader start a new row with a live
+    formula. Every cell holding a line break is quoted (RFC 4180)."""
+    from mirrorq.export import csv_lines
+
+    record = {
+        "job_id": "j",
+        "status": "failed",
+        "error": {"code": "X", "message": "a\r=cmd|' /C calc'!A0"},
+    }
+    text = "".join(csv_lines([record]))
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert len(rows) == 2
+    assert all(not cell.startswith("=") for row in rows for cell in row)
+    for naive in text.replace("\r\n", "\n").split("\n"):
+        assert not naive.startswith("=")
+
+
+@pytest.mark.parametrize("token", ["a\rb", "tab\there", "nul\x00", "bell\x07"])
+def test_a_client_token_is_printable_ascii(token: str) -> None:
+    assert field_errors({**VALID, "ClientToken": token}) == ["ClientToken"]
+
+
+def test_a_file_with_a_million_bad_lines_lists_a_bounded_number_of_them(tmp_path: Path) -> None:
+    """Found in review: every bad line was listed, twice, in one answer (7.8 GB for 16 MB)."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text("x\n" * 200_000)
+    with pytest.raises(BatchFileError) as raised:
+        read_jobs(path)
+    assert len(raised.value.errors) <= 101
+    assert raised.value.total == 200_000
+    assert len(str(raised.value)) < 20_000
+
+
+def test_an_empty_idempotency_key_is_refused(producer: Producer, emulator: EmulatorProcess) -> None:
+    lab = seed_lab(emulator.url, 1)
+    with pytest.raises(InvalidJobError) as raised:
+        producer.submit(job(lab, 0), idempotency_key=" ")
+    assert [e["field"] for e in raised.value.errors] == ["idempotency_key"]

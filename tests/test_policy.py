@@ -281,3 +281,35 @@ def test_durations(text: str, seconds: float) -> None:
 def test_durations_that_are_not(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {"eventName": "CreateNetworkInterface", "responseElements": [1]},
+        {"eventName": "CreateNetworkInterface", "responseElements": {"networkInterface": "eni-1"}},
+        {"eventName": "AttachNetworkInterface", "requestParameters": "eni-1"},
+        {"eventName": 7},
+    ],
+)
+def test_a_cloudtrail_record_of_the_wrong_shape_is_not_an_event(detail: dict[str, Any]) -> None:
+    """Found in review: `responseElements: [1]` raised AttributeError and stopped the listener."""
+    body = {"id": "x", "detail-type": "AWS API Call via CloudTrail", "detail": detail}
+    with pytest.raises(NotAnEvent):
+        read_event(body)
+
+
+def test_a_region_that_is_not_a_string_is_not_an_event() -> None:
+    with pytest.raises(NotAnEvent):
+        read_event({"id": "x", "detail-type": "Scheduled Event", "detail": {}, "region": 7})
+
+
+def test_a_duplicate_rule_name_is_named_even_when_the_first_rule_is_invalid(
+    tmp_path: Path,
+) -> None:
+    text = GOOD.replace("packet_length = 128", "packet_length = 9000").replace(
+        'name = "db"', 'name = "prod-web"'
+    )
+    with pytest.raises(PolicyError) as raised:
+        load_policy(write(tmp_path, text))
+    assert "rules[2] (prod-web).name" in [e["field"] for e in raised.value.errors]

@@ -57,16 +57,35 @@ class RedactSecrets:
             message = record.getMessage()
         except Exception:  # a bad format string: logging reports it; don't make it worse
             return True
-        redacted = self.redact(message)
-        if redacted != message:
-            # Formatters that read the arguments themselves (uvicorn's access log) get none
-            # left to leak: the message is final.
-            record.msg, record.args = redacted, None
+        if self.redact(message) != message:
+            self._redact_parts(record)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         return True
+
+    def _redact_parts(self, record: logging.LogRecord) -> None:
+        """Redact the format and each argument, keeping the arguments' shape: formatters that
+        read them (uvicorn's access log unpacks five) still can. An argument whose text holds
+        a secret becomes that text, redacted. Should a secret still show (one split between the
+        format and an argument), the message is made final, with no arguments left."""
+        if isinstance(record.msg, str):
+            record.msg = self.redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._redact_arg(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self._redact_arg(v) for k, v in record.args.items()}
+        message = record.getMessage()
+        if self.redact(message) != message:
+            record.msg, record.args = self.redact(message), ()
+
+    def _redact_arg(self, arg: Any) -> Any:
+        if isinstance(arg, int | float | bool | type(None)):
+            return arg
+        text = str(arg)
+        redacted = self.redact(text)
+        return arg if redacted == text else redacted
 
 
 REDACTOR = RedactSecrets()

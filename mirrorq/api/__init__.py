@@ -20,7 +20,7 @@ from mirrorq.api.auth import Tokens
 from mirrorq.api.limits import BodyLimit
 from mirrorq.api.metrics import FleetCollector
 from mirrorq.api.routes import Services, probes, v1
-from mirrorq.api.schemas import request_syntax_components
+from mirrorq.api.schemas import REF, request_syntax_components
 from mirrorq.rules import Rule
 from tasks.producer import Producer
 from worker.redaction import REDACTOR
@@ -75,6 +75,15 @@ async def _intake(
     return Intake(rules, settings, producer, inventory)
 
 
+def _our_error_shape(responses: dict[str, Any]) -> None:
+    """A 422 is answered in mirrorq's error shape (errors.py), not FastAPI's."""
+    if "422" in responses:
+        responses["422"] = {
+            "description": "Validation Error",
+            "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}},
+        }
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document, with the request syntax's schemas among its components (the routes
     that read their body themselves refer to them)."""
@@ -86,8 +95,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components.update(request_syntax_components())
         schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for path, operations in schema["paths"].items():
-            if path.startswith("/v1/"):
-                for operation in operations.values():
+            for operation in operations.values():
+                if path.startswith("/v1/"):
                     operation["security"] = [{"bearer": []}]
+                _our_error_shape(operation.get("responses", {}))
+        for fastapis in ("HTTPValidationError", "ValidationError"):
+            components.pop(fastapis, None)
         app.openapi_schema = schema
     return app.openapi_schema

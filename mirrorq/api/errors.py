@@ -42,7 +42,8 @@ def from_mirrorq(error: MirrorqError) -> ApiError:
     """mirrorq's own errors, as the CLI names them: invalid input 422, a reused key 409."""
     if isinstance(error, InvalidJobError):
         bad_json = any(
-            e["field"] in ("(job)", "(body)") and "JSON" in e["message"] for e in error.errors
+            e["field"] == "(body)" or (e["field"] == "(job)" and "JSON" in e["message"])
+            for e in error.errors
         )
         return ApiError(400 if bad_json else 422, error.code, str(error), error.errors)
     if isinstance(error, IdempotencyConflictError):

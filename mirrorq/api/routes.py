@@ -9,7 +9,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from mirrorq.api.auth import Tokens
@@ -28,6 +27,8 @@ from mirrorq.events import NotAnEvent, read_event
 from mirrorq.export import export_lines
 from mirrorq.intake import Intake
 from mirrorq.jobfiles import parse_jobs
+from tasks.connections import answers
+from tasks.errors import InvalidJobError
 from tasks.producer import Producer
 from tasks.records import JobResult, is_terminal
 
@@ -74,11 +75,11 @@ async def submit_job(
     s: Svc,
     wait: Annotated[float, Query(ge=0, le=600, description="seconds to wait for the outcome")] = 0,
     idempotency_key: Annotated[
-        str | None, Header(max_length=256, description="same key, same job")
+        str | None, Header(min_length=1, max_length=256, description="same key, same job")
     ] = None,
 ) -> Response:
-    raw = await request.body()
-    accepted = await run_in_threadpool(s.producer.accept, raw, idempotency_key=idempotency_key)
+    text = await utf8_body(request)
+    accepted = await run_in_threadpool(s.producer.accept, text, idempotency_key=idempotency_key)
     if wait > 0:
         record = await _outcome(s.producer, accepted.job_id, wait)
         if record is not None:
@@ -95,6 +96,14 @@ async def _outcome(producer: Producer, job_id: str, wait: float) -> JobResult | 
         if asyncio.get_running_loop().time() >= deadline:
             return None
         await asyncio.sleep(WAIT_POLL_S)
+
+
+async def utf8_body(request: Request) -> str:
+    """The body as text: JSON is UTF-8, and a byte that is not is refused, never replaced."""
+    try:
+        return (await request.body()).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidJobError([{"field": "(body)", "message": f"not UTF-8: {error}"}]) from None
 
 
 @v1.get(
@@ -119,7 +128,7 @@ async def get_job(job_id: str, s: Svc) -> JSONResponse:
     summary="Submit a batch: a JSON array or JSON Lines of jobs, refused whole if any is bad",
 )
 async def submit_batch(request: Request, s: Svc) -> JSONResponse:
-    text = (await request.body()).decode("utf-8", "replace")
+    text = await utf8_body(request)
     fmt = "json" if text.lstrip().startswith("[") else "jsonl"
     jobs = await run_in_threadpool(parse_jobs, text, fmt, "the body")
     batch_id = await run_in_threadpool(s.producer.submit_batch, jobs, source="mirrorq api")
@@ -203,11 +212,10 @@ async def healthz() -> dict[str, str]:
 
 @probes.get("/readyz", responses=errors(503), summary="Readiness: Redis answers")
 async def readyz(s: Svc) -> JSONResponse:
-    try:
-        for ping in (s.producer.store.client.ping, s.producer.redis.ping):
-            await asyncio.wait_for(run_in_threadpool(ping), READY_TIMEOUT_S)
-    except (RedisError, TimeoutError) as error:
-        raise ApiError(503, "NotReady", f"Redis does not answer: {type(error).__name__}") from None
+    settings = s.producer.settings
+    for name, url in (("broker", settings.broker_url), ("results", settings.result_backend)):
+        if not await answers(url, READY_TIMEOUT_S):
+            raise ApiError(503, "NotReady", f"Redis ({name}) does not answer")
     return JSONResponse({"status": "ready"})
 
 

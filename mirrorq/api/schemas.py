@@ -87,6 +87,13 @@ EVENT_BODY = body(
             "schema": {
                 "type": "object",
                 "required": ["id", "detail-type", "detail"],
+                "properties": {
+                    "id": {"type": "string", "minLength": 1},
+                    "detail-type": {"type": "string"},
+                    "source": {"type": "string"},
+                    "region": {"type": "string"},
+                    "detail": {"type": "object"},
+                },
                 "description": "an EventBridge event, as an API destination sends it",
             }
         }

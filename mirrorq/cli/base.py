@@ -16,13 +16,52 @@ EXIT_FAILED = 1  # a job or batch ended with failures
 EXIT_USAGE = 2  # usage or input error (click uses 2 for usage errors too)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_SETTINGS_PREFIXES = {"Settings": "MIRRORQ_", "EmulatorSettings": "MIRRORQ_EMULATOR_"}
+
+
+class Group(click.Group):
+    """Settings read from the environment (or .env) that are not valid end the command with
+    exit 2 naming each variable, not a traceback. Their values are not printed: one may be
+    a secret."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from pydantic import ValidationError
+
+        try:
+            return super().invoke(ctx)
+        except ValidationError as error:
+            prefix = _SETTINGS_PREFIXES.get(error.title)
+            if prefix is None:
+                raise
+            for problem in error.errors(include_url=False, include_input=False):
+                message = problem["msg"].removeprefix("Value error, ")
+                where = "".join(f"{prefix}{str(part).upper()}: " for part in problem["loc"][:1])
+                click.echo(f"mirrorq: {where}{message}", err=True)
+            sys.exit(EXIT_USAGE)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mirrorq")
 def main() -> None:
     """mirrorq: create EC2 Traffic Mirror sessions through a job queue, exactly once each."""
     from worker.redaction import install
 
     install()  # no credential, token or signature in any log line of any mirrorq process
+
+
+class Id(click.ParamType[str, Any]):
+    """A job or batch id: not empty, printable, at most 256 characters."""
+
+    name = "id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not text.strip() or not text.isprintable() or len(text) > 256:
+            self.fail(f"expected an id, got {text[:80]!r}", param, ctx)
+        return text
+
+
+ID = Id()
 
 
 def echo_json(payload: Any) -> None:
@@ -34,9 +73,11 @@ def fail_input(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-def fail_fields(errors: list[FieldError], where: str = "invalid job") -> NoReturn:
+def fail_fields(errors: list[FieldError], where: str = "invalid job", total: int = 0) -> NoReturn:
     for error in errors:
         click.echo(f"{where}: {describe(error)}", err=True)
+    if total > len(errors):
+        click.echo(f"{where}: ... and {total - len(errors)} more", err=True)
     sys.exit(EXIT_USAGE)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mirrorq.cli.base import echo_json, exit_for_batch, fail_fields, fail_input, main
+from mirrorq.cli.base import ID, echo_json, exit_for_batch, fail_fields, fail_input, main
 
 
 @main.group()
@@ -37,17 +37,15 @@ def batch_submit(file: Path, fmt: str | None) -> None:
     try:
         jobs = read_jobs(file, fmt)
     except InvalidJobError as error:
-        click.echo(
-            f"mirrorq: {file} refused: {len(error.errors)} error(s); nothing was queued", err=True
-        )
-        fail_fields(error.errors, str(file))
+        click.echo(f"mirrorq: {file} refused: {error.total} error(s); nothing was queued", err=True)
+        fail_fields(error.errors, str(file), error.total)
     except UnicodeDecodeError as error:
         fail_input(f"{file} is not UTF-8 text: {error}")
     click.echo(Producer().submit_batch(jobs, source=str(file)))
 
 
 @batch.command("status")
-@click.argument("batch_id")
+@click.argument("batch_id", type=ID)
 @click.option("--watch", is_flag=True, help="Show a live progress bar until the batch ends.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def batch_status(batch_id: str, watch: bool, as_json: bool) -> None:
@@ -73,7 +71,7 @@ def batch_status(batch_id: str, watch: bool, as_json: bool) -> None:
 
 
 @batch.command("results")
-@click.argument("batch_id")
+@click.argument("batch_id", type=ID)
 @click.option(
     "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
 )

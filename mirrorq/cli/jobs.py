@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mirrorq.cli.base import EXIT_FAILED, exit_for, fail_fields, fail_input, main
+from mirrorq.cli.base import EXIT_FAILED, ID, exit_for, fail_fields, fail_input, main
 
 
 @main.command()
@@ -16,7 +16,11 @@ from mirrorq.cli.base import EXIT_FAILED, exit_for, fail_fields, fail_input, mai
     "--idempotency-key", default=None, help="Submitting the same key again returns the same job."
 )
 @click.option(
-    "--timeout", type=float, default=600.0, show_default=True, help="Seconds --wait waits."
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds --wait waits.",
 )
 def submit(job: str, wait: bool, idempotency_key: str | None, timeout: float) -> None:
     """Enqueue one job: JOB is the request syntax as JSON text, or - to read stdin.
@@ -46,7 +50,7 @@ def submit(job: str, wait: bool, idempotency_key: str | None, timeout: float) ->
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", type=ID)
 def status(job_id: str) -> None:
     """Print a job's result JSON (exit 1 if it failed, 2 if the id is unknown)."""
     from tasks.producer import Producer

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
+from typing import Any
+
 import click
 
-from mirrorq.cli.base import exit_for_batch, fail_input, key_values, main
+from mirrorq.cli.base import EXIT_USAGE, exit_for_batch, fail_input, main
+from mirrorq.rules import Rule
 
 
 def _session_number(value: str) -> int | str:
@@ -16,6 +21,25 @@ def _session_number(value: str) -> int | str:
         raise click.BadParameter(
             f"expected 'auto' or an integer, got {value!r}", param_hint="--session-number"
         ) from None
+
+
+def _checked_rule(spec: dict[str, Any], session_number: int | str) -> Rule:
+    """The options as a policy rule, checked as a policy's are, each problem named by its
+    option (exit 2) before anything is read from EC2."""
+    from mirrorq.policy import check_rule
+
+    rule, errors = check_rule({k: v for k, v in spec.items() if v is not None})
+    if rule is None:
+        for error in errors:
+            field = error["field"].split(".")[0]
+            option = _OPTIONS.get(field, "--" + field.replace("_", "-"))
+            where = "" if field == "(rule)" else f"{option}: "
+            click.echo(f"mirrorq: {where}{error['message']}", err=True)
+        sys.exit(EXIT_USAGE)
+    return replace(rule, name="", session_number=session_number)
+
+
+_OPTIONS = {"session_tags": "--session-tag", "target": "--target", "filter": "--filter"}
 
 
 @main.command()
@@ -68,25 +92,25 @@ def mirror(
     from mirrorq import display
     from mirrorq.bulk import plan_live, submit_plan
     from mirrorq.inventory import UnknownResourceError
-    from mirrorq.rules import Rule, Selectors, SessionOptions
     from tasks.errors import InvalidJobError
     from tasks.producer import Producer
 
-    selectors = Selectors(vpc, subnet, key_values(tag, "--tag"), instance, eni)
-    if not selectors:
-        raise click.UsageError("name the ENIs: --vpc, --subnet, --tag, --instance or --eni")
-    rule = Rule(
-        name="",
-        selectors=selectors,
-        targets=(target_id,),
-        filter_id=filter_id,
-        options=SessionOptions(
-            packet_length,
-            virtual_network_id,
-            description,
-            key_values(session_tag, "--session-tag"),
-        ),
-        session_number=_session_number(session_number),
+    rule = _checked_rule(
+        {
+            "name": "mirror",
+            "vpc": list(vpc),
+            "subnet": list(subnet),
+            "tag": list(tag),
+            "instance": list(instance),
+            "eni": list(eni),
+            "target": target_id,
+            "filter": filter_id,
+            "packet_length": packet_length,
+            "virtual_network_id": virtual_network_id,
+            "description": description,
+            "session_tags": list(session_tag),
+        },
+        _session_number(session_number),
     )
     console = Console(stderr=True)
     try:

@@ -48,18 +48,26 @@ def worker(metrics_port: int | None, celery_args: tuple[str, ...]) -> None:
 
 
 def _fault_option(name: str, meaning: str) -> Callable[[Command], Command]:
-    return click.option(name, type=float, default=0.1, show_default=True, help=meaning)
+    return click.option(
+        name, type=click.FloatRange(0, 1), default=0.1, show_default=True, help=meaning
+    )
 
 
 @main.command()
-@click.option("--jobs", type=int, default=300, show_default=True, help="Jobs to run end to end.")
+@click.option(
+    "--jobs", type=click.IntRange(1), default=300, show_default=True, help="Jobs to run end to end."
+)
 @_fault_option("--drop-rate", "Emulator fault: responses dropped after the session was created.")
 @_fault_option("--error-rate", "Emulator fault: 500/503 answers before anything is created.")
 @click.option(
     "--events", is_flag=True, help="Instead: instances launched, mirrored by the listener."
 )
 @click.option(
-    "--instances", type=int, default=30, show_default=True, help="With --events: how many."
+    "--instances",
+    type=click.IntRange(1),
+    default=30,
+    show_default=True,
+    help="With --events: how many.",
 )
 def demo(jobs: int, drop_rate: float, error_rate: float, events: bool, instances: int) -> None:
     """The whole pipeline on this machine: emulator, a worker, JOBS jobs, their results.
@@ -103,7 +111,7 @@ def _emulator_flags(command: Command) -> Command:
 @click.option(
     "--seed-lab",
     "seed_lab_enis",
-    type=int,
+    type=click.IntRange(0, 10_000),
     default=0,
     metavar="N",
     help="Create a lab with N source ENIs and print its ids.",
