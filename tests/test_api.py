@@ -375,3 +375,35 @@ def test_review_findings_bodies_keys_logs_and_schema(
     log = api.process.log_path.read_text()
     assert "Logging error" not in log
     assert "/healthz?token=***" in log or "/healthz?token=" in log
+
+
+def test_a_hung_redis_gets_prompt_answers_and_the_api_recovers(
+    api_env: dict[str, str], tmp_path: Path, emulator: EmulatorProcess
+) -> None:
+    """Redis stopped (SIGSTOP, as a hung host looks): every probe answers 503 within its
+    bound, the process stays alive, and once Redis goes on the API serves again."""
+    import os
+    import signal
+
+    from tests.redis_server import RedisServer
+
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis").start()
+    assert server.proc is not None
+    process = start_api(api_env, tmp_path, MIRRORQ_BROKER_URL=server.url(0))
+    http = httpx.Client(base_url=process.url, headers=AUTH, timeout=15)  # type: ignore[attr-defined]
+    lab = seed_lab(emulator.url, 1)
+    try:
+        assert http.get("/readyz").status_code == 200
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            answers = Counter(http.get("/readyz").status_code for _ in range(5))
+            assert answers == {503: 5}
+            assert http.get("/healthz").status_code == 200
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert http.get("/readyz").status_code == 200
+        assert http.post("/v1/jobs", json=job(lab, 0, DryRun=True)).status_code == 202
+    finally:
+        process.stop()
+        server.stop()
