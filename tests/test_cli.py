@@ -36,6 +36,9 @@ def test_every_command_has_help() -> None:
         assert "Usage:" in result.output
 
 
+MIRROR = ("mirror", "--target", "tmt-0123456789abcdef0", "--filter", "tmf-0123456789abcdef0")
+
+
 @pytest.mark.parametrize(
     ("args", "extra_env", "named"),
     [
@@ -43,49 +46,9 @@ def test_every_command_has_help() -> None:
         (["demo", "--jobs", "0"], {}, "--jobs"),
         (["status", "x"], {"MIRRORQ_EC2_RATE": "abc"}, "MIRRORQ_EC2_RATE"),
         (["status", "x"], {"MIRRORQ_JOB_DEADLINE_S": "1000"}, "MIRRORQ_VISIBILITY_TIMEOUT_S"),
-        (
-            [
-                "mirror",
-                "--vpc",
-                "vpc-0a1b2c3d",
-                "--target",
-                "tmt-0123456789abcdef0",
-                "--filter",
-                "tmf-0123456789abcdef0",
-                "--packet-length",
-                "0",
-            ],
-            {},
-            "--packet-length",
-        ),
-        (
-            [
-                "mirror",
-                "--vpc",
-                "nope",
-                "--target",
-                "tmt-0123456789abcdef0",
-                "--filter",
-                "tmf-0123456789abcdef0",
-            ],
-            {},
-            "--vpc",
-        ),
-        (
-            [
-                "mirror",
-                "--vpc",
-                "vpc-0a1b2c3d",
-                "--target",
-                "tmt-0123456789abcdef0",
-                "--filter",
-                "tmf-0123456789abcdef0",
-                "--session-tag",
-                "aws:x=1",
-            ],
-            {},
-            "--session-tag",
-        ),
+        ([*MIRROR, "--vpc", "vpc-0a1b2c3d", "--packet-length", "0"], {}, "--packet-length"),
+        ([*MIRROR, "--vpc", "nope"], {}, "--vpc"),
+        ([*MIRROR, "--vpc", "vpc-0a1b2c3d", "--session-tag", "aws:x=1"], {}, "--session-tag"),
     ],
 )
 def test_bad_input_exits_2_naming_it_without_a_traceback(
