@@ -132,6 +132,10 @@ def test_bad_input_gets_one_error_shape_naming_the_field(
     assert api.http.get("/v1/batches/nope").json()["error"]["code"] == "BatchNotFound"
     assert api.http.get("/v1/jobs/x", params={"wait": "soon"}).status_code in (404, 422)
     assert api.http.post("/v1/jobs", params={"wait": "soon"}, json=job(lab, 1)).status_code == 422
+    wrong_method = api.http.delete("/v1/jobs")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["Allow"] == "POST"
+    assert wrong_method.json()["error"]["code"] == "MethodNotAllowed"
 
 
 def test_an_oversized_body_is_refused_before_it_is_read_and_the_api_stays_up(

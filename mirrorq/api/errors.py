@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -32,7 +33,7 @@ def error_body(code: str, message: str, fields: list[FieldError] | None = None) 
     return {"error": {"code": code, "message": message, "fields": fields or []}}
 
 
-def answer(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+def answer(error: ApiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
         error_body(error.code, error.message, error.fields), error.status, headers=headers
     )
@@ -101,4 +102,5 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(_: Request, error: HTTPException) -> JSONResponse:
         code = STATUS_CODES.get(error.status_code, "HttpError")
-        return answer(ApiError(error.status_code, code, str(error.detail)))
+        # Starlette's own headers stand (a 405's Allow lists the methods the path takes).
+        return answer(ApiError(error.status_code, code, str(error.detail)), error.headers)
