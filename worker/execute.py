@@ -120,7 +120,8 @@ async def execute_job(
 
     With `auto`, each create is preceded by a read of the ENI's sessions under the ENI's
     lease (the same lease for as long as it is held: a retry does not read again), and the
-    create is fenced: sent only while that lease is still this job's.
+    create is fenced: sent only while that lease is still this job's. The create slot is
+    taken last, just before the create: reads are paid at the Describe limiter alone.
 
     Raises RedisError when Redis, where the job is recorded, is unreachable, and
     SupersededError when another worker took the job over: nothing is decided then.
@@ -153,7 +154,6 @@ async def execute_job(
     try:
         async for attempt in policy:
             with attempt:
-                await take_slot(ec2.limiters.create, settings)
                 if auto:
                     if holding is None or holding.lost:
                         holding = await ec2.leases.acquire(eni_lease)
@@ -165,8 +165,10 @@ async def execute_job(
                             record = records.planned(record, plan)
                             await save(record)
                         read_under = holding
-                    if not await ec2.leases.fence(holding, ec2.create_bound_s):
-                        raise LeaseLostError("the ENI's lease lapsed before the create was sent")
+                # Only now: a read that failed, or found the ENI mirrored, spent no create slot.
+                await take_slot(ec2.limiters.create, settings)
+                if holding is not None and not await ec2.leases.fence(holding, ec2.create_bound_s):
+                    raise LeaseLostError("the ENI's lease lapsed before the create was sent")
                 record = records.attempted(record)
                 async with ec2_call(CREATE_ACTION):
                     response = await asyncio.wait_for(
