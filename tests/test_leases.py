@@ -20,6 +20,7 @@ from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks import records
 from tasks.contract import TASK_NAME
 from tasks.producer import Producer
+from tests.fault_proxy import Answer, FaultProxy
 from tests.helpers import mirrors, sessions, status_of, wait_all, wait_until
 from worker.repair import repair_lost_jobs
 
@@ -201,3 +202,67 @@ def test_a_lost_auto_job_that_had_planned_still_mirrors_its_eni_once_per_rule(
         if s["NetworkInterfaceId"] == eni and s["TrafficMirrorTargetId"] in (nlb, other)
     ]
     assert len(rule_mirrors) == 1
+
+
+def test_a_job_that_gave_up_holds_its_eni_until_its_last_create_can_no_longer_land(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Found in review: an `auto` job whose creates went unanswered gave up and released its
+    ENI while a create was still on its way; the next job for the ENI read before it landed and
+    created too (another number, since a session was deleted in between). A job that gave up
+    on unanswered creates keeps the ENI until the last one's bound (connect + read timeout +
+    1 s) has passed."""
+    lab = seed_lab(emulator.url, 1)
+    eni, nlb, other, flt = (
+        lab["eni_ids"][0],
+        lab["target_ids"]["nlb"],
+        lab["target_ids"]["eni"],
+        lab["filter_id"],
+    )
+    ec2 = lab_client(emulator.url)
+    unrelated = ec2.create_traffic_mirror_session(
+        NetworkInterfaceId=eni,
+        TrafficMirrorTargetId=other,
+        TrafficMirrorFilterId=flt,
+        SessionNumber=1,
+    )["TrafficMirrorSession"]["TrafficMirrorSessionId"]
+    hold_s = 3.5  # past the 1 s read timeout, within the 3 + 1 + 1 s bound
+
+    def creates_answered() -> int:
+        return sum(emulator.stats()["CreateTrafficMirrorSession"].values())
+
+    answered_before = creates_answered()
+
+    def rule(action: str, params: dict[str, str], _: int) -> Answer | None:
+        if action == "CreateTrafficMirrorSession" and params.get("ClientToken") == "held":
+            time.sleep(hold_s)  # then forwarded: the create lands after the job gave up
+        return None
+
+    with FaultProxy(emulator.url, rule) as proxy:
+        start_worker(
+            MIRRORQ_EC2_ENDPOINT_URL=proxy.url,
+            MIRRORQ_CONNECT_TIMEOUT_S="3",
+            MIRRORQ_READ_TIMEOUT_S="1",
+            MIRRORQ_JOB_DEADLINE_S="2",
+        )
+        first = producer.submit({**auto_job(eni, nlb, flt), "ClientToken": "held"})
+        wait_until(
+            lambda: status_of(producer, first) == "retrying", what="the first create to time out"
+        )
+        ec2.delete_traffic_mirror_session(TrafficMirrorSessionId=unrelated)  # number 1 is free
+        second = producer.submit(auto_job(eni, nlb, flt))  # waits for the ENI
+        gave_up, second_result = wait_all(producer, [first, second])
+        wait_until(
+            lambda: (
+                creates_answered() - answered_before == proxy.calls["CreateTrafficMirrorSession"]
+            ),
+            what="every create held by the proxy to reach EC2",
+        )
+    assert mirrors(emulator.url, nlb, flt) == {eni: 1}
+    assert (gave_up["status"], gave_up["error"]["retryable"]) == ("failed", True)
+    assert (second_result["status"], (second_result["error"] or {}).get("code")) == (
+        "failed",
+        "AlreadyMirrored",
+    )
