@@ -66,8 +66,9 @@ class Settings(BaseSettings):
     # ...and grows back by this fraction of the configured rate per second.
     ec2_rate_recovery: float = Field(default=0.01, gt=0)
     # Lost-message repair: kombu's Redis transport pops a message before it records it as
-    # unacked, so a worker killed in between loses it. Workers look for accepted jobs still
-    # `queued` with the queue empty and no worker holding them, and publish them again.
+    # unacked, so a worker killed in between loses it. Workers look for unfinished accepted
+    # jobs in no message (waiting in the queue or held by a worker) and not running, and
+    # publish them again.
     repair_interval_s: float = Field(default=30.0, gt=0)
     lost_after_s: float = Field(default=60.0, gt=0)
     # Names the rate's scope in Redis; set it when several accounts share one Redis.

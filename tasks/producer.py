@@ -24,7 +24,7 @@ from tasks import keys
 from tasks.connections import sync_client
 from tasks.contract import BATCH_TASK_NAME, QUEUE, TASK_NAME, SessionRequest, parse_request
 from tasks.errors import IdempotencyConflictError, InvalidJobError
-from tasks.records import JobResult, accepted, is_terminal, utcnow
+from tasks.records import JobResult, accepted, accepted_request, is_terminal, utcnow
 from tasks.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,15 @@ class Producer:
             digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()
             claim = (key, json.dumps({"job_id": job_id, "request_sha256": digest}))
         kwargs.setdefault("ClientToken", job_id)
-        record = accepted(job_id, kwargs, submitted_at=utcnow(), origin=origin)
+        record = accepted(
+            job_id, kwargs, submitted_at=utcnow(), origin=origin, alternatives=list(alternatives)
+        )
         earlier = self.store.accept(record, claim)
         if earlier is not None:
             named = idempotency_key or event_key or ""
             return Acceptance(_same_request(named, earlier, claim), new=False)
         try:
-            self._publish(record, list(alternatives))
+            self._publish(record)
         except Exception:
             self._unaccept(record, claim)
             raise
@@ -114,9 +116,13 @@ class Producer:
                 job_id = str(uuid.uuid4())
                 kwargs = parsed.to_kwargs()
                 kwargs.setdefault("ClientToken", job_id)
-                origin = origins[n] if origins else None
                 record = accepted(
-                    job_id, kwargs, batch_id=batch_id, submitted_at=submitted_at, origin=origin
+                    job_id,
+                    kwargs,
+                    batch_id=batch_id,
+                    submitted_at=submitted_at,
+                    origin=origins[n] if origins else None,
+                    alternatives=alternatives[n] if alternatives else (),
                 )
                 self.store.accept_on(pipe, record)
                 jobs.append(record)
@@ -128,14 +134,13 @@ class Producer:
         with self.app.producer_or_acquire() as producer, producer.batch():
             for n, start in enumerate(range(0, len(jobs), per_message)):
                 chunk = jobs[start : start + per_message]
-                extra = alternatives[start : start + per_message] if alternatives else None
-                self._publish_jobs(chunk, extra, producer=producer, declare=None if n == 0 else [])
+                self._publish_jobs(chunk, producer=producer, declare=None if n == 0 else [])
         return batch_id
 
     def publish(self, record: JobResult) -> None:
-        """Publish an accepted job's message again (the lost-message repair): same id, same
-        request and token."""
-        self._publish(record, [])
+        """Publish an accepted job's message again (the lost-message repair): same id, token
+        and envelope, the request as accepted (SessionNumber `auto` included)."""
+        self._publish(record)
 
     def _unaccept(self, record: JobResult, claim: tuple[str, str] | None) -> None:
         try:
@@ -146,27 +151,22 @@ class Producer:
 
     # Messages --------------------------------------------------------------------------------
 
-    def _publish(self, record: JobResult, alternatives: list[str], **options: Any) -> None:
+    def _publish(self, record: JobResult, **options: Any) -> None:
         request = record["request"] or {}
         self._send(
             TASK_NAME,
-            _envelope(record, alternatives),
+            _envelope(record),
             f"{{job {record['job_id']} on {request.get('NetworkInterfaceId')}}}",
             task_id=record["job_id"],
             **options,
         )
 
-    def _publish_jobs(
-        self, jobs: list[JobResult], alternatives: list[list[str]] | None, **options: Any
-    ) -> None:
+    def _publish_jobs(self, jobs: list[JobResult], **options: Any) -> None:
         """Several jobs of a batch in one message; one alone goes in the single-job form."""
-        extra = alternatives or [[] for _ in jobs]
         if len(jobs) == 1:
-            self._publish(jobs[0], extra[0], **options)
+            self._publish(jobs[0], **options)
             return
-        entries = [
-            {"job_id": r["job_id"], **_envelope(r, alt)} for r, alt in zip(jobs, extra, strict=True)
-        ]
+        entries = [{"job_id": r["job_id"], **_envelope(r)} for r in jobs]
         self._send(
             BATCH_TASK_NAME,
             {"jobs": entries},
@@ -222,17 +222,18 @@ class Producer:
             time.sleep(poll)
 
 
-def _envelope(record: JobResult, alternatives: list[str]) -> dict[str, Any]:
+def _envelope(record: JobResult) -> dict[str, Any]:
+    """A job's message as it was accepted (the record keeps what the request alone does not)."""
     envelope: dict[str, Any] = {
-        "request": record["request"],
+        "request": accepted_request(record),
         "batch_id": record["batch_id"],
         "submitted_at": record["submitted_at"],
     }
     for name in ("rule", "event_id"):
         if record.get(name):
             envelope[name] = record.get(name)
-    if alternatives:
-        envelope["alternatives"] = alternatives
+    if record.get("alternatives"):
+        envelope["alternatives"] = record.get("alternatives")
     return envelope
 
 

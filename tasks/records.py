@@ -7,12 +7,15 @@ result store (tasks/store.py) writes what they return, and nothing else edits a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NotRequired
 
 # pydantic (the API's schema of the record) reads TypedDicts only from typing_extensions on 3.11.
 from typing_extensions import TypedDict
+
+from tasks.contract import AUTO
 
 
 class JobStatus(StrEnum):
@@ -58,6 +61,11 @@ class JobResult(TypedDict):
     finished_at: str | None
     rule: NotRequired[str | None]  # the policy rule that made the job
     event_id: NotRequired[str | None]  # the EventBridge event that made the job
+    # What was accepted beyond `request`, so that the job is published again as it came (the
+    # lost-message repair): SessionNumber was `auto` (`request` holds the number chosen since),
+    # and the rule's other targets, counted as one mirror with `TrafficMirrorTargetId`.
+    auto_session_number: NotRequired[bool]
+    alternatives: NotRequired[list[str]]
 
 
 def utcnow() -> str:
@@ -83,6 +91,7 @@ def accepted(
     batch_id: str | None = None,
     submitted_at: str | None = None,
     origin: dict[str, str | None] | None = None,
+    alternatives: Sequence[str] = (),
 ) -> JobResult:
     """A new job, `queued`: its ClientToken is the request's, fixed from now on."""
     record: JobResult = {
@@ -101,7 +110,19 @@ def accepted(
     if origin:
         record["rule"] = origin.get("rule")
         record["event_id"] = origin.get("event_id")
+    if (request or {}).get("SessionNumber") == AUTO:
+        record["auto_session_number"] = True
+    if alternatives:
+        record["alternatives"] = list(alternatives)
     return record
+
+
+def accepted_request(record: JobResult) -> dict[str, Any] | None:
+    """The request as the job was accepted: SessionNumber `auto` again once it chose one."""
+    request = record["request"]
+    if request is None or not record.get("auto_session_number"):
+        return request
+    return {**request, "SessionNumber": AUTO}
 
 
 def started(record: JobResult, request: dict[str, Any]) -> JobResult:

@@ -6,16 +6,23 @@ that jobs wait far longer for their EC2 slot than a lease lives.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from emulator.lab import lab_client, seed_lab
 from mirrorq.processes import EmulatorProcess, WorkerProcess
+from tasks import records
 from tasks.contract import TASK_NAME
 from tasks.producer import Producer
+from tests.fault_proxy import Answer, FaultProxy
 from tests.helpers import mirrors, sessions, status_of, wait_all, wait_until
+from worker.repair import repair_lost_jobs
 
 # Creates trickle out at 2/s, so the last of 24 jobs waits ~12 s for its slot, while a lease
 # lives 1 s unless renewed (and, where leases last deadline + read timeout, 4 s).
@@ -128,3 +135,134 @@ def test_a_lease_held_across_retries_outlives_its_ttl(
     assert {r["status"] for r in firsts} == {"created"}
     assert {(r["status"], r["error"]["code"]) for r in seconds} == {("failed", "AlreadyMirrored")}
     assert mirrors(emulator.url, nlb, flt) == dict.fromkeys(lab["eni_ids"], 1)
+
+
+def test_a_repaired_copy_of_a_started_auto_job_is_still_auto_with_its_alternatives(
+    emulator: EmulatorProcess, producer: Producer, redis_url: str
+) -> None:
+    """Found in review: the repair republished a started `auto` job with the number it had
+    planned (so the copy ran as an explicit job: no lease, no check) and without its rule's
+    other targets. The message it publishes again is the job as accepted."""
+    lab = seed_lab(emulator.url, 1)
+    nlb, other, flt = lab["target_ids"]["nlb"], lab["target_ids"]["eni"], lab["filter_id"]
+    job_id = producer.submit(auto_job(lab["eni_ids"][0], nlb, flt), alternatives=[other])
+    client = redis.Redis.from_url(redis_url)
+    assert client.rpop("mirrorq") is not None  # its message is lost
+    # As a worker that started it and planned number 2 would have left its record:
+    record = producer.result(job_id)
+    assert record is not None
+    planned = {**(record["request"] or {}), "SessionNumber": 2}
+    producer.store.step("save", records.planned(records.started(record, planned), planned))
+    client.delete(f"mirrorq:job-lease:{job_id}")
+    for _ in range(2):  # lost only when it looks lost twice
+        repair_lost_jobs(producer.redis, producer.store, producer.publish, 0)
+    popped = client.lpop("mirrorq")
+    assert isinstance(popped, bytes)
+    _, kwargs, _ = json.loads(base64.b64decode(json.loads(popped)["body"]))
+    assert kwargs["request"]["SessionNumber"] == "auto"
+    assert kwargs["alternatives"] == [other]
+
+
+def test_a_lost_auto_job_that_had_planned_still_mirrors_its_eni_once_per_rule(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """The same, end to end: a worker plans a rule's job (number 1), keeps retrying, and is
+    killed with its message lost; meanwhile the ENI is mirrored to the rule's other target.
+    The repaired copy must read under the ENI's lease, see that mirror, and create nothing."""
+    lab = seed_lab(emulator.url, 1)
+    eni, nlb, other, flt = (
+        lab["eni_ids"][0],
+        lab["target_ids"]["nlb"],
+        lab["target_ids"]["eni"],
+        lab["filter_id"],
+    )
+    emulator.set_faults(error_rate=1.0)  # every create fails with a 5xx for now
+    first = start_worker(MIRRORQ_LEASE_S="1")
+    job_id = producer.submit(auto_job(eni, nlb, flt), alternatives=[other])
+    wait_until(lambda: status_of(producer, job_id) == "retrying", what="the job to be retrying")
+    first.kill()
+    redis.Redis.from_url(redis_url).delete("unacked", "unacked_index")  # its message is lost
+    emulator.set_faults(error_rate=0.0)
+    lab_client(emulator.url).create_traffic_mirror_session(
+        NetworkInterfaceId=eni,
+        TrafficMirrorTargetId=other,
+        TrafficMirrorFilterId=flt,
+        SessionNumber=2,
+    )
+    start_worker(MIRRORQ_LEASE_S="1", MIRRORQ_REPAIR_INTERVAL_S="0.5", MIRRORQ_LOST_AFTER_S="1")
+
+    (result,) = wait_all(producer, [job_id], timeout=60)
+    assert (result["status"], (result["error"] or {}).get("code")) == ("failed", "AlreadyMirrored")
+    rule_mirrors = [
+        s
+        for s in sessions(emulator.url)
+        if s["NetworkInterfaceId"] == eni and s["TrafficMirrorTargetId"] in (nlb, other)
+    ]
+    assert len(rule_mirrors) == 1
+
+
+def test_a_job_that_gave_up_holds_its_eni_until_its_last_create_can_no_longer_land(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Found in review: an `auto` job whose creates went unanswered gave up and released its
+    ENI while a create was still on its way; the next job for the ENI read before it landed and
+    created too (another number, since a session was deleted in between). A job that gave up
+    on unanswered creates keeps the ENI until the last one's bound (connect + read timeout +
+    1 s) has passed."""
+    lab = seed_lab(emulator.url, 1)
+    eni, nlb, other, flt = (
+        lab["eni_ids"][0],
+        lab["target_ids"]["nlb"],
+        lab["target_ids"]["eni"],
+        lab["filter_id"],
+    )
+    ec2 = lab_client(emulator.url)
+    unrelated = ec2.create_traffic_mirror_session(
+        NetworkInterfaceId=eni,
+        TrafficMirrorTargetId=other,
+        TrafficMirrorFilterId=flt,
+        SessionNumber=1,
+    )["TrafficMirrorSession"]["TrafficMirrorSessionId"]
+    hold_s = 3.5  # past the 1 s read timeout, within the 3 + 1 + 1 s bound
+
+    def creates_answered() -> int:
+        return sum(emulator.stats()["CreateTrafficMirrorSession"].values())
+
+    answered_before = creates_answered()
+
+    def rule(action: str, params: dict[str, str], _: int) -> Answer | None:
+        if action == "CreateTrafficMirrorSession" and params.get("ClientToken") == "held":
+            time.sleep(hold_s)  # then forwarded: the create lands after the job gave up
+        return None
+
+    with FaultProxy(emulator.url, rule) as proxy:
+        start_worker(
+            MIRRORQ_EC2_ENDPOINT_URL=proxy.url,
+            MIRRORQ_CONNECT_TIMEOUT_S="3",
+            MIRRORQ_READ_TIMEOUT_S="1",
+            MIRRORQ_JOB_DEADLINE_S="2",
+        )
+        first = producer.submit({**auto_job(eni, nlb, flt), "ClientToken": "held"})
+        wait_until(
+            lambda: status_of(producer, first) == "retrying", what="the first create to time out"
+        )
+        ec2.delete_traffic_mirror_session(TrafficMirrorSessionId=unrelated)  # number 1 is free
+        second = producer.submit(auto_job(eni, nlb, flt))  # waits for the ENI
+        gave_up, second_result = wait_all(producer, [first, second])
+        wait_until(
+            lambda: (
+                creates_answered() - answered_before == proxy.calls["CreateTrafficMirrorSession"]
+            ),
+            what="every create held by the proxy to reach EC2",
+        )
+    assert mirrors(emulator.url, nlb, flt) == {eni: 1}
+    assert (gave_up["status"], gave_up["error"]["retryable"]) == ("failed", True)
+    assert (second_result["status"], (second_result["error"] or {}).get("code")) == (
+        "failed",
+        "AlreadyMirrored",
+    )

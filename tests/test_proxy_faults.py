@@ -4,6 +4,8 @@ real workers talk to the emulator through a small HTTP proxy that mangles some a
 from __future__ import annotations
 
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 
 import redis
@@ -13,7 +15,7 @@ from emulator.lab import seed_lab
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.producer import Producer
 from tests.fault_proxy import BAD_GATEWAY_HTML, Answer, FaultProxy
-from tests.helpers import job, mirrors, wait_all
+from tests.helpers import job, mirrors, wait_all, wait_until
 
 # Each kind of answer a proxy gives, keyed by the ClientToken prefix of the jobs that get it.
 MANGLED = {
@@ -89,3 +91,46 @@ def test_a_throttled_describe_slows_only_the_describe_rate(
     assert int(create.get(b"throttles", 0)) == 0
     assert float(create[b"rate"]) == float(create[b"configured"])
     assert int(describe[b"throttles"]) == 6
+
+
+def test_throttled_describes_spend_no_create_slots(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Found in review: every attempt took a create slot before its ENI's Describe, so `auto`
+    jobs whose Describe calls were throttled spent the fleet's create rate on retries that
+    created nothing. Explicit jobs beside them must still create at the configured rate."""
+    lab = seed_lab(emulator.url, 60)
+    no = throttled()
+    throttling = threading.Event()
+    throttling.set()
+
+    def rule(action: str, _: dict[str, str], __: int) -> Answer | None:
+        if action == "DescribeTrafficMirrorSessions" and throttling.is_set():
+            return Answer(no.status, no.to_xml(), "text/xml", forward="instead")
+        return None
+
+    rate = 4.0
+    with FaultProxy(emulator.url, rule) as proxy:
+        start_worker(
+            MIRRORQ_EC2_ENDPOINT_URL=proxy.url,
+            MIRRORQ_EC2_RATE=str(rate),
+            MIRRORQ_EC2_BURST="1",
+            MIRRORQ_JOBS_PER_MESSAGE="1",  # a thread for every job: none waits for one
+        )
+        auto = [producer.submit(job(lab, i, SessionNumber="auto")) for i in range(10, 60)]
+        wait_until(
+            lambda: proxy.mangled["DescribeTrafficMirrorSessions"] >= 40,
+            what="the auto jobs to be retrying their throttled reads",
+        )
+        started = time.monotonic()
+        explicit = [producer.submit(job(lab, i)) for i in range(10)]
+        explicit_results = wait_all(producer, explicit)
+        took = time.monotonic() - started
+        throttling.clear()
+        auto_results = wait_all(producer, auto)
+    # 10 creates at 4/s take 2.25 s; with a create slot spent on every throttled read, 15 s.
+    assert took < 2 * (len(explicit) - 1) / rate + 1.5, f"{took:.1f} s for 10 creates"
+    assert {r["status"] for r in explicit_results + auto_results} == {"created"}
+    assert Counter(r["attempts"] for r in explicit_results) == {1: 10}

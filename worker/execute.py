@@ -107,6 +107,34 @@ async def sessions_on(ec2: Ec2, eni_id: str) -> list[dict[str, Any]]:
         token = {"NextToken": page["NextToken"]}
 
 
+class Creates:
+    """A job's CreateTrafficMirrorSession calls, and how long one left unanswered (a timeout,
+    a dropped connection, a 5xx) may still reach EC2: until `create_bound_s` after it was
+    sent. One that lands later than that is beyond what mirrorq can fence."""
+
+    def __init__(self, ec2: Ec2) -> None:
+        self._ec2 = ec2
+        self._landing_by = 0.0  # monotonic; 0: none of ours is on its way
+
+    async def send(self, request: dict[str, Any]) -> dict[str, Any]:
+        bound_s = self._ec2.create_bound_s
+        sent_at = time.monotonic()
+        try:
+            async with ec2_call(CREATE_ACTION):
+                response = await asyncio.wait_for(
+                    self._ec2.client.create_traffic_mirror_session(**request), bound_s
+                )
+        except Exception as error:
+            if classify(error).retryable:  # unanswered: it may be on its way still
+                self._landing_by = sent_at + bound_s
+            raise
+        self._landing_by = 0.0  # created: one still on its way is answered from the token
+        return dict(response)
+
+    def may_land_for_s(self) -> float:
+        return max(0.0, self._landing_by - time.monotonic())
+
+
 async def execute_job(
     ec2: Ec2,
     record: JobResult,
@@ -120,7 +148,8 @@ async def execute_job(
 
     With `auto`, each create is preceded by a read of the ENI's sessions under the ENI's
     lease (the same lease for as long as it is held: a retry does not read again), and the
-    create is fenced: sent only while that lease is still this job's.
+    create is fenced: sent only while that lease is still this job's. The create slot is
+    taken last, just before the create: reads are paid at the Describe limiter alone.
 
     Raises RedisError when Redis, where the job is recorded, is unreachable, and
     SupersededError when another worker took the job over: nothing is decided then.
@@ -130,6 +159,7 @@ async def execute_job(
     holding: Lease | None = None
     read_under: Lease | None = None
     ours_maybe = False  # a session to this mirror carries our number: ours, if EC2 replays
+    creates = Creates(ec2)
 
     async def on_retry(state: RetryCallState) -> None:
         nonlocal record
@@ -153,7 +183,6 @@ async def execute_job(
     try:
         async for attempt in policy:
             with attempt:
-                await take_slot(ec2.limiters.create, settings)
                 if auto:
                     if holding is None or holding.lost:
                         holding = await ec2.leases.acquire(eni_lease)
@@ -165,14 +194,12 @@ async def execute_job(
                             record = records.planned(record, plan)
                             await save(record)
                         read_under = holding
-                    if not await ec2.leases.fence(holding, ec2.create_bound_s):
-                        raise LeaseLostError("the ENI's lease lapsed before the create was sent")
+                # Only now: a read that failed, or found the ENI mirrored, spent no create slot.
+                await take_slot(ec2.limiters.create, settings)
+                if holding is not None and not await ec2.leases.fence(holding, ec2.create_bound_s):
+                    raise LeaseLostError("the ENI's lease lapsed before the create was sent")
                 record = records.attempted(record)
-                async with ec2_call(CREATE_ACTION):
-                    response = await asyncio.wait_for(
-                        ec2.client.create_traffic_mirror_session(**(record["request"] or {})),
-                        ec2.create_bound_s,
-                    )
+                response = await creates.send(record["request"] or {})
     except Exception as error:  # every failure but Redis's becomes the job's outcome
         failure = classify(error)
         if failure.action in (Action.RESUME, Action.YIELD):
@@ -186,9 +213,11 @@ async def execute_job(
         return records.failed(record, failure.code, failure.message, retryable=failure.retryable)
     finally:
         if holding is not None:
+            # A job that gives up on unanswered creates keeps the ENI until the last of them can
+            # no longer land: a job reading the ENI before then would not see its session.
             with contextlib.suppress(RedisError):  # unreleased, it lapses within one TTL
-                await ec2.leases.release(holding)
-    return records.created(record, dict(response))
+                await ec2.leases.release(holding, after_s=creates.may_land_for_s())
+    return records.created(record, response)
 
 
 def _already(record: JobResult) -> str:

@@ -32,10 +32,11 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
 end
 return 1
 """
-# Compare-and-delete: only the holder may release its lease.
+# Only the holder may release its lease: at once, or (ARGV[2] ms > 0) when that time is up.
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
 """
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,12 @@ class Leases:
             lease.lost = not await self._extend(keys=[lease.key], args=[lease.token, ms])
         return not lease.lost
 
-    async def release(self, lease: Lease) -> None:
+    async def release(self, lease: Lease, after_s: float = 0.0) -> None:
+        """Stop renewing the lease and give it up: now, or once `after_s` have passed (a
+        create of the holder's may still be on its way to EC2 until then)."""
         self._held.discard(lease)
         if not lease.lost:
-            await self._release(keys=[lease.key], args=[lease.token])
+            await self._release(keys=[lease.key], args=[lease.token, int(max(0.0, after_s) * 1000)])
 
     def forget(self, lease: Lease) -> None:
         """Stop renewing a lease that was released elsewhere (by a store script)."""

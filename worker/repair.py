@@ -4,9 +4,10 @@ kombu's Redis transport pops a message before it records it as unacked, so a wor
 in between loses it; a Redis crash can lose the last second of writes. Every accepted job
 stays in the pending index until it finishes. Every few seconds one worker of the fleet (a
 Redis lock decides which) looks at the jobs pending longer than `lost_after_s` and publishes
-again each one that is nowhere: not waiting in the queue, not in a message a worker holds,
-not running under a live run lease. A job must look lost twice in a row (one sweep could race
-a worker that just popped it). Publishing again is safe: the job keeps its id and token, a
+again each one that is nowhere: not running under a live run lease, not in a message a worker
+holds, not waiting in the queue (read in chunks, up to QUEUE_SCAN_MAX messages, only while
+some job is not found elsewhere). A job must look lost twice in a row (one sweep could race a
+worker that just popped it). Publishing again is safe: the job keeps its id and token, a
 finished job is never run twice, and a copy never runs beside a running job.
 """
 
@@ -17,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -30,27 +31,58 @@ from tasks.store import ResultStore
 
 log = logging.getLogger(__name__)
 SCAN = 1000  # pending jobs looked at per sweep
+# The queue is read a chunk at a time, newest first, up to this many messages (a batch
+# message holds 8 jobs); longer, and nothing looks lost until it is shorter.
+QUEUE_CHUNK = 500
+QUEUE_SCAN_MAX = 10_000
 Publish = Callable[[JobResult], None]
 
 
-def held_job_ids(unacked: list[bytes]) -> set[str]:
+def held_job_ids(unacked: Iterable[bytes | str]) -> set[str]:
     """The jobs in the messages workers hold unacked (values of kombu's `unacked` hash: the
-    raw message, exchange and routing key). A batch message holds several, in its body."""
-    held: set[str] = set()
-    for value in unacked:
+    raw message, exchange and routing key)."""
+    return _job_ids(unacked, lambda value: json.loads(value)[0])
+
+
+def queued_job_ids(queued: Iterable[bytes | str]) -> set[str]:
+    """The jobs in messages waiting in the queue (kombu's list of raw messages)."""
+    return _job_ids(queued, json.loads)
+
+
+def _job_ids(values: Iterable[bytes | str], message_of: Callable[[bytes | str], Any]) -> set[str]:
+    """The job ids of kombu messages, read from their headers (the task id); a batch message
+    holds several, in its body."""
+    ids: set[str] = set()
+    for value in values:
         try:
-            message = json.loads(value)[0]
+            message = message_of(value)
             headers = message["headers"]
-            held.add(headers["id"])
+            ids.add(headers["id"])
             if headers.get("task") == BATCH_TASK_NAME:
                 body = message["body"]
                 if message["properties"].get("body_encoding") == "base64":
                     body = base64.b64decode(body)
                 _, kwargs, _ = json.loads(body)
-                held.update(str(job["job_id"]) for job in kwargs["jobs"])
+                ids.update(str(job["job_id"]) for job in kwargs["jobs"])
         except (ValueError, LookupError, TypeError, RecursionError):
             continue  # not a message mirrorq sent
-    return held
+    return ids
+
+
+def queued_among(broker: redis.Redis, wanted: set[str]) -> set[str] | None:
+    """Which of `wanted` wait in the queue; None if the queue is too long to read.
+
+    Read from the head (index 0, where messages are pushed) on: a message pushed meanwhile
+    shifts the rest one place on (read twice, harmless), a message popped from the tail
+    shifts nothing, so no message that stays in the queue is missed.
+    """
+    found: set[str] = set()
+    for start in range(0, QUEUE_SCAN_MAX, QUEUE_CHUNK):
+        chunk = broker.lrange(QUEUE, start, start + QUEUE_CHUNK - 1)
+        found |= queued_job_ids(chunk) & wanted
+        if len(chunk) < QUEUE_CHUNK or found == wanted:
+            return found
+    return found if broker.llen(QUEUE) <= QUEUE_SCAN_MAX else None
 
 
 def repair_lost_jobs(
@@ -58,8 +90,6 @@ def repair_lost_jobs(
 ) -> list[str]:
     """Publish again the accepted jobs whose message is gone; return their ids."""
     results = store.client
-    if broker.llen(QUEUE):
-        return []  # jobs are waiting in the queue: nothing looks lost while they do
     cutoff = time.time() - lost_after_s
     candidates = [
         _text(j) for j in results.zrangebyscore(keys.PENDING, "-inf", cutoff, start=0, num=SCAN)
@@ -67,23 +97,28 @@ def repair_lost_jobs(
     if not candidates:
         results.delete(keys.REPAIR_SUSPECTS)
         return []
-    held = held_job_ids([_bytes(v) for v in broker.hvals(keys.KOMBU_UNACKED)])
     with results.pipeline(transaction=False) as pipe:
         for job_id in candidates:
             pipe.exists(keys.job_lease(job_id))
         running = {j for j, leased in zip(candidates, pipe.execute(), strict=True) if leased}
-    suspects = {_text(s) for s in results.smembers(keys.REPAIR_SUSPECTS)}
-    lost: list[JobResult] = []
-    now_suspect: list[str] = []
+    held = _held(broker)
+    missing: dict[str, JobResult] = {}
     for job_id, record in zip(candidates, store.load_many(candidates), strict=True):
         if record is None or store.is_terminal(record):
             results.zrem(keys.PENDING, job_id)  # finished (or expired): not pending any more
-        elif job_id in held or job_id in running:
-            continue
-        elif job_id in suspects:
-            lost.append(record)
-        else:
-            now_suspect.append(job_id)
+        elif job_id not in held and job_id not in running:
+            missing[job_id] = record
+    if missing:
+        queued = queued_among(broker, set(missing))
+        if queued is None:
+            results.delete(keys.REPAIR_SUSPECTS)
+            return []  # too many messages to read: nothing looks lost while they wait
+        # A message popped while the queue was read is held by a worker by now.
+        for job_id in queued | _held(broker):
+            missing.pop(job_id, None)
+    suspects = {_text(s) for s in results.smembers(keys.REPAIR_SUSPECTS)}
+    lost = [record for job_id, record in missing.items() if job_id in suspects]
+    now_suspect = [job_id for job_id in missing if job_id not in suspects]
     for record in lost:
         publish(record)
     with results.pipeline(transaction=False) as pipe:
@@ -95,12 +130,12 @@ def repair_lost_jobs(
     return [r["job_id"] for r in lost]
 
 
+def _held(broker: redis.Redis) -> set[str]:
+    return held_job_ids(broker.hvals(keys.KOMBU_UNACKED))
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
 
 
 class Repairer:

@@ -14,6 +14,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -78,24 +79,29 @@ async def run_job(worker: Worker, job_id: str, envelope: Envelope | InvalidJobEr
 async def _run(
     worker: Worker, job_id: str, envelope: Envelope | InvalidJobError, lease: Lease
 ) -> None:
-    base = records.accepted(job_id, None)
     if isinstance(envelope, InvalidJobError):
-        await _refuse(worker, base, envelope, lease)
+        await _refuse(worker, records.accepted(job_id, None), envelope, lease)
         return
-    base = records.accepted(
-        job_id,
-        None,
-        batch_id=envelope.batch_id,
-        submitted_at=envelope.submitted_at,
-        origin=envelope.origin(),
-    )
+
+    def accepted(request: dict[str, Any] | None) -> JobResult:
+        return records.accepted(
+            job_id,
+            request,
+            batch_id=envelope.batch_id,
+            submitted_at=envelope.submitted_at,
+            origin=envelope.origin(),
+            alternatives=envelope.alternatives,
+        )
+
+    base = accepted(None)
     try:
         request = parse_request(envelope.request)
     except InvalidJobError as error:
         await _refuse(worker, base, error, lease)
         return
     token = request.ClientToken or job_id  # the producer fixed it; a sender that didn't: the id
-    record = records.started(base, {**request.to_kwargs(), "ClientToken": token})
+    kwargs = {**request.to_kwargs(), "ClientToken": token}
+    record = records.started(accepted(kwargs), kwargs)
     start = await _start(worker, record, lease)
     if start.verdict == "done":
         log.info("job %s already finished; this copy ends", job_id)

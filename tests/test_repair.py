@@ -1,0 +1,114 @@
+"""The lost-message repair while the queue is busy: a job whose message is gone is published
+again even when other jobs wait in the queue, and a job waiting there never is.
+
+Real Redis and real messages (single jobs and batch messages, as the producer sends them);
+the last test with a real worker working through a backlog.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from emulator.lab import seed_lab
+from mirrorq.processes import EmulatorProcess, WorkerProcess
+from tasks.contract import parse_request
+from tasks.producer import Producer
+from tests.helpers import job, mirrors, wait_all, wait_until
+from worker import repair as repair_module
+from worker.repair import repair_lost_jobs
+
+
+def test_a_lost_job_is_repaired_while_other_jobs_wait_in_the_queue(
+    emulator: EmulatorProcess, producer: Producer, redis_url: str
+) -> None:
+    """Found in review: the repair did nothing while any message waited in the queue, so
+    under steady load a lost job was never published again."""
+    lab = seed_lab(emulator.url, 20)
+    client = redis.Redis.from_url(redis_url)
+    lost = producer.submit(job(lab, 0))
+    assert client.rpop("mirrorq") is not None  # its message is lost
+    # Unrelated jobs wait in the queue, nobody consuming: three alone, sixteen as a batch.
+    for i in range(1, 4):
+        producer.submit(job(lab, i))
+    producer.submit_batch([parse_request(job(lab, i)) for i in range(4, 20)])
+    waiting = client.llen("mirrorq")
+    assert waiting == 5
+
+    def repair() -> list[str]:
+        return repair_lost_jobs(producer.redis, producer.store, producer.publish, 0)
+
+    assert repair() == []  # a job is lost only when it looks lost twice in a row
+    assert repair() == [lost]
+    assert repair() == []  # its message is in the queue again
+    assert client.llen("mirrorq") == waiting + 1
+    newest = json.loads(client.lindex("mirrorq", 0) or b"{}")
+    assert newest["headers"]["id"] == lost
+
+
+def test_a_queue_too_long_to_read_defers_the_repair(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The queue is read up to QUEUE_SCAN_MAX messages (here 4, two at a time): past that,
+    nothing looks lost until it is shorter again."""
+    monkeypatch.setattr(repair_module, "QUEUE_SCAN_MAX", 4)
+    monkeypatch.setattr(repair_module, "QUEUE_CHUNK", 2)
+    lab = seed_lab(emulator.url, 6)
+    client = redis.Redis.from_url(redis_url)
+    lost = producer.submit(job(lab, 0))
+    assert client.rpop("mirrorq") is not None  # its message is lost
+    for i in range(1, 6):
+        producer.submit(job(lab, i))
+
+    def repair() -> list[str]:
+        return repair_lost_jobs(producer.redis, producer.store, producer.publish, 0)
+
+    assert [repair() for _ in range(3)] == [[], [], []]  # 5 messages: too many to read
+    with producer.app.connection_for_read() as connection:
+        # A worker takes one, as workers do: off the queue, into kombu's unacked hash.
+        channel: Any = connection.default_channel
+        assert channel.basic_get("mirrorq", no_ack=False) is not None
+        assert [repair() for _ in range(2)] == [[], [lost]]  # 4 left: read whole
+
+
+def test_a_busy_worker_repairs_a_lost_job_before_its_backlog_drains(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    lab = seed_lab(emulator.url, 31)
+    client = redis.Redis.from_url(redis_url)
+    lost = producer.submit(job(lab, 0))
+    assert client.rpop("mirrorq") is not None  # its message is lost
+    backlog = [producer.submit(job(lab, i)) for i in range(1, 31)]  # 15 s of creates at 2/s
+    worker = start_worker(
+        MIRRORQ_EC2_RATE="2",
+        MIRRORQ_EC2_BURST="1",
+        MIRRORQ_REPAIR_INTERVAL_S="0.5",
+        MIRRORQ_LOST_AFTER_S="1",
+    )
+    wait_until(
+        lambda: "published again" in worker.log_path.read_text(),
+        timeout=8,
+        what="the lost job to be published again",
+    )
+    assert client.llen("mirrorq") > 0  # the backlog is still waiting
+    results = wait_all(producer, [lost, *backlog])
+    assert {r["status"] for r in results} == {"created"}
+    assert [r["attempts"] for r in results] == [1] * 31
+    assert mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"]) == dict.fromkeys(
+        lab["eni_ids"], 1
+    )
+    # Only the lost job was published again: no job waiting in the queue was taken for lost.
+    log = worker.log_path.read_text().splitlines()
+    assert [line.split("job ")[-1].split()[0] for line in log if "published again" in line] == [
+        lost
+    ]
