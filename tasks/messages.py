@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from config import get_settings
 from tasks.app import app
-from tasks.contract import TASK_NAME, DecodedJob, Envelope, parse_envelope
+from tasks.contract import TASK_NAME, DecodedJob, Envelope, parse_envelope, recordable_job_id
 from tasks.errors import InvalidJobError
 from tasks.records import accepted, failed
 from tasks.store import ResultStore
@@ -110,8 +110,8 @@ def decode_batch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[DecodedJ
         return []
     decoded: list[DecodedJob] = []
     for n, job in enumerate(jobs):
-        job_id = job.get("job_id") if isinstance(job, dict) else None
-        if not isinstance(job_id, str) or not 0 < len(job_id) <= 128:
+        job_id = recordable_job_id(job.get("job_id") if isinstance(job, dict) else None)
+        if job_id is None:
             log.warning("batch message: job %d has no job_id and can't be recorded", n)
             continue
         decoded.append((job_id, envelope((), {k: v for k, v in job.items() if k != "job_id"})))
