@@ -1,6 +1,7 @@
-"""Celery messages into jobs: each job's envelope, batch messages, and messages Celery itself
-cannot read, which are recorded `failed`/InvalidJob under their job id instead of vanishing
-(or, for some, stopping the worker with "Unrecoverable error").
+"""Celery messages into jobs: each job's envelope, batch messages, and messages whose jobs never
+reach the task, which are recorded `failed`/InvalidJob under their job id instead of vanishing:
+messages kombu cannot read (dropped by tasks/broker.py) or Celery cannot (which would otherwise
+stop the worker with "Unrecoverable error", or come back forever).
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from redis.exceptions import RedisError
 
 from config import get_settings
 from tasks.app import app
-from tasks.contract import TASK_NAME, DecodedJob, Envelope, parse_envelope, recordable_job_id
+from tasks.broker import message_dropped
+from tasks.contract import (
+    TASK_NAME,
+    DecodedJob,
+    Envelope,
+    parse_envelope,
+    recordable_job_id,
+)
 from tasks.errors import InvalidJobError
-from tasks.records import accepted, failed
+from tasks.records import accepted, failed, is_terminal
 from tasks.store import ResultStore
 
 log = logging.getLogger("mirrorq.jobs")
@@ -45,23 +53,53 @@ UNREADABLE = (
 )
 
 
-def _record_unreadable(task_name: str, job_id: Any, error: BaseException) -> None:
-    """A message that never reaches the task still carries its job id (the task id of the
-    documented form): the job is recorded `failed`/InvalidJob instead of vanishing."""
-    if task_name != TASK_NAME or not isinstance(job_id, str) or not job_id:
-        log.warning("an unreadable %s message was dropped: %s", task_name, type(error).__name__)
+def refuse(job_id: str, code: str, message: str) -> None:
+    """Record a job that will not run `failed` with `code`, by the step a job's outcome takes:
+    a finished job stays as it was, one running elsewhere is left to finish, and one accepted
+    earlier keeps its request, token and batch (whose counts move)."""
+    try:
+        current = store().load(job_id)
+        if is_terminal(current):
+            return
+        verdict = store().step("finish", failed(current or accepted(job_id, None), code, message))
+    except RedisError:
+        log.warning("job %s: could not record its refusal (%s)", job_id, code)
         return
-    refused = failed(
-        accepted(job_id, None),
+    if verdict.verdict == "stored":
+        log.warning("job %s refused (%s): %s", job_id, code, message)
+
+
+def _named_job(task_name: Any, job_id: Any) -> str | None:
+    """The job an unreadable message names: the task id of the documented form (`task_name`
+    None: its headers could not be read), if a refusal can be recorded under it."""
+    return recordable_job_id(job_id) if task_name in (TASK_NAME, None) else None
+
+
+def _refuse_unreadable(job_id: str, why: str) -> None:
+    """A message that never reaches the task: its job is recorded `failed`/InvalidJob instead
+    of vanishing. `why` quotes nothing of the message."""
+    refuse(
+        job_id,
         InvalidJobError.code,
-        f"(message): the message could not be read as a job ({type(error).__name__}); "
+        f"(message): the message could not be read as a job: {why}; "
         "send JSON: kwargs={'request': {...}}",
     )
-    try:
-        store().step("finish", refused)
-        log.warning("job %s refused: its message could not be read", job_id)
-    except RedisError:
-        log.warning("job %s: could not record that its message was unreadable", job_id)
+
+
+def _record_unreadable(task_name: Any, job_id: Any, why: str) -> None:
+    named = _named_job(task_name, job_id)
+    if named is None:
+        log.warning("an unreadable %s message was dropped: %s", task_name, why)
+    else:
+        _refuse_unreadable(named, why)
+
+
+@message_dropped.connect
+def _dropped(task: Any = None, job_id: Any = None, why: str = "", **_: Any) -> None:
+    """tasks/broker.py dropped (and logged) a payload kombu could not read."""
+    named = _named_job(task, job_id)
+    if named is not None:
+        _refuse_unreadable(named, why)
 
 
 def guarded_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
@@ -71,13 +109,25 @@ def guarded_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
 
     def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **more: Any) -> Any:
         try:
+            _check_embed(message.payload)
             return handle(message, body, ack, reject, callbacks, **more)
         except UNREADABLE as error:
-            _record_unreadable(task.name, (message.headers or {}).get("id"), error)
+            _record_unreadable(task.name, (message.headers or {}).get("id"), type(error).__name__)
             message.ack_log_error(log, consumer.connection_errors)
             return None
 
     return guarded
+
+
+def _check_embed(payload: Any) -> None:
+    """Celery reads a message's third part (callbacks, chain...) only in the pool thread, where
+    anything but an object fails unseen and leaves the message unacked, to come back forever."""
+    if (
+        isinstance(payload, list | tuple)
+        and len(payload) == 3
+        and not isinstance(payload[2], dict | None)
+    ):
+        raise InvalidTaskError("the message's embedded options are not an object")
 
 
 @task_internal_error.connect
@@ -87,7 +137,7 @@ def _unreadable_call(
     """A message that became a request but not a call (kwargs not an object): Celery reports
     it through this signal and acks the message."""
     if sender is not None and isinstance(exception, UNREADABLE):
-        _record_unreadable(sender.name, task_id, exception)
+        _record_unreadable(sender.name, task_id, type(exception).__name__)
 
 
 class JobTask(Task):  # type: ignore[type-arg]

@@ -1,9 +1,17 @@
-"""Hostile messages below the task: job ids that cannot be a ClientToken."""
+"""Hostile messages below the task: raw payloads pushed onto the queue by anything that can
+write to Redis, and job ids that cannot be a ClientToken.
+
+Whatever kombu cannot turn into a message is dropped, never redelivered: the worker logs why
+(never its content), records the job `failed`/InvalidJob when the message names one, and goes
+on.
+"""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -13,7 +21,11 @@ from emulator.lab import seed_lab
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.contract import BATCH_TASK_NAME, TASK_NAME
 from tasks.producer import Producer
-from tests.helpers import Lab, job, mirrors, wait_all, wait_until
+from tests.helpers import Lab, job, mirrors, raw_message, wait_all, wait_until
+
+# In every hostile body: what a sender put in a message must never reach a log.
+SECRET = f"not-for-logs-{uuid.uuid4().hex}"
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 @pytest.fixture
@@ -27,6 +39,125 @@ def other(redis_url: str) -> Celery:
     app = Celery("someone-else", broker=redis_url)
     app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue="mirrorq")
     return app
+
+
+def body(lab: Lab, eni: int, embed: Any = EMBED) -> str:
+    return json.dumps([[], {"request": job(lab, eni, Description=SECRET)}, embed])
+
+
+def changed(part: str, **values: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A message with these keys of its headers or properties set."""
+    return lambda message: {**message, part: {**message[part], **values}}
+
+
+def without(part: str, key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A message without this key of its headers or properties (or itself, if `part` is "")."""
+    if not part:
+        return lambda message: {k: v for k, v in message.items() if k != key}
+    return lambda message: {**message, part: {k: v for k, v in message[part].items() if k != key}}
+
+
+def replaced(key: str, value: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda message: {**message, key: value}
+
+
+# What kombu or Celery choked on: the worker died ("Unrecoverable error"), reconnected as if
+# Redis had gone, or left the message unacked to come back forever. Each names its job id in
+# its headers, or (headers unreadable) in its properties' correlation_id.
+NAMED: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "body not base64": replaced("body", "%%%not base64%%%"),
+    "body_encoding unknown": changed("properties", body_encoding="rot13"),
+    "properties null": replaced("properties", None),
+    "properties missing": without("", "properties"),
+    "delivery_tag null": changed("properties", delivery_tag=None),
+    "delivery_tag missing": without("properties", "delivery_tag"),
+    "delivery_info null": changed("properties", delivery_info=None),
+    "headers null": replaced("headers", None),
+    "task header a list": changed("headers", task=["x"]),
+}
+UNNAMED = {
+    "not JSON": "this is not json " + SECRET,
+    "a JSON list": json.dumps([SECRET]),
+    "a JSON number": "7",
+    "nested past the recursion limit": "[" * 100_000 + "]" * 100_000,
+}
+
+
+def log_of(worker: WorkerProcess) -> str:
+    return worker.log_path.read_text(errors="replace")
+
+
+def assert_went_on(
+    worker: WorkerProcess, producer: Producer, lab: Lab, redis_url: str, eni: int
+) -> None:
+    """The worker is up, still runs a valid job, and nothing is left queued or unacked."""
+    good = producer.submit(job(lab, eni))
+    assert wait_all(producer, [good], timeout=60)[0]["status"] == "created"
+    client = redis.Redis.from_url(redis_url)
+    wait_until(
+        lambda: client.llen("mirrorq") == 0 and client.hlen("unacked") == 0,
+        timeout=10,
+        what="an empty queue and no unacked message",
+    )
+    assert worker.proc.poll() is None, log_of(worker)[-3000:]
+    log = log_of(worker)
+    assert "Unrecoverable error" not in log
+    assert "Connection to broker lost" not in log  # no reconnection for a bad message
+    assert SECRET not in log
+
+
+def test_an_envelope_kombu_cannot_read_is_dropped_and_the_worker_goes_on(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    worker = start_worker()
+    client = redis.Redis.from_url(redis_url)
+    for payload in UNNAMED.values():
+        client.lpush("mirrorq", payload)
+    assert_went_on(worker, producer, lab, redis_url, eni=0)
+    assert log_of(worker).count("message dropped") == len(UNNAMED)
+
+
+def test_a_message_kombu_cannot_read_is_dropped_and_its_job_recorded(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    worker = start_worker()
+    client = redis.Redis.from_url(redis_url)
+    job_ids = {name: str(uuid.uuid4()) for name in NAMED}
+    for n, (name, mangle) in enumerate(NAMED.items()):
+        client.lpush("mirrorq", json.dumps(mangle(raw_message(job_ids[name], body(lab, n)))))
+    assert_went_on(worker, producer, lab, redis_url, eni=len(NAMED))
+    for name, job_id in job_ids.items():
+        (record,) = wait_all(producer, [job_id], timeout=10)
+        assert (record["status"], record["error"]["code"]) == ("failed", "InvalidJob"), name
+        assert record["attempts"] == 0, name
+    assert sum(mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"]).values()) == 1
+    assert log_of(worker).count("message dropped") == len(NAMED)
+
+
+def test_a_message_whose_embed_is_not_an_object_is_refused_not_redelivered_forever(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    worker = start_worker()
+    job_id = str(uuid.uuid4())
+    redis.Redis.from_url(redis_url).lpush(
+        "mirrorq", json.dumps(raw_message(job_id, body(lab, 0, embed=5)))
+    )
+    (record,) = wait_all(producer, [job_id], timeout=30)
+    assert (record["status"], record["error"]["code"]) == ("failed", "InvalidJob")
+    assert_went_on(worker, producer, lab, redis_url, eni=1)
+    assert sum(mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"]).values()) == 1
 
 
 # Job ids: the ClientToken of a job whose request carries none --------------------------------
