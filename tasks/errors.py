@@ -33,6 +33,18 @@ class InvalidJobError(MirrorqError):
         super().__init__("; ".join(describe(e) for e in errors))
 
 
+class JobExpiredError(MirrorqError):
+    """The message's `expires` (Celery's option) passed before a worker ran the job."""
+
+    code = "Expired"
+
+
+class JobRevokedError(MirrorqError):
+    """The job's id was revoked (`celery control revoke`) before a worker ran it."""
+
+    code = "Revoked"
+
+
 class IdempotencyConflictError(MirrorqError):
     """The idempotency key was already used for a different request."""
 

@@ -1,7 +1,8 @@
 """Celery messages into jobs: each job's envelope, batch messages, and messages whose jobs never
-reach the task, which are recorded `failed`/InvalidJob under their job id instead of vanishing:
-messages kombu cannot read (dropped by tasks/broker.py) or Celery cannot (which would otherwise
-stop the worker with "Unrecoverable error", or come back forever).
+reach the task, which are recorded `failed` under their job id instead of vanishing: messages
+kombu cannot read (dropped by tasks/broker.py) or Celery cannot (which would otherwise stop
+the worker with "Unrecoverable error", or come back forever) end InvalidJob; messages Celery
+discards unrun, their `expires` passed or their id revoked, end Expired or Revoked.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import InvalidTaskError
-from celery.signals import task_internal_error
+from celery.signals import task_internal_error, task_revoked
 from celery.worker import strategy
 from kombu.exceptions import ContentDisallowed, DecodeError
 from redis.exceptions import RedisError
@@ -21,13 +22,14 @@ from config import get_settings
 from tasks.app import app
 from tasks.broker import message_dropped
 from tasks.contract import (
+    BATCH_TASK_NAME,
     TASK_NAME,
     DecodedJob,
     Envelope,
     parse_envelope,
     recordable_job_id,
 )
-from tasks.errors import InvalidJobError
+from tasks.errors import InvalidJobError, JobExpiredError, JobRevokedError, MirrorqError
 from tasks.records import accepted, failed, is_terminal
 from tasks.store import ResultStore
 
@@ -140,6 +142,28 @@ def _unreadable_call(
         _record_unreadable(sender.name, task_id, type(exception).__name__)
 
 
+@task_revoked.connect
+def _discarded(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
+    """Celery acks and drops a message whose `expires` passed (or whose id was revoked) before
+    it ran, and records nothing: each of its jobs ends `failed`/Expired (or Revoked)."""
+    name = getattr(sender, "name", None)
+    if request is None or name not in (TASK_NAME, BATCH_TASK_NAME):
+        return
+    if name == TASK_NAME:
+        job_ids = [recordable_job_id(request.id)]
+    else:
+        job_ids = [job_id for job_id, _ in decode_batch(request.args or (), request.kwargs or {})]
+    unrun = "before a worker ran it; this delivery sent nothing to EC2"
+    discarded: MirrorqError = (
+        JobExpiredError(f"the message expired (expires {request.expires}) {unrun}")
+        if expired
+        else JobRevokedError(f"the job's id was revoked (celery control revoke) {unrun}")
+    )
+    for job_id in job_ids:
+        if job_id is not None:
+            refuse(job_id, discarded.code, str(discarded))
+
+
 class JobTask(Task):  # type: ignore[type-arg]
     Strategy = "tasks.messages:guarded_strategy"
 
@@ -151,11 +175,11 @@ def envelope(args: Any, kwargs: Any) -> Envelope | InvalidJobError:
         return error
 
 
-def decode_batch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[DecodedJob]:
+def decode_batch(args: Any, kwargs: Any) -> list[DecodedJob]:
     """Each job of a batch message, by id. A job without a usable id can't be recorded,
     so it is logged and left out; a job with one but a bad envelope is recorded as failed."""
-    jobs = kwargs.get("jobs")
-    if args or set(kwargs) != {"jobs"} or not isinstance(jobs, list):
+    jobs = kwargs.get("jobs") if isinstance(kwargs, dict) else None
+    if args or not isinstance(jobs, list) or set(kwargs) != {"jobs"}:
         log.warning("batch message refused: expected kwargs={'jobs': [...]} only")
         return []
     decoded: list[DecodedJob] = []

@@ -1,9 +1,9 @@
 """Hostile messages below the task: raw payloads pushed onto the queue by anything that can
-write to Redis, and job ids that cannot be a ClientToken.
+write to Redis, messages Celery itself discards, and job ids that cannot be a ClientToken.
 
 Whatever kombu cannot turn into a message is dropped, never redelivered: the worker logs why
 (never its content), records the job `failed`/InvalidJob when the message names one, and goes
-on.
+on. A message that expired in the queue ends `failed`/Expired, each of its jobs.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from celery import Celery
 
 from emulator.lab import seed_lab
 from mirrorq.processes import EmulatorProcess, WorkerProcess
-from tasks.contract import BATCH_TASK_NAME, TASK_NAME
+from tasks.contract import BATCH_TASK_NAME, TASK_NAME, parse_request
 from tasks.producer import Producer
 from tests.helpers import Lab, job, mirrors, raw_message, wait_all, wait_until
 
@@ -158,6 +159,76 @@ def test_a_message_whose_embed_is_not_an_object_is_refused_not_redelivered_forev
     assert (record["status"], record["error"]["code"]) == ("failed", "InvalidJob")
     assert_went_on(worker, producer, lab, redis_url, eni=1)
     assert sum(mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"]).values()) == 1
+
+
+# Messages Celery discards: `expires` passed while the message waited -------------------------
+
+
+class ExpiringProducer(Producer):
+    """mirrorq's producer as a client that sets Celery's `expires` on every message."""
+
+    def _send(self, name: str, kwargs: dict[str, Any], summary: str, **options: Any) -> None:
+        expired = datetime.now(UTC) - timedelta(seconds=1)
+        super()._send(name, kwargs, summary, expires=expired, **options)
+
+
+def test_a_message_that_expired_in_the_queue_ends_failed_expired(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    other: Celery,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    expired = other.send_task(TASK_NAME, kwargs={"request": job(lab, 0)}, expires=past).id
+    control = other.send_task(TASK_NAME, kwargs={"request": job(lab, 1)}).id
+    start_worker()
+    record, created = wait_all(producer, [expired, control], timeout=60)
+    assert created["status"] == "created"
+    assert (record["status"], record["error"]["code"]) == ("failed", "Expired")
+    assert "expire" in record["error"]["message"]
+    assert record["error"]["retryable"] is False
+    assert record["attempts"] == 0
+    assert list(mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"])) == [
+        lab["eni_ids"][1]
+    ]
+
+
+def test_every_job_of_an_expired_batch_message_fails_and_the_batch_finishes(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    expiring = ExpiringProducer(producer.app, producer.settings)
+    batch_id = expiring.submit_batch([parse_request(job(lab, n)) for n in range(10)])
+    start_worker()
+    status = producer.wait_batch(batch_id, timeout=60)
+    assert status is not None
+    assert (status["done"], status["counts"]) == (10, {"failed": 10})
+    assert status["finished_at"]
+    for record in producer.batch_results(batch_id):
+        assert record["error"] is not None
+        assert (record["status"], record["error"]["code"]) == ("failed", "Expired")
+        assert record["batch_id"] == batch_id
+        assert record["client_token"] == record["job_id"]  # the accepted record, kept
+    assert not mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"])
+
+
+def test_a_job_whose_id_was_revoked_ends_failed_revoked(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    other: Celery,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    start_worker()
+    job_id = str(uuid.uuid4())
+    assert other.control.revoke(job_id, reply=True, timeout=5)  # the worker took it in
+    other.send_task(TASK_NAME, task_id=job_id, kwargs={"request": job(lab, 0)})
+    (record,) = wait_all(producer, [job_id], timeout=30)
+    assert (record["status"], record["error"]["code"]) == ("failed", "Revoked")
+    assert not mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"])
 
 
 # Job ids: the ClientToken of a job whose request carries none --------------------------------
