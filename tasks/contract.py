@@ -10,9 +10,11 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -29,6 +31,10 @@ SESSION_NUMBER_MAX = 32766
 PACKET_LENGTH_MAX = 8500
 VIRTUAL_NETWORK_ID_MAX = 2**24 - 1  # VXLAN network identifiers are 24 bits
 CLIENT_TOKEN_MAX = 64
+# The longest job id a worker records a refusal under (mirrorq's own ids are uuid4s); a message
+# naming a longer one is logged and dropped. Job ids over CLIENT_TOKEN_MAX run only with a
+# ClientToken of their own (see client_token).
+JOB_ID_MAX = 128
 MAX_TAGS = 50
 # mirrorq's one extension to the request syntax: the worker picks the lowest SessionNumber
 # free on the ENI when the job runs, under a per-ENI lease, and records it before calling EC2.
@@ -43,6 +49,20 @@ TARGET_ID = r"^(tmt|traf-mir-tar)-[0-9a-f]{8,17}$"
 FILTER_ID = r"^(tmf|traf-mir-fil)-[0-9a-f]{8,17}$"
 
 # The request syntax --------------------------------------------------------------------------
+
+
+def _printable_ascii(token: str) -> str:
+    # No control characters either: a CR or a NUL in a token ends up in logs and exports.
+    if not all(" " <= c <= "~" for c in token):
+        raise ValueError("must be printable ASCII (no control characters)")
+    return token
+
+
+# EC2's ClientToken: up to 64 ASCII characters (printable ones: see _printable_ascii).
+ClientTokenText = Annotated[
+    str, Field(min_length=1, max_length=CLIENT_TOKEN_MAX), AfterValidator(_printable_ascii)
+]
+_CLIENT_TOKEN: TypeAdapter[str] = TypeAdapter(ClientTokenText)
 
 # Strict: EC2's integers are integers and its booleans booleans. `true`, `"7"`, `" 7 "`,
 # `"1_0"` and `1.0` are refused, naming the field, rather than quietly turned into numbers.
@@ -95,7 +115,7 @@ class SessionRequest(BaseModel):
     # EC2 takes one specification per resource type, and this call tags one type.
     TagSpecifications: Annotated[list[TagSpecification], Field(max_length=1)] | None = None
     DryRun: bool | None = None
-    ClientToken: Annotated[str, Field(min_length=1, max_length=CLIENT_TOKEN_MAX)] | None = None
+    ClientToken: ClientTokenText | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -110,13 +130,6 @@ class SessionRequest(BaseModel):
                     f"at most one specification (for traffic-mirror-session), got {len(specs)}",
                 )
         return raw
-
-    @field_validator("ClientToken")
-    @classmethod
-    def _printable_ascii(cls, token: str | None) -> str | None:
-        if token is not None and not all(" " <= c <= "~" for c in token):
-            raise ValueError("must be printable ASCII (no control characters)")
-        return token
 
     @property
     def auto_session_number(self) -> bool:
@@ -199,6 +212,32 @@ def parse_request(raw: Any) -> SessionRequest:
         raise InvalidJobError(_field_errors(error)) from None
     except RecursionError:
         raise InvalidJobError([{"field": "(job)", "message": "nested too deeply"}]) from None
+
+
+def client_token(request: SessionRequest, job_id: str) -> str:
+    """The job's ClientToken: the request's own, else its job id (a sender that fixed none),
+    which must then be one: InvalidJobError naming `job_id` otherwise."""
+    if request.ClientToken is not None:
+        return request.ClientToken
+    try:
+        return _CLIENT_TOKEN.validate_python(job_id, strict=True)
+    except ValidationError as error:
+        problem = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        raise InvalidJobError(
+            [
+                {
+                    "field": "job_id",
+                    "message": f"the request has no ClientToken, so the job id is its "
+                    f"ClientToken, which must be 1-{CLIENT_TOKEN_MAX} ASCII characters "
+                    f"({problem}); send a ClientToken or a shorter id",
+                }
+            ]
+        ) from None
+
+
+def recordable_job_id(value: Any) -> str | None:
+    """A job id a refusal can be recorded under, or None (not a string, empty, too long)."""
+    return value if isinstance(value, str) and 0 < len(value) <= JOB_ID_MAX else None
 
 
 # The message envelope ------------------------------------------------------------------------

@@ -42,6 +42,18 @@ class InvalidJobError(MirrorqError):
         super().__init__(message)
 
 
+class JobExpiredError(MirrorqError):
+    """The message's `expires` (Celery's option) passed before a worker ran the job."""
+
+    code = "Expired"
+
+
+class JobRevokedError(MirrorqError):
+    """The job's id was revoked (`celery control revoke`) before a worker ran it."""
+
+    code = "Revoked"
+
+
 class IdempotencyConflictError(MirrorqError):
     """The idempotency key was already used for a different request."""
 

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from config import get_settings
 from tasks.app import app
-from tasks.contract import BATCH_TASK_NAME, TASK_NAME, DecodedJob
+from tasks.contract import BATCH_TASK_NAME, TASK_NAME, DecodedJob, recordable_job_id
 from tasks.messages import JobTask, decode_batch, envelope, store
 from tasks.producer import Producer
 from worker.repair import Repairer
@@ -35,7 +35,11 @@ log = logging.getLogger("mirrorq.jobs")
 
 @app.task(name=TASK_NAME, bind=True, base=JobTask)
 def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
-    _run(self, [(str(self.request.id), envelope(args, kwargs))])
+    job_id = recordable_job_id(str(self.request.id))
+    if job_id is None:
+        log.warning("a message whose id can't be a job's was dropped")
+        return
+    _run(self, [(job_id, envelope(args, kwargs))])
 
 
 @app.task(name=BATCH_TASK_NAME, bind=True, base=JobTask)

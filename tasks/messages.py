@@ -1,6 +1,8 @@
-"""Celery messages into jobs: each job's envelope, batch messages, and messages Celery itself
-cannot read, which are recorded `failed`/InvalidJob under their job id instead of vanishing
-(or, for some, stopping the worker with "Unrecoverable error").
+"""Celery messages into jobs: each job's envelope, batch messages, and messages whose jobs never
+reach the task, which are recorded `failed` under their job id instead of vanishing: messages
+kombu cannot read (dropped by tasks/broker.py) or Celery cannot (which would otherwise stop
+the worker with "Unrecoverable error", or come back forever) end InvalidJob; messages Celery
+discards unrun, their `expires` passed or their id revoked, end Expired or Revoked.
 """
 
 from __future__ import annotations
@@ -11,16 +13,24 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import InvalidTaskError
-from celery.signals import task_internal_error
+from celery.signals import task_internal_error, task_revoked
 from celery.worker import strategy
 from kombu.exceptions import ContentDisallowed, DecodeError
 from redis.exceptions import RedisError
 
 from config import get_settings
 from tasks.app import app
-from tasks.contract import TASK_NAME, DecodedJob, Envelope, parse_envelope
-from tasks.errors import InvalidJobError
-from tasks.records import accepted, failed
+from tasks.broker import message_dropped
+from tasks.contract import (
+    BATCH_TASK_NAME,
+    TASK_NAME,
+    DecodedJob,
+    Envelope,
+    parse_envelope,
+    recordable_job_id,
+)
+from tasks.errors import InvalidJobError, JobExpiredError, JobRevokedError, MirrorqError
+from tasks.records import accepted, failed, is_terminal
 from tasks.store import ResultStore
 
 log = logging.getLogger("mirrorq.jobs")
@@ -45,23 +55,53 @@ UNREADABLE = (
 )
 
 
-def _record_unreadable(task_name: str, job_id: Any, error: BaseException) -> None:
-    """A message that never reaches the task still carries its job id (the task id of the
-    documented form): the job is recorded `failed`/InvalidJob instead of vanishing."""
-    if task_name != TASK_NAME or not isinstance(job_id, str) or not job_id:
-        log.warning("an unreadable %s message was dropped: %s", task_name, type(error).__name__)
+def refuse(job_id: str, code: str, message: str) -> None:
+    """Record a job that will not run `failed` with `code`, by the step a job's outcome takes:
+    a finished job stays as it was, one running elsewhere is left to finish, and one accepted
+    earlier keeps its request, token and batch (whose counts move)."""
+    try:
+        current = store().load(job_id)
+        if is_terminal(current):
+            return
+        verdict = store().step("finish", failed(current or accepted(job_id, None), code, message))
+    except RedisError:
+        log.warning("job %s: could not record its refusal (%s)", job_id, code)
         return
-    refused = failed(
-        accepted(job_id, None),
+    if verdict.verdict == "stored":
+        log.warning("job %s refused (%s): %s", job_id, code, message)
+
+
+def _named_job(task_name: Any, job_id: Any) -> str | None:
+    """The job an unreadable message names: the task id of the documented form (`task_name`
+    None: its headers could not be read), if a refusal can be recorded under it."""
+    return recordable_job_id(job_id) if task_name in (TASK_NAME, None) else None
+
+
+def _refuse_unreadable(job_id: str, why: str) -> None:
+    """A message that never reaches the task: its job is recorded `failed`/InvalidJob instead
+    of vanishing. `why` quotes nothing of the message."""
+    refuse(
+        job_id,
         InvalidJobError.code,
-        f"(message): the message could not be read as a job ({type(error).__name__}); "
+        f"(message): the message could not be read as a job: {why}; "
         "send JSON: kwargs={'request': {...}}",
     )
-    try:
-        store().step("finish", refused)
-        log.warning("job %s refused: its message could not be read", job_id)
-    except RedisError:
-        log.warning("job %s: could not record that its message was unreadable", job_id)
+
+
+def _record_unreadable(task_name: Any, job_id: Any, why: str) -> None:
+    named = _named_job(task_name, job_id)
+    if named is None:
+        log.warning("an unreadable %s message was dropped: %s", task_name, why)
+    else:
+        _refuse_unreadable(named, why)
+
+
+@message_dropped.connect
+def _dropped(task: Any = None, job_id: Any = None, why: str = "", **_: Any) -> None:
+    """tasks/broker.py dropped (and logged) a payload kombu could not read."""
+    named = _named_job(task, job_id)
+    if named is not None:
+        _refuse_unreadable(named, why)
 
 
 def guarded_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
@@ -71,13 +111,25 @@ def guarded_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
 
     def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **more: Any) -> Any:
         try:
+            _check_embed(message.payload)
             return handle(message, body, ack, reject, callbacks, **more)
         except UNREADABLE as error:
-            _record_unreadable(task.name, (message.headers or {}).get("id"), error)
+            _record_unreadable(task.name, (message.headers or {}).get("id"), type(error).__name__)
             message.ack_log_error(log, consumer.connection_errors)
             return None
 
     return guarded
+
+
+def _check_embed(payload: Any) -> None:
+    """Celery reads a message's third part (callbacks, chain...) only in the pool thread, where
+    anything but an object fails unseen and leaves the message unacked, to come back forever."""
+    if (
+        isinstance(payload, list | tuple)
+        and len(payload) == 3
+        and not isinstance(payload[2], dict | None)
+    ):
+        raise InvalidTaskError("the message's embedded options are not an object")
 
 
 @task_internal_error.connect
@@ -87,7 +139,29 @@ def _unreadable_call(
     """A message that became a request but not a call (kwargs not an object): Celery reports
     it through this signal and acks the message."""
     if sender is not None and isinstance(exception, UNREADABLE):
-        _record_unreadable(sender.name, task_id, exception)
+        _record_unreadable(sender.name, task_id, type(exception).__name__)
+
+
+@task_revoked.connect
+def _discarded(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
+    """Celery acks and drops a message whose `expires` passed (or whose id was revoked) before
+    it ran, and records nothing: each of its jobs ends `failed`/Expired (or Revoked)."""
+    name = getattr(sender, "name", None)
+    if request is None or name not in (TASK_NAME, BATCH_TASK_NAME):
+        return
+    if name == TASK_NAME:
+        job_ids = [recordable_job_id(request.id)]
+    else:
+        job_ids = [job_id for job_id, _ in decode_batch(request.args or (), request.kwargs or {})]
+    unrun = "before a worker ran it; this delivery sent nothing to EC2"
+    discarded: MirrorqError = (
+        JobExpiredError(f"the message expired (expires {request.expires}) {unrun}")
+        if expired
+        else JobRevokedError(f"the job's id was revoked (celery control revoke) {unrun}")
+    )
+    for job_id in job_ids:
+        if job_id is not None:
+            refuse(job_id, discarded.code, str(discarded))
 
 
 class JobTask(Task):  # type: ignore[type-arg]
@@ -101,17 +175,17 @@ def envelope(args: Any, kwargs: Any) -> Envelope | InvalidJobError:
         return error
 
 
-def decode_batch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[DecodedJob]:
+def decode_batch(args: Any, kwargs: Any) -> list[DecodedJob]:
     """Each job of a batch message, by id. A job without a usable id can't be recorded,
     so it is logged and left out; a job with one but a bad envelope is recorded as failed."""
-    jobs = kwargs.get("jobs")
-    if args or set(kwargs) != {"jobs"} or not isinstance(jobs, list):
+    jobs = kwargs.get("jobs") if isinstance(kwargs, dict) else None
+    if args or not isinstance(jobs, list) or set(kwargs) != {"jobs"}:
         log.warning("batch message refused: expected kwargs={'jobs': [...]} only")
         return []
     decoded: list[DecodedJob] = []
     for n, job in enumerate(jobs):
-        job_id = job.get("job_id") if isinstance(job, dict) else None
-        if not isinstance(job_id, str) or not 0 < len(job_id) <= 128:
+        job_id = recordable_job_id(job.get("job_id") if isinstance(job, dict) else None)
+        if job_id is None:
             log.warning("batch message: job %d has no job_id and can't be recorded", n)
             continue
         decoded.append((job_id, envelope((), {k: v for k, v in job.items() if k != "job_id"})))

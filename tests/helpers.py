@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
 from config import Settings
 from emulator import lab
 from tasks.app import create_app
+from tasks.contract import TASK_NAME
 from tasks.producer import Producer
 
 Lab = dict[str, Any]
@@ -95,3 +98,33 @@ def wait_until(condition: Any, timeout: float = 60, interval: float = 0.05, what
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
         time.sleep(interval)
+
+
+def raw_message(task_id: str, body: str, task: str = TASK_NAME) -> dict[str, Any]:
+    """A Celery protocol 2 message as kombu's Redis transport stores it, built by hand (push
+    its JSON onto the queue's list to deliver it)."""
+    return {
+        "body": base64.b64encode(body.encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "go",
+            "task": task,
+            "id": task_id,
+            "root_id": task_id,
+            "parent_id": None,
+            "group": None,
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": "",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": "mirrorq"},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tasks.app import create_app
-from tasks.contract import parse_request
+from tasks.contract import client_token, parse_request
 from tasks.errors import InvalidJobError
 
 VALID = {
@@ -130,6 +130,19 @@ def test_json_text_is_accepted() -> None:
     import json
 
     assert parse_request(json.dumps(VALID)).SessionNumber == 1
+
+
+@pytest.mark.parametrize("job_id", ["j" * 65, "jöb", ""])
+def test_a_job_id_that_becomes_the_client_token_must_be_one(job_id: str) -> None:
+    with pytest.raises(InvalidJobError) as raised:
+        client_token(parse_request(VALID), job_id)
+    assert [e["field"] for e in raised.value.errors] == ["job_id"]
+    assert "ClientToken" in raised.value.errors[0]["message"]
+
+
+def test_a_request_that_carries_its_token_keeps_it_whatever_its_job_id() -> None:
+    assert client_token(parse_request({**VALID, "ClientToken": "t"}), "j" * 65) == "t"
+    assert client_token(parse_request(VALID), "j" * 64) == "j" * 64
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ to a real worker's queue, as another service (or another language's Celery clien
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -27,7 +26,7 @@ from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tasks.contract import TASK_NAME, SessionRequest, parse_request
 from tasks.errors import InvalidJobError
 from tasks.producer import Producer
-from tests.helpers import job, wait_all
+from tests.helpers import job, raw_message, wait_all
 
 VALID: dict[str, Any] = {
     "NetworkInterfaceId": "eni-0123456789abcdef0",
@@ -202,39 +201,8 @@ def test_the_cli_refuses_deep_nesting_with_exit_2_and_no_traceback(
 # Raw messages, as another service publishes them -------------------------------------------
 
 
-def raw_message(task_id: str, body: str, task: str = TASK_NAME) -> str:
-    """A Celery protocol 2 message as kombu's Redis transport stores it, built by hand."""
-    return json.dumps(
-        {
-            "body": base64.b64encode(body.encode()).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {
-                "lang": "go",
-                "task": task,
-                "id": task_id,
-                "root_id": task_id,
-                "parent_id": None,
-                "group": None,
-                "retries": 0,
-                "eta": None,
-                "expires": None,
-            },
-            "properties": {
-                "correlation_id": task_id,
-                "reply_to": "",
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": "mirrorq"},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-    )
-
-
 def publish_raw(redis_url: str, task_id: str, body: str) -> None:
-    redis.Redis.from_url(redis_url).lpush("mirrorq", raw_message(task_id, body))
+    redis.Redis.from_url(redis_url).lpush("mirrorq", json.dumps(raw_message(task_id, body)))
 
 
 def test_every_message_with_a_job_id_gets_a_record_however_it_is_built(

@@ -19,7 +19,14 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from tasks import keys, records
-from tasks.contract import AUTO, DecodedJob, Envelope, SessionRequest, parse_request
+from tasks.contract import (
+    AUTO,
+    DecodedJob,
+    Envelope,
+    SessionRequest,
+    client_token,
+    parse_request,
+)
 from tasks.errors import InvalidJobError
 from tasks.records import JobResult, JobStatus
 from tasks.store import AsyncResultStore, Step, StepResult
@@ -96,10 +103,10 @@ async def _run(
     base = accepted(None)
     try:
         request = parse_request(envelope.request)
+        token = client_token(request, job_id)  # the producer fixed it; else the job id
     except InvalidJobError as error:
         await _refuse(worker, base, error, lease)
         return
-    token = request.ClientToken or job_id  # the producer fixed it; a sender that didn't: the id
     kwargs = {**request.to_kwargs(), "ClientToken": token}
     record = records.started(accepted(kwargs), kwargs)
     start = await _start(worker, record, lease)
