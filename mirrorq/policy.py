@@ -71,16 +71,9 @@ class RuleSpec(BaseModel):
 
     @model_validator(mode="after")
     def _coherent(self) -> RuleSpec:
-        if not (self.vpc or self.subnet or self.tag or self.instance or self.eni):
-            raise ValueError("name the ENIs: vpc, subnet, tag, instance or eni")
-        if (self.target is None) == (self.targets is None):
-            raise ValueError("give either target or targets (with choose)")
-        if self.targets is not None and self.choose is None:
-            raise ValueError('targets needs choose = "same-az" or "least-loaded"')
-        if self.target is not None and self.choose is not None:
-            raise ValueError("choose only applies to targets")
-        if self.targets is not None and len(set(self.targets)) != len(self.targets):
-            raise ValueError("targets lists a target twice")
+        problem = _incoherence(self.model_dump())
+        if problem:
+            raise ValueError(problem)
         return self
 
     def to_rule(self) -> Rule:
@@ -103,6 +96,22 @@ class RuleSpec(BaseModel):
                 tuple(_pair(t) for t in self.session_tags),
             ),
         )
+
+
+def _incoherence(spec: dict[str, Any]) -> str | None:
+    """What is wrong with how a rule's fields go together (not with any one field)."""
+    if not any(spec.get(kind) for kind in ("vpc", "subnet", "tag", "instance", "eni")):
+        return "name the ENIs: vpc, subnet, tag, instance or eni"
+    target, targets, choose = spec.get("target"), spec.get("targets"), spec.get("choose")
+    if (target is None) == (targets is None):
+        return "give either target or targets (with choose)"
+    if targets is not None and choose is None:
+        return 'targets needs choose = "same-az" or "least-loaded"'
+    if target is not None and choose is not None:
+        return "choose only applies to targets"
+    if isinstance(targets, list) and len(set(map(str, targets))) != len(targets):
+        return "targets lists a target twice"
+    return None
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -152,13 +161,19 @@ def check_rule(spec: Any) -> tuple[Rule | None, list[FieldError]]:
     try:
         rule = RuleSpec.model_validate(spec).to_rule()
     except ValidationError as error:
-        return None, [
+        found: list[FieldError] = [
             {
                 "field": ".".join(map(str, e["loc"])) or "(rule)",
                 "message": e["msg"].removeprefix("Value error, "),
             }
             for e in error.errors(include_url=False)
         ]
+        # A bad field stops pydantic before the rule as a whole is checked: check it here too,
+        # so one run names every problem.
+        problem = _incoherence(spec) if isinstance(spec, dict) else None
+        if problem and all(e["field"] != "(rule)" for e in found):
+            found.append({"field": "(rule)", "message": problem})
+        return None, found
     found = _option_errors(rule)
     return (None if found else rule), found
 

@@ -343,12 +343,13 @@ def test_mirror_needs_a_selector_and_real_target(env: dict[str, str]) -> None:
     )
     assert no_selector.returncode == 2
     assert "--vpc" in no_selector.stderr
+    assert "--target" in no_selector.stderr  # every problem is named at once
     unknown = subprocess.run(
         [
             *MIRRORQ,
             "mirror",
             "--vpc",
-            "vpc-1",
+            "vpc-0123456789abcdef0",
             "--target",
             "tmt-0123456789abcdef0",
             "--filter",

@@ -313,3 +313,16 @@ def test_a_duplicate_rule_name_is_named_even_when_the_first_rule_is_invalid(
     with pytest.raises(PolicyError) as raised:
         load_policy(write(tmp_path, text))
     assert "rules[2] (prod-web).name" in [e["field"] for e in raised.value.errors]
+
+
+def test_a_rule_with_a_bad_field_and_no_selector_is_told_both(tmp_path: Path) -> None:
+    """Found by CI: a bad field stopped the check of the rule as a whole, so `mirrorq mirror
+    --target tmt-1 --filter tmf-1` named the ids and not the missing selector."""
+    with pytest.raises(PolicyError) as raised:
+        load_policy(write(tmp_path, '[[rules]]\nname = "x"\ntarget = "tmt-1"\nfilter = "tmf-1"'))
+    assert [e["field"] for e in raised.value.errors] == [
+        "rules[1] (x).target",
+        "rules[1] (x).filter",
+        "rules[1] (x).(rule)",
+    ]
+    assert "name the ENIs" in raised.value.errors[-1]["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import replace
 from typing import Any
@@ -33,12 +34,15 @@ def _checked_rule(spec: dict[str, Any], session_number: int | str) -> Rule:
         for error in errors:
             field = error["field"].split(".")[0]
             option = _OPTIONS.get(field, "--" + field.replace("_", "-"))
-            where = "" if field == "(rule)" else f"{option}: "
-            click.echo(f"mirrorq: {where}{error['message']}", err=True)
+            if field == "(rule)":  # in the policy's words; here the options are the words
+                click.echo("mirrorq: " + _RULE_WORDS.sub(r"--\1", error["message"]), err=True)
+            else:
+                click.echo(f"mirrorq: {option}: {error['message']}", err=True)
         sys.exit(EXIT_USAGE)
     return replace(rule, name="", session_number=session_number)
 
 
+_RULE_WORDS = re.compile(r"\b(vpc|subnet|tag|instance|eni|target)\b")
 _OPTIONS = {"session_tags": "--session-tag", "target": "--target", "filter": "--filter"}
 
 
