@@ -14,6 +14,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import InvalidTaskError
 from celery.signals import task_internal_error, task_revoked
+from celery.worker import state as worker_state
 from celery.worker import strategy
 from kombu.exceptions import ContentDisallowed, DecodeError
 from redis.exceptions import RedisError
@@ -55,14 +56,33 @@ UNREADABLE = (
 )
 
 
-def refuse(job_id: str, code: str, message: str) -> None:
+def refuse(job_id: str, code: str, message: str, *, unless_attempted: bool = False) -> None:
     """Record a job that will not run `failed` with `code`, by the step a job's outcome takes:
     a finished job stays as it was, one running elsewhere is left to finish, and one accepted
-    earlier keeps its request, token and batch (whose counts move)."""
+    earlier keeps its request, token and batch (whose counts move). A job that has sent a
+    create (which may have landed) is, with `unless_attempted`, left for the lost-message
+    repair to publish again and settle with its token; otherwise its record says so."""
     try:
         current = store().load(job_id)
         if is_terminal(current):
             return
+        attempts = current["attempts"] if current is not None else 0
+        if attempts and unless_attempted:
+            log.warning(
+                "job %s: this copy is not run (%s), but the job has made %d attempt(s) whose "
+                "create may have landed; the lost-message repair publishes it again to settle "
+                "it with its token",
+                job_id,
+                code,
+                attempts,
+            )
+            return
+        if attempts:
+            message += (
+                f"; its {attempts} earlier attempt(s) sent a create with its ClientToken, which "
+                "may have made a session: submit the request again with that ClientToken to "
+                "learn which"
+            )
         verdict = store().step("finish", failed(current or accepted(job_id, None), code, message))
     except RedisError:
         log.warning("job %s: could not record its refusal (%s)", job_id, code)
@@ -145,7 +165,8 @@ def _unreadable_call(
 @task_revoked.connect
 def _discarded(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
     """Celery acks and drops a message whose `expires` passed (or whose id was revoked) before
-    it ran, and records nothing: each of its jobs ends `failed`/Expired (or Revoked)."""
+    it ran, and records nothing: each of its jobs ends `failed`/Expired (or Revoked), but for
+    an expired job that has made attempts, which the repair publishes again to settle."""
     name = getattr(sender, "name", None)
     if request is None or name not in (TASK_NAME, BATCH_TASK_NAME):
         return
@@ -153,15 +174,19 @@ def _discarded(sender: Any = None, request: Any = None, expired: bool = False, *
         job_ids = [recordable_job_id(request.id)]
     else:
         job_ids = [job_id for job_id, _ in decode_batch(request.args or (), request.kwargs or {})]
-    unrun = "before a worker ran it; this delivery sent nothing to EC2"
+    unrun = "before a worker ran it; this message sent nothing to EC2"
     discarded: MirrorqError = (
         JobExpiredError(f"the message expired (expires {request.expires}) {unrun}")
         if expired
         else JobRevokedError(f"the job's id was revoked (celery control revoke) {unrun}")
     )
+    if expired:
+        # Celery remembers an expired message's id as revoked, and the repair's copy of an
+        # attempted job carries the same id: that copy must run (and settle the job).
+        worker_state.revoked.discard(request.id)
     for job_id in job_ids:
         if job_id is not None:
-            refuse(job_id, discarded.code, str(discarded))
+            refuse(job_id, discarded.code, str(discarded), unless_attempted=expired)
 
 
 class JobTask(Task):  # type: ignore[type-arg]

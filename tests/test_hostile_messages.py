@@ -271,3 +271,64 @@ def test_a_job_id_that_cannot_be_a_client_token_is_refused_before_ec2(
     assert list(mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"])) == [
         lab["eni_ids"][3]
     ]
+
+
+def test_a_job_attempted_before_its_message_expired_is_settled_not_failed(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Found in review: a job whose worker died after sending a create, and whose message then
+    expired in the queue, was recorded failed/Expired while its session existed. A job that
+    has made attempts is settled with its token (the repair publishes it again), never failed
+    for an expiry."""
+    from emulator.lab import lab_client
+    from tasks import records
+
+    job_id = ExpiringProducer(producer.app, producer.settings).submit(job(lab, 0))
+    record = producer.result(job_id)
+    assert record is not None
+    assert record["request"] is not None
+    # As a worker that sent the create and died before recording it would have left it:
+    request = record["request"]
+    producer.store.step("save", records.attempted(records.started(record, request)))
+    landed = lab_client(emulator.url).create_traffic_mirror_session(**request)
+    start_worker(MIRRORQ_LOST_AFTER_S="2", MIRRORQ_REPAIR_INTERVAL_S="1")
+    (final,) = wait_all(producer, [job_id], timeout=90)
+    assert final["status"] == "created", final["error"]
+    session = (final["response"] or {})["TrafficMirrorSession"]
+    assert (
+        session["TrafficMirrorSessionId"]
+        == (landed["TrafficMirrorSession"]["TrafficMirrorSessionId"])
+    )
+    assert mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"]) == {
+        lab["eni_ids"][0]: 1
+    }
+
+
+def test_a_revoked_job_that_had_made_attempts_says_its_create_may_have_landed(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    other: Celery,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A revoked id is the operator's word, so the job ends failed/Revoked; but a job that had
+    sent a create must not claim it sent nothing to EC2 (its session may exist)."""
+    from tasks import records
+
+    start_worker()
+    job_id = str(uuid.uuid4())
+    request = parse_request({**job(lab, 0), "ClientToken": job_id}).to_kwargs()
+    # As a worker that sent the create and died before recording it would have left it:
+    producer.store.step(
+        "save", records.attempted(records.started(records.accepted(job_id, request), request))
+    )
+    assert other.control.revoke(job_id, reply=True, timeout=5)
+    other.send_task(TASK_NAME, task_id=job_id, kwargs={"request": job(lab, 0)})
+    (final,) = wait_all(producer, [job_id], timeout=30)
+    assert final["error"] is not None
+    assert (final["status"], final["error"]["code"]) == ("failed", "Revoked")
+    assert "may have made a session" in final["error"]["message"]
+    assert final["attempts"] == 1
