@@ -7,7 +7,9 @@ UV_VERSION=0.13.9
 if ! command -v uv >/dev/null 2>&1; then
   python3 -m pip install --quiet "uv==${UV_VERSION}"
 fi
-uv sync --frozen --quiet
+# Bytecode compiled once here: with PYTHONDONTWRITEBYTECODE set (as on CI), every worker and
+# CLI process would otherwise compile celery, botocore and redis from source as it starts.
+uv sync --frozen --quiet --compile-bytecode
 
 redis_url="${MIRRORQ_BROKER_URL:-redis://127.0.0.1:6379/0}"
 if ! uv run --frozen python - "$redis_url" <<'PY' >/dev/null 2>&1

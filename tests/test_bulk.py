@@ -102,6 +102,13 @@ def lab(emulator: EmulatorProcess) -> dict[str, Any]:
     return seed_lab(emulator.url, 1000)
 
 
+@pytest.fixture
+def env(env: dict[str, str]) -> dict[str, str]:
+    """The tests' settings, with room for the emulator to list 1000 ENIs in one page on a
+    loaded CI machine (a 5 s read timeout made planning time out there now and then)."""
+    return {**env, "MIRRORQ_READ_TIMEOUT_S": "30", "MIRRORQ_VISIBILITY_TIMEOUT_S": "60"}
+
+
 def mirror(
     env: dict[str, str], lab: dict[str, Any], *extra: str
 ) -> subprocess.CompletedProcess[str]:

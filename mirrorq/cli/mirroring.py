@@ -88,17 +88,6 @@ def mirror(
     already mirrored to this target and filter, at EC2's 3-session limit, that are mirror
     targets themselves, or not of type `interface` are skipped with the reason.
     """
-    import asyncio
-
-    from rich.console import Console
-
-    from config import get_settings
-    from mirrorq import display
-    from mirrorq.bulk import plan_live, submit_plan
-    from mirrorq.inventory import UnknownResourceError
-    from tasks.errors import InvalidJobError
-    from tasks.producer import Producer
-
     rule = _checked_rule(
         {
             "name": "mirror",
@@ -116,6 +105,17 @@ def mirror(
         },
         _session_number(session_number),
     )
+    import asyncio
+
+    from rich.console import Console
+
+    from config import get_settings
+    from mirrorq import display
+    from mirrorq.bulk import plan_live, submit_plan
+    from mirrorq.inventory import UnknownResourceError
+    from tasks.errors import InvalidJobError
+    from tasks.producer import Producer
+
     console = Console(stderr=True)
     try:
         plan = asyncio.run(plan_live(get_settings(), [rule]))
