@@ -44,7 +44,8 @@ def run_events_demo(instances: int, timeout_s: float = 120.0) -> int:
         lab = seed_zoned_lab(em.url)
         policy = Path(tmp) / "policy.toml"
         policy.write_text(policy_text(lab))
-        console.print(f"policy ({policy}):\n{policy_text(lab)}")
+        console.print(f"policy ({policy}):")
+        console.print(policy_text(lab), markup=False, highlight=False)  # `[[rules]]` as written
         env = worker_env(em.url)
         queue = em.ready["events_queue_url"]
         with (
