@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from celery import Task
 from celery.exceptions import InvalidTaskError
 from celery.signals import task_internal_error, task_revoked
 from celery.worker import state as worker_state
 from celery.worker import strategy
+from celery.worker.request import Request
 from kombu.exceptions import ContentDisallowed, DecodeError
 from redis.exceptions import RedisError
 
@@ -31,7 +32,7 @@ from tasks.contract import (
     recordable_job_id,
 )
 from tasks.errors import InvalidJobError, JobExpiredError, JobRevokedError, MirrorqError
-from tasks.records import accepted, failed, is_terminal
+from tasks.records import accepted, failed, is_terminal, may_have_sent
 from tasks.store import ResultStore
 
 log = logging.getLogger("mirrorq.jobs")
@@ -56,32 +57,32 @@ UNREADABLE = (
 )
 
 
-def refuse(job_id: str, code: str, message: str, *, unless_attempted: bool = False) -> None:
+def refuse(job_id: str, code: str, message: str, *, unless_started: bool = False) -> None:
     """Record a job that will not run `failed` with `code`, by the step a job's outcome takes:
     a finished job stays as it was, one running elsewhere is left to finish, and one accepted
-    earlier keeps its request, token and batch (whose counts move). A job that has sent a
-    create (which may have landed) is, with `unless_attempted`, left for the lost-message
-    repair to publish again and settle with its token; otherwise its record says so."""
+    earlier keeps its request, token and batch (whose counts move). A job that an earlier
+    delivery started may have a create out (which may have landed): with `unless_started` it
+    is left to the lost-message repair, which publishes it again to settle it with its token;
+    otherwise its error says so."""
     try:
         current = store().load(job_id)
         if is_terminal(current):
             return
-        attempts = current["attempts"] if current is not None else 0
-        if attempts and unless_attempted:
+        if may_have_sent(current) and unless_started:
+            store().keep_pending(job_id)
             log.warning(
-                "job %s: this copy is not run (%s), but the job has made %d attempt(s) whose "
-                "create may have landed; the lost-message repair publishes it again to settle "
+                "job %s: this copy is not run (%s), but an earlier delivery started the job and "
+                "may have sent a create; the lost-message repair publishes it again to settle "
                 "it with its token",
                 job_id,
                 code,
-                attempts,
             )
             return
-        if attempts:
+        if may_have_sent(current):
             message += (
-                f"; its {attempts} earlier attempt(s) sent a create with its ClientToken, which "
-                "may have made a session: submit the request again with that ClientToken to "
-                "learn which"
+                "; an earlier delivery started the job and may have sent a create with its "
+                "ClientToken, which may have made a session: submit the request again with "
+                "that ClientToken to learn which"
             )
         verdict = store().step("finish", failed(current or accepted(job_id, None), code, message))
     except RedisError:
@@ -166,7 +167,7 @@ def _unreadable_call(
 def _discarded(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
     """Celery acks and drops a message whose `expires` passed (or whose id was revoked) before
     it ran, and records nothing: each of its jobs ends `failed`/Expired (or Revoked), but for
-    an expired job that has made attempts, which the repair publishes again to settle."""
+    an expired job an earlier delivery started, which the repair publishes again to settle."""
     name = getattr(sender, "name", None)
     if request is None or name not in (TASK_NAME, BATCH_TASK_NAME):
         return
@@ -175,22 +176,35 @@ def _discarded(sender: Any = None, request: Any = None, expired: bool = False, *
     else:
         job_ids = [job_id for job_id, _ in decode_batch(request.args or (), request.kwargs or {})]
     unrun = "before a worker ran it; this message sent nothing to EC2"
+    # An id in the revoked set is an operator's revoke (JobRequest keeps expiries out of it),
+    # and it holds even when the message has also expired.
+    revoked = request.id in worker_state.revoked
     discarded: MirrorqError = (
         JobExpiredError(f"the message expired (expires {request.expires}) {unrun}")
-        if expired
+        if expired and not revoked
         else JobRevokedError(f"the job's id was revoked (celery control revoke) {unrun}")
     )
-    if expired:
-        # Celery remembers an expired message's id as revoked, and the repair's copy of an
-        # attempted job carries the same id: that copy must run (and settle the job).
-        worker_state.revoked.discard(request.id)
     for job_id in job_ids:
         if job_id is not None:
-            refuse(job_id, discarded.code, str(discarded), unless_attempted=expired)
+            refuse(job_id, discarded.code, str(discarded), unless_started=not revoked)
+
+
+class JobRequest(Request):
+    """Celery's request, but an expired message's id is not remembered as revoked: the
+    repair's copy of a job an earlier delivery started carries the same id and must run, and
+    an id in the revoked set then always means an operator revoked it."""
+
+    def maybe_expire(self) -> Literal[True] | None:
+        known = self.id in worker_state.revoked
+        expired = super().maybe_expire()
+        if expired and not known:
+            worker_state.revoked.discard(self.id)
+        return expired
 
 
 class JobTask(Task):  # type: ignore[type-arg]
     Strategy = "tasks.messages:guarded_strategy"
+    Request = "tasks.messages:JobRequest"
 
 
 def envelope(args: Any, kwargs: Any) -> Envelope | InvalidJobError:

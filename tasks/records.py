@@ -77,6 +77,16 @@ def is_terminal(record: JobResult | None) -> bool:
     return record is not None and JobStatus(record["status"]) in TERMINAL_STATUSES
 
 
+def may_have_sent(record: JobResult | None) -> bool:
+    """Whether a create may be out for this job: a worker started it (a worker killed mid-call
+    leaves `running` with the attempt not yet written) or recorded an attempt."""
+    return (
+        record is not None
+        and (record["attempts"] > 0 or JobStatus(record["status"]) is not JobStatus.QUEUED)
+        and not is_terminal(record)
+    )
+
+
 def loaded(raw: dict[str, Any]) -> JobResult:
     """A record read back from JSON, its status typed again."""
     record: Any = dict(raw)

@@ -117,6 +117,11 @@ class ResultStore:
         pipe.zadd(keys.PENDING, {record["job_id"]: time.time()})
         pipe.hincrby(keys.STATS_STATUS, record["status"], 1)
 
+    def keep_pending(self, job_id: str) -> None:
+        """Put a job the repair must look at in the pending index (a job another service sent
+        was never accepted here), as pending since long ago; kept if it is there."""
+        self.client.zadd(keys.PENDING, {job_id: 0}, nx=True)
+
     def unaccept(self, record: JobResult, claim: tuple[str, str] | None = None) -> None:
         """Undo `accept` (its message could not be queued), if nothing ran the job since."""
         script_keys = [

@@ -9,6 +9,7 @@ on. A message that expired in the queue ends `failed`/Expired, each of its jobs.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,11 +19,12 @@ import pytest
 import redis
 from celery import Celery
 
-from emulator.lab import seed_lab
+from emulator.lab import lab_client, seed_lab
 from mirrorq.processes import EmulatorProcess, WorkerProcess
+from tasks import keys, records
 from tasks.contract import BATCH_TASK_NAME, TASK_NAME, parse_request
 from tasks.producer import Producer
-from tests.helpers import Lab, job, mirrors, raw_message, wait_all, wait_until
+from tests.helpers import Lab, job, mirrors, raw_message, status_of, wait_all, wait_until
 
 # In every hostile body: what a sender put in a message must never reach a log.
 SECRET = f"not-for-logs-{uuid.uuid4().hex}"
@@ -273,35 +275,100 @@ def test_a_job_id_that_cannot_be_a_client_token_is_refused_before_ec2(
     ]
 
 
-def test_a_job_attempted_before_its_message_expired_is_settled_not_failed(
+class SoonExpiringProducer(Producer):
+    """A client whose messages expire three seconds after they are sent."""
+
+    def _send(self, name: str, kwargs: dict[str, Any], summary: str, **options: Any) -> None:
+        expires = datetime.now(UTC) + timedelta(seconds=3)
+        super()._send(name, kwargs, summary, expires=expires, **options)
+
+
+SHORT = {
+    "MIRRORQ_JOB_DEADLINE_S": "2",
+    "MIRRORQ_CONNECT_TIMEOUT_S": "1",
+    "MIRRORQ_READ_TIMEOUT_S": "5",
+    "MIRRORQ_VISIBILITY_TIMEOUT_S": "9",
+    "MIRRORQ_LEASE_S": "3",
+    "MIRRORQ_LOST_AFTER_S": "2",
+    "MIRRORQ_REPAIR_INTERVAL_S": "1",
+}
+
+
+def test_a_job_whose_worker_died_mid_create_is_settled_though_its_message_expired(
     emulator: EmulatorProcess,
     lab: Lab,
     producer: Producer,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    """Found in review: a job whose worker died after sending a create, and whose message then
-    expired in the queue, was recorded failed/Expired while its session existed. A job that
-    has made attempts is settled with its token (the repair publishes it again), never failed
-    for an expiry."""
-    from emulator.lab import lab_client
-    from tasks import records
-
-    job_id = ExpiringProducer(producer.app, producer.settings).submit(job(lab, 0))
-    record = producer.result(job_id)
-    assert record is not None
-    assert record["request"] is not None
-    # As a worker that sent the create and died before recording it would have left it:
-    request = record["request"]
-    producer.store.step("save", records.attempted(records.started(record, request)))
-    landed = lab_client(emulator.url).create_traffic_mirror_session(**request)
-    start_worker(MIRRORQ_LOST_AFTER_S="2", MIRRORQ_REPAIR_INTERVAL_S="1")
+    """Found in review: a worker SIGKILLed while its first create was on its way (slow EC2)
+    left the job `running` with no attempt recorded; its message, back from the dead worker,
+    had expired, and the job was recorded failed/Expired while its session existed. A job an
+    earlier delivery started is settled with its token (the repair publishes it again)."""
+    emulator.set_faults(latency_ms=2500)
+    doomed = start_worker("doomed", **SHORT)
+    job_id = SoonExpiringProducer(producer.app, producer.settings).submit(job(lab, 0))
+    wait_until(lambda: status_of(producer, job_id) == "running", timeout=10, what="it running")
+    time.sleep(1.0)  # its create is on its way: the emulator waits 2.5 s, then creates
+    doomed.kill()
+    start_worker("rescuer", **SHORT)
     (final,) = wait_all(producer, [job_id], timeout=90)
     assert final["status"] == "created", final["error"]
+    assert mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"]) == {
+        lab["eni_ids"][0]: 1
+    }
+
+
+def test_an_operators_revoke_holds_though_the_message_also_expired(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    other: Celery,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Found in review: Celery reports a revoked id whose message also expired as expired;
+    the job was left to the repair, the revoke forgotten, and the job ran."""
+    start_worker(MIRRORQ_LOST_AFTER_S="2", MIRRORQ_REPAIR_INTERVAL_S="1")
+    job_id = str(uuid.uuid4())
+    request = parse_request({**job(lab, 0), "ClientToken": job_id}).to_kwargs()
+    accepted = records.accepted(job_id, request)
+    assert producer.store.accept(accepted) is None  # pending, as any accepted job
+    # As a worker that sent a create (which did not land) and died would have left it:
+    producer.store.step("save", records.attempted(records.started(accepted, request)))
+    assert other.control.revoke(job_id, reply=True, timeout=5)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    other.send_task(TASK_NAME, task_id=job_id, kwargs={"request": job(lab, 0)}, expires=past)
+    (final,) = wait_all(producer, [job_id], timeout=60)
+    assert (final["status"], (final["error"] or {}).get("code")) == ("failed", "Revoked")
+    time.sleep(4)  # two repair sweeps: nothing publishes it again
+    assert not mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"])
+
+
+def test_another_services_started_job_whose_message_expired_is_settled(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    other: Celery,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Found in review: a job sent with `send_task` is never accepted by mirrorq's producer,
+    so it was in no pending index; left to the repair when its message expired, it stayed
+    `retrying` forever."""
+    start_worker(MIRRORQ_LOST_AFTER_S="2", MIRRORQ_REPAIR_INTERVAL_S="1")
+    job_id = str(uuid.uuid4())
+    request = parse_request({**job(lab, 0), "ClientToken": job_id}).to_kwargs()
+    # As a worker that ran the first delivery, retried once and died would have left it:
+    started = records.started(records.accepted(job_id, request), request)
+    retrying = records.retrying(records.attempted(started), "InternalError", "5xx")
+    producer.store.step("save", retrying)
+    producer.store.client.delete(keys.job_lease(job_id))  # the dead worker's lease lapsed
+    landed = lab_client(emulator.url).create_traffic_mirror_session(**request)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    other.send_task(TASK_NAME, task_id=job_id, kwargs={"request": job(lab, 0)}, expires=past)
+    (final,) = wait_all(producer, [job_id], timeout=60)
+    assert final["status"] == "created", final["error"]
     session = (final["response"] or {})["TrafficMirrorSession"]
-    assert (
-        session["TrafficMirrorSessionId"]
-        == (landed["TrafficMirrorSession"]["TrafficMirrorSessionId"])
-    )
+    landed_id = landed["TrafficMirrorSession"]["TrafficMirrorSessionId"]
+    assert session["TrafficMirrorSessionId"] == landed_id
     assert mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"]) == {
         lab["eni_ids"][0]: 1
     }
@@ -316,8 +383,6 @@ def test_a_revoked_job_that_had_made_attempts_says_its_create_may_have_landed(
 ) -> None:
     """A revoked id is the operator's word, so the job ends failed/Revoked; but a job that had
     sent a create must not claim it sent nothing to EC2 (its session may exist)."""
-    from tasks import records
-
     start_worker()
     job_id = str(uuid.uuid4())
     request = parse_request({**job(lab, 0), "ClientToken": job_id}).to_kwargs()
