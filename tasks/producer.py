@@ -124,8 +124,8 @@ class Producer:
                     origin=origins[n] if origins else None,
                     alternatives=alternatives[n] if alternatives else (),
                 )
-                self.store.accept_on(pipe, record)
                 jobs.append(record)
+            self.store.accept_on(pipe, jobs)
             self.store.batches.create(
                 pipe, batch_id, [r["job_id"] for r in jobs], submitted_at, source, plan
             )

@@ -9,6 +9,8 @@ never overwritten, so a late or duplicate delivery cannot undo a job's outcome.
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -110,12 +112,18 @@ class ResultStore:
         earlier = self._accept(keys=script_keys, args=args)
         return earlier.decode() if isinstance(earlier, bytes) else earlier
 
-    def accept_on(self, pipe: Any, record: JobResult) -> None:
-        """The same, queued on `pipe` (a batch writes all its records in one pipeline)."""
-        key, value = self.encoded(record)
-        pipe.set(key, value, ex=self.ttl_s)
-        pipe.zadd(keys.PENDING, {record["job_id"]: time.time()})
-        pipe.hincrby(keys.STATS_STATUS, record["status"], 1)
+    def accept_on(self, pipe: Any, records: Sequence[JobResult]) -> None:
+        """The same for many jobs, queued on `pipe` (a batch writes all its records in one
+        pipeline): a SET each, one ZADD and one count for them all."""
+        if not records:
+            return
+        for record in records:
+            key, value = self.encoded(record)
+            pipe.set(key, value, ex=self.ttl_s)
+        now = time.time()
+        pipe.zadd(keys.PENDING, {record["job_id"]: now for record in records})
+        for status, count in Counter(record["status"] for record in records).items():
+            pipe.hincrby(keys.STATS_STATUS, status, count)
 
     def keep_pending(self, job_id: str) -> None:
         """Put a job the repair must look at in the pending index (a job another service sent
