@@ -25,6 +25,7 @@ from tasks import keys, records
 from tasks.contract import BATCH_TASK_NAME, TASK_NAME, parse_request
 from tasks.producer import Producer
 from tests.helpers import Lab, job, mirrors, raw_message, status_of, wait_all, wait_until
+from worker.repair import repair_lost_jobs
 
 # In every hostile body: what a sender put in a message must never reach a log.
 SECRET = f"not-for-logs-{uuid.uuid4().hex}"
@@ -294,6 +295,31 @@ SHORT = {
 }
 
 
+def left_by_a_dead_worker(
+    producer: Producer, lab: Lab, *, accepted_here: bool, retried: bool = False
+) -> dict[str, Any]:
+    """A job's record as a worker that sent its create (which did not land) and died left it:
+    started, one attempt (then `retrying` if `retried`), no lease; in the pending index if
+    mirrorq's producer accepted it, not if another service sent it. Returns its request."""
+    job_id = str(uuid.uuid4())
+    request = parse_request({**job(lab, 0), "ClientToken": job_id}).to_kwargs()
+    record = records.accepted(job_id, request)
+    if accepted_here:
+        assert producer.store.accept(record) is None
+    record = records.attempted(records.started(record, request))
+    if retried:
+        record = records.retrying(record, "InternalError", "5xx")
+    producer.store.step("save", record)
+    producer.store.client.delete(keys.job_lease(job_id))
+    return request
+
+
+def send_expired(other: Celery, lab: Lab, job_id: str) -> None:
+    """Another service's message for this job, its `expires` already past."""
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    other.send_task(TASK_NAME, task_id=job_id, kwargs={"request": job(lab, 0)}, expires=past)
+
+
 def test_a_job_whose_worker_died_mid_create_is_settled_though_its_message_expired(
     emulator: EmulatorProcess,
     lab: Lab,
@@ -328,18 +354,14 @@ def test_an_operators_revoke_holds_though_the_message_also_expired(
     """Found in review: Celery reports a revoked id whose message also expired as expired;
     the job was left to the repair, the revoke forgotten, and the job ran."""
     start_worker(MIRRORQ_LOST_AFTER_S="2", MIRRORQ_REPAIR_INTERVAL_S="1")
-    job_id = str(uuid.uuid4())
-    request = parse_request({**job(lab, 0), "ClientToken": job_id}).to_kwargs()
-    accepted = records.accepted(job_id, request)
-    assert producer.store.accept(accepted) is None  # pending, as any accepted job
-    # As a worker that sent a create (which did not land) and died would have left it:
-    producer.store.step("save", records.attempted(records.started(accepted, request)))
+    job_id = left_by_a_dead_worker(producer, lab, accepted_here=True)["ClientToken"]
     assert other.control.revoke(job_id, reply=True, timeout=5)
-    past = datetime.now(UTC) - timedelta(seconds=1)
-    other.send_task(TASK_NAME, task_id=job_id, kwargs={"request": job(lab, 0)}, expires=past)
+    send_expired(other, lab, job_id)
     (final,) = wait_all(producer, [job_id], timeout=60)
     assert (final["status"], (final["error"] or {}).get("code")) == ("failed", "Revoked")
-    time.sleep(4)  # two repair sweeps: nothing publishes it again
+    # Two sweeps of the repair (a job is lost when it looks lost twice): nothing to publish.
+    for _ in range(2):
+        assert repair_lost_jobs(producer.redis, producer.store, producer.publish, 0) == []
     assert not mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"])
 
 
@@ -354,16 +376,10 @@ def test_another_services_started_job_whose_message_expired_is_settled(
     so it was in no pending index; left to the repair when its message expired, it stayed
     `retrying` forever."""
     start_worker(MIRRORQ_LOST_AFTER_S="2", MIRRORQ_REPAIR_INTERVAL_S="1")
-    job_id = str(uuid.uuid4())
-    request = parse_request({**job(lab, 0), "ClientToken": job_id}).to_kwargs()
-    # As a worker that ran the first delivery, retried once and died would have left it:
-    started = records.started(records.accepted(job_id, request), request)
-    retrying = records.retrying(records.attempted(started), "InternalError", "5xx")
-    producer.store.step("save", retrying)
-    producer.store.client.delete(keys.job_lease(job_id))  # the dead worker's lease lapsed
+    request = left_by_a_dead_worker(producer, lab, accepted_here=False, retried=True)
+    job_id = request["ClientToken"]
     landed = lab_client(emulator.url).create_traffic_mirror_session(**request)
-    past = datetime.now(UTC) - timedelta(seconds=1)
-    other.send_task(TASK_NAME, task_id=job_id, kwargs={"request": job(lab, 0)}, expires=past)
+    send_expired(other, lab, job_id)
     (final,) = wait_all(producer, [job_id], timeout=60)
     assert final["status"] == "created", final["error"]
     session = (final["response"] or {})["TrafficMirrorSession"]
@@ -384,12 +400,7 @@ def test_a_revoked_job_that_had_made_attempts_says_its_create_may_have_landed(
     """A revoked id is the operator's word, so the job ends failed/Revoked; but a job that had
     sent a create must not claim it sent nothing to EC2 (its session may exist)."""
     start_worker()
-    job_id = str(uuid.uuid4())
-    request = parse_request({**job(lab, 0), "ClientToken": job_id}).to_kwargs()
-    # As a worker that sent the create and died before recording it would have left it:
-    producer.store.step(
-        "save", records.attempted(records.started(records.accepted(job_id, request), request))
-    )
+    job_id = left_by_a_dead_worker(producer, lab, accepted_here=False)["ClientToken"]
     assert other.control.revoke(job_id, reply=True, timeout=5)
     other.send_task(TASK_NAME, task_id=job_id, kwargs={"request": job(lab, 0)})
     (final,) = wait_all(producer, [job_id], timeout=30)

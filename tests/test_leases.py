@@ -44,6 +44,12 @@ def auto_job(eni_id: str, target_id: str, filter_id: str) -> dict[str, Any]:
     }
 
 
+def one_eni_lab(emulator: EmulatorProcess) -> tuple[str, str, str, str]:
+    """A lab of one ENI: the ENI, a rule's two targets (the NLB, the ENI target), the filter."""
+    lab = seed_lab(emulator.url, 1)
+    return lab["eni_ids"][0], lab["target_ids"]["nlb"], lab["target_ids"]["eni"], lab["filter_id"]
+
+
 def test_jobs_racing_for_one_eni_never_both_create_however_long_they_wait(
     emulator: EmulatorProcess,
     producer: Producer,
@@ -143,9 +149,8 @@ def test_a_repaired_copy_of_a_started_auto_job_is_still_auto_with_its_alternativ
     """Found in review: the repair republished a started `auto` job with the number it had
     planned (so the copy ran as an explicit job: no lease, no check) and without its rule's
     other targets. The message it publishes again is the job as accepted."""
-    lab = seed_lab(emulator.url, 1)
-    nlb, other, flt = lab["target_ids"]["nlb"], lab["target_ids"]["eni"], lab["filter_id"]
-    job_id = producer.submit(auto_job(lab["eni_ids"][0], nlb, flt), alternatives=[other])
+    eni, nlb, other, flt = one_eni_lab(emulator)
+    job_id = producer.submit(auto_job(eni, nlb, flt), alternatives=[other])
     client = redis.Redis.from_url(redis_url)
     assert client.rpop("mirrorq") is not None  # its message is lost
     # As a worker that started it and planned number 2 would have left its record:
@@ -172,13 +177,7 @@ def test_a_lost_auto_job_that_had_planned_still_mirrors_its_eni_once_per_rule(
     """The same, end to end: a worker plans a rule's job (number 1), keeps retrying, and is
     killed with its message lost; meanwhile the ENI is mirrored to the rule's other target.
     The repaired copy must read under the ENI's lease, see that mirror, and create nothing."""
-    lab = seed_lab(emulator.url, 1)
-    eni, nlb, other, flt = (
-        lab["eni_ids"][0],
-        lab["target_ids"]["nlb"],
-        lab["target_ids"]["eni"],
-        lab["filter_id"],
-    )
+    eni, nlb, other, flt = one_eni_lab(emulator)
     emulator.set_faults(error_rate=1.0)  # every create fails with a 5xx for now
     first = start_worker(MIRRORQ_LEASE_S="1")
     job_id = producer.submit(auto_job(eni, nlb, flt), alternatives=[other])
@@ -214,13 +213,7 @@ def test_a_job_that_gave_up_holds_its_eni_until_its_last_create_can_no_longer_la
     created too (another number, since a session was deleted in between). A job that gave up
     on unanswered creates keeps the ENI until the last one's bound (connect + read timeout +
     1 s) has passed."""
-    lab = seed_lab(emulator.url, 1)
-    eni, nlb, other, flt = (
-        lab["eni_ids"][0],
-        lab["target_ids"]["nlb"],
-        lab["target_ids"]["eni"],
-        lab["filter_id"],
-    )
+    eni, nlb, other, flt = one_eni_lab(emulator)
     ec2 = lab_client(emulator.url)
     unrelated = ec2.create_traffic_mirror_session(
         NetworkInterfaceId=eni,
