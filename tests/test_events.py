@@ -480,3 +480,46 @@ def test_a_queue_deleted_under_a_running_listener_stops_it_with_an_error(
     assert listener.proc.returncode not in (0, None)
     errors = [line for line in listener.log_path.read_text().splitlines() if " ERROR " in line]
     assert any(queue in line and "NonExistentQueue" in line for line in errors), errors
+
+
+def test_a_listener_retries_sqs_transient_errors_and_goes_on(
+    emulator_with_events: EmulatorProcess, env: dict[str, str], tmp_path: Path
+) -> None:
+    """5xx from SQS (or a proxy before it) at the start-up check and on receives: retried with
+    backoff, each logged, and the listener then serves."""
+    url = emulator_with_events.url
+    policy = write_policy(tmp_path, seed_zoned_lab(url))
+    queue = intake_queue(url)
+    unknown = {"id": "x-1", "detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}
+    send(url, queue, [json.dumps(unknown)])
+    failing = {"GetQueueAttributes": 2, "ReceiveMessage": 3}
+
+    def unavailable(action: str, _: dict[str, str], seen: int) -> Answer | None:
+        return Answer(503, forward="instead") if seen < failing.get(action, 0) else None
+
+    with FaultProxy(url, unavailable) as proxy:
+        listener = ListenerProcess(
+            "listener",
+            {**env, "MIRRORQ_EC2_ENDPOINT_URL": url, "MIRRORQ_SQS_ENDPOINT_URL": proxy.url},
+            "--sqs-queue-url",
+            queue,
+            "--policy",
+            str(policy),
+            "--pollers",
+            "1",
+        )
+        try:
+            listener.wait_ready(timeout=60)
+            wait_until(
+                lambda: queue_depth(url, queue) == 0,
+                timeout=60,
+                interval=0.2,
+                what="the event handled after the failures",
+            )
+            assert listener.proc.poll() is None, "the listener stopped"
+        finally:
+            listener.stop()
+        assert proxy.mangled == failing
+    log = listener.log_path.read_text()
+    assert log.count("trying again") == sum(failing.values())
+    assert " ERROR " not in log
