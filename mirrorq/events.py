@@ -10,6 +10,7 @@ reason; a body that is not an event at all is NotAnEvent.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,11 @@ STATE_CHANGE = "EC2 Instance State-change Notification"
 API_CALL = "AWS API Call via CloudTrail"
 JOB = "mirrorq.CreateTrafficMirrorSession"
 MAX_EVENT_BYTES = 256 * 1024  # EventBridge's own limit on an event
+# An id as EC2 writes one (AWS's own samples write `i-0abcd1111example0`): a value such as
+# `i-*` would be a wildcard in the Describe filters the listener reads ENIs with, and name
+# every ENI there is.
+INSTANCE_ID = re.compile(r"i-[0-9a-z]{8,17}")
+NETWORK_INTERFACE_ID = re.compile(r"eni-[0-9a-z]{8,17}")
 
 
 class NotAnEvent(ValueError):
@@ -54,6 +60,8 @@ def read_event(body: str | bytes | dict[str, Any]) -> Event:
     event_id, kind, detail = body.get("id"), body.get("detail-type"), body.get("detail")
     if not isinstance(event_id, str) or not event_id or not isinstance(kind, str):
         raise NotAnEvent("an EventBridge event has an id and a detail-type")
+    if not _is_text(event_id):
+        raise NotAnEvent("an EventBridge event's id is text (it has a lone surrogate)")
     if not isinstance(detail, dict):
         raise NotAnEvent("an EventBridge event's detail is an object")
     region = body.get("region")
@@ -68,12 +76,24 @@ def read_event(body: str | bytes | dict[str, Any]) -> Event:
     return Event(event_id, region, ignored=f"detail-type {kind!r}")
 
 
+def _is_text(value: str) -> bool:
+    """Whether `value` can be written as UTF-8 (JSON's `\\ud800` reads as a lone surrogate,
+    which no key or record can hold)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _state_change(event_id: str, region: str | None, detail: dict[str, Any]) -> Event:
     instance, state = detail.get("instance-id"), detail.get("state")
     if state != "running":
         return Event(event_id, region, ignored=f"instance state {state!r}")
-    if not isinstance(instance, str) or not instance.startswith("i-"):
-        raise NotAnEvent("a state-change event names its instance-id")
+    if not isinstance(instance, str) or not INSTANCE_ID.fullmatch(instance):
+        raise NotAnEvent(
+            "a state-change event names its instance-id (i- and 8 to 17 letters or digits)"
+        )
     return Event(event_id, region, instance_ids=(instance,))
 
 
@@ -89,8 +109,10 @@ def _api_call(event_id: str, region: str | None, detail: dict[str, Any]) -> Even
         eni = _dig(detail, "requestParameters", "networkInterfaceId")
     else:
         return Event(event_id, region, ignored=f"eventName {name!r}")
-    if not isinstance(eni, str) or not eni.startswith("eni-"):
-        raise NotAnEvent(f"a {name} record names its network interface")
+    if not isinstance(eni, str) or not NETWORK_INTERFACE_ID.fullmatch(eni):
+        raise NotAnEvent(
+            f"a {name} record names its network interface (eni- and 8 to 17 letters or digits)"
+        )
     return Event(event_id, region, eni_ids=(eni,))
 
 

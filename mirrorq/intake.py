@@ -4,11 +4,15 @@ A batch of events is planned together (one read of their ENIs, their sessions an
 targets), with the same planner as `reconcile`. Each job is submitted under an idempotency key
 per event, ENI and rule, so an event delivered twice (EventBridge delivers at least once, and
 a listener may die before it deletes a message) never makes a second job.
+
+One event never holds back another: a batch that fails for a reason retrying cannot change is
+handled again one event at a time, so only the event that fails is left unacknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -23,10 +27,12 @@ from mirrorq.inventory import Inventory
 from mirrorq.planning import Target
 from mirrorq.rules import Rule
 from tasks.errors import IdempotencyConflictError, InvalidJobError
-from tasks.producer import Producer
+from tasks.producer import MAX_KEY_LENGTH, Producer
+from worker.errors import Action, classify
 
 log = logging.getLogger(__name__)
 TARGETS_FRESH_S = 60.0  # targets change rarely; their load is read with every batch
+ORIGIN_ID_MAX = 256  # a job's recorded event id (tasks.contract.Envelope.event_id)
 
 
 @dataclass
@@ -57,6 +63,31 @@ class Intake:
         self._targets: tuple[float, dict[str, Target], set[str]] | None = None
 
     async def handle(self, events: Sequence[Event]) -> list[Outcome]:
+        """What became of each event. Raises only what retrying may change (Redis or EC2 away)
+        or, for one event alone, what it failed with (the API answers it)."""
+        try:
+            outcomes = await self._handle_together(events)
+        except Exception as error:
+            if len(events) < 2 or classify(error).action is not Action.FAIL:
+                raise
+            log.exception("a batch of %d events failed; handling each alone", len(events))
+            outcomes = _by_event([await self._handle_alone(event) for event in events])
+        for outcome in outcomes:
+            self.counts["events"] += 1
+            self.counts["jobs"] += len(outcome.job_ids)
+            self.counts["duplicates"] += outcome.duplicates
+            self.counts["ignored"] += bool(outcome.ignored)
+            self.counts["unhandled"] += bool(outcome.error)
+        return outcomes
+
+    async def _handle_alone(self, event: Event) -> Outcome:
+        try:
+            (outcome,) = await self._handle_together([event])
+        except Exception as error:
+            return Outcome(event.event_id, error=f"{type(error).__name__}: {error}")
+        return outcome
+
+    async def _handle_together(self, events: Sequence[Event]) -> list[Outcome]:
         outcomes = {e.event_id: Outcome(e.event_id) for e in events}
         wanting: list[Event] = []
         for event in events:
@@ -73,12 +104,6 @@ class Intake:
                 wanting.append(event)
         if wanting:
             await self._mirror(wanting, outcomes)
-        for outcome in outcomes.values():
-            self.counts["events"] += 1
-            self.counts["jobs"] += len(outcome.job_ids)
-            self.counts["duplicates"] += outcome.duplicates
-            self.counts["ignored"] += bool(outcome.ignored)
-            self.counts["unhandled"] += bool(outcome.error)
         return list(outcomes.values())
 
     async def _mirror(self, events: list[Event], outcomes: dict[str, Outcome]) -> None:
@@ -90,15 +115,16 @@ class Intake:
         sessions = await self.inventory.sessions_touching(
             [e["NetworkInterfaceId"] for e in enis], targets
         )
-        plan = planning.plan(self.rules, enis, sessions, targets, target_enis)
         named_by = _first_event_naming(events, enis)
+        # Only the ENIs an event names exactly: EC2 reads `*` and `?` in a filter's values.
+        enis = [e for e in enis if e["NetworkInterfaceId"] in named_by]
+        plan = planning.plan(self.rules, enis, sessions, targets, target_enis)
         for job in planning.planned_jobs(plan):
             event_id = named_by[job.request["NetworkInterfaceId"]]
-            key = f"{event_id}:{job.request['NetworkInterfaceId']}:{job.rule}"
             await self._submit(
                 job.request,
-                key,
-                {"rule": job.rule, "event_id": event_id},
+                event_key(event_id, job.request["NetworkInterfaceId"], job.rule),
+                {"rule": job.rule, "event_id": origin_id(event_id)},
                 job.alternatives,
                 outcomes[event_id],
             )
@@ -110,7 +136,13 @@ class Intake:
 
     async def _submit_job(self, event: Event, outcome: Outcome) -> None:
         try:
-            await self._submit(event.job, event.event_id, {"event_id": event.event_id}, [], outcome)
+            await self._submit(
+                event.job,
+                event_key(event.event_id),
+                {"event_id": origin_id(event.event_id)},
+                [],
+                outcome,
+            )
         except InvalidJobError as error:
             outcome.error = f"its detail is not a valid job: {error}"
 
@@ -150,6 +182,38 @@ class Intake:
             target_enis = await self.inventory.all_target_enis()
             self._targets = (now, targets, target_enis)
         return self._targets[1], self._targets[2]
+
+
+def _by_event(outcomes: list[Outcome]) -> list[Outcome]:
+    """One outcome per event id, as a batch has (messages that share an id share it)."""
+    merged: dict[str, Outcome] = {}
+    for outcome in outcomes:
+        first = merged.setdefault(outcome.event_id, outcome)
+        if first is not outcome:
+            first.job_ids += outcome.job_ids
+            first.duplicates += outcome.duplicates
+            first.error = first.error or outcome.error
+    return list(merged.values())
+
+
+def event_key(event_id: str, *parts: str) -> str:
+    """The idempotency key of an event's job: its id, then its ENI and rule. An id too long for
+    a key (EventBridge's are 36-character UUIDs, but whoever can send to the queue picks their
+    own) stands as `sha256:` and its digest: still one key per event, ENI and rule, and the
+    same at every redelivery. Keys that fit are the id itself, as they always were."""
+    key = ":".join((event_id, *parts))
+    if len(key) <= MAX_KEY_LENGTH:
+        return key
+    return ":".join((_digest(event_id), *parts))
+
+
+def origin_id(event_id: str) -> str:
+    """The event id a job records (as `sha256:` and its digest when it is too long to)."""
+    return event_id if len(event_id) <= ORIGIN_ID_MAX else _digest(event_id)
+
+
+def _digest(event_id: str) -> str:
+    return "sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
 
 
 def _first_event_naming(events: list[Event], enis: list[dict[str, Any]]) -> dict[str, str]:

@@ -4,16 +4,24 @@ A message is deleted only once every job its event asks for is accepted: a liste
 dies before that leaves it to come back, and the idempotency keys make the redelivery harmless.
 A message that is not an event is logged and left for the queue's redrive policy (its
 dead-letter queue); it never stops the listener. Several listeners may share a queue.
+
+SQS's transient failures (throttling, 5xx, the network) are retried with backoff. A queue that
+cannot be used (it does not exist, access is denied) is a QueueError: at start-up, where every
+queue is checked before the first receive, and later too (the queue deleted): the listener
+stops rather than retry what retrying cannot change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from config import Settings
 from mirrorq.events import Event, read_event
@@ -23,13 +31,23 @@ from mirrorq.rules import Rule
 from tasks.connections import async_pool
 from tasks.producer import Producer
 from worker.aws import ec2_client, sqs_client
+from worker.errors import Failure, classify, is_transient
 from worker.ratelimit import create_limiters
 
 log = logging.getLogger("mirrorq.listen")
 WAIT_S = 20  # SQS's longest long poll: the fewest empty receives
 BATCH = 10  # SQS's most messages a receive returns
 SUMMARY_EVERY_S = 60.0
-RETRY_AFTER_S = 2.0  # SQS unreachable: try again after this
+RETRY_BASE_S, RETRY_CAP_S = 1.0, 30.0  # SQS away or throttled: back off, up to this
+T = TypeVar("T")
+
+
+class QueueError(Exception):
+    """A queue the listener cannot use, for a reason retrying cannot change."""
+
+    def __init__(self, queue_url: str, failure: Failure, *, at_start: bool) -> None:
+        super().__init__(f"queue {queue_url}: {failure.code}: {failure.message}")
+        self.queue_url, self.failure, self.at_start = queue_url, failure, at_start
 
 
 async def listen(
@@ -40,10 +58,18 @@ async def listen(
     pollers: int = 2,
     stop: asyncio.Event | None = None,
 ) -> Counter[str]:
-    """Poll until `stop` is set; return the counts (events, jobs, duplicates, ignored...)."""
+    """Poll until `stop` is set; return the counts (events, jobs, duplicates, ignored...).
+
+    Raises QueueError for a queue that cannot be used: before polling any (`at_start`), or
+    once it fails later (the other polls are stopped first)."""
     stop = stop or asyncio.Event()
     async with AsyncExitStack() as stack:
         sqs = await stack.enter_async_context(sqs_client(settings))
+        for url in queue_urls:
+            await _check(sqs, url, stop)
+        if stop.is_set():
+            return Counter()
+        log.info("listening on %d queue(s) with %d rule(s)", len(queue_urls), len(rules))
         ec2 = await stack.enter_async_context(ec2_client(settings))
         redis = async_pool(settings.broker_url, settings, max_connections=4)
         stack.push_async_callback(redis.aclose)
@@ -55,34 +81,87 @@ async def listen(
             for n in range(pollers)
         ]
         reporter = asyncio.create_task(_report(intake.counts, stop))
-        await asyncio.gather(*pollers_)
+        ended = await asyncio.gather(*pollers_, return_exceptions=True)
         reporter.cancel()
         _summary(intake.counts)
+        for error in ended:
+            if isinstance(error, QueueError):
+                log.error("%s; the listener stops", error)
+            if isinstance(error, BaseException):
+                raise error
         return intake.counts
 
 
-async def _poll(sqs: Any, queue_url: str, intake: Intake, stop: asyncio.Event) -> None:
-    stopping = asyncio.create_task(stop.wait())
-    while not stop.is_set():
-        receive = asyncio.create_task(
-            sqs.receive_message(
-                QueueUrl=queue_url, MaxNumberOfMessages=BATCH, WaitTimeSeconds=WAIT_S
-            )
+async def _check(sqs: Any, queue_url: str, stop: asyncio.Event) -> None:
+    """The queue exists and may be read (GetQueueAttributes), or QueueError saying why not."""
+    try:
+        await _until_stopped(
+            lambda: sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"]),
+            queue_url,
+            stop,
         )
-        await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            # A poll still waiting ends here: messages it would have taken stay in the queue.
-            receive.cancel()
-            return
+    except QueueError as error:
+        error.at_start = True
+        raise
+
+
+async def _poll(sqs: Any, queue_url: str, intake: Intake, stop: asyncio.Event) -> None:
+    def receive() -> Awaitable[dict[str, Any]]:
+        return sqs.receive_message(  # type: ignore[no-any-return]
+            QueueUrl=queue_url, MaxNumberOfMessages=BATCH, WaitTimeSeconds=WAIT_S
+        )
+
+    while not stop.is_set():
         try:
-            answer = receive.result()
-        except Exception as error:  # SQS away, throttled, credentials expiring: keep going
-            log.warning("receiving from %s failed (%s); trying again", queue_url, error)
-            await asyncio.sleep(RETRY_AFTER_S)
-            continue
+            answer = await _until_stopped(receive, queue_url, stop)
+        except QueueError:
+            stop.set()  # the other polls end too: a supervisor restarts it, the check names it
+            raise
+        if answer is None:
+            return  # stopping: messages a poll still waiting would have taken stay in the queue
         messages = answer.get("Messages", [])
         if messages:
             await _handle(sqs, queue_url, intake, messages)
+
+
+async def _until_stopped(
+    call: Callable[[], Awaitable[T]], queue_url: str, stop: asyncio.Event
+) -> T | None:
+    """`call()`'s answer, None once `stop` is set. Transient failures are retried with backoff
+    (each logged); any other is a QueueError."""
+
+    async def sleep(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    def warn(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0
+        log.warning("%s failed (%s); trying again in %.1f s", queue_url, error, wait)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        wait=wait_random_exponential(multiplier=RETRY_BASE_S, max=RETRY_CAP_S),
+        sleep=sleep,
+        before_sleep=warn,
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                if stop.is_set():
+                    return None
+                answer = asyncio.ensure_future(call())
+                stopping = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({answer, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if not answer.done():
+                    answer.cancel()
+                    return None
+                return answer.result()
+    except Exception as error:  # not transient: the queue's own answer, or a bug
+        raise QueueError(queue_url, classify(error), at_start=False) from error
+    raise AssertionError("unreachable: the policy reraises")  # pragma: no cover
 
 
 async def _handle(sqs: Any, queue_url: str, intake: Intake, messages: list[dict[str, Any]]) -> None:
@@ -114,7 +193,9 @@ async def _handle(sqs: Any, queue_url: str, intake: Intake, messages: list[dict[
     for outcome in outcomes:
         if outcome.error:
             log.warning(
-                "event %s left for the dead-letter queue: %s", outcome.event_id, outcome.error
+                "event %s not handled, left to come back (then the dead-letter queue): %s",
+                outcome.event_id[:100],
+                outcome.error,
             )
         elif outcome.ignored:
             log.debug("event %s ignored: %s", outcome.event_id, outcome.ignored)

@@ -263,6 +263,14 @@ def test_other_events_are_ignored_with_the_reason() -> None:
         "[" * 100_000,
         '{"id": "x", "detail-type": "EC2 Instance State-change Notification", '
         '"detail": {"state": "running"}}',
+        # EC2's filters read `*` and `?` as wildcards: such an id would name every ENI.
+        '{"id": "x", "detail-type": "EC2 Instance State-change Notification", '
+        '"detail": {"state": "running", "instance-id": "i-*"}}',
+        '{"id": "x", "detail-type": "EC2 Instance State-change Notification", '
+        '"detail": {"state": "running", "instance-id": "i-0123456?"}}',
+        '{"id": "x", "detail-type": "AWS API Call via CloudTrail", "detail": {"eventName": '
+        '"AttachNetworkInterface", "requestParameters": {"networkInterfaceId": "eni-*"}}}',
+        '{"id": "x-\\ud800", "detail-type": "Scheduled Event", "detail": {}}',  # not text
     ],
 )
 def test_what_is_not_an_event_is_said_so(body: str) -> None:

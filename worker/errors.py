@@ -31,7 +31,10 @@ THROTTLING_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingE
 SERVER_CODES = frozenset(
     {"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "RequestTimeout"}
 )
-TRANSIENT_CODES = THROTTLING_CODES | SERVER_CODES
+# SQS's (the listener's receives): throttled, its KMS key throttled, too many messages in flight
+# (room comes back as messages are deleted or their visibility times out).
+SQS_TRANSIENT_CODES = frozenset({"RequestThrottled", "KmsThrottled", "OverLimit"})
+TRANSIENT_CODES = THROTTLING_CODES | SERVER_CODES | SQS_TRANSIENT_CODES
 # Everything else EC2 answers is permanent: validation, *.NotFound, quota *LimitExceeded,
 # IdempotentParameterMismatch, UnauthorizedOperation... Retrying cannot change the answer.
 # Except any 5xx, and 429, whatever the code: a proxy, load balancer or VPC endpoint in front

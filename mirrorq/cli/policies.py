@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from mirrorq.cli.base import EXIT_USAGE, echo_json, exit_for_batch, fail_input, main
+from mirrorq.cli.base import EXIT_FAILED, EXIT_USAGE, echo_json, exit_for_batch, fail_input, main
 
 if TYPE_CHECKING:
     from mirrorq.rules import Rule
@@ -160,26 +160,32 @@ def listen(queue_urls: tuple[str, ...], policy_path: Path, pollers: int) -> None
     Instances reaching running (every ENI attached), CloudTrail's CreateNetworkInterface and
     AttachNetworkInterface (that ENI), and mirrorq.CreateTrafficMirrorSession events (their
     detail is one job). A message is deleted once its jobs are accepted; one that is not an
-    event is left for the queue's dead-letter queue. Stops on Ctrl-C or SIGTERM.
+    event is left for the queue's dead-letter queue. Stops on Ctrl-C or SIGTERM; exits 2 if a
+    queue cannot be used at start (no such queue, access denied), 1 if one stops being usable.
     """
     import asyncio
     import logging
     import signal
 
     from config import get_settings
+    from mirrorq.listener import QueueError
     from mirrorq.listener import listen as run
 
     rules = _rules(policy_path)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     async def main_() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        logging.getLogger("mirrorq.listen").info(
-            "listening on %d queue(s) with %d rule(s)", len(queue_urls), len(rules)
-        )
         await run(get_settings(), rules, queue_urls, pollers=pollers, stop=stop)
 
-    asyncio.run(main_())
+    try:
+        asyncio.run(main_())
+    except QueueError as error:
+        if error.at_start:
+            _refuse(error)
+        sys.exit(EXIT_FAILED)  # logged as an error where it happened
