@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from config import Settings
@@ -18,9 +18,12 @@ from tasks.producer import Producer
 from worker.aws import ec2_client
 
 
-async def plan_live(settings: Settings, rules: Sequence[Rule]) -> planning.Plan:
-    """Every rule planned from EC2's state now. Raises UnknownResourceError (a LookupError)
-    naming a target or filter that does not exist."""
+async def plan_live(
+    settings: Settings, rules: Sequence[Rule], pending: Iterable[planning.Pending] = ()
+) -> planning.Plan:
+    """Every rule planned from EC2's state now (and the mirrors `pending` jobs will make).
+    Raises UnknownResourceError (a LookupError) naming a target or filter that does not
+    exist."""
     async with ec2_client(settings) as client:
         inventory = Inventory(client, settings)
         targets = await inventory.targets(t for rule in rules for t in rule.targets)
@@ -28,7 +31,14 @@ async def plan_live(settings: Settings, rules: Sequence[Rule]) -> planning.Plan:
         enis = await inventory.enis_for(rules)
         sessions = await inventory.sessions()
         target_enis = await inventory.all_target_enis()
-    return planning.plan(list(rules), enis, sessions, targets, target_enis)
+    return planning.plan(list(rules), enis, sessions, targets, target_enis, pending)
+
+
+def pending_mirrors(producer: Producer) -> list[planning.Pending]:
+    """The mirrors mirrorq's queued and running jobs will make, whoever submitted them (a
+    pass, the listener, the API): one read of every pending job's record, O(pending)."""
+    found = (planning.Pending.of(r) for r in producer.store.pending_records())
+    return [p for p in found if p is not None]
 
 
 def submit_plan(
@@ -46,4 +56,33 @@ def submit_plan(
         plan=plan.summary(),
         origins=origins,
         alternatives=[j.alternatives for j in jobs],
+    )
+
+
+def submit_gaps(
+    producer: Producer, plan: planning.Plan, *, source: str, dry_run: bool = False
+) -> str | None:
+    """The plan's jobs as one batch, each submitted only if it claims its gap: a gap whose
+    claimed job is still queued or running (planned by another pass or reconcile process
+    meanwhile) is counted `pending` in the plan instead. The batch keeps the plan's counts,
+    not its ENIs. None: no job to submit, and no batch stored."""
+    jobs = planning.planned_jobs(plan, dry_run=dry_run)
+    claims = producer.claim_gaps([j.gap for j in jobs])
+    plan.hold(
+        {
+            (j.rule, j.request["NetworkInterfaceId"]): c.holder
+            for j, c in zip(jobs, claims, strict=True)
+            if c.holder is not None
+        }
+    )
+    taken = [(j, c.job_id) for j, c in zip(jobs, claims, strict=True) if c.holder is None]
+    if not taken:
+        return None
+    return producer.submit_batch(
+        [parse_request(j.request) for j, _ in taken],
+        source=source,
+        plan=plan.summary(skipped=False),
+        origins=[{"rule": j.rule} for j, _ in taken],
+        alternatives=[j.alternatives for j, _ in taken],
+        job_ids=[job_id for _, job_id in taken],
     )

@@ -2,14 +2,17 @@
 
 Pure: the inventory (mirrorq/inventory.py) reads EC2, this decides. Rules apply in order and
 every rule that matches an ENI applies; what an earlier rule plans counts for the later ones
-(EC2's 3 sessions per ENI, a target's sources, "already mirrored"). Running a plan twice
-creates nothing new; a session deleted since is planned again, with a new job (a new token).
+(EC2's 3 sessions per ENI, a target's sources, "already mirrored"), and so do the mirrors
+jobs still pending will make ("pending"). Running a plan twice creates nothing new; a session
+deleted since is planned again, with a new job (a new token).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -23,6 +26,7 @@ SESSIONS_PER_INTERFACE = 3  # EC2's quota of sessions per source ENI
 class Outcome(StrEnum):
     CREATE = "create"
     ALREADY_MIRRORED = "already_mirrored"  # to (one of) the rule's targets, through its filter
+    PENDING = "pending"  # a queued or running job will make that mirror
     SESSION_LIMIT = "session_limit"  # already 3 sessions, EC2's per-ENI limit
     IS_MIRROR_TARGET = "is_mirror_target"  # a target cannot be a source
     NOT_INTERFACE = "not_interface_type"  # efa, trunk, ... ENIs are not mirrored
@@ -39,6 +43,34 @@ class Target:
     eni_id: str | None = None  # a network-interface target's ENI
     zone: str | None = None  # None: serves every zone (NLB, Gateway Load Balancer endpoint)
     source_limit: int | None = None  # None: no limit (NLB, GWLB endpoint)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A mirror a job still queued or running will make (unless its mirror exists already)."""
+
+    job_id: str
+    eni_id: str
+    target_id: str
+    filter_id: str
+    alternatives: tuple[str, ...] = ()  # its rule's other targets: one mirror with target_id
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> Pending | None:
+        """What a job's record says it will make; None for a DryRun or a record without one."""
+        request = record.get("request") or {}
+        try:
+            eni, target, filter_id = (
+                request["NetworkInterfaceId"],
+                request["TrafficMirrorTargetId"],
+                request["TrafficMirrorFilterId"],
+            )
+        except (KeyError, TypeError):
+            return None
+        if request.get("DryRun"):
+            return None
+        alternatives = tuple(record.get("alternatives") or ())
+        return cls(str(record["job_id"]), eni, target, filter_id, alternatives)
 
 
 @dataclass(frozen=True)
@@ -62,29 +94,38 @@ class Plan:
     def to_create(self) -> list[PlanItem]:
         return [i for i in self.items if i.outcome is Outcome.CREATE]
 
-    def summary(self) -> dict[str, Any]:
-        """What a batch keeps as its record of the plan (one rule: `mirror`'s shape)."""
-        per_rule = {r.name: self._rule_summary(r) for r in self.rules}
+    def hold(self, held: dict[tuple[str, str], str]) -> None:
+        """Gaps planned to create that turned out pending, by (rule, ENI): the job claimed
+        for each is still queued or running."""
+        self.items = [
+            PlanItem(i.rule, i.eni_id, Outcome.PENDING, detail=held[(i.rule, i.eni_id)])
+            if i.outcome is Outcome.CREATE and (i.rule, i.eni_id) in held
+            else i
+            for i in self.items
+        ]
+
+    def summary(self, *, skipped: bool = True) -> dict[str, Any]:
+        """What a batch keeps as its record of the plan (one rule: `mirror`'s shape); without
+        `skipped`, its counts only, not the ENIs skipped by reason (O(rules), not O(ENIs))."""
+        per_rule = {r.name: self._rule_summary(r, skipped) for r in self.rules}
         if len(self.rules) == 1:
             return next(iter(per_rule.values()))
         return {"counts": self.counts(), "rules": per_rule}
 
-    def _rule_summary(self, rule: Rule) -> dict[str, Any]:
-        skipped: dict[str, list[str]] = {}
-        for item in self.items:
-            if item.rule == rule.name and item.outcome is not Outcome.CREATE:
-                skipped.setdefault(item.outcome.value, []).append(item.eni_id)
+    def _rule_summary(self, rule: Rule, with_skipped: bool) -> dict[str, Any]:
         targets: dict[str, Any] = (
             {"target": rule.targets[0]}
             if rule.choose is None
             else {"targets": list(rule.targets), "choose": rule.choose.value}
         )
-        return {
-            **targets,
-            "filter": rule.filter_id,
-            "counts": self.counts(rule.name),
-            "skipped": skipped,
-        }
+        summary = {**targets, "filter": rule.filter_id, "counts": self.counts(rule.name)}
+        if with_skipped:
+            skipped: dict[str, list[str]] = {}
+            for item in self.items:
+                if item.rule == rule.name and item.outcome is not Outcome.CREATE:
+                    skipped.setdefault(item.outcome.value, []).append(item.eni_id)
+            summary["skipped"] = skipped
+        return summary
 
 
 @dataclass
@@ -96,10 +137,21 @@ class _Load:
     sources: dict[str, set[str]]
 
     @classmethod
-    def of(cls, sessions: Iterable[dict[str, Any]]) -> _Load:
+    def of(cls, sessions: Iterable[dict[str, Any]], pending: Iterable[Pending]) -> _Load:
         load = cls({}, Counter(), {})
         for s in sessions:
             load.add(s["NetworkInterfaceId"], s["TrafficMirrorTargetId"], s)
+        for p in pending:
+            # A job whose mirror exists (or another pending job's) will end AlreadyMirrored.
+            targets = [p.target_id, *p.alternatives]
+            if not same_mirror(load.on_eni.get(p.eni_id, []), targets, p.filter_id):
+                session = {
+                    "TrafficMirrorTargetId": p.target_id,
+                    "TrafficMirrorFilterId": p.filter_id,
+                    "TrafficMirrorSessionId": "(pending)",
+                    "pending_job": p.job_id,
+                }
+                load.add(p.eni_id, p.target_id, session)
         return load
 
     def add(self, eni_id: str, target_id: str, session: dict[str, Any]) -> None:
@@ -120,10 +172,12 @@ def plan(
     sessions: list[dict[str, Any]],
     targets: dict[str, Target],
     target_enis: set[str],
+    pending: Iterable[Pending] = (),
 ) -> Plan:
     """Decide, rule by rule, for each ENI a rule's selectors match. `targets` are the rules'
-    targets; `target_enis` every ENI that is a target in the account (never a source)."""
-    load = _Load.of(sessions)
+    targets; `target_enis` every ENI that is a target in the account (never a source);
+    `pending` the mirrors of jobs not finished yet, which count as made."""
+    load = _Load.of(sessions, pending)
     result = Plan(rules)
     for rule in rules:
         seen: set[str] = set()
@@ -154,10 +208,13 @@ def _decide(  # noqa: PLR0911 - a return per outcome
     eni_id = eni["NetworkInterfaceId"]
     existing = load.on_eni.get(eni_id, [])
     same = same_mirror(existing, rule.targets, rule.filter_id)
-    if same:
+    made = [s for s in same if "pending_job" not in s]
+    if made:
         return PlanItem(
-            rule.name, eni_id, Outcome.ALREADY_MIRRORED, detail=same[0]["TrafficMirrorSessionId"]
+            rule.name, eni_id, Outcome.ALREADY_MIRRORED, detail=made[0]["TrafficMirrorSessionId"]
         )
+    if same:
+        return PlanItem(rule.name, eni_id, Outcome.PENDING, detail=same[0]["pending_job"])
     if eni_id in target_enis:
         return PlanItem(rule.name, eni_id, Outcome.IS_MIRROR_TARGET)
     if eni.get("InterfaceType", "interface") != "interface":
@@ -189,6 +246,20 @@ class PlannedJob:
     request: dict[str, Any]
     rule: str
     alternatives: list[str]
+
+    @property
+    def gap(self) -> str:
+        """What names the gap this job fills, for its claim: the ENI, and the mirror it lacks
+        (the rule's targets, its filter), whatever target was chosen and whatever the rule
+        is called; a DryRun job's gap is another one."""
+        request = self.request
+        mirror = [
+            request["TrafficMirrorFilterId"],
+            sorted({request["TrafficMirrorTargetId"], *self.alternatives}),
+            bool(request.get("DryRun")),
+        ]
+        digest = hashlib.sha256(json.dumps(mirror).encode()).hexdigest()[:24]
+        return f"{request['NetworkInterfaceId']}:{digest}"
 
 
 def planned_jobs(plan: Plan, *, dry_run: bool = False) -> list[PlannedJob]:

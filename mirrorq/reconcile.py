@@ -2,6 +2,10 @@
 one batch; once, or on a schedule for as long as it runs, with a one-line summary per pass.
 
 Running it when nothing changed creates nothing; a session deleted since is created again.
+A gap a job of mirrorq's is already queued or running for is `pending`, not submitted again
+(each pass claims its gaps: tasks/scripts.py CLAIM_GAPS). A pass keeps only its counts: with
+`--every` one that submits nothing stores nothing, and of the passes that did, the newest
+PASSES_KEPT finished batches are kept (and any still running).
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from config import Settings
-from mirrorq.bulk import plan_live, submit_plan
+from mirrorq.bulk import pending_mirrors, plan_live, submit_gaps
 from mirrorq.planning import Outcome, Plan
 from mirrorq.rules import Rule
+from tasks import keys
 from tasks.producer import Producer
 from tasks.records import JobStatus
 
 log = logging.getLogger("mirrorq.reconcile")
+PASSES_KEPT = 100  # finished pass batches kept (older ones deleted as new ones are stored)
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 
 
@@ -41,7 +47,7 @@ def parse_duration(text: str) -> float:
 class Pass:
     number: int
     plan: Plan
-    batch_id: str
+    batch_id: str | None  # None: the pass submitted nothing and stored no batch
     counts: dict[str, int]  # the batch's jobs by status, once it ended (or as far as it got)
 
 
@@ -53,14 +59,25 @@ def run_pass(
     number: int = 1,
     dry_run: bool = False,
     wait_s: float | None = None,
+    keep_empty: bool = False,
 ) -> Pass:
-    """Plan every rule now, submit the gaps as one batch; wait up to `wait_s` for it to end."""
-    plan = asyncio.run(plan_live(settings, rules))
-    batch_id = submit_plan(producer, plan, source="mirrorq reconcile", dry_run=dry_run)
+    """Plan every rule now (counting the mirrors of jobs still pending), submit the gaps as
+    one batch; wait up to `wait_s` for it to end. With nothing to submit, no batch is stored
+    unless `keep_empty` (`mirrorq reconcile` run once prints a batch id, of its counts)."""
+    plan = asyncio.run(plan_live(settings, rules, pending_mirrors(producer)))
+    batch_id = submit_gaps(producer, plan, source="mirrorq reconcile", dry_run=dry_run)
+    if batch_id is None and keep_empty:
+        batch_id = producer.submit_batch(
+            [], source="mirrorq reconcile", plan=plan.summary(skipped=False)
+        )
     counts: dict[str, int] = {}
-    if wait_s is not None:
-        status = producer.wait_batch(batch_id, timeout=wait_s)
-        counts = dict(status["counts"]) if status else {}
+    if batch_id is not None:
+        producer.store.batches.keep_latest(
+            keys.RECONCILE_PASSES, batch_id, time.time(), PASSES_KEPT
+        )
+        if wait_s is not None:
+            status = producer.wait_batch(batch_id, timeout=wait_s)
+            counts = dict(status["counts"]) if status else {}
     return Pass(number, plan, batch_id, counts)
 
 
@@ -74,7 +91,7 @@ def summary(done: Pass) -> str:
     line = f"pass {done.number}: {len(creates)} to create"
     line += f" ({planned})" if planned else ""
     line += "; skipped " + (", ".join(f"{k} {v}" for k, v in skipped.items()) or "none")
-    line += f"; batch {done.batch_id}"
+    line += f"; batch {done.batch_id or 'none'}"
     if done.counts:
         created = done.counts.get(JobStatus.CREATED, 0) + done.counts.get(JobStatus.DRY_RUN_OK, 0)
         line += f": created {created}, failed {done.counts.get(JobStatus.FAILED, 0)}"

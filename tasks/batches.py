@@ -56,6 +56,29 @@ class BatchStore:
         for key in batch.all():
             pipe.expire(key, self.ttl_s)
 
+    def keep_latest(self, series: str, batch_id: str, submitted: float, keep: int) -> int:
+        """Add `batch_id` to a series of batches (a sorted set by submission time) and delete
+        the finished ones older than the newest `keep`; an unfinished one stays until it
+        finishes (its jobs still move its counts). Returns how many were deleted."""
+        self.redis.zadd(series, {batch_id: submitted})
+        self.redis.expire(series, self.ttl_s)
+        older = [_text(b) for b in self.redis.zrange(series, 0, -keep - 1)]
+        if not older:
+            return 0
+        with self.redis.pipeline(transaction=False) as pipe:
+            for old in older:
+                pipe.hmget(keys.batch(old).record, ["total", "finished_at"])
+            ends = pipe.execute()
+        # Finished, or expired already (no total).
+        gone = [old for old, (total, end) in zip(older, ends, strict=True) if end or not total]
+        if gone:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for old in gone:
+                    pipe.delete(*keys.batch(old).all())
+                pipe.zrem(series, *gone)
+                pipe.execute()
+        return len(gone)
+
     def status(self, batch_id: str) -> dict[str, Any] | None:
         with self.redis.pipeline(transaction=False) as pipe:
             batch = keys.batch(batch_id)
@@ -83,3 +106,7 @@ class BatchStore:
         while chunk := self.redis.lrange(jobs, start, start + CHUNK - 1):
             yield [j.decode() if isinstance(j, bytes) else j for j in chunk]
             start += CHUNK
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

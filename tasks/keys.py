@@ -22,6 +22,14 @@ def event_claim(key: str) -> str:
     return _key("event-claim", key)
 
 
+def gap_claim(key: str) -> str:
+    """String: the id of the job a reconcile pass submitted for one gap (an ENI not yet
+    mirrored to a rule's targets through its filter). It holds while that job is pending: a
+    later pass, or another reconcile process, submits nothing for the gap until it finishes
+    (tasks/scripts.py CLAIM_GAPS)."""
+    return _key("gap-claim", key)
+
+
 def eni_lease(eni_id: str) -> str:
     """String: the token of the job reading and creating on this ENI (worker/leases.py)."""
     return _key("eni-lease", eni_id)
@@ -59,6 +67,9 @@ STATS_STATUS = _key("stats", "status")  # hash: status -> jobs that entered it (
 STATS_FAILED = _key("stats", "failed")  # hash: error code -> jobs that failed with it
 STATS_DURATION = _key("stats", "duration")  # hash: submission-to-outcome bucket -> jobs, sum
 RUNNING_BATCHES = _key("batches", "running")  # set: batches not finished yet
+# sorted set: reconcile's pass batches by submission time, the finished ones past the newest
+# few deleted (tasks/batches.py keep_latest)
+RECONCILE_PASSES = _key("reconcile", "passes")
 PENDING = _key("pending")  # sorted set: accepted jobs not yet finished, by submission time
 REPAIR_LOCK = _key("repair-lock")
 REPAIR_SUSPECTS = _key("repair-suspects")  # jobs that looked lost at the previous sweep

@@ -38,6 +38,12 @@ class Acceptance:
     new: bool  # False: the idempotency key named this job already
 
 
+@dataclass(frozen=True)
+class GapClaim:
+    job_id: str  # the id to submit the gap's job under, if the claim was taken
+    holder: str | None  # else the pending job that holds the gap (it makes the mirror)
+
+
 class Producer:
     """Submits jobs to the queue and reads their results; cheap to create, thread-safe."""
 
@@ -100,8 +106,10 @@ class Producer:
         plan: dict[str, Any] | None = None,
         origins: list[Origin | None] | None = None,
         alternatives: list[list[str]] | None = None,
+        job_ids: list[str] | None = None,
     ) -> str:
-        """Enqueue validated jobs as one batch; return the batch id at once.
+        """Enqueue validated jobs as one batch; return the batch id at once. `job_ids` are
+        the jobs' ids if they were chosen already (claimed gaps), else new ones.
 
         Records and the batch's counts are written in one pipeline, then the messages are
         published through one pipelined producer: a few round trips for thousands of jobs.
@@ -113,7 +121,7 @@ class Producer:
         jobs: list[JobResult] = []
         with self.store.client.pipeline(transaction=False) as pipe:
             for n, parsed in enumerate(requests):
-                job_id = str(uuid.uuid4())
+                job_id = job_ids[n] if job_ids else str(uuid.uuid4())
                 kwargs = parsed.to_kwargs()
                 kwargs.setdefault("ClientToken", job_id)
                 record = accepted(
@@ -136,6 +144,17 @@ class Producer:
                 chunk = jobs[start : start + per_message]
                 self._publish_jobs(chunk, producer=producer, declare=None if n == 0 else [])
         return batch_id
+
+    def claim_gaps(self, gaps: list[str]) -> list[GapClaim]:
+        """Claim each gap (a key naming an ENI and the mirror it lacks) for a new job, unless
+        a job claimed for it is still pending. Submit the taken ones with `submit_batch(...,
+        job_ids=...)`; one never submitted (the process died) frees its gap once the
+        lost-message repair finds it has no record."""
+        job_ids = [str(uuid.uuid4()) for _ in gaps]
+        held = self.store.claim_gaps(
+            [(keys.gap_claim(gap), job_id) for gap, job_id in zip(gaps, job_ids, strict=True)]
+        )
+        return [GapClaim(j, h) for j, h in zip(job_ids, held, strict=True)]
 
     def publish(self, record: JobResult) -> None:
         """Publish an accepted job's message again (the lost-message repair): same id, token

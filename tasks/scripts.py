@@ -117,3 +117,28 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 if #KEYS == 4 and redis.call('GET', KEYS[4]) == ARGV[2] then redis.call('DEL', KEYS[4]) end
 return 1
 """
+
+# Claim gaps for a reconcile pass's jobs: a gap whose claim names a job still in the pending
+# index is held (that job will make the mirror, or fail, and then the gap is free again);
+# any other claim (none, expired, or naming a job that finished) is taken, and the new job
+# goes into the pending index in the same step, so no other claimer can take the gap from it
+# before its record is written. A job whose record is then never written (the producer died)
+# is dropped from the index by the lost-message repair, which frees its gap.
+# KEYS: pending index, claim 1..n
+# ARGV: ttl, now, job id 1..n
+# Returns for each claim '' (taken) or the id of the pending job that holds it.
+CLAIM_GAPS = """
+local out = {}
+for i = 2, #KEYS do
+  local job = ARGV[i + 1]
+  local holder = redis.call('GET', KEYS[i])
+  if holder and holder ~= job and redis.call('ZSCORE', KEYS[1], holder) then
+    out[i - 1] = holder
+  else
+    redis.call('SET', KEYS[i], job, 'EX', ARGV[1])
+    redis.call('ZADD', KEYS[1], ARGV[2], job)
+    out[i - 1] = ''
+  end
+end
+return out
+"""

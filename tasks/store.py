@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -24,7 +24,7 @@ from tasks import keys
 from tasks.batches import BatchStore
 from tasks.connections import sync_client
 from tasks.records import TERMINAL_STATUSES, JobResult, JobStatus, is_terminal, loaded
-from tasks.scripts import ACCEPT, STEP, UNACCEPT
+from tasks.scripts import ACCEPT, CLAIM_GAPS, STEP, UNACCEPT
 
 TERMINAL_ARG = ",".join(sorted(TERMINAL_STATUSES))
 Step = Literal["start", "save", "finish"]
@@ -81,6 +81,7 @@ class ResultStore:
         self._step = self.client.register_script(STEP)
         self._accept = self.client.register_script(ACCEPT)
         self._unaccept = self.client.register_script(UNACCEPT)
+        self._claim_gaps = self.client.register_script(CLAIM_GAPS)
 
     def load(self, job_id: str) -> JobResult | None:
         return self.load_many([job_id])[0]
@@ -124,6 +125,29 @@ class ResultStore:
         pipe.zadd(keys.PENDING, {record["job_id"]: now for record in records})
         for status, count in Counter(record["status"] for record in records).items():
             pipe.hincrby(keys.STATS_STATUS, status, count)
+
+    def claim_gaps(self, claims: Sequence[tuple[str, str]]) -> list[str | None]:
+        """Take each (gap's Redis key, job id) claim for its job, atomically, unless a job
+        still pending holds it; for each, None (taken: the job is in the pending index now)
+        or the id of the job that holds it."""
+        if not claims:
+            return []
+        held = self._claim_gaps(
+            keys=[keys.PENDING, *(key for key, _ in claims)],
+            args=[self.ttl_s, time.time(), *(job_id for _, job_id in claims)],
+        )
+        return [(h.decode() if isinstance(h, bytes) else str(h)) or None for h in held]
+
+    def pending_records(self, chunk: int = 1000) -> Iterator[JobResult]:
+        """The record of every job in the pending index that has not finished: O(pending),
+        read `chunk` at a time (a planner counts what they will make)."""
+        ids: list[str] = []
+        for member, _ in self.client.zscan_iter(keys.PENDING, count=chunk):
+            ids.append(member.decode() if isinstance(member, bytes) else str(member))
+            if len(ids) >= chunk:
+                yield from (r for r in self.load_many(ids) if r and not is_terminal(r))
+                ids = []
+        yield from (r for r in self.load_many(ids) if r and not is_terminal(r))
 
     def keep_pending(self, job_id: str) -> None:
         """Put a job the repair must look at in the pending index (a job another service sent

@@ -125,10 +125,11 @@ def reconcile(policy_path: Path, every: str | None, dry_run: bool, wait: bool) -
         return
     console = Console(stderr=True)
     try:
-        done = run_pass(settings, rules, producer, dry_run=dry_run)
+        done = run_pass(settings, rules, producer, dry_run=dry_run, keep_empty=True)
     except UnknownResourceError as error:
         fail_input(f"{policy_path}: {error}")
     console.print(display.plan_table(done.plan))
+    assert done.batch_id is not None  # keep_empty
     click.echo(done.batch_id)
     if wait:
         status = display.watch(producer, done.batch_id, console)
