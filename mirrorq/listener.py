@@ -19,7 +19,7 @@ from config import Settings
 from mirrorq.events import Event, read_event
 from mirrorq.intake import Intake
 from mirrorq.inventory import Inventory
-from mirrorq.rules import Rule
+from mirrorq.policy_watch import RulesSource
 from tasks.connections import async_pool
 from tasks.producer import Producer
 from worker.aws import ec2_client, sqs_client
@@ -34,13 +34,16 @@ RETRY_AFTER_S = 2.0  # SQS unreachable: try again after this
 
 async def listen(
     settings: Settings,
-    rules: Sequence[Rule],
+    rules: RulesSource,
     queue_urls: Sequence[str],
     *,
     pollers: int = 2,
     stop: asyncio.Event | None = None,
 ) -> Counter[str]:
-    """Poll until `stop` is set; return the counts (events, jobs, duplicates, ignored...)."""
+    """Poll until `stop` is set; return the counts (events, jobs, duplicates, ignored...).
+
+    `rules` may be a watched policy's `current`: each receive's events go through the rules
+    in use when they are planned."""
     stop = stop or asyncio.Event()
     async with AsyncExitStack() as stack:
         sqs = await stack.enter_async_context(sqs_client(settings))
