@@ -139,14 +139,6 @@ class WatchedPolicy:
             "; ".join(f"{e['field']}: {e['message']}" for e in error.errors),
         )
 
-    def status(self) -> dict[str, object]:
-        """What readiness reports: the file, the rules in use, and what is wrong, if anything."""
-        rules = self.current()
-        found: dict[str, object] = {"path": str(self.path), "rules": len(rules)}
-        if self.error is not None:
-            found["error"] = str(self.error)
-        return found
-
 
 class PolicyCollector(Collector):
     """`mirrorq_policy_valid` (0 while the file is invalid and the last good policy is in use),
