@@ -1,9 +1,10 @@
 """Events into jobs, through the policy: what `mirrorq listen` and `POST /v1/events` share.
 
 A batch of events is planned together (one read of their ENIs, their sessions and the rules'
-targets), with the same planner as `reconcile`. Each job is submitted under an idempotency key
-per event, ENI and rule, so an event delivered twice (EventBridge delivers at least once, and
-a listener may die before it deletes a message) never makes a second job.
+targets), with the same planner as `reconcile`, under the rules in use when the batch begins (a
+watched policy is looked at once per batch: policy_watch.py). Each job is submitted under an
+idempotency key per event, ENI and rule, so an event delivered twice (EventBridge delivers at
+least once, and a listener may die before it deletes a message) never makes a second job.
 
 One event never holds back another: a batch that fails for a reason retrying cannot change is
 handled again one event at a time, so only the event that fails is left unacknowledged.
@@ -25,6 +26,7 @@ from mirrorq import planning
 from mirrorq.events import Event
 from mirrorq.inventory import Inventory
 from mirrorq.planning import Target
+from mirrorq.policy_watch import RulesSource, rules_now
 from mirrorq.rules import Rule
 from tasks.errors import IdempotencyConflictError, InvalidJobError
 from tasks.producer import MAX_KEY_LENGTH, Producer
@@ -53,25 +55,27 @@ class Outcome:
 
 class Intake:
     def __init__(
-        self, rules: Sequence[Rule], settings: Settings, producer: Producer, inventory: Inventory
+        self, rules: RulesSource, settings: Settings, producer: Producer, inventory: Inventory
     ) -> None:
-        self.rules = list(rules)
+        self.rules = rules  # a policy's rules, or what gives the rules in use (a watched file)
         self.settings = settings
         self.producer = producer
         self.inventory = inventory
         self.counts: Counter[str] = Counter()
-        self._targets: tuple[float, dict[str, Target], set[str]] | None = None
+        # When read, for which targets: the targets, and every ENI that is a target.
+        self._targets: tuple[float, frozenset[str], dict[str, Target], set[str]] | None = None
 
     async def handle(self, events: Sequence[Event]) -> list[Outcome]:
         """What became of each event. Raises only what retrying may change (Redis or EC2 away)
         or, for one event alone, what it failed with (the API answers it)."""
+        rules = list(rules_now(self.rules))  # one batch, one policy, however long it takes
         try:
-            outcomes = await self._handle_together(events)
+            outcomes = await self._handle_together(rules, events)
         except Exception as error:
             if len(events) < 2 or classify(error).action is not Action.FAIL:
                 raise
             log.exception("a batch of %d events failed; handling each alone", len(events))
-            outcomes = _by_event([await self._handle_alone(event) for event in events])
+            outcomes = _by_event([await self._handle_alone(rules, event) for event in events])
         for outcome in outcomes:
             self.counts["events"] += 1
             self.counts["jobs"] += len(outcome.job_ids)
@@ -80,14 +84,14 @@ class Intake:
             self.counts["unhandled"] += bool(outcome.error)
         return outcomes
 
-    async def _handle_alone(self, event: Event) -> Outcome:
+    async def _handle_alone(self, rules: list[Rule], event: Event) -> Outcome:
         try:
-            (outcome,) = await self._handle_together([event])
+            (outcome,) = await self._handle_together(rules, [event])
         except Exception as error:
             return Outcome(event.event_id, error=f"{type(error).__name__}: {error}")
         return outcome
 
-    async def _handle_together(self, events: Sequence[Event]) -> list[Outcome]:
+    async def _handle_together(self, rules: list[Rule], events: Sequence[Event]) -> list[Outcome]:
         outcomes = {e.event_id: Outcome(e.event_id) for e in events}
         wanting: list[Event] = []
         for event in events:
@@ -103,22 +107,24 @@ class Intake:
             elif event.wants_enis:
                 wanting.append(event)
         if wanting:
-            await self._mirror(wanting, outcomes)
+            await self._mirror(rules, wanting, outcomes)
         return list(outcomes.values())
 
-    async def _mirror(self, events: list[Event], outcomes: dict[str, Outcome]) -> None:
+    async def _mirror(
+        self, rules: list[Rule], events: list[Event], outcomes: dict[str, Outcome]
+    ) -> None:
         enis = await self.inventory.enis_named(
             eni_ids=[e for ev in events for e in ev.eni_ids],
             instance_ids=[i for ev in events for i in ev.instance_ids],
         )
-        targets, target_enis = await self._targets_now()
+        targets, target_enis = await self._targets_now(rules)
         sessions = await self.inventory.sessions_touching(
             [e["NetworkInterfaceId"] for e in enis], targets
         )
         named_by = _first_event_naming(events, enis)
         # Only the ENIs an event names exactly: EC2 reads `*` and `?` in a filter's values.
         enis = [e for e in enis if e["NetworkInterfaceId"] in named_by]
-        plan = planning.plan(self.rules, enis, sessions, targets, target_enis)
+        plan = planning.plan(rules, enis, sessions, targets, target_enis)
         for job in planning.planned_jobs(plan):
             event_id = named_by[job.request["NetworkInterfaceId"]]
             await self._submit(
@@ -170,18 +176,19 @@ class Intake:
         else:
             outcome.duplicates += 1
 
-    async def _targets_now(self) -> tuple[dict[str, Target], set[str]]:
-        now = time.monotonic()
-        if self._targets is None or now - self._targets[0] > TARGETS_FRESH_S:
-            wanted = {t for r in self.rules for t in r.targets}
+    async def _targets_now(self, rules: list[Rule]) -> tuple[dict[str, Target], set[str]]:
+        now, wanted = time.monotonic(), frozenset(t for r in rules for t in r.targets)
+        cached = self._targets
+        if cached is None or now - cached[0] > TARGETS_FRESH_S or cached[1] != wanted:
+            # Read again when stale, or at once when a reloaded policy names other targets.
             # A rule whose targets are gone makes nothing; the others go on (a listener is a
             # service: one stale rule must not stop every event).
             targets = await self.inventory.targets(wanted, missing_ok=True)
             if missing := sorted(wanted - set(targets)):
                 log.warning("policy names targets that do not exist: %s", ", ".join(missing))
             target_enis = await self.inventory.all_target_enis()
-            self._targets = (now, targets, target_enis)
-        return self._targets[1], self._targets[2]
+            self._targets = cached = (now, wanted, targets, target_enis)
+        return cached[2], cached[3]
 
 
 def _by_event(outcomes: list[Outcome]) -> list[Outcome]:

@@ -27,7 +27,7 @@ from config import Settings
 from mirrorq.events import Event, read_event
 from mirrorq.intake import Intake
 from mirrorq.inventory import Inventory
-from mirrorq.rules import Rule
+from mirrorq.policy_watch import RulesSource, rules_now
 from tasks.connections import async_pool
 from tasks.producer import Producer
 from worker.aws import ec2_client, sqs_client
@@ -52,7 +52,7 @@ class QueueError(Exception):
 
 async def listen(
     settings: Settings,
-    rules: Sequence[Rule],
+    rules: RulesSource,
     queue_urls: Sequence[str],
     *,
     pollers: int = 2,
@@ -61,7 +61,10 @@ async def listen(
     """Poll until `stop` is set; return the counts (events, jobs, duplicates, ignored...).
 
     Raises QueueError for a queue that cannot be used: before polling any (`at_start`), or
-    once it fails later (the other polls are stopped first)."""
+    once it fails later (the other polls are stopped first).
+
+    `rules` may be a watched policy's `current`: each receive's events go through the rules
+    in use when they are planned."""
     stop = stop or asyncio.Event()
     async with AsyncExitStack() as stack:
         sqs = await stack.enter_async_context(sqs_client(settings))
@@ -69,7 +72,7 @@ async def listen(
             await _check(sqs, url, stop)
         if stop.is_set():
             return Counter()
-        log.info("listening on %d queue(s) with %d rule(s)", len(queue_urls), len(rules))
+        log.info("listening on %d queue(s) with %d rule(s)", len(queue_urls), len(rules_now(rules)))
         ec2 = await stack.enter_async_context(ec2_client(settings))
         redis = async_pool(settings.broker_url, settings, max_connections=4)
         stack.push_async_callback(redis.aclose)

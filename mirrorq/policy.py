@@ -122,10 +122,19 @@ def _pair(text: str) -> tuple[str, str]:
 def load_policy(path: Path) -> list[Rule]:
     """The rules of a policy file, or PolicyError naming every problem."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        content = path.read_bytes()
+    except OSError as error:
         raise PolicyError(str(path), [{"field": "(file)", "message": str(error)}]) from None
-    return parse_policy(raw, str(path))
+    return read_policy(content, str(path))
+
+
+def read_policy(content: bytes, path: str) -> list[Rule]:
+    """The rules of a policy file's content (as read, to be hashed: policy_watch.py)."""
+    try:
+        raw = tomllib.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise PolicyError(path, [{"field": "(file)", "message": str(error)}]) from None
+    return parse_policy(raw, path)
 
 
 def parse_policy(raw: dict[str, Any], path: str = "policy") -> list[Rule]:

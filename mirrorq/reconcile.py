@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from config import Settings
 from mirrorq.bulk import pending_mirrors, plan_live, submit_gaps
 from mirrorq.planning import Outcome, Plan
+from mirrorq.policy_watch import RulesSource, rules_now
 from mirrorq.rules import Rule
 from tasks import keys
 from tasks.producer import Producer
@@ -100,21 +101,22 @@ def summary(done: Pass) -> str:
 
 def reconcile_every(
     settings: Settings,
-    rules: Sequence[Rule],
+    rules: RulesSource,
     producer: Producer,
     every_s: float,
     stop: threading.Event,
     *,
     dry_run: bool = False,
 ) -> None:
-    """A pass every `every_s` seconds (each waits for its batch, at most a period) until stop."""
+    """A pass every `every_s` seconds (each waits for its batch, at most a period) until stop;
+    each plans the rules in use when it starts (`rules` may be a watched policy's `current`)."""
     number = 0
     while not stop.is_set():
         number += 1
         started = time.monotonic()
         try:
             done = run_pass(
-                settings, rules, producer, number=number, dry_run=dry_run, wait_s=every_s
+                settings, rules_now(rules), producer, number=number, dry_run=dry_run, wait_s=every_s
             )
             log.info(summary(done))
         except Exception:  # EC2 or Redis away: this pass is lost, the next one tries again

@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from config import Settings
 from mirrorq.events import Event
 from mirrorq.intake import Intake, Outcome, event_key, origin_id
+from mirrorq.rules import Rule
 from tasks.producer import MAX_KEY_LENGTH
 
 LONG = "x" * 300
@@ -51,7 +52,7 @@ class Poisoned(Intake):
         self.error = error
         self.batches: list[list[str]] = []
 
-    async def _handle_together(self, events: Sequence[Event]) -> list[Outcome]:
+    async def _handle_together(self, rules: list[Rule], events: Sequence[Event]) -> list[Outcome]:
         self.batches.append([e.event_id for e in events])
         if any(e.event_id == "poison" for e in events):
             raise self.error

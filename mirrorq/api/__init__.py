@@ -21,6 +21,7 @@ from mirrorq.api.limits import BodyLimit
 from mirrorq.api.metrics import FleetCollector
 from mirrorq.api.routes import Services, probes, v1
 from mirrorq.api.schemas import REF, request_syntax_components
+from mirrorq.policy_watch import PolicyCollector, RulesSource, WatchedPolicy
 from mirrorq.rules import Rule
 from tasks.producer import Producer
 from worker.redaction import REDACTOR
@@ -28,14 +29,19 @@ from worker.redaction import REDACTOR
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings, rules: Sequence[Rule] = ()) -> FastAPI:
-    """The API; with `rules` (a policy), POST /v1/events turns events into jobs."""
+def create_app(settings: Settings, policy: WatchedPolicy | Sequence[Rule] = ()) -> FastAPI:
+    """The API; with a policy, POST /v1/events turns events into jobs. A watched policy file
+    is read again when it changes, and /readyz says when it is invalid."""
     tokens = settings.api_token_values()
     REDACTOR.remember(*tokens)  # never in a log line, whatever logs it
     producer = Producer(settings=settings)
     registry = CollectorRegistry()
     registry.register(FleetCollector(producer))
     services = Services(producer, Tokens(tokens), registry)
+    rules: RulesSource = list(policy) if isinstance(policy, Sequence) else policy.current
+    if isinstance(policy, WatchedPolicy):
+        services.policy = policy
+        registry.register(PolicyCollector(policy))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +66,7 @@ def create_app(settings: Settings, rules: Sequence[Rule] = ()) -> FastAPI:
 
 
 async def _intake(
-    stack: AsyncExitStack, settings: Settings, rules: Sequence[Rule], producer: Producer
+    stack: AsyncExitStack, settings: Settings, rules: RulesSource, producer: Producer
 ) -> Any:
     from mirrorq.intake import Intake
     from mirrorq.inventory import Inventory

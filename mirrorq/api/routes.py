@@ -27,6 +27,7 @@ from mirrorq.events import NotAnEvent, read_event
 from mirrorq.export import export_lines
 from mirrorq.intake import Intake
 from mirrorq.jobfiles import parse_jobs
+from mirrorq.policy_watch import WatchedPolicy
 from tasks.connections import answers
 from tasks.errors import InvalidJobError
 from tasks.producer import Producer
@@ -43,6 +44,7 @@ class Services:
     tokens: Tokens
     registry: CollectorRegistry
     intake: Intake | None = None  # with --policy: POST /v1/events
+    policy: WatchedPolicy | None = None  # with --policy: its file, watched (for /readyz)
 
 
 def services(request: Request) -> Services:
@@ -210,13 +212,26 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@probes.get("/readyz", responses=errors(503), summary="Readiness: Redis answers")
+@probes.get(
+    "/readyz", responses=errors(503), summary="Readiness: Redis answers, the policy file is valid"
+)
 async def readyz(s: Svc) -> JSONResponse:
     settings = s.producer.settings
     for name, url in (("broker", settings.broker_url), ("results", settings.result_backend)):
         if not await answers(url, READY_TIMEOUT_S):
             raise ApiError(503, "NotReady", f"Redis ({name}) does not answer")
-    return JSONResponse({"status": "ready"})
+    if s.policy is None:
+        return JSONResponse({"status": "ready"})
+    rules, error = s.policy.current(), s.policy.error
+    if error is not None:
+        # Events still go through the last good rules; but this file would not start again.
+        message = (
+            f"policy {error.path} is invalid; the last good one ({len(rules)} rules) is in use"
+        )
+        raise ApiError(503, error.code, message, error.errors)
+    return JSONResponse(
+        {"status": "ready", "policy": {"path": str(s.policy.path), "rules": len(rules)}}
+    )
 
 
 @probes.get(

@@ -12,9 +12,16 @@ import click
 from mirrorq.cli.base import EXIT_FAILED, EXIT_USAGE, echo_json, exit_for_batch, fail_input, main
 
 if TYPE_CHECKING:
+    from mirrorq.policy_watch import WatchedPolicy
     from mirrorq.rules import Rule
 
 policy_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+metrics_port = click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve the policy's metrics (mirrorq_policy_valid, _rules) on 127.0.0.1:PORT.",
+)
 
 
 def _rules(path: Path) -> list[Rule]:
@@ -24,6 +31,20 @@ def _rules(path: Path) -> list[Rule]:
         return load_policy(path)
     except PolicyError as error:
         _refuse(error)
+
+
+def _watched(path: Path, port: int | None) -> WatchedPolicy:
+    """The policy of a long-running command: read again when it changes, and on SIGHUP."""
+    from mirrorq.policy import PolicyError
+    from mirrorq.policy_watch import WatchedPolicy, serve_metrics
+
+    try:
+        watched = WatchedPolicy(path)
+    except PolicyError as error:
+        _refuse(error)
+    if port is not None:
+        serve_metrics(watched, port)
+    return watched
 
 
 def _refuse(error: Exception) -> NoReturn:
@@ -90,11 +111,16 @@ def policy_plan(file: Path, as_json: bool) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Plan, and send DryRun jobs: nothing is created.")
 @click.option("--wait", is_flag=True, help="Follow the pass's batch with a progress bar.")
-def reconcile(policy_path: Path, every: str | None, dry_run: bool, wait: bool) -> None:
+@metrics_port
+def reconcile(
+    policy_path: Path, every: str | None, dry_run: bool, wait: bool, metrics_port: int | None
+) -> None:
     """Mirror every rule's gaps: plan from live EC2, submit them as one batch.
 
     Prints the batch id. With --every, a pass runs each DURATION until stopped (Ctrl-C or
     SIGTERM), each logging one line: what it planned, skipped by reason, created, failed.
+    Each pass plans the policy as the file is then: an edit applies from the next pass, an
+    invalid one is logged and the last good policy kept; SIGHUP reads the file at once.
     """
     import logging
     import signal
@@ -108,7 +134,6 @@ def reconcile(policy_path: Path, every: str | None, dry_run: bool, wait: bool) -
     from mirrorq.reconcile import parse_duration, reconcile_every, run_pass
     from tasks.producer import Producer
 
-    rules = _rules(policy_path)
     settings, producer = get_settings(), Producer()
     if every is not None:
         try:
@@ -116,13 +141,20 @@ def reconcile(policy_path: Path, every: str | None, dry_run: bool, wait: bool) -
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--every") from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        watched = _watched(policy_path, metrics_port)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: watched.hangup())
         try:
-            reconcile_every(settings, rules, producer, period, stop, dry_run=dry_run)
+            reconcile_every(settings, watched.current, producer, period, stop, dry_run=dry_run)
         except KeyboardInterrupt:
             stop.set()
         return
+    if metrics_port is not None:
+        raise click.BadParameter(
+            "only with --every (a long-running reconcile)", param_hint="--metrics-port"
+        )
+    rules = _rules(policy_path)
     console = Console(stderr=True)
     try:
         done = run_pass(settings, rules, producer, dry_run=dry_run, keep_empty=True)
@@ -155,7 +187,10 @@ def reconcile(policy_path: Path, every: str | None, dry_run: bool, wait: bool) -
     show_default=True,
     help="Long polls in flight per queue.",
 )
-def listen(queue_urls: tuple[str, ...], policy_path: Path, pollers: int) -> None:
+@metrics_port
+def listen(
+    queue_urls: tuple[str, ...], policy_path: Path, pollers: int, metrics_port: int | None
+) -> None:
     """Turn EventBridge events from SQS into jobs through the policy.
 
     Instances reaching running (every ENI attached), CloudTrail's CreateNetworkInterface and
@@ -163,6 +198,10 @@ def listen(queue_urls: tuple[str, ...], policy_path: Path, pollers: int) -> None
     detail is one job). A message is deleted once its jobs are accepted; one that is not an
     event is left for the queue's dead-letter queue. Stops on Ctrl-C or SIGTERM; exits 2 if a
     queue cannot be used at start (no such queue, access denied), 1 if one stops being usable.
+
+    Each receive's events go through the policy as the file is then: an edit applies from the
+    next receive, an invalid one is logged and the last good policy kept; SIGHUP reads the
+    file at once.
     """
     import asyncio
     import logging
@@ -172,17 +211,18 @@ def listen(queue_urls: tuple[str, ...], policy_path: Path, pollers: int) -> None
     from mirrorq.listener import QueueError
     from mirrorq.listener import listen as run
 
-    rules = _rules(policy_path)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    watched = _watched(policy_path, metrics_port)
 
     async def main_() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run(get_settings(), rules, queue_urls, pollers=pollers, stop=stop)
+        loop.add_signal_handler(signal.SIGHUP, watched.hangup)
+        await run(get_settings(), watched.current, queue_urls, pollers=pollers, stop=stop)
 
     try:
         asyncio.run(main_())

@@ -153,7 +153,8 @@ def emulator(seed_lab_enis: int, **flags: Any) -> None:
     "policy_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Policy file: POST /v1/events turns EventBridge events into jobs through it.",
+    help="Policy file: POST /v1/events turns EventBridge events into jobs through it (read "
+    "again when it changes, or on SIGHUP).",
 )
 def api(host: str, port: int, policy_path: Path | None) -> None:
     """Serve the HTTP API (jobs, batches, events, health, metrics) on HOST:PORT.
@@ -162,16 +163,23 @@ def api(host: str, port: int, policy_path: Path | None) -> None:
     MIRRORQ_API_TOKENS_FILE (one a line). It serves plain HTTP: put it behind a proxy that
     terminates TLS, and keep it on loopback unless told otherwise.
     """
+    import signal
+
     import uvicorn
 
     from config import get_settings
     from mirrorq.api import create_app
-    from mirrorq.policy import PolicyError, load_policy
+    from mirrorq.policy import PolicyError
+    from mirrorq.policy_watch import WatchedPolicy
 
     try:
-        rules = load_policy(policy_path) if policy_path else []
-        app = create_app(get_settings(), rules)
+        policy = WatchedPolicy(policy_path) if policy_path else None
+        app = create_app(get_settings(), policy or ())
     except (PolicyError, ValueError, OSError) as error:
         click.echo(f"mirrorq: {error}", err=True)
         sys.exit(2)
+    if policy is not None:
+        # mirrorq's own lines (a reloaded or refused policy) beside uvicorn's.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        signal.signal(signal.SIGHUP, lambda *_: policy.hangup())
     uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
