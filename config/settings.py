@@ -135,6 +135,12 @@ class EmulatorSettings(BaseSettings):
     # SQS queue (served by the emulator itself) that gets the EventBridge events EC2 would
     # send: instance state changes and CloudTrail API calls. Unset: no events.
     events_queue: str | None = Field(default=None, pattern=SQS_QUEUE_NAME)
+    # The shortest AssumeRole DurationSeconds accepted. AWS's is 900; a lab sets a few
+    # seconds so that tests see credentials expire and be refreshed.
+    sts_min_duration: int = Field(default=900, ge=1, le=3600)
+    # Every AssumeRole's credentials last at most this many seconds, whatever was asked
+    # (botocore will not send a DurationSeconds under 900). Unset: as asked.
+    sts_lifetime: int | None = Field(default=None, ge=1, le=3600)
 
     def overridden(self, **flags: Any) -> EmulatorSettings:
         """These settings with the command line's flags (those given) on top, validated."""

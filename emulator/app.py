@@ -5,10 +5,11 @@ moto's EC2 (behind throttling, the create path and the events feed), SQS or STS.
 from __future__ import annotations
 
 import io
+import json
 import threading
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.test import EnvironBuilder
@@ -16,31 +17,52 @@ from werkzeug.test import EnvironBuilder
 from emulator import moto_ext
 from emulator.control import CONTROL_PREFIX, ControlEndpoints
 from emulator.create_path import CreatePath
-from emulator.errors import EC2Error, throttled
+from emulator.errors import EC2Error, expired_token, request_expired, throttled
 from emulator.events import EventFeed
 from emulator.faults import Faults
 from emulator.mirroring import IDEMPOTENT_ACTIONS, TrafficMirroring
-from emulator.request import account_of, query_action, region_of, service_of, sqs_action
+from emulator.request import (
+    ACCOUNT,
+    access_key_of,
+    account_of,
+    region_of,
+    service_of,
+    sqs_action,
+)
+from emulator.sharing import SHARES
 from emulator.stats import Stats, outcome_of
+from emulator.sts import AWS_MIN_DURATION, SecurityTokens
 from emulator.wsgi import Environ, Reply, StartResponse, call_app, read_body
 
 
 class EmulatorApp:
     """Control paths (`/_mirrorq/...`), else the service the SigV4 scope (or X-Amz-Target) names.
 
-    EC2 calls go through throttling → for the Traffic Mirroring create calls, injected
-    faults, ClientToken replay and validation → moto → events. Describe* calls are never
-    throttled or faulted: tests count what really exists through them. SQS and STS calls go
-    straight to moto, never throttled or faulted.
+    Every call is first placed in its account (its credentials') and Region (its SigV4
+    scope), and refused if it is signed with temporary credentials that have expired.
+    EC2 calls then go through throttling (a bucket per account, Region and action) → for the
+    Traffic Mirroring create calls, the fault plan of that account and Region, ClientToken
+    replay and validation → moto → events. Describe* calls are never throttled or faulted:
+    tests count what really exists through them. SQS and STS calls go straight to moto,
+    never throttled or faulted; an AssumeRole is checked as STS would first.
     """
 
-    def __init__(self, faults: Faults, events_queue: str | None = None) -> None:
+    def __init__(
+        self,
+        faults: Faults,
+        events_queue: str | None = None,
+        sts_min_duration: int = AWS_MIN_DURATION,
+        sts_lifetime: int | None = None,
+    ) -> None:
         moto_ext.install()
         self.faults = faults
         self.stats = Stats()
         self.mirroring = TrafficMirroring()
         self.events = EventFeed(events_queue)
-        self.control = ControlEndpoints(self.stats, self.faults, self.events, self.reset)
+        self.tokens = SecurityTokens(sts_min_duration, sts_lifetime)
+        self.control = ControlEndpoints(
+            self.stats, self.faults, self.events, self.tokens, SHARES, self.reset
+        )
         self._moto = DomainDispatcherApplication(create_backend_app)
         # Going straight to a service's moto app skips the dispatcher's per-request scan of
         # moto's modules (a tenth of the emulator's CPU).
@@ -60,39 +82,83 @@ class EmulatorApp:
         body = read_body(environ)
         environ["wsgi.input"] = io.BytesIO(body)
         service = service_of(environ)
+        key = access_key_of(environ)
+        issued = self.tokens.issued(key)
+        if issued is not None and not environ.get("HTTP_X_MOTO_ACCOUNT_ID"):
+            environ[ACCOUNT] = issued.account  # what moto finds by scanning its IAM keys
+        expired = self.tokens.is_expired(key)
         if service == "sqs":
-            with moto_ext.SQS_LOCK:
-                reply = call_app(self._sqs, environ)
-            return self._counted(sqs_action(environ, body), reply, start_response)
-        if service == "sts":
-            return self._counted(query_action(body), call_app(self._sts, environ), start_response)
+            return self._sqs_call(sqs_action(environ, body), expired, environ, start_response)
         params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         action = params.get("Action")
+        if service == "sts":
+            return self._sts_call(action, key, params, expired, environ, start_response)
         if action is None or service not in (None, "ec2"):
             # Anything else moto serves (its /moto-api, other services) through its dispatcher.
             return self._counted(None, self._call_moto(environ), start_response)
-        return self._ec2_call(action, params, environ, start_response)
+        return self._ec2_call(action, params, expired, environ, start_response)
 
-    def _ec2_call(
-        self, action: str, params: dict[str, str], environ: Environ, start_response: StartResponse
+    def _sqs_call(
+        self, action: str | None, expired: bool, environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        if expired:
+            return _sqs_expired(action, self.stats, start_response)
+        with moto_ext.SQS_LOCK:
+            reply = call_app(self._sqs, environ)
+        return self._counted(action, reply, start_response)
+
+    def _sts_call(
+        self,
+        action: str | None,
+        key: str | None,
+        params: dict[str, str],
+        expired: bool,
+        environ: Environ,
+        start_response: StartResponse,
     ) -> Iterable[bytes]:
         try:
-            if not action.startswith("Describe") and not self.faults.admit(action):
+            if expired:
+                raise expired_token()
+            if action == "AssumeRole":
+                self.tokens.check_assume_role(key, account_of(environ), params)
+                shorter = self.tokens.issued_duration(params)
+                if shorter is not None:
+                    _replace_body(environ, {**params, "DurationSeconds": str(shorter)})
+        except EC2Error as error:
+            return self._error(action or "STS", error, start_response)
+        reply = call_app(self._sts, environ)
+        if action == "AssumeRole" and reply[0].startswith("2"):
+            self.tokens.record(key, params, reply[2])
+        return self._counted(action, reply, start_response)
+
+    def _ec2_call(
+        self,
+        action: str,
+        params: dict[str, str],
+        expired: bool,
+        environ: Environ,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        account, region = account_of(environ), region_of(environ)
+        try:
+            if expired:
+                raise request_expired()
+            if not action.startswith("Describe") and not self.faults.admit(action, account, region):
                 raise throttled()
             if action in IDEMPOTENT_ACTIONS:
                 return self.creates(action, params, environ, start_response)
             status, headers, out = self._call_moto(environ, self._ec2)
         except EC2Error as error:
-            return self._error(action, error, start_response)
-        self.stats.count(action, outcome_of(status, out))
+            return self._error(action, error, start_response, f"{account}/{region}")
+        self.stats.count(action, outcome_of(status, out), f"{account}/{region}")
         if status.startswith("2"):
             # Sent before the answer, so a client that hears "ok" finds the events queued.
             self.events.after_call(
                 action,
                 params,
                 out,
-                account=account_of(environ),
-                region=region_of(environ),
+                account=account,
+                region=region,
                 source_ip=environ.get("REMOTE_ADDR", "127.0.0.1"),
                 user_agent=environ.get("HTTP_USER_AGENT", ""),
             )
@@ -114,8 +180,14 @@ class EmulatorApp:
         start_response(status, headers)
         return [out]
 
-    def _error(self, action: str, error: EC2Error, start_response: StartResponse) -> list[bytes]:
-        self.stats.count(action, error.code)
+    def _error(
+        self,
+        action: str,
+        error: EC2Error,
+        start_response: StartResponse,
+        scope: str | None = None,
+    ) -> list[bytes]:
+        self.stats.count(action, error.code, scope)
         body = error.to_xml()
         start_response(
             error.status_line,
@@ -124,10 +196,38 @@ class EmulatorApp:
         return [body]
 
     def reset(self) -> None:
-        """Forget every resource of every service, token record and counter (not faults)."""
+        """Forget every resource of every service, token record, counter, issued credential
+        and lab setting (shares, roles, fault overrides); the fault plan itself stays."""
         with self._lock, moto_ext.SQS_LOCK:
             self._call_moto(EnvironBuilder(path="/moto-api/reset", method="POST").get_environ())
             self.mirroring.reset()
             self.events.reset()
             self.stats.reset()
+            self.tokens.reset()
+            SHARES.reset()
+            self.faults.clear_scopes()
             self.faults.refill()
+
+
+def _replace_body(environ: Environ, params: dict[str, str]) -> None:
+    environ["wsgi.input"] = io.BytesIO(urlencode(params).encode())
+    environ["CONTENT_LENGTH"] = str(environ["wsgi.input"].getbuffer().nbytes)
+
+
+def _sqs_expired(action: str | None, stats: Stats, start_response: StartResponse) -> list[bytes]:
+    """SQS's answer to expired credentials, in its JSON protocol (botocore reads the code from
+    `x-amzn-query-error`, as SQS sends it)."""
+    error = expired_token()
+    stats.count(action or "SQS", error.code)
+    body = json.dumps(
+        {"__type": "com.amazon.coral.service#ExpiredTokenException", "message": error.message}
+    ).encode()
+    start_response(
+        error.status_line,
+        [
+            ("Content-Type", "application/x-amz-json-1.0"),
+            ("x-amzn-query-error", f"{error.code};Sender"),
+            ("Content-Length", str(len(body))),
+        ],
+    )
+    return [body]

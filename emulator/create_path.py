@@ -45,7 +45,8 @@ class CreatePath:
     def __call__(
         self, action: str, params: dict[str, str], environ: Environ, start_response: StartResponse
     ) -> Iterable[bytes]:
-        plan = self._faults.plan
+        account, region = account_of(environ), region_of(environ)
+        plan = self._faults.plan_for(account, region)
         drop = False
         if action == FAULTED_ACTION:
             if plan.latency_ms:
@@ -53,7 +54,7 @@ class CreatePath:
             if self._faults.roll(plan.error_rate):
                 raise self._injected_error()
             drop = self._faults.roll(plan.drop_rate)
-        account, region = account_of(environ), region_of(environ)
+        scope = f"{account}/{region}"
         with self._lock:
             recorded = (
                 None
@@ -84,12 +85,12 @@ class CreatePath:
         if drop:
             # The session exists now; the client never hears of it. This is the case that
             # turns a retry without a fixed ClientToken into a second session.
-            self._stats.count(action, "dropped")
+            self._stats.count(action, "dropped", scope)
             _drop_connection(environ)
             # The server insists on a status; writing it fails on the dead socket.
             start_response("500 Internal Server Error", [("Content-Length", "0")])
             return []
-        self._stats.count(action, outcome)
+        self._stats.count(action, outcome, scope)
         start_response(status, headers)
         return [out]
 

@@ -7,6 +7,7 @@ from xml.sax.saxutils import escape
 
 _REASONS = {
     400: "Bad Request",
+    403: "Forbidden",
     412: "Precondition Failed",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -46,3 +47,26 @@ def throttled() -> EC2Error:
 
 def dry_run_ok() -> EC2Error:
     return EC2Error("DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412)
+
+
+class QueryError(EC2Error):
+    """An error from a Query-protocol service other than EC2 (STS): AWS's `ErrorResponse`."""
+
+    def to_xml(self) -> bytes:
+        kind = "Receiver" if self.status >= 500 else "Sender"
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+            f"<Error><Type>{kind}</Type><Code>{escape(self.code)}</Code>"
+            f"<Message>{escape(self.message)}</Message></Error>"
+            f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+        ).encode()
+
+
+def expired_token() -> QueryError:
+    return QueryError("ExpiredToken", "The security token included in the request is expired", 403)
+
+
+def request_expired() -> EC2Error:
+    """What EC2 answers a call signed with temporary credentials past their expiration."""
+    return EC2Error("RequestExpired", "Request has expired.", 400)

@@ -45,38 +45,105 @@ class FaultPlan:
         return replace(self, **typed).validated()  # type: ignore[arg-type]
 
 
+ANY = "*"  # a scope's account or Region left open: every account, or every Region
+Scope = tuple[str, str]  # (account, Region), either of them ANY
+
+
 class Faults:
-    """The live fault plan plus one token bucket per throttled action."""
+    """The live fault plan, its overrides per account and Region, and the token buckets.
+
+    EC2 throttles each account and Region on its own, per action, and a lab may want one
+    account slower or faultier than the rest: a plan is looked up for the call's
+    (account, Region), most specific override first, and every (account, Region, action)
+    has its own bucket.
+    """
 
     def __init__(self, plan: FaultPlan, rng: random.Random | None = None) -> None:
         self._lock = threading.Lock()
         self._rng = rng or random.Random()
         self._plan = plan.validated()
-        self._buckets: dict[str, TokenBucket] = {}
+        self._overrides: dict[Scope, dict[str, Any]] = {}
+        self._effective: dict[Scope, FaultPlan] = {}
+        self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
 
     @property
     def plan(self) -> FaultPlan:
+        """The plan for calls no override names."""
         return self._plan
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self._plan)
+    def plan_for(self, account: str, region: str) -> FaultPlan:
+        """The plan in force for one account and Region (cached until the next change)."""
+        plan = self._effective.get((account, region))
+        if plan is None:
+            with self._lock:
+                plan = self._merged(account, region)
+                self._effective[(account, region)] = plan
+        return plan
 
-    def update(self, changes: dict[str, Any]) -> FaultPlan:
-        with self._lock:
-            self._plan = self._plan.updated(changes)
-            self._buckets.clear()  # a new rate or burst starts from a full bucket
-            return self._plan
-
-    def admit(self, action: str) -> bool:
-        """False when `action` is over its request rate (EC2 would say RequestLimitExceeded)."""
+    def _merged(self, account: str, region: str) -> FaultPlan:
         plan = self._plan
+        for scope in ((ANY, region), (account, ANY), (account, region)):
+            if scope in self._overrides:
+                plan = replace(plan, **self._overrides[scope])
+        return plan
+
+    def as_dict(self, account: str | None = None, region: str | None = None) -> dict[str, Any]:
+        if account is None and region is None:
+            return asdict(self._plan)
+        return asdict(self.plan_for(account or ANY, region or ANY))
+
+    def scopes(self) -> list[dict[str, Any]]:
+        """The overrides, each with the account and Region it applies to (`*`: any)."""
+        with self._lock:
+            return [
+                {"account": a, "region": r, **changes}
+                for (a, r), changes in sorted(self._overrides.items())
+            ]
+
+    def update(
+        self, changes: dict[str, Any], account: str | None = None, region: str | None = None
+    ) -> FaultPlan:
+        """Change the plan, or with `account` and/or `region` that scope's override of it.
+
+        Returns the plan now in force there. Every change refills every bucket.
+        """
+        with self._lock:
+            if account is None and region is None:
+                self._plan = self._plan.updated(changes)
+                new = self._plan
+            else:
+                scope = (account or ANY, region or ANY)
+                typed = FaultPlan().updated(changes)  # validates and types each value
+                merged = {
+                    **self._overrides.get(scope, {}),
+                    **{k: getattr(typed, k) for k in changes},
+                }
+                self._overrides[scope] = merged
+                new = self._merged(*scope)
+            self._effective.clear()
+            self._buckets.clear()  # a new rate or burst starts from a full bucket
+            return new
+
+    def clear_scopes(self) -> None:
+        """Forget every override (a reset of the lab); the plan itself stays."""
+        with self._lock:
+            self._overrides.clear()
+            self._effective.clear()
+            self._buckets.clear()
+
+    def admit(self, action: str, account: str, region: str) -> bool:
+        """False when `action` is over its request rate in this account and Region (EC2 would
+        say RequestLimitExceeded)."""
+        plan = self.plan_for(account, region)
         if plan.throttle_rate <= 0:
             return True
-        with self._lock:
-            bucket = self._buckets.get(action)
-            if bucket is None:
-                bucket = TokenBucket(plan.throttle_rate, plan.throttle_burst)
-                self._buckets[action] = bucket
+        key = (account, region, action)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            with self._lock:
+                bucket = self._buckets.setdefault(
+                    key, TokenBucket(plan.throttle_rate, plan.throttle_burst)
+                )
         return bucket.try_take()
 
     def refill(self) -> None:

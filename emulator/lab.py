@@ -72,7 +72,7 @@ def aio_lab_client(
     )
 
 
-def _tags(i: int) -> list[dict[str, str]]:
+def eni_tags(i: int) -> list[dict[str, str]]:
     return [
         {"Key": "Env", "Value": "prod" if i % 2 == 0 else "staging"},
         {"Key": "Role", "Value": ("web", "db", "cache")[i % 3]},
@@ -121,7 +121,7 @@ def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[st
     for variant in range(TAG_VARIANTS):
         tagged = eni_ids[variant::TAG_VARIANTS]
         for chunk in range(0, len(tagged), 500):
-            ec2.create_tags(Resources=tagged[chunk : chunk + 500], Tags=_tags(variant))
+            ec2.create_tags(Resources=tagged[chunk : chunk + 500], Tags=eni_tags(variant))
 
     sensor = ec2.run_instances(
         ImageId=LAB_IMAGE_ID,

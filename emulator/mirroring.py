@@ -13,9 +13,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from moto.ec2.models import ec2_backends
 from moto.ec2.models.instance_types import INSTANCE_TYPES
 
 from emulator.errors import EC2Error, invalid_value
+from emulator.session_index import indexed
+from emulator.sharing import SHARES
 
 MAX_CLIENT_TOKEN = 64
 SESSIONS_PER_INTERFACE = 3  # EC2 quota "sessions per source network interface"
@@ -227,13 +230,9 @@ class TrafficMirroring:
 
         if eni_id not in backend.enis:
             raise _eni_not_found(eni_id)
-        if target_id not in backend.traffic_mirror_targets:
-            # Sic: "NoFound" is the spelling EC2 documents and sends for targets.
-            raise EC2Error(
-                "InvalidTrafficMirrorTargetNoFound",
-                f"The traffic mirror target '{target_id}' does not exist.",
-            )
+        owner, target = _target_for(backend, target_id)
         if filter_id not in backend.traffic_mirror_filters:
+            # A shared target's filter is not shared: the creator's own filter or none.
             raise EC2Error(
                 "InvalidTrafficMirrorFilterNotFound",
                 f"The traffic mirror filter '{filter_id}' does not exist.",
@@ -242,9 +241,8 @@ class TrafficMirroring:
             raise invalid_value(
                 f"Network interface {eni_id} is a traffic mirror target and cannot be a source."
             )
-        on_eni = [
-            s for s in backend.traffic_mirror_sessions.values() if s.network_interface_id == eni_id
-        ]
+        sessions = indexed(backend)
+        on_eni = sessions.on_eni(eni_id)
         if len(on_eni) >= SESSIONS_PER_INTERFACE:
             raise EC2Error(
                 "TrafficMirrorSessionsPerInterfaceLimitExceeded",
@@ -255,31 +253,45 @@ class TrafficMirroring:
             raise invalid_value(
                 f"Session number {session_number} is already in use on network interface {eni_id}."
             )
-        _check_sources(backend, target_id, eni_id)
+        _check_sources(backend.region_name, owner, target, eni_id)
         if vni is not None:
             return {}
         # Like EC2: no VirtualNetworkId given means an account-wide unique one chosen at random.
-        used = {s.virtual_network_id for s in backend.traffic_mirror_sessions.values()}
-        while (vni := self._rng.randint(1, VIRTUAL_NETWORK_ID[1])) in used:
+        while sessions.vni_in_use(vni := self._rng.randint(1, VIRTUAL_NETWORK_ID[1])):
             pass
         return {"VirtualNetworkId": str(vni)}
 
 
-def _check_sources(backend: Any, target_id: str, eni_id: str) -> None:
-    limit = sources_limit(backend, backend.traffic_mirror_targets[target_id])
+def _target_for(backend: Any, target_id: str) -> tuple[str, Any]:
+    """(owner account, target): the caller's own, or one shared with it in this Region."""
+    target = backend.traffic_mirror_targets.get(target_id)
+    if target is not None:
+        return backend.account_id, target
+    shared = SHARES.shared_target(backend.account_id, backend.region_name, target_id)
+    if shared is None:
+        # Sic: "NoFound" is the spelling EC2 documents and sends for targets.
+        raise EC2Error(
+            "InvalidTrafficMirrorTargetNoFound",
+            f"The traffic mirror target '{target_id}' does not exist.",
+        )
+    return shared
+
+
+def _check_sources(region: str, owner: str, target: Any, eni_id: str) -> None:
+    """The target's limit counts the sources of every account's sessions on it (a shared
+    target takes sessions from the accounts it is shared with, not only its owner's)."""
+    limit = sources_limit(ec2_backends[owner][region], target)
     if limit is None:
         return
-    sources = {
-        s.network_interface_id
-        for s in backend.traffic_mirror_sessions.values()
-        if s.traffic_mirror_target_id == target_id
-    }
+    sources: set[str] = set()
+    for account in SHARES.accounts_on(region, target.id, owner):
+        sources |= indexed(ec2_backends[account][region]).sources_of(target.id)
     # A second session from a source already counted is not a new source.
     if eni_id not in sources and len(sources) >= limit:
         raise EC2Error(
             "TrafficMirrorSourcesPerTargetLimitExceeded",
             f"Sources per interface-target limit reached ({len(sources) + 1}): traffic mirror "
-            f"target {target_id} takes sessions from at most {limit} network interfaces.",
+            f"target {target.id} takes sessions from at most {limit} network interfaces.",
         )
 
 

@@ -6,6 +6,10 @@
 - CreateNetworkInterface keeps its InterfaceType (efa, trunk...), which moto drops.
 - RunInstances tags the instances' ENIs with its `network-interface` TagSpecifications, as
   EC2 does (moto drops them), before it answers (and so before any event about them).
+- Traffic Mirror sessions are indexed by source ENI, target and VXLAN id
+  (`emulator.session_index`), so the create checks need no scan.
+- Targets shared through the emulator's RAM stand-in show in the accounts they are shared
+  with, and their owner sees the sessions made on them (`emulator.sharing`).
 - SQS runs under one lock of its own (`SQS_LOCK`) that a long poll releases while it waits,
   and a poll wakes when a message becomes visible again or its WaitTimeSeconds is up, not
   only on its 1 s tick.
@@ -29,6 +33,8 @@ from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfac
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.traffic_mirrors import TrafficMirrors
 from moto.sqs.models import Queue, SQSBackend
+
+from emulator import session_index, sharing
 
 EC2_PREFIXES = {
     "traffic-mirror-session": "tms",
@@ -201,6 +207,8 @@ def _run_instances_tagging_enis(self: Any) -> ActionResult:
 
 
 def install() -> None:
+    session_index.install()
+    sharing.install()
     for resource, prefix in EC2_PREFIXES.items():
         ec2_utils.EC2_RESOURCE_TO_PREFIX[resource] = prefix
         ec2_utils.EC2_PREFIX_TO_RESOURCE[prefix] = resource

@@ -20,17 +20,31 @@ def region_of(environ: Environ) -> str:
     return match["region"] if match else "us-east-1"
 
 
+ACCOUNT = "mirrorq.account"  # where the app puts the account it resolved for a request
+
+
+def access_key_of(environ: Environ) -> str | None:
+    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return match["key"] if match else None
+
+
 def account_of(environ: Environ) -> str:
     """The account moto serves a request in: an assumed role's (STS AssumeRole), else the default.
 
     The checks must read the backend moto will write to, or a session created with a role's
-    credentials would be validated against another account's ENIs.
+    credentials would be validated against another account's ENIs. moto finds the account of
+    an access key the same way (`moto.core.responses.BaseResponse.current_account`): the
+    `X-Moto-Account-Id` header, else the IAM backend holding the key (AssumeRole creates its
+    temporary key in the role's account), else `DEFAULT_ACCOUNT_ID`.
     """
+    resolved: str | None = environ.get(ACCOUNT)
+    if resolved:
+        return resolved
     header: str | None = environ.get("HTTP_X_MOTO_ACCOUNT_ID")
     if header:
         return header
-    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
-    return get_account_id_from(match["key"]) if match else DEFAULT_ACCOUNT_ID
+    key = access_key_of(environ)
+    return get_account_id_from(key) if key else DEFAULT_ACCOUNT_ID
 
 
 def service_of(environ: Environ) -> str | None:

@@ -13,6 +13,7 @@ from config import EmulatorSettings
 from emulator.app import EmulatorApp
 from emulator.faults import FaultPlan, Faults
 from emulator.lab import seed_lab
+from emulator.sts import AWS_MIN_DURATION
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -30,8 +31,15 @@ class EmulatorServer:
         plan: FaultPlan | None = None,
         seed: int | None = None,
         events_queue: str | None = None,
+        sts_min_duration: int = AWS_MIN_DURATION,
+        sts_lifetime: int | None = None,
     ) -> None:
-        self.app = EmulatorApp(Faults(plan or FaultPlan(), random.Random(seed)), events_queue)
+        self.app = EmulatorApp(
+            Faults(plan or FaultPlan(), random.Random(seed)),
+            events_queue,
+            sts_min_duration,
+            sts_lifetime,
+        )
         # threaded=True makes werkzeug speak HTTP/1.1, so clients keep their connections.
         self._server: BaseWSGIServer = make_server(
             host, port, self.app, threaded=True, request_handler=_QuietHandler
@@ -79,6 +87,8 @@ def launch(
         dataclasses.replace(plan, throttle_rate=0.0),
         settings.seed,
         settings.events_queue,
+        settings.sts_min_duration,
+        settings.sts_lifetime,
     ).start()
     ready: dict[str, Any] = {"endpoint_url": server.endpoint_url}
     if seed_lab_enis:

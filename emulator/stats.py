@@ -12,23 +12,36 @@ _JSON_ERROR_TYPE = re.compile(rb'"__type"\s*:\s*"(?:[^"#]*#)?([^"]+)"')
 
 
 class Stats:
-    """Calls received per action and outcome (`ok`, `replayed`, `dropped` or an error code)."""
+    """Calls received per action and outcome (`ok`, `replayed`, `dropped` or an error code),
+    in all and, for EC2, per `account/Region` too (each has its own buckets and limits)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._scoped: defaultdict[str, defaultdict[str, Counter[str]]] = defaultdict(
+            lambda: defaultdict(Counter)
+        )
 
-    def count(self, action: str, outcome: str) -> None:
+    def count(self, action: str, outcome: str, scope: str | None = None) -> None:
         with self._lock:
             self._calls[action][outcome] += 1
+            if scope is not None:
+                self._scoped[scope][action][outcome] += 1
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"calls": {action: dict(c) for action, c in sorted(self._calls.items())}}
+            return {
+                "calls": {action: dict(c) for action, c in sorted(self._calls.items())},
+                "scopes": {
+                    scope: {action: dict(c) for action, c in sorted(calls.items())}
+                    for scope, calls in sorted(self._scoped.items())
+                },
+            }
 
     def reset(self) -> None:
         with self._lock:
             self._calls.clear()
+            self._scoped.clear()
 
 
 def outcome_of(status: str, body: bytes, headers: list[tuple[str, str]] | None = None) -> str:
