@@ -97,6 +97,8 @@ EMULATOR_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("--throttle-burst", int, "Token bucket size per action."),
     ("--seed", int, "Seed the fault dice (replayable runs)."),
     ("--events-queue", str, "SQS queue (served here) that gets EC2's EventBridge events."),
+    ("--sts-min-duration", int, "Shortest AssumeRole DurationSeconds accepted (AWS: 900)."),
+    ("--sts-lifetime", int, "Credentials issued last at most this many seconds (tests)."),
 )
 
 
