@@ -159,8 +159,9 @@ def api(host: str, port: int, policy_path: Path | None) -> None:
     """Serve the HTTP API (jobs, batches, events, health, metrics) on HOST:PORT.
 
     Every /v1 route needs a bearer token from MIRRORQ_API_TOKENS (comma-separated) or
-    MIRRORQ_API_TOKENS_FILE (one a line). It serves plain HTTP: put it behind a proxy that
-    terminates TLS, and keep it on loopback unless told otherwise.
+    MIRRORQ_API_TOKENS_FILE (one a line, # comments), each 16+ characters of A-Za-z0-9-._~+/.
+    It serves plain HTTP: put it behind a proxy that terminates TLS (and times out slow
+    clients), and keep it on loopback unless told otherwise.
     """
     import uvicorn
 
