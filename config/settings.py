@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # A body larger than this is refused (413) before it is read whole: room for a
     # 10,000-job batch with tags on every job.
     api_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # A request's head (request line and headers) not all in this many seconds after its
+    # connection opened or its previous answer ended closes the connection: uvicorn has no
+    # such bound, so partial heads (slowloris) would be held open forever.
+    api_header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
 
     def api_token_values(self) -> list[str]:
         """The API's bearer tokens: MIRRORQ_API_TOKENS (comma-separated) and

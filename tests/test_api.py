@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import socket
 import subprocess
 import uuid
 from collections import Counter
@@ -547,3 +548,46 @@ def test_the_openapi_document_says_how_an_idempotency_key_is_read(api: Api) -> N
     assert header["name"] == "Idempotency-Key"
     assert "UTF-8" in header["description"]
     assert "256 characters" in header["description"]
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closes the connection (rather than the read timing out)."""
+    sock.settimeout(30)  # a bound far above the API's setting, so only a missing one fails
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_a_request_head_not_sent_in_time_is_closed_and_nothing_else_is(
+    api_env: dict[str, str], tmp_path: Path, emulator: EmulatorProcess
+) -> None:
+    """Found in review: partial request heads were never timed out (uvicorn has no such
+    bound); MIRRORQ_API_HEADER_TIMEOUT_S bounds them, and only them."""
+    process = start_api(api_env, tmp_path, MIRRORQ_API_HEADER_TIMEOUT_S="1")
+    port = int(process.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    lab = seed_lab(emulator.url, 1)
+    try:
+        partial = socket.create_connection(("127.0.0.1", port))
+        partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: api\r\nX-Slow: ")
+        silent = socket.create_connection(("127.0.0.1", port))  # connects, sends nothing
+        reused = socket.create_connection(("127.0.0.1", port))
+        reused.sendall(b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n")
+        assert reused.recv(65536).startswith(b"HTTP/1.1 200")
+        reused.sendall(b"GET /healthz HTTP/1.1\r\nHost: api\r\n")  # a second head, partial
+        with partial, silent, reused:
+            assert _closed_by_server(partial)
+            assert _closed_by_server(silent)
+            assert _closed_by_server(reused)
+        # A request whose head is in is not cut, however long its answer takes (no worker
+        # runs, so ?wait=3 waits its 3 s and answers 202).
+        http = httpx.Client(base_url=process.url, headers=AUTH, timeout=30)  # type: ignore[attr-defined]
+        slow = http.post("/v1/jobs", params={"wait": 3}, json=job(lab, 0, DryRun=True))
+        assert slow.status_code == 202
+        assert http.get("/healthz").status_code == 200
+    finally:
+        process.stop()

@@ -167,12 +167,21 @@ def api(host: str, port: int, policy_path: Path | None) -> None:
 
     from config import get_settings
     from mirrorq.api import create_app
+    from mirrorq.api.deadline import with_head_deadline
     from mirrorq.policy import PolicyError, load_policy
 
+    settings = get_settings()
     try:
         rules = load_policy(policy_path) if policy_path else []
-        app = create_app(get_settings(), rules)
+        app = create_app(settings, rules)
     except (PolicyError, ValueError, OSError) as error:
         click.echo(f"mirrorq: {error}", err=True)
         sys.exit(2)
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        proxy_headers=False,
+        http=with_head_deadline(settings.api_header_timeout_s),
+    )
