@@ -21,7 +21,7 @@ from tasks.contract import parse_request
 CLIENTS = 64
 JOBS = 3000
 BATCH = 1000
-TOKEN = "bench-token"  # noqa: S105 - a local benchmark's own
+TOKEN = "bench-token-0f3a9c2e"  # noqa: S105 - a local benchmark's own
 
 
 def _job(i: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Self
@@ -12,6 +13,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # A standard SQS queue's name (FIFO names end in `.fifo`; EventBridge needs a group id for them).
 SQS_QUEUE_NAME = r"^[A-Za-z0-9_-]{1,80}$"
+# An API token is RFC 6750's bearer token syntax (b64token), long enough not to be guessed: so
+# a comment, a line of prose or a half-pasted token is refused at start-up, never let in.
+API_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{16,}=*")
+API_TOKEN_RULE = (
+    "a token is at least 16 characters of letters, digits and - . _ ~ + / "  # noqa: S105 - a rule
+    "(= allowed at the end), no spaces"
+)
 
 
 class Settings(BaseSettings):
@@ -89,13 +97,29 @@ class Settings(BaseSettings):
     # A body larger than this is refused (413) before it is read whole: room for a
     # 10,000-job batch with tags on every job.
     api_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # A request's head (request line and headers) not all in this many seconds after its
+    # connection opened or its previous answer ended closes the connection: uvicorn has no
+    # such bound, so partial heads (slowloris) would be held open forever.
+    api_header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
 
     def api_token_values(self) -> list[str]:
-        """The API's bearer tokens, from MIRRORQ_API_TOKENS and MIRRORQ_API_TOKENS_FILE."""
-        tokens = self.api_tokens.get_secret_value().split(",") if self.api_tokens else []
+        """The API's bearer tokens: MIRRORQ_API_TOKENS (comma-separated) and
+        MIRRORQ_API_TOKENS_FILE (one a line; blank lines and `#` comments are not tokens).
+        One that breaks API_TOKEN_RULE is a ValueError naming where it is, never what it is:
+        the API must not start with a token nobody meant, nor print one."""
+        found: list[tuple[str, str]] = []  # (where, token)
+        if self.api_tokens is not None:
+            for n, token in enumerate(self.api_tokens.get_secret_value().split(","), 1):
+                if token.strip():
+                    found.append((f"MIRRORQ_API_TOKENS, token {n}", token.strip()))
         if self.api_tokens_file is not None:
-            tokens += self.api_tokens_file.read_text(encoding="utf-8").splitlines()
-        return [t.strip() for t in tokens if t.strip()]
+            for n, line in enumerate(_text_lines(self.api_tokens_file), 1):
+                if line.strip() and not line.lstrip().startswith("#"):
+                    found.append((f"{self.api_tokens_file}, line {n}", line.strip()))
+        for where, token in found:
+            if API_TOKEN.fullmatch(token) is None:
+                raise ValueError(f"{where}: not an API token: {API_TOKEN_RULE}")
+        return [token for _, token in found]
 
     @property
     def worker_threads(self) -> int:
@@ -146,6 +170,16 @@ class EmulatorSettings(BaseSettings):
         """These settings with the command line's flags (those given) on top, validated."""
         given = {k: v for k, v in flags.items() if v is not None}
         return EmulatorSettings.model_validate({**self.model_dump(), **given})
+
+
+def _text_lines(path: Path) -> list[str]:
+    """A text file's lines; bytes that are not UTF-8 are a ValueError naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text") from None
 
 
 @lru_cache(maxsize=1)

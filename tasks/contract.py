@@ -240,6 +240,28 @@ def recordable_job_id(value: Any) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= JOB_ID_MAX else None
 
 
+# Idempotency keys ----------------------------------------------------------------------------
+
+# A client's idempotency key is one key whichever door it comes through (the API's
+# Idempotency-Key header, read as UTF-8; `mirrorq submit --idempotency-key`;
+# `Producer.submit(idempotency_key=)`), so it is checked here, once, and counted in characters
+# (Unicode code points, as Python counts them), never in the bytes of one encoding.
+IDEMPOTENCY_KEY_MAX = 256
+IDEMPOTENCY_KEY_RULE = (
+    f"1 to {IDEMPOTENCY_KEY_MAX} characters (Unicode characters, not bytes), printable, "
+    "without leading or trailing spaces"
+)
+
+
+def idempotency_key(key: str, field: str = "idempotency_key") -> str:
+    """The key, if it follows IDEMPOTENCY_KEY_RULE; InvalidJobError naming `field` otherwise.
+    Printable and unpadded because HTTP cannot carry control characters and drops the spaces
+    around a header's value: a key Python took could not be sent again over HTTP."""
+    if not 0 < len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable() or key != key.strip():
+        raise InvalidJobError([{"field": field, "message": IDEMPOTENCY_KEY_RULE}])
+    return key
+
+
 # The message envelope ------------------------------------------------------------------------
 
 

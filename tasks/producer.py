@@ -20,7 +20,7 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from config import Settings, get_settings
-from tasks import keys
+from tasks import contract, keys
 from tasks.connections import sync_client
 from tasks.contract import BATCH_TASK_NAME, QUEUE, TASK_NAME, SessionRequest, parse_request
 from tasks.errors import IdempotencyConflictError, InvalidJobError
@@ -260,6 +260,8 @@ def _claim_key(idempotency_key: str | None, event_key: str | None) -> str | None
     """The Redis key of a job's claim, if it has one; a key that names nothing is refused."""
     if idempotency_key is not None and event_key is not None:
         raise ValueError("a job has an idempotency_key or an event_key, not both")
+    if idempotency_key is not None:
+        idempotency_key = contract.idempotency_key(idempotency_key)  # the rule of every door
     for field, key, where in (
         ("idempotency_key", idempotency_key, keys.idempotency),
         ("event_key", event_key, keys.event_claim),

@@ -7,6 +7,8 @@ import asyncio
 import csv
 import io
 import json
+import socket
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,7 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from emulator.lab import lab_client, seed_lab
 from emulator.zoned_lab import policy_text, seed_zoned_lab
-from mirrorq.processes import ApiProcess, EmulatorProcess, WorkerProcess, free_port
+from mirrorq.processes import MIRRORQ, ApiProcess, EmulatorProcess, WorkerProcess, free_port
+from tasks.errors import InvalidJobError
+from tasks.producer import Producer
 from tests.helpers import job, mirrors, sessions, wait_until
 
 TOKENS = ("first-token-5f0c", "second-token-9a7e")
@@ -457,3 +461,179 @@ def test_a_hung_redis_gets_prompt_answers_and_the_api_recovers(
     finally:
         process.stop()
         server.stop()
+
+
+# Issue 15: tokens files, keys through every door, partial request heads ----------------------
+
+REAL_TOKEN = "real-token-7c1d2e9f0a3b"  # noqa: S105 - the test's own
+
+
+def test_a_tokens_file_s_comments_and_blank_lines_are_not_tokens(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Found in review: `Authorization: Bearer # mirrorq API tokens, one a line` was let in."""
+    comment = "# mirrorq API tokens, one a line"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{comment}\n\n   \n{REAL_TOKEN}   \n# another comment\n")
+    process = start_api(env, tmp_path, MIRRORQ_API_TOKENS_FILE=str(tokens))
+    try:
+        url = f"{process.url}/v1/jobs/some-id"  # type: ignore[attr-defined]
+        for given in (comment, "#", "another comment", "# another comment"):
+            answer = httpx.get(url, headers={"Authorization": f"Bearer {given}"})
+            assert answer.status_code == 401, given
+        assert httpx.get(url, headers={"Authorization": f"Bearer {REAL_TOKEN}"}).status_code == 404
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize(
+    ("lines", "bad_line", "token"),
+    [
+        (["# tokens", REAL_TOKEN, "short-7c1d"], 3, "short-7c1d"),
+        (["# tokens", "", "spaced-7c1d 2e9f0a3b5e6d", REAL_TOKEN], 3, "spaced-7c1d 2e9f0a3b5e6d"),
+        ([REAL_TOKEN, "tab-1f2e\t7c1d2e9f0a3b"], 2, "tab-1f2e\t7c1d2e9f0a3b"),
+    ],
+    ids=["too-short", "a-space", "a-tab"],
+)
+def test_a_bad_token_in_the_file_stops_the_api_naming_file_line_and_rule(
+    env: dict[str, str], tmp_path: Path, lines: list[str], bad_line: int, token: str
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("\n".join(lines) + "\n")
+    run = subprocess.run(
+        [*MIRRORQ, "api", "--port", str(free_port())],
+        env={**env, "MIRRORQ_API_TOKENS_FILE": str(tokens)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output
+    assert f"{tokens}, line {bad_line}" in output
+    assert "at least 16 characters" in output  # the rule, as the README names it
+    for part in (token, *token.split()):
+        assert part not in output, "the token was echoed"
+
+
+@pytest.mark.parametrize("tokens", [f"{REAL_TOKEN},short-7c1d", f"{REAL_TOKEN}, a b c d e f g h i"])
+def test_a_bad_token_in_the_variable_stops_the_api_the_same_way(
+    env: dict[str, str], tokens: str
+) -> None:
+    run = subprocess.run(
+        [*MIRRORQ, "api", "--port", str(free_port())],
+        env={**env, "MIRRORQ_API_TOKENS": tokens},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output
+    assert "MIRRORQ_API_TOKENS, token 2" in output
+    assert "at least 16 characters" in output
+    bad = tokens.split(",")[1].strip()
+    assert bad not in output
+    assert REAL_TOKEN not in output
+
+
+def test_an_idempotency_key_names_one_job_whichever_door_it_came_through(
+    api: Api, emulator: EmulatorProcess, producer: Producer, env: dict[str, str]
+) -> None:
+    """Found in review: header bytes were read as Latin-1, so `ключ-1` over HTTP was another
+    key than in Python, and 200 "é" (400 bytes) was too long over HTTP only."""
+    lab = seed_lab(emulator.url, 3)
+    for n, key in enumerate(("ключ-1", "é" * 200, "鍵-🔑")):
+        request = job(lab, n, DryRun=True)
+        answer = api.http.post(
+            "/v1/jobs", json=request, headers=[(b"Idempotency-Key", key.encode())]
+        )
+        assert answer.status_code == 202, answer.text
+        over_http = answer.json()["job_id"]
+        assert producer.submit(request, idempotency_key=key) == over_http, key
+        cli = subprocess.run(
+            [*MIRRORQ, "submit", json.dumps(request), "--idempotency-key", key],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert cli.stdout.strip() == over_http, cli.stderr
+    too_long = "é" * 257
+    answer = api.http.post(
+        "/v1/jobs", json=job(lab, 0), headers=[(b"Idempotency-Key", too_long.encode())]
+    )
+    assert answer.status_code == 422
+    assert [f["field"] for f in answer.json()["error"]["fields"]] == ["Idempotency-Key"]
+    with pytest.raises(InvalidJobError) as refused:
+        producer.submit(job(lab, 0), idempotency_key=too_long)
+    assert refused.value.errors[0]["field"] == "idempotency_key"
+    assert answer.json()["error"]["fields"][0]["message"] == refused.value.errors[0]["message"]
+
+
+def test_an_idempotency_key_that_is_not_utf8_is_refused_naming_the_header(
+    api: Api, emulator: EmulatorProcess
+) -> None:
+    lab = seed_lab(emulator.url, 1)
+    for raw in (b"\xff\xfe-key", "ключ".encode("cp1251"), b"caf\xe9"):
+        answer = api.http.post("/v1/jobs", json=job(lab, 0), headers=[(b"Idempotency-Key", raw)])
+        assert answer.status_code == 422, raw
+        error = answer.json()["error"]
+        assert error["code"] == "InvalidJob"
+        assert error["fields"][0]["field"] == "Idempotency-Key"
+        assert "UTF-8" in error["fields"][0]["message"]
+    assert api.http.get("/v1/jobs/some-id").status_code == 404  # nothing was accepted, API up
+
+
+def test_the_openapi_document_says_how_an_idempotency_key_is_read(api: Api) -> None:
+    schema = httpx.get(f"{api.url}/openapi.json").json()
+    (header,) = [
+        p for p in schema["paths"]["/v1/jobs"]["post"]["parameters"] if p["in"] == "header"
+    ]
+    assert header["name"] == "Idempotency-Key"
+    assert "UTF-8" in header["description"]
+    assert "256 characters" in header["description"]
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closes the connection (rather than the read timing out)."""
+    sock.settimeout(30)  # a bound far above the API's setting, so only a missing one fails
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_a_request_head_not_sent_in_time_is_closed_and_nothing_else_is(
+    api_env: dict[str, str], tmp_path: Path, emulator: EmulatorProcess
+) -> None:
+    """Found in review: partial request heads were never timed out (uvicorn has no such
+    bound); MIRRORQ_API_HEADER_TIMEOUT_S bounds them, and only them."""
+    process = start_api(api_env, tmp_path, MIRRORQ_API_HEADER_TIMEOUT_S="1")
+    port = int(process.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    lab = seed_lab(emulator.url, 1)
+    try:
+        partial = socket.create_connection(("127.0.0.1", port))
+        partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: api\r\nX-Slow: ")
+        silent = socket.create_connection(("127.0.0.1", port))  # connects, sends nothing
+        reused = socket.create_connection(("127.0.0.1", port))
+        reused.sendall(b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n")
+        assert reused.recv(65536).startswith(b"HTTP/1.1 200")
+        reused.sendall(b"GET /healthz HTTP/1.1\r\nHost: api\r\n")  # a second head, partial
+        with partial, silent, reused:
+            assert _closed_by_server(partial)
+            assert _closed_by_server(silent)
+            assert _closed_by_server(reused)
+        # A request whose head is in is not cut, however long its answer takes (no worker
+        # runs, so ?wait=3 waits its 3 s and answers 202).
+        http = httpx.Client(base_url=process.url, headers=AUTH, timeout=30)  # type: ignore[attr-defined]
+        slow = http.post("/v1/jobs", params={"wait": 3}, json=job(lab, 0, DryRun=True))
+        assert slow.status_code == 202
+        assert http.get("/healthz").status_code == 200
+    finally:
+        process.stop()

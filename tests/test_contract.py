@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tasks.app import create_app
-from tasks.contract import client_token, parse_request
+from tasks.contract import IDEMPOTENCY_KEY_MAX, client_token, idempotency_key, parse_request
 from tasks.errors import InvalidJobError
 
 VALID = {
@@ -156,3 +156,19 @@ def test_worker_threads_hold_concurrency_jobs_between_them(
     settings = Settings(concurrency=concurrency, jobs_per_message=per_message)
     assert settings.worker_threads == threads
     assert create_app(settings).conf.worker_concurrency == threads
+
+
+@pytest.mark.parametrize("key", ["k", "ключ-1", "é" * IDEMPOTENCY_KEY_MAX, "鍵 🔑 deploy 4711"])
+def test_an_idempotency_key_is_counted_in_characters_not_bytes(key: str) -> None:
+    assert idempotency_key(key) == key
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", " ", " k", "k ", "k\tk", "k\nk", "\x00", "k\udcff", "é" * (IDEMPOTENCY_KEY_MAX + 1)],
+    ids=["empty", "blank", "leading", "trailing", "tab", "newline", "nul", "surrogate", "long"],
+)
+def test_an_idempotency_key_http_could_not_carry_is_refused_naming_its_field(key: str) -> None:
+    with pytest.raises(InvalidJobError) as raised:
+        idempotency_key(key, "Idempotency-Key")
+    assert [e["field"] for e in raised.value.errors] == ["Idempotency-Key"]

@@ -29,6 +29,7 @@ from mirrorq.intake import Intake
 from mirrorq.jobfiles import parse_jobs
 from mirrorq.policy_watch import WatchedPolicy
 from tasks.connections import answers
+from tasks.contract import IDEMPOTENCY_KEY_RULE, idempotency_key
 from tasks.errors import InvalidJobError
 from tasks.producer import Producer
 from tasks.records import JobResult, is_terminal
@@ -61,6 +62,31 @@ probes = APIRouter()
 Svc = Annotated[Services, Depends(services)]
 
 
+KEY_HEADER = "Idempotency-Key"
+KEY_DOC = (
+    f"Same key, same job (with another body: 409). Read as UTF-8: bytes that are not UTF-8 "
+    f"are refused (422 naming {KEY_HEADER}). {IDEMPOTENCY_KEY_RULE[0].upper()}"
+    f"{IDEMPOTENCY_KEY_RULE[1:]}: the same key, and the same job, as `mirrorq submit "
+    f"--idempotency-key` or `Producer.submit(idempotency_key=...)`."
+)
+
+
+def idempotency_key_header(
+    key: Annotated[str | None, Header(alias=KEY_HEADER, description=KEY_DOC)] = None,
+) -> str | None:
+    """The header's key as its sender wrote it. Starlette decodes header values as Latin-1, one
+    character per byte, so encoding them back gives the bytes sent, which are read as UTF-8
+    (what every HTTP client sends for non-ASCII text), not as mojibake of another key."""
+    if key is None:
+        return None
+    try:
+        text = key.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError as error:
+        message = f"not UTF-8 (byte {error.start + 1} of the value); send the key as UTF-8"
+        raise InvalidJobError([{"field": KEY_HEADER, "message": message}]) from None
+    return idempotency_key(text, KEY_HEADER)
+
+
 @v1.post(
     "/jobs",
     status_code=202,
@@ -75,10 +101,8 @@ Svc = Annotated[Services, Depends(services)]
 async def submit_job(
     request: Request,
     s: Svc,
+    idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
     wait: Annotated[float, Query(ge=0, le=600, description="seconds to wait for the outcome")] = 0,
-    idempotency_key: Annotated[
-        str | None, Header(min_length=1, max_length=256, description="same key, same job")
-    ] = None,
 ) -> Response:
     text = await utf8_body(request)
     accepted = await run_in_threadpool(s.producer.accept, text, idempotency_key=idempotency_key)

@@ -162,8 +162,9 @@ def api(host: str, port: int, policy_path: Path | None) -> None:
     """Serve the HTTP API (jobs, batches, events, health, metrics) on HOST:PORT.
 
     Every /v1 route needs a bearer token from MIRRORQ_API_TOKENS (comma-separated) or
-    MIRRORQ_API_TOKENS_FILE (one a line). It serves plain HTTP: put it behind a proxy that
-    terminates TLS, and keep it on loopback unless told otherwise.
+    MIRRORQ_API_TOKENS_FILE (one a line, # comments), each 16+ characters of A-Za-z0-9-._~+/.
+    It serves plain HTTP: put it behind a proxy that terminates TLS (and times out slow
+    clients), and keep it on loopback unless told otherwise.
     """
     import signal
 
@@ -171,12 +172,14 @@ def api(host: str, port: int, policy_path: Path | None) -> None:
 
     from config import get_settings
     from mirrorq.api import create_app
+    from mirrorq.api.deadline import with_head_deadline
     from mirrorq.policy import PolicyError
     from mirrorq.policy_watch import WatchedPolicy
 
+    settings = get_settings()
     try:
         policy = WatchedPolicy(policy_path) if policy_path else None
-        app = create_app(get_settings(), policy or ())
+        app = create_app(settings, policy or ())
     except (PolicyError, ValueError, OSError) as error:
         click.echo(f"mirrorq: {error}", err=True)
         sys.exit(2)
@@ -184,4 +187,11 @@ def api(host: str, port: int, policy_path: Path | None) -> None:
         # mirrorq's own lines (a reloaded or refused policy) beside uvicorn's.
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         signal.signal(signal.SIGHUP, lambda *_: policy.hangup())
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        proxy_headers=False,
+        http=with_head_deadline(settings.api_header_timeout_s),
+    )
