@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 
+import click.testing
 import pytest
 import redis
 
 from emulator.lab import seed_lab
+from mirrorq.cli import main
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.contract import TASK_NAME, fleet_queue, parse_request, queue_for
 from tasks.errors import WrongScopeError
@@ -55,6 +57,14 @@ def test_queue_names() -> None:
     assert fleet_queue(fleet_producer("redis://x", ACCOUNT_B).settings) == (
         f"mirrorq.{ACCOUNT_B}.{REGION}"
     )
+
+
+@pytest.mark.parametrize("option", ["-Q", "--queues=mirrorq.222222222222.us-east-1", "-X"])
+def test_a_worker_takes_no_queue_but_its_scope_s(option: str) -> None:
+    """A worker of one scope reading another's queue would pass its jobs back and forth."""
+    result = click.testing.CliRunner().invoke(main, ["worker", option, "mirrorq"])
+    assert result.exit_code == 2
+    assert "MIRRORQ_AWS_ACCOUNT_ID" in result.output
 
 
 def test_two_fleets_on_one_redis_each_run_only_their_own_jobs(
