@@ -79,8 +79,10 @@ class Settings(BaseSettings):
     # publish them again.
     repair_interval_s: float = Field(default=30.0, gt=0)
     lost_after_s: float = Field(default=60.0, gt=0)
-    # Names the rate's scope in Redis; set it when several accounts share one Redis.
-    aws_account_id: str = "default"
+    # The fleet's account: with the Region, its scope (its queue, its limiters' keys, the
+    # account its jobs' records name). Set it, on every process of each fleet, when several
+    # accounts share one Redis; "default" (unset) keeps the queue `mirrorq`.
+    aws_account_id: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     # Leases (on an ENI while a job reads its sessions and creates, on a job while a worker
     # runs it) are renewed every third of this while held; a holder that stops renewing
     # (killed, cut off from Redis) loses them this long after its last renewal. A create is

@@ -12,11 +12,14 @@ from kombu.utils.url import url_to_parts
 from config import Settings, get_settings
 from tasks import broker
 from tasks.connections import publish_retry_policy
-from tasks.contract import BATCH_TASK_NAME, QUEUE, TASK_NAME
+from tasks.contract import BATCH_TASK_NAME, TASK_NAME, fleet_queue
 
 
 def create_app(settings: Settings) -> Celery:
     # The worker imports the task module; producers only need the app and the task's name.
+    # A fleet's processes share one queue, its scope's (MIRRORQ_AWS_ACCOUNT_ID, MIRRORQ_REGION):
+    # a worker consumes only it, so fleets on one Redis never take each other's jobs.
+    queue = fleet_queue(settings)
     app = Celery(
         "mirrorq",
         broker=settings.broker_url,
@@ -48,8 +51,8 @@ def create_app(settings: Settings) -> Celery:
         # A job keeps running while the worker reconnects to a restarted Redis: its message
         # stays unacked there, and the job records its outcome once Redis is back.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        task_default_queue=QUEUE,
-        task_routes={name: {"queue": QUEUE} for name in (TASK_NAME, BATCH_TASK_NAME)},
+        task_default_queue=queue,
+        task_routes={name: {"queue": queue} for name in (TASK_NAME, BATCH_TASK_NAME)},
         # Results are written by the task itself (tasks/store.py), with every state.
         task_ignore_result=True,
         result_expires=settings.result_ttl_s,

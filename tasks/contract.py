@@ -7,7 +7,8 @@ hostile, becomes a valid request or an InvalidJobError that names each offending
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -22,10 +23,17 @@ from pydantic import (
 
 from tasks.errors import FieldError, InvalidJobError
 
+if TYPE_CHECKING:
+    from config import Settings
+
 TASK_NAME = "mirrorq.create_traffic_mirror_session"
 # How batches travel: several jobs to a message (see Settings.jobs_per_message).
 BATCH_TASK_NAME = "mirrorq.create_traffic_mirror_sessions"
+# The queue of the default scope (MIRRORQ_AWS_ACCOUNT_ID unset): the single-fleet deployment,
+# and where other services' `send_task` calls go. A named account's fleet has its own.
 QUEUE = "mirrorq"
+# MIRRORQ_AWS_ACCOUNT_ID's value when it is unset: the default credentials' account, unnamed.
+DEFAULT_ACCOUNT = "default"
 
 SESSION_NUMBER_MAX = 32766
 PACKET_LENGTH_MAX = 8500
@@ -47,6 +55,47 @@ AUTO = "auto"
 ENI_ID = r"^eni-[0-9a-f]{8,17}$"
 TARGET_ID = r"^(tmt|traf-mir-tar)-[0-9a-f]{8,17}$"
 FILTER_ID = r"^(tmf|traf-mir-fil)-[0-9a-f]{8,17}$"
+
+# Where a job runs ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The account and Region a job runs in, and a fleet serves: (MIRRORQ_AWS_ACCOUNT_ID,
+    MIRRORQ_REGION). Each scope has its queue, so fleets sharing one Redis never take each
+    other's jobs; a job's record keeps the scope it was accepted for."""
+
+    account_id: str | None  # None: MIRRORQ_AWS_ACCOUNT_ID unset (the default credentials')
+    region: str
+
+    @property
+    def queue(self) -> str:
+        return queue_for(self.account_id, self.region)
+
+    def describe(self) -> str:
+        account = (
+            f"account {self.account_id}"
+            if self.account_id
+            else "the default account (MIRRORQ_AWS_ACCOUNT_ID unset)"
+        )
+        return f"{account} in {self.region}"
+
+
+def queue_for(account_id: str | None, region: str) -> str:
+    """The queue of a scope: `mirrorq` for the default account (whatever the Region: the queue
+    every deployment had before scopes), `mirrorq.<account>.<region>` for a named one."""
+    return f"{QUEUE}.{account_id}.{region}" if account_id else QUEUE
+
+
+def fleet_scope(settings: Settings) -> Scope:
+    """The scope a process serves (workers) or accepts jobs for (producers)."""
+    account = settings.aws_account_id
+    return Scope(None if account == DEFAULT_ACCOUNT else account, settings.region)
+
+
+def fleet_queue(settings: Settings) -> str:
+    return fleet_scope(settings).queue
+
 
 # The request syntax --------------------------------------------------------------------------
 

@@ -54,6 +54,14 @@ class JobRevokedError(MirrorqError):
     code = "Revoked"
 
 
+class WrongScopeError(MirrorqError):
+    """The job was accepted for another account or Region than the worker it reached serves,
+    and no other queue is that scope's (fleets of one account in two Regions, the account
+    unset, share the queue `mirrorq`): it is never run here."""
+
+    code = "WrongScope"
+
+
 class IdempotencyConflictError(MirrorqError):
     """The idempotency key was already used for a different request."""
 

@@ -11,6 +11,7 @@ kill the worker. What the jobs do lives in worker/ (runner, execute, repair).
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -52,12 +53,22 @@ def _run(task: Task[Any, None], jobs: list[DecodedJob]) -> None:
         return
     runtime = get_runtime(get_settings(), store())
     try:
-        runtime.run(run_message(runtime.worker, jobs))
+        elsewhere = runtime.run(run_message(runtime.worker, jobs))
     except (RedisError, OSError) as error:
         # Jobs wait for Redis themselves; this is the last resort (the runtime could not
         # start): back to the queue, and the redelivery carries on from the records.
         log.warning("message %s goes back to the queue: %r", task.request.id, error)
         raise Reject(repr(error), requeue=True) from error
+    for record in elsewhere:  # jobs of another scope, to their own queue before the ack
+        try:
+            _producer().publish(record)
+        except Exception:  # its record stays pending: the lost-message repair publishes it
+            log.warning("job %s could not be passed on to its queue", record["job_id"])
+
+
+@functools.cache
+def _producer() -> Producer:
+    return Producer(app, get_settings())
 
 
 _repairer: Repairer | None = None
@@ -66,9 +77,8 @@ _repairer: Repairer | None = None
 @worker_ready.connect
 def _start_repair(**_: Any) -> None:
     global _repairer  # noqa: PLW0603 - one repair thread per worker process
-    settings = get_settings()
-    producer = Producer(app, settings)
-    _repairer = Repairer(producer.redis, store(), producer.publish, settings)
+    producer = _producer()
+    _repairer = Repairer(producer.redis, store(), producer.publish, producer.settings)
     _repairer.start()
 
 

@@ -28,6 +28,7 @@ from tasks.contract import (
     TASK_NAME,
     DecodedJob,
     Envelope,
+    fleet_scope,
     parse_envelope,
     recordable_job_id,
 )
@@ -84,7 +85,8 @@ def refuse(job_id: str, code: str, message: str, *, unless_started: bool = False
                 "ClientToken, which may have made a session: submit the request again with "
                 "that ClientToken to learn which"
             )
-        verdict = store().step("finish", failed(current or accepted(job_id, None), code, message))
+        record = current or accepted(job_id, None, scope=fleet_scope(get_settings()))
+        verdict = store().step("finish", failed(record, code, message))
     except RedisError:
         log.warning("job %s: could not record its refusal (%s)", job_id, code)
         return

@@ -22,9 +22,9 @@ from redis.exceptions import RedisError
 from config import Settings, get_settings
 from tasks import contract, keys
 from tasks.connections import sync_client
-from tasks.contract import BATCH_TASK_NAME, QUEUE, TASK_NAME, SessionRequest, parse_request
+from tasks.contract import BATCH_TASK_NAME, TASK_NAME, SessionRequest, fleet_scope, parse_request
 from tasks.errors import IdempotencyConflictError, InvalidJobError
-from tasks.records import JobResult, accepted, accepted_request, is_terminal, utcnow
+from tasks.records import JobResult, accepted, accepted_request, is_terminal, queue_of, utcnow
 from tasks.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,10 @@ class GapClaim:
 
 
 class Producer:
-    """Submits jobs to the queue and reads their results; cheap to create, thread-safe."""
+    """Submits jobs to the queue and reads their results; cheap to create, thread-safe.
+
+    Jobs are accepted for the producer's scope (MIRRORQ_AWS_ACCOUNT_ID, MIRRORQ_REGION), and
+    each job's message goes to the queue of the scope its record names."""
 
     def __init__(self, app: Celery | None = None, settings: Settings | None = None) -> None:
         if app is None:
@@ -54,6 +57,7 @@ class Producer:
             app = default_app
         self.app = app
         self.settings = settings or get_settings()
+        self.scope = fleet_scope(self.settings)
         self.store = ResultStore(app, self.settings)
         self.redis = sync_client(self.settings.broker_url, self.settings)
 
@@ -85,7 +89,12 @@ class Producer:
             claim = (key, json.dumps({"job_id": job_id, "request_sha256": digest}))
         kwargs.setdefault("ClientToken", job_id)
         record = accepted(
-            job_id, kwargs, submitted_at=utcnow(), origin=origin, alternatives=list(alternatives)
+            job_id,
+            kwargs,
+            submitted_at=utcnow(),
+            origin=origin,
+            alternatives=list(alternatives),
+            scope=self.scope,
         )
         earlier = self.store.accept(record, claim)
         if earlier is not None:
@@ -131,6 +140,7 @@ class Producer:
                     submitted_at=submitted_at,
                     origin=origins[n] if origins else None,
                     alternatives=alternatives[n] if alternatives else (),
+                    scope=self.scope,
                 )
                 jobs.append(record)
             self.store.accept_on(pipe, jobs)
@@ -157,8 +167,9 @@ class Producer:
         return [GapClaim(j, h) for j, h in zip(job_ids, held, strict=True)]
 
     def publish(self, record: JobResult) -> None:
-        """Publish an accepted job's message again (the lost-message repair): same id, token
-        and envelope, the request as accepted (SessionNumber `auto` included)."""
+        """Publish an accepted job's message again (the lost-message repair, a job passed on by
+        a worker of another scope): same id, token and envelope, the request as accepted
+        (SessionNumber `auto` included), to the queue of the scope it was accepted for."""
         self._publish(record)
 
     def _unaccept(self, record: JobResult, claim: tuple[str, str] | None) -> None:
@@ -176,12 +187,14 @@ class Producer:
             TASK_NAME,
             _envelope(record),
             f"{{job {record['job_id']} on {request.get('NetworkInterfaceId')}}}",
+            queue=queue_of(record),
             task_id=record["job_id"],
             **options,
         )
 
     def _publish_jobs(self, jobs: list[JobResult], **options: Any) -> None:
-        """Several jobs of a batch in one message; one alone goes in the single-job form."""
+        """Several jobs of a batch in one message; one alone goes in the single-job form. A
+        batch's jobs share the producer's scope, so its messages go to one queue."""
         if len(jobs) == 1:
             self._publish(jobs[0], **options)
             return
@@ -190,14 +203,15 @@ class Producer:
             BATCH_TASK_NAME,
             {"jobs": entries},
             f"{{{len(jobs)} jobs of batch {jobs[0]['batch_id']}}}",
+            queue=queue_of(jobs[0]),
             **options,
         )
 
     def _send(self, name: str, kwargs: dict[str, Any], summary: str, **options: Any) -> None:
+        """Send one message; `options` are send_task's, `queue` among them."""
         self.app.send_task(
             name,
             kwargs=kwargs,
-            queue=QUEUE,
             ignore_result=True,  # the task writes its own records (tasks/store.py)
             # What Celery shows in logs and monitors, instead of the whole request.
             argsrepr="()",

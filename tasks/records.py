@@ -15,7 +15,7 @@ from typing import Any, NotRequired
 # pydantic (the API's schema of the record) reads TypedDicts only from typing_extensions on 3.11.
 from typing_extensions import TypedDict
 
-from tasks.contract import AUTO
+from tasks.contract import AUTO, QUEUE, Scope
 
 
 class JobStatus(StrEnum):
@@ -50,6 +50,10 @@ class JobResult(TypedDict):
 
     job_id: str
     batch_id: str | None
+    # Where the job runs, fixed when it is accepted (the producer's scope): the account (None:
+    # MIRRORQ_AWS_ACCOUNT_ID unset) and the Region. Records written before scopes have neither.
+    account_id: NotRequired[str | None]
+    region: NotRequired[str | None]
     status: JobStatus
     attempts: int  # CreateTrafficMirrorSession calls made, across retries and redeliveries
     client_token: str | None
@@ -87,6 +91,20 @@ def may_have_sent(record: JobResult | None) -> bool:
     )
 
 
+def scope_of(record: JobResult) -> Scope | None:
+    """The scope the job was accepted for; None for a record written before scopes (or a
+    refusal of a job whose scope nobody knew)."""
+    region = record.get("region")
+    return None if region is None else Scope(record.get("account_id"), region)
+
+
+def queue_of(record: JobResult) -> str:
+    """The queue the job's messages go to: its scope's (`mirrorq` for a record written before
+    scopes, when every job went there)."""
+    scope = scope_of(record)
+    return QUEUE if scope is None else scope.queue
+
+
 def loaded(raw: dict[str, Any]) -> JobResult:
     """A record read back from JSON, its status typed again."""
     record: Any = dict(raw)
@@ -102,11 +120,14 @@ def accepted(
     submitted_at: str | None = None,
     origin: dict[str, str | None] | None = None,
     alternatives: Sequence[str] = (),
+    scope: Scope | None = None,
 ) -> JobResult:
-    """A new job, `queued`: its ClientToken is the request's, fixed from now on."""
+    """A new job, `queued`, in `scope`: its ClientToken is the request's, fixed from now on."""
     record: JobResult = {
         "job_id": job_id,
         "batch_id": batch_id,
+        "account_id": scope.account_id if scope else None,
+        "region": scope.region if scope else None,
         "status": JobStatus.QUEUED,
         "attempts": 0,
         "client_token": (request or {}).get("ClientToken"),

@@ -30,10 +30,14 @@ end
 #       [, batch statuses, batch counts, batch record, running batches]
 # ARGV: step (start|save|finish), record JSON, ttl, job id, lease token, lease ms, status,
 #       now, terminal statuses, queued state, finished state, the record's state (as Celery's
-#       meta spells them), error code, seconds since submission, duration buckets, batch id
+#       meta spells them), error code, seconds since submission, duration buckets, batch id,
+#       the worker's account ('' for the default one) and Region
 # Returns {verdict[, current record]}:
 #   busy          another worker holds the job's lease (a copy is running): nothing written
 #   done          the job already finished: nothing written
+#   elsewhere     (start) the job was accepted for another account or Region than the
+#                 worker's: nothing written, the record returned (records written before
+#                 scopes, with no Region, run anywhere)
 #   not-in-batch  (start) the batch names a batch that did not register this job
 #   resume        (start) the job ran before (a redelivery): lease taken, record returned so
 #                 the worker carries on from it
@@ -52,6 +56,14 @@ if meta and meta['status'] == ARGV[11] then
   return {'done', current}
 end
 if step == 'start' then
+  local accepted = meta and meta['result']
+  if type(accepted) == 'table' and type(accepted['region']) == 'string' then
+    local account = accepted['account_id']
+    if type(account) ~= 'string' then account = '' end
+    if account ~= ARGV[17] or accepted['region'] ~= ARGV[18] then
+      return {'elsewhere', current}
+    end
+  end
   if #KEYS == 10 and redis.call('HEXISTS', KEYS[7], job) == 0 then return {'not-in-batch'} end
   if meta and meta['status'] ~= ARGV[10] then
     redis.call('SET', KEYS[3], token, 'PX', ARGV[6])

@@ -28,13 +28,13 @@ from tasks.scripts import ACCEPT, CLAIM_GAPS, STEP, UNACCEPT
 
 TERMINAL_ARG = ",".join(sorted(TERMINAL_STATUSES))
 Step = Literal["start", "save", "finish"]
-Verdict = Literal["busy", "done", "not-in-batch", "resume", "stored"]
+Verdict = Literal["busy", "done", "elsewhere", "not-in-batch", "resume", "stored"]
 
 
 @dataclass(frozen=True)
 class StepResult:
     verdict: Verdict
-    current: JobResult | None = None  # the stored record, for "done" and "resume"
+    current: JobResult | None = None  # the stored record: "done", "elsewhere", "resume"
 
 
 def celery_state(status: JobStatus) -> str:
@@ -198,6 +198,7 @@ class ResultStore:
         error = record["error"] if status is JobStatus.FAILED else None
         args += [error["code"] if error else "", seconds_to_finish(record), DURATION_ARG]
         args += [record["batch_id"] or ""]
+        args += [record.get("account_id") or "", record.get("region") or ""]
         if record["batch_id"]:
             script_keys += [*batch_keys(record["batch_id"]), keys.RUNNING_BATCHES]
         return script_keys, args

@@ -5,10 +5,12 @@ in between loses it; a Redis crash can lose the last second of writes. Every acc
 stays in the pending index until it finishes. Every few seconds one worker of the fleet (a
 Redis lock decides which) looks at the jobs pending longer than `lost_after_s` and publishes
 again each one that is nowhere: not running under a live run lease, not in a message a worker
-holds, not waiting in the queue (read in chunks, up to QUEUE_SCAN_MAX messages, only while
-some job is not found elsewhere). A job must look lost twice in a row (one sweep could race a
-worker that just popped it). Publishing again is safe: the job keeps its id and token, a
-finished job is never run twice, and a copy never runs beside a running job.
+holds, not waiting in its queue (read in chunks, up to QUEUE_SCAN_MAX messages, only while
+some job is not found elsewhere). The sweep covers every fleet on the Redis database: each job
+is looked for in, and published again to, the queue of the scope it was accepted for. A job
+must look lost twice in a row (one sweep could race a worker that just popped it). Publishing
+again is safe: the job keeps its id and token, a finished job is never run twice, and a copy
+never runs beside a running job.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import redis
 
 from config import Settings
 from tasks import keys
-from tasks.contract import BATCH_TASK_NAME, QUEUE
-from tasks.records import JobResult
+from tasks.contract import BATCH_TASK_NAME
+from tasks.records import JobResult, queue_of
 from tasks.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,8 @@ def _job_ids(values: Iterable[bytes | str], message_of: Callable[[bytes | str], 
     return ids
 
 
-def queued_among(broker: redis.Redis, wanted: set[str]) -> set[str] | None:
-    """Which of `wanted` wait in the queue; None if the queue is too long to read.
+def queued_among(broker: redis.Redis, queue: str, wanted: set[str]) -> set[str] | None:
+    """Which of `wanted` wait in `queue`; None if the queue is too long to read.
 
     Read from the head (index 0, where messages are pushed) on: a message pushed meanwhile
     shifts the rest one place on (read twice, harmless), a message popped from the tail
@@ -78,11 +80,11 @@ def queued_among(broker: redis.Redis, wanted: set[str]) -> set[str] | None:
     """
     found: set[str] = set()
     for start in range(0, QUEUE_SCAN_MAX, QUEUE_CHUNK):
-        chunk = broker.lrange(QUEUE, start, start + QUEUE_CHUNK - 1)
+        chunk = broker.lrange(queue, start, start + QUEUE_CHUNK - 1)
         found |= queued_job_ids(chunk) & wanted
         if len(chunk) < QUEUE_CHUNK or found == wanted:
             return found
-    return found if broker.llen(QUEUE) <= QUEUE_SCAN_MAX else None
+    return found if broker.llen(queue) <= QUEUE_SCAN_MAX else None
 
 
 def repair_lost_jobs(
@@ -109,12 +111,16 @@ def repair_lost_jobs(
         elif job_id not in held and job_id not in running:
             missing[job_id] = record
     if missing:
-        queued = queued_among(broker, set(missing))
-        if queued is None:
-            results.delete(keys.REPAIR_SUSPECTS)
-            return []  # too many messages to read: nothing looks lost while they wait
-        # A message popped while the queue was read is held by a worker by now.
-        for job_id in queued | _held(broker):
+        by_queue: dict[str, set[str]] = {}
+        for job_id, record in missing.items():
+            by_queue.setdefault(queue_of(record), set()).add(job_id)
+        for queue, wanted in by_queue.items():
+            # Too many messages to read: nothing of that queue looks lost while they wait.
+            queued = queued_among(broker, queue, wanted)
+            for job_id in wanted if queued is None else queued:
+                missing.pop(job_id, None)
+        # A message popped while the queues were read is held by a worker by now.
+        for job_id in _held(broker):
             missing.pop(job_id, None)
     suspects = {_text(s) for s in results.smembers(keys.REPAIR_SUSPECTS)}
     lost = [record for job_id, record in missing.items() if job_id in suspects]

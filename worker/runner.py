@@ -5,6 +5,10 @@ finished is skipped, a copy running elsewhere is waited for, a redelivered job r
 its record with its token and chosen SessionNumber); run its attempts (worker/execute.py);
 record the outcome. A job holds its run lease from start to outcome, so no copy of it runs
 beside it. Redis being away decides nothing: the job waits for Redis and runs on.
+
+A job accepted for another scope (account, Region) than the worker's is never run here: it
+is handed back to be published to its own scope's queue, or, when that is this worker's own
+queue, it ends failed/WrongScope.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from tasks.contract import (
     AUTO,
     DecodedJob,
     Envelope,
+    Scope,
     SessionRequest,
     client_token,
     parse_request,
 )
-from tasks.errors import InvalidJobError
-from tasks.records import JobResult, JobStatus
+from tasks.errors import InvalidJobError, MirrorqError, WrongScopeError
+from tasks.records import JobResult, JobStatus, may_have_sent, queue_of, scope_of
 from tasks.store import AsyncResultStore, Step, StepResult
 from worker.errors import SupersededError
 from worker.execute import Ec2, execute_job
@@ -41,37 +46,43 @@ REDIS_WAIT_LOG_EVERY_S = 60.0
 
 @dataclass(frozen=True)
 class Worker:
-    """What running jobs needs: EC2 and the leases, the records, the admission slots."""
+    """What running jobs needs: EC2 and the leases, the records, the admission slots, and
+    the scope (account, Region) the worker acts in."""
 
     ec2: Ec2
     store: AsyncResultStore
     slots: asyncio.Semaphore
     ping: Callable[[], Awaitable[object]]  # is Redis (where records live) back?
+    scope: Scope
 
 
-async def run_message(worker: Worker, jobs: list[DecodedJob]) -> None:
-    """Run a message's jobs side by side; every one is recorded before this returns."""
+async def run_message(worker: Worker, jobs: list[DecodedJob]) -> list[JobResult]:
+    """Run a message's jobs side by side; every one is recorded before this returns, but the
+    jobs of another scope, returned: the caller publishes each to its scope's queue."""
 
-    async def admitted(job_id: str, envelope: Envelope | InvalidJobError) -> None:
+    async def admitted(job_id: str, envelope: Envelope | InvalidJobError) -> JobResult | None:
         async with worker.slots:  # a message from elsewhere may hold any number of jobs
             JOBS_IN_FLIGHT.inc()
             try:
-                await run_job(worker, job_id, envelope)
+                return await run_job(worker, job_id, envelope)
             finally:
                 JOBS_IN_FLIGHT.dec()
 
-    await asyncio.gather(*(admitted(job_id, envelope) for job_id, envelope in jobs))
+    outcomes = await asyncio.gather(*(admitted(job_id, envelope) for job_id, envelope in jobs))
+    return [record for record in outcomes if record is not None]
 
 
-async def run_job(worker: Worker, job_id: str, envelope: Envelope | InvalidJobError) -> None:
+async def run_job(
+    worker: Worker, job_id: str, envelope: Envelope | InvalidJobError
+) -> JobResult | None:
+    """Run one job; its record if it belongs to another scope's queue instead."""
     lease = Lease(keys.job_lease(job_id))  # one token for the job's whole stay here
     while True:
         try:
-            await _run(worker, job_id, envelope, lease)
-            return
+            return await _run(worker, job_id, envelope, lease)
         except SupersededError:
             log.warning("job %s: another worker owns it now; this copy stops", job_id)
-            return
+            return None
         except RedisError as error:
             # Nothing is decided about the job: it carries on from its record once Redis
             # answers again (with its token and chosen SessionNumber, from the record).
@@ -85,12 +96,14 @@ async def run_job(worker: Worker, job_id: str, envelope: Envelope | InvalidJobEr
 
 async def _run(
     worker: Worker, job_id: str, envelope: Envelope | InvalidJobError, lease: Lease
-) -> None:
+) -> JobResult | None:
     if isinstance(envelope, InvalidJobError):
-        await _refuse(worker, records.accepted(job_id, None), envelope, lease)
-        return
+        await _refuse(worker, records.accepted(job_id, None, scope=worker.scope), envelope, lease)
+        return None
 
     def accepted(request: dict[str, Any] | None) -> JobResult:
+        # A job sent with no record (another service's send_task) runs in the worker's scope;
+        # one accepted elsewhere is checked against it when it starts (the "elsewhere" verdict).
         return records.accepted(
             job_id,
             request,
@@ -98,6 +111,7 @@ async def _run(
             submitted_at=envelope.submitted_at,
             origin=envelope.origin(),
             alternatives=envelope.alternatives,
+            scope=worker.scope,
         )
 
     base = accepted(None)
@@ -106,13 +120,15 @@ async def _run(
         token = client_token(request, job_id)  # the producer fixed it; else the job id
     except InvalidJobError as error:
         await _refuse(worker, base, error, lease)
-        return
+        return None
     kwargs = {**request.to_kwargs(), "ClientToken": token}
     record = records.started(accepted(kwargs), kwargs)
     start = await _start(worker, record, lease)
     if start.verdict == "done":
         log.info("job %s already finished; this copy ends", job_id)
-        return
+        return None
+    if start.verdict == "elsewhere" and start.current is not None:
+        return await _elsewhere(worker, start.current, lease)
     if start.verdict == "not-in-batch":
         stranger = InvalidJobError(
             [
@@ -124,7 +140,7 @@ async def _run(
             ]
         )
         await _refuse(worker, {**base, "batch_id": None}, stranger, lease)
-        return
+        return None
     if start.verdict == "resume" and start.current is not None:
         record = _resumed(start.current, record, request)
     worker.ec2.leases.hold(lease)
@@ -146,6 +162,44 @@ async def _run(
     else:
         # The result backend is the record of every job; a log line each would only be noise.
         log.debug("job %s %s after %d attempt(s)", job_id, outcome["status"], outcome["attempts"])
+    return None
+
+
+async def _elsewhere(worker: Worker, record: JobResult, lease: Lease) -> JobResult | None:
+    """A job accepted for another scope reached this worker (a send to the wrong queue, a
+    producer of another scope): never run against this account and Region. It goes back to
+    the caller to be published to its own queue; when that queue is this one (the default
+    account in two Regions), it ends failed/WrongScope, unless an earlier delivery started
+    it (its fleet did): the lost-message repair publishes that one again."""
+    scope = scope_of(record)
+    assert scope is not None  # the script says "elsewhere" only for a record with a scope
+    queue = queue_of(record)
+    if queue != worker.scope.queue:
+        log.warning(
+            "job %s was accepted for %s, not %s (this worker's); passed on to queue %s",
+            record["job_id"],
+            scope.describe(),
+            worker.scope.describe(),
+            queue,
+        )
+        return record
+    if may_have_sent(record):
+        log.warning(
+            "job %s was accepted for %s and started there; not run in %s, left to the "
+            "lost-message repair to publish again",
+            record["job_id"],
+            scope.describe(),
+            worker.scope.describe(),
+        )
+        return None
+    error = WrongScopeError(
+        f"the job was accepted for {scope.describe()}, but the worker it reached serves "
+        f"{worker.scope.describe()} and both read the queue {queue}; nothing was sent to EC2. "
+        "Set MIRRORQ_AWS_ACCOUNT_ID on every process of each fleet, so that each fleet has a "
+        "queue of its own"
+    )
+    await _refuse(worker, record, error, lease)
+    return None
 
 
 async def _start(worker: Worker, record: JobResult, lease: Lease) -> StepResult:
@@ -181,7 +235,7 @@ async def _save(worker: Worker, step: Step, record: JobResult, lease: Lease) -> 
         raise SupersededError(f"job {record['job_id']} is owned by another worker")
 
 
-async def _refuse(worker: Worker, record: JobResult, error: InvalidJobError, lease: Lease) -> None:
+async def _refuse(worker: Worker, record: JobResult, error: MirrorqError, lease: Lease) -> None:
     refused = records.failed(record, error.code, str(error))
     result = await worker.store.step("finish", refused, lease.token)
     if result.verdict == "stored":

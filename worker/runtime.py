@@ -21,6 +21,7 @@ from aiobotocore.session import get_session
 
 from config import Settings
 from tasks.connections import async_pool
+from tasks.contract import fleet_scope
 from tasks.store import AsyncResultStore, ResultStore
 from worker.aws import client_config
 from worker.execute import Ec2
@@ -87,6 +88,7 @@ class Ec2Runtime:
             # Jobs running at once, whatever the size of the messages they came in.
             slots=asyncio.Semaphore(settings.concurrency),
             ping=results.ping,
+            scope=fleet_scope(settings),
         )
 
     def _redis(self, url: str) -> aioredis.Redis:

@@ -16,7 +16,6 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from tasks import keys
-from tasks.contract import QUEUE
 from tasks.producer import Producer
 from tasks.store import DURATION_BUCKETS
 
@@ -29,6 +28,7 @@ class FleetCollector(Collector):
     def __init__(self, producer: Producer) -> None:
         self._results = producer.store.client
         self._broker = producer.redis
+        self._queue = producer.scope.queue  # this fleet's (MIRRORQ_AWS_ACCOUNT_ID, region)
 
     def collect(self) -> Iterator[Metric]:
         with self._results.pipeline(transaction=False) as pipe:
@@ -53,8 +53,8 @@ class FleetCollector(Collector):
         yield self._durations({_text(k): v for k, v in durations.items()})
         yield GaugeMetricFamily(
             "mirrorq_queue_messages",
-            "Messages waiting in the queue (a batch's carry 8 jobs)",
-            value=int(self._broker.llen(QUEUE)),
+            "Messages waiting in this fleet's queue (a batch's carry 8 jobs)",
+            value=int(self._broker.llen(self._queue)),
         )
         yield GaugeMetricFamily(
             "mirrorq_jobs_pending", "Jobs accepted and not finished", value=int(pending)

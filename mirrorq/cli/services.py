@@ -14,6 +14,9 @@ from config import get_emulator_settings
 from mirrorq.cli.base import echo_json, main
 
 Command = TypeVar("Command", bound=Callable[..., Any])
+# Celery's options choosing the queues a worker consumes: a worker of one scope reading
+# another's queue would pass its jobs on forever (worker/runner.py).
+QUEUE_OPTIONS = ("-Q", "--queues", "-X", "--exclude-queues")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -32,7 +35,16 @@ def worker(metrics_port: int | None, celery_args: tuple[str, ...]) -> None:
     MIRRORQ_JOBS_PER_MESSAGE of them (8), as a batch's jobs travel 8 to a message. Jobs sent
     one by one (submit, send_task) therefore run 8 at a time; set MIRRORQ_JOBS_PER_MESSAGE=1
     for a fleet fed only single jobs.
+
+    It consumes its scope's queue only: `mirrorq` with MIRRORQ_AWS_ACCOUNT_ID unset,
+    `mirrorq.<account>.<region>` with it set (so -Q/--queues is not taken).
     """
+    for arg in celery_args:
+        if arg.startswith(QUEUE_OPTIONS):
+            raise click.UsageError(
+                f"{arg.split('=')[0]}: a worker's queue is its scope's, set by "
+                "MIRRORQ_AWS_ACCOUNT_ID and MIRRORQ_REGION"
+            )
     from tasks.jobs import app  # the app with the task registered
 
     if metrics_port is not None:
