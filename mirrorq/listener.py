@@ -20,10 +20,9 @@ from mirrorq.events import Event, read_event
 from mirrorq.intake import Intake
 from mirrorq.inventory import Inventory
 from mirrorq.rules import Rule
-from tasks.connections import async_pool
 from tasks.producer import Producer
-from worker.aws import ec2_client, sqs_client
-from worker.ratelimit import create_limiters
+from worker.aws import sqs_client
+from worker.ec2 import open_road
 
 log = logging.getLogger("mirrorq.listen")
 WAIT_S = 20  # SQS's longest long poll: the fewest empty receives
@@ -44,10 +43,7 @@ async def listen(
     stop = stop or asyncio.Event()
     async with AsyncExitStack() as stack:
         sqs = await stack.enter_async_context(sqs_client(settings))
-        ec2 = await stack.enter_async_context(ec2_client(settings))
-        redis = async_pool(settings.broker_url, settings, max_connections=4)
-        stack.push_async_callback(redis.aclose)
-        inventory = Inventory(ec2, settings, create_limiters(redis, settings).describe)
+        inventory = Inventory(await stack.enter_async_context(open_road(settings)))
         intake = Intake(rules, settings, Producer(settings=settings), inventory)
         pollers_ = [
             asyncio.create_task(_poll(sqs, url, intake, stop), name=f"poll {url} #{n}")
