@@ -33,7 +33,7 @@ from tasks.connections import async_pool
 from worker.aws import ec2_client
 from worker.errors import classify
 from worker.metrics import ec2_call
-from worker.ratelimit import Limiters, create_limiters
+from worker.ratelimit import Limiters
 from worker.retry import OnRetry, retry_policy
 from worker.timing import Sleep
 
@@ -162,4 +162,4 @@ async def open_road(settings: Settings) -> AsyncIterator[Ec2Road]:
         client = await stack.enter_async_context(ec2_client(settings))
         redis = async_pool(settings.broker_url, settings, max_connections=PLANNER_REDIS_CONNECTIONS)
         stack.push_async_callback(redis.aclose)
-        yield Ec2Road(client, create_limiters(redis, settings), settings)
+        yield Ec2Road(client, Limiters(redis, settings), settings)

@@ -214,11 +214,6 @@ class Limiters:
         )
 
 
-def create_limiters(client: aioredis.Redis, settings: Settings) -> Limiters:
-    """The limiters of the settings' account and Region."""
-    return Limiters(client, settings)
-
-
 def read_create_rate(client: redis.Redis, settings: Settings) -> RateSnapshot | None:
     """The shared create rate as the workers left it (for the CLI); None if none is kept."""
     key = keys.rate_limit(settings.aws_account_id, settings.region, CREATE_ACTION)

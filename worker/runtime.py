@@ -26,7 +26,7 @@ from worker.aws import client_config
 from worker.ec2 import Ec2Road
 from worker.execute import Ec2
 from worker.leases import Leases
-from worker.ratelimit import SharedRateLimiter, create_limiters
+from worker.ratelimit import Limiters, SharedRateLimiter
 from worker.redaction import redact_credentials
 from worker.runner import Worker
 
@@ -81,7 +81,7 @@ class Ec2Runtime:
         )
         leases = Leases(results, settings.lease_s)
         self._stack.push_async_callback(leases.close)
-        road = Ec2Road(client, create_limiters(broker, settings), settings)
+        road = Ec2Road(client, Limiters(broker, settings), settings)
         ec2 = Ec2(road, leases, settings)
         return Worker(
             ec2=ec2,
