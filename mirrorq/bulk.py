@@ -15,7 +15,7 @@ from mirrorq.inventory import Inventory
 from mirrorq.rules import Rule
 from tasks.contract import parse_request
 from tasks.producer import Producer
-from worker.aws import ec2_client
+from worker.ec2 import open_road
 
 
 async def plan_live(
@@ -24,8 +24,8 @@ async def plan_live(
     """Every rule planned from EC2's state now (and the mirrors `pending` jobs will make).
     Raises UnknownResourceError (a LookupError) naming a target or filter that does not
     exist."""
-    async with ec2_client(settings) as client:
-        inventory = Inventory(client, settings)
+    async with open_road(settings) as road:
+        inventory = Inventory(road)
         targets = await inventory.targets(t for rule in rules for t in rule.targets)
         await inventory.require_filters(rule.filter_id for rule in rules)
         enis = await inventory.enis_for(rules)

@@ -1,27 +1,22 @@
 """EC2's state, read for planning: ENIs, sessions, and targets with their zones and limits.
 
-Every Describe call is paginated (a client that forgets to misses ENIs), retried as a job's
-calls are (worker/retry.py), and paid for at the fleet's shared Describe limiter when one is
-given, so a burst of events cannot spend the account's Describe bucket.
+Every Describe call goes the one way every EC2 call goes (worker/ec2.py): paginated (a client
+that forgets to misses ENIs), paid for at the fleet's shared limiter for its action, retried
+as a job's calls are, each throttle told to that limiter and every call counted in the
+metrics, so a burst of events or a reconcile cannot spend a bucket EC2 is refusing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import ClientError
 
-from config import Settings
 from mirrorq.planning import Target
 from mirrorq.rules import Rule
+from worker.ec2 import Ec2Road
 from worker.errors import classify
-from worker.execute import take_slot
-from worker.ratelimit import SharedRateLimiter
-from worker.retry import retry_policy
-
-if TYPE_CHECKING:  # stubs only: a development dependency
-    from types_aiobotocore_ec2 import EC2Client
 
 PAGE_SIZE = 1000  # EC2's maximum for the paginated Describe calls
 FILTER_VALUES = 200  # values per filter in one call: more go in several calls
@@ -40,44 +35,16 @@ class UnknownResourceError(LookupError):
 
 
 class Inventory:
-    def __init__(
-        self, client: EC2Client, settings: Settings, limiter: SharedRateLimiter | None = None
-    ) -> None:
-        self._ec2: Any = client
-        self._settings = settings
-        self._limiter = limiter
+    def __init__(self, road: Ec2Road) -> None:
+        self._road = road
         # Per instance family, its largest sizes: instance types change only with EC2 itself.
         self._largest: dict[str, frozenset[str]] = {}
-
-    async def _all(self, operation: str, key: str, **kwargs: Any) -> list[dict[str, Any]]:
-        """Every item of a paginated Describe call."""
-        items: list[dict[str, Any]] = []
-        token: dict[str, Any] = {}
-        while True:
-            page = await self._call(operation, **kwargs, **token)
-            items += page.get(key, [])
-            if not page.get("NextToken"):
-                return items
-            token = {"NextToken": page["NextToken"]}
-
-    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        policy = retry_policy(
-            deadline_s=self._settings.job_deadline_s,
-            backoff_base_s=self._settings.backoff_base_s,
-            backoff_cap_s=self._settings.backoff_cap_s,
-        )
-        async for attempt in policy:
-            with attempt:
-                await take_slot(self._limiter, self._settings)
-                answer: dict[str, Any] = await getattr(self._ec2, operation)(**kwargs)
-                return answer
-        raise AssertionError("unreachable: the policy reraises")  # pragma: no cover
 
     # ENIs and sessions -----------------------------------------------------------------------
 
     async def enis(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return await self._all(
-            "describe_network_interfaces",
+        return await self._road.paginate(
+            "DescribeNetworkInterfaces",
             "NetworkInterfaces",
             Filters=filters,
             MaxResults=PAGE_SIZE,
@@ -102,8 +69,8 @@ class Inventory:
         kwargs: dict[str, Any] = {"MaxResults": PAGE_SIZE}
         if filters:
             kwargs["Filters"] = filters
-        return await self._all(
-            "describe_traffic_mirror_sessions", "TrafficMirrorSessions", **kwargs
+        return await self._road.paginate(
+            "DescribeTrafficMirrorSessions", "TrafficMirrorSessions", **kwargs
         )
 
     async def sessions_touching(
@@ -121,7 +88,9 @@ class Inventory:
         """These targets with the zone each serves and the sources it takes. One that does not
         exist is refused, named (or, with `missing_ok`, left out)."""
         wanted = sorted(set(target_ids))
-        described = await self._all("describe_traffic_mirror_targets", "TrafficMirrorTargets")
+        described = await self._road.paginate(
+            "DescribeTrafficMirrorTargets", "TrafficMirrorTargets"
+        )
         found = {
             t["TrafficMirrorTargetId"]: t for t in described if t["TrafficMirrorTargetId"] in wanted
         }
@@ -150,14 +119,16 @@ class Inventory:
 
     async def all_target_enis(self) -> set[str]:
         """Every ENI that is some target's (a target cannot be a source)."""
-        described = await self._all("describe_traffic_mirror_targets", "TrafficMirrorTargets")
+        described = await self._road.paginate(
+            "DescribeTrafficMirrorTargets", "TrafficMirrorTargets"
+        )
         return {t["NetworkInterfaceId"] for t in described if t.get("NetworkInterfaceId")}
 
     async def require_filters(self, filter_ids: Iterable[str]) -> None:
         for filter_id in sorted(set(filter_ids)):
             try:
-                found = await self._all(
-                    "describe_traffic_mirror_filters",
+                found = await self._road.paginate(
+                    "DescribeTrafficMirrorFilters",
                     "TrafficMirrorFilters",
                     TrafficMirrorFilterIds=[filter_id],
                 )
@@ -172,15 +143,17 @@ class Inventory:
         ids = sorted({i for i in instance_ids if i})
         if not ids:
             return {}
-        reservations = await self._all("describe_instances", "Reservations", InstanceIds=ids)
+        reservations = await self._road.paginate(
+            "DescribeInstances", "Reservations", InstanceIds=ids
+        )
         return {i["InstanceId"]: i["InstanceType"] for r in reservations for i in r["Instances"]}
 
     async def _largest_types(self, families: set[str]) -> frozenset[str]:
         """The largest sizes of these families (their types described by a wildcard filter:
         describing all of EC2's ~1,000 types would cost seconds)."""
         if wanted := sorted(families - set(self._largest)):
-            described = await self._all(
-                "describe_instance_types",
+            described = await self._road.paginate(
+                "DescribeInstanceTypes",
                 "InstanceTypes",
                 Filters=[{"Name": "instance-type", "Values": [f"{f}.*" for f in wanted]}],
             )

@@ -28,11 +28,10 @@ from mirrorq.events import Event, read_event
 from mirrorq.intake import Intake
 from mirrorq.inventory import Inventory
 from mirrorq.policy_watch import RulesSource, rules_now
-from tasks.connections import async_pool
 from tasks.producer import Producer
-from worker.aws import ec2_client, sqs_client
+from worker.aws import sqs_client
+from worker.ec2 import open_road
 from worker.errors import Failure, classify, is_transient
-from worker.ratelimit import create_limiters
 
 log = logging.getLogger("mirrorq.listen")
 WAIT_S = 20  # SQS's longest long poll: the fewest empty receives
@@ -73,10 +72,7 @@ async def listen(
         if stop.is_set():
             return Counter()
         log.info("listening on %d queue(s) with %d rule(s)", len(queue_urls), len(rules_now(rules)))
-        ec2 = await stack.enter_async_context(ec2_client(settings))
-        redis = async_pool(settings.broker_url, settings, max_connections=4)
-        stack.push_async_callback(redis.aclose)
-        inventory = Inventory(ec2, settings, create_limiters(redis, settings).describe)
+        inventory = Inventory(await stack.enter_async_context(open_road(settings)))
         intake = Intake(rules, settings, Producer(settings=settings), inventory)
         pollers_ = [
             asyncio.create_task(_poll(sqs, url, intake, stop), name=f"poll {url} #{n}")

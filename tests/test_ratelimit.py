@@ -11,13 +11,20 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
-from emulator.lab import lab_client, seed_lab
+from emulator.errors import throttled
+from emulator.lab import LAB_CREDENTIALS, lab_client, seed_lab
+from mirrorq.api.metrics import FleetCollector
+from mirrorq.bulk import plan_live
 from mirrorq.processes import EmulatorProcess, WorkerProcess
+from mirrorq.rules import Rule, Selectors
 from tasks.producer import Producer
+from tests.fault_proxy import Answer, FaultProxy
 from worker import gcra
 from worker.ratelimit import COOLDOWN_S, QUIET_S, SharedRateLimiter
 
@@ -305,7 +312,7 @@ def test_a_lower_limit_than_configured_is_found_by_backing_off(
 
 def test_a_slot_wait_that_threatens_the_visibility_timeout_is_explained() -> None:
     from config import Settings
-    from worker.execute import slow_slot_warning
+    from worker.ec2 import slow_slot_warning
 
     settings = Settings(visibility_timeout_s=300, ec2_rate=5)
     assert slow_slot_warning(0.0, settings) is None
@@ -315,3 +322,92 @@ def test_a_slot_wait_that_threatens_the_visibility_timeout_is_explained() -> Non
     assert "waited 80 s" in warning
     assert "5 calls/s" in warning
     assert "MIRRORQ_VISIBILITY_TIMEOUT_S" in warning
+
+
+# The planner's reads against a throttling EC2 -------------------------------------------------
+
+
+def test_the_planners_throttled_reads_reach_the_shared_limiter_and_the_metrics(
+    emulator: EmulatorProcess,
+    redis_url: str,
+    producer: Producer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`mirror`, `reconcile` and `policy plan` plan through plan_live (the listener and the API
+    through the same Inventory): a throttled Describe is told to the fleet's limiter for that
+    action, as a worker's is, and counted in the process's and the fleet's metrics."""
+    lab = seed_lab(emulator.url, 10)
+    throttles = 2
+
+    def rule(action: str, _: dict[str, str], seen: int) -> Answer | None:
+        if action == "DescribeNetworkInterfaces" and seen < throttles:
+            return Answer(503, throttled().to_xml(), "text/xml", forward="instead")
+        return None
+
+    def calls(action: str, outcome: str) -> float:
+        labels = {"action": action, "outcome": outcome}
+        return REGISTRY.get_sample_value("mirrorq_ec2_call_seconds_count", labels) or 0.0
+
+    for name, value in LAB_CREDENTIALS.items():
+        monkeypatch.setenv(name.upper(), value)
+    before = {
+        outcome: calls("DescribeNetworkInterfaces", outcome)
+        for outcome in ("ok", "RequestLimitExceeded")
+    }
+    web = Rule(
+        name="web",
+        selectors=Selectors(vpc_ids=(lab["vpc_id"],)),
+        targets=(lab["target_ids"]["eni"],),
+        filter_id=lab["filter_id"],
+    )
+    with FaultProxy(emulator.url, rule) as proxy:
+        settings = producer.settings.model_copy(update={"ec2_endpoint_url": proxy.url})
+        planned = asyncio.run(plan_live(settings, [web]))
+    assert proxy.mangled["DescribeNetworkInterfaces"] == throttles
+    assert len(planned.to_create()) == 10  # retried through the throttling
+
+    import redis
+
+    key = "mirrorq:rate:default:us-east-1:DescribeNetworkInterfaces"
+    state = redis.Redis.from_url(redis_url).hgetall(key)
+    assert int(state.get(b"throttles", 0)) == throttles, state  # every throttle told
+    assert b"last_event" in state  # and acted on: the burst spent (or the rate cut)
+    fleet = {
+        tuple(s.labels.values()): s.value
+        for family in FleetCollector(producer).collect()
+        if family.name == "mirrorq_ec2_throttles"
+        for s in family.samples
+    }
+    assert fleet[("default", "us-east-1", "DescribeNetworkInterfaces")] == throttles
+    assert (
+        calls("DescribeNetworkInterfaces", "RequestLimitExceeded") - before["RequestLimitExceeded"]
+        == throttles
+    )
+    assert calls("DescribeNetworkInterfaces", "ok") > before["ok"]
+
+
+def test_each_action_has_its_own_limiter_at_its_categorys_rate(redis_url: str) -> None:
+    from config import Settings
+    from worker.ratelimit import Limiters
+
+    settings = Settings(ec2_rate=5, ec2_burst=40, ec2_describe_rate=20, ec2_describe_burst=90)
+    limiters = Limiters(aioredis.Redis.from_url(redis_url), settings, account="111111111111")
+    create, enis = limiters.of("CreateTrafficMirrorSession"), limiters.of("DescribeInstances")
+    assert create is not None
+    assert create is limiters.create
+    assert (create.key, create.rate, create.burst) == (
+        "mirrorq:rate:111111111111:us-east-1:CreateTrafficMirrorSession",
+        5,
+        40,
+    )
+    assert enis is not None
+    assert enis is limiters.of("DescribeInstances")
+    assert (enis.key, enis.rate, enis.burst) == (
+        "mirrorq:rate:111111111111:us-east-1:DescribeInstances",
+        20,
+        90,
+    )
+    assert limiters.of(None) is None
+    unlimited = Limiters(aioredis.Redis.from_url(redis_url), Settings(ec2_describe_rate=0))
+    assert unlimited.of("DescribeNetworkInterfaces") is None
+    assert unlimited.create is not None

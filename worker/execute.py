@@ -1,7 +1,9 @@
 """One job's attempts against EC2 under the retry policy, and the record they end in.
 
 Pure of Celery and of messages: worker/runner.py hands it a started record and stores what
-it returns. Every attempt sends exactly `record["request"]`, ClientToken included, so EC2
+it returns. Its EC2 calls go the road every EC2 call goes (worker/ec2.py: the slot, the
+metrics, the limiter told of throttles, the retry policy); what is the job's own is here.
+Every attempt sends exactly `record["request"]`, ClientToken included, so EC2
 can tell a retry from a new request. A job with SessionNumber `auto` reads its ENI's
 sessions and creates under the ENI's lease (worker/leases.py), so two jobs for one ENI,
 target and filter never both create.
@@ -9,13 +11,11 @@ target and filter never both create.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError
 from tenacity import RetryCallState
@@ -23,6 +23,7 @@ from tenacity import RetryCallState
 from config import Settings
 from tasks import keys, records
 from tasks.records import JobResult
+from worker.ec2 import Ec2Road
 from worker.errors import (
     DRY_RUN_OK,
     EC2_SAYS_NUMBER_TAKEN,
@@ -32,27 +33,17 @@ from worker.errors import (
     classify,
 )
 from worker.leases import Lease, Leases
-from worker.metrics import ec2_call
-from worker.ratelimit import CREATE_ACTION, DESCRIBE_ACTION, Limiters, SharedRateLimiter
-from worker.retry import retry_policy
+from worker.ratelimit import CREATE_ACTION, DESCRIBE_ACTION
 from worker.sessions import plan_session_number
-from worker.timing import Sleep
-
-if TYPE_CHECKING:  # stubs only: a development dependency
-    from types_aiobotocore_ec2 import EC2Client
 
 Save = Callable[[JobResult], Awaitable[None]]  # records a job's progress, on the loop
-log = logging.getLogger(__name__)
-SLOW_SLOT_WARNING_EVERY_S = 60.0
-_last_slow_slot_warning = -SLOW_SLOT_WARNING_EVERY_S
 
 
 @dataclass(frozen=True)
 class Ec2:
-    """What a job's attempts use: the EC2 client, the shared limiters, the leases."""
+    """What a job's attempts use: the road every EC2 call takes, the leases, the settings."""
 
-    client: EC2Client
-    limiters: Limiters
+    road: Ec2Road
     leases: Leases
     settings: Settings
 
@@ -62,49 +53,15 @@ class Ec2:
         return self.settings.connect_timeout_s + self.settings.read_timeout_s + 1.0
 
 
-def slow_slot_warning(waited_s: float, settings: Settings) -> str | None:
-    """A slot wait long enough to threaten the visibility timeout, explained; else None.
-
-    Every job a worker holds waits for its slot while its message stays unacked: when the
-    fleet holds more jobs than the shared rate serves within the visibility timeout, Redis
-    hands messages still waiting to a second worker. Harmless (same tokens, and a copy waits
-    for the job's lease) but wasteful, and a sign the fleet is sized past the account's rate.
-    """
-    if waited_s < settings.visibility_timeout_s / 4:
-        return None
-    return (
-        f"waited {waited_s:.0f} s for an EC2 slot: the fleet holds more jobs than "
-        f"{settings.ec2_rate:g} calls/s can serve within the {settings.visibility_timeout_s} s "
-        "visibility timeout, so waiting messages may be handed to a second worker; lower "
-        "MIRRORQ_CONCURRENCY or run fewer workers, or raise MIRRORQ_VISIBILITY_TIMEOUT_S"
-    )
-
-
-async def take_slot(limiter: SharedRateLimiter | None, settings: Settings) -> None:
-    global _last_slow_slot_warning  # noqa: PLW0603 - one warning a minute per process
-    if limiter is None:
-        return
-    warning = slow_slot_warning(await limiter.acquire(), settings)
-    now = time.monotonic()
-    if warning and now - _last_slow_slot_warning >= SLOW_SLOT_WARNING_EVERY_S:
-        _last_slow_slot_warning = now
-        log.warning(warning)
-
-
 async def sessions_on(ec2: Ec2, eni_id: str) -> list[dict[str, Any]]:
-    """Every session on the ENI, a page at a time, each page a call paid for at the limiter."""
-    sessions: list[dict[str, Any]] = []
-    token: dict[str, Any] = {}
-    while True:
-        await take_slot(ec2.limiters.describe, ec2.settings)
-        async with ec2_call(DESCRIBE_ACTION):
-            page = await ec2.client.describe_traffic_mirror_sessions(
-                Filters=[{"Name": "network-interface-id", "Values": [eni_id]}], **token
-            )
-        sessions += [dict(s) for s in page.get("TrafficMirrorSessions", [])]
-        if not page.get("NextToken"):
-            return sessions
-        token = {"NextToken": page["NextToken"]}
+    """Every session on the ENI, a page at a time, each page a call paid for at the limiter;
+    a page that fails fails the attempt, which reads again from the start."""
+    return await ec2.road.paginate(
+        DESCRIBE_ACTION,
+        "TrafficMirrorSessions",
+        retry=False,
+        Filters=[{"Name": "network-interface-id", "Values": [eni_id]}],
+    )
 
 
 class Creates:
@@ -120,16 +77,13 @@ class Creates:
         bound_s = self._ec2.create_bound_s
         sent_at = time.monotonic()
         try:
-            async with ec2_call(CREATE_ACTION):
-                response = await asyncio.wait_for(
-                    self._ec2.client.create_traffic_mirror_session(**request), bound_s
-                )
+            response = await self._ec2.road.send(CREATE_ACTION, timeout_s=bound_s, **request)
         except Exception as error:
             if classify(error).retryable:  # unanswered: it may be on its way still
                 self._landing_by = sent_at + bound_s
             raise
         self._landing_by = 0.0  # created: one still on its way is answered from the token
-        return dict(response)
+        return response
 
     def may_land_for_s(self) -> float:
         return max(0.0, self._landing_by - time.monotonic())
@@ -142,7 +96,6 @@ async def execute_job(
     save: Save,
     auto: bool,
     alternatives: Sequence[str] = (),
-    sleep: Sleep = asyncio.sleep,
 ) -> JobResult:
     """Create the session `record["request"]` describes; return the finished record.
 
@@ -154,7 +107,6 @@ async def execute_job(
     Raises RedisError when Redis, where the job is recorded, is unreachable, and
     SupersededError when another worker took the job over: nothing is decided then.
     """
-    settings = ec2.settings
     eni_lease = keys.eni_lease(str((record["request"] or {})["NetworkInterfaceId"]))
     holding: Lease | None = None
     read_under: Lease | None = None
@@ -168,18 +120,9 @@ async def execute_job(
             return
         failure = classify(error)
         record = records.retrying(record, failure.code, failure.message)
-        limiter = ec2.limiters.of(failure.operation) if failure.throttled else None
-        if limiter is not None:
-            await limiter.throttled()
         await save(record)
 
-    policy = retry_policy(
-        deadline_s=settings.job_deadline_s,
-        backoff_base_s=settings.backoff_base_s,
-        backoff_cap_s=settings.backoff_cap_s,
-        sleep=sleep,
-        before_sleep=on_retry,
-    )
+    policy = ec2.road.retrying(before_sleep=on_retry)
     try:
         async for attempt in policy:
             with attempt:
@@ -195,7 +138,8 @@ async def execute_job(
                             await save(record)
                         read_under = holding
                 # Only now: a read that failed, or found the ENI mirrored, spent no create slot.
-                await take_slot(ec2.limiters.create, settings)
+                # The slot comes before the fence: a fenced lease outlasts the create alone.
+                await ec2.road.slot(CREATE_ACTION)
                 if holding is not None and not await ec2.leases.fence(holding, ec2.create_bound_s):
                     raise LeaseLostError("the ENI's lease lapsed before the create was sent")
                 record = records.attempted(record)

@@ -1,5 +1,6 @@
-"""A worker process's own metrics (`mirrorq worker --metrics-port`): jobs in flight, and EC2
-call latency by action and outcome. The fleet's metrics are the API's, read from Redis."""
+"""A process's own metrics: jobs in flight, and EC2 call latency by action and outcome, the
+latter recorded by every process's road (worker/ec2.py) and served by `mirrorq worker
+--metrics-port`. The fleet's metrics are the API's, read from Redis."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from prometheus_client import Gauge, Histogram
 JOBS_IN_FLIGHT = Gauge("mirrorq_worker_jobs_in_flight", "Jobs this worker process is running")
 EC2_CALLS = Histogram(
     "mirrorq_ec2_call_seconds",
-    "EC2 calls made by this worker process, by action and outcome (ok, or the error code)",
+    "EC2 calls made by this process, by action and outcome (ok, or the error code)",
     ["action", "outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )

@@ -166,36 +166,52 @@ CREATE_ACTION = "CreateTrafficMirrorSession"
 DESCRIBE_ACTION = "DescribeTrafficMirrorSessions"
 
 
-@dataclass(frozen=True)
 class Limiters:
-    """One limiter per EC2 action: EC2 keeps a bucket per action, so each action's throttles
-    slow only that action."""
+    """The fleet's limiters of one account and Region, one per EC2 action, made as they are
+    first asked for: EC2 keeps a bucket per action (sized by the action's category), so each
+    action's throttles slow only that action. Creates and other mutating actions are held to
+    MIRRORQ_EC2_RATE, each Describe action (non-mutating) to MIRRORQ_EC2_DESCRIBE_RATE."""
 
-    create: SharedRateLimiter | None
-    describe: SharedRateLimiter | None
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        *,
+        account: str | None = None,
+        region: str | None = None,
+    ) -> None:
+        self.account = account or settings.aws_account_id
+        self.region = region or settings.region
+        self._client = client
+        self._settings = settings
+        self._made: dict[str, SharedRateLimiter | None] = {}
+
+    @property
+    def create(self) -> SharedRateLimiter | None:
+        return self.of(CREATE_ACTION)
 
     def of(self, action: str | None) -> SharedRateLimiter | None:
-        return {CREATE_ACTION: self.create, DESCRIBE_ACTION: self.describe}.get(action or "")
+        """The limiter `action`'s calls are paid at; None when its rate is 0 (unlimited)."""
+        if not action:
+            return None
+        if action not in self._made:
+            self._made[action] = self._limiter(action)
+        return self._made[action]
 
-
-def create_limiters(client: aioredis.Redis, settings: Settings) -> Limiters:
-    def one(action: str, rate: float, burst: int) -> SharedRateLimiter | None:
+    def _limiter(self, action: str) -> SharedRateLimiter | None:
+        s = self._settings
+        describe = action.startswith("Describe")
+        rate = s.ec2_describe_rate if describe else s.ec2_rate
         if rate <= 0:
             return None
-        key = keys.rate_limit(settings.aws_account_id, settings.region, action)
         return SharedRateLimiter(
-            client,
-            key,
+            self._client,
+            keys.rate_limit(self.account, self.region, action),
             rate,
-            burst,
-            decrease=settings.ec2_rate_decrease,
-            recovery=settings.ec2_rate_recovery,
+            s.ec2_describe_burst if describe else s.ec2_burst,
+            decrease=s.ec2_rate_decrease,
+            recovery=s.ec2_rate_recovery,
         )
-
-    return Limiters(
-        create=one(CREATE_ACTION, settings.ec2_rate, settings.ec2_burst),
-        describe=one(DESCRIBE_ACTION, settings.ec2_describe_rate, settings.ec2_describe_burst),
-    )
 
 
 def read_create_rate(client: redis.Redis, settings: Settings) -> RateSnapshot | None:

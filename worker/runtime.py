@@ -24,9 +24,10 @@ from tasks.connections import async_pool
 from tasks.contract import fleet_scope
 from tasks.store import AsyncResultStore, ResultStore
 from worker.aws import client_config
+from worker.ec2 import Ec2Road
 from worker.execute import Ec2
 from worker.leases import Leases
-from worker.ratelimit import SharedRateLimiter, create_limiters
+from worker.ratelimit import Limiters, SharedRateLimiter
 from worker.redaction import redact_credentials
 from worker.runner import Worker
 
@@ -52,9 +53,9 @@ class Ec2Runtime:
         self._stack = AsyncExitStack()
         self._reporter: concurrent.futures.Future[None] | None = None
         self.worker: Worker = self.run(self._open(store))
-        if self.worker.ec2.limiters.create is not None:
+        if self.worker.ec2.road.limiters.create is not None:
             self._reporter = asyncio.run_coroutine_threadsafe(
-                _report_rate(self.worker.ec2.limiters.create), self._loop
+                _report_rate(self.worker.ec2.road.limiters.create), self._loop
             )
 
     async def _open(self, store: ResultStore) -> Worker:
@@ -81,7 +82,8 @@ class Ec2Runtime:
         )
         leases = Leases(results, settings.lease_s)
         self._stack.push_async_callback(leases.close)
-        ec2 = Ec2(client, create_limiters(broker, settings), leases, settings)
+        road = Ec2Road(client, Limiters(broker, settings), settings)
+        ec2 = Ec2(road, leases, settings)
         return Worker(
             ec2=ec2,
             store=AsyncResultStore(store, results),

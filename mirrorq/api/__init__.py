@@ -70,14 +70,9 @@ async def _intake(
 ) -> Any:
     from mirrorq.intake import Intake
     from mirrorq.inventory import Inventory
-    from tasks.connections import async_pool
-    from worker.aws import ec2_client
-    from worker.ratelimit import create_limiters
+    from worker.ec2 import open_road
 
-    ec2 = await stack.enter_async_context(ec2_client(settings))
-    redis = async_pool(settings.broker_url, settings, max_connections=4)
-    stack.push_async_callback(redis.aclose)
-    inventory = Inventory(ec2, settings, create_limiters(redis, settings).describe)
+    inventory = Inventory(await stack.enter_async_context(open_road(settings)))
     return Intake(rules, settings, producer, inventory)
 
 
