@@ -175,10 +175,11 @@ class EmulatorSettings(BaseSettings):
 
 
 def _text_lines(path: Path) -> list[str]:
-    """A text file's lines; bytes that are not UTF-8 are a ValueError naming the line."""
+    """A text file's lines; bytes that are not UTF-8 are a ValueError naming the line. A byte
+    order mark (Notepad's, PowerShell 5's "UTF-8") is not part of the first line."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8").splitlines()
+        return data.decode("utf-8-sig").splitlines()
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise ValueError(f"{path}, line {line}: not UTF-8 text") from None

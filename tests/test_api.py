@@ -9,6 +9,7 @@ import io
 import json
 import socket
 import subprocess
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -635,5 +636,61 @@ def test_a_request_head_not_sent_in_time_is_closed_and_nothing_else_is(
         slow = http.post("/v1/jobs", params={"wait": 3}, json=job(lab, 0, DryRun=True))
         assert slow.status_code == 202
         assert http.get("/healthz").status_code == 200
+    finally:
+        process.stop()
+
+
+def test_a_connection_answered_before_its_body_is_read_is_not_held_by_trickling_it(
+    api_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Found in review: a request the API answers without reading its body (no token: 401; or
+    a GET with a Content-Length) leaves the connection waiting for that body, under no
+    deadline: a client that trickles a byte every second holds it for as long as it likes,
+    with no token, around the head deadline ("after its previous answer" the next head is
+    due within MIRRORQ_API_HEADER_TIMEOUT_S)."""
+    process = start_api(api_env, tmp_path, MIRRORQ_API_HEADER_TIMEOUT_S="1")
+    port = int(process.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    heads = (
+        b"POST /v1/jobs HTTP/1.1\r\nHost: api\r\nContent-Length: 100000\r\n\r\n",  # no token
+        b"GET /healthz HTTP/1.1\r\nHost: api\r\nContent-Length: 100000\r\n\r\n",
+    )
+    try:
+        for head in heads:
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(head)
+                sock.settimeout(10)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 ")  # answered at once
+                sock.settimeout(1)
+                closed, deadline = False, time.monotonic() + 30  # far above 1 s + keep-alive 5 s
+                while not closed and time.monotonic() < deadline:
+                    try:
+                        sock.sendall(b"x")  # one byte of the unread body, every second
+                        closed = sock.recv(65536) == b""
+                    except TimeoutError:
+                        continue
+                    except OSError:  # reset, broken pipe: the server closed it
+                        closed = True
+                assert closed, f"held for 30 s by a trickled body after {head.split()[:2]}"
+    finally:
+        process.stop()
+
+
+def test_a_tokens_file_written_with_a_byte_order_mark_reads_as_without_one(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Found in review: a tokens file saved as "UTF-8 with BOM" (Notepad, PowerShell 5's
+    `Set-Content -Encoding utf8`) starts with U+FEFF, so its first line, a `#` comment, was
+    read as a token and the API refused to start ("line 1: not an API token")."""
+    tokens = tmp_path / "tokens"
+    tokens.write_bytes(
+        b"\xef\xbb\xbf# mirrorq API tokens, one a line\r\n" + REAL_TOKEN.encode() + b"\r\n"
+    )
+    process = start_api(env, tmp_path, MIRRORQ_API_TOKENS_FILE=str(tokens))
+    try:
+        url = f"{process.url}/v1/jobs/some-id"  # type: ignore[attr-defined]
+        assert httpx.get(url, headers={"Authorization": f"Bearer {REAL_TOKEN}"}).status_code == 404
+        comment = "\ufeff# mirrorq API tokens, one a line".encode()
+        answer = httpx.get(url, headers=[(b"Authorization", b"Bearer " + comment)])
+        assert answer.status_code == 401
     finally:
         process.stop()

@@ -1,6 +1,8 @@
 """A deadline for each request's head. uvicorn has none (its keep-alive timeout is cancelled by
 the first byte a client sends), so a client that connects and trickles, or never finishes, a
-request line and headers would hold its connection for as long as it likes."""
+request line and headers would hold its connection for as long as it likes. Nor does it bound
+the body of a request it has already answered (a 401 sent before the body was read): that
+connection can never carry another request, and is closed on the same deadline."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 class _HeadDeadline(H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose next request's head is not all in
     `head_timeout_s` after the connection opened or its previous response ended. Once a head
-    is in, the deadline is off: a slow body is the proxy's to time out, a long `?wait=` is fine."""
+    is in, the deadline is off while its request is served: a slow body the API is reading is
+    the proxy's to time out, a long `?wait=` is fine. Once it is answered, the rest of a body the
+    API did not read counts as waiting for the next head: the deadline runs again."""
 
     head_timeout_s: float
     _head_timer: asyncio.TimerHandle | None = None
@@ -46,13 +50,18 @@ class _HeadDeadline(H11Protocol):
             self._head_timer = None
 
     def _disarm_once_head_is_in(self) -> None:
-        # h11 leaves IDLE when it has parsed a whole request head (the Request event).
-        if self.conn.their_state is not h11.IDLE:
+        if not self._waiting_for_a_head():
             self._disarm()
+
+    def _waiting_for_a_head(self) -> bool:
+        """No request in progress: h11 leaves IDLE when it has parsed a whole request head
+        (the Request event), and goes back once both sides are done. A request answered
+        (our side DONE) while its body still comes holds nothing worth waiting for."""
+        return self.conn.their_state is h11.IDLE or self.conn.our_state is h11.DONE
 
     def _expire(self) -> None:
         self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self._waiting_for_a_head() and not self.transport.is_closing():
             self.transport.close()
 
 
