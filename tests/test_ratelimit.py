@@ -237,12 +237,15 @@ def run_fleet(
     start_worker: Callable[..., WorkerProcess],
     jobs: int,
     ec2_limit: tuple[float, int],
+    *workers: dict[str, str],
     **limits: str,
 ) -> tuple[list[Any], dict[str, int]]:
+    """Two workers at `limits` (or one at each of `workers`) through `jobs` jobs while the
+    emulator throttles creates at `ec2_limit` (rate, burst); one session per ENI."""
     lab = seed_lab(emulator.url, jobs)
     emulator.set_faults(throttle_rate=ec2_limit[0], throttle_burst=ec2_limit[1])
-    for _ in range(2):
-        start_worker(**limits)
+    for overrides in workers or (limits, limits):
+        start_worker(**overrides)
     job_ids = [
         producer.submit(
             {
@@ -308,6 +311,46 @@ def test_a_lower_limit_than_configured_is_found_by_backing_off(
     )
     assert float(state[b"rate"]) < 60  # cut below the configured rate
     assert int(state[b"throttles"]) == calls["RequestLimitExceeded"]
+
+
+def test_a_worker_with_another_rate_follows_the_fleets(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+    redis_url: str,
+    tmp_path: Any,
+) -> None:
+    """Issue 16: a worker started with MIRRORQ_EC2_RATE=0 beside one at the account's rate
+    sent creates flat out, most of them throttled, and the shared rate was cut again and
+    again. The rate is the fleet's, kept beside the schedule: the one that disagrees says
+    so and follows it."""
+    import redis
+
+    started: list[WorkerProcess] = []
+
+    def start(**overrides: str) -> WorkerProcess:
+        started.append(start_worker(**overrides))
+        return started[-1]
+
+    # The emulator's bucket is EC2's own, scaled down; the fleet's burst leaves a cushion.
+    fleet = {"MIRRORQ_EC2_RATE": "10", "MIRRORQ_EC2_BURST": "8"}
+    results, calls = run_fleet(
+        emulator, producer, start, 100, (10.0, 10), fleet, {"MIRRORQ_EC2_RATE": "0"}
+    )
+    assert {r["status"] for r in results} == {"created"}
+    throttled = calls.get("RequestLimitExceeded", 0)
+    assert throttled <= 0.02 * (calls["ok"] + throttled), calls
+    key = "mirrorq:rate:default:us-east-1:CreateTrafficMirrorSession"
+    state = redis.Redis.from_url(redis_url).hgetall(key)
+    assert (float(state[b"configured"]), int(state[b"burst"])) == (10.0, 8), state
+    assert int(state.get(b"epoch", 0)) == 0, state  # never cut
+    log = started[1].log_path.read_text()
+    warnings = [line for line in log.splitlines() if "MIRRORQ_EC2_RATE=0" in line]
+    assert len(warnings) == 1, log[-3000:]  # one warning, at start
+    assert "10/s" in warnings[0]
+    assert "default us-east-1 CreateTrafficMirrorSession" in warnings[0]
+    assert "mirrorq rate set" in warnings[0]
+    assert "MIRRORQ_EC2_RATE=" not in started[0].log_path.read_text()  # it agrees
 
 
 def test_a_slot_wait_that_threatens_the_visibility_timeout_is_explained() -> None:
