@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,10 +24,11 @@ from mirrorq.api.metrics import FleetCollector
 from mirrorq.bulk import plan_live
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from mirrorq.rules import Rule, Selectors
+from tasks import keys
 from tasks.producer import Producer
 from tests.fault_proxy import Answer, FaultProxy
 from worker import gcra
-from worker.ratelimit import COOLDOWN_S, QUIET_S, SharedRateLimiter
+from worker.ratelimit import COOLDOWN_S, QUIET_S, SharedRateLimiter, set_bucket_config
 
 
 async def no_sleep(_: float) -> None:
@@ -142,15 +144,17 @@ def state_of(fields: dict[Any, Any]) -> gcra.State:
         epoch=int(fields.get(b"epoch", 0)),
         throttles=int(fields.get(b"throttles", 0)),
         configured=number(b"configured"),
+        burst=None if fields.get(b"burst") is None else int(fields[b"burst"]),
+        source=None if fields.get(b"source") is None else fields[b"source"].decode(),
     )
 
 
-def close(a: float | None, b: float | None) -> bool:
+def close(a: float | str | None, b: float | str | None) -> bool:
     # Lua and Python do the same IEEE arithmetic and both print 14 digits, so they agree to
     # the bit (20,000 examples did); a few ulps of slack, yet a timestamp at today's Unix
     # time rounded to other digits (0.1 ms) is still a difference.
-    if a is None or b is None:
-        return a is b
+    if a is None or b is None or isinstance(a, str) or isinstance(b, str):
+        return a == b
     return math.isclose(a, b, rel_tol=1e-15, abs_tol=1e-12)
 
 
@@ -161,7 +165,18 @@ def same(redis_state: gcra.State, twin: gcra.State) -> bool:
 
 # Gaps straddle the cooldown and the quiet spell, so every branch of both scripts is taken.
 gaps = st.one_of(st.just(0.0), st.floats(0, 2 * COOLDOWN_S), st.floats(0, 2 * QUIET_S))
-calls = st.lists(st.tuples(st.sampled_from(["acquire", "throttled"]), gaps), max_size=40)
+# Each process's own setting (rate 0: no limit of its own), and a rate set for the fleet.
+rates = st.just(0.0) | st.floats(0.5, 500)
+bursts = st.integers(1, 50)
+calls = st.lists(
+    st.tuples(
+        st.sampled_from(["acquire", "throttled", "configure"]),
+        gaps,
+        st.integers(0, 2),  # the process calling
+        st.tuples(rates, bursts),  # what `configure` sets
+    ),
+    max_size=40,
+)
 
 
 @settings(
@@ -172,8 +187,7 @@ calls = st.lists(st.tuples(st.sampled_from(["acquire", "throttled"]), gaps), max
 )
 @given(
     start=st.just(0.0) | st.floats(0, 100) | st.floats(1e9, 2e9),
-    rate=st.floats(0.5, 500),
-    burst=st.integers(1, 50),
+    processes=st.lists(st.tuples(rates, bursts), min_size=3, max_size=3),
     decrease=st.floats(0.05, 0.95),
     recovery=st.floats(0, 1),
     calls=calls,
@@ -181,49 +195,67 @@ calls = st.lists(st.tuples(st.sampled_from(["acquire", "throttled"]), gaps), max
 def test_the_scripts_do_what_their_twin_says(
     redis_url: str,
     start: float,
-    rate: float,
-    burst: int,
+    processes: list[tuple[float, int]],
     decrease: float,
     recovery: float,
-    calls: list[tuple[str, float]],
+    calls: list[tuple[str, float, int, tuple[float, int]]],
 ) -> None:
+    """Processes of different settings on one bucket, and the fleet's rate set among them."""
+    key = keys.rate_limit("111111111111", "us-east-1", "CreateTrafficMirrorSession")
+
     async def run() -> None:
         client = aioredis.Redis.from_url(redis_url)
+        sync = redis.Redis.from_url(redis_url)
         await client.flushdb()
         clock = Clock(start)
-        limiter = SharedRateLimiter(
-            client,
-            "mirrorq:rate:test",
-            rate,
-            burst,
-            decrease=decrease,
-            recovery=recovery,
-            sleep=no_sleep,
-            clock=clock,
-        )
+        limiters = [
+            SharedRateLimiter(
+                client,
+                key,
+                rate,
+                burst,
+                decrease=decrease,
+                recovery=recovery,
+                sleep=no_sleep,
+                clock=clock,
+            )
+            for rate, burst in processes
+        ]
         twin = gcra.State()
-        for call, gap in calls:
+        for call, gap, who, (fleet_rate, fleet_burst) in calls:
             clock.advance(gap)
+            own_rate, own_burst = processes[who]
             if call == "acquire":
                 twin, wait = gcra.acquire(
-                    twin, clock.now, configured=rate, burst=burst, recovery=recovery
+                    twin, clock.now, own_rate=own_rate, own_burst=own_burst, recovery=recovery
                 )
-                assert close(await limiter.acquire(), wait)
-            else:
+                assert close(await limiters[who].acquire(), wait)
+            elif call == "throttled":
                 twin, in_force = gcra.throttled(
                     twin,
                     clock.now,
-                    configured=rate,
-                    burst=burst,
+                    own_rate=own_rate,
+                    own_burst=own_burst,
                     decrease=decrease,
-                    floor=limiter.floor,
                     cooldown=COOLDOWN_S,
                     quiet=QUIET_S,
                 )
-                assert close(await limiter.throttled(), in_force)
-            state = state_of(await client.hgetall(limiter.key))
+                assert close(await limiters[who].throttled(), in_force)
+            else:
+                twin = gcra.configure(twin, clock.now, rate=fleet_rate, burst=fleet_burst)
+                set_bucket_config(
+                    sync,
+                    "111111111111",
+                    "us-east-1",
+                    "CreateTrafficMirrorSession",
+                    rate=fleet_rate,
+                    burst=fleet_burst,
+                    now=clock.now,
+                )
+            state = state_of(await client.hgetall(key))
             assert same(state, twin), (state, twin)
         await client.aclose()
+        sync.close()
 
     asyncio.run(run())
 
@@ -304,8 +336,6 @@ def test_a_lower_limit_than_configured_is_found_by_backing_off(
     )
     assert {r["status"] for r in results} == {"created"}
     assert calls["RequestLimitExceeded"] > 0
-    import redis
-
     state = redis.Redis.from_url(redis_url).hgetall(
         "mirrorq:rate:default:us-east-1:CreateTrafficMirrorSession"
     )
@@ -324,8 +354,6 @@ def test_a_worker_with_another_rate_follows_the_fleets(
     sent creates flat out, most of them throttled, and the shared rate was cut again and
     again. The rate is the fleet's, kept beside the schedule: the one that disagrees says
     so and follows it."""
-    import redis
-
     started: list[WorkerProcess] = []
 
     def start(**overrides: str) -> WorkerProcess:
@@ -343,6 +371,7 @@ def test_a_worker_with_another_rate_follows_the_fleets(
     key = "mirrorq:rate:default:us-east-1:CreateTrafficMirrorSession"
     state = redis.Redis.from_url(redis_url).hgetall(key)
     assert (float(state[b"configured"]), int(state[b"burst"])) == (10.0, 8), state
+    assert float(state[b"rate"]) == 10.0, state
     assert int(state.get(b"epoch", 0)) == 0, state  # never cut
     log = started[1].log_path.read_text()
     warnings = [line for line in log.splitlines() if "MIRRORQ_EC2_RATE=0" in line]
@@ -409,8 +438,6 @@ def test_the_planners_throttled_reads_reach_the_shared_limiter_and_the_metrics(
     assert proxy.mangled["DescribeNetworkInterfaces"] == throttles
     assert len(planned.to_create()) == 10  # retried through the throttling
 
-    import redis
-
     key = "mirrorq:rate:default:us-east-1:DescribeNetworkInterfaces"
     state = redis.Redis.from_url(redis_url).hgetall(key)
     assert int(state.get(b"throttles", 0)) == throttles, state  # every throttle told
@@ -451,6 +478,7 @@ def test_each_action_has_its_own_limiter_at_its_categorys_rate(redis_url: str) -
         90,
     )
     assert limiters.of(None) is None
+    # A process with no rate of its own still has a limiter: the fleet's bucket may have one.
     unlimited = Limiters(aioredis.Redis.from_url(redis_url), Settings(ec2_describe_rate=0))
-    assert unlimited.of("DescribeNetworkInterfaces") is None
-    assert unlimited.create is not None
+    assert unlimited.of("DescribeNetworkInterfaces").rate == 0
+    assert unlimited.of("DescribeNetworkInterfaces").settings[0] == "MIRRORQ_EC2_DESCRIBE_RATE"
