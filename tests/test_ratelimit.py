@@ -28,7 +28,16 @@ from tasks import keys
 from tasks.producer import Producer
 from tests.fault_proxy import Answer, FaultProxy
 from worker import gcra
-from worker.ratelimit import COOLDOWN_S, QUIET_S, SharedRateLimiter, set_bucket_config
+from worker.ratelimit import (
+    COOLDOWN_S,
+    CREATE_ACTION,
+    QUIET_S,
+    FleetRate,
+    SharedRateLimiter,
+    check_fleet_rates,
+    disagreement,
+    set_bucket_config,
+)
 
 
 async def no_sleep(_: float) -> None:
@@ -125,6 +134,218 @@ def test_without_a_clock_the_schedule_runs_on_redis_time(redis_url: str) -> None
     # Stored with 14 significant digits: within 0.1 ms of the server's clock.
     for field in (b"updated", b"last_event"):
         assert before - 1e-4 <= float(state[field]) <= after + 1e-4, state
+
+
+# The bucket's rate is the fleet's -------------------------------------------------------------
+
+KEY = keys.rate_limit("111111111111", "us-east-1", "CreateTrafficMirrorSession")
+
+
+def fleet_of(redis_url: str, clock: Clock, *own: tuple[float, int]) -> list[SharedRateLimiter]:
+    """Limiters of several processes on one bucket, each with its own settings."""
+    client = aioredis.Redis.from_url(redis_url)
+    return [
+        SharedRateLimiter(client, KEY, rate, burst, sleep=no_sleep, clock=clock, decrease=0.5)
+        for rate, burst in own
+    ]
+
+
+def test_the_first_process_with_a_rate_sets_the_buckets_and_the_others_follow(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def run() -> tuple[list[float], list[float], list[FleetRate | None]]:
+        clock = Clock()
+        unlimited, first, other = fleet_of(redis_url, clock, (0.0, 40), (10.0, 5), (50.0, 100))
+        alone = [await unlimited.acquire() for _ in range(20)]  # no fleet rate yet: no limit
+        await first.acquire()
+        waits = [await p.acquire() for p in (unlimited, other) * 5]
+        return alone, waits, [p.fleet for p in (unlimited, first, other)]
+
+    with caplog.at_level("WARNING", logger="worker.ratelimit"):
+        alone, waits, seen = asyncio.run(run())
+    assert alone == [0.0] * 20
+    assert seen == [FleetRate(10.0, 5)] * 3
+    # Burst 5 and 10/s, the first process's, for both others: 4 more free, then 0.1 s apart.
+    assert waits[:4] == [0.0] * 4
+    assert all(abs(w - 0.1 * k) < 0.05 for k, w in enumerate(waits[4:], start=1)), waits
+    state = redis.Redis.from_url(redis_url).hgetall(KEY)
+    assert (state[b"configured"], state[b"burst"], state[b"source"]) == (b"10.0", b"5", b"setting")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings  # one for each process that disagrees, the first agrees
+    assert warnings[0].startswith("MIRRORQ_EC2_RATE=0 here, but the fleet's rate for ")
+    assert "MIRRORQ_EC2_RATE=50 and MIRRORQ_EC2_BURST=100 here" in warnings[1]
+    assert "is 10/s (burst 5)" in warnings[1]
+
+
+def test_a_process_at_0_writes_no_rate_and_a_lone_one_keeps_none(redis_url: str) -> None:
+    async def run() -> tuple[float, float]:
+        (unlimited,) = fleet_of(redis_url, Clock(), (0.0, 40))
+        return await unlimited.acquire(), await unlimited.throttled()
+
+    assert asyncio.run(run()) == (0.0, 0.0)
+    client = redis.Redis.from_url(redis_url)
+    assert client.hgetall(KEY) == {b"throttles": b"1"}  # counted for the metrics, nothing set
+    assert 0 < client.ttl(KEY) <= 86400
+
+
+def test_cuts_and_recovery_run_at_the_fleets_rate_not_the_callers(redis_url: str) -> None:
+    """The floor is 1 % of the bucket's rate and recovery a fraction of it per second: a
+    process whose own rate is 5 on a bucket at 100 neither cuts to its 0.1 nor recovers at
+    its own pace."""
+
+    async def run() -> tuple[float, float]:
+        clock = Clock()
+        client = aioredis.Redis.from_url(redis_url)
+        set_bucket_config(redis.Redis.from_url(redis_url), *KEY.split(":")[2:], rate=100, burst=5)
+        slow = SharedRateLimiter(
+            client, KEY, 5, 5, decrease=0.05, recovery=0.5, sleep=no_sleep, clock=clock
+        )
+        for _ in range(4):  # 100 -> 5 -> 0.25 -> floor, each event soon after the last
+            clock.advance(COOLDOWN_S + 0.01)
+            floor = await slow.throttled()
+        clock.advance(0.1)  # recovers 0.5 * 100/s per second: +5
+        await slow.acquire()
+        return floor, (await slow.snapshot()).rate
+
+    floor, recovered = asyncio.run(run())
+    assert floor == 1.0
+    assert recovered == pytest.approx(6.0)
+
+
+def test_a_rate_set_for_the_fleet_is_in_force_at_once_and_kept(redis_url: str) -> None:
+    async def run() -> tuple[list[float], list[float], float, FleetRate | None]:
+        clock = Clock()
+        (process,) = fleet_of(redis_url, clock, (1.0, 1))
+        queued = [await process.acquire() for _ in range(10)]  # 1/s: the last 9 s away
+        account, region, action = KEY.split(":")[2:]
+        set_bucket_config(
+            redis.Redis.from_url(redis_url),
+            account,
+            region,
+            action,
+            rate=100,
+            burst=5,
+            now=clock.now,
+        )
+        raised = [await process.acquire() for _ in range(10)]
+        set_bucket_config(redis.Redis.from_url(redis_url), account, region, action, rate=0, burst=5)
+        return queued, raised, await process.throttled(), process.fleet
+
+    queued, raised, in_force, seen = asyncio.run(run())
+    assert queued[-1] == pytest.approx(9.0)
+    # The schedule held to a spent burst at 100/s (0.05 s), not 9 s of 1/s slots.
+    assert max(raised) < 0.2, raised
+    assert in_force == 0.0  # rate 0 set for the fleet: no limit, nothing to cut
+    assert seen == FleetRate(100.0, 5)
+    client = redis.Redis.from_url(redis_url)
+    assert client.ttl(KEY) == -1  # kept: set for the fleet, it does not expire with the schedule
+    assert client.hget(KEY, "source") == b"set"
+
+
+def test_a_worker_checks_its_bucket_at_start(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from config import Settings
+
+    client = redis.Redis.from_url(redis_url)
+    first = Settings(broker_url=redis_url, ec2_rate=8, ec2_burst=4)
+    with caplog.at_level("WARNING", logger="worker.ratelimit"):
+        assert check_fleet_rates(client, first) == {CREATE_ACTION: FleetRate(8.0, 4)}
+        other = Settings(broker_url=redis_url, ec2_rate=0)
+        assert check_fleet_rates(client, other) == {CREATE_ACTION: FleetRate(8.0, 4)}
+        check_fleet_rates(client, other)  # said once
+    assert [r.getMessage().split(" here")[0] for r in caplog.records] == ["MIRRORQ_EC2_RATE=0"]
+    assert "mirrorq rate set --account default --region us-east-1 --action " in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("own", "fleet", "says"),
+    [
+        (FleetRate(5, 40), None, None),  # no bucket config yet: ours is the one in force
+        (FleetRate(5, 40), FleetRate(5, 40), None),
+        (FleetRate(0, 40), FleetRate(0, 9), None),  # both unlimited: bursts don't matter
+        (FleetRate(0, 40), FleetRate(5, 40), "MIRRORQ_EC2_RATE=0 here"),
+        (FleetRate(5, 40), FleetRate(0, 40), "is no limit"),
+        (FleetRate(5, 40), FleetRate(5, 20), "MIRRORQ_EC2_RATE=5 and MIRRORQ_EC2_BURST=40"),
+    ],
+)
+def test_what_a_disagreeing_process_says(
+    own: FleetRate, fleet: FleetRate | None, says: str | None
+) -> None:
+    message = disagreement(KEY, own, fleet, ("MIRRORQ_EC2_RATE", "MIRRORQ_EC2_BURST"))
+    if says is None:
+        assert message is None
+    else:
+        assert message is not None
+        assert says in message
+        assert "111111111111 us-east-1 CreateTrafficMirrorSession" in message
+        assert "follows the fleet's" in message
+
+
+def test_mirrorq_rate_set_and_show(redis_url: str) -> None:
+    import json
+    import os
+    import subprocess
+
+    from mirrorq.processes import MIRRORQ
+    from worker.ratelimit import DESCRIBE_ACTIONS
+
+    env = {**os.environ, "MIRRORQ_BROKER_URL": redis_url, "MIRRORQ_EC2_DESCRIBE_BURST": "70"}
+    env["COLUMNS"] = "160"  # rich wraps a table to the terminal
+
+    def mirrorq(*args: str) -> list[dict[str, Any]]:
+        done = subprocess.run(
+            [*MIRRORQ, "rate", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    def fleet_seen_by(own: tuple[float, int]) -> FleetRate | None:
+        async def run() -> FleetRate | None:
+            (process,) = fleet_of(redis_url, Clock(), own)
+            await process.acquire()
+            return process.fleet
+
+        return asyncio.run(run())
+
+    # A bucket a worker configured from its own settings: `set` keeps its burst.
+    assert fleet_seen_by((5.0, 30)) == FleetRate(5.0, 30)
+    assert mirrorq("set", "--account", "111111111111", "--rate", "12") == [
+        {
+            "account": "111111111111",
+            "region": "us-east-1",
+            "action": CREATE_ACTION,
+            "rate": 12.0,
+            "burst": 30,
+        }
+    ]
+    described = mirrorq("set", "--describe", "--region", "eu-west-1", "--rate", "18")
+    assert [(d["action"], d["burst"]) for d in described] == [(a, 70) for a in DESCRIBE_ACTIONS]
+    shown = mirrorq("show", "--json")
+    assert len(shown) == 1 + len(DESCRIBE_ACTIONS)
+    assert shown[0] == {
+        "account": "111111111111",
+        "region": "us-east-1",
+        "action": CREATE_ACTION,
+        "rate": 12.0,
+        "burst": 30,
+        "source": "set",
+        "in_force": 12.0,
+        "throttles": 0,
+    }
+    assert {row["account"] for row in mirrorq("show", "--json", "--region", "eu-west-1")} == {
+        "default"
+    }
+    table = subprocess.run(
+        [*MIRRORQ, "rate", "show"], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "CreateTrafficMirrorSession" in table.stdout
+    assert fleet_seen_by((5.0, 30)) == FleetRate(12.0, 30)
 
 
 # The scripts against their twin --------------------------------------------------------------

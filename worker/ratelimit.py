@@ -285,9 +285,9 @@ def bucket_of(key: str) -> tuple[str, str, str] | None:
     return parts[0], parts[1], parts[2]
 
 
-# One warning per process, bucket and fleet configuration, however many limiters (the
-# worker's start-up check, its runtime's, a planner's) see it.
-_warned: set[tuple[str, FleetRate]] = set()
+# One warning per bucket, own settings and fleet configuration in a process, however many
+# limiters (the worker's start-up check, its runtime's, a planner's) see it.
+_warned: set[tuple[str, FleetRate, FleetRate]] = set()
 
 
 def disagreement(
@@ -311,11 +311,11 @@ def disagreement(
 def warn_if_disagreeing(
     key: str, own: FleetRate, fleet: FleetRate | None, settings: tuple[str, str]
 ) -> None:
-    if fleet is None or (key, fleet) in _warned:
+    if fleet is None or (key, own, fleet) in _warned:
         return
     message = disagreement(key, own, fleet, settings)
     if message is not None:
-        _warned.add((key, fleet))
+        _warned.add((key, own, fleet))
         log.warning(message)
 
 
@@ -441,7 +441,7 @@ def bucket_snapshots(
     found = {}
     for key in client.scan_iter(match=f"{prefix}*", count=100):
         bucket = bucket_of(_text(key) or "")
-        if bucket is None or (account, region) != (account or bucket[0], region or bucket[1]):
+        if bucket is None or (account or bucket[0], region or bucket[1]) != bucket[:2]:
             continue
         state = client.hgetall(key)
         if state:
