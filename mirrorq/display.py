@@ -122,7 +122,7 @@ def rate_line(producer: Producer) -> str:
     from worker.ratelimit import read_create_rate
 
     snapshot = read_create_rate(producer.redis, producer.settings)
-    if snapshot is None:
+    if snapshot is None or snapshot.configured <= 0:
         return "EC2 rate: no shared limit in use"
     return (
         f"EC2 rate {snapshot.rate:.1f}/s of {snapshot.configured:.1f}/s, "

@@ -25,6 +25,7 @@ from tasks.app import app
 from tasks.contract import BATCH_TASK_NAME, TASK_NAME, DecodedJob, recordable_job_id
 from tasks.messages import JobTask, decode_batch, envelope, store
 from tasks.producer import Producer
+from worker.ratelimit import check_fleet_rates
 from worker.repair import Repairer
 from worker.runner import run_message
 from worker.runtime import close_runtime, get_runtime
@@ -80,6 +81,15 @@ def _start_repair(**_: Any) -> None:
     producer = _producer()
     _repairer = Repairer(producer.redis, store(), producer.publish, producer.settings)
     _repairer.start()
+
+
+@worker_ready.connect
+def _check_fleet_rate(**_: Any) -> None:
+    """At start, not at the first job: a worker whose rate is not the fleet's says so."""
+    try:
+        check_fleet_rates(_producer().redis, get_settings())
+    except RedisError as error:  # its first slot checks again
+        log.warning("could not read the fleet's EC2 rate: %r", error)
 
 
 @worker_shutdown.connect

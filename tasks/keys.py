@@ -41,7 +41,8 @@ def job_lease(job_id: str) -> str:
 
 
 def rate_limit(account: str, region: str, action: str) -> str:
-    """Hash: the shared limiter's state (tat, rate, updated, last_cut, throttles)."""
+    """Hash: the shared limiter's state (tat, rate, updated, last_event, epoch, throttles)
+    and the bucket's configuration for the fleet (configured, burst, source)."""
     return _key("rate", account, region, action)
 
 

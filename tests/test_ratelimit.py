@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,10 +24,20 @@ from mirrorq.api.metrics import FleetCollector
 from mirrorq.bulk import plan_live
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from mirrorq.rules import Rule, Selectors
+from tasks import keys
 from tasks.producer import Producer
 from tests.fault_proxy import Answer, FaultProxy
 from worker import gcra
-from worker.ratelimit import COOLDOWN_S, QUIET_S, SharedRateLimiter
+from worker.ratelimit import (
+    COOLDOWN_S,
+    CREATE_ACTION,
+    QUIET_S,
+    FleetRate,
+    SharedRateLimiter,
+    check_fleet_rates,
+    disagreement,
+    set_bucket_config,
+)
 
 
 async def no_sleep(_: float) -> None:
@@ -125,6 +136,218 @@ def test_without_a_clock_the_schedule_runs_on_redis_time(redis_url: str) -> None
         assert before - 1e-4 <= float(state[field]) <= after + 1e-4, state
 
 
+# The bucket's rate is the fleet's -------------------------------------------------------------
+
+KEY = keys.rate_limit("111111111111", "us-east-1", "CreateTrafficMirrorSession")
+
+
+def fleet_of(redis_url: str, clock: Clock, *own: tuple[float, int]) -> list[SharedRateLimiter]:
+    """Limiters of several processes on one bucket, each with its own settings."""
+    client = aioredis.Redis.from_url(redis_url)
+    return [
+        SharedRateLimiter(client, KEY, rate, burst, sleep=no_sleep, clock=clock, decrease=0.5)
+        for rate, burst in own
+    ]
+
+
+def test_the_first_process_with_a_rate_sets_the_buckets_and_the_others_follow(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def run() -> tuple[list[float], list[float], list[FleetRate | None]]:
+        clock = Clock()
+        unlimited, first, other = fleet_of(redis_url, clock, (0.0, 40), (10.0, 5), (50.0, 100))
+        alone = [await unlimited.acquire() for _ in range(20)]  # no fleet rate yet: no limit
+        await first.acquire()
+        waits = [await p.acquire() for p in (unlimited, other) * 5]
+        return alone, waits, [p.fleet for p in (unlimited, first, other)]
+
+    with caplog.at_level("WARNING", logger="worker.ratelimit"):
+        alone, waits, seen = asyncio.run(run())
+    assert alone == [0.0] * 20
+    assert seen == [FleetRate(10.0, 5)] * 3
+    # Burst 5 and 10/s, the first process's, for both others: 4 more free, then 0.1 s apart.
+    assert waits[:4] == [0.0] * 4
+    assert all(abs(w - 0.1 * k) < 0.05 for k, w in enumerate(waits[4:], start=1)), waits
+    state = redis.Redis.from_url(redis_url).hgetall(KEY)
+    assert (state[b"configured"], state[b"burst"], state[b"source"]) == (b"10.0", b"5", b"setting")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings  # one for each process that disagrees, the first agrees
+    assert warnings[0].startswith("MIRRORQ_EC2_RATE=0 here, but the fleet's rate for ")
+    assert "MIRRORQ_EC2_RATE=50 and MIRRORQ_EC2_BURST=100 here" in warnings[1]
+    assert "is 10/s (burst 5)" in warnings[1]
+
+
+def test_a_process_at_0_writes_no_rate_and_a_lone_one_keeps_none(redis_url: str) -> None:
+    async def run() -> tuple[float, float]:
+        (unlimited,) = fleet_of(redis_url, Clock(), (0.0, 40))
+        return await unlimited.acquire(), await unlimited.throttled()
+
+    assert asyncio.run(run()) == (0.0, 0.0)
+    client = redis.Redis.from_url(redis_url)
+    assert client.hgetall(KEY) == {b"throttles": b"1"}  # counted for the metrics, nothing set
+    assert 0 < client.ttl(KEY) <= 86400
+
+
+def test_cuts_and_recovery_run_at_the_fleets_rate_not_the_callers(redis_url: str) -> None:
+    """The floor is 1 % of the bucket's rate and recovery a fraction of it per second: a
+    process whose own rate is 5 on a bucket at 100 neither cuts to its 0.1 nor recovers at
+    its own pace."""
+
+    async def run() -> tuple[float, float]:
+        clock = Clock()
+        client = aioredis.Redis.from_url(redis_url)
+        set_bucket_config(redis.Redis.from_url(redis_url), *KEY.split(":")[2:], rate=100, burst=5)
+        slow = SharedRateLimiter(
+            client, KEY, 5, 5, decrease=0.05, recovery=0.5, sleep=no_sleep, clock=clock
+        )
+        for _ in range(4):  # 100 -> 5 -> 0.25 -> floor, each event soon after the last
+            clock.advance(COOLDOWN_S + 0.01)
+            floor = await slow.throttled()
+        clock.advance(0.1)  # recovers 0.5 * 100/s per second: +5
+        await slow.acquire()
+        return floor, (await slow.snapshot()).rate
+
+    floor, recovered = asyncio.run(run())
+    assert floor == 1.0
+    assert recovered == pytest.approx(6.0)
+
+
+def test_a_rate_set_for_the_fleet_is_in_force_at_once_and_kept(redis_url: str) -> None:
+    async def run() -> tuple[list[float], list[float], float, FleetRate | None]:
+        clock = Clock()
+        (process,) = fleet_of(redis_url, clock, (1.0, 1))
+        queued = [await process.acquire() for _ in range(10)]  # 1/s: the last 9 s away
+        account, region, action = KEY.split(":")[2:]
+        set_bucket_config(
+            redis.Redis.from_url(redis_url),
+            account,
+            region,
+            action,
+            rate=100,
+            burst=5,
+            now=clock.now,
+        )
+        raised = [await process.acquire() for _ in range(10)]
+        set_bucket_config(redis.Redis.from_url(redis_url), account, region, action, rate=0, burst=5)
+        return queued, raised, await process.throttled(), process.fleet
+
+    queued, raised, in_force, seen = asyncio.run(run())
+    assert queued[-1] == pytest.approx(9.0)
+    # The schedule held to a spent burst at 100/s (0.05 s), not 9 s of 1/s slots.
+    assert max(raised) < 0.2, raised
+    assert in_force == 0.0  # rate 0 set for the fleet: no limit, nothing to cut
+    assert seen == FleetRate(100.0, 5)
+    client = redis.Redis.from_url(redis_url)
+    assert client.ttl(KEY) == -1  # kept: set for the fleet, it does not expire with the schedule
+    assert client.hget(KEY, "source") == b"set"
+
+
+def test_a_worker_checks_its_bucket_at_start(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from config import Settings
+
+    client = redis.Redis.from_url(redis_url)
+    first = Settings(broker_url=redis_url, ec2_rate=8, ec2_burst=4)
+    with caplog.at_level("WARNING", logger="worker.ratelimit"):
+        assert check_fleet_rates(client, first) == {CREATE_ACTION: FleetRate(8.0, 4)}
+        other = Settings(broker_url=redis_url, ec2_rate=0)
+        assert check_fleet_rates(client, other) == {CREATE_ACTION: FleetRate(8.0, 4)}
+        check_fleet_rates(client, other)  # said once
+    assert [r.getMessage().split(" here")[0] for r in caplog.records] == ["MIRRORQ_EC2_RATE=0"]
+    assert "mirrorq rate set --account default --region us-east-1 --action " in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("own", "fleet", "says"),
+    [
+        (FleetRate(5, 40), None, None),  # no bucket config yet: ours is the one in force
+        (FleetRate(5, 40), FleetRate(5, 40), None),
+        (FleetRate(0, 40), FleetRate(0, 9), None),  # both unlimited: bursts don't matter
+        (FleetRate(0, 40), FleetRate(5, 40), "MIRRORQ_EC2_RATE=0 here"),
+        (FleetRate(5, 40), FleetRate(0, 40), "is no limit"),
+        (FleetRate(5, 40), FleetRate(5, 20), "MIRRORQ_EC2_RATE=5 and MIRRORQ_EC2_BURST=40"),
+    ],
+)
+def test_what_a_disagreeing_process_says(
+    own: FleetRate, fleet: FleetRate | None, says: str | None
+) -> None:
+    message = disagreement(KEY, own, fleet, ("MIRRORQ_EC2_RATE", "MIRRORQ_EC2_BURST"))
+    if says is None:
+        assert message is None
+    else:
+        assert message is not None
+        assert says in message
+        assert "111111111111 us-east-1 CreateTrafficMirrorSession" in message
+        assert "follows the fleet's" in message
+
+
+def test_mirrorq_rate_set_and_show(redis_url: str) -> None:
+    import json
+    import os
+    import subprocess
+
+    from mirrorq.processes import MIRRORQ
+    from worker.ratelimit import DESCRIBE_ACTIONS
+
+    env = {**os.environ, "MIRRORQ_BROKER_URL": redis_url, "MIRRORQ_EC2_DESCRIBE_BURST": "70"}
+    env["COLUMNS"] = "160"  # rich wraps a table to the terminal
+
+    def mirrorq(*args: str) -> list[dict[str, Any]]:
+        done = subprocess.run(
+            [*MIRRORQ, "rate", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    def fleet_seen_by(own: tuple[float, int]) -> FleetRate | None:
+        async def run() -> FleetRate | None:
+            (process,) = fleet_of(redis_url, Clock(), own)
+            await process.acquire()
+            return process.fleet
+
+        return asyncio.run(run())
+
+    # A bucket a worker configured from its own settings: `set` keeps its burst.
+    assert fleet_seen_by((5.0, 30)) == FleetRate(5.0, 30)
+    assert mirrorq("set", "--account", "111111111111", "--rate", "12") == [
+        {
+            "account": "111111111111",
+            "region": "us-east-1",
+            "action": CREATE_ACTION,
+            "rate": 12.0,
+            "burst": 30,
+        }
+    ]
+    described = mirrorq("set", "--describe", "--region", "eu-west-1", "--rate", "18")
+    assert [(d["action"], d["burst"]) for d in described] == [(a, 70) for a in DESCRIBE_ACTIONS]
+    shown = mirrorq("show", "--json")
+    assert len(shown) == 1 + len(DESCRIBE_ACTIONS)
+    assert shown[0] == {
+        "account": "111111111111",
+        "region": "us-east-1",
+        "action": CREATE_ACTION,
+        "rate": 12.0,
+        "burst": 30,
+        "source": "set",
+        "in_force": 12.0,
+        "throttles": 0,
+    }
+    assert {row["account"] for row in mirrorq("show", "--json", "--region", "eu-west-1")} == {
+        "default"
+    }
+    table = subprocess.run(
+        [*MIRRORQ, "rate", "show"], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "CreateTrafficMirrorSession" in table.stdout
+    assert fleet_seen_by((5.0, 30)) == FleetRate(12.0, 30)
+
+
 # The scripts against their twin --------------------------------------------------------------
 
 
@@ -142,15 +365,17 @@ def state_of(fields: dict[Any, Any]) -> gcra.State:
         epoch=int(fields.get(b"epoch", 0)),
         throttles=int(fields.get(b"throttles", 0)),
         configured=number(b"configured"),
+        burst=None if fields.get(b"burst") is None else int(fields[b"burst"]),
+        source=None if fields.get(b"source") is None else fields[b"source"].decode(),
     )
 
 
-def close(a: float | None, b: float | None) -> bool:
+def close(a: float | str | None, b: float | str | None) -> bool:
     # Lua and Python do the same IEEE arithmetic and both print 14 digits, so they agree to
     # the bit (20,000 examples did); a few ulps of slack, yet a timestamp at today's Unix
     # time rounded to other digits (0.1 ms) is still a difference.
-    if a is None or b is None:
-        return a is b
+    if a is None or b is None or isinstance(a, str) or isinstance(b, str):
+        return a == b
     return math.isclose(a, b, rel_tol=1e-15, abs_tol=1e-12)
 
 
@@ -161,7 +386,18 @@ def same(redis_state: gcra.State, twin: gcra.State) -> bool:
 
 # Gaps straddle the cooldown and the quiet spell, so every branch of both scripts is taken.
 gaps = st.one_of(st.just(0.0), st.floats(0, 2 * COOLDOWN_S), st.floats(0, 2 * QUIET_S))
-calls = st.lists(st.tuples(st.sampled_from(["acquire", "throttled"]), gaps), max_size=40)
+# Each process's own setting (rate 0: no limit of its own), and a rate set for the fleet.
+rates = st.just(0.0) | st.floats(0.5, 500)
+bursts = st.integers(1, 50)
+calls = st.lists(
+    st.tuples(
+        st.sampled_from(["acquire", "throttled", "configure"]),
+        gaps,
+        st.integers(0, 2),  # the process calling
+        st.tuples(rates, bursts),  # what `configure` sets
+    ),
+    max_size=40,
+)
 
 
 @settings(
@@ -172,8 +408,7 @@ calls = st.lists(st.tuples(st.sampled_from(["acquire", "throttled"]), gaps), max
 )
 @given(
     start=st.just(0.0) | st.floats(0, 100) | st.floats(1e9, 2e9),
-    rate=st.floats(0.5, 500),
-    burst=st.integers(1, 50),
+    processes=st.lists(st.tuples(rates, bursts), min_size=3, max_size=3),
     decrease=st.floats(0.05, 0.95),
     recovery=st.floats(0, 1),
     calls=calls,
@@ -181,49 +416,67 @@ calls = st.lists(st.tuples(st.sampled_from(["acquire", "throttled"]), gaps), max
 def test_the_scripts_do_what_their_twin_says(
     redis_url: str,
     start: float,
-    rate: float,
-    burst: int,
+    processes: list[tuple[float, int]],
     decrease: float,
     recovery: float,
-    calls: list[tuple[str, float]],
+    calls: list[tuple[str, float, int, tuple[float, int]]],
 ) -> None:
+    """Processes of different settings on one bucket, and the fleet's rate set among them."""
+    key = keys.rate_limit("111111111111", "us-east-1", "CreateTrafficMirrorSession")
+
     async def run() -> None:
         client = aioredis.Redis.from_url(redis_url)
+        sync = redis.Redis.from_url(redis_url)
         await client.flushdb()
         clock = Clock(start)
-        limiter = SharedRateLimiter(
-            client,
-            "mirrorq:rate:test",
-            rate,
-            burst,
-            decrease=decrease,
-            recovery=recovery,
-            sleep=no_sleep,
-            clock=clock,
-        )
+        limiters = [
+            SharedRateLimiter(
+                client,
+                key,
+                rate,
+                burst,
+                decrease=decrease,
+                recovery=recovery,
+                sleep=no_sleep,
+                clock=clock,
+            )
+            for rate, burst in processes
+        ]
         twin = gcra.State()
-        for call, gap in calls:
+        for call, gap, who, (fleet_rate, fleet_burst) in calls:
             clock.advance(gap)
+            own_rate, own_burst = processes[who]
             if call == "acquire":
                 twin, wait = gcra.acquire(
-                    twin, clock.now, configured=rate, burst=burst, recovery=recovery
+                    twin, clock.now, own_rate=own_rate, own_burst=own_burst, recovery=recovery
                 )
-                assert close(await limiter.acquire(), wait)
-            else:
+                assert close(await limiters[who].acquire(), wait)
+            elif call == "throttled":
                 twin, in_force = gcra.throttled(
                     twin,
                     clock.now,
-                    configured=rate,
-                    burst=burst,
+                    own_rate=own_rate,
+                    own_burst=own_burst,
                     decrease=decrease,
-                    floor=limiter.floor,
                     cooldown=COOLDOWN_S,
                     quiet=QUIET_S,
                 )
-                assert close(await limiter.throttled(), in_force)
-            state = state_of(await client.hgetall(limiter.key))
+                assert close(await limiters[who].throttled(), in_force)
+            else:
+                twin = gcra.configure(twin, clock.now, rate=fleet_rate, burst=fleet_burst)
+                set_bucket_config(
+                    sync,
+                    "111111111111",
+                    "us-east-1",
+                    "CreateTrafficMirrorSession",
+                    rate=fleet_rate,
+                    burst=fleet_burst,
+                    now=clock.now,
+                )
+            state = state_of(await client.hgetall(key))
             assert same(state, twin), (state, twin)
         await client.aclose()
+        sync.close()
 
     asyncio.run(run())
 
@@ -237,12 +490,15 @@ def run_fleet(
     start_worker: Callable[..., WorkerProcess],
     jobs: int,
     ec2_limit: tuple[float, int],
+    *workers: dict[str, str],
     **limits: str,
 ) -> tuple[list[Any], dict[str, int]]:
+    """Two workers at `limits` (or one at each of `workers`) through `jobs` jobs while the
+    emulator throttles creates at `ec2_limit` (rate, burst); one session per ENI."""
     lab = seed_lab(emulator.url, jobs)
     emulator.set_faults(throttle_rate=ec2_limit[0], throttle_burst=ec2_limit[1])
-    for _ in range(2):
-        start_worker(**limits)
+    for overrides in workers or (limits, limits):
+        start_worker(**overrides)
     job_ids = [
         producer.submit(
             {
@@ -301,13 +557,50 @@ def test_a_lower_limit_than_configured_is_found_by_backing_off(
     )
     assert {r["status"] for r in results} == {"created"}
     assert calls["RequestLimitExceeded"] > 0
-    import redis
-
     state = redis.Redis.from_url(redis_url).hgetall(
         "mirrorq:rate:default:us-east-1:CreateTrafficMirrorSession"
     )
     assert float(state[b"rate"]) < 60  # cut below the configured rate
     assert int(state[b"throttles"]) == calls["RequestLimitExceeded"]
+
+
+def test_a_worker_with_another_rate_follows_the_fleets(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+    redis_url: str,
+    tmp_path: Any,
+) -> None:
+    """Issue 16: a worker started with MIRRORQ_EC2_RATE=0 beside one at the account's rate
+    sent creates flat out, most of them throttled, and the shared rate was cut again and
+    again. The rate is the fleet's, kept beside the schedule: the one that disagrees says
+    so and follows it."""
+    started: list[WorkerProcess] = []
+
+    def start(**overrides: str) -> WorkerProcess:
+        started.append(start_worker(**overrides))
+        return started[-1]
+
+    # The emulator's bucket is EC2's own, scaled down; the fleet's burst leaves a cushion.
+    fleet = {"MIRRORQ_EC2_RATE": "10", "MIRRORQ_EC2_BURST": "8"}
+    results, calls = run_fleet(
+        emulator, producer, start, 100, (10.0, 10), fleet, {"MIRRORQ_EC2_RATE": "0"}
+    )
+    assert {r["status"] for r in results} == {"created"}
+    throttled = calls.get("RequestLimitExceeded", 0)
+    assert throttled <= 0.02 * (calls["ok"] + throttled), calls
+    key = "mirrorq:rate:default:us-east-1:CreateTrafficMirrorSession"
+    state = redis.Redis.from_url(redis_url).hgetall(key)
+    assert (float(state[b"configured"]), int(state[b"burst"])) == (10.0, 8), state
+    assert float(state[b"rate"]) == 10.0, state
+    assert int(state.get(b"epoch", 0)) == 0, state  # never cut
+    log = started[1].log_path.read_text()
+    warnings = [line for line in log.splitlines() if "MIRRORQ_EC2_RATE=0" in line]
+    assert len(warnings) == 1, log[-3000:]  # one warning, at start
+    assert "10/s" in warnings[0]
+    assert "default us-east-1 CreateTrafficMirrorSession" in warnings[0]
+    assert "mirrorq rate set" in warnings[0]
+    assert "MIRRORQ_EC2_RATE=" not in started[0].log_path.read_text()  # it agrees
 
 
 def test_a_slot_wait_that_threatens_the_visibility_timeout_is_explained() -> None:
@@ -366,8 +659,6 @@ def test_the_planners_throttled_reads_reach_the_shared_limiter_and_the_metrics(
     assert proxy.mangled["DescribeNetworkInterfaces"] == throttles
     assert len(planned.to_create()) == 10  # retried through the throttling
 
-    import redis
-
     key = "mirrorq:rate:default:us-east-1:DescribeNetworkInterfaces"
     state = redis.Redis.from_url(redis_url).hgetall(key)
     assert int(state.get(b"throttles", 0)) == throttles, state  # every throttle told
@@ -408,6 +699,7 @@ def test_each_action_has_its_own_limiter_at_its_categorys_rate(redis_url: str) -
         90,
     )
     assert limiters.of(None) is None
+    # A process with no rate of its own still has a limiter: the fleet's bucket may have one.
     unlimited = Limiters(aioredis.Redis.from_url(redis_url), Settings(ec2_describe_rate=0))
-    assert unlimited.of("DescribeNetworkInterfaces") is None
-    assert unlimited.create is not None
+    assert unlimited.of("DescribeNetworkInterfaces").rate == 0
+    assert unlimited.of("DescribeNetworkInterfaces").settings[0] == "MIRRORQ_EC2_DESCRIBE_RATE"

@@ -111,7 +111,7 @@ class Ec2Road:
         limiter = self.limiters.of(action)
         if limiter is None:
             return
-        warning = slow_slot_warning(await limiter.acquire(), self.settings)
+        warning = slow_slot_warning(await limiter.acquire(), self.settings, limiter.fleet_rate)
         now = time.monotonic()
         if warning and now - _last_slow_slot_warning >= SLOW_SLOT_WARNING_EVERY_S:
             _last_slow_slot_warning = now
@@ -136,19 +136,21 @@ class Ec2Road:
         return dict(answer)
 
 
-def slow_slot_warning(waited_s: float, settings: Settings) -> str | None:
+def slow_slot_warning(waited_s: float, settings: Settings, rate: float | None = None) -> str | None:
     """A slot wait long enough to threaten the visibility timeout, explained; else None.
 
     Every job a worker holds waits for its slot while its message stays unacked: when the
     fleet holds more jobs than the shared rate serves within the visibility timeout, Redis
-    hands messages still waiting to a second worker. Harmless (same tokens, and a copy waits
+    hands messages still waiting to a second worker (`rate`: the fleet's, which this
+    process's MIRRORQ_EC2_RATE may not be). Harmless (same tokens, and a copy waits
     for the job's lease) but wasteful, and a sign the fleet is sized past the account's rate.
     """
     if waited_s < settings.visibility_timeout_s / 4:
         return None
+    rate = settings.ec2_rate if rate is None else rate
     return (
         f"waited {waited_s:.0f} s for an EC2 slot: the fleet holds more jobs than "
-        f"{settings.ec2_rate:g} calls/s can serve within the {settings.visibility_timeout_s} s "
+        f"{rate:g} calls/s can serve within the {settings.visibility_timeout_s} s "
         "visibility timeout, so waiting messages may be handed to a second worker; lower "
         "MIRRORQ_CONCURRENCY or run fewer workers, or raise MIRRORQ_VISIBILITY_TIMEOUT_S"
     )

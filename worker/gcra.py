@@ -1,12 +1,19 @@
 """The shared rate limiter's arithmetic in plain Python, on a clock the caller passes.
 
-It is the specification that `worker.ratelimit`'s two Redis scripts implement step for step;
+It is the specification that `worker.ratelimit`'s Redis scripts implement step for step;
 tests hold the two together, and reason about the schedule here without waiting on real time.
+
+A bucket's rate and burst are the fleet's, kept in its hash beside the schedule (`configured`,
+`burst`): every caller passes its own setting, which is written only where the bucket has
+none yet, and is otherwise ignored. The schedule and the AIMD cuts run at the stored values.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
+SET = "set"  # `source` of a rate set for the fleet (`mirrorq rate set`, a policy): kept
+SETTING = "setting"  # `source` of the first caller's own setting: expires with the schedule
 
 
 def stored(x: float) -> float:
@@ -28,21 +35,57 @@ class State:
     updated: float | None = None  # when `rate` last recovered
     tat: float | None = None  # the last reserved slot (GCRA's theoretical arrival time)
     last_event: float | None = None  # the last throttling event acted on
-    epoch: int = 0  # one per cut: a slot reserved in an older epoch is void
+    epoch: int = 0  # one per cut or change of rate: a slot reserved in an older epoch is void
     throttles: int = 0  # every report, acted on or not, for the CLI and the tests
-    configured: float | None = None  # the workers' own rate, so the CLI shows theirs
+    configured: float | None = None  # the fleet's rate (0: no limit), whoever calls
+    burst: int | None = None  # the fleet's burst
+    source: str | None = None  # SET or SETTING: where `configured` came from
+
+
+def fleet(state: State, *, own_rate: float, own_burst: int) -> State:
+    """The bucket's configuration: as kept, else the caller's own (rate and burst) written.
+
+    A caller whose own rate is 0 (no limit of its own) writes nothing: it follows a fleet's
+    rate once one is kept, and is unlimited until then. Only `configure` makes a fleet
+    unlimited, so one process started with 0 cannot lift the limit for all the others.
+    """
+    if state.configured is None:
+        if own_rate <= 0:
+            return state
+        state = replace(state, configured=own_rate, source=SETTING)
+    if state.burst is None:  # a hash an older mirrorq wrote: its rate, no burst
+        state = replace(state, burst=own_burst)
+    return state
+
+
+def limited(state: State) -> bool:
+    return state.configured is not None and state.configured > 0
+
+
+def floor_of(configured: float) -> float:
+    """The shared rate is never cut below this: 1 % of the fleet's rate, at least one call
+    per 10 s."""
+    return max(0.1, configured / 100)
 
 
 def acquire(
-    state: State, now: float, *, configured: float, burst: int, recovery: float
+    state: State, now: float, *, own_rate: float, own_burst: int, recovery: float
 ) -> tuple[State, float]:
     """Reserve the next slot: the new state, and how long the caller waits for its slot.
 
-    The rate first recovers by `recovery * configured` per second since `updated`, up to
-    `configured`; the slot is one interval after `tat` (or after now, if nobody called for a
-    while); a caller may run `burst` intervals ahead of its slot. In Redis the hash also
-    expires a day after the last acquire.
+    The bucket's configuration is read (or the caller's written, as `fleet` says); with no
+    rate the call waits for nothing and the schedule is left alone. Otherwise the rate first
+    recovers by `recovery * configured` per second since `updated`, up to `configured`; the
+    slot is one interval after `tat` (or after now, if nobody called for a while); a caller
+    may run `burst` intervals ahead of its slot. In Redis the hash also expires a day after
+    the last acquire, unless its configuration was set for the fleet (SET).
     """
+    state = fleet(state, own_rate=own_rate, own_burst=own_burst)
+    if not limited(state):
+        return state, 0.0
+    assert state.configured is not None
+    assert state.burst is not None
+    configured, burst = state.configured, state.burst
     rate = configured if state.rate is None else state.rate
     updated = now if state.updated is None else state.updated
     tat = now if state.tat is None else state.tat
@@ -50,9 +93,7 @@ def acquire(
     interval = 1 / rate
     tat = max(tat, now) + interval
     wait = max(0.0, tat - burst * interval - now)
-    after = replace(
-        state, rate=stored(rate), updated=stored(now), tat=stored(tat), configured=configured
-    )
+    after = replace(state, rate=stored(rate), updated=stored(now), tat=stored(tat))
     return after, stored(wait)
 
 
@@ -60,33 +101,39 @@ def throttled(
     state: State,
     now: float,
     *,
-    configured: float,
-    burst: int,
+    own_rate: float,
+    own_burst: int,
     decrease: float,
-    floor: float,
     cooldown: float,
     quiet: float,
 ) -> tuple[State, float]:
-    """Take a RequestLimitExceeded report: the new state, and the rate now in force.
+    """Take a RequestLimitExceeded report: the new state, and the rate now in force (0 when
+    the bucket has no rate: nothing to cut).
 
     Every report is counted. In-flight calls report one event many times, so a report within
     `cooldown` of the last event acted on changes nothing else. An event after `quiet` s
     without one is taken for jitter: EC2's bucket is empty, so the burst is spent (the next
     slot is no earlier than `burst` intervals from now), but the rate stands. An event
-    sooner than that means the rate is too high: it is cut by `decrease` (not below `floor`)
-    and a new epoch begins, its schedule `burst` intervals from now at the new rate. Either
-    way the rate acted on is the one the last acquire left: recovery since then is not
-    counted, as `updated` moves to now.
+    sooner than that means the rate is too high: it is cut by `decrease` (not below
+    `floor_of` the fleet's rate) and a new epoch begins, its schedule `burst` intervals from
+    now at the new rate. Either way the rate acted on is the one the last acquire left:
+    recovery since then is not counted, as `updated` moves to now.
     """
+    state = fleet(state, own_rate=own_rate, own_burst=own_burst)
+    state = replace(state, throttles=state.throttles + 1)
+    if not limited(state):
+        return state, 0.0
+    assert state.configured is not None
+    assert state.burst is not None
+    configured, burst = state.configured, state.burst
     rate = configured if state.rate is None else state.rate
     last_event = 0.0 if state.last_event is None else state.last_event
     tat = now if state.tat is None else state.tat
-    state = replace(state, throttles=state.throttles + 1)
     if now - last_event < cooldown:
         return state, stored(rate)
     epoch = state.epoch
     if now - last_event < quiet:
-        rate = max(floor, rate * decrease)
+        rate = max(floor_of(configured), rate * decrease)
         epoch += 1
         tat = now + burst / rate
     else:
@@ -100,3 +147,20 @@ def throttled(
         epoch=epoch,
     )
     return after, stored(rate)
+
+
+def configure(state: State, now: float, *, rate: float, burst: int) -> State:
+    """Set the bucket's rate and burst for the whole fleet (0: no limit), kept until changed.
+
+    The new rate is in force at once (a cut AIMD made is forgotten: EC2 will say again if
+    the rate is too high), and a new epoch voids the slots reserved at the old one; the
+    schedule is held to no more than a spent burst ahead at the new rate, so callers queued
+    behind a slow rate are not kept waiting once it is raised. In Redis the hash no longer
+    expires.
+    """
+    tat = state.tat
+    if tat is not None and rate > 0:
+        tat = stored(min(tat, now + burst / rate))
+    return replace(
+        state, configured=rate, burst=burst, source=SET, rate=rate, tat=tat, epoch=state.epoch + 1
+    )

@@ -1,17 +1,22 @@
 """The fleet-wide EC2 rate limiter: one GCRA schedule per account, Region and action in Redis.
 
 Every worker process on every host takes its slot from the same Redis script, so together
-they stay under the configured rate. When EC2 still answers RequestLimitExceeded (another
-tool shares the account, or the account's limit is lower), the shared rate is cut
-multiplicatively and grows back additively while calls succeed (AIMD). `worker.gcra` is the
+they stay under the bucket's rate. That rate (and burst) is one value for the fleet, kept in
+the bucket's hash beside its schedule: set by `mirrorq rate set` (`set_bucket_config`), or
+else by the first process to use the bucket, from its own settings. A process whose own
+settings disagree follows the bucket's, and says so once. When EC2 still answers
+RequestLimitExceeded (another tool shares the account, or the account's limit is lower), the
+shared rate is cut multiplicatively and grows back additively while calls succeed (AIMD),
+relative to the bucket's rate. `worker.gcra` is the
 same arithmetic in Python: the specification these scripts implement, held to them by tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import redis
 import redis.asyncio as aioredis
@@ -31,12 +36,44 @@ local function clock(given)
 end
 """
 
+# The bucket's configuration, kept beside its schedule: its rate and burst are the fleet's,
+# whoever calls. The caller's own (ARGV) is written only where none is kept, and not at all
+# when its rate is 0 (a process without a limit of its own follows the fleet's; only
+# `mirrorq rate set --rate 0` lifts the limit for all). A configuration set for the fleet
+# (source 'set') is kept until changed; a process's own expires with the schedule.
+_FLEET = """
+local function fleet(key, own_rate, own_burst)
+  local kept = redis.call('HMGET', key, 'configured', 'burst', 'source')
+  local configured, burst, source = tonumber(kept[1]), tonumber(kept[2]), kept[3]
+  if configured == nil then
+    if tonumber(own_rate) <= 0 then return nil, nil, source end
+    configured, source = tonumber(own_rate), 'setting'
+    redis.call('HSET', key, 'configured', own_rate, 'source', source)
+  end
+  if burst == nil then
+    burst = tonumber(own_burst)
+    redis.call('HSET', key, 'burst', own_burst)
+  end
+  return configured, burst, source
+end
+local function keep(key, source)
+  if source ~= 'set' then redis.call('EXPIRE', key, 86400) end
+end
+local function kept(key, wait)
+  local fields = redis.call('HMGET', key, 'epoch', 'configured', 'burst')
+  return {wait, fields[1] or '0', fields[2], fields[3]}
+end
+"""
+
 # Reserve the next slot. The rate first recovers additively for the time since the last
 # call; the slot is `tat`, pushed one interval on; a caller may run `burst` intervals ahead.
-# Redis truncates Lua numbers to integers, so floats travel as strings.
+# Redis truncates Lua numbers to integers, so floats travel as strings. The answer: the wait,
+# the epoch, and the bucket's configuration (rate, burst; nil when it has none).
 _ACQUIRE = """
 local now = clock(ARGV[4])
-local configured, burst, recovery = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local configured, burst, source = fleet(KEYS[1], ARGV[1], ARGV[2])
+local recovery = tonumber(ARGV[3])
+if configured == nil or configured <= 0 then return kept(KEYS[1], '0') end
 local state = redis.call('HMGET', KEYS[1], 'rate', 'updated', 'tat')
 local rate = tonumber(state[1]) or configured
 local updated = tonumber(state[2]) or now
@@ -46,26 +83,29 @@ if tat < now then tat = now end
 local interval = 1 / rate
 tat = tat + interval
 local wait = math.max(0, tat - burst * interval - now)
-redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'updated', tostring(now), 'tat', tostring(tat),
-           'configured', ARGV[1])
-redis.call('EXPIRE', KEYS[1], 86400)
-return tostring(wait) .. ' ' .. (redis.call('HGET', KEYS[1], 'epoch') or '0')
+redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'updated', tostring(now), 'tat', tostring(tat))
+keep(KEYS[1], source)
+return kept(KEYS[1], tostring(wait))
 """
 
 # EC2 said RequestLimitExceeded. In-flight calls report one event many times: only the first
 # report within `cooldown` acts. An event after a quiet spell is taken for jitter: EC2's
 # bucket is empty, so our burst is spent, but the rate stands. An event soon after another
-# means the rate is too high: cut it and start a new epoch, voiding the slots reserved at
-# the old rate (their holders take new ones).
+# means the rate is too high: cut it (never below 1 % of the fleet's rate, nor one call per
+# 10 s) and start a new epoch, voiding the slots reserved at the old rate (their holders take
+# new ones).
 _THROTTLED = """
-local now = clock(ARGV[7])
-local configured, burst, decrease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local floor, cooldown, quiet = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local now = clock(ARGV[6])
+local configured, burst, source = fleet(KEYS[1], ARGV[1], ARGV[2])
+local decrease, cooldown, quiet = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'throttles', 1)
+keep(KEYS[1], source)
+if configured == nil or configured <= 0 then return '0' end
+local floor = math.max(0.1, configured / 100)
 local state = redis.call('HMGET', KEYS[1], 'rate', 'last_event', 'tat')
 local rate = tonumber(state[1]) or configured
 local last_event = tonumber(state[2]) or 0
 local tat = tonumber(state[3]) or now
-redis.call('HINCRBY', KEYS[1], 'throttles', 1)
 if now - last_event < cooldown then return tostring(rate) end
 if now - last_event < quiet then
   rate = math.max(floor, rate * decrease)
@@ -79,19 +119,69 @@ redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'last_event', tostring(now),
 return tostring(rate)
 """
 
+# The bucket's configuration as a process finds it at start: written from its own where
+# none is kept, as the first acquire would. The answer: rate, burst (nil when none).
+_AGREE = """
+local configured, burst, source = fleet(KEYS[1], ARGV[1], ARGV[2])
+keep(KEYS[1], source)
+local answer = kept(KEYS[1], '0')
+return {answer[3], answer[4]}
+"""
+
+# `mirrorq rate set` (and a policy's accounts): the fleet's rate and burst, kept until
+# changed, in force at once. A new epoch voids the slots reserved at the old rate; the
+# schedule is held to a spent burst ahead at the new rate, so callers queued behind a slow
+# rate are not kept waiting once it is raised.
+_CONFIGURE = """
+local now = clock(ARGV[3])
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat'))
+if tat and rate > 0 then
+  redis.call('HSET', KEYS[1], 'tat', tostring(math.min(tat, now + burst / rate)))
+end
+redis.call('HSET', KEYS[1], 'configured', ARGV[1], 'burst', ARGV[2], 'source', 'set',
+           'rate', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('PERSIST', KEYS[1])
+return 1
+"""
+
 COOLDOWN_S = 0.5  # reports of one throttling event arrive within this
 QUIET_S = 10.0  # a throttle after this long without one is taken for jitter
 
 
+RATE_SETTINGS = ("MIRRORQ_EC2_RATE", "MIRRORQ_EC2_BURST")
+DESCRIBE_RATE_SETTINGS = ("MIRRORQ_EC2_DESCRIBE_RATE", "MIRRORQ_EC2_DESCRIBE_BURST")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FleetRate:
+    """A bucket's configuration: its rate (calls/s, 0 = no limit) and burst."""
+
+    rate: float
+    burst: int
+
+    def __str__(self) -> str:
+        return "no limit" if self.rate <= 0 else f"{self.rate:g}/s (burst {self.burst})"
+
+
 @dataclass(frozen=True)
 class RateSnapshot:
-    rate: float
-    configured: float
+    rate: float  # in force now (cut by AIMD after throttles)
+    configured: float  # the fleet's
     throttles: int
+    burst: int | None = None
+    source: str | None = None  # gcra.SET (for the fleet, kept) or gcra.SETTING (a process's)
 
 
 class SharedRateLimiter:
-    """`await acquire()` before each EC2 call; `await throttled()` when EC2 said so."""
+    """`await acquire()` before each EC2 call; `await throttled()` when EC2 said so.
+
+    `rate` and `burst` are this process's own settings (named by `settings`): they become the
+    bucket's only if it has no configuration yet. Whatever the bucket keeps is what the
+    schedule runs at, for every process; one whose own disagrees says so once (`fleet`).
+    """
 
     def __init__(
         self,
@@ -102,6 +192,7 @@ class SharedRateLimiter:
         *,
         decrease: float = 0.7,
         recovery: float = 0.05,
+        settings: tuple[str, str] = RATE_SETTINGS,
         sleep: Sleep = asyncio.sleep,
         clock: Clock | None = None,
     ) -> None:
@@ -109,15 +200,20 @@ class SharedRateLimiter:
         self.key = key
         self.rate = rate
         self.burst = burst
-        # Never below one call per 10 s.
-        self.floor = max(0.1, rate / 100)
+        self.settings = settings
+        self.fleet: FleetRate | None = None  # the bucket's, as last seen (None: it has none)
         self._decrease = decrease
         self._recovery = recovery
         self._sleep = sleep
         self._clock = clock
-        self._acquire = client.register_script(_CLOCK + _ACQUIRE)
-        self._throttled = client.register_script(_CLOCK + _THROTTLED)
+        self._acquire = client.register_script(_CLOCK + _FLEET + _ACQUIRE)
+        self._throttled = client.register_script(_CLOCK + _FLEET + _THROTTLED)
         self._redis = client
+
+    @property
+    def fleet_rate(self) -> float:
+        """The rate this limiter's calls are paid at: the fleet's once seen, else our own."""
+        return self.rate if self.fleet is None else self.fleet.rate
 
     async def acquire(self) -> float:
         """Wait for this caller's slot; return how long that was.
@@ -130,20 +226,23 @@ class SharedRateLimiter:
             answer = await self._acquire(
                 keys=[self.key], args=[self.rate, self.burst, self._recovery, *self._now()]
             )
-            wait, epoch = (answer.decode() if isinstance(answer, bytes) else answer).split()
-            if float(wait) <= 0:
+            wait, epoch, configured, burst = (_text(part) for part in answer)
+            self.fleet = _fleet_rate(configured, burst)
+            warn_if_disagreeing(
+                self.key, FleetRate(self.rate, self.burst), self.fleet, self.settings
+            )
+            if float(wait or 0) <= 0:
                 return waited
-            await self._sleep(float(wait))
-            waited += float(wait)
-            current = await self._redis.hget(self.key, "epoch")
-            if (current.decode() if isinstance(current, bytes) else current or "0") == epoch:
+            await self._sleep(float(wait or 0))
+            waited += float(wait or 0)
+            if (_text(await self._redis.hget(self.key, "epoch")) or "0") == epoch:
                 return waited
 
     async def throttled(self) -> float:
-        """Report RequestLimitExceeded; return the shared rate now in force."""
+        """Report RequestLimitExceeded; return the shared rate now in force (0: no limit)."""
         # One cut per event, however many in-flight calls report it: calls answered within
         # the cooldown were sent before the cut.
-        args = [self.rate, self.burst, self._decrease, self.floor, COOLDOWN_S, QUIET_S]
+        args = [self.rate, self.burst, self._decrease, COOLDOWN_S, QUIET_S]
         return float(await self._throttled(keys=[self.key], args=[*args, *self._now()]))
 
     def _now(self) -> list[float]:
@@ -153,24 +252,105 @@ class SharedRateLimiter:
         return _snapshot(await self._redis.hgetall(self.key), self.rate)
 
 
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fleet_rate(configured: str | None, burst: str | None) -> FleetRate | None:
+    if configured is None:
+        return None
+    return FleetRate(float(configured), int(burst or 0))
+
+
 def _snapshot(state: dict[Any, Any], configured: float) -> RateSnapshot:
-    """What the workers last wrote; their configured rate wins over the reader's own."""
-    text = {(k.decode() if isinstance(k, bytes) else k): v for k, v in state.items()}
+    """The bucket as the fleet left it: its configured rate wins over the reader's own."""
+    text = {_text(k): _text(v) for k, v in state.items()}
     configured = float(text.get("configured") or configured)
     return RateSnapshot(
-        float(text.get("rate") or configured), configured, int(text.get("throttles") or 0)
+        float(text.get("rate") or configured),
+        configured,
+        int(text.get("throttles") or 0),
+        int(text.get("burst") or 0) or None,
+        text.get("source"),
     )
+
+
+def bucket_of(key: str) -> tuple[str, str, str] | None:
+    """(account, Region, action) of a limiter's key; None for a key not made by
+    `keys.rate_limit`."""
+    prefix = keys.rate_limit("", "", "").rstrip(":") + ":"
+    parts = key.removeprefix(prefix).rsplit(":", 2)
+    if not key.startswith(prefix) or len(parts) != 3:
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+# One warning per bucket, own settings and fleet configuration in a process, however many
+# limiters (the worker's start-up check, its runtime's, a planner's) see it.
+_warned: set[tuple[str, FleetRate, FleetRate]] = set()
+
+
+def disagreement(
+    key: str, own: FleetRate, fleet: FleetRate | None, settings: tuple[str, str]
+) -> str | None:
+    """What to tell the operator when this process's own setting is not the bucket's; None
+    when they agree (or the bucket has none yet, so this process's is the one in force)."""
+    if fleet is None or (own.rate == fleet.rate and (own.rate <= 0 or own.burst == fleet.burst)):
+        return None
+    mine = f"{settings[0]}={own.rate:g}"
+    if own.rate > 0 and own.burst != fleet.burst:
+        mine += f" and {settings[1]}={own.burst}"
+    account, region, action = bucket_of(key) or (key, "REGION", "ACTION")
+    return (
+        f"{mine} here, but the fleet's rate for {account} {region} {action} is {fleet}, kept "
+        "in Redis: this process follows the fleet's. To change it for every process: mirrorq "
+        f"rate set --account {account} --region {region} --action {action} --rate N [--burst N]"
+    )
+
+
+def warn_if_disagreeing(
+    key: str, own: FleetRate, fleet: FleetRate | None, settings: tuple[str, str]
+) -> None:
+    if fleet is None or (key, own, fleet) in _warned:
+        return
+    message = disagreement(key, own, fleet, settings)
+    if message is not None:
+        _warned.add((key, own, fleet))
+        log.warning(message)
 
 
 CREATE_ACTION = "CreateTrafficMirrorSession"
 DESCRIBE_ACTION = "DescribeTrafficMirrorSessions"
+# Every Describe action mirrorq calls (mirrorq/inventory.py, worker/sessions.py): what
+# `mirrorq rate set --describe` sets.
+DESCRIBE_ACTIONS = (
+    "DescribeInstanceTypes",
+    "DescribeInstances",
+    "DescribeNetworkInterfaces",
+    "DescribeTrafficMirrorFilters",
+    "DescribeTrafficMirrorSessions",
+    "DescribeTrafficMirrorTargets",
+)
+
+
+def own_rate(settings: Settings, action: str) -> tuple[FleetRate, tuple[str, str]]:
+    """This process's own rate and burst for `action`'s category, and the settings naming
+    them: mutating actions MIRRORQ_EC2_RATE, each Describe action MIRRORQ_EC2_DESCRIBE_RATE."""
+    if action.startswith("Describe"):
+        return FleetRate(settings.ec2_describe_rate, settings.ec2_describe_burst), (
+            DESCRIBE_RATE_SETTINGS
+        )
+    return FleetRate(settings.ec2_rate, settings.ec2_burst), RATE_SETTINGS
 
 
 class Limiters:
     """The fleet's limiters of one account and Region, one per EC2 action, made as they are
     first asked for: EC2 keeps a bucket per action (sized by the action's category), so each
-    action's throttles slow only that action. Creates and other mutating actions are held to
-    MIRRORQ_EC2_RATE, each Describe action (non-mutating) to MIRRORQ_EC2_DESCRIBE_RATE."""
+    action's throttles slow only that action. The rate each runs at is its bucket's, kept in
+    Redis for the fleet; this process's settings (MIRRORQ_EC2_RATE for creates and other
+    mutating actions, MIRRORQ_EC2_DESCRIBE_RATE for each Describe action) only seed a bucket
+    that has none. A limiter exists even where this process's own rate is 0: the fleet's may
+    not be."""
 
     def __init__(
         self,
@@ -184,38 +364,93 @@ class Limiters:
         self.region = region or settings.region
         self._client = client
         self._settings = settings
-        self._made: dict[str, SharedRateLimiter | None] = {}
+        self._made: dict[str, SharedRateLimiter] = {}
 
     @property
-    def create(self) -> SharedRateLimiter | None:
+    def create(self) -> SharedRateLimiter:
         return self.of(CREATE_ACTION)
 
+    @overload
+    def of(self, action: str) -> SharedRateLimiter: ...
+    @overload
+    def of(self, action: None) -> None: ...
     def of(self, action: str | None) -> SharedRateLimiter | None:
-        """The limiter `action`'s calls are paid at; None when its rate is 0 (unlimited)."""
+        """The limiter `action`'s calls are paid at; None for no action."""
         if not action:
             return None
         if action not in self._made:
             self._made[action] = self._limiter(action)
         return self._made[action]
 
-    def _limiter(self, action: str) -> SharedRateLimiter | None:
-        s = self._settings
-        describe = action.startswith("Describe")
-        rate = s.ec2_describe_rate if describe else s.ec2_rate
-        if rate <= 0:
-            return None
+    def _limiter(self, action: str) -> SharedRateLimiter:
+        own, names = own_rate(self._settings, action)
         return SharedRateLimiter(
             self._client,
             keys.rate_limit(self.account, self.region, action),
-            rate,
-            s.ec2_describe_burst if describe else s.ec2_burst,
-            decrease=s.ec2_rate_decrease,
-            recovery=s.ec2_rate_recovery,
+            own.rate,
+            own.burst,
+            decrease=self._settings.ec2_rate_decrease,
+            recovery=self._settings.ec2_rate_recovery,
+            settings=names,
         )
 
 
+def check_fleet_rates(
+    client: redis.Redis, settings: Settings, actions: tuple[str, ...] = (CREATE_ACTION,)
+) -> dict[str, FleetRate | None]:
+    """At a worker's start: each bucket's configuration (this process's own written where
+    there is none), and one warning for each that disagrees with this process's settings."""
+    agree = client.register_script(_FLEET + _AGREE)
+    found: dict[str, FleetRate | None] = {}
+    for action in actions:
+        key = keys.rate_limit(settings.aws_account_id, settings.region, action)
+        own, names = own_rate(settings, action)
+        configured, burst = (_text(part) for part in agree(keys=[key], args=[own.rate, own.burst]))
+        found[action] = _fleet_rate(configured, burst)
+        warn_if_disagreeing(key, own, found[action], names)
+    return found
+
+
+def set_bucket_config(
+    client: redis.Redis,
+    account: str,
+    region: str,
+    action: str,
+    *,
+    rate: float,
+    burst: int,
+    now: float | None = None,
+) -> None:
+    """Set one bucket's rate (0 = no limit) and burst for the whole fleet, kept in Redis until
+    changed: every process's next slot runs at it. `mirrorq rate set` calls this, as will a
+    policy's `[[accounts]]` table. `now` is for tests (Redis TIME otherwise)."""
+    if rate < 0 or burst < 1:
+        raise ValueError("a rate is 0 (no limit) or more, a burst 1 or more")
+    configure = client.register_script(_CLOCK + _CONFIGURE)
+    configure(
+        keys=[keys.rate_limit(account, region, action)],
+        args=[rate, burst, *([] if now is None else [now])],
+    )
+
+
+def bucket_snapshots(
+    client: redis.Redis, account: str | None = None, region: str | None = None
+) -> dict[tuple[str, str, str], RateSnapshot]:
+    """Every bucket kept in Redis, by (account, Region, action): for `mirrorq rate show`."""
+    prefix = keys.rate_limit("", "", "").rstrip(":") + ":"
+    found = {}
+    for key in client.scan_iter(match=f"{prefix}*", count=100):
+        bucket = bucket_of(_text(key) or "")
+        if bucket is None or (account or bucket[0], region or bucket[1]) != bucket[:2]:
+            continue
+        state = client.hgetall(key)
+        if state:
+            found[bucket] = _snapshot(state, 0.0)
+    return dict(sorted(found.items()))
+
+
 def read_create_rate(client: redis.Redis, settings: Settings) -> RateSnapshot | None:
-    """The shared create rate as the workers left it (for the CLI); None if none is kept."""
+    """The shared create rate as the fleet left it (for the CLI); None if none is kept."""
     key = keys.rate_limit(settings.aws_account_id, settings.region, CREATE_ACTION)
     state = client.hgetall(key)
     return _snapshot(state, settings.ec2_rate) if state else None
