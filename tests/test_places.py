@@ -288,20 +288,20 @@ def test_a_bad_placement_in_the_envelope_is_refused_naming_its_field(
     assert refused.value.errors[0]["field"] == field
 
 
-def test_sts_throttling_is_retried_but_spends_no_ec2_bucket() -> None:
+def sts_error(code: str, status: int) -> Any:
     from botocore.exceptions import ClientError
 
-    throttled = ClientError(
-        {"Error": {"Code": "Throttling"}, "ResponseMetadata": {"HTTPStatusCode": 400}},
-        "AssumeRole",
-    )
-    assert classify(throttled).retryable
-    assert not classify(throttled).throttled
-    denied = ClientError(
-        {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
-        "AssumeRole",
-    )
-    assert not classify(denied).retryable
+    response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "AssumeRole")
+
+
+def test_sts_throttling_is_retried_but_spends_no_ec2_bucket() -> None:
+    throttled = classify(sts_error("Throttling", 400))
+    assert throttled.retryable
+    assert not throttled.throttled  # EC2's limiter is not told of STS's throttling
+    assert classify(sts_error("ServiceUnavailable", 503)).retryable
+    assert not classify(sts_error("AccessDenied", 403)).retryable
+    assert not classify(sts_error("RegionDisabledException", 403)).retryable
 
 
 def _settings(emulator: EmulatorProcess, **more: Any) -> Settings:
