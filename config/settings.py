@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # Where `mirrorq listen` reads SQS; unset means the EC2 endpoint's (the emulator serves
     # both), or real AWS when that is unset too.
     sqs_endpoint_url: str | None = None
+    # Where roles are assumed (STS AssumeRole, GetCallerIdentity); unset means the EC2
+    # endpoint's (the emulator serves STS too), or AWS's regional STS when that is unset too.
+    sts_endpoint_url: str | None = None
     region: str = Field(
         default="us-east-1",
         validation_alias=AliasChoices("MIRRORQ_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
@@ -83,6 +86,10 @@ class Settings(BaseSettings):
     # account its jobs' records name). Set it, on every process of each fleet, when several
     # accounts share one Redis; "default" (unset) keeps the queue `mirrorq`.
     aws_account_id: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # A worker keeps an EC2 client (and its assumed-role credentials) open for at most this
+    # many places (role and Region) besides its default one, the least recently used idle
+    # one closed first; a place in use by a running job is never closed (worker/roads.py).
+    client_cache: int = Field(default=32, ge=1, le=4096)
     # Leases (on an ENI while a job reads its sessions and creates, on a job while a worker
     # runs it) are renewed every third of this while held; a holder that stops renewing
     # (killed, cut off from Redis) loses them this long after its last renewal. A create is

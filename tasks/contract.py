@@ -58,6 +58,12 @@ FILTER_ID = r"^(tmf|traf-mir-fil)-[0-9a-f]{8,17}$"
 
 # Where a job runs ----------------------------------------------------------------------------
 
+# A job's placement beside its request: a Region, an IAM role (of the `aws` partition) to
+# assume, and the ExternalId its trust policy asks for (STS's own constraint).
+PLACE_REGION = r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$"
+PLACE_ROLE_ARN = r"^arn:aws:iam::(?P<account>[0-9]{12}):role/[A-Za-z0-9_+=,.@/-]{1,512}$"
+PLACE_EXTERNAL_ID = r"^[A-Za-z0-9_+=,.@:/-]{2,1224}$"
+
 
 @dataclass(frozen=True)
 class Scope:
@@ -329,6 +335,11 @@ class Envelope(BaseModel):
     alternatives: Annotated[
         list[Annotated[str, Field(pattern=TARGET_ID)]], Field(max_length=64)
     ] = []
+    # Where the job runs, beside the request (never inside it): unset, the fleet's default
+    # credentials and MIRRORQ_REGION (worker/roads.py reads them: place_of).
+    region: Annotated[str, Field(pattern=PLACE_REGION)] | None = None
+    role_arn: Annotated[str, Field(pattern=PLACE_ROLE_ARN)] | None = None
+    external_id: Annotated[str, Field(pattern=PLACE_EXTERNAL_ID)] | None = None
 
     def origin(self) -> dict[str, str | None] | None:
         return (

@@ -30,9 +30,13 @@ def gap_claim(key: str) -> str:
     return _key("gap-claim", key)
 
 
-def eni_lease(eni_id: str) -> str:
-    """String: the token of the job reading and creating on this ENI (worker/leases.py)."""
-    return _key("eni-lease", eni_id)
+def eni_lease(eni_id: str, account: str | None = None, region: str | None = None) -> str:
+    """String: the token of the job reading and creating on this ENI (worker/leases.py).
+    An ENI of the fleet's own account and Region keeps the key it always had; one elsewhere
+    is keyed by its account and Region too (an id is only unique within them)."""
+    if account is None or region is None:
+        return _key("eni-lease", eni_id)
+    return _key("eni-lease", account, region, eni_id)
 
 
 def job_lease(job_id: str) -> str:

@@ -77,3 +77,46 @@ def test_the_redaction_filter_catches_what_botocore_prints() -> None:
             "b" * 64,
         ):
             assert secret not in text, text
+
+
+STS_VALUES = re.compile(r"<(?:AccessKeyId|SecretAccessKey|SessionToken)>([^<]*)<")
+TOKEN_VALUES = re.compile(r"(?i)x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?([^\s'\",}&]+)")
+ISSUED_KEY_ID = re.compile(r"\bASIA[A-Z0-9]{12,}\b")
+
+
+def test_an_assumed_role_job_at_debug_logs_none_of_the_assumed_credentials(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """The credentials a worker assumes for a job's role, refreshed every 2 s, are as secret
+    as its own: STS's answer (printed by botocore at DEBUG), every request signed with them
+    and its token header show none of them."""
+    from emulator.org_lab import control, role_arn, seed_org_lab
+    from tasks.contract import QUEUE, TASK_NAME
+
+    lab = seed_org_lab(emulator.url, accounts=1, regions=("eu-west-1",), enis=6)
+    ((account, seeded),) = lab["accounts"].items()
+    place = seeded["regions"]["eu-west-1"]
+    control(emulator.url, "sts", {"lifetime_seconds": 2})
+    worker = start_worker(None, "--loglevel", "DEBUG")
+    job_ids = []
+    for eni in place["eni_ids"]:
+        request = {
+            "NetworkInterfaceId": eni,
+            "TrafficMirrorTargetId": lab["security"]["regions"]["eu-west-1"]["target_ids"][0],
+            "TrafficMirrorFilterId": place["filter_id"],
+            "SessionNumber": "auto",
+        }
+        kwargs = {"request": request, "region": "eu-west-1", "role_arn": role_arn(account)}
+        job_ids.append(producer.app.send_task(TASK_NAME, kwargs=kwargs, queue=QUEUE).id)
+    assert {r["status"] for r in wait_all(producer, job_ids)} == {"created"}
+    worker.stop()
+    log = worker.log_path.read_text()
+    # Teeth: botocore printed STS's answer and the requests signed with what it issued.
+    assert "<AssumeRoleResult>" in log
+    assert "X-Amz-Security-Token" in log
+    assert set(STS_VALUES.findall(log)) == {"***"}
+    assert set(TOKEN_VALUES.findall(log)) == {"***"}
+    assert not ISSUED_KEY_ID.search(log), ISSUED_KEY_ID.search(log)
+    assert not SIGNATURE.search(log), SIGNATURE.search(log)

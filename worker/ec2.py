@@ -13,7 +13,8 @@ A job's creates and its `auto` reads (worker/execute.py), the planner's Describe
 - pagination, each page a call paid for at the limiter.
 
 A road is one account and Region: its client and its limiters are that bucket's. Serving
-many is a cache of roads keyed by (role, Region), each built the same way.
+many is a cache of roads keyed by place (role, Region), each built the same way
+(worker/roads.py).
 """
 
 from __future__ import annotations
@@ -62,11 +63,15 @@ class Ec2Road:
         settings: Settings,
         *,
         sleep: Sleep = asyncio.sleep,
+        own: bool = True,
     ) -> None:
+        """`own`: the road is to the fleet's own account and Region, whose ENI leases keep
+        the keys they had before other places (tasks/keys.py eni_lease)."""
         self.client = client
         self.limiters = limiters
         self.settings = settings
         self._sleep = sleep
+        self.own = own
 
     async def call(self, action: str, **params: Any) -> dict[str, Any]:
         """One call, its slot taken and retried under the policy until it is answered."""

@@ -34,7 +34,15 @@ SERVER_CODES = frozenset(
 # SQS's (the listener's receives): throttled, its KMS key throttled, too many messages in flight
 # (room comes back as messages are deleted or their visibility times out).
 SQS_TRANSIENT_CODES = frozenset({"RequestThrottled", "KmsThrottled", "OverLimit"})
-TRANSIENT_CODES = THROTTLING_CODES | SERVER_CODES | SQS_TRANSIENT_CODES
+# STS's, when a job's role is assumed (its credentials are fetched on the job's first call):
+# AccessDenied (not assumable by us, or a wrong or missing ExternalId), RegionDisabledException
+# and validation are permanent, as anything not listed; IDPCommunicationError and its
+# throttling (Throttling, above) and 5xx are transient. A call signed with credentials that
+# expired on the way (RequestExpired from EC2, ExpiredToken from STS, the source credentials
+# of a chained role) is retried: the next attempt signs with the refreshed set.
+STS_TRANSIENT_CODES = frozenset({"IDPCommunicationError", "ExpiredToken", "RequestExpired"})
+STS_OPERATIONS = frozenset({"AssumeRole", "GetCallerIdentity"})
+TRANSIENT_CODES = THROTTLING_CODES | SERVER_CODES | SQS_TRANSIENT_CODES | STS_TRANSIENT_CODES
 # Everything else EC2 answers is permanent: validation, *.NotFound, quota *LimitExceeded,
 # IdempotentParameterMismatch, UnauthorizedOperation... Retrying cannot change the answer.
 # Except any 5xx, and 429, whatever the code: a proxy, load balancer or VPC endpoint in front
@@ -95,7 +103,8 @@ class Failure:
 
     @property
     def throttled(self) -> bool:
-        return self.code in THROTTLING_CODES
+        """EC2 throttled the call (STS throttling a role's AssumeRole spends no EC2 bucket)."""
+        return self.code in THROTTLING_CODES and self.operation not in STS_OPERATIONS
 
     @property
     def not_found(self) -> bool:

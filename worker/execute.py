@@ -107,7 +107,7 @@ async def execute_job(
     Raises RedisError when Redis, where the job is recorded, is unreachable, and
     SupersededError when another worker took the job over: nothing is decided then.
     """
-    eni_lease = keys.eni_lease(str((record["request"] or {})["NetworkInterfaceId"]))
+    eni_lease = _eni_lease(ec2.road, str((record["request"] or {})["NetworkInterfaceId"]))
     holding: Lease | None = None
     read_under: Lease | None = None
     ours_maybe = False  # a session to this mirror carries our number: ours, if EC2 replays
@@ -162,6 +162,13 @@ async def execute_job(
             with contextlib.suppress(RedisError):  # unreleased, it lapses within one TTL
                 await ec2.leases.release(holding, after_s=creates.may_land_for_s())
     return records.created(record, response)
+
+
+def _eni_lease(road: Ec2Road, eni_id: str) -> str:
+    """The ENI's lease, in the account and Region of the road its job runs on."""
+    if road.own:
+        return keys.eni_lease(eni_id)
+    return keys.eni_lease(eni_id, road.limiters.account, road.limiters.region)
 
 
 def _already(record: JobResult) -> str:

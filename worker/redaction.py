@@ -4,7 +4,8 @@ botocore at DEBUG prints each request's headers (the access key id inside `Autho
 `X-Amz-Security-Token`), the canonical request and the signature. Every log record made in
 a mirrorq process passes through `RedactSecrets` (installed as the record factory, so no
 handler or logger can be missed): the patterns below, and the process's own credentials by
-value, wherever they appear, become `***`.
+value (its default ones, and every set of a role it assumes, as each arrives: worker/roads.py),
+wherever they appear, become `***`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ _PATTERNS = [
         r"secretaccesskey|sessiontoken|secret_key|access_key|token)['\"]?\s*[:=]\s*b?['\"]?)"
         r"[^'\"\s,}]+"
     ),
+    # STS's answer to AssumeRole, as botocore prints its body at DEBUG (before the set is
+    # remembered by value).
+    re.compile(r"(<(?:AccessKeyId|SecretAccessKey|SessionToken)>)[^<]+"),
     # Access key ids, wherever they turn up.
     re.compile(r"()\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|APKA)[A-Z0-9]{12,}\b"),
 ]

@@ -14,6 +14,7 @@ queue, it ends failed/WrongScope.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from worker.errors import SupersededError
 from worker.execute import Ec2, execute_job
 from worker.leases import Lease
 from worker.metrics import JOBS_IN_FLIGHT
+from worker.roads import Roads, place_of
 
 log = logging.getLogger(__name__)
 REDIS_WAIT_LOG_EVERY_S = 60.0
@@ -47,9 +49,11 @@ REDIS_WAIT_LOG_EVERY_S = 60.0
 @dataclass(frozen=True)
 class Worker:
     """What running jobs needs: EC2 and the leases, the records, the admission slots, and
-    the scope (account, Region) the worker acts in."""
+    the scope (account, Region) the worker acts in. `ec2.road` is the default place's road;
+    a job placed elsewhere (its Region, its role) runs on that place's, from `roads`."""
 
     ec2: Ec2
+    roads: Roads
     store: AsyncResultStore
     slots: asyncio.Semaphore
     ping: Callable[[], Awaitable[object]]  # is Redis (where records live) back?
@@ -144,13 +148,15 @@ async def _run(
     if start.verdict == "resume" and start.current is not None:
         record = _resumed(start.current, record, request)
     worker.ec2.leases.hold(lease)
-    outcome = await execute_job(
-        worker.ec2,
-        record,
-        save=lambda r: _save(worker, "save", r, lease),
-        auto=request.auto_session_number,
-        alternatives=envelope.alternatives,
-    )
+    place = place_of(envelope, start.current, worker.scope.region)
+    async with worker.roads.use(place) as road:
+        outcome = await execute_job(
+            dataclasses.replace(worker.ec2, road=road),
+            record,
+            save=lambda r: _save(worker, "save", r, lease),
+            auto=request.auto_session_number,
+            alternatives=envelope.alternatives,
+        )
     await _save(worker, "finish", outcome, lease)
     if outcome["status"] is JobStatus.FAILED and outcome["error"]:
         log.warning(

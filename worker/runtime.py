@@ -1,8 +1,10 @@
-"""One event loop, one long-lived aiobotocore EC2 client and one Redis pool per worker process.
+"""One event loop, one long-lived aiobotocore EC2 client per place and one Redis pool per
+worker process.
 
 Celery's thread pool runs task bodies on threads; each hands its message's jobs to this loop
-as one coroutine, so every job in the process shares one client, one connection pool, one
-Redis pool and one loop.
+as one coroutine, so every job in the process shares one loop, one Redis pool and, with every
+job of its place (role and Region), one client (worker/roads.py keeps those of the places in
+use; the default place's is opened here, at start).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from worker.execute import Ec2
 from worker.leases import Leases
 from worker.ratelimit import Limiters, SharedRateLimiter
 from worker.redaction import redact_credentials
+from worker.roads import Roads
 from worker.runner import Worker
 
 if TYPE_CHECKING:  # stubs only: a development dependency
@@ -84,8 +87,11 @@ class Ec2Runtime:
         self._stack.push_async_callback(leases.close)
         road = Ec2Road(client, Limiters(broker, settings), settings)
         ec2 = Ec2(road, leases, settings)
+        roads = Roads(session, road, broker, settings)
+        self._stack.push_async_callback(roads.close)
         return Worker(
             ec2=ec2,
+            roads=roads,
             store=AsyncResultStore(store, results),
             # Jobs running at once, whatever the size of the messages they came in.
             slots=asyncio.Semaphore(settings.concurrency),
