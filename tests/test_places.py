@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aiobotocore.session import get_session
 
 from config import Settings
@@ -328,7 +329,7 @@ async def _until_refreshed(
 
 
 def test_a_chained_role_refreshes_and_so_does_its_source(
-    emulator: EmulatorProcess, lab_credentials: None
+    emulator: EmulatorProcess, lab_credentials: None, redis_url: str
 ) -> None:
     """The fleet's own credentials are themselves an assumed role (role chaining): the role
     assumed from them refreshes again and again, and so does its source, each time it is
@@ -344,8 +345,10 @@ def test_a_chained_role_refreshes_and_so_does_its_source(
         async with chained.create_client(
             "ec2", region_name="us-east-1", endpoint_url=emulator.url
         ) as c:
-            default = Ec2Road(c, Limiters(None, settings), settings)  # type: ignore[arg-type]
-            roads = Roads(chained, default, None, settings)  # type: ignore[arg-type]
+            # Every road's limiters are the fleet's, in Redis (a bucket exists at any rate).
+            broker = aioredis.Redis.from_url(redis_url)
+            default = Ec2Road(c, Limiters(broker, settings), settings)
+            roads = Roads(chained, default, broker, settings)
             place = Place("eu-west-1", role_arn("666666666666"))
             try:
                 async with roads.use(place) as road:
@@ -356,6 +359,7 @@ def test_a_chained_role_refreshes_and_so_does_its_source(
                     return calls, target.refreshes, hop.refreshes
             finally:
                 await roads.close()
+                await broker.aclose()
 
     calls, target, hop = asyncio.run(run())
     print(f"{calls} calls: the chained role received {target} sets, its source {hop}")
@@ -365,7 +369,7 @@ def test_a_chained_role_refreshes_and_so_does_its_source(
 
 
 def test_the_cache_closes_the_least_recently_used_idle_road_never_one_in_use(
-    emulator: EmulatorProcess, lab_credentials: None
+    emulator: EmulatorProcess, lab_credentials: None, redis_url: str
 ) -> None:
     settings = _settings(emulator, client_cache=2)
 
@@ -374,8 +378,9 @@ def test_the_cache_closes_the_least_recently_used_idle_road_never_one_in_use(
         async with session.create_client(
             "ec2", region_name="us-east-1", endpoint_url=emulator.url
         ) as c:
-            default = Ec2Road(c, Limiters(None, settings), settings)  # type: ignore[arg-type]
-            roads = Roads(session, default, None, settings)  # type: ignore[arg-type]
+            broker = aioredis.Redis.from_url(redis_url)
+            default = Ec2Road(c, Limiters(broker, settings), settings)
+            roads = Roads(session, default, broker, settings)
             places = [Place("us-east-1", role_arn(f"{n}" * 12)) for n in range(1, 5)]
             async with roads.use(Place("us-east-1")) as road:
                 assert road is default
@@ -392,6 +397,7 @@ def test_the_cache_closes_the_least_recently_used_idle_road_never_one_in_use(
                 assert roads.credentials(places[3]) is not None
                 await held.call("DescribeVpcs")  # still open
             await roads.close()
+            await broker.aclose()
             assert len(roads) == 0
 
     asyncio.run(run())
