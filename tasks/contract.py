@@ -6,7 +6,9 @@ hostile, becomes a valid request or an InvalidJobError that names each offending
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -95,6 +97,133 @@ def fleet_scope(settings: Settings) -> Scope:
 
 def fleet_queue(settings: Settings) -> str:
     return fleet_scope(settings).queue
+
+
+# A job's own placement: its Region, and the role it runs through (another account's).
+#
+# Partitions: `aws` only. A fleet's credentials belong to one partition and IAM roles are
+# never assumed across partitions, and the `aws-cn` / `aws-us-gov` partitions have endpoints,
+# ARNs and STS rules of their own that mirrorq does not drive: an ARN or a Region of another
+# partition is refused at submission, saying so.
+PARTITIONS = ("aws",)
+# IAM's role ARN: arn:<partition>:iam::<12-digit account>:role/<path/><name>. A path is
+# `/`-separated segments; a role name is 1-64 of [\w+=,.@-] (IAM's own rules).
+ROLE_ARN = re.compile(
+    r"arn:(?P<partition>[a-z][a-z0-9-]*):iam::(?P<account>[0-9]{12}):role/"
+    r"(?P<path>(?:[\x21-\x7e]+/)*)(?P<name>[\w+=,.@-]{1,64})",
+    re.ASCII,
+)
+ROLE_ARN_RULE = "an IAM role ARN: arn:aws:iam::<12-digit account>:role/<path/><name>"
+ROLE_ARN_MAX = 2048  # STS's RoleArn
+# STS's ExternalId: 2-1,224 characters of [\w+=,.@:/-].
+EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}", re.ASCII)
+EXTERNAL_ID_RULE = "2 to 1,224 characters of letters, digits and _ + = , . @ : / -"
+
+
+@functools.cache
+def ec2_regions(partition: str) -> frozenset[str]:
+    """The Regions EC2 has in `partition`, from botocore's endpoint data (the same data its
+    clients resolve endpoints from), so a new Region comes with a botocore upgrade."""
+    import botocore.session
+
+    return frozenset(
+        botocore.session.get_session().get_available_regions("ec2", partition_name=partition)
+    )
+
+
+def partition_of_region(region: str) -> str | None:
+    """The partition whose EC2 has `region`, among those botocore knows; None for none."""
+    import botocore.session
+
+    for partition in botocore.session.get_session().get_available_partitions():
+        if region in ec2_regions(partition):
+            return partition
+    return None
+
+
+def _region(region: str) -> str:
+    if region in ec2_regions("aws"):
+        return region
+    partition = partition_of_region(region)
+    if partition is not None:
+        raise ValueError(
+            f"{region} is a Region of the {partition} partition; mirrorq serves the "
+            f"{', '.join(PARTITIONS)} partition only"
+        )
+    raise ValueError(f"not a Region EC2 has: {region!r} (e.g. us-east-1, eu-west-1)")
+
+
+def _role_arn(arn: str) -> str:
+    match = ROLE_ARN.fullmatch(arn) if len(arn) <= ROLE_ARN_MAX else None
+    if match is None:
+        raise ValueError(f"not {ROLE_ARN_RULE}")
+    if match["partition"] not in PARTITIONS:
+        raise ValueError(
+            f"partition {match['partition']} is not served: mirrorq assumes roles in the "
+            f"{', '.join(PARTITIONS)} partition only (roles are not assumed across partitions)"
+        )
+    return arn
+
+
+def _external_id(external_id: str) -> str:
+    if EXTERNAL_ID.fullmatch(external_id) is None:
+        raise ValueError(f"STS takes an ExternalId of {EXTERNAL_ID_RULE}")
+    return external_id
+
+
+RegionName = Annotated[str, AfterValidator(_region)]
+RoleArn = Annotated[str, AfterValidator(_role_arn)]
+ExternalId = Annotated[str, AfterValidator(_external_id)]
+PLACEMENT_FIELDS = ("region", "role_arn", "external_id")
+
+
+class _Placed(BaseModel):
+    """The placement fields, on a job's Placement and on its message's Envelope alike."""
+
+    region: RegionName | None = None
+    role_arn: RoleArn | None = None
+    external_id: ExternalId | None = None
+
+    @model_validator(mode="after")
+    def _external_id_with_a_role(self) -> Any:
+        if self.external_id is not None and self.role_arn is None:
+            raise _AtField("external_id", "an external_id is sent with a role_arn only")
+        return self
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(region=self.region, role_arn=self.role_arn, external_id=self.external_id)
+
+
+class Placement(_Placed):
+    """Where a job runs, beside its request (never inside it): the Region (None: the
+    accepting fleet's MIRRORQ_REGION) and the role it runs through (None: the fleet's own
+    credentials), with the role's ExternalId if its trust policy asks for one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @property
+    def account_id(self) -> str | None:
+        """The role's account, read from its ARN; None without a role."""
+        match = ROLE_ARN.fullmatch(self.role_arn) if self.role_arn else None
+        return match["account"] if match else None
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, name) is not None for name in PLACEMENT_FIELDS)
+
+
+NOWHERE = Placement()  # a job that names no placement: the fleet's account and Region
+
+
+def parse_placement(raw: Any = None, **fields: Any) -> Placement:
+    """A job's placement from a mapping (or keyword arguments; None values are absent), or
+    InvalidJobError naming each bad field (`region`, `role_arn`, `external_id`)."""
+    given = {**(raw or {}), **fields}
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        return Placement.model_validate(given)
+    except ValidationError as error:
+        raise InvalidJobError(_field_errors_envelope(error)) from None
 
 
 # The request syntax --------------------------------------------------------------------------
@@ -314,8 +443,9 @@ def idempotency_key(key: str, field: str = "idempotency_key") -> str:
 # The message envelope ------------------------------------------------------------------------
 
 
-class Envelope(BaseModel):
-    """What travels with a job's request: `kwargs={"request": {...}, ...}` of the task."""
+class Envelope(_Placed):
+    """What travels with a job's request: `kwargs={"request": {...}, ...}` of the task, its
+    placement (`region`, `role_arn`, `external_id`) beside the request."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -364,5 +494,8 @@ def _field_errors_envelope(error: ValidationError) -> list[FieldError]:
     for e in error.errors(include_url=False):
         name = ".".join(_name(p) for p in e["loc"]) or "(message)"
         message = "unknown envelope field" if e["type"] == "extra_forbidden" else e["msg"]
-        errors.append({"field": name, "message": message})
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, _AtField):
+            name, message = cause.field, str(cause)
+        errors.append({"field": name, "message": message.removeprefix("Value error, ")})
     return errors
