@@ -108,15 +108,16 @@ def fleet_queue(settings: Settings) -> str:
 PARTITIONS = ("aws",)
 # IAM's role ARN: arn:<partition>:iam::<12-digit account>:role/<path/><name>. A path is
 # `/`-separated segments; a role name is 1-64 of [\w+=,.@-] (IAM's own rules).
-ROLE_ARN = re.compile(
-    r"arn:(?P<partition>[a-z][a-z0-9-]*):iam::(?P<account>[0-9]{12}):role/"
-    r"(?P<path>(?:[\x21-\x7e]+/)*)(?P<name>[\w+=,.@-]{1,64})",
-    re.ASCII,
+ROLE_ARN_SHAPE = (
+    r"^arn:{partition}:iam::[0-9]{{12}}:role/(?:[!-~]+/)*[A-Za-z0-9_+=,.@-]{{1,64}}$"
 )
+ROLE_ARN = re.compile(ROLE_ARN_SHAPE.format(partition="[a-z][a-z0-9-]*"))
+ROLE_ARN_PATTERN = ROLE_ARN_SHAPE.format(partition="|".join(PARTITIONS))  # as documented
 ROLE_ARN_RULE = "an IAM role ARN: arn:aws:iam::<12-digit account>:role/<path/><name>"
 ROLE_ARN_MAX = 2048  # STS's RoleArn
 # STS's ExternalId: 2-1,224 characters of [\w+=,.@:/-].
-EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}", re.ASCII)
+EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9_+=,.@:/-]{2,1224}$"
+EXTERNAL_ID = re.compile(EXTERNAL_ID_PATTERN)
 EXTERNAL_ID_RULE = "2 to 1,224 characters of letters, digits and _ + = , . @ : / -"
 
 
@@ -157,9 +158,10 @@ def _role_arn(arn: str) -> str:
     match = ROLE_ARN.fullmatch(arn) if len(arn) <= ROLE_ARN_MAX else None
     if match is None:
         raise ValueError(f"not {ROLE_ARN_RULE}")
-    if match["partition"] not in PARTITIONS:
+    partition = arn.split(":")[1]
+    if partition not in PARTITIONS:
         raise ValueError(
-            f"partition {match['partition']} is not served: mirrorq assumes roles in the "
+            f"partition {partition} is not served: mirrorq assumes roles in the "
             f"{', '.join(PARTITIONS)} partition only (roles are not assumed across partitions)"
         )
     return arn
@@ -205,8 +207,7 @@ class Placement(_Placed):
     @property
     def account_id(self) -> str | None:
         """The role's account, read from its ARN; None without a role."""
-        match = ROLE_ARN.fullmatch(self.role_arn) if self.role_arn else None
-        return match["account"] if match else None
+        return self.role_arn.split(":")[4] if self.role_arn else None
 
     def __bool__(self) -> bool:
         return any(getattr(self, name) is not None for name in PLACEMENT_FIELDS)
@@ -416,6 +417,56 @@ def client_token(request: SessionRequest, job_id: str) -> str:
 def recordable_job_id(value: Any) -> str | None:
     """A job id a refusal can be recorded under, or None (not a string, empty, too long)."""
     return value if isinstance(value, str) and 0 < len(value) <= JOB_ID_MAX else None
+
+
+JOB_ENVELOPE_FIELDS = frozenset({"request", *PLACEMENT_FIELDS})
+
+
+def parse_job(raw: Any, defaults: Placement = NOWHERE) -> tuple[SessionRequest, Placement]:
+    """A job as a door takes it (a file's line, an HTTP body): the request syntax alone, or
+    the envelope form `{"request": {...}, "region": ..., "role_arn": ..., "external_id": ...}`.
+    Where it names no placement, `defaults` (the command's options) hold; a role named here
+    comes with its own external_id, never the default's. InvalidJobError naming every bad
+    field (the request's by their names, the placement's as region, role_arn, external_id)."""
+    if isinstance(raw, str | bytes):
+        raw = parse_json(raw)
+    placed: dict[str, Any] = {}
+    errors: list[FieldError] = []
+    if isinstance(raw, dict) and "request" in raw:
+        errors += [
+            {"field": _name(k), "message": "unknown envelope field: the request goes in request"}
+            for k in raw
+            if k not in JOB_ENVELOPE_FIELDS
+        ]
+        placed = {k: v for k, v in raw.items() if k in PLACEMENT_FIELDS and v is not None}
+        raw = raw["request"]
+    request: SessionRequest | None = None
+    try:
+        request = parse_request(raw)
+    except InvalidJobError as error:
+        errors += error.errors
+    try:
+        placement = parse_placement(placed)
+    except InvalidJobError as error:
+        errors += error.errors
+    if errors or request is None:
+        raise InvalidJobError(errors)
+    return request, with_defaults(placement, defaults)
+
+
+def with_defaults(placement: Placement, defaults: Placement) -> Placement:
+    """A job's placement, the defaults filling what it leaves out (both already valid)."""
+    if not defaults:
+        return placement
+    role = placement.role_arn or defaults.role_arn
+    external = (
+        placement.external_id
+        if placement.role_arn
+        else (placement.external_id or defaults.external_id)
+    )
+    return Placement(
+        region=placement.region or defaults.region, role_arn=role, external_id=external
+    )
 
 
 # Idempotency keys ----------------------------------------------------------------------------
