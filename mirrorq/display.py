@@ -118,7 +118,7 @@ def placement_table(status: dict[str, Any]) -> Table | None:
     if not placed:
         return None
     shown = [name for name in STATUS_ORDER if any(p["counts"].get(name) for p in placed)]
-    table = Table(caption=f"batch {status['batch_id']} by account and Region")
+    table = Table(caption="by account and Region")
     table.add_column("account")
     table.add_column("region")
     for name in shown:

@@ -108,9 +108,7 @@ def fleet_queue(settings: Settings) -> str:
 PARTITIONS = ("aws",)
 # IAM's role ARN: arn:<partition>:iam::<12-digit account>:role/<path/><name>. A path is
 # `/`-separated segments; a role name is 1-64 of [\w+=,.@-] (IAM's own rules).
-ROLE_ARN_SHAPE = (
-    r"^arn:{partition}:iam::[0-9]{{12}}:role/(?:[!-~]+/)*[A-Za-z0-9_+=,.@-]{{1,64}}$"
-)
+ROLE_ARN_SHAPE = r"^arn:{partition}:iam::[0-9]{{12}}:role/(?:[!-~]+/)*[A-Za-z0-9_+=,.@-]{{1,64}}$"
 ROLE_ARN = re.compile(ROLE_ARN_SHAPE.format(partition="[a-z][a-z0-9-]*"))
 ROLE_ARN_PATTERN = ROLE_ARN_SHAPE.format(partition="|".join(PARTITIONS))  # as documented
 ROLE_ARN_RULE = "an IAM role ARN: arn:aws:iam::<12-digit account>:role/<path/><name>"

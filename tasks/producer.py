@@ -125,8 +125,9 @@ class Producer:
         key = _claim_key(idempotency_key, event_key, self._claim_scope(placement))
         if key is not None:
             signed: Any = kwargs
-            if placement:  # a placed job's key names its request and its role
-                signed = {"request": kwargs, **placement.model_dump(exclude_none=True)}
+            if placement.role_arn:  # the key names the request and the role it runs through
+                role = placement.model_dump(include={"role_arn", "external_id"}, exclude_none=True)
+                signed = {"request": kwargs, **role}
             digest = hashlib.sha256(json.dumps(signed, sort_keys=True).encode()).hexdigest()
             claim = (key, json.dumps({"job_id": job_id, "request_sha256": digest}))
         kwargs.setdefault("ClientToken", job_id)

@@ -144,9 +144,7 @@ JOB_BODY = body({"application/json": {"schema": job_body_schema()}})
 
 BATCH_BODY = body(
     {
-        "application/json": {
-            "schema": {"type": "array", "items": job_body_schema()}
-        },
+        "application/json": {"schema": {"type": "array", "items": job_body_schema()}},
         "application/x-ndjson": {
             "schema": {
                 "type": "string",

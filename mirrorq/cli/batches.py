@@ -60,9 +60,7 @@ def batch_submit(
         fail_fields(error.errors, str(file), error.total)
     except UnicodeDecodeError as error:
         fail_input(f"{file} is not UTF-8 text: {error}")
-    click.echo(
-        Producer().submit_batch(jobs.requests, source=str(file), placements=jobs.placements)
-    )
+    click.echo(Producer().submit_batch(jobs.requests, source=str(file), placements=jobs.placements))
 
 
 @batch.command("status")
