@@ -13,17 +13,26 @@ from config import Settings
 from mirrorq import planning
 from mirrorq.inventory import Inventory
 from mirrorq.rules import Rule
-from tasks.contract import parse_request
+from tasks.contract import NOWHERE, Placement, parse_request
 from tasks.producer import Producer
 from worker.ec2 import open_road
 
 
 async def plan_live(
-    settings: Settings, rules: Sequence[Rule], pending: Iterable[planning.Pending] = ()
+    settings: Settings,
+    rules: Sequence[Rule],
+    pending: Iterable[planning.Pending] = (),
+    placement: Placement = NOWHERE,
 ) -> planning.Plan:
-    """Every rule planned from EC2's state now (and the mirrors `pending` jobs will make).
-    Raises UnknownResourceError (a LookupError) naming a target or filter that does not
-    exist."""
+    """Every rule planned from EC2's state now (and the mirrors `pending` jobs will make), in
+    `placement`'s Region (the fleet's by default). Raises UnknownResourceError (a
+    LookupError) naming a target or filter that does not exist."""
+    if placement.role_arn:
+        # The planner's road has the fleet's credentials only (worker/ec2.py open_road): it
+        # would read another account's ENIs as this one's.
+        raise NotImplementedError("planning through a role needs the road's assumed clients")
+    if placement.region:
+        settings = settings.model_copy(update={"region": placement.region})
     async with open_road(settings) as road:
         inventory = Inventory(road)
         targets = await inventory.targets(t for rule in rules for t in rule.targets)
@@ -42,10 +51,15 @@ def pending_mirrors(producer: Producer) -> list[planning.Pending]:
 
 
 def submit_plan(
-    producer: Producer, plan: planning.Plan, *, source: str, dry_run: bool = False
+    producer: Producer,
+    plan: planning.Plan,
+    *,
+    source: str,
+    dry_run: bool = False,
+    placement: Placement = NOWHERE,
 ) -> str:
     """The plan's jobs as one batch, whose record keeps the plan (a batch of none records a
-    pass that found nothing to do).
+    pass that found nothing to do), each run where `placement` says.
     Each job records the rule that made it and carries the rule's other targets, so racing
     planners that chose different targets still mirror an ENI once per rule."""
     jobs = planning.planned_jobs(plan, dry_run=dry_run)
@@ -56,6 +70,7 @@ def submit_plan(
         plan=plan.summary(),
         origins=origins,
         alternatives=[j.alternatives for j in jobs],
+        placements=[placement] * len(jobs),
     )
 
 

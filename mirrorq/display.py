@@ -112,6 +112,29 @@ def counts_table(status: dict[str, Any]) -> Table:
     return table
 
 
+def placement_table(status: dict[str, Any]) -> Table | None:
+    """A batch spanning several accounts or Regions: its jobs by each, a status a column."""
+    placed = status.get("by_placement")
+    if not placed:
+        return None
+    shown = [name for name in STATUS_ORDER if any(p["counts"].get(name) for p in placed)]
+    table = Table(caption="by account and Region")
+    table.add_column("account")
+    table.add_column("region")
+    for name in shown:
+        table.add_column(name, justify="right")
+    table.add_column("total", justify="right")
+    for entry in placed:
+        counts = entry["counts"]
+        table.add_row(
+            entry["account_id"] or "(fleet's own)",
+            entry["region"],
+            *(str(counts.get(name, 0)) for name in shown),
+            str(entry["total"]),
+        )
+    return table
+
+
 def _line(status: dict[str, Any]) -> str:
     counts = status["counts"]
     return "  ".join(f"{name} {counts[name]}" for name in STATUS_ORDER if counts.get(name))

@@ -1,5 +1,7 @@
 """Job files (JSON Lines, CSV, or a JSON array) read into validated jobs, every bad line named
-with its number.
+with its number. A line is the request syntax, or the envelope form `{"request": {...},
+"region": ..., "role_arn": ..., "external_id": ...}`; CSV has columns of those names beside
+the request's.
 
 The CLI reads them from a file, the HTTP API from a request body: one reader for both.
 """
@@ -10,10 +12,18 @@ import csv
 import io
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.contract import SessionRequest, parse_json, parse_request
+from tasks.contract import (
+    NOWHERE,
+    PLACEMENT_FIELDS,
+    Placement,
+    SessionRequest,
+    parse_job,
+    parse_json,
+)
 from tasks.errors import MAX_LISTED, FieldError, InvalidJobError
 
 # CSV cells are text. These columns hold EC2 integers: digits only become numbers; anything
@@ -28,12 +38,16 @@ class BatchFileError(InvalidJobError):
 
 
 def _csv_row(row: dict[str, str | None]) -> dict[str, Any]:
-    """Empty cells are absent; TagSpecifications is JSON; DryRun true/false; integers digits."""
+    """Empty cells are absent; TagSpecifications is JSON; DryRun true/false; integers digits;
+    the placement columns (region, role_arn, external_id) make the line an envelope."""
     out: dict[str, Any] = {}
+    placed: dict[str, Any] = {}
     for key, value in row.items():
         if key is None or value is None or value == "":
             continue
-        if key == "TagSpecifications":
+        if key in PLACEMENT_FIELDS:
+            placed[key] = value
+        elif key == "TagSpecifications":
             out[key] = parse_json(value, "TagSpecifications")
         elif key == "DryRun":
             out[key] = {"true": True, "false": False}.get(value.strip().lower(), value)
@@ -41,7 +55,7 @@ def _csv_row(row: dict[str, str | None]) -> dict[str, Any]:
             out[key] = int(value)
         else:
             out[key] = value
-    return out
+    return {"request": out, **placed} if placed else out
 
 
 def _csv_records(text: str) -> Iterator[tuple[int, Any]]:
@@ -103,15 +117,36 @@ def _records(text: str, fmt: str) -> Iterator[tuple[int, Any]]:
                 yield number, error
 
 
+@dataclass(frozen=True)
+class Jobs:
+    """A file's jobs: each request, and where it runs (the line's placement over the
+    defaults)."""
+
+    requests: list[SessionRequest] = field(default_factory=list)
+    placements: list[Placement] = field(default_factory=list)
+
+
 def read_jobs(path: Path, fmt: str | None = None) -> list[SessionRequest]:
+    """Every job's request of a JSON Lines or CSV file, or BatchFileError naming every bad
+    line (their placements: read_placed_jobs)."""
+    return read_placed_jobs(path, fmt).requests
+
+
+def read_placed_jobs(path: Path, fmt: str | None = None, defaults: Placement = NOWHERE) -> Jobs:
     """Every job of a JSON Lines or CSV file, or BatchFileError naming every bad line."""
     fmt = fmt or ("csv" if path.suffix.lower() == ".csv" else "jsonl")
-    return parse_jobs(path.read_text(encoding="utf-8"), fmt, str(path))
+    return parse_placed_jobs(path.read_text(encoding="utf-8"), fmt, str(path), defaults)
 
 
 def parse_jobs(text: str, fmt: str, source: str = "the input") -> list[SessionRequest]:
+    return parse_placed_jobs(text, fmt, source).requests
+
+
+def parse_placed_jobs(
+    text: str, fmt: str, source: str = "the input", defaults: Placement = NOWHERE
+) -> Jobs:
     """Every job of JSON Lines or CSV text, or BatchFileError naming the bad lines."""
-    jobs: list[SessionRequest] = []
+    jobs = Jobs()
     errors: list[FieldError] = []
     total = 0
 
@@ -127,10 +162,13 @@ def parse_jobs(text: str, fmt: str, source: str = "the input") -> list[SessionRe
             bad(line, [{"field": "(line)", "message": str(raw)}])
         else:
             try:
-                jobs.append(parse_request(raw))
+                request, placement = parse_job(raw, defaults)
             except InvalidJobError as error:
                 bad(line, error.errors)
-    if not jobs and not total:
+            else:
+                jobs.requests.append(request)
+                jobs.placements.append(placement)
+    if not jobs.requests and not total:
         bad(0, [{"field": "(file)", "message": f"{source} holds no jobs"}])
     if total:
         raise BatchFileError(errors, total)

@@ -7,12 +7,14 @@ and moved atomically with each job's record (tasks/store.py).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import redis
 
 from tasks import keys
+from tasks.contract import DEFAULT_ACCOUNT
 from tasks.records import JobStatus
 
 CHUNK = 1000
@@ -33,8 +35,11 @@ class BatchStore:
         submitted_at: str,
         source: str | None,
         plan: dict[str, Any] | None,
+        places: list[str] | None = None,
     ) -> None:
-        """Queue the batch's record on `pipe` (the caller executes it with the jobs')."""
+        """Queue the batch's record on `pipe` (the caller executes it with the jobs').
+        `places` are the jobs' "<account>/<region>" (place_of): a batch spanning several
+        keeps its counts by them too, moved with each job's status by the step script."""
         meta = {
             "total": len(job_ids),
             "done": 0,
@@ -51,6 +56,13 @@ class BatchStore:
                 chunk = job_ids[start : start + CHUNK]
                 pipe.rpush(batch.jobs, *chunk)
                 pipe.hset(batch.statuses, mapping=dict.fromkeys(chunk, JobStatus.QUEUED))
+            spread = Counter(places or ())
+            if len(spread) > 1 and places is not None:
+                queued = {f"{place}/{JobStatus.QUEUED}": n for place, n in spread.items()}
+                pipe.hset(batch.placed_counts, mapping=queued)
+                for start in range(0, len(job_ids), CHUNK):
+                    ids, where = job_ids[start : start + CHUNK], places[start : start + CHUNK]
+                    pipe.hset(batch.placements, mapping=dict(zip(ids, where, strict=True)))
         else:
             pipe.hset(batch.record, "finished_at", submitted_at)
         for key in batch.all():
@@ -84,11 +96,12 @@ class BatchStore:
             batch = keys.batch(batch_id)
             pipe.hgetall(batch.record)
             pipe.hgetall(batch.counts)
-            meta, counts = pipe.execute()
+            pipe.hgetall(batch.placed_counts)
+            meta, counts, placed = pipe.execute()
         if not meta:
             return None
         text = {k.decode(): v.decode() for k, v in meta.items()}
-        return {
+        status: dict[str, Any] = {
             "batch_id": batch_id,
             "total": int(text["total"]),
             "done": int(text.get("done", 0)),
@@ -98,6 +111,9 @@ class BatchStore:
             "source": text.get("source") or None,
             "plan": json.loads(text.get("plan") or "{}"),
         }
+        if placed:
+            status["by_placement"] = _by_placement(placed)
+        return status
 
     def job_ids(self, batch_id: str) -> Iterator[list[str]]:
         """The batch's job ids in submission order, a chunk at a time."""
@@ -106,6 +122,30 @@ class BatchStore:
         while chunk := self.redis.lrange(jobs, start, start + CHUNK - 1):
             yield [j.decode() if isinstance(j, bytes) else j for j in chunk]
             start += CHUNK
+
+
+def place_of(account_id: str | None, region: str | None) -> str:
+    """A job's "<account>/<region>" in a batch's counts by placement (`default`: the fleet's
+    own credentials' account, MIRRORQ_AWS_ACCOUNT_ID unset)."""
+    return f"{account_id or DEFAULT_ACCOUNT}/{region or ''}"
+
+
+def _by_placement(placed: dict[Any, Any]) -> list[dict[str, Any]]:
+    """Counts by "<account>/<region>/<status>" as one entry per account and Region, in order."""
+    entries: dict[tuple[str, str], dict[str, int]] = {}
+    for field, value in placed.items():
+        account, region, status = _text(field).split("/", 2)
+        if int(value):
+            entries.setdefault((account, region), {})[status] = int(value)
+    return [
+        {
+            "account_id": None if account == DEFAULT_ACCOUNT else account,
+            "region": region,
+            "total": sum(counts.values()),
+            "counts": counts,
+        }
+        for (account, region), counts in sorted(entries.items())
+    ]
 
 
 def _text(value: Any) -> str:

@@ -6,7 +6,9 @@ hostile, becomes a valid request or an InvalidJobError that names each offending
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -56,14 +58,6 @@ ENI_ID = r"^eni-[0-9a-f]{8,17}$"
 TARGET_ID = r"^(tmt|traf-mir-tar)-[0-9a-f]{8,17}$"
 FILTER_ID = r"^(tmf|traf-mir-fil)-[0-9a-f]{8,17}$"
 
-# Where a job runs ----------------------------------------------------------------------------
-
-# A job's placement beside its request: a Region, an IAM role (of the `aws` partition) to
-# assume, and the ExternalId its trust policy asks for (STS's own constraint).
-PLACE_REGION = r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$"
-PLACE_ROLE_ARN = r"^arn:aws:iam::(?P<account>[0-9]{12}):role/[A-Za-z0-9_+=,.@/-]{1,512}$"
-PLACE_EXTERNAL_ID = r"^[A-Za-z0-9_+=,.@:/-]{2,1224}$"
-
 
 @dataclass(frozen=True)
 class Scope:
@@ -101,6 +95,132 @@ def fleet_scope(settings: Settings) -> Scope:
 
 def fleet_queue(settings: Settings) -> str:
     return fleet_scope(settings).queue
+
+
+# A job's own placement: its Region, and the role it runs through (another account's).
+#
+# Partitions: `aws` only. A fleet's credentials belong to one partition and IAM roles are
+# never assumed across partitions, and the `aws-cn` / `aws-us-gov` partitions have endpoints,
+# ARNs and STS rules of their own that mirrorq does not drive: an ARN or a Region of another
+# partition is refused at submission, saying so.
+PARTITIONS = ("aws",)
+# IAM's role ARN: arn:<partition>:iam::<12-digit account>:role/<path/><name>. A path is
+# `/`-separated segments; a role name is 1-64 of [\w+=,.@-] (IAM's own rules).
+ROLE_ARN_SHAPE = r"^arn:{partition}:iam::[0-9]{{12}}:role/(?:[!-~]+/)*[A-Za-z0-9_+=,.@-]{{1,64}}$"
+ROLE_ARN = re.compile(ROLE_ARN_SHAPE.format(partition="[a-z][a-z0-9-]*"))
+ROLE_ARN_PATTERN = ROLE_ARN_SHAPE.format(partition="|".join(PARTITIONS))  # as documented
+ROLE_ARN_RULE = "an IAM role ARN: arn:aws:iam::<12-digit account>:role/<path/><name>"
+ROLE_ARN_MAX = 2048  # STS's RoleArn
+# STS's ExternalId: 2-1,224 characters of [\w+=,.@:/-].
+EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9_+=,.@:/-]{2,1224}$"
+EXTERNAL_ID = re.compile(EXTERNAL_ID_PATTERN)
+EXTERNAL_ID_RULE = "2 to 1,224 characters of letters, digits and _ + = , . @ : / -"
+
+
+@functools.cache
+def ec2_regions(partition: str) -> frozenset[str]:
+    """The Regions EC2 has in `partition`, from botocore's endpoint data (the same data its
+    clients resolve endpoints from), so a new Region comes with a botocore upgrade."""
+    import botocore.session
+
+    return frozenset(
+        botocore.session.get_session().get_available_regions("ec2", partition_name=partition)
+    )
+
+
+def partition_of_region(region: str) -> str | None:
+    """The partition whose EC2 has `region`, among those botocore knows; None for none."""
+    import botocore.session
+
+    for partition in botocore.session.get_session().get_available_partitions():
+        if region in ec2_regions(partition):
+            return partition
+    return None
+
+
+def _region(region: str) -> str:
+    if region in ec2_regions("aws"):
+        return region
+    partition = partition_of_region(region)
+    if partition is not None:
+        raise ValueError(
+            f"{region} is a Region of the {partition} partition; mirrorq serves the "
+            f"{', '.join(PARTITIONS)} partition only"
+        )
+    raise ValueError(f"not a Region EC2 has: {region!r} (e.g. us-east-1, eu-west-1)")
+
+
+def _role_arn(arn: str) -> str:
+    match = ROLE_ARN.fullmatch(arn) if len(arn) <= ROLE_ARN_MAX else None
+    if match is None:
+        raise ValueError(f"not {ROLE_ARN_RULE}")
+    partition = arn.split(":")[1]
+    if partition not in PARTITIONS:
+        raise ValueError(
+            f"partition {partition} is not served: mirrorq assumes roles in the "
+            f"{', '.join(PARTITIONS)} partition only (roles are not assumed across partitions)"
+        )
+    return arn
+
+
+def _external_id(external_id: str) -> str:
+    if EXTERNAL_ID.fullmatch(external_id) is None:
+        raise ValueError(f"STS takes an ExternalId of {EXTERNAL_ID_RULE}")
+    return external_id
+
+
+RegionName = Annotated[str, AfterValidator(_region)]
+RoleArn = Annotated[str, AfterValidator(_role_arn)]
+ExternalId = Annotated[str, AfterValidator(_external_id)]
+PLACEMENT_FIELDS = ("region", "role_arn", "external_id")
+
+
+class _Placed(BaseModel):
+    """The placement fields, on a job's Placement and on its message's Envelope alike."""
+
+    region: RegionName | None = None
+    role_arn: RoleArn | None = None
+    external_id: ExternalId | None = None
+
+    @model_validator(mode="after")
+    def _external_id_with_a_role(self) -> Any:
+        if self.external_id is not None and self.role_arn is None:
+            raise _AtField("external_id", "an external_id is sent with a role_arn only")
+        return self
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(region=self.region, role_arn=self.role_arn, external_id=self.external_id)
+
+
+class Placement(_Placed):
+    """Where a job runs, beside its request (never inside it): the Region (None: the
+    accepting fleet's MIRRORQ_REGION) and the role it runs through (None: the fleet's own
+    credentials), with the role's ExternalId if its trust policy asks for one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @property
+    def account_id(self) -> str | None:
+        """The role's account, read from its ARN; None without a role."""
+        return self.role_arn.split(":")[4] if self.role_arn else None
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, name) is not None for name in PLACEMENT_FIELDS)
+
+
+NOWHERE = Placement()  # a job that names no placement: the fleet's account and Region
+
+
+def parse_placement(raw: Any = None, **fields: Any) -> Placement:
+    """A job's placement from a mapping (or keyword arguments; None values are absent), or
+    InvalidJobError naming each bad field (`region`, `role_arn`, `external_id`)."""
+    given = {**(raw or {}), **fields}
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        return Placement.model_validate(given)
+    except ValidationError as error:
+        raise InvalidJobError(_field_errors_envelope(error)) from None
 
 
 # The request syntax --------------------------------------------------------------------------
@@ -295,6 +415,56 @@ def recordable_job_id(value: Any) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= JOB_ID_MAX else None
 
 
+JOB_ENVELOPE_FIELDS = frozenset({"request", *PLACEMENT_FIELDS})
+
+
+def parse_job(raw: Any, defaults: Placement = NOWHERE) -> tuple[SessionRequest, Placement]:
+    """A job as a door takes it (a file's line, an HTTP body): the request syntax alone, or
+    the envelope form `{"request": {...}, "region": ..., "role_arn": ..., "external_id": ...}`.
+    Where it names no placement, `defaults` (the command's options) hold; a role named here
+    comes with its own external_id, never the default's. InvalidJobError naming every bad
+    field (the request's by their names, the placement's as region, role_arn, external_id)."""
+    if isinstance(raw, str | bytes):
+        raw = parse_json(raw)
+    placed: dict[str, Any] = {}
+    errors: list[FieldError] = []
+    if isinstance(raw, dict) and "request" in raw:
+        errors += [
+            {"field": _name(k), "message": "unknown envelope field: the request goes in request"}
+            for k in raw
+            if k not in JOB_ENVELOPE_FIELDS
+        ]
+        placed = {k: v for k, v in raw.items() if k in PLACEMENT_FIELDS and v is not None}
+        raw = raw["request"]
+    request: SessionRequest | None = None
+    try:
+        request = parse_request(raw)
+    except InvalidJobError as error:
+        errors += error.errors
+    try:
+        placement = parse_placement(placed)
+    except InvalidJobError as error:
+        errors += error.errors
+    if errors or request is None:
+        raise InvalidJobError(errors)
+    return request, with_defaults(placement, defaults)
+
+
+def with_defaults(placement: Placement, defaults: Placement) -> Placement:
+    """A job's placement, the defaults filling what it leaves out (both already valid)."""
+    if not defaults:
+        return placement
+    role = placement.role_arn or defaults.role_arn
+    external = (
+        placement.external_id
+        if placement.role_arn
+        else (placement.external_id or defaults.external_id)
+    )
+    return Placement(
+        region=placement.region or defaults.region, role_arn=role, external_id=external
+    )
+
+
 # Idempotency keys ----------------------------------------------------------------------------
 
 # A client's idempotency key is one key whichever door it comes through (the API's
@@ -320,8 +490,9 @@ def idempotency_key(key: str, field: str = "idempotency_key") -> str:
 # The message envelope ------------------------------------------------------------------------
 
 
-class Envelope(BaseModel):
-    """What travels with a job's request: `kwargs={"request": {...}, ...}` of the task."""
+class Envelope(_Placed):
+    """What travels with a job's request: `kwargs={"request": {...}, ...}` of the task, its
+    placement (`region`, `role_arn`, `external_id`) beside the request."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -335,11 +506,9 @@ class Envelope(BaseModel):
     alternatives: Annotated[
         list[Annotated[str, Field(pattern=TARGET_ID)]], Field(max_length=64)
     ] = []
-    # Where the job runs, beside the request (never inside it): unset, the fleet's default
-    # credentials and MIRRORQ_REGION (worker/roads.py reads them: place_of).
-    region: Annotated[str, Field(pattern=PLACE_REGION)] | None = None
-    role_arn: Annotated[str, Field(pattern=PLACE_ROLE_ARN)] | None = None
-    external_id: Annotated[str, Field(pattern=PLACE_EXTERNAL_ID)] | None = None
+    # Where the job runs (region, role_arn, external_id: _Placed) is beside the request, never
+    # inside it; unset, the fleet's default credentials and MIRRORQ_REGION (worker/roads.py
+    # reads it: place_of).
 
     def origin(self) -> dict[str, str | None] | None:
         return (
@@ -375,5 +544,8 @@ def _field_errors_envelope(error: ValidationError) -> list[FieldError]:
     for e in error.errors(include_url=False):
         name = ".".join(_name(p) for p in e["loc"]) or "(message)"
         message = "unknown envelope field" if e["type"] == "extra_forbidden" else e["msg"]
-        errors.append({"field": name, "message": message})
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, _AtField):
+            name, message = cause.field, str(cause)
+        errors.append({"field": name, "message": message.removeprefix("Value error, ")})
     return errors

@@ -11,15 +11,18 @@ def _key(*parts: str) -> str:
     return ":".join((PREFIX, *parts))
 
 
-def idempotency(key: str) -> str:
-    """String: {"job_id", "request_sha256"} of the job a client's idempotency key names."""
-    return _key("idempotency", key)
+def idempotency(key: str, where: tuple[str, str] | None = None) -> str:
+    """String: {"job_id", "request_sha256"} of the job a client's idempotency key names.
+    `where`: the (account, Region) of a job placed outside its fleet's own, so the same key
+    in two accounts names two jobs (in a namespace of their own, which no unscoped key can
+    spell); a job in the fleet's own keeps the key it always had."""
+    return _key("idempotency", key) if where is None else _key("idempotency-in", *where, key)
 
 
-def event_claim(key: str) -> str:
-    """String: the same, for the job an event makes for one ENI and rule (mirrorq/intake.py).
-    A namespace of its own: no client's key can take an event's job."""
-    return _key("event-claim", key)
+def event_claim(key: str, where: tuple[str, str] | None = None) -> str:
+    """String: the same, for the job an event makes for one ENI and rule (mirrorq/intake.py),
+    scoped the same way. A namespace of its own: no client's key can take an event's job."""
+    return _key("event-claim", key) if where is None else _key("event-claim-in", *where, key)
 
 
 def gap_claim(key: str) -> str:
@@ -58,14 +61,31 @@ class BatchKeys:
     counts: str  # hash: status -> number of the batch's jobs in it
     statuses: str  # hash: job id -> its status, so a transition moves exactly one count
     jobs: str  # list: the batch's job ids in submission order
+    # Only for a batch spanning several accounts or Regions:
+    placements: str  # hash: job id -> "<account>/<region>" it runs in
+    placed_counts: str  # hash: "<account>/<region>/<status>" -> number of the batch's jobs
 
-    def all(self) -> tuple[str, str, str, str]:
-        return (self.record, self.counts, self.statuses, self.jobs)
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.record,
+            self.counts,
+            self.statuses,
+            self.jobs,
+            self.placements,
+            self.placed_counts,
+        )
 
 
 def batch(batch_id: str) -> BatchKeys:
     record = _key("batch", batch_id)
-    return BatchKeys(record, f"{record}:counts", f"{record}:statuses", f"{record}:jobs")
+    return BatchKeys(
+        record,
+        f"{record}:counts",
+        f"{record}:statuses",
+        f"{record}:jobs",
+        f"{record}:placements",
+        f"{record}:placed-counts",
+    )
 
 
 STATS_STATUS = _key("stats", "status")  # hash: status -> jobs that entered it (a counter)

@@ -21,10 +21,29 @@ from redis.exceptions import RedisError
 
 from config import Settings, get_settings
 from tasks import contract, keys
+from tasks.batches import place_of
 from tasks.connections import sync_client
-from tasks.contract import BATCH_TASK_NAME, TASK_NAME, SessionRequest, fleet_scope, parse_request
+from tasks.contract import (
+    BATCH_TASK_NAME,
+    DEFAULT_ACCOUNT,
+    NOWHERE,
+    TASK_NAME,
+    Placement,
+    SessionRequest,
+    fleet_scope,
+    parse_placement,
+    parse_request,
+)
 from tasks.errors import IdempotencyConflictError, InvalidJobError
-from tasks.records import JobResult, accepted, accepted_request, is_terminal, queue_of, utcnow
+from tasks.records import (
+    JobResult,
+    accepted,
+    accepted_request,
+    is_terminal,
+    placement_of,
+    queue_of,
+    utcnow,
+)
 from tasks.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -47,8 +66,9 @@ class GapClaim:
 class Producer:
     """Submits jobs to the queue and reads their results; cheap to create, thread-safe.
 
-    Jobs are accepted for the producer's scope (MIRRORQ_AWS_ACCOUNT_ID, MIRRORQ_REGION), and
-    each job's message goes to the queue of the scope its record names."""
+    Jobs are accepted by the producer's fleet (MIRRORQ_AWS_ACCOUNT_ID, MIRRORQ_REGION), to run
+    in that account and Region unless they name their own (`region`, `role_arn`,
+    `external_id`); each job's message goes to the queue its record names."""
 
     def __init__(self, app: Celery | None = None, settings: Settings | None = None) -> None:
         if app is None:
@@ -75,17 +95,40 @@ class Producer:
         event_key: str | None = None,
         origin: Origin | None = None,
         alternatives: Iterable[str] = (),
+        region: str | None = None,
+        role_arn: str | None = None,
+        external_id: str | None = None,
+        placement: Placement | None = None,
     ) -> Acceptance:
         """Validate and enqueue one job: its id, and whether it is new or its key named it
         already. The key is a client's `idempotency_key`, or the `event_key` of an event's
-        job (a namespace of its own). Raises InvalidJobError naming fields,
-        IdempotencyConflictError if the key was used for another request."""
-        kwargs = parse_request(request).to_kwargs()
+        job (a namespace of its own), scoped to the job's account and Region. Where the job
+        runs is `placement`, or `region`, `role_arn`, `external_id` (checked here). Raises
+        InvalidJobError naming fields, IdempotencyConflictError if the key was used for
+        another request."""
+        errors = []
+        try:
+            kwargs = parse_request(request).to_kwargs()
+        except InvalidJobError as error:
+            errors += error.errors
+        if placement is None:
+            try:
+                placement = parse_placement(
+                    region=region, role_arn=role_arn, external_id=external_id
+                )
+            except InvalidJobError as error:
+                errors += error.errors
+        if errors or placement is None:
+            raise InvalidJobError(errors)
         job_id = str(uuid.uuid4())
         claim = None
-        key = _claim_key(idempotency_key, event_key)
+        key = _claim_key(idempotency_key, event_key, self._claim_scope(placement))
         if key is not None:
-            digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()
+            signed: Any = kwargs
+            if placement.role_arn:  # the key names the request and the role it runs through
+                role = placement.model_dump(include={"role_arn", "external_id"}, exclude_none=True)
+                signed = {"request": kwargs, **role}
+            digest = hashlib.sha256(json.dumps(signed, sort_keys=True).encode()).hexdigest()
             claim = (key, json.dumps({"job_id": job_id, "request_sha256": digest}))
         kwargs.setdefault("ClientToken", job_id)
         record = accepted(
@@ -95,6 +138,7 @@ class Producer:
             origin=origin,
             alternatives=list(alternatives),
             scope=self.scope,
+            placement=placement,
         )
         earlier = self.store.accept(record, claim)
         if earlier is not None:
@@ -116,9 +160,11 @@ class Producer:
         origins: list[Origin | None] | None = None,
         alternatives: list[list[str]] | None = None,
         job_ids: list[str] | None = None,
+        placements: list[Placement] | None = None,
     ) -> str:
         """Enqueue validated jobs as one batch; return the batch id at once. `job_ids` are
-        the jobs' ids if they were chosen already (claimed gaps), else new ones.
+        the jobs' ids if they were chosen already (claimed gaps), else new ones; `placements`
+        where each runs (validated: parse_placement), else the fleet's account and Region.
 
         Records and the batch's counts are written in one pipeline, then the messages are
         published through one pipelined producer: a few round trips for thousands of jobs.
@@ -141,18 +187,33 @@ class Producer:
                     origin=origins[n] if origins else None,
                     alternatives=alternatives[n] if alternatives else (),
                     scope=self.scope,
+                    placement=placements[n] if placements else NOWHERE,
                 )
                 jobs.append(record)
             self.store.accept_on(pipe, jobs)
             self.store.batches.create(
-                pipe, batch_id, [r["job_id"] for r in jobs], submitted_at, source, plan
+                pipe,
+                batch_id,
+                [r["job_id"] for r in jobs],
+                submitted_at,
+                source,
+                plan,
+                places=[place_of(r.get("account_id"), r.get("region")) for r in jobs],
             )
             pipe.execute()
         per_message = self.settings.jobs_per_message
+        by_queue: dict[str, list[JobResult]] = {}
+        for record in jobs:
+            by_queue.setdefault(queue_of(record), []).append(record)
         with self.app.producer_or_acquire() as producer, producer.batch():
-            for n, start in enumerate(range(0, len(jobs), per_message)):
-                chunk = jobs[start : start + per_message]
-                self._publish_jobs(chunk, producer=producer, declare=None if n == 0 else [])
+            declared: set[str] = set()
+            for queued in by_queue.values():
+                for start in range(0, len(queued), per_message):
+                    chunk = queued[start : start + per_message]
+                    queue = queue_of(chunk[0])
+                    first = queue not in declared
+                    declared.add(queue)
+                    self._publish_jobs(chunk, producer=producer, declare=None if first else [])
         return batch_id
 
     def claim_gaps(self, gaps: list[str]) -> list[GapClaim]:
@@ -172,6 +233,15 @@ class Producer:
         (SessionNumber `auto` included), to the queue of the scope it was accepted for."""
         self._publish(record)
 
+    def _claim_scope(self, placement: Placement) -> tuple[str, str] | None:
+        """The (account, Region) a job's claim is scoped to: None (the key it always had) for
+        a job in the fleet's own account and Region."""
+        account = placement.account_id or self.scope.account_id
+        region = placement.region or self.scope.region
+        if (account, region) == (self.scope.account_id, self.scope.region):
+            return None
+        return (account or DEFAULT_ACCOUNT, region)
+
     def _unaccept(self, record: JobResult, claim: tuple[str, str] | None) -> None:
         try:
             self.store.unaccept(record, claim)
@@ -185,7 +255,7 @@ class Producer:
         request = record["request"] or {}
         self._send(
             TASK_NAME,
-            _envelope(record),
+            _envelope(record, self.scope.region),
             f"{{job {record['job_id']} on {request.get('NetworkInterfaceId')}}}",
             queue=queue_of(record),
             task_id=record["job_id"],
@@ -193,12 +263,12 @@ class Producer:
         )
 
     def _publish_jobs(self, jobs: list[JobResult], **options: Any) -> None:
-        """Several jobs of a batch in one message; one alone goes in the single-job form. A
-        batch's jobs share the producer's scope, so its messages go to one queue."""
+        """Several jobs of a batch in one message; one alone goes in the single-job form. The
+        jobs share one queue (submit_batch groups them by it)."""
         if len(jobs) == 1:
             self._publish(jobs[0], **options)
             return
-        entries = [{"job_id": r["job_id"], **_envelope(r)} for r in jobs]
+        entries = [{"job_id": r["job_id"], **_envelope(r, self.scope.region)} for r in jobs]
         self._send(
             BATCH_TASK_NAME,
             {"jobs": entries},
@@ -255,7 +325,7 @@ class Producer:
             time.sleep(poll)
 
 
-def _envelope(record: JobResult) -> dict[str, Any]:
+def _envelope(record: JobResult, fleet_region: str) -> dict[str, Any]:
     """A job's message as it was accepted (the record keeps what the request alone does not)."""
     envelope: dict[str, Any] = {
         "request": accepted_request(record),
@@ -265,18 +335,27 @@ def _envelope(record: JobResult) -> dict[str, Any]:
     for name in ("rule", "event_id"):
         if record.get(name):
             envelope[name] = record.get(name)
+    # Where it runs: a job with a role carries its placement whole (any worker of the queue
+    # runs it, wherever that worker is); one without runs only in its worker's own account
+    # and Region, so it names the Region only when that is not the publishing fleet's.
+    placement = placement_of(record)
+    if placement.role_arn or placement.region != fleet_region:
+        envelope.update(placement.model_dump(exclude_none=True))
     if record.get("alternatives"):
         envelope["alternatives"] = record.get("alternatives")
     return envelope
 
 
-def _claim_key(idempotency_key: str | None, event_key: str | None) -> str | None:
-    """The Redis key of a job's claim, if it has one; a key that names nothing is refused."""
+def _claim_key(
+    idempotency_key: str | None, event_key: str | None, where: tuple[str, str] | None = None
+) -> str | None:
+    """The Redis key of a job's claim, if it has one, in the job's (account, Region) `where`
+    (None: the fleet's own); a key that names nothing is refused."""
     if idempotency_key is not None and event_key is not None:
         raise ValueError("a job has an idempotency_key or an event_key, not both")
     if idempotency_key is not None:
         idempotency_key = contract.idempotency_key(idempotency_key)  # the rule of every door
-    for field, key, where in (
+    for field, key, namespace in (
         ("idempotency_key", idempotency_key, keys.idempotency),
         ("event_key", event_key, keys.event_claim),
     ):
@@ -286,7 +365,7 @@ def _claim_key(idempotency_key: str | None, event_key: str | None) -> str | None
             raise InvalidJobError(
                 [{"field": field, "message": f"1 to {MAX_KEY_LENGTH} characters, not blank"}]
             )
-        return where(key)
+        return namespace(key, where)
     return None
 
 
@@ -311,9 +390,23 @@ def _default() -> Producer:
     return _producer
 
 
-def submit(request: Any, *, idempotency_key: str | None = None) -> str:
-    """Enqueue one job (request syntax as a dict or JSON text); return its job id."""
-    return _default().submit(request, idempotency_key=idempotency_key)
+def submit(
+    request: Any,
+    *,
+    idempotency_key: str | None = None,
+    region: str | None = None,
+    role_arn: str | None = None,
+    external_id: str | None = None,
+) -> str:
+    """Enqueue one job (request syntax as a dict or JSON text), in `region` through
+    `role_arn` if given; return its job id."""
+    return _default().submit(
+        request,
+        idempotency_key=idempotency_key,
+        region=region,
+        role_arn=role_arn,
+        external_id=external_id,
+    )
 
 
 def result(job_id: str) -> JobResult | None:

@@ -15,7 +15,7 @@ from typing import Any, NotRequired
 # pydantic (the API's schema of the record) reads TypedDicts only from typing_extensions on 3.11.
 from typing_extensions import TypedDict
 
-from tasks.contract import AUTO, QUEUE, Scope
+from tasks.contract import AUTO, NOWHERE, QUEUE, Placement, Scope, queue_for
 
 
 class JobStatus(StrEnum):
@@ -50,10 +50,19 @@ class JobResult(TypedDict):
 
     job_id: str
     batch_id: str | None
-    # Where the job runs, fixed when it is accepted (the producer's scope): the account (None:
-    # MIRRORQ_AWS_ACCOUNT_ID unset) and the Region. Records written before scopes have neither.
+    # Where the job runs, fixed when it is accepted: the account (the role's, read from its
+    # ARN; else the accepting fleet's MIRRORQ_AWS_ACCOUNT_ID, None when unset) and the Region
+    # (the job's, else the fleet's MIRRORQ_REGION). Records written before scopes have neither.
     account_id: NotRequired[str | None]
     region: NotRequired[str | None]
+    # The role the job runs through (None: the fleet's own credentials) and its ExternalId
+    # (not a secret, but kept out of logs). Records written before placements have neither.
+    role_arn: NotRequired[str | None]
+    external_id: NotRequired[str | None]
+    # The queue that carries the job's messages: the accepting fleet's for a job with a role
+    # (any of its workers can assume it), else that of the fleet acting in the job's account
+    # and Region with its own credentials. Records written before placements have none.
+    queue: NotRequired[str]
     status: JobStatus
     attempts: int  # CreateTrafficMirrorSession calls made, across retries and redeliveries
     client_token: str | None
@@ -92,17 +101,40 @@ def may_have_sent(record: JobResult | None) -> bool:
 
 
 def scope_of(record: JobResult) -> Scope | None:
-    """The scope the job was accepted for; None for a record written before scopes (or a
-    refusal of a job whose scope nobody knew)."""
+    """The account and Region the job runs in; None for a record written before scopes (or
+    a refusal of a job whose scope nobody knew)."""
     region = record.get("region")
     return None if region is None else Scope(record.get("account_id"), region)
 
 
+def placement_of(record: JobResult) -> Placement:
+    """The placement the job was accepted with, as its messages carry it (tasks/producer.py,
+    the lost-message repair): the Region always once known, the role if it has one. Not
+    checked again: it was when accepted, and a fleet's own MIRRORQ_REGION (a lab's) may be
+    no Region of EC2's."""
+    return Placement.model_construct(
+        region=record.get("region"),
+        role_arn=record.get("role_arn"),
+        external_id=record.get("external_id"),
+    )
+
+
 def queue_of(record: JobResult) -> str:
-    """The queue the job's messages go to: its scope's (`mirrorq` for a record written before
-    scopes, when every job went there)."""
+    """The queue the job's messages go to: the one its record names, else its scope's
+    (`mirrorq` for a record written before scopes, when every job went there)."""
+    queue = record.get("queue")
+    if queue:
+        return queue
     scope = scope_of(record)
     return QUEUE if scope is None else scope.queue
+
+
+def describe_placement(record: JobResult) -> str:
+    """Where a job runs, in words (log lines, WrongScope errors): never its ExternalId."""
+    scope = scope_of(record)
+    where = scope.describe() if scope else "no known account or Region"
+    role = record.get("role_arn")
+    return f"{where} through role {role}" if role else where
 
 
 def loaded(raw: dict[str, Any]) -> JobResult:
@@ -121,13 +153,20 @@ def accepted(
     origin: dict[str, str | None] | None = None,
     alternatives: Sequence[str] = (),
     scope: Scope | None = None,
+    placement: Placement = NOWHERE,
 ) -> JobResult:
-    """A new job, `queued`, in `scope`: its ClientToken is the request's, fixed from now on."""
+    """A new job, `queued`, accepted by the fleet of `scope` to run where `placement` says
+    (its account and Region where it names none): its ClientToken is the request's, fixed
+    from now on."""
+    account = placement.account_id or (scope.account_id if scope else None)
+    region = placement.region or (scope.region if scope else None)
     record: JobResult = {
         "job_id": job_id,
         "batch_id": batch_id,
-        "account_id": scope.account_id if scope else None,
-        "region": scope.region if scope else None,
+        "account_id": account,
+        "region": region,
+        "role_arn": placement.role_arn,
+        "external_id": placement.external_id,
         "status": JobStatus.QUEUED,
         "attempts": 0,
         "client_token": (request or {}).get("ClientToken"),
@@ -138,6 +177,10 @@ def accepted(
         "started_at": None,
         "finished_at": None,
     }
+    if scope is not None:
+        record["queue"] = (
+            scope.queue if placement.role_arn or region is None else queue_for(account, region)
+        )
     if origin:
         record["rule"] = origin.get("rule")
         record["event_id"] = origin.get("event_id")

@@ -7,12 +7,20 @@ tasks/store.py runs them; they live here so each can be read whole, beside its a
 # count it done and stamp the batch's end when the last job finishes. A job the batch did
 # not register (a stranger naming the batch) moves nothing and creates no key.
 _TRANSITION = """
-local function transition(statuses, counts, batch, running, batch_id, job, new, now, terminal)
+local function transition(statuses, counts, batch, running, batch_id, job, new, now, terminal,
+                          placed, placed_counts)
   local old = redis.call('HGET', statuses, job)
   if not old or old == new or terminal[old] then return end
   redis.call('HSET', statuses, job, new)
   redis.call('HINCRBY', counts, old, -1)
   redis.call('HINCRBY', counts, new, 1)
+  -- A batch spanning several accounts or Regions: the job's (account/region), fixed at
+  -- acceptance, and its counts by (account/region/status).
+  local where = placed and redis.call('HGET', placed, job)
+  if where then
+    redis.call('HINCRBY', placed_counts, where .. '/' .. old, -1)
+    redis.call('HINCRBY', placed_counts, where .. '/' .. new, 1)
+  end
   if terminal[new] then
     local done = redis.call('HINCRBY', batch, 'done', 1)
     if done >= tonumber(redis.call('HGET', batch, 'total') or '0') then
@@ -27,17 +35,22 @@ end
 # One script, one round trip: a pipeline of scripts would cost redis-py a SCRIPT EXISTS round
 # trip each time.
 # KEYS: record, pending index, job lease, status counts, failures by code, durations
-#       [, batch statuses, batch counts, batch record, running batches]
+#       [, batch statuses, batch counts, batch record, running batches, batch placements,
+#       batch counts by placement]
 # ARGV: step (start|save|finish), record JSON, ttl, job id, lease token, lease ms, status,
 #       now, terminal statuses, queued state, finished state, the record's state (as Celery's
 #       meta spells them), error code, seconds since submission, duration buckets, batch id,
-#       the worker's account ('' for the default one) and Region
+#       the worker's account ('' for the default one), Region and queue, then the job's
+#       account, Region, role ARN and queue ('' for none) as the record written says
 # Returns {verdict[, current record]}:
 #   busy          another worker holds the job's lease (a copy is running): nothing written
 #   done          the job already finished: nothing written
-#   elsewhere     (start) the job was accepted for another account or Region than the
-#                 worker's: nothing written, the record returned (records written before
-#                 scopes, with no Region, run anywhere)
+#   elsewhere     (start) this worker cannot act where the job runs: nothing written, the
+#                 stored record returned if there is one. A job with a role runs on any
+#                 worker reading the queue that carries it (the accepting fleet's: each
+#                 assumes the role); one without must be in the worker's own account and
+#                 Region. The stored record decides (the one written here, for a job sent
+#                 with no record); records written before scopes, with no Region, run anywhere
 #   not-in-batch  (start) the batch names a batch that did not register this job
 #   resume        (start) the job ran before (a redelivery): lease taken, record returned so
 #                 the worker carries on from it
@@ -56,15 +69,24 @@ if meta and meta['status'] == ARGV[11] then
   return {'done', current}
 end
 if step == 'start' then
+  local account, region, role, queue = ARGV[20], ARGV[21], ARGV[22], ARGV[23]
   local accepted = meta and meta['result']
-  if type(accepted) == 'table' and type(accepted['region']) == 'string' then
-    local account = accepted['account_id']
-    if type(account) ~= 'string' then account = '' end
-    if account ~= ARGV[17] or accepted['region'] ~= ARGV[18] then
-      return {'elsewhere', current}
+  if type(accepted) == 'table' then
+    local function text(value) if type(value) == 'string' then return value end return '' end
+    account, region = text(accepted['account_id']), text(accepted['region'])
+    role, queue = text(accepted['role_arn']), text(accepted['queue'])
+  end
+  if region ~= '' then
+    local here
+    if role ~= '' then here = queue == ARGV[19] else
+      here = account == ARGV[17] and region == ARGV[18]
+    end
+    if not here then
+      if current then return {'elsewhere', current} end
+      return {'elsewhere'}
     end
   end
-  if #KEYS == 10 and redis.call('HEXISTS', KEYS[7], job) == 0 then return {'not-in-batch'} end
+  if #KEYS >= 10 and redis.call('HEXISTS', KEYS[7], job) == 0 then return {'not-in-batch'} end
   if meta and meta['status'] ~= ARGV[10] then
     redis.call('SET', KEYS[3], token, 'PX', ARGV[6])
     return {'resume', current}
@@ -91,10 +113,11 @@ if not meta or meta['status'] ~= ARGV[12] then
     redis.call('HINCRBYFLOAT', KEYS[6], 'sum', ARGV[14])
   end
 end
-if #KEYS == 10 then
+if #KEYS >= 10 then
   local terminal = {}
   for each in string.gmatch(ARGV[9], '[^,]+') do terminal[each] = true end
-  transition(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[16], job, status, ARGV[8], terminal)
+  transition(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[16], job, status, ARGV[8], terminal,
+             KEYS[11], KEYS[12])
 end
 return {'stored'}
 """

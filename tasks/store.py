@@ -23,6 +23,7 @@ from config import Settings
 from tasks import keys
 from tasks.batches import BatchStore
 from tasks.connections import sync_client
+from tasks.contract import fleet_scope
 from tasks.records import TERMINAL_STATUSES, JobResult, JobStatus, is_terminal, loaded
 from tasks.scripts import ACCEPT, CLAIM_GAPS, STEP, UNACCEPT
 
@@ -77,6 +78,8 @@ class ResultStore:
         self.client: redis.Redis = sync_client(settings.result_backend, settings)
         self.ttl_s = int(backend.expires or 86400)
         self.lease_ms = int(settings.lease_s * 1000)
+        # This process's own account and Region (a worker's: where it acts without a role).
+        self.scope = fleet_scope(settings)
         self.batches = BatchStore(self.client, self.ttl_s)
         self._step = self.client.register_script(STEP)
         self._accept = self.client.register_script(ACCEPT)
@@ -198,9 +201,14 @@ class ResultStore:
         error = record["error"] if status is JobStatus.FAILED else None
         args += [error["code"] if error else "", seconds_to_finish(record), DURATION_ARG]
         args += [record["batch_id"] or ""]
-        args += [record.get("account_id") or "", record.get("region") or ""]
+        here = self.scope
+        args += [here.account_id or "", here.region, here.queue]
+        args += [record.get(name) or "" for name in ("account_id", "region", "role_arn")]
+        args += [record.get("queue") or ""]
         if record["batch_id"]:
+            batch = keys.batch(record["batch_id"])
             script_keys += [*batch_keys(record["batch_id"]), keys.RUNNING_BATCHES]
+            script_keys += [batch.placements, batch.placed_counts]
         return script_keys, args
 
     def step_result(self, answer: list[Any]) -> StepResult:

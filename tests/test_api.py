@@ -382,7 +382,12 @@ def test_openapi_documents_every_route_and_the_request_syntax(api: Api) -> None:
         (m, p.replace("some-id", "{job_id}" if "jobs" in p else "{batch_id}")) for m, p in V1
     } | {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
     body = paths["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body == {"$ref": "#/components/schemas/SessionRequest"}
+    assert body == {
+        "oneOf": [
+            {"$ref": "#/components/schemas/SessionRequest"},
+            {"$ref": "#/components/schemas/JobEnvelope"},
+        ]
+    }
     components = schema["components"]["schemas"]
     assert set(components["SessionRequest"]["properties"]) == {
         "NetworkInterfaceId",

@@ -43,7 +43,7 @@ from aiobotocore.credentials import (
 from aiobotocore.session import AioSession
 
 from config import Settings
-from tasks.contract import DEFAULT_ACCOUNT, PLACE_ROLE_ARN, Envelope
+from tasks.contract import DEFAULT_ACCOUNT, Envelope, Placement
 from tasks.records import JobResult
 from worker.aws import client_config
 from worker.ec2 import Ec2Road
@@ -54,7 +54,6 @@ if TYPE_CHECKING:  # stubs only: a development dependency
     from types_aiobotocore_ec2 import EC2Client
 
 log = logging.getLogger(__name__)
-_ROLE_ARN = re.compile(PLACE_ROLE_ARN)
 # botocore refreshes temporary credentials 15 minutes (advisory: one caller refreshes, the
 # others carry on) and 10 minutes (mandatory: every caller waits) before they expire, for
 # credentials that last an hour or more. Ours refresh at the same shares of their lifetime
@@ -80,8 +79,7 @@ class Place:
     @property
     def account_id(self) -> str | None:
         """The role's account, read from its ARN; None for the default credentials'."""
-        match = _ROLE_ARN.match(self.role_arn or "")
-        return match["account"] if match else None
+        return Placement.model_construct(role_arn=self.role_arn).account_id
 
     def describe(self) -> str:
         who = f"role {self.role_arn}" if self.role_arn else "the default credentials"

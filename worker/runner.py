@@ -6,9 +6,10 @@ its record with its token and chosen SessionNumber); run its attempts (worker/ex
 record the outcome. A job holds its run lease from start to outcome, so no copy of it runs
 beside it. Redis being away decides nothing: the job waits for Redis and runs on.
 
-A job accepted for another scope (account, Region) than the worker's is never run here: it
-is handed back to be published to its own scope's queue, or, when that is this worker's own
-queue, it ends failed/WrongScope.
+A job this worker cannot act for is never run here: one with a role runs on any worker
+reading the queue that carries it (the accepting fleet's), one without only in the worker's
+own account and Region. It is handed back to be published to its own queue, or, when that is
+this worker's own queue, it ends failed/WrongScope.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tasks.contract import (
     parse_request,
 )
 from tasks.errors import InvalidJobError, MirrorqError, WrongScopeError
-from tasks.records import JobResult, JobStatus, may_have_sent, queue_of, scope_of
+from tasks.records import JobResult, JobStatus, describe_placement, may_have_sent, queue_of
 from tasks.store import AsyncResultStore, Step, StepResult
 from worker.errors import SupersededError
 from worker.execute import Ec2, execute_job
@@ -106,8 +107,9 @@ async def _run(
         return None
 
     def accepted(request: dict[str, Any] | None) -> JobResult:
-        # A job sent with no record (another service's send_task) runs in the worker's scope;
-        # one accepted elsewhere is checked against it when it starts (the "elsewhere" verdict).
+        # A job sent with no record (another service's send_task) runs where its envelope
+        # says, else in the worker's scope; whether this worker can act there is checked when
+        # it starts, against the stored record if there is one (the "elsewhere" verdict).
         return records.accepted(
             job_id,
             request,
@@ -116,6 +118,7 @@ async def _run(
             origin=envelope.origin(),
             alternatives=envelope.alternatives,
             scope=worker.scope,
+            placement=envelope.placement,
         )
 
     base = accepted(None)
@@ -131,8 +134,9 @@ async def _run(
     if start.verdict == "done":
         log.info("job %s already finished; this copy ends", job_id)
         return None
-    if start.verdict == "elsewhere" and start.current is not None:
-        return await _elsewhere(worker, start.current, lease)
+    if start.verdict == "elsewhere":
+        stored = start.current is not None
+        return await _elsewhere(worker, start.current or accepted(kwargs), lease, stored=stored)
     if start.verdict == "not-in-batch":
         stranger = InvalidJobError(
             [
@@ -171,38 +175,42 @@ async def _run(
     return None
 
 
-async def _elsewhere(worker: Worker, record: JobResult, lease: Lease) -> JobResult | None:
-    """A job accepted for another scope reached this worker (a send to the wrong queue, a
-    producer of another scope): never run against this account and Region. It goes back to
-    the caller to be published to its own queue; when that queue is this one (the default
-    account in two Regions), it ends failed/WrongScope, unless an earlier delivery started
-    it (its fleet did): the lost-message repair publishes that one again."""
-    scope = scope_of(record)
-    assert scope is not None  # the script says "elsewhere" only for a record with a scope
+async def _elsewhere(
+    worker: Worker, record: JobResult, lease: Lease, *, stored: bool = True
+) -> JobResult | None:
+    """A job this worker cannot act for reached it (a send to the wrong queue, a producer of
+    another scope, a job sent with a Region and no role): never run against this account and
+    Region. It goes back to the caller to be published to its own queue; when that queue is
+    this one (the default account in two Regions), it ends failed/WrongScope, unless an
+    earlier delivery started it (its fleet did): the lost-message repair publishes that one
+    again. `stored`: the job has a record (a job sent with none is refused, not passed on:
+    nothing would find it again if the publish failed)."""
+    where = describe_placement(record)
     queue = queue_of(record)
-    if queue != worker.scope.queue:
+    if queue != worker.scope.queue and stored:
         log.warning(
-            "job %s was accepted for %s, not %s (this worker's); passed on to queue %s",
+            "job %s runs in %s, where this worker (%s) cannot act; passed on to queue %s",
             record["job_id"],
-            scope.describe(),
+            where,
             worker.scope.describe(),
             queue,
         )
         return record
-    if may_have_sent(record):
+    if stored and may_have_sent(record):
         log.warning(
-            "job %s was accepted for %s and started there; not run in %s, left to the "
+            "job %s runs in %s and started there; not run in %s, left to the "
             "lost-message repair to publish again",
             record["job_id"],
-            scope.describe(),
+            where,
             worker.scope.describe(),
         )
         return None
     error = WrongScopeError(
-        f"the job was accepted for {scope.describe()}, but the worker it reached serves "
-        f"{worker.scope.describe()} and both read the queue {queue}; nothing was sent to EC2. "
-        "Set MIRRORQ_AWS_ACCOUNT_ID on every process of each fleet, so that each fleet has a "
-        "queue of its own"
+        f"the job runs in {where}, but the worker it reached acts in "
+        f"{worker.scope.describe()} and reads the queue {worker.scope.queue}; nothing was sent "
+        f"to EC2. A job with no role_arn runs only on a worker of its own account and Region "
+        f"(queue {queue}): give it a role_arn, or set MIRRORQ_AWS_ACCOUNT_ID on every process "
+        "of each fleet, so that each fleet has a queue of its own"
     )
     await _refuse(worker, record, error, lease)
     return None

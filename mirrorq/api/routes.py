@@ -16,20 +16,20 @@ from mirrorq.api.errors import ApiError
 from mirrorq.api.schemas import (
     BATCH_BODY,
     EVENT_BODY,
+    JOB_BODY,
     BatchAccepted,
     BatchStatus,
     EventOutcome,
     JobAccepted,
-    body_of,
     errors,
 )
 from mirrorq.events import NotAnEvent, read_event
 from mirrorq.export import export_lines
 from mirrorq.intake import Intake
-from mirrorq.jobfiles import parse_jobs
+from mirrorq.jobfiles import parse_placed_jobs
 from mirrorq.policy_watch import WatchedPolicy
 from tasks.connections import answers
-from tasks.contract import IDEMPOTENCY_KEY_RULE, idempotency_key
+from tasks.contract import IDEMPOTENCY_KEY_RULE, idempotency_key, parse_job
 from tasks.errors import InvalidJobError
 from tasks.producer import Producer
 from tasks.records import JobResult, is_terminal
@@ -95,8 +95,8 @@ def idempotency_key_header(
         200: {"model": JobResult, "description": "finished within ?wait"},
         **errors(400, 409, 413, 422),
     },
-    openapi_extra=body_of("SessionRequest"),
-    summary="Submit one job (the seed's request syntax)",
+    openapi_extra=JOB_BODY,
+    summary="Submit one job: the seed's request syntax, or it placed in a JobEnvelope",
 )
 async def submit_job(
     request: Request,
@@ -104,8 +104,10 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
     wait: Annotated[float, Query(ge=0, le=600, description="seconds to wait for the outcome")] = 0,
 ) -> Response:
-    text = await utf8_body(request)
-    accepted = await run_in_threadpool(s.producer.accept, text, idempotency_key=idempotency_key)
+    job, placement = parse_job(await utf8_body(request))
+    accepted = await run_in_threadpool(
+        s.producer.accept, job.to_kwargs(), idempotency_key=idempotency_key, placement=placement
+    )
     if wait > 0:
         record = await _outcome(s.producer, accepted.job_id, wait)
         if record is not None:
@@ -151,14 +153,17 @@ async def get_job(job_id: str, s: Svc) -> JSONResponse:
     response_model=BatchAccepted,
     responses=errors(400, 413, 422),
     openapi_extra=BATCH_BODY,
-    summary="Submit a batch: a JSON array or JSON Lines of jobs, refused whole if any is bad",
+    summary="Submit a batch: a JSON array or JSON Lines of jobs (requests or JobEnvelopes), "
+    "refused whole if any is bad",
 )
 async def submit_batch(request: Request, s: Svc) -> JSONResponse:
     text = await utf8_body(request)
     fmt = "json" if text.lstrip().startswith("[") else "jsonl"
-    jobs = await run_in_threadpool(parse_jobs, text, fmt, "the body")
-    batch_id = await run_in_threadpool(s.producer.submit_batch, jobs, source="mirrorq api")
-    return JSONResponse({"batch_id": batch_id, "jobs": len(jobs)}, 202)
+    jobs = await run_in_threadpool(parse_placed_jobs, text, fmt, "the body")
+    batch_id = await run_in_threadpool(
+        s.producer.submit_batch, jobs.requests, source="mirrorq api", placements=jobs.placements
+    )
+    return JSONResponse({"batch_id": batch_id, "jobs": len(jobs.requests)}, 202)
 
 
 @v1.get(

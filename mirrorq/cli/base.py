@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from tasks.errors import FieldError, describe
 from tasks.records import JobStatus
+
+if TYPE_CHECKING:
+    from tasks.contract import Placement
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILED = 1  # a job or batch ended with failures
 EXIT_USAGE = 2  # usage or input error (click uses 2 for usage errors too)
@@ -102,3 +107,41 @@ def key_values(values: tuple[str, ...], option: str) -> tuple[tuple[str, str], .
             raise click.BadParameter(f"expected Key=Value, got {value!r}", param_hint=option)
         pairs.append((key, val))
     return tuple(pairs)
+
+
+def placement_options(command: F) -> F:
+    """--region, --role-arn, --external-id: where the command's jobs run (a batch file's
+    lines may name their own)."""
+    for option in reversed(
+        [
+            click.option(
+                "--region",
+                default=None,
+                help="The Region the jobs run in (default: MIRRORQ_REGION).",
+            ),
+            click.option(
+                "--role-arn",
+                default=None,
+                help="Run the jobs in the account of this IAM role, assumed by the workers "
+                "(default: the fleet's own credentials).",
+            ),
+            click.option(
+                "--external-id", default=None, help="The ExternalId the role's trust policy asks."
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def placement_or_exit(
+    region: str | None, role_arn: str | None, external_id: str | None
+) -> Placement:
+    """The options' placement; exit 2 naming each bad field otherwise, nothing queued."""
+    from tasks.contract import parse_placement
+    from tasks.errors import InvalidJobError
+
+    try:
+        return parse_placement(region=region, role_arn=role_arn, external_id=external_id)
+    except InvalidJobError as error:
+        fail_fields(error.errors)

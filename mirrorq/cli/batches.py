@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from mirrorq.cli.base import ID, echo_json, exit_for_batch, fail_fields, fail_input, main
+from mirrorq.cli.base import (
+    ID,
+    echo_json,
+    exit_for_batch,
+    fail_fields,
+    fail_input,
+    main,
+    placement_options,
+    placement_or_exit,
+)
 
 
 @main.group()
@@ -24,24 +33,34 @@ def batch() -> None:
     default=None,
     help="Default: from the file's extension (.csv, else JSON Lines).",
 )
-def batch_submit(file: Path, fmt: str | None) -> None:
+@placement_options
+def batch_submit(
+    file: Path,
+    fmt: str | None,
+    region: str | None,
+    role_arn: str | None,
+    external_id: str | None,
+) -> None:
     """Enqueue every job of FILE (JSON Lines, or CSV with the same column names).
 
-    Prints the batch id at once. A file with any bad line is refused whole, every bad line
-    listed with its number, and nothing is queued (exit 2).
+    A line is a request, or {"request": {...}, "region": ..., "role_arn": ...,
+    "external_id": ...} (CSV: columns of those names); the options are the default of
+    every line. Prints the batch id at once. A file with any bad line is refused whole,
+    every bad line listed with its number, and nothing is queued (exit 2).
     """
-    from mirrorq.jobfiles import read_jobs
+    from mirrorq.jobfiles import read_placed_jobs
     from tasks.errors import InvalidJobError
     from tasks.producer import Producer
 
+    defaults = placement_or_exit(region, role_arn, external_id)
     try:
-        jobs = read_jobs(file, fmt)
+        jobs = read_placed_jobs(file, fmt, defaults)
     except InvalidJobError as error:
         click.echo(f"mirrorq: {file} refused: {error.total} error(s); nothing was queued", err=True)
         fail_fields(error.errors, str(file), error.total)
     except UnicodeDecodeError as error:
         fail_input(f"{file} is not UTF-8 text: {error}")
-    click.echo(Producer().submit_batch(jobs, source=str(file)))
+    click.echo(Producer().submit_batch(jobs.requests, source=str(file), placements=jobs.placements))
 
 
 @batch.command("status")
@@ -66,6 +85,9 @@ def batch_status(batch_id: str, watch: bool, as_json: bool) -> None:
         echo_json(status)
     else:
         Console().print(display.counts_table(status))
+        placed = display.placement_table(status)
+        if placed is not None:
+            Console().print(placed)
         Console().print(display.rate_line(producer))
     exit_for_batch(status)
 

@@ -6,7 +6,15 @@ import sys
 
 import click
 
-from mirrorq.cli.base import EXIT_FAILED, ID, exit_for, fail_fields, fail_input, main
+from mirrorq.cli.base import (
+    EXIT_FAILED,
+    ID,
+    exit_for,
+    fail_fields,
+    fail_input,
+    main,
+    placement_options,
+)
 
 
 @main.command()
@@ -22,7 +30,16 @@ from mirrorq.cli.base import EXIT_FAILED, ID, exit_for, fail_fields, fail_input,
     show_default=True,
     help="Seconds --wait waits.",
 )
-def submit(job: str, wait: bool, idempotency_key: str | None, timeout: float) -> None:
+@placement_options
+def submit(
+    job: str,
+    wait: bool,
+    idempotency_key: str | None,
+    timeout: float,
+    region: str | None,
+    role_arn: str | None,
+    external_id: str | None,
+) -> None:
     """Enqueue one job: JOB is the request syntax as JSON text, or - to read stdin.
 
     Prints the job id, or with --wait the result JSON (exit 1 if the job failed).
@@ -33,7 +50,11 @@ def submit(job: str, wait: bool, idempotency_key: str | None, timeout: float) ->
     producer = Producer()
     try:
         job_id = producer.submit(
-            sys.stdin.read() if job == "-" else job, idempotency_key=idempotency_key
+            sys.stdin.read() if job == "-" else job,
+            idempotency_key=idempotency_key,
+            region=region,
+            role_arn=role_arn,
+            external_id=external_id,
         )
     except InvalidJobError as error:
         fail_fields(error.errors)

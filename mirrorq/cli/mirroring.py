@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from mirrorq.cli.base import EXIT_USAGE, exit_for_batch, fail_input, main
+from mirrorq.cli.base import (
+    EXIT_USAGE,
+    exit_for_batch,
+    fail_input,
+    main,
+    placement_options,
+    placement_or_exit,
+)
 from mirrorq.rules import Rule
 
 
@@ -66,6 +73,7 @@ _OPTIONS = {"session_tags": "--session-tag", "target": "--target", "filter": "--
 @click.option("--session-tag", multiple=True, metavar="KEY=VALUE", help="Tag every session.")
 @click.option("--dry-run", is_flag=True, help="Plan, and send DryRun jobs: nothing is created.")
 @click.option("--wait", is_flag=True, help="Follow the batch with a progress bar.")
+@placement_options
 def mirror(
     target_id: str,
     filter_id: str,
@@ -81,6 +89,9 @@ def mirror(
     session_tag: tuple[str, ...],
     dry_run: bool,
     wait: bool,
+    region: str | None,
+    role_arn: str | None,
+    external_id: str | None,
 ) -> None:
     """Mirror every matching ENI to TARGET through FILTER: resolve, plan, submit as a batch.
 
@@ -88,6 +99,12 @@ def mirror(
     already mirrored to this target and filter, at EC2's 3-session limit, that are mirror
     targets themselves, or not of type `interface` are skipped with the reason.
     """
+    placement = placement_or_exit(region, role_arn, external_id)
+    if placement.role_arn:
+        fail_input(
+            "--role-arn: `mirror` plans with the fleet's own credentials only for now; "
+            "submit the jobs with `mirrorq batch submit --role-arn` instead"
+        )
     rule = _checked_rule(
         {
             "name": "mirror",
@@ -118,13 +135,15 @@ def mirror(
 
     console = Console(stderr=True)
     try:
-        plan = asyncio.run(plan_live(get_settings(), [rule]))
+        plan = asyncio.run(plan_live(get_settings(), [rule], placement=placement))
     except UnknownResourceError as error:
         fail_input(f"--{error.kind}: {error}")
     console.print(display.plan_table(plan))
     producer = Producer()
     try:
-        batch_id = submit_plan(producer, plan, source="mirrorq mirror", dry_run=dry_run)
+        batch_id = submit_plan(
+            producer, plan, source="mirrorq mirror", dry_run=dry_run, placement=placement
+        )
     except InvalidJobError as error:
         fail_input(str(error))
     click.echo(batch_id)
