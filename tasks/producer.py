@@ -30,6 +30,7 @@ from tasks.contract import (
     TASK_NAME,
     Placement,
     SessionRequest,
+    ec2_regions,
     fleet_scope,
     parse_placement,
     parse_request,
@@ -335,11 +336,11 @@ def _envelope(record: JobResult, fleet_region: str) -> dict[str, Any]:
     for name in ("rule", "event_id"):
         if record.get(name):
             envelope[name] = record.get(name)
-    # Where it runs: a job with a role carries its placement whole (any worker of the queue
-    # runs it, wherever that worker is); one without runs only in its worker's own account
-    # and Region, so it names the Region only when that is not the publishing fleet's.
+    # Where it runs, whole: any worker of the queue runs it, wherever that worker is (it
+    # assumes a job's role; its own credentials serve every Region), so a job names its Region
+    # even when that is the publishing fleet's, unless that is no Region EC2 has (a lab's).
     placement = placement_of(record)
-    if placement.role_arn or placement.region != fleet_region:
+    if placement.role_arn or placement.region != fleet_region or fleet_region in ec2_regions("aws"):
         envelope.update(placement.model_dump(exclude_none=True))
     if record.get("alternatives"):
         envelope["alternatives"] = record.get("alternatives")

@@ -15,7 +15,7 @@ from typing import Any, NotRequired
 # pydantic (the API's schema of the record) reads TypedDicts only from typing_extensions on 3.11.
 from typing_extensions import TypedDict
 
-from tasks.contract import AUTO, NOWHERE, QUEUE, Placement, Scope, queue_for
+from tasks.contract import AUTO, NOWHERE, QUEUE, Placement, Scope
 
 
 class JobStatus(StrEnum):
@@ -178,9 +178,9 @@ def accepted(
         "finished_at": None,
     }
     if scope is not None:
-        record["queue"] = (
-            scope.queue if placement.role_arn or region is None else queue_for(account, region)
-        )
+        # The accepting fleet's workers run its jobs wherever they are placed: a role's in its
+        # account, the fleet's own credentials' in any Region (a fleet is one account).
+        record["queue"] = scope.queue
     if origin:
         record["rule"] = origin.get("rule")
         record["event_id"] = origin.get("event_id")

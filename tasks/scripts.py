@@ -46,11 +46,12 @@ end
 #   busy          another worker holds the job's lease (a copy is running): nothing written
 #   done          the job already finished: nothing written
 #   elsewhere     (start) this worker cannot act where the job runs: nothing written, the
-#                 stored record returned if there is one. A job with a role runs on any
-#                 worker reading the queue that carries it (the accepting fleet's: each
-#                 assumes the role); one without must be in the worker's own account and
-#                 Region. The stored record decides (the one written here, for a job sent
-#                 with no record); records written before scopes, with no Region, run anywhere
+#                 stored record returned if there is one. A job runs on any worker reading
+#                 the queue that carries it (the accepting fleet's: each assumes a job's
+#                 role, and its own credentials serve any Region); one without a role must
+#                 also be in the worker's own account. The stored record decides (the one
+#                 written here, for a job sent with no record); records written before
+#                 queues must match the worker's account and Region; with no Region, anywhere
 #   not-in-batch  (start) the batch names a batch that did not register this job
 #   resume        (start) the job ran before (a redelivery): lease taken, record returned so
 #                 the worker carries on from it
@@ -78,8 +79,8 @@ if step == 'start' then
   end
   if region ~= '' then
     local here
-    if role ~= '' then here = queue == ARGV[19] else
-      here = account == ARGV[17] and region == ARGV[18]
+    if queue ~= '' then here = queue == ARGV[19] and (role ~= '' or account == ARGV[17]) else
+      here = account == ARGV[17] and region == ARGV[18]  -- a record from before queues
     end
     if not here then
       if current then return {'elsewhere', current} end

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from emulator.lab import seed_lab
+from emulator.lab import seed_lab, sessions
 from mirrorq.jobfiles import BatchFileError, parse_placed_jobs
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tasks import keys
@@ -182,10 +182,11 @@ def test_records_keep_where_the_job_runs_and_the_queue_of_the_fleet_that_accepte
     # No role: only a worker of its own account and Region acts for it.
     west = named.result(named.submit(REQUEST, region="eu-west-1"))
     assert west is not None
+    # Also the accepting fleet's queue: its own credentials serve every Region.
     assert (west["account_id"], west["region"], west["queue"]) == (
         "333333333333",
         "eu-west-1",
-        queue_for("333333333333", "eu-west-1"),
+        named.scope.queue,
     )
     # The messages carry the placement beside the request.
     client = redis.Redis.from_url(redis_url)
@@ -253,8 +254,9 @@ def test_the_repair_publishes_a_lost_job_again_with_its_region_and_role(redis_ur
 
 
 def test_the_start_check_lets_any_worker_of_the_queue_act_for_a_role(redis_url: str) -> None:
-    """A job with a role runs on any worker reading the queue that carries it, whatever that
-    worker's Region; one without runs only in the worker's own account and Region."""
+    """A job runs on any worker reading the queue that carries it, whatever that worker's
+    Region (it assumes a job's role; its own credentials serve every Region); one without a
+    role only in the worker's own account."""
     producer = producer_for(redis_url)  # default account, us-east-1: the queue `mirrorq`
     role_job = producer.result(producer.submit(REQUEST, region="ap-south-1", role_arn=ROLE))
     west_job = producer.result(producer.submit(REQUEST, region="ap-south-1"))
@@ -267,7 +269,8 @@ def test_the_start_check_lets_any_worker_of_the_queue_act_for_a_role(redis_url: 
         return str(store.step("start", started(record, record["request"]), "token").verdict)
 
     assert verdict(other_account, role_job) == "elsewhere"  # another queue: passed on
-    assert verdict(other_region, west_job) == "elsewhere"
+    assert verdict(other_account, west_job) == "elsewhere"
+    assert verdict(other_region, west_job) == "stored"
     assert verdict(other_region, role_job) == "stored"
     assert producer.result(role_job["job_id"])["status"] == JobStatus.RUNNING  # type: ignore[index]
 
@@ -449,8 +452,9 @@ def test_a_batch_spanning_two_regions_counts_each_as_its_jobs_run(
     redis_url: str,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    """Jobs without a role in two Regions of one account: each Region's fleet runs its own,
-    and the batch's counts by account and Region move with them (the step script)."""
+    """Jobs without a role in two Regions of one account: the fleet's worker runs each in its
+    own Region, and the batch's counts by account and Region move with them (the step
+    script)."""
     account, per_region = "555555555555", 4
     east, west = seed_lab(emulator.url, per_region), seed_lab(emulator.url, per_region, "eu-west-1")
     producer = producer_for(redis_url, aws_account_id=account)
@@ -465,21 +469,14 @@ def test_a_batch_spanning_two_regions_counts_each_as_its_jobs_run(
     ]
     start_worker("east", MIRRORQ_AWS_ACCOUNT_ID=account)
     ids = [r["job_id"] for r in producer.batch_results(batch_id)]
-    wait_all(producer, ids[:per_region])
-    client = redis.Redis.from_url(redis_url)
-    assert client.llen(queue_for(account, "eu-west-1")) == 1  # 4 jobs, one message, waiting
-    status = producer.batch_status(batch_id)
-    assert status is not None
-    assert [(p["region"], p["counts"]) for p in status["by_placement"]] == [
-        ("eu-west-1", {"queued": 4}),
-        ("us-east-1", {"created": 4}),
-    ]
-    start_worker("west", MIRRORQ_AWS_ACCOUNT_ID=account, MIRRORQ_REGION="eu-west-1")
     results = wait_all(producer, ids)
     assert {(r["status"], r["region"]) for r in results} == {
         ("created", "us-east-1"),
         ("created", "eu-west-1"),
     }
+    assert sorted(s["NetworkInterfaceId"] for s in sessions(emulator.url, "eu-west-1")) == sorted(
+        west["eni_ids"][:per_region]
+    )
     wait_until(lambda: (producer.batch_status(batch_id) or {}).get("finished_at"), what="batch end")
     status = producer.batch_status(batch_id)
     assert status is not None
@@ -494,3 +491,26 @@ def test_a_batch_spanning_two_regions_counts_each_as_its_jobs_run(
         ["│", account, "│", "eu-west-1", "│", "4", "│", "4", "│"],
         ["│", account, "│", "us-east-1", "│", "4", "│", "4", "│"],
     ]
+
+
+def test_a_job_the_fleet_accepts_for_another_region_runs_there_or_is_refused_at_the_door(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """The README's own example, `mirrorq submit --region eu-west-1` (and `batch submit
+    --region eu-west-1`), on a fleet with the default settings (MIRRORQ_AWS_ACCOUNT_ID unset,
+    MIRRORQ_REGION us-east-1): the door says 0 and prints a job id, then every worker of the
+    fleet, whose own credentials serve eu-west-1 as well, ends the job failed WrongScope.
+    Review 16: a job accepted at a door must be one the fleet can run (in its Region, as a
+    job with a role_arn is), or be refused there naming `region`; never accepted to fail."""
+    west = seed_lab(emulator.url, 1, "eu-west-1")
+    start_worker()  # the default scope, us-east-1, reading the queue `mirrorq`
+    out = mirrorq(env, "submit", "--region", "eu-west-1", "--wait", json.dumps(job(west, 0)))
+    if out.returncode == 2:  # refused at the door: it must say why, nothing queued
+        assert "region: " in out.stderr, out.stderr
+        assert redis.Redis.from_url(redis_url).zcard(keys.PENDING) == 0
+        return
+    record = json.loads(out.stdout)
+    assert (record["status"], record["region"], record["error"]) == ("created", "eu-west-1", None)

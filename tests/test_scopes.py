@@ -14,11 +14,10 @@ import click.testing
 import pytest
 import redis
 
-from emulator.lab import seed_lab
+from emulator.lab import seed_lab, sessions
 from mirrorq.cli import main
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.contract import TASK_NAME, fleet_queue, parse_request, queue_for
-from tasks.errors import WrongScopeError
 from tasks.producer import Producer
 from tests.helpers import job, mirrors, producer_for, wait_all, wait_until
 from worker.repair import repair_lost_jobs
@@ -148,29 +147,22 @@ def test_a_job_delivered_to_another_fleet_is_passed_on_not_run(
     }
 
 
-def test_a_job_of_another_region_on_the_shared_default_queue_fails_wrong_scope(
+def test_a_job_of_another_region_on_the_shared_default_queue_runs_in_its_region(
     emulator: EmulatorProcess, redis_url: str, start_worker: Callable[..., WorkerProcess]
 ) -> None:
-    """With MIRRORQ_AWS_ACCOUNT_ID unset every fleet shares the queue `mirrorq`: a job
-    accepted for another Region can go nowhere else, so it ends failed, never run here."""
-    lab = seed_lab(emulator.url, 1)
+    """With MIRRORQ_AWS_ACCOUNT_ID unset every process on the Redis is one fleet, on the queue
+    `mirrorq`, and one account: a job accepted for another Region runs there, with the
+    worker's own credentials (they serve every Region), never in the worker's Region."""
+    lab = seed_lab(emulator.url, 1, "eu-west-1")
     producer = fleet_producer(redis_url, None, region="eu-west-1")
     job_id = producer.submit(job(lab, 0))
     start_worker()  # the default scope in us-east-1
     record = wait_all(producer, [job_id])[0]
-    assert record["status"] == "failed"
-    assert record["error"] is not None
-    assert (record["error"]["code"], record["error"]["retryable"]) == (
-        WrongScopeError.code,
-        False,
-    )
-    message = record["error"]["message"]
-    assert "eu-west-1" in message
-    assert "us-east-1" in message
-    assert "MIRRORQ_AWS_ACCOUNT_ID" in message
+    assert record["status"] == "created", record["error"]
     assert (record["account_id"], record["region"]) == (None, "eu-west-1")
-    assert record["attempts"] == 0
-    assert emulator.stats().get("CreateTrafficMirrorSession", 0) == 0
+    made = sessions(emulator.url, "eu-west-1")
+    assert [s["NetworkInterfaceId"] for s in made] == [lab["eni_ids"][0]]
+    assert sessions(emulator.url) == []  # nothing in the worker's own Region
 
 
 def test_the_repair_publishes_a_lost_job_to_its_own_fleet_s_queue(
