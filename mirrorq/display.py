@@ -19,8 +19,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mirrorq.planning import Plan
+from mirrorq.planning import Outcome, Plan
 from mirrorq.rules import Rule
+from tasks.contract import NOWHERE
 from tasks.producer import Producer
 from tasks.records import STATUS_ORDER
 
@@ -42,6 +43,30 @@ def plan_table(plan: Plan) -> Table:
         for outcome, count in counts.items():
             table.add_row(*name, outcome, str(count))
         table.add_row(*name, "[bold]matched", f"[bold]{sum(counts.values())}")
+    return table
+
+
+def places_table(plan: Plan) -> Table | None:
+    """A plan of several places (a policy's [[accounts]]): its outcomes by account-Region,
+    an outcome a column; then each rule that has none of its targets or filters in a place.
+    None for a plan of the fleet's own place alone."""
+    places = plan.places()
+    if places == [NOWHERE] and not plan.missing:
+        return None
+    by_place = plan.counts_by_place()
+    shown = [o.value for o in Outcome if any(c.get(o.value) for c in by_place.values())]
+    table = Table(
+        title="by account and Region",
+        title_justify="left",
+        caption="\n".join(str(m) for m in plan.missing) or None,
+        caption_justify="left",
+    )
+    table.add_column("account/region")
+    for name in shown:
+        table.add_column(name, justify="right")
+    table.add_column("matched", justify="right")
+    for label, counts in by_place.items():
+        table.add_row(label, *(str(counts.get(n, 0)) for n in shown), str(sum(counts.values())))
     return table
 
 
@@ -98,7 +123,15 @@ def rules_table(rules: list[Rule], title: str) -> Table:
 
 def plan_jobs_json(plan: Plan) -> list[dict[str, Any]]:
     """Each ENI a plan would mirror: the rule, the ENI, the target chosen."""
-    return [{"rule": i.rule, "eni": i.eni_id, "target": i.target_id} for i in plan.to_create()]
+    return [
+        {
+            "rule": i.rule,
+            "eni": i.eni_id,
+            "target": i.target_id,
+            **({"account_id": i.place.account_id, "region": i.place.region} if i.place else {}),
+        }
+        for i in plan.to_create()
+    ]
 
 
 def counts_table(status: dict[str, Any]) -> Table:

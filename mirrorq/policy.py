@@ -268,7 +268,7 @@ def _rule_places(
     if named is None:
         chosen = list((accounts or {}).values())
         return tuple(p for a in chosen for p in a.places()), []
-    unknown = [
+    unknown: list[FieldError] = [
         {"field": f"accounts.{i}", "message": f"no [[accounts]] entry is named {name!r}"}
         for i, name in enumerate(named)
         if name not in (accounts or {})

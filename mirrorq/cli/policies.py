@@ -98,7 +98,11 @@ def policy_plan(file: Path, as_json: bool) -> None:
     if as_json:
         echo_json({**plan.summary(), "jobs": display.plan_jobs_json(plan)})
     else:
-        Console().print(display.plan_table(plan))
+        console = Console()
+        console.print(display.plan_table(plan))
+        places = display.places_table(plan)
+        if places is not None:
+            console.print(places)
 
 
 @main.command()
@@ -161,6 +165,9 @@ def reconcile(
     except UnknownResourceError as error:
         fail_input(f"{policy_path}: {error}")
     console.print(display.plan_table(done.plan))
+    places = display.places_table(done.plan)
+    if places is not None:
+        console.print(places)
     assert done.batch_id is not None  # keep_empty
     click.echo(done.batch_id)
     if wait:
