@@ -113,12 +113,14 @@ class Plan:
     # A rule as planned in a place: its targets and filter there, by (place, rule name).
     place_rules: dict[tuple[Placement, str], Rule] = field(default_factory=dict)
     missing: list[Missing] = field(default_factory=list)
+    planned_in: list[Placement] = field(default_factory=list)  # every place planned (merge)
 
     @classmethod
     def merge(cls, rules: list[Rule], plans: Iterable[tuple[Placement, Plan]]) -> Plan:
         """One plan of the plans of several places (each with the rules as planned there)."""
         merged = cls(rules)
         for place, part in plans:
+            merged.planned_in.append(place)
             merged.items += [replace(i, place=place) for i in part.items]
             merged.place_rules |= {(place, r.name): r for r in part.rules}
             merged.missing += part.missing
@@ -126,9 +128,7 @@ class Plan:
 
     def places(self) -> list[Placement]:
         """The places planned, in order (none but the fleet's own: [NOWHERE])."""
-        found = dict.fromkeys(p for p, _ in self.place_rules)
-        found |= dict.fromkeys(i.place for i in self.items)
-        return list(found) or [NOWHERE]
+        return self.planned_in or [NOWHERE]
 
     def counts(self, rule: str | None = None, place: Placement | None = None) -> dict[str, int]:
         counted = Counter(

@@ -103,6 +103,8 @@ def policy_plan(file: Path, as_json: bool) -> None:
         places = display.places_table(plan)
         if places is not None:
             console.print(places)
+        for missing in plan.missing:
+            click.echo(f"mirrorq: {missing}", err=True)
 
 
 @main.command()
@@ -168,6 +170,8 @@ def reconcile(
     places = display.places_table(done.plan)
     if places is not None:
         console.print(places)
+    for missing in done.plan.missing:
+        click.echo(f"mirrorq: {missing}", err=True)
     assert done.batch_id is not None  # keep_empty
     click.echo(done.batch_id)
     if wait:
