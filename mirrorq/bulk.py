@@ -11,12 +11,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from config import Settings
 from mirrorq import planning
 from mirrorq.inventory import Inventory, UnknownResourceError
 from mirrorq.rules import Rule
 from tasks.contract import NOWHERE, Placement, parse_request
 from tasks.producer import Producer
+from worker.errors import STS_OPERATIONS, classify
 from worker.roads import place_at, planner_roads
 
 
@@ -44,9 +47,17 @@ async def plan_live(
     slots = asyncio.Semaphore(max(1, settings.client_cache))
     async with planner_roads(settings) as roads:
 
-        async def one(place: Placement) -> tuple[planning.Plan, set[str]]:
-            async with slots, roads.use(place_at(place, settings.region)) as road:
-                return await _plan_place(Inventory(road), place, by_place[place], pending)
+        async def one(place: Placement) -> tuple[planning.Plan, set[str] | None]:
+            try:
+                async with slots, roads.use(place_at(place, settings.region)) as road:
+                    return await _plan_place(Inventory(road), place, by_place[place], pending)
+            except ClientError as error:
+                if error.operation_name not in STS_OPERATIONS:
+                    raise
+                # The place's role was not assumed: only its own ENIs go unplanned.
+                failure = classify(error)
+                unplanned = planning.Unplanned(place, failure.code, failure.message)
+                return planning.Plan([], unplanned=[unplanned]), None
 
         planned = await asyncio.gather(*(one(p) for p in by_place))
     _require_somewhere(rules, by_place, [seen for _, seen in planned])
@@ -85,14 +96,16 @@ async def _plan_place(
 
 
 def _require_somewhere(
-    rules: Sequence[Rule], by_place: dict[Placement, list[Rule]], seen: list[set[str]]
+    rules: Sequence[Rule], by_place: dict[Placement, list[Rule]], seen: list[set[str] | None]
 ) -> None:
     """A target or filter no place of its rule has is a mistake (a typo, a deleted sensor),
-    refused as it is with one place, not planned around."""
+    refused as it is with one place, not planned around. A place not read (None) might have
+    any of them: a rule planned in one is not judged."""
     for rule in rules:
-        found = set().union(
-            *(s for p, s in zip(by_place, seen, strict=True) if rule in by_place[p])
-        )
+        where = [s for p, s in zip(by_place, seen, strict=True) if rule in by_place[p]]
+        if any(s is None for s in where):
+            continue
+        found = {i for s in where if s is not None for i in s}
         for kind, ids in (("target", rule.targets), ("filter", rule.filter_ids)):
             nowhere = [i for i in ids if i not in found]
             if nowhere:

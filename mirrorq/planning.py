@@ -106,6 +106,21 @@ class Missing:
         )
 
 
+@dataclass(frozen=True)
+class Unplanned:
+    """A place that could not be read at all (its role not assumed: STS's code)."""
+
+    place: Placement
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return (
+            f"account {self.place.account_id or 'default'}, {self.place.region or 'default'} "
+            f"was not planned: {self.code} ({self.message})"
+        )
+
+
 @dataclass
 class Plan:
     rules: list[Rule]
@@ -114,6 +129,7 @@ class Plan:
     place_rules: dict[tuple[Placement, str], Rule] = field(default_factory=dict)
     missing: list[Missing] = field(default_factory=list)
     planned_in: list[Placement] = field(default_factory=list)  # every place planned (merge)
+    unplanned: list[Unplanned] = field(default_factory=list)
 
     @classmethod
     def merge(cls, rules: list[Rule], plans: Iterable[tuple[Placement, Plan]]) -> Plan:
@@ -124,6 +140,7 @@ class Plan:
             merged.items += [replace(i, place=place) for i in part.items]
             merged.place_rules |= {(place, r.name): r for r in part.rules}
             merged.missing += part.missing
+            merged.unplanned += part.unplanned
         return merged
 
     def places(self) -> list[Placement]:
@@ -164,6 +181,8 @@ class Plan:
             where["places"] = self.counts_by_place()
         if self.missing:
             where["missing"] = [str(m) for m in self.missing]
+        if self.unplanned:
+            where["unplanned"] = [str(u) for u in self.unplanned]
         if len(self.rules) == 1:
             return {**next(iter(per_rule.values())), **where}
         return {"counts": self.counts(), "rules": per_rule, **where}

@@ -98,8 +98,9 @@ def summary(done: Pass) -> str:
             f"{label} " + " ".join(f"{k} {v}" for k, v in counts.items())
             for label, counts in by_place.items()
         )
-    if done.plan.missing:
-        line += "; " + "; ".join(str(m) for m in done.plan.missing)
+    notes = [*done.plan.missing, *done.plan.unplanned]
+    if notes:
+        line += "; " + "; ".join(map(str, notes))
     line += f"; batch {done.batch_id or 'none'}"
     if done.counts:
         created = done.counts.get(JobStatus.CREATED, 0) + done.counts.get(JobStatus.DRY_RUN_OK, 0)

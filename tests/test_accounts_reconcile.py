@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from emulator.org_lab import account_client, role_arn, seed_org_lab
+from emulator.org_lab import account_client, control, role_arn, seed_org_lab
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 
 EAST, WEST, EMPTY = "us-east-1", "eu-west-1", "ap-southeast-2"
@@ -102,7 +102,6 @@ def test_one_reconcile_mirrors_every_eni_of_every_account_and_region_once_in_its
             assert f"{account}/{region}" in first.stderr
     assert "mirrorq: rule org: no target of" in first.stderr
     assert f"exists in account {second_account}, {EMPTY}" in first.stderr
-    print(first.stderr)
 
     # A second pass creates nothing, and policy plan says why, per place.
     again = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
@@ -143,3 +142,27 @@ def _filters(policy: Path) -> str:
         for line in policy.read_text().splitlines()
         if line.startswith("filters")
     )
+
+
+def test_a_role_that_cannot_be_assumed_leaves_only_its_own_places_unplanned(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    lab = seed_org_lab(emulator.url, accounts=2, regions=(EAST, WEST), enis=5)
+    denied, allowed = lab["accounts"]
+    control(emulator.url, "roles", {"role_arn": role_arn(denied), "assumable": False})
+    policy = tmp_path / "policy.toml"
+    policy.write_text(org_policy(lab).replace(f', "{EMPTY}"', ""))
+    start_worker(MIRRORQ_CONCURRENCY="8")
+
+    done = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
+    assert done.returncode == 1, done.stderr[-3000:]  # the pass says some place is unplanned
+    for region in (EAST, WEST):
+        assert f"mirrorq: account {denied}, {region} was not planned: AccessDenied" in done.stderr
+    status = json.loads(mirrorq(env, "batch", "status", done.stdout.strip(), "--json").stdout)
+    assert status["counts"] == {"created": 2 * 5}, status
+    for region, place in lab["accounts"][allowed]["regions"].items():
+        assert sessions_in(emulator.url, allowed, region) == dict.fromkeys(place["eni_ids"], 1)
+        assert sessions_in(emulator.url, denied, region) == {}
