@@ -166,3 +166,25 @@ def test_a_role_that_cannot_be_assumed_leaves_only_its_own_places_unplanned(
     for region, place in lab["accounts"][allowed]["regions"].items():
         assert sessions_in(emulator.url, allowed, region) == dict.fromkeys(place["eni_ids"], 1)
         assert sessions_in(emulator.url, denied, region) == {}
+
+
+def test_mirror_plans_and_creates_in_the_account_its_role_names(
+    emulator: EmulatorProcess, env: dict[str, str], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    lab = seed_org_lab(emulator.url, accounts=2, regions=(EAST, WEST), enis=4)
+    account, other = lab["accounts"]
+    place = lab["accounts"][account]["regions"][WEST]
+    start_worker()
+    done = mirrorq(
+        env,
+        "mirror",
+        *("--tag", "mirrorq-lab=1"),
+        *("--target", lab["security"]["regions"][WEST]["target_ids"][0]),
+        *("--filter", place["filter_id"]),
+        *("--region", WEST, "--role-arn", role_arn(account)),
+        "--wait",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sessions_in(emulator.url, account, WEST) == dict.fromkeys(place["eni_ids"], 1)
+    assert sessions_in(emulator.url, account, EAST) == {}
+    assert sessions_in(emulator.url, other, WEST) == {}
