@@ -150,3 +150,40 @@ def test_every_accounts_error_names_the_file_the_entry_and_the_field(
         load_policy(path)
     lines = str(raised.value).splitlines()
     assert any(line.startswith(f"{path}: {field}: ") and message in line for line in lines), lines
+
+
+def test_a_merged_plan_submits_each_job_in_its_place_with_that_places_filter(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from mirrorq.planning import Outcome, Plan, Target, plan, planned_jobs
+
+    (rule, _) = load_policy(write(tmp_path, ACCOUNTS + RULES))
+    east, west, dev = rule.places
+    eni = {"NetworkInterfaceId": "eni-0000000a", "TagSet": [{"Key": "Env", "Value": "prod"}]}
+    other = {**eni, "NetworkInterfaceId": "eni-0000000b"}
+    # us-east-1 has T1 and F2; eu-west-1 has T2 and F1 (as plan_live specialises the rule).
+    here = replace(rule, targets=(T1,), filter_id=F2, filter_choices=())
+    there = replace(rule, targets=(T2,), filter_id=F1, filter_choices=())
+    merged = Plan.merge(
+        [rule],
+        [
+            (east, plan([here], [eni], [], {T1: Target(T1)}, set())),
+            (west, plan([there], [other], [], {T2: Target(T2)}, set())),
+            (dev, Plan([])),
+        ],
+    )
+    jobs = {j.request["NetworkInterfaceId"]: j for j in planned_jobs(merged)}
+    assert jobs["eni-0000000a"].placement == east
+    assert jobs["eni-0000000a"].request["TrafficMirrorFilterId"] == F2
+    assert jobs["eni-0000000a"].alternatives == []
+    assert jobs["eni-0000000b"].placement == west
+    assert jobs["eni-0000000b"].request["TrafficMirrorTargetId"] == T2
+    assert jobs["eni-0000000b"].request["TrafficMirrorFilterId"] == F1
+    assert merged.counts_by_place() == {
+        "111111111111/us-east-1": {Outcome.CREATE.value: 1},
+        "111111111111/eu-west-1": {Outcome.CREATE.value: 1},
+        "222222222222/eu-west-1": {},
+    }
+    assert merged.summary()["places"] == merged.counts_by_place()
