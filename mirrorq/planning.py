@@ -193,7 +193,12 @@ class Plan:
             if rule.choose is None
             else {"targets": list(rule.targets), "choose": rule.choose.value}
         )
-        summary = {**targets, "filter": rule.filter_id, "counts": self.counts(rule.name)}
+        filters: dict[str, Any] = (
+            {"filters": list(rule.filter_choices)}
+            if rule.filter_choices
+            else {"filter": rule.filter_id}
+        )
+        summary = {**targets, **filters, "counts": self.counts(rule.name)}
         if with_skipped:
             skipped: dict[str, list[str]] = {}
             for item in self.items:
