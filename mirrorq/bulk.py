@@ -6,16 +6,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
+
+from botocore.exceptions import ClientError
 
 from config import Settings
 from mirrorq import planning
-from mirrorq.inventory import Inventory
+from mirrorq.inventory import Inventory, UnknownResourceError
 from mirrorq.rules import Rule
 from tasks.contract import NOWHERE, Placement, parse_request
 from tasks.producer import Producer
-from worker.ec2 import open_road
+from worker.errors import STS_OPERATIONS, classify
+from worker.roads import place_at, planner_roads
 
 
 async def plan_live(
@@ -25,22 +30,86 @@ async def plan_live(
     placement: Placement = NOWHERE,
 ) -> planning.Plan:
     """Every rule planned from EC2's state now (and the mirrors `pending` jobs will make), in
-    `placement`'s Region (the fleet's by default). Raises UnknownResourceError (a
-    LookupError) naming a target or filter that does not exist."""
-    if placement.role_arn:
-        # The planner's road has the fleet's credentials only (worker/ec2.py open_road): it
-        # would read another account's ENIs as this one's.
-        raise NotImplementedError("planning through a role needs the road's assumed clients")
-    if placement.region:
-        settings = settings.model_copy(update={"region": placement.region})
-    async with open_road(settings) as road:
-        inventory = Inventory(road)
-        targets = await inventory.targets(t for rule in rules for t in rule.targets)
-        await inventory.require_filters(rule.filter_id for rule in rules)
-        enis = await inventory.enis_for(rules)
-        sessions = await inventory.sessions()
-        target_enis = await inventory.all_target_enis()
-    return planning.plan(list(rules), enis, sessions, targets, target_enis, pending)
+    each place it applies to (its `places`, else `placement`: the fleet's own by default),
+    each place on its own road, and the plans merged.
+
+    Raises UnknownResourceError (a LookupError) naming a target or filter that exists in none
+    of its rule's places. One that exists in some places only (targets and filters are
+    Regional) is used where it exists; a rule with none of its targets or filters in a place
+    is not planned there, and the plan's `missing` says which account-Region has none.
+    """
+    by_place: dict[Placement, list[Rule]] = {}
+    for rule in rules:
+        for place in rule.places or (placement,):
+            by_place.setdefault(place, []).append(rule)
+    pending = list(pending)
+    # A bound on the places read at once: the roads' cache holds that many.
+    slots = asyncio.Semaphore(max(1, settings.client_cache))
+    async with planner_roads(settings) as roads:
+
+        async def one(place: Placement) -> tuple[planning.Plan, set[str] | None]:
+            try:
+                async with slots, roads.use(place_at(place, settings.region)) as road:
+                    return await _plan_place(Inventory(road), place, by_place[place], pending)
+            except ClientError as error:
+                if error.operation_name not in STS_OPERATIONS:
+                    raise
+                # The place's role was not assumed: only its own ENIs go unplanned.
+                failure = classify(error)
+                unplanned = planning.Unplanned(place, failure.code, failure.message)
+                return planning.Plan([], unplanned=[unplanned]), None
+
+        planned = await asyncio.gather(*(one(p) for p in by_place))
+    _require_somewhere(rules, by_place, [seen for _, seen in planned])
+    return planning.Plan.merge(
+        list(rules), [(p, plan) for p, (plan, _) in zip(by_place, planned, strict=True)]
+    )
+
+
+async def _plan_place(
+    inventory: Inventory,
+    place: Placement,
+    rules: list[Rule],
+    pending: list[planning.Pending],
+) -> tuple[planning.Plan, set[str]]:
+    """The rules planned in one place, each with those of its targets and filters that
+    exist there (the plan's rules are those, as planned), and the ids of those that do."""
+    targets = await inventory.targets((t for rule in rules for t in rule.targets), missing_ok=True)
+    filters = await inventory.existing_filters(f for rule in rules for f in rule.filter_ids)
+    here: list[Rule] = []
+    missing: list[planning.Missing] = []
+    for rule in rules:
+        found = tuple(t for t in rule.targets if t in targets)
+        filter_id = next((f for f in rule.filter_ids if f in filters), None)
+        if not found:
+            missing.append(planning.Missing(rule.name, place, "target", rule.targets))
+        if filter_id is None:
+            missing.append(planning.Missing(rule.name, place, "filter", rule.filter_ids))
+        if found and filter_id is not None:
+            here.append(replace(rule, targets=found, filter_id=filter_id, filter_choices=()))
+    enis = await inventory.enis_for(here) if here else []
+    sessions = await inventory.sessions() if here else []
+    target_enis = await inventory.all_target_enis() if here else set()
+    plan = planning.plan(here, enis, sessions, targets, target_enis, pending)
+    plan.missing = missing
+    return plan, set(targets) | filters
+
+
+def _require_somewhere(
+    rules: Sequence[Rule], by_place: dict[Placement, list[Rule]], seen: list[set[str] | None]
+) -> None:
+    """A target or filter no place of its rule has is a mistake (a typo, a deleted sensor),
+    refused as it is with one place, not planned around. A place not read (None) might have
+    any of them: a rule planned in one is not judged."""
+    for rule in rules:
+        where = [s for p, s in zip(by_place, seen, strict=True) if rule in by_place[p]]
+        if any(s is None for s in where):
+            continue
+        found = {i for s in where if s is not None for i in s}
+        for kind, ids in (("target", rule.targets), ("filter", rule.filter_ids)):
+            nowhere = [i for i in ids if i not in found]
+            if nowhere:
+                raise UnknownResourceError(kind, nowhere)
 
 
 def pending_mirrors(producer: Producer) -> list[planning.Pending]:
@@ -59,7 +128,8 @@ def submit_plan(
     placement: Placement = NOWHERE,
 ) -> str:
     """The plan's jobs as one batch, whose record keeps the plan (a batch of none records a
-    pass that found nothing to do), each run where `placement` says.
+    pass that found nothing to do), each run in the place its ENI was planned in (a plan
+    of the fleet's own place: where `placement` says).
     Each job records the rule that made it and carries the rule's other targets, so racing
     planners that chose different targets still mirror an ENI once per rule."""
     jobs = planning.planned_jobs(plan, dry_run=dry_run)
@@ -70,7 +140,7 @@ def submit_plan(
         plan=plan.summary(),
         origins=origins,
         alternatives=[j.alternatives for j in jobs],
-        placements=[placement] * len(jobs),
+        placements=[j.placement or placement for j in jobs],
     )
 
 
@@ -80,7 +150,8 @@ def submit_gaps(
     """The plan's jobs as one batch, each submitted only if it claims its gap: a gap whose
     claimed job is still queued or running (planned by another pass or reconcile process
     meanwhile) is counted `pending` in the plan instead. The batch keeps the plan's counts,
-    not its ENIs. None: no job to submit, and no batch stored."""
+    not its ENIs. None: no job to submit, and no batch stored. Each job runs in the place
+    its ENI was planned in."""
     jobs = planning.planned_jobs(plan, dry_run=dry_run)
     claims = producer.claim_gaps([j.gap for j in jobs])
     plan.hold(
@@ -100,4 +171,5 @@ def submit_gaps(
         origins=[{"rule": j.rule} for j, _ in taken],
         alternatives=[j.alternatives for j, _ in taken],
         job_ids=[job_id for _, job_id in taken],
+        placements=[j.placement for j, _ in taken],
     )

@@ -19,8 +19,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mirrorq.planning import Plan
+from mirrorq.planning import Outcome, Plan, place_label
 from mirrorq.rules import Rule
+from tasks.contract import NOWHERE
 from tasks.producer import Producer
 from tasks.records import STATUS_ORDER
 
@@ -30,7 +31,7 @@ def plan_table(plan: Plan) -> Table:
     title = "plan"
     if len(plan.rules) == 1:
         rule = plan.rules[0]
-        title = f"plan: mirror to {', '.join(rule.targets)} through {rule.filter_id}"
+        title = f"plan: mirror to {', '.join(rule.targets)} through {', '.join(rule.filter_ids)}"
     table = Table(title=title, title_justify="left")
     if len(plan.rules) > 1:
         table.add_column("rule")
@@ -42,6 +43,24 @@ def plan_table(plan: Plan) -> Table:
         for outcome, count in counts.items():
             table.add_row(*name, outcome, str(count))
         table.add_row(*name, "[bold]matched", f"[bold]{sum(counts.values())}")
+    return table
+
+
+def places_table(plan: Plan) -> Table | None:
+    """A plan of several places (a policy's [[accounts]]): its outcomes by account-Region,
+    an outcome a column (`Plan.missing` says which rule has none of its targets or filters
+    in a place). None for a plan of the fleet's own place alone."""
+    if plan.places() == [NOWHERE]:
+        return None
+    by_place = plan.counts_by_place()
+    shown = [o.value for o in Outcome if any(c.get(o.value) for c in by_place.values())]
+    table = Table(title="by account and Region", title_justify="left")
+    table.add_column("account/region")
+    for name in shown:
+        table.add_column(name, justify="right")
+    table.add_column("matched", justify="right")
+    for label, counts in by_place.items():
+        table.add_row(label, *(str(counts.get(n, 0)) for n in shown), str(sum(counts.values())))
     return table
 
 
@@ -60,7 +79,10 @@ def rule_json(rule: Rule) -> dict[str, Any]:
         out["target"] = rule.targets[0]
     else:
         out |= {"targets": list(rule.targets), "choose": rule.choose.value}
-    out["filter"] = rule.filter_id
+    if rule.filter_choices:
+        out["filters"] = list(rule.filter_choices)
+    else:
+        out["filter"] = rule.filter_id
     o = rule.options
     out |= {
         "packet_length": o.packet_length,
@@ -68,6 +90,8 @@ def rule_json(rule: Rule) -> dict[str, Any]:
         "description": o.description,
         "session_tags": [f"{k}={v}" for k, v in o.session_tags],
     }
+    # Where it is planned, from its [[accounts]] (none: the fleet's own account and Region).
+    out["places"] = [place_label(p) for p in rule.places]
     return {k: v for k, v in out.items() if v not in (None, [])}
 
 
@@ -92,13 +116,21 @@ def rules_table(rules: list[Rule], title: str) -> Table:
             for k, v in shown.items()
             if k in ("packet_length", "virtual_network_id", "description", "session_tags")
         )
-        table.add_row(rule.name, enis, to, rule.filter_id, options)
+        table.add_row(rule.name, enis, to, ", ".join(rule.filter_ids), options)
     return table
 
 
 def plan_jobs_json(plan: Plan) -> list[dict[str, Any]]:
     """Each ENI a plan would mirror: the rule, the ENI, the target chosen."""
-    return [{"rule": i.rule, "eni": i.eni_id, "target": i.target_id} for i in plan.to_create()]
+    return [
+        {
+            "rule": i.rule,
+            "eni": i.eni_id,
+            "target": i.target_id,
+            **({"account_id": i.place.account_id, "region": i.place.region} if i.place else {}),
+        }
+        for i in plan.to_create()
+    ]
 
 
 def counts_table(status: dict[str, Any]) -> Table:

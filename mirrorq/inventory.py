@@ -125,9 +125,17 @@ class Inventory:
         return {t["NetworkInterfaceId"] for t in described if t.get("NetworkInterfaceId")}
 
     async def require_filters(self, filter_ids: Iterable[str]) -> None:
+        wanted = sorted(set(filter_ids))
+        missing = [f for f in wanted if f not in await self.existing_filters(wanted)]
+        if missing:
+            raise UnknownResourceError("filter", missing[:1])
+
+    async def existing_filters(self, filter_ids: Iterable[str]) -> set[str]:
+        """Those of these filters that exist here (a filter is its account-Region's own)."""
+        found: set[str] = set()
         for filter_id in sorted(set(filter_ids)):
             try:
-                found = await self._road.paginate(
+                described = await self._road.paginate(
                     "DescribeTrafficMirrorFilters",
                     "TrafficMirrorFilters",
                     TrafficMirrorFilterIds=[filter_id],
@@ -135,9 +143,10 @@ class Inventory:
             except ClientError as error:
                 if not classify(error).not_found:
                     raise
-                found = []
-            if not found:
-                raise UnknownResourceError("filter", [filter_id])
+                described = []
+            if described:
+                found.add(filter_id)
+        return found
 
     async def _instance_types(self, instance_ids: Iterable[str | None]) -> dict[str, str]:
         ids = sorted({i for i in instance_ids if i})

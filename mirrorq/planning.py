@@ -13,11 +13,12 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from mirrorq.rules import Choose, Rule
+from tasks.contract import NOWHERE, Placement
 from worker.sessions import same_mirror
 
 SESSIONS_PER_INTERFACE = 3  # EC2's quota of sessions per source ENI
@@ -80,16 +81,82 @@ class PlanItem:
     outcome: Outcome
     target_id: str | None = None  # for CREATE: the target chosen
     detail: str = ""
+    place: Placement = NOWHERE  # the account-Region the ENI is in (NOWHERE: the fleet's)
+
+
+def place_label(place: Placement) -> str:
+    """`111111111111/eu-west-1`; `default` for the fleet's own account or Region."""
+    return f"{place.account_id or 'default'}/{place.region or 'default'}"
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A rule that cannot be planned in one of its places: none of its targets (or filters)
+    exists in that account-Region."""
+
+    rule: str
+    place: Placement
+    kind: str  # "target" or "filter"
+    ids: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return (
+            f"rule {self.rule}: no {self.kind} of {', '.join(self.ids)} exists in "
+            f"account {self.place.account_id or 'default'}, {self.place.region or 'default'}"
+        )
+
+
+@dataclass(frozen=True)
+class Unplanned:
+    """A place that could not be read at all (its role not assumed: STS's code)."""
+
+    place: Placement
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return (
+            f"account {self.place.account_id or 'default'}, {self.place.region or 'default'} "
+            f"was not planned: {self.code} ({self.message})"
+        )
 
 
 @dataclass
 class Plan:
     rules: list[Rule]
     items: list[PlanItem] = field(default_factory=list)
+    # A rule as planned in a place: its targets and filter there, by (place, rule name).
+    place_rules: dict[tuple[Placement, str], Rule] = field(default_factory=dict)
+    missing: list[Missing] = field(default_factory=list)
+    planned_in: list[Placement] = field(default_factory=list)  # every place planned (merge)
+    unplanned: list[Unplanned] = field(default_factory=list)
 
-    def counts(self, rule: str | None = None) -> dict[str, int]:
-        counted = Counter(i.outcome for i in self.items if rule is None or i.rule == rule)
+    @classmethod
+    def merge(cls, rules: list[Rule], plans: Iterable[tuple[Placement, Plan]]) -> Plan:
+        """One plan of the plans of several places (each with the rules as planned there)."""
+        merged = cls(rules)
+        for place, part in plans:
+            merged.planned_in.append(place)
+            merged.items += [replace(i, place=place) for i in part.items]
+            merged.place_rules |= {(place, r.name): r for r in part.rules}
+            merged.missing += part.missing
+            merged.unplanned += part.unplanned
+        return merged
+
+    def places(self) -> list[Placement]:
+        """The places planned, in order (none but the fleet's own: [NOWHERE])."""
+        return self.planned_in or [NOWHERE]
+
+    def counts(self, rule: str | None = None, place: Placement | None = None) -> dict[str, int]:
+        counted = Counter(
+            i.outcome
+            for i in self.items
+            if (rule is None or i.rule == rule) and (place is None or i.place == place)
+        )
         return {o.value: counted[o] for o in Outcome if counted[o]}
+
+    def counts_by_place(self) -> dict[str, dict[str, int]]:
+        return {place_label(p): self.counts(place=p) for p in self.places()}
 
     def to_create(self) -> list[PlanItem]:
         return [i for i in self.items if i.outcome is Outcome.CREATE]
@@ -98,7 +165,7 @@ class Plan:
         """Gaps planned to create that turned out pending, by (rule, ENI): the job claimed
         for each is still queued or running."""
         self.items = [
-            PlanItem(i.rule, i.eni_id, Outcome.PENDING, detail=held[(i.rule, i.eni_id)])
+            replace(i, outcome=Outcome.PENDING, target_id=None, detail=held[(i.rule, i.eni_id)])
             if i.outcome is Outcome.CREATE and (i.rule, i.eni_id) in held
             else i
             for i in self.items
@@ -108,9 +175,17 @@ class Plan:
         """What a batch keeps as its record of the plan (one rule: `mirror`'s shape); without
         `skipped`, its counts only, not the ENIs skipped by reason (O(rules), not O(ENIs))."""
         per_rule = {r.name: self._rule_summary(r, skipped) for r in self.rules}
+        places = self.places()
+        where: dict[str, Any] = {}
+        if places != [NOWHERE]:
+            where["places"] = self.counts_by_place()
+        if self.missing:
+            where["missing"] = [str(m) for m in self.missing]
+        if self.unplanned:
+            where["unplanned"] = [str(u) for u in self.unplanned]
         if len(self.rules) == 1:
-            return next(iter(per_rule.values()))
-        return {"counts": self.counts(), "rules": per_rule}
+            return {**next(iter(per_rule.values())), **where}
+        return {"counts": self.counts(), "rules": per_rule, **where}
 
     def _rule_summary(self, rule: Rule, with_skipped: bool) -> dict[str, Any]:
         targets: dict[str, Any] = (
@@ -118,7 +193,12 @@ class Plan:
             if rule.choose is None
             else {"targets": list(rule.targets), "choose": rule.choose.value}
         )
-        summary = {**targets, "filter": rule.filter_id, "counts": self.counts(rule.name)}
+        filters: dict[str, Any] = (
+            {"filters": list(rule.filter_choices)}
+            if rule.filter_choices
+            else {"filter": rule.filter_id}
+        )
+        summary = {**targets, **filters, "counts": self.counts(rule.name)}
         if with_skipped:
             skipped: dict[str, list[str]] = {}
             for item in self.items:
@@ -246,6 +326,7 @@ class PlannedJob:
     request: dict[str, Any]
     rule: str
     alternatives: list[str]
+    placement: Placement = NOWHERE
 
     @property
     def gap(self) -> str:
@@ -267,7 +348,7 @@ def planned_jobs(plan: Plan, *, dry_run: bool = False) -> list[PlannedJob]:
     rules = {r.name: r for r in plan.rules}
     jobs = []
     for item in plan.to_create():
-        rule = rules[item.rule]
+        rule = plan.place_rules.get((item.place, item.rule)) or rules[item.rule]
         assert item.target_id is not None
         request = {
             "NetworkInterfaceId": item.eni_id,
@@ -278,5 +359,5 @@ def planned_jobs(plan: Plan, *, dry_run: bool = False) -> list[PlannedJob]:
             **({"DryRun": True} if dry_run else {}),
         }
         others = [t for t in rule.targets if t != item.target_id]
-        jobs.append(PlannedJob(request, rule.name, others))
+        jobs.append(PlannedJob(request, rule.name, others, item.place))
     return jobs

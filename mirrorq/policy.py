@@ -7,26 +7,47 @@ name = "prod-web"                 # unique; recorded with every job the rule mak
 vpc = ["vpc-0a1b2c3d"]            # selectors: vpc, subnet, tag ("K=V"), instance, eni
 tag = ["Env=prod"]
 target = "tmt-07f75d8feeEXAMPLE"  # or targets = [...] with choose = "same-az" | "least-loaded"
-filter = "tmf-04812ff784EXAMPLE"
+filter = "tmf-04812ff784EXAMPLE"  # or filters = [...]: each used where it exists
 packet_length = 128               # optional: packet_length, virtual_network_id,
 description = "prod web"          #   description, session_tags ("K=V")
+accounts = ["prod"]               # optional: the [[accounts]] it applies to (default: all)
+
+[[accounts]]                      # optional: without any, rules run at the fleet's own place
+name = "prod"                     # unique, as rules name it
+role_arn = "arn:aws:iam::111111111111:role/mirrorq"  # one entry per account
+regions = ["us-east-1", "eu-west-1"]
+external_id = "mirrorq-prod"      # optional: the ExternalId its trust policy asks for
 ```
+
+A rule applies to every Region of every account it applies to: each account-Region is a
+*place*, planned on its own (targets and filters are Regional, so a rule's `targets` and
+`filters` may list those of several places: each place uses the ones that exist there).
 """
 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mirrorq.rules import Choose, Rule, Selectors, SessionOptions
-from tasks.contract import FILTER_ID, TARGET_ID, parse_request
+from tasks.contract import (
+    FILTER_ID,
+    TARGET_ID,
+    ExternalId,
+    Placement,
+    RegionName,
+    RoleArn,
+    parse_request,
+)
 from tasks.errors import FieldError, InvalidJobError, MirrorqError
 
 _Strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 KeyValue = Annotated[str, Field(pattern=r"^[^=]+=.*$")]
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/+-]+$")]
 # The request syntax's names of a rule's session options, for errors the contract finds.
 _OPTION_FIELDS = {
     "PacketLength": "packet_length",
@@ -52,7 +73,7 @@ class RuleSpec(BaseModel):
 
     model_config = _Strict
 
-    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/+-]+$")]
+    name: Name
     vpc: list[Annotated[str, Field(pattern=r"^vpc-[0-9a-f]{8,17}$")]] = []
     subnet: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = []
     tag: list[KeyValue] = []
@@ -63,7 +84,11 @@ class RuleSpec(BaseModel):
         Annotated[list[Annotated[str, Field(pattern=TARGET_ID)]], Field(min_length=1)] | None
     ) = None
     choose: Literal["same-az", "least-loaded"] | None = None
-    filter: Annotated[str, Field(pattern=FILTER_ID)]
+    filter: Annotated[str, Field(pattern=FILTER_ID)] | None = None
+    filters: (
+        Annotated[list[Annotated[str, Field(pattern=FILTER_ID)]], Field(min_length=1)] | None
+    ) = None
+    accounts: Annotated[list[Name], Field(min_length=1)] | None = None
     packet_length: int | None = None
     virtual_network_id: int | None = None
     description: str | None = None
@@ -87,7 +112,8 @@ class RuleSpec(BaseModel):
                 tuple(self.eni),
             ),
             targets=tuple(self.targets or [self.target or ""]),
-            filter_id=self.filter,
+            filter_id=(self.filters or [self.filter or ""])[0],
+            filter_choices=tuple(self.filters or ()),
             choose=Choose(self.choose) if self.choose else None,
             options=SessionOptions(
                 self.packet_length,
@@ -111,7 +137,33 @@ def _incoherence(spec: dict[str, Any]) -> str | None:
         return "choose only applies to targets"
     if isinstance(targets, list) and len(set(map(str, targets))) != len(targets):
         return "targets lists a target twice"
+    return _filter_incoherence(spec)
+
+
+def _filter_incoherence(spec: dict[str, Any]) -> str | None:
+    filter_, filters = spec.get("filter"), spec.get("filters")
+    if (filter_ is None) == (filters is None):
+        return "give either filter or filters"
+    if isinstance(filters, list) and len(set(map(str, filters))) != len(filters):
+        return "filters lists a filter twice"
     return None
+
+
+class AccountSpec(BaseModel):
+    """An [[accounts]] entry: a role to assume, and the Regions to plan there."""
+
+    model_config = _Strict
+
+    name: Name
+    role_arn: RoleArn
+    regions: Annotated[list[RegionName], Field(min_length=1)]
+    external_id: ExternalId | None = None
+
+    def places(self) -> tuple[Placement, ...]:
+        return tuple(
+            Placement(region=r, role_arn=self.role_arn, external_id=self.external_id)
+            for r in dict.fromkeys(self.regions)
+        )
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -138,10 +190,12 @@ def read_policy(content: bytes, path: str) -> list[Rule]:
 
 
 def parse_policy(raw: dict[str, Any], path: str = "policy") -> list[Rule]:
-    unknown = sorted(set(raw) - {"rules"})
+    unknown = sorted(set(raw) - {"rules", "accounts"})
     errors: list[FieldError] = [
-        {"field": k, "message": "unknown key; a policy holds [[rules]]"} for k in unknown
+        {"field": k, "message": "unknown key; a policy holds [[rules]] and [[accounts]]"}
+        for k in unknown
     ]
+    accounts = _accounts(raw.get("accounts"), errors)
     specs = raw.get("rules")
     if not isinstance(specs, list) or not specs:
         errors.append({"field": "rules", "message": "no [[rules]]"})
@@ -149,7 +203,7 @@ def parse_policy(raw: dict[str, Any], path: str = "policy") -> list[Rule]:
     rules: list[Rule] = []
     names: set[str] = set()
     for n, spec in enumerate(specs, start=1):
-        label = _label(n, spec)
+        label = _label("rules", n, spec)
         name = spec.get("name") if isinstance(spec, dict) else None
         if isinstance(name, str):
             if name in names:
@@ -158,10 +212,71 @@ def parse_policy(raw: dict[str, Any], path: str = "policy") -> list[Rule]:
         rule, found = check_rule(spec)
         errors += [{**e, "field": f"{label}.{e['field']}"} for e in found]
         if rule is not None:
-            rules.append(rule)
+            places, found = _rule_places(spec.get("accounts"), accounts)
+            errors += [{**e, "field": f"{label}.{e['field']}"} for e in found]
+            rules.append(replace(rule, places=places))
     if errors:
         raise PolicyError(path, errors)
     return rules
+
+
+def _accounts(specs: Any, errors: list[FieldError]) -> dict[str, AccountSpec] | None:
+    """The [[accounts]] by name (None: the policy has none), adding what is wrong to
+    `errors`: a bad field, a name or an account (the role ARN's) given twice."""
+    if specs is None:
+        return None
+    if not isinstance(specs, list) or not specs:
+        errors.append({"field": "accounts", "message": "give [[accounts]] entries, or none"})
+        return {}
+    accounts: dict[str, AccountSpec] = {}
+    by_account: dict[str, str] = {}
+    for n, spec in enumerate(specs, start=1):
+        label = _label("accounts", n, spec)
+        try:
+            account = AccountSpec.model_validate(spec)
+        except ValidationError as error:
+            errors += [
+                {
+                    "field": f"{label}.{'.'.join(map(str, e['loc'])) or '(entry)'}",
+                    "message": e["msg"].removeprefix("Value error, "),
+                }
+                for e in error.errors(include_url=False)
+            ]
+            continue
+        account_id = str(Placement(role_arn=account.role_arn).account_id)
+        if account.name in accounts:
+            errors.append({"field": f"{label}.name", "message": "another entry has this name"})
+        elif account_id in by_account:
+            errors.append(
+                {
+                    "field": f"{label}.role_arn",
+                    "message": f"account {account_id} has an entry already "
+                    f"({by_account[account_id]}): give one entry per account, with its Regions",
+                }
+            )
+        else:
+            accounts[account.name] = account
+            by_account[account_id] = account.name
+    return accounts
+
+
+def _rule_places(
+    named: Any, accounts: dict[str, AccountSpec] | None
+) -> tuple[tuple[Placement, ...], list[FieldError]]:
+    """The places a rule applies to: those of the accounts it names, else of every account
+    (none: a policy without [[accounts]] plans at the fleet's default place)."""
+    if named is None:
+        chosen = list((accounts or {}).values())
+        return tuple(p for a in chosen for p in a.places()), []
+    unknown: list[FieldError] = [
+        {"field": f"accounts.{i}", "message": f"no [[accounts]] entry is named {name!r}"}
+        for i, name in enumerate(named)
+        if name not in (accounts or {})
+    ]
+    if unknown or accounts is None:
+        return (), unknown
+    chosen = [a for name, a in accounts.items() if name in named]
+    return tuple(p for a in chosen for p in a.places()), []
 
 
 def check_rule(spec: Any) -> tuple[Rule | None, list[FieldError]]:
@@ -187,9 +302,9 @@ def check_rule(spec: Any) -> tuple[Rule | None, list[FieldError]]:
     return (None if found else rule), found
 
 
-def _label(n: int, spec: Any) -> str:
+def _label(table: str, n: int, spec: Any) -> str:
     name = spec.get("name") if isinstance(spec, dict) else None
-    return f"rules[{n}] ({name})" if isinstance(name, str) else f"rules[{n}]"
+    return f"{table}[{n}] ({name})" if isinstance(name, str) else f"{table}[{n}]"
 
 
 def _option_errors(rule: Rule) -> list[FieldError]:
@@ -197,7 +312,7 @@ def _option_errors(rule: Rule) -> list[FieldError]:
     sample = {
         "NetworkInterfaceId": "eni-00000000",
         "TrafficMirrorTargetId": rule.targets[0],
-        "TrafficMirrorFilterId": rule.filter_id,
+        "TrafficMirrorFilterId": rule.filter_ids[0],
         "SessionNumber": "auto",
         **rule.options.request_fields(),
     }

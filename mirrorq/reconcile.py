@@ -92,6 +92,15 @@ def summary(done: Pass) -> str:
     line = f"pass {done.number}: {len(creates)} to create"
     line += f" ({planned})" if planned else ""
     line += "; skipped " + (", ".join(f"{k} {v}" for k, v in skipped.items()) or "none")
+    by_place = done.plan.counts_by_place() if len(done.plan.places()) > 1 else {}
+    if by_place:
+        line += "; by place " + ", ".join(
+            f"{label} " + " ".join(f"{k} {v}" for k, v in counts.items())
+            for label, counts in by_place.items()
+        )
+    notes = [*done.plan.missing, *done.plan.unplanned]
+    if notes:
+        line += "; " + "; ".join(map(str, notes))
     line += f"; batch {done.batch_id or 'none'}"
     if done.counts:
         created = done.counts.get(JobStatus.CREATED, 0) + done.counts.get(JobStatus.DRY_RUN_OK, 0)

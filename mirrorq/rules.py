@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tasks.contract import Placement
+
 
 class Choose(StrEnum):
     """How a rule with several targets picks one for each ENI."""
@@ -96,3 +98,13 @@ class Rule:
     choose: Choose | None = None  # None: a single target
     options: SessionOptions = field(default_factory=SessionOptions)
     session_number: int | str = "auto"
+    # Every filter the rule may use, each where it exists (a filter is its account-Region's
+    # own); () is filter_id alone.
+    filter_choices: tuple[str, ...] = ()
+    # The account-Regions the rule applies to (a policy's [[accounts]]); () is the fleet's
+    # default place only (a policy without [[accounts]], `mirrorq mirror`).
+    places: tuple[Placement, ...] = ()
+
+    @property
+    def filter_ids(self) -> tuple[str, ...]:
+        return self.filter_choices or (self.filter_id,)

@@ -40,13 +40,14 @@ from aiobotocore.credentials import (
     AioAssumeRoleCredentialFetcher,
     AioDeferredRefreshableCredentials,
 )
-from aiobotocore.session import AioSession
+from aiobotocore.session import AioSession, get_session
 
 from config import Settings
+from tasks.connections import async_pool
 from tasks.contract import DEFAULT_ACCOUNT, Envelope, Placement
 from tasks.records import JobResult
 from worker.aws import client_config
-from worker.ec2 import Ec2Road
+from worker.ec2 import PLANNER_REDIS_CONNECTIONS, Ec2Road
 from worker.ratelimit import Limiters
 from worker.redaction import REDACTOR
 
@@ -84,6 +85,11 @@ class Place:
     def describe(self) -> str:
         who = f"role {self.role_arn}" if self.role_arn else "the default credentials"
         return f"{who} in {self.region}"
+
+
+def place_at(placement: Placement, default_region: str) -> Place:
+    """A placement's place (a job's, a policy account's Region): its Region, else the fleet's."""
+    return Place(placement.region or default_region, placement.role_arn, placement.external_id)
 
 
 def place_of(envelope: Envelope | None, record: JobResult | None, default_region: str) -> Place:
@@ -294,3 +300,26 @@ class Roads:
             self._roles.clear()
         for entry in closing:
             await entry.stack.aclose()
+
+
+@asynccontextmanager
+async def planner_roads(settings: Settings) -> AsyncIterator[Roads]:
+    """A planner's roads (`reconcile`, `policy plan`, `mirror`): the fleet's default road as
+    open_road gives it, and a road per other place it plans, with the role's credentials,
+    through the same cache a worker keeps; all closed on leaving."""
+    async with AsyncExitStack() as stack:
+        session = get_session()
+        client: EC2Client = await stack.enter_async_context(
+            session.create_client(
+                "ec2",
+                region_name=settings.region,
+                endpoint_url=settings.ec2_endpoint_url,
+                config=client_config(settings),
+            )
+        )
+        redis = async_pool(settings.broker_url, settings, max_connections=PLANNER_REDIS_CONNECTIONS)
+        stack.push_async_callback(redis.aclose)
+        default = Ec2Road(client, Limiters(redis, settings), settings)
+        roads = Roads(session, default, redis, settings)
+        stack.push_async_callback(roads.close)
+        yield roads

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from mirrorq.cli.base import (
+    EXIT_FAILED,
     EXIT_USAGE,
     exit_for_batch,
     fail_input,
@@ -100,11 +101,6 @@ def mirror(
     targets themselves, or not of type `interface` are skipped with the reason.
     """
     placement = placement_or_exit(region, role_arn, external_id)
-    if placement.role_arn:
-        fail_input(
-            "--role-arn: `mirror` plans with the fleet's own credentials only for now; "
-            "submit the jobs with `mirrorq batch submit --role-arn` instead"
-        )
     rule = _checked_rule(
         {
             "name": "mirror",
@@ -138,6 +134,9 @@ def mirror(
         plan = asyncio.run(plan_live(get_settings(), [rule], placement=placement))
     except UnknownResourceError as error:
         fail_input(f"--{error.kind}: {error}")
+    for unplanned in plan.unplanned:  # the role was not assumed: STS's code
+        click.echo(f"mirrorq: {unplanned}", err=True)
+        sys.exit(EXIT_FAILED)
     console.print(display.plan_table(plan))
     producer = Producer()
     try:

@@ -12,6 +12,7 @@ import click
 from mirrorq.cli.base import EXIT_FAILED, EXIT_USAGE, echo_json, exit_for_batch, fail_input, main
 
 if TYPE_CHECKING:
+    from mirrorq.planning import Plan
     from mirrorq.policy_watch import WatchedPolicy
     from mirrorq.rules import Rule
 
@@ -45,6 +46,12 @@ def _watched(path: Path, port: int | None) -> WatchedPolicy:
     if port is not None:
         serve_metrics(watched, port)
     return watched
+
+
+def _say_where_not(plan: Plan) -> None:
+    """The places a rule was not planned in, and why (stderr, one line each, unwrapped)."""
+    for note in [*plan.missing, *plan.unplanned]:
+        click.echo(f"mirrorq: {note}", err=True)
 
 
 def _refuse(error: Exception) -> NoReturn:
@@ -98,7 +105,14 @@ def policy_plan(file: Path, as_json: bool) -> None:
     if as_json:
         echo_json({**plan.summary(), "jobs": display.plan_jobs_json(plan)})
     else:
-        Console().print(display.plan_table(plan))
+        console = Console()
+        console.print(display.plan_table(plan))
+        places = display.places_table(plan)
+        if places is not None:
+            console.print(places)
+    _say_where_not(plan)
+    if plan.unplanned:
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()
@@ -161,13 +175,20 @@ def reconcile(
     except UnknownResourceError as error:
         fail_input(f"{policy_path}: {error}")
     console.print(display.plan_table(done.plan))
+    places = display.places_table(done.plan)
+    if places is not None:
+        console.print(places)
+    _say_where_not(done.plan)
     assert done.batch_id is not None  # keep_empty
     click.echo(done.batch_id)
     if wait:
         status = display.watch(producer, done.batch_id, console)
         if status is not None:
             console.print(display.counts_table(status))
-            exit_for_batch(status)
+            if not done.plan.unplanned:
+                exit_for_batch(status)
+    if done.plan.unplanned:
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()

@@ -1,0 +1,190 @@
+"""A policy's [[accounts]]: one `reconcile --policy` plans every account and Region it names,
+each on its own road (the account's role, assumed through the emulator's STS), and its jobs
+run each in its own account and Region.
+
+Real `mirrorq reconcile` and `mirrorq policy plan` processes, a real `mirrorq worker`, real
+Redis and the emulator over HTTP; the sessions are counted per account through the emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from emulator.org_lab import account_client, control, role_arn, seed_org_lab
+from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+
+EAST, WEST, EMPTY = "us-east-1", "eu-west-1", "ap-southeast-2"
+ENIS = 20
+
+
+def mirrorq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MIRRORQ, *args], env=env, capture_output=True, text=True, check=False, timeout=300
+    )
+
+
+def sessions_in(endpoint_url: str, account: str, region: str) -> Counter[str]:
+    """How many sessions each ENI has, of those the account owns in the Region."""
+    ec2 = account_client(endpoint_url, account, region)
+    pages = ec2.get_paginator("describe_traffic_mirror_sessions").paginate()
+    return Counter(
+        s["NetworkInterfaceId"]
+        for page in pages
+        for s in page["TrafficMirrorSessions"]
+        if s["OwnerId"] == account
+    )
+
+
+def org_policy(lab: dict[str, Any]) -> str:
+    """Both workload accounts, the second also in a Region the lab has nothing in; one rule
+    for every account, to the shared sensors of every Region, through each place's filter."""
+    first, second = lab["accounts"]
+    targets = [lab["security"]["regions"][r]["target_ids"][0] for r in (EAST, WEST)]
+    filters = [
+        place["filter_id"]
+        for seeded in lab["accounts"].values()
+        for place in seeded["regions"].values()
+    ]
+    return f"""
+[[accounts]]
+name = "first"
+role_arn = "{role_arn(first)}"
+regions = ["{EAST}", "{WEST}"]
+
+[[accounts]]
+name = "second"
+role_arn = "{role_arn(second)}"
+regions = ["{EAST}", "{WEST}", "{EMPTY}"]
+external_id = "mirrorq-second"
+
+[[rules]]
+name = "org"
+tag = ["mirrorq-lab=1"]
+targets = {json.dumps(targets)}
+choose = "least-loaded"
+filters = {json.dumps(filters)}
+"""
+
+
+def test_one_reconcile_mirrors_every_eni_of_every_account_and_region_once_in_its_own(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    lab = seed_org_lab(emulator.url, accounts=2, regions=(EAST, WEST), enis=ENIS)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(org_policy(lab))
+    start_worker(MIRRORQ_CONCURRENCY="16")
+
+    env = {**env, "COLUMNS": "200"}  # rich's tables, unwrapped
+    first = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
+    assert first.returncode == 0, first.stderr[-3000:]
+    status = json.loads(mirrorq(env, "batch", "status", first.stdout.strip(), "--json").stdout)
+    assert status["counts"] == {"created": 4 * ENIS}, status
+    # Each ENI mirrored once, by its own account in its own Region, to that Region's sensor.
+    for account, seeded in lab["accounts"].items():
+        for region, place in seeded["regions"].items():
+            assert sessions_in(emulator.url, account, region) == dict.fromkeys(
+                place["eni_ids"], 1
+            ), (account, region)
+    # Nothing in the lab's own (default) account: every call went on its place's road.
+    assert sessions_in(emulator.url, "123456789012", EAST) == {}
+    # The pass said, per account-Region, what it planned, and which place has no sensor.
+    second_account = list(lab["accounts"])[1]
+    for account in lab["accounts"]:
+        for region in (EAST, WEST):
+            assert f"{account}/{region}" in first.stderr
+    assert "mirrorq: rule org: no target of" in first.stderr
+    assert f"exists in account {second_account}, {EMPTY}" in first.stderr
+
+    # A second pass creates nothing, and policy plan says why, per place.
+    again = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
+    assert again.returncode == 0, again.stderr[-3000:]
+    quiet = json.loads(mirrorq(env, "batch", "status", again.stdout.strip(), "--json").stdout)
+    assert quiet["total"] == 0, quiet
+    plan = mirrorq(env, "policy", "plan", str(policy), "--json")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    planned = json.loads(plan.stdout)
+    assert planned["jobs"] == []
+    assert planned["places"] == {
+        **{
+            f"{account}/{region}": {"already_mirrored": ENIS}
+            for account in lab["accounts"]
+            for region in (EAST, WEST)
+        },
+        f"{second_account}/{EMPTY}": {},
+    }
+    assert planned["missing"] == [
+        f"rule org: no target of {', '.join(json.loads(_targets(policy)))} exists in "
+        f"account {second_account}, {EMPTY}",
+        f"rule org: no filter of {', '.join(json.loads(_filters(policy)))} exists in "
+        f"account {second_account}, {EMPTY}",
+    ]
+
+
+def _targets(policy: Path) -> str:
+    return next(
+        line.split("=", 1)[1]
+        for line in policy.read_text().splitlines()
+        if line.startswith("targets")
+    )
+
+
+def _filters(policy: Path) -> str:
+    return next(
+        line.split("=", 1)[1]
+        for line in policy.read_text().splitlines()
+        if line.startswith("filters")
+    )
+
+
+def test_a_role_that_cannot_be_assumed_leaves_only_its_own_places_unplanned(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    lab = seed_org_lab(emulator.url, accounts=2, regions=(EAST, WEST), enis=5)
+    denied, allowed = lab["accounts"]
+    control(emulator.url, "roles", {"role_arn": role_arn(denied), "assumable": False})
+    policy = tmp_path / "policy.toml"
+    policy.write_text(org_policy(lab).replace(f', "{EMPTY}"', ""))
+    start_worker(MIRRORQ_CONCURRENCY="8")
+
+    done = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
+    assert done.returncode == 1, done.stderr[-3000:]  # the pass says some place is unplanned
+    for region in (EAST, WEST):
+        assert f"mirrorq: account {denied}, {region} was not planned: AccessDenied" in done.stderr
+    status = json.loads(mirrorq(env, "batch", "status", done.stdout.strip(), "--json").stdout)
+    assert status["counts"] == {"created": 2 * 5}, status
+    for region, place in lab["accounts"][allowed]["regions"].items():
+        assert sessions_in(emulator.url, allowed, region) == dict.fromkeys(place["eni_ids"], 1)
+        assert sessions_in(emulator.url, denied, region) == {}
+
+
+def test_mirror_plans_and_creates_in_the_account_its_role_names(
+    emulator: EmulatorProcess, env: dict[str, str], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    lab = seed_org_lab(emulator.url, accounts=2, regions=(EAST, WEST), enis=4)
+    account, other = lab["accounts"]
+    place = lab["accounts"][account]["regions"][WEST]
+    start_worker()
+    done = mirrorq(
+        env,
+        "mirror",
+        *("--tag", "mirrorq-lab=1"),
+        *("--target", lab["security"]["regions"][WEST]["target_ids"][0]),
+        *("--filter", place["filter_id"]),
+        *("--region", WEST, "--role-arn", role_arn(account)),
+        "--wait",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sessions_in(emulator.url, account, WEST) == dict.fromkeys(place["eni_ids"], 1)
+    assert sessions_in(emulator.url, account, EAST) == {}
+    assert sessions_in(emulator.url, other, WEST) == {}
