@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from werkzeug.test import EnvironBuilder
 
 from emulator import moto_ext
 from emulator.control import CONTROL_PREFIX, ControlEndpoints
@@ -199,7 +198,7 @@ class EmulatorApp:
         """Forget every resource of every service, token record, counter, issued credential
         and lab setting (shares, roles, fault overrides); the fault plan itself stays."""
         with self._lock, moto_ext.SQS_LOCK:
-            self._call_moto(EnvironBuilder(path="/moto-api/reset", method="POST").get_environ())
+            moto_ext.forget_every_backend()
             self.mirroring.reset()
             self.events.reset()
             self.stats.reset()
