@@ -188,3 +188,64 @@ def test_mirror_plans_and_creates_in_the_account_its_role_names(
     assert sessions_in(emulator.url, account, WEST) == dict.fromkeys(place["eni_ids"], 1)
     assert sessions_in(emulator.url, account, EAST) == {}
     assert sessions_in(emulator.url, other, WEST) == {}
+
+
+ORG_ENIS = 200  # the issue's scale: 3 accounts x 2 Regions x 200 ENIs, 1,200 sessions
+
+
+def test_an_organisation_of_1200_enis_is_mirrored_once_and_a_denied_role_fails_only_its_own(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """The issue's "what must show" at its own scale: three workload accounts and a fourth
+    whose role STS refuses, all in one policy, one real reconcile pass, real workers."""
+    lab = seed_org_lab(emulator.url, accounts=4, regions=(EAST, WEST), enis=ORG_ENIS)
+    *allowed, denied = lab["accounts"]
+    control(emulator.url, "roles", {"role_arn": role_arn(denied), "assumable": False})
+    targets = [lab["security"]["regions"][r]["target_ids"][0] for r in (EAST, WEST)]
+    filters = [p["filter_id"] for s in lab["accounts"].values() for p in s["regions"].values()]
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        "".join(
+            f'[[accounts]]\nname = "a{n}"\nrole_arn = "{role_arn(account)}"\n'
+            f'regions = ["{EAST}", "{WEST}"]\n\n'
+            for n, account in enumerate(lab["accounts"])
+        )
+        + f'[[rules]]\nname = "org"\ntag = ["mirrorq-lab=1"]\ntargets = {json.dumps(targets)}\n'
+        + f'choose = "least-loaded"\nfilters = {json.dumps(filters)}\n'
+    )
+    # The fleet's rate (FAST: 1,000/s) is far above what two workers reach on the emulator.
+    for _ in range(2):
+        start_worker(MIRRORQ_CONCURRENCY="16")
+
+    env = {**env, "COLUMNS": "200"}
+    first = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
+    assert first.returncode == 1, first.stderr[-3000:]  # a place was not planned
+    for region in (EAST, WEST):
+        assert f"mirrorq: account {denied}, {region} was not planned: AccessDenied" in first.stderr
+        for account in allowed:
+            assert f"account {account}, {region} was not planned" not in first.stderr
+    status = json.loads(mirrorq(env, "batch", "status", first.stdout.strip(), "--json").stdout)
+    assert status["counts"] == {"created": 3 * 2 * ORG_ENIS}, status
+    # Each ENI mirrored once, by its own account in its own Region; none of the denied one's.
+    for account in allowed:
+        for region, place in lab["accounts"][account]["regions"].items():
+            assert sessions_in(emulator.url, account, region) == dict.fromkeys(
+                place["eni_ids"], 1
+            ), (account, region)
+    for region in (EAST, WEST):
+        assert sessions_in(emulator.url, denied, region) == {}
+    assert sessions_in(emulator.url, "123456789012", EAST) == {}
+    assert Counter(emulator.stats()["AssumeRole"])["AccessDenied"] >= 1
+
+    # A second pass creates nothing, and still names the denied account's places.
+    again = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert f"mirrorq: account {denied}, {EAST} was not planned: AccessDenied" in again.stderr
+    quiet = json.loads(mirrorq(env, "batch", "status", again.stdout.strip(), "--json").stdout)
+    assert quiet["total"] == 0, quiet
+    for account in allowed:
+        for region in (EAST, WEST):
+            assert sum(sessions_in(emulator.url, account, region).values()) == ORG_ENIS
