@@ -8,6 +8,9 @@
    adaptive case, EC2's limit below mirrorq's configured rate.
 3. Submission: seconds to submit a 10,000-job batch, and Redis memory per job.
 4. Footprint: resident memory of one worker process with its EC2 client.
+5. Many accounts: 4 workers riding 3 accounts x 2 Regions' buckets (20/s burst 50 each) at
+   once, jobs placed by role_arn and region; then one account throttled to a quarter; next
+   to the same harness with one account-Region (bench/accounts.py).
 
 Run: `make bench` (or `uv run python -m bench`). Prints a table, writes bench/results/latest.json.
 """
@@ -24,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench.accounts import bench_accounts
 from bench.api import bench_api
 from bench.common import RESULTS, flush
 from bench.events import bench_events
@@ -39,11 +43,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1000, help="jobs per pipeline run")
     parser.add_argument("--ride-jobs", type=int, default=2000, help="jobs per riding-the-limit run")
+    parser.add_argument(
+        "--account-jobs", type=int, default=300, help="jobs per account-Region, many accounts"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
-        "--only", choices=["pipeline", "events", "api"], help="run only this benchmark (printed)"
+        "--only",
+        choices=["pipeline", "events", "api", "accounts"],
+        help="run only this benchmark (printed; accounts also writes bench/results/accounts.json)",
     )
     args = parser.parse_args(argv)
+    if args.only == "accounts":
+        only_accounts(args.account_jobs)
+        return
     if args.only in ("events", "api"):
         console.print_json(json.dumps(bench_events() if args.only == "events" else bench_api()))
         return
@@ -54,12 +66,12 @@ def main(argv: list[str] | None = None) -> None:
         "footprint": {},
     }
     with EmulatorProcess() as emulator:
-        console.print("1/5 pipeline overhead ...")
+        console.print("1/6 pipeline overhead ...")
         results["pipeline"] = bench_pipeline(emulator, args.jobs, results["footprint"])
         if args.only == "pipeline":
             console.print_json(json.dumps(results["pipeline"]))
             return
-        console.print("2/5 riding the limit (three runs of about a minute or two) ...")
+        console.print("2/6 riding the limit (three runs of about a minute or two) ...")
         results["ride"] = {
             "shared_limiter": ride(emulator, args.ride_jobs, (20, 50), (20, 45)),
             "botocore_standard_retries_only": ride(emulator, args.ride_jobs, (20, 50), None),
@@ -67,11 +79,13 @@ def main(argv: list[str] | None = None) -> None:
                 emulator, args.ride_jobs // 2, (10, 50), (20, 45)
             ),
         }
-    console.print("3/5 submission ...")
+        console.print("3/6 many accounts (three runs of under a minute or two) ...")
+        results["accounts"] = bench_accounts(emulator, args.account_jobs)
+    console.print("4/6 submission ...")
     results["submission"] = bench_submission(10_000)
-    console.print("4/5 event to session ...")
+    console.print("5/6 event to session ...")
     results["events"] = bench_events()
-    console.print("5/5 the HTTP API ...")
+    console.print("6/6 the HTTP API ...")
     results["api"] = bench_api()
     flush()
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +125,8 @@ def report(results: dict[str, Any]) -> Table:
             f"{r['duplicates']} dup, {r['outcome'].get('failed', 0)} failed",
             f"{ratio} of theoretical" + (" (>= 0.95, <= 2%)" if name == "shared_limiter" else ""),
         )
+    for row in accounts_rows(results["accounts"]):
+        table.add_row(*row)
     s = results["submission"]
     table.add_row(
         f"submit {s['jobs']:,} jobs (in process / CLI incl. start-up)",
@@ -150,3 +166,56 @@ def report(results: dict[str, Any]) -> Table:
                 target,
             )
     return table
+
+
+def only_accounts(per_scope: int) -> None:
+    """The many-accounts benchmark alone: printed, and written to bench/results/accounts.json."""
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores",
+    }
+    with EmulatorProcess() as emulator:
+        results["accounts"] = bench_accounts(emulator, per_scope)
+    flush()
+    output = RESULTS.with_name("accounts.json")
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    table = Table(title=f"mirrorq many accounts, {results['date']}, {results['machine']}")
+    for column in ("benchmark", "measured", "ratio / target"):
+        table.add_column(column, justify="left" if column == "benchmark" else "right")
+    for row in accounts_rows(results["accounts"]):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"written to {output}")
+
+
+def _ratio(r: float | None) -> str:
+    return "-" if r is None else f"{r:.3f}"
+
+
+def accounts_rows(a: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The many-accounts rows: each case's fleet, then the slow case's buckets one by one."""
+    rows = []
+    for name, label, target in (
+        ("single_bucket", "1 account-Region (through a role)", " (>= 0.95)"),
+        ("six_buckets", "3 accounts x 2 Regions", " (>= 0.95, <= 2%)"),
+        ("one_account_quarter_rate", "same, one account at 5/s", ""),
+    ):
+        r = a[name]
+        rows.append(
+            (
+                f"ride {label}, {r['per_scope']} jobs each, 4 workers",
+                f"{r['achieved_rate']:.1f}/s of {r['theoretical_rate']:.0f}/s, "
+                f"{r['throttled_fraction']:.1%} throttled, {r['duplicates']} dup, "
+                f"{r['outcome'].get('failed', 0)} failed",
+                f"{_ratio(r['ratio_to_theoretical'])} of theoretical{target}",
+            )
+        )
+    for scope, b in a["one_account_quarter_rate"]["buckets"].items():
+        rows.append(
+            (
+                f"  bucket {scope} at {b['ec2_rate']:.0f}/s",
+                f"{b['throttled_fraction']:.1%} throttled",
+                f"{_ratio(b['ratio_to_theoretical'])} of its theoretical (>= 0.95)",
+            )
+        )
+    return rows
