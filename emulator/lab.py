@@ -80,6 +80,30 @@ def eni_tags(i: int) -> list[dict[str, str]]:
     ]
 
 
+def launch_across(ec2: Any, subnet_ids: list[str], count: int) -> list[dict[str, Any]]:
+    """`count` instances spread evenly over the subnets, one RunInstances a subnet."""
+    instances: list[dict[str, Any]] = []
+    for i, subnet_id in enumerate(subnet_ids):
+        n = count // len(subnet_ids) + (1 if i < count % len(subnet_ids) else 0)
+        if n:
+            instances += ec2.run_instances(
+                ImageId=LAB_IMAGE_ID,
+                MinCount=n,
+                MaxCount=n,
+                SubnetId=subnet_id,
+                InstanceType="c5.large",
+            )["Instances"]
+    return instances
+
+
+def tag_variants(ec2: Any, eni_ids: list[str]) -> None:
+    """Every ENI tagged with one of the TAG_VARIANTS Env x Role combinations, in turn."""
+    for variant in range(TAG_VARIANTS):
+        tagged = eni_ids[variant::TAG_VARIANTS]
+        for chunk in range(0, len(tagged), 500):
+            ec2.create_tags(Resources=tagged[chunk : chunk + 500], Tags=eni_tags(variant))
+
+
 def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[str, Any]:
     """Create a lab with exactly `enis` source ENIs attached to instances; return its ids."""
     if enis < 1:
@@ -97,18 +121,7 @@ def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[st
     # k instances with one primary ENI each, plus one extra ENI on every 5th: k + ceil(k/5) >= n.
     instances = math.ceil(enis * EXTRA_ENI_EVERY / (EXTRA_ENI_EVERY + 1))
     extras = enis - instances
-    instance_ids: list[str] = []
-    for i, subnet_id in enumerate(subnet_ids):
-        count = instances // SUBNET_COUNT + (1 if i < instances % SUBNET_COUNT else 0)
-        if count:
-            reservation = ec2.run_instances(
-                ImageId=LAB_IMAGE_ID,
-                MinCount=count,
-                MaxCount=count,
-                SubnetId=subnet_id,
-                InstanceType="c5.large",
-            )
-            instance_ids += [inst["InstanceId"] for inst in reservation["Instances"]]
+    instance_ids = [i["InstanceId"] for i in launch_across(ec2, subnet_ids, instances)]
     eni_ids, subnet_of = _primary_enis(ec2, instance_ids)
     for instance_id in instance_ids[::EXTRA_ENI_EVERY][:extras]:
         eni_id = ec2.create_network_interface(SubnetId=subnet_of[instance_id])["NetworkInterface"][
@@ -118,10 +131,7 @@ def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[st
             NetworkInterfaceId=eni_id, InstanceId=instance_id, DeviceIndex=1
         )
         eni_ids.append(eni_id)
-    for variant in range(TAG_VARIANTS):
-        tagged = eni_ids[variant::TAG_VARIANTS]
-        for chunk in range(0, len(tagged), 500):
-            ec2.create_tags(Resources=tagged[chunk : chunk + 500], Tags=eni_tags(variant))
+    tag_variants(ec2, eni_ids)
 
     sensor = ec2.run_instances(
         ImageId=LAB_IMAGE_ID,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections import Counter
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
-from emulator.lab import LAB_CREDENTIALS, LAB_IMAGE_ID, TAG_VARIANTS, eni_tags
+from emulator.lab import LAB_CREDENTIALS, launch_across, tag_variants
 
 SECURITY_ACCOUNT = "999999999999"
 ROLE_NAME = "mirrorq"
@@ -164,25 +165,11 @@ def _seed_workload(endpoint_url: str, account: str, region: str, enis: int) -> d
         ]["SubnetId"]
         for i, zone in enumerate(zones)
     ]
-    eni_ids: list[str] = []
-    for i, subnet_id in enumerate(subnet_ids):
-        count = enis // len(subnet_ids) + (1 if i < enis % len(subnet_ids) else 0)
-        if count:
-            reservation = ec2.run_instances(
-                ImageId=LAB_IMAGE_ID,
-                MinCount=count,
-                MaxCount=count,
-                SubnetId=subnet_id,
-                InstanceType="c5.large",
-            )
-            eni_ids += [
-                inst["NetworkInterfaces"][0]["NetworkInterfaceId"]
-                for inst in reservation["Instances"]
-            ]
-    for variant in range(TAG_VARIANTS):
-        tagged = eni_ids[variant::TAG_VARIANTS]
-        for chunk in range(0, len(tagged), 500):
-            ec2.create_tags(Resources=tagged[chunk : chunk + 500], Tags=eni_tags(variant))
+    eni_ids = [
+        i["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        for i in launch_across(ec2, subnet_ids, enis)
+    ]
+    tag_variants(ec2, eni_ids)
     filter_id = ec2.create_traffic_mirror_filter(
         Description=f"mirrorq lab: all traffic ({account} {region})",
         TagSpecifications=[{"ResourceType": "traffic-mirror-filter", "Tags": [FILTER_TAG]}],
@@ -193,3 +180,15 @@ def _seed_workload(endpoint_url: str, account: str, region: str, enis: int) -> d
         "eni_ids": eni_ids,
         "filter_id": filter_id,
     }
+
+
+def sessions_in(endpoint_url: str, account: str, region: str) -> Counter[str]:
+    """How many sessions each ENI has, of those the account owns in the Region."""
+    ec2 = account_client(endpoint_url, account, region)
+    pages = ec2.get_paginator("describe_traffic_mirror_sessions").paginate()
+    return Counter(
+        s["NetworkInterfaceId"]
+        for page in pages
+        for s in page["TrafficMirrorSessions"]
+        if s["OwnerId"] == account
+    )

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from emulator.org_lab import account_client, control, role_arn, seed_org_lab
+from emulator.org_lab import control, role_arn, seed_org_lab, sessions_in
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 
 EAST, WEST, EMPTY = "us-east-1", "eu-west-1", "ap-southeast-2"
@@ -25,18 +25,6 @@ ENIS = 20
 def mirrorq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*MIRRORQ, *args], env=env, capture_output=True, text=True, check=False, timeout=300
-    )
-
-
-def sessions_in(endpoint_url: str, account: str, region: str) -> Counter[str]:
-    """How many sessions each ENI has, of those the account owns in the Region."""
-    ec2 = account_client(endpoint_url, account, region)
-    pages = ec2.get_paginator("describe_traffic_mirror_sessions").paginate()
-    return Counter(
-        s["NetworkInterfaceId"]
-        for page in pages
-        for s in page["TrafficMirrorSessions"]
-        if s["OwnerId"] == account
     )
 
 

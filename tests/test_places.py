@@ -23,7 +23,7 @@ from aiobotocore.session import get_session
 
 from config import Settings
 from emulator.lab import LAB_CREDENTIALS
-from emulator.org_lab import account_client, control, role_arn, seed_org_lab
+from emulator.org_lab import control, role_arn, seed_org_lab, sessions_in
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.contract import QUEUE, TASK_NAME, Envelope, parse_envelope
 from tasks.errors import InvalidJobError
@@ -88,18 +88,6 @@ def submit_all(
         )
         for account, region, request in jobs
     }
-
-
-def sessions_in(endpoint_url: str, account: str, region: str) -> Counter[str]:
-    """How many sessions each ENI has, as the account sees them in the Region (its own)."""
-    ec2 = account_client(endpoint_url, account, region)
-    pages = ec2.get_paginator("describe_traffic_mirror_sessions").paginate()
-    return Counter(
-        s["NetworkInterfaceId"]
-        for page in pages
-        for s in page["TrafficMirrorSessions"]
-        if s["OwnerId"] == account
-    )
 
 
 def assume_role_calls(emulator: EmulatorProcess) -> Counter[str]:
