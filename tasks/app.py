@@ -14,6 +14,8 @@ from tasks import broker
 from tasks.connections import publish_retry_policy
 from tasks.contract import BATCH_TASK_NAME, TASK_NAME, fleet_queue
 
+UNACKED_MUTEX_EXPIRE_S = 10  # kombu's restore-sweep lock: see broker_transport_options
+
 
 def create_app(settings: Settings) -> Celery:
     # The worker imports the task module; producers only need the app and the task's name.
@@ -45,6 +47,13 @@ def create_app(settings: Settings) -> Celery:
             # by default); scan every few seconds so a dead worker's jobs move on promptly.
             "unacked_restore_interval": 2,
             "unacked_restore_throttle": 1,
+            # A sweep runs under a Redis lock. One cut off by a Redis restart can't release
+            # it, and a graceful restart keeps it in the AOF with its expiry: no worker
+            # restores anything until it expires (kombu's default, 5 minutes, held a
+            # restarted batch's abandoned messages back that long). A sweep takes
+            # milliseconds, and each restore is a transaction WATCHing the unacked hash, so
+            # two sweeps at once restore nothing twice.
+            "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
         },
         # Publishing rides out a Redis restart as commands do (tasks/connections.py).
         task_publish_retry_policy=publish_retry_policy(settings),
