@@ -6,6 +6,7 @@ and moved atomically with each job's record (tasks/store.py).
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import redis
 
 from tasks import keys
 from tasks.contract import DEFAULT_ACCOUNT
-from tasks.records import JobStatus
+from tasks.records import JobResult, JobStatus, queue_of
 
 CHUNK = 1000
 
@@ -122,6 +123,28 @@ class BatchStore:
         while chunk := self.redis.lrange(jobs, start, start + CHUNK - 1):
             yield [j.decode() if isinstance(j, bytes) else j for j in chunk]
             start += CHUNK
+
+
+def messages_of(jobs: list[JobResult], per_message: int) -> list[list[JobResult]]:
+    """A batch's jobs as messages, in the order to publish them.
+
+    A message holds up to `per_message` jobs of one queue and one place (account, Region,
+    role): its jobs share a road and a bucket. Each queue's messages take its places in
+    turn, so the fleet works on every bucket of a batch at once: in submission order, a
+    batch listing its places one after another would have the workers fill one bucket at a
+    time, whatever the others could serve."""
+    places: dict[tuple[Any, ...], list[JobResult]] = {}
+    for record in jobs:
+        where = (queue_of(record), record.get("account_id"), record.get("region"))
+        places.setdefault((*where, record.get("role_arn")), []).append(record)
+    chunked = {
+        place: [queued[i : i + per_message] for i in range(0, len(queued), per_message)]
+        for place, queued in places.items()
+    }
+    ordered: list[list[JobResult]] = []
+    for turn in itertools.zip_longest(*chunked.values()):
+        ordered += [message for message in turn if message is not None]
+    return ordered
 
 
 def place_of(account_id: str | None, region: str | None) -> str:

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from config import Settings, get_settings
 from tasks import contract, keys
-from tasks.batches import place_of
+from tasks.batches import messages_of, place_of
 from tasks.connections import sync_client
 from tasks.contract import (
     BATCH_TASK_NAME,
@@ -202,19 +202,13 @@ class Producer:
                 places=[place_of(r.get("account_id"), r.get("region")) for r in jobs],
             )
             pipe.execute()
-        per_message = self.settings.jobs_per_message
-        by_queue: dict[str, list[JobResult]] = {}
-        for record in jobs:
-            by_queue.setdefault(queue_of(record), []).append(record)
         with self.app.producer_or_acquire() as producer, producer.batch():
             declared: set[str] = set()
-            for queued in by_queue.values():
-                for start in range(0, len(queued), per_message):
-                    chunk = queued[start : start + per_message]
-                    queue = queue_of(chunk[0])
-                    first = queue not in declared
-                    declared.add(queue)
-                    self._publish_jobs(chunk, producer=producer, declare=None if first else [])
+            for message in messages_of(jobs, self.settings.jobs_per_message):
+                queue = queue_of(message[0])
+                first = queue not in declared
+                declared.add(queue)
+                self._publish_jobs(message, producer=producer, declare=None if first else [])
         return batch_id
 
     def claim_gaps(self, gaps: list[str]) -> list[GapClaim]:
@@ -265,7 +259,7 @@ class Producer:
 
     def _publish_jobs(self, jobs: list[JobResult], **options: Any) -> None:
         """Several jobs of a batch in one message; one alone goes in the single-job form. The
-        jobs share one queue (submit_batch groups them by it)."""
+        jobs share one queue and place (tasks/batches.py `messages_of`)."""
         if len(jobs) == 1:
             self._publish(jobs[0], **options)
             return

@@ -177,7 +177,8 @@ def test_a_restore_sweep_cut_off_by_a_redis_restart_holds_back_abandoned_message
     assert client.hlen("unacked") == 1
     # The lock as that worker's own sweep takes it (kombu's channel, configured by our app).
     with app.connection_for_read(private_redis.url(0)) as connection:
-        expire_s = connection.default_channel.unacked_mutex_expire
+        channel: Any = connection.default_channel  # kombu's Redis channel
+        expire_s = channel.unacked_mutex_expire
     assert client.set("unacked_mutex", "cut-off-sweep", nx=True, ex=int(expire_s))
     doomed.kill()
     emulator.set_faults(latency_ms=0)
