@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -99,6 +100,7 @@ def ride_accounts(
     for (account, region), rate in rates.items():
         set_bucket_config(client, account, region, CREATE_ACTION, rate=rate, burst=FLEET_BURST)
     finished: dict[Scope, float] = {}
+    first: dict[Scope, float] = {}  # the first create that succeeded: the fleet's start-up
     with workers(
         emulator,
         4,
@@ -110,13 +112,10 @@ def ride_accounts(
         p = producer()
         started = time.monotonic()
         batch_id = p.submit_batch(requests, placements=placements)
+        submitted_s = time.monotonic() - started
         while True:
             now = time.monotonic() - started
-            calls = _create_calls(emulator.url)
-            for scope in rates:
-                ok = calls.get(_scope_key(scope), {}).get("ok", 0)
-                if scope not in finished and ok >= per_scope:
-                    finished[scope] = now
+            _progress(_create_calls(emulator.url), per_scope, now, first, finished, rates)
             status = p.batch_status(batch_id) or {}
             if status.get("finished_at"):
                 break
@@ -134,6 +133,7 @@ def ride_accounts(
         per_bucket[_scope_key(scope)] = {
             "ec2_rate": rate,
             "seconds": seconds,
+            "first_create_s": first.get(scope),
             "steady_rate": (per_scope - EC2_BURST) / seconds if seconds else None,
             "ratio_to_theoretical": theoretical_s / seconds if seconds else None,
             "throttled_fraction": _throttled(outcomes),
@@ -157,6 +157,7 @@ def ride_accounts(
         "fleet_burst": FLEET_BURST,
         "slow_accounts": slow,
         "seconds": elapsed,
+        "submitted_s": submitted_s,
         "achieved_rate": created / elapsed,
         "theoretical_rate": sum(rates.values()),
         "steady_rate": (created - EC2_BURST * len(rates)) / elapsed,
@@ -168,6 +169,23 @@ def ride_accounts(
         "duplicates": duplicates,
         "buckets": per_bucket,
     }
+
+
+def _progress(
+    calls: dict[str, dict[str, int]],
+    per_scope: int,
+    now: float,
+    first: dict[Scope, float],
+    finished: dict[Scope, float],
+    scopes: Iterable[Scope],
+) -> None:
+    """Note when each scope's first create succeeded, and when its last did."""
+    for scope in scopes:
+        ok = calls.get(_scope_key(scope), {}).get("ok", 0)
+        if scope not in first and ok:
+            first[scope] = now
+        if scope not in finished and ok >= per_scope:
+            finished[scope] = now
 
 
 def _throttled(calls: dict[str, int]) -> float:

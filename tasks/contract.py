@@ -516,6 +516,7 @@ class Envelope(_Placed):
         )
 
 
+ADMIT_AT = "admit_at"  # a deferred batch message's turn at its bucket (worker/admission.py)
 DecodedJob = tuple[str, Envelope | InvalidJobError]  # a job id, and its envelope or why not
 
 

@@ -23,8 +23,9 @@ from redis.exceptions import RedisError
 from config import get_settings
 from tasks.app import app
 from tasks.contract import BATCH_TASK_NAME, TASK_NAME, DecodedJob, recordable_job_id
-from tasks.messages import JobTask, decode_batch, envelope, store
+from tasks.messages import JobTask, admit_at, decode_batch, envelope, store
 from tasks.producer import Producer
+from worker.admission import Deferred, admit
 from worker.ratelimit import check_fleet_rates
 from worker.repair import Repairer
 from worker.runner import run_message
@@ -46,14 +47,15 @@ def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: A
 
 @app.task(name=BATCH_TASK_NAME, bind=True, base=JobTask)
 def create_traffic_mirror_sessions(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
-    _run(self, decode_batch(args, kwargs))
+    _run(self, decode_batch(args, kwargs), admit_at(kwargs))
 
 
-def _run(task: Task[Any, None], jobs: list[DecodedJob]) -> None:
+def _run(task: Task[Any, None], jobs: list[DecodedJob], turn: float | None = None) -> None:
     if not jobs:
         return
     runtime = get_runtime(get_settings(), store())
     try:
+        jobs = _defer(runtime.run(admit(runtime.worker, jobs, turn)))
         elsewhere = runtime.run(run_message(runtime.worker, jobs))
     except (RedisError, OSError) as error:
         # Jobs wait for Redis themselves; this is the last resort (the runtime could not
@@ -65,6 +67,19 @@ def _run(task: Task[Any, None], jobs: list[DecodedJob]) -> None:
             _producer().publish(record)
         except Exception:  # its record stays pending: the lost-message repair publishes it
             log.warning("job %s could not be passed on to its queue", record["job_id"])
+
+
+def _defer(admitted: tuple[list[DecodedJob], list[Deferred]]) -> list[DecodedJob]:
+    """Publish again the jobs whose bucket can't serve them soon (worker/admission.py); the
+    jobs to run now. A deferral that can't be published runs now instead."""
+    now, deferred = admitted
+    for later in deferred:
+        try:
+            _producer().defer(later.records, admit_at=later.admit_at, countdown=later.countdown_s)
+        except Exception as error:
+            log.warning("%d job(s) could not be deferred (%r); run now", len(later.jobs), error)
+            now += later.jobs
+    return now
 
 
 @functools.cache
@@ -81,6 +96,16 @@ def _start_repair(**_: Any) -> None:
     producer = _producer()
     _repairer = Repairer(producer.redis, store(), producer.publish, producer.settings)
     _repairer.start()
+
+
+@worker_ready.connect
+def _open_runtime(**_: Any) -> None:
+    """The event loop, the default EC2 client (botocore's EC2 model takes a second or two to
+    load) and the Redis pools are made at start, not by the first message."""
+    try:
+        get_runtime(get_settings(), store())
+    except (RedisError, OSError) as error:  # the first message tries again
+        log.warning("could not open the EC2 runtime at start: %r", error)
 
 
 @worker_ready.connect

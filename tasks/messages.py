@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Any, Literal
 
 from celery import Task
@@ -24,6 +25,7 @@ from config import get_settings
 from tasks.app import app
 from tasks.broker import message_dropped
 from tasks.contract import (
+    ADMIT_AT,
     BATCH_TASK_NAME,
     TASK_NAME,
     DecodedJob,
@@ -216,11 +218,19 @@ def envelope(args: Any, kwargs: Any) -> Envelope | InvalidJobError:
         return error
 
 
+def admit_at(kwargs: Any) -> float | None:
+    """A deferred message's turn (Unix time), if it is one; anything else is no turn."""
+    value = kwargs.get(ADMIT_AT) if isinstance(kwargs, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def decode_batch(args: Any, kwargs: Any) -> list[DecodedJob]:
     """Each job of a batch message, by id. A job without a usable id can't be recorded,
     so it is logged and left out; a job with one but a bad envelope is recorded as failed."""
     jobs = kwargs.get("jobs") if isinstance(kwargs, dict) else None
-    if args or not isinstance(jobs, list) or set(kwargs) != {"jobs"}:
+    if args or not isinstance(jobs, list) or not set(kwargs) <= {"jobs", ADMIT_AT}:
         log.warning("batch message refused: expected kwargs={'jobs': [...]} only")
         return []
     decoded: list[DecodedJob] = []

@@ -24,6 +24,7 @@ from tasks import contract, keys
 from tasks.batches import messages_of, place_of
 from tasks.connections import sync_client
 from tasks.contract import (
+    ADMIT_AT,
     BATCH_TASK_NAME,
     DEFAULT_ACCOUNT,
     NOWHERE,
@@ -227,6 +228,19 @@ class Producer:
         a worker of another scope): same id, token and envelope, the request as accepted
         (SessionNumber `auto` included), to the queue of the scope it was accepted for."""
         self._publish(record)
+
+    def defer(self, records: list[JobResult], *, admit_at: float, countdown: float) -> None:
+        """Publish accepted jobs of one queue and place again as one message that a worker
+        runs `countdown` seconds from now: their bucket's turn for them is at `admit_at`
+        (worker/admission.py), which the message carries."""
+        entries = [{"job_id": r["job_id"], **_envelope(r, self.scope.region)} for r in records]
+        self._send(
+            BATCH_TASK_NAME,
+            {"jobs": entries, ADMIT_AT: admit_at},
+            f"{{{len(records)} jobs waiting for their turn}}",
+            queue=queue_of(records[0]),
+            countdown=countdown,
+        )
 
     def _claim_scope(self, placement: Placement) -> tuple[str, str] | None:
         """The (account, Region) a job's claim is scoped to: None (the key it always had) for

@@ -367,6 +367,7 @@ def state_of(fields: dict[Any, Any]) -> gcra.State:
         configured=number(b"configured"),
         burst=None if fields.get(b"burst") is None else int(fields[b"burst"]),
         source=None if fields.get(b"source") is None else fields[b"source"].decode(),
+        admit_tat=number(b"admit_tat"),
     )
 
 
@@ -391,7 +392,7 @@ rates = st.just(0.0) | st.floats(0.5, 500)
 bursts = st.integers(1, 50)
 calls = st.lists(
     st.tuples(
-        st.sampled_from(["acquire", "throttled", "configure"]),
+        st.sampled_from(["acquire", "throttled", "configure", "admit"]),
         gaps,
         st.integers(0, 2),  # the process calling
         st.tuples(rates, bursts),  # what `configure` sets
@@ -462,6 +463,15 @@ def test_the_scripts_do_what_their_twin_says(
                     quiet=QUIET_S,
                 )
                 assert close(await limiters[who].throttled(), in_force)
+            elif call == "admit":
+                jobs = 1 + int(gap * 7) % 8  # a message of 1 to 8 jobs
+                horizon = 2 * gap
+                twin, soon, later, interval = gcra.admit(
+                    twin, clock.now, jobs, horizon=horizon, own_rate=own_rate, own_burst=own_burst
+                )
+                got = await limiters[who].admit(jobs, horizon)
+                assert got[0] == soon, (got, soon)
+                assert close(got[1], later) and close(got[2], interval), (got, later, interval)
             else:
                 twin = gcra.configure(twin, clock.now, rate=fleet_rate, burst=fleet_burst)
                 set_bucket_config(

@@ -10,6 +10,7 @@ none yet, and is otherwise ignored. The schedule and the AIMD cuts run at the st
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 SET = "set"  # `source` of a rate set for the fleet (`mirrorq rate set`, a policy): kept
@@ -40,6 +41,7 @@ class State:
     configured: float | None = None  # the fleet's rate (0: no limit), whoever calls
     burst: int | None = None  # the fleet's burst
     source: str | None = None  # SET or SETTING: where `configured` came from
+    admit_tat: float | None = None  # the admission schedule's end: after every admitted job
 
 
 def fleet(state: State, *, own_rate: float, own_burst: int) -> State:
@@ -95,6 +97,40 @@ def acquire(
     wait = max(0.0, tat - burst * interval - now)
     after = replace(state, rate=stored(rate), updated=stored(now), tat=stored(tat))
     return after, stored(wait)
+
+
+def admit(
+    state: State, now: float, jobs: int, *, horizon: float, own_rate: float, own_burst: int
+) -> tuple[State, int, float, float]:
+    """Admit a message of `jobs` jobs to the bucket. Returns the new state; how many of its
+    jobs run now (the first ones, whose slots come within `horizon`); how long until the
+    first of the others' slot comes; and the interval between slots (0: no rate).
+
+    The admission schedule runs beside the limiter's: `admit_tat` is where the jobs admitted
+    so far end, never behind the limiter's own `tat` (calls that were not admitted count
+    too) nor behind now. The message's jobs take the next `jobs` intervals at the rate in
+    force, the first of them a burst early, as `acquire` would give them. A bucket without a
+    rate runs everything now and keeps no schedule.
+    """
+    state = fleet(state, own_rate=own_rate, own_burst=own_burst)
+    if not limited(state):
+        return state, jobs, 0.0, 0.0
+    assert state.configured is not None
+    assert state.burst is not None
+    rate = state.configured if state.rate is None else state.rate
+    tat = now if state.tat is None else state.tat
+    start = now if state.admit_tat is None else state.admit_tat
+    start = max(start, tat, now)
+    interval = 1 / rate
+    first = start + interval - state.burst * interval  # the first job's slot
+    soon = (
+        0
+        if first - now > horizon
+        else min(jobs, math.floor((now + horizon - first) / interval) + 1)
+    )
+    later = max(0.0, first + soon * interval - now)
+    after = replace(state, admit_tat=stored(start + jobs * interval))
+    return after, soon, stored(later), stored(interval)
 
 
 def throttled(

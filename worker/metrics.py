@@ -8,9 +8,14 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 JOBS_IN_FLIGHT = Gauge("mirrorq_worker_jobs_in_flight", "Jobs this worker process is running")
+JOBS_DEFERRED = Counter(
+    "mirrorq_worker_jobs_deferred",
+    "Jobs this worker process published again for later: their bucket could not serve them "
+    "within the admission horizon (worker/admission.py)",
+)
 EC2_CALLS = Histogram(
     "mirrorq_ec2_call_seconds",
     "EC2 calls made by this process, by action and outcome (ok, or the error code)",

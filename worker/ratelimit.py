@@ -88,6 +88,31 @@ keep(KEYS[1], source)
 return kept(KEYS[1], tostring(wait))
 """
 
+# Admit a message of ARGV[3] jobs (worker/admission.py) with a horizon of ARGV[4] s: how
+# many run now, the wait of the first of the others, and the interval (gcra.admit), on the
+# admission schedule (`admit_tat`), which never runs behind the limiter's own.
+_ADMIT = """
+local now = clock(ARGV[5])
+local jobs, horizon = tonumber(ARGV[3]), tonumber(ARGV[4])
+local configured, burst, source = fleet(KEYS[1], ARGV[1], ARGV[2])
+if configured == nil or configured <= 0 then return {jobs, '0', '0'} end
+local state = redis.call('HMGET', KEYS[1], 'rate', 'tat', 'admit_tat')
+local rate = tonumber(state[1]) or configured
+local tat = tonumber(state[2]) or now
+local start = tonumber(state[3]) or now
+start = math.max(start, tat, now)
+local interval = 1 / rate
+local first = start + interval - burst * interval
+local soon = 0
+if first - now <= horizon then
+  soon = math.min(jobs, math.floor((now + horizon - first) / interval) + 1)
+end
+local later = math.max(0, first + soon * interval - now)
+redis.call('HSET', KEYS[1], 'admit_tat', tostring(start + jobs * interval))
+keep(KEYS[1], source)
+return {soon, tostring(later), tostring(interval)}
+"""
+
 # EC2 said RequestLimitExceeded. In-flight calls report one event many times: only the first
 # report within `cooldown` acts. An event after a quiet spell is taken for jitter: EC2's
 # bucket is empty, so our burst is spent, but the rate stands. An event soon after another
@@ -208,6 +233,7 @@ class SharedRateLimiter:
         self._clock = clock
         self._acquire = client.register_script(_CLOCK + _FLEET + _ACQUIRE)
         self._throttled = client.register_script(_CLOCK + _FLEET + _THROTTLED)
+        self._admit = client.register_script(_CLOCK + _FLEET + _ADMIT)
         self._redis = client
 
     @property
@@ -237,6 +263,14 @@ class SharedRateLimiter:
             waited += float(wait or 0)
             if (_text(await self._redis.hget(self.key, "epoch")) or "0") == epoch:
                 return waited
+
+    async def admit(self, jobs: int, horizon: float) -> tuple[int, float, float]:
+        """Admit a message of `jobs` jobs (worker/admission.py): how many run now, the
+        seconds until the first of the others' turn, and the interval between turns."""
+        soon, later, interval = await self._admit(
+            keys=[self.key], args=[self.rate, self.burst, jobs, horizon, *self._now()]
+        )
+        return int(soon), float(_text(later) or 0), float(_text(interval) or 0)
 
     async def throttled(self) -> float:
         """Report RequestLimitExceeded; return the shared rate now in force (0: no limit)."""

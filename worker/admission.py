@@ -1,0 +1,116 @@
+"""Admission per bucket: a message's jobs are held only when their bucket can serve them soon.
+
+A job waiting for its bucket's slot holds what its message holds: a thread of the worker's
+pool, and a place in its prefetch. Without admission a slow or throttled account's jobs
+would fill every worker of the fleet while the other accounts' buckets idle. So each
+message (its jobs share one place: tasks/batches.py `messages_of`) is first admitted on its
+bucket's admission schedule (`SharedRateLimiter.admit`, beside the limiter's own in the
+bucket's hash): its jobs take the next intervals at the bucket's rate in force. A message
+whose turn comes within HORIZON_S runs now. A later one is published again with a countdown
+that wakes it a little before its turn, carrying that turn (`admit_at`) so that it is
+never scheduled twice, and this delivery is acked: it waits as a Celery ETA message in a
+worker's memory, holding no thread. Its jobs keep their ids, tokens and records (`queued`),
+and the message is held unacked meanwhile, so the lost-message repair never takes them for
+lost. A countdown never exceeds half the visibility timeout: a turn further off is reached
+in several hops.
+
+Only jobs that can wait are admitted: those with a `queued` record of this worker's queue.
+A job started before (a redelivery), one sent with no record, or one of another queue runs,
+or is passed on, at once, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from tasks.contract import DecodedJob, Envelope
+from tasks.records import JobResult, JobStatus, queue_of
+from worker.metrics import JOBS_DEFERRED
+from worker.roads import Place, place_of
+from worker.runner import Worker
+
+log = logging.getLogger(__name__)
+HORIZON_S = 2.0  # a message whose turn is nearer runs now
+LEAD_S = HORIZON_S / 2  # a deferred message wakes this long before its turn
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Jobs of one place to publish again, to wake `countdown_s` from now (their turn is at
+    `admit_at`, Unix time)."""
+
+    jobs: list[DecodedJob]
+    records: list[JobResult]
+    admit_at: float
+    countdown_s: float
+
+
+def countdown(admit_at: float, now: float, visibility_timeout_s: float) -> float | None:
+    """How long a message whose turn is at `admit_at` waits before it wakes again; None: it
+    runs now (its turn is within the horizon)."""
+    wait = admit_at - now
+    if wait <= HORIZON_S:
+        return None
+    return min(wait - LEAD_S, visibility_timeout_s / 2)
+
+
+async def admit(
+    worker: Worker, jobs: list[DecodedJob], admit_at: float | None = None
+) -> tuple[list[DecodedJob], list[Deferred]]:
+    """The jobs to run now, and those to publish again for later (by place, in messages
+    each of which its bucket serves within the horizon once its turn comes)."""
+    records = await worker.store.load_many([job_id for job_id, _ in jobs])
+    now_jobs: list[DecodedJob] = []
+    waiting: dict[Place, list[tuple[DecodedJob, JobResult]]] = defaultdict(list)
+    for job, record in zip(jobs, records, strict=True):
+        envelope = job[1]
+        if (
+            isinstance(envelope, Envelope)
+            and record is not None
+            and record["status"] is JobStatus.QUEUED
+            and queue_of(record) == worker.scope.queue
+        ):
+            waiting[place_of(envelope, record, worker.scope.region)].append((job, record))
+        else:
+            now_jobs.append(job)
+    deferred: list[Deferred] = []
+    visibility = worker.ec2.settings.visibility_timeout_s
+    for place, entries in waiting.items():
+        now = time.time()
+        if admit_at is not None:  # a deferred message: its turn was given when deferred
+            wait = countdown(admit_at, now, visibility)
+            if wait is None:
+                now_jobs += [job for job, _ in entries]
+            else:
+                deferred.append(_deferred(entries, admit_at, wait))
+            continue
+        async with worker.roads.use(place) as road:
+            soon, later, interval = await road.limiters.create.admit(len(entries), HORIZON_S)
+        now_jobs += [job for job, _ in entries[:soon]]
+        rest = entries[soon:]
+        # In messages its bucket serves within the horizon, each woken before its turn.
+        size = max(1, math.floor(HORIZON_S / interval)) if interval else len(rest)
+        for n in range(0, len(rest), size):
+            turn = now + later + n * interval
+            wait = countdown(turn, now, visibility)
+            if wait is None:
+                now_jobs += [job for job, _ in rest[n : n + size]]
+            else:
+                deferred.append(_deferred(rest[n : n + size], turn, wait))
+    for later_jobs in deferred:
+        JOBS_DEFERRED.inc(len(later_jobs.jobs))
+    if deferred:
+        log.debug(
+            "%d job(s) wait for their turn: %s",
+            sum(len(d.jobs) for d in deferred),
+            ", ".join(f"{len(d.jobs)} for {d.countdown_s:.1f} s" for d in deferred),
+        )
+    return now_jobs, deferred
+
+
+def _deferred(entries: list[tuple[DecodedJob, JobResult]], turn: float, wait: float) -> Deferred:
+    return Deferred([job for job, _ in entries], [record for _, record in entries], turn, wait)
