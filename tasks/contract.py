@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -117,10 +118,23 @@ EXTERNAL_ID = re.compile(EXTERNAL_ID_PATTERN)
 EXTERNAL_ID_RULE = "2 to 1,224 characters of letters, digits and _ + = , . @ : / -"
 
 
+_REGIONS_READ = threading.Lock()
+
+
 @functools.cache
 def ec2_regions(partition: str) -> frozenset[str]:
     """The Regions EC2 has in `partition`, from botocore's endpoint data (the same data its
-    clients resolve endpoints from), so a new Region comes with a botocore upgrade."""
+    clients resolve endpoints from), so a new Region comes with a botocore upgrade.
+
+    Read once per process, under a lock: reading means loading botocore's EC2 model (a
+    large gzipped JSON), and a worker's threads validating their first messages at once
+    would otherwise each read it, seconds of CPU at start."""
+    with _REGIONS_READ:
+        return _read_regions(partition)
+
+
+@functools.cache
+def _read_regions(partition: str) -> frozenset[str]:
     import botocore.session
 
     return frozenset(

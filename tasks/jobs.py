@@ -22,7 +22,13 @@ from redis.exceptions import RedisError
 
 from config import get_settings
 from tasks.app import app
-from tasks.contract import BATCH_TASK_NAME, TASK_NAME, DecodedJob, recordable_job_id
+from tasks.contract import (
+    BATCH_TASK_NAME,
+    TASK_NAME,
+    DecodedJob,
+    ec2_regions,
+    recordable_job_id,
+)
 from tasks.messages import JobTask, admit_at, decode_batch, envelope, store
 from tasks.producer import Producer
 from worker.admission import Deferred, admit
@@ -101,7 +107,9 @@ def _start_repair(**_: Any) -> None:
 @worker_ready.connect
 def _open_runtime(**_: Any) -> None:
     """The event loop, the default EC2 client (botocore's EC2 model takes a second or two to
-    load) and the Redis pools are made at start, not by the first message."""
+    load), the Redis pools and the Regions envelopes are checked against are made at start,
+    not by the first messages."""
+    ec2_regions("aws")
     try:
         get_runtime(get_settings(), store())
     except (RedisError, OSError) as error:  # the first message tries again

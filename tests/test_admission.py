@@ -1,11 +1,12 @@
 """Admission per bucket: a slow account's jobs never hold the workers its neighbours need.
 
 Real `mirrorq worker` processes, real Redis, the emulator over HTTP. One worker of small
-concurrency (one message at a time) gets a batch over two accounts, one of them limited to a
+concurrency (two messages at a time) gets a batch over two accounts, one of them limited to a
 rate far below the other's. Without admission the worker takes the slow account's messages
 in turn with the fast one's and holds each until its slow bucket serves it, so the fast
-account finishes only as late as the slow one; with it, the slow account's messages wait for
-their turn without a thread, and the fast account is done long before.
+account finishes only as late as the slow one; with it, a worker holds only the slow jobs
+their bucket serves within 2 s, the others wait for their turn without a thread, and the
+fast account is done long before.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def test_a_slow_accounts_jobs_wait_for_their_turn_without_holding_the_worker(
     requests, placements, account_of = [], [], []
     for account in (slow, fast):
         place = lab["accounts"][account]["regions"][REGION]
-        n = 16 if account == slow else 48  # 8 s of the slow bucket, a moment of the fast
+        n = 32 if account == slow else 48  # 16 s of the slow bucket, a moment of the fast
         for eni in place["eni_ids"][:n]:
             requests.append(
                 parse_request(
@@ -64,18 +65,18 @@ def test_a_slow_accounts_jobs_wait_for_their_turn_without_holding_the_worker(
             )
             placements.append(parse_placement(region=REGION, role_arn=role_arn(account)))
             account_of.append(account)
-    # One message of 8 jobs at a time: a held slow message would hold the whole worker.
-    start_worker(MIRRORQ_CONCURRENCY="8", MIRRORQ_JOBS_PER_MESSAGE="8")
+    # Two messages of 8 jobs at a time: two held slow messages would hold the whole worker.
+    start_worker(MIRRORQ_CONCURRENCY="16", MIRRORQ_JOBS_PER_MESSAGE="8")
     batch_id = producer.submit_batch(requests, placements=placements)
     job_ids = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
     records = wait_all(producer, job_ids, timeout=120)
-    assert Counter(r["status"] for r in records) == {"created": 64}, [r["error"] for r in records]
+    assert Counter(r["status"] for r in records) == {"created": 80}, [r["error"] for r in records]
     assert all(r["attempts"] == 1 for r in records)  # waiting for a turn is no attempt
     by_account: dict[str, list[float]] = {slow: [], fast: []}
     for record, account in zip(records, account_of, strict=True):
         by_account[account].append(_finished(record))
-    # The fast account is done before half the slow one's jobs are (they need 8 s at 2/s).
+    # The fast account is done before half the slow one's jobs are (they need 16 s at 2/s).
     assert max(by_account[fast]) < statistics.median(by_account[slow]), by_account
-    for account, n in ((slow, 16), (fast, 48)):
+    for account, n in ((slow, 32), (fast, 48)):
         place = lab["accounts"][account]["regions"][REGION]
         assert sessions_in(emulator.url, account, REGION) == dict.fromkeys(place["eni_ids"][:n], 1)

@@ -172,3 +172,40 @@ def test_an_idempotency_key_http_could_not_carry_is_refused_naming_its_field(key
     with pytest.raises(InvalidJobError) as raised:
         idempotency_key(key, "Idempotency-Key")
     assert [e["field"] for e in raised.value.errors] == ["Idempotency-Key"]
+
+
+def test_the_regions_are_read_once_however_many_threads_ask_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by profiling a worker: each of a worker's threads validating its first message
+    read botocore's EC2 model itself (a cache filled by whoever finishes first), so 50
+    messages arriving at start cost 50 reads of a large gzipped JSON, seconds of CPU that
+    starved every job."""
+    import threading
+
+    import botocore.session
+
+    from tasks import contract
+
+    reads = []
+    real = botocore.session.Session.get_available_regions
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(botocore.session.Session, "get_available_regions", counted)
+    contract.ec2_regions.cache_clear()
+    contract._read_regions.cache_clear()
+    start = threading.Barrier(16)
+
+    def validate() -> None:
+        start.wait()
+        contract.parse_placement(region="eu-west-1")
+
+    threads = [threading.Thread(target=validate) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(reads) == 1

@@ -41,7 +41,7 @@ class State:
     configured: float | None = None  # the fleet's rate (0: no limit), whoever calls
     burst: int | None = None  # the fleet's burst
     source: str | None = None  # SET or SETTING: where `configured` came from
-    admit_tat: float | None = None  # the admission schedule's end: after every admitted job
+    defer_tat: float | None = None  # after the turns given to deferred jobs
 
 
 def fleet(state: State, *, own_rate: float, own_burst: int) -> State:
@@ -103,14 +103,16 @@ def admit(
     state: State, now: float, jobs: int, *, horizon: float, own_rate: float, own_burst: int
 ) -> tuple[State, int, float, float]:
     """Admit a message of `jobs` jobs to the bucket. Returns the new state; how many of its
-    jobs run now (the first ones, whose slots come within `horizon`); how long until the
-    first of the others' slot comes; and the interval between slots (0: no rate).
+    jobs run now (the first ones, whose slots would come within `horizon`); how long until
+    the first of the others' turn; and the interval between slots (0: no rate).
 
-    The admission schedule runs beside the limiter's: `admit_tat` is where the jobs admitted
-    so far end, never behind the limiter's own `tat` (calls that were not admitted count
-    too) nor behind now. The message's jobs take the next `jobs` intervals at the rate in
-    force, the first of them a burst early, as `acquire` would give them. A bucket without a
-    rate runs everything now and keeps no schedule.
+    Jobs that run now are judged against the limiter's own schedule (`tat`): what is
+    reserved there, as `acquire` would give the next slots, the first a burst early. They
+    reserve nothing here: a job that never takes its slot (stuck in a throttled read, or
+    failed) holds no turn from the jobs behind it. The others are given turns in line:
+    `defer_tat` is where the turns given so far end, and they take the next ones (or those
+    after the jobs run now), so that deferred messages wake one after another, in the order
+    they were deferred. A bucket without a rate runs everything now.
     """
     state = fleet(state, own_rate=own_rate, own_burst=own_burst)
     if not limited(state):
@@ -118,9 +120,7 @@ def admit(
     assert state.configured is not None
     assert state.burst is not None
     rate = state.configured if state.rate is None else state.rate
-    tat = now if state.tat is None else state.tat
-    start = now if state.admit_tat is None else state.admit_tat
-    start = max(start, tat, now)
+    start = now if state.tat is None else max(state.tat, now)
     interval = 1 / rate
     first = start + interval - state.burst * interval  # the first job's slot
     soon = (
@@ -128,9 +128,12 @@ def admit(
         if first - now > horizon
         else min(jobs, math.floor((now + horizon - first) / interval) + 1)
     )
-    later = max(0.0, first + soon * interval - now)
-    after = replace(state, admit_tat=stored(start + jobs * interval))
-    return after, soon, stored(later), stored(interval)
+    if soon == jobs:
+        return state, soon, 0.0, stored(interval)
+    turn = first + soon * interval
+    turn = max(turn, turn if state.defer_tat is None else state.defer_tat)
+    after = replace(state, defer_tat=stored(turn + (jobs - soon) * interval))
+    return after, soon, stored(max(0.0, turn - now)), stored(interval)
 
 
 def throttled(

@@ -89,28 +89,27 @@ return kept(KEYS[1], tostring(wait))
 """
 
 # Admit a message of ARGV[3] jobs (worker/admission.py) with a horizon of ARGV[4] s: how
-# many run now, the wait of the first of the others, and the interval (gcra.admit), on the
-# admission schedule (`admit_tat`), which never runs behind the limiter's own.
+# many run now, the wait until the first of the others' turn, and the interval (gcra.admit).
 _ADMIT = """
 local now = clock(ARGV[5])
 local jobs, horizon = tonumber(ARGV[3]), tonumber(ARGV[4])
 local configured, burst, source = fleet(KEYS[1], ARGV[1], ARGV[2])
 if configured == nil or configured <= 0 then return {jobs, '0', '0'} end
-local state = redis.call('HMGET', KEYS[1], 'rate', 'tat', 'admit_tat')
+local state = redis.call('HMGET', KEYS[1], 'rate', 'tat', 'defer_tat')
 local rate = tonumber(state[1]) or configured
-local tat = tonumber(state[2]) or now
-local start = tonumber(state[3]) or now
-start = math.max(start, tat, now)
+local start = math.max(tonumber(state[2]) or now, now)
 local interval = 1 / rate
 local first = start + interval - burst * interval
 local soon = 0
 if first - now <= horizon then
   soon = math.min(jobs, math.floor((now + horizon - first) / interval) + 1)
 end
-local later = math.max(0, first + soon * interval - now)
-redis.call('HSET', KEYS[1], 'admit_tat', tostring(start + jobs * interval))
 keep(KEYS[1], source)
-return {soon, tostring(later), tostring(interval)}
+if soon == jobs then return {soon, '0', tostring(interval)} end
+local turn = first + soon * interval
+turn = math.max(turn, tonumber(state[3]) or turn)
+redis.call('HSET', KEYS[1], 'defer_tat', tostring(turn + (jobs - soon) * interval))
+return {soon, tostring(math.max(0, turn - now)), tostring(interval)}
 """
 
 # EC2 said RequestLimitExceeded. In-flight calls report one event many times: only the first
