@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from emulator.org_lab import control, role_arn, seed_org_lab, sessions_in
+from emulator.org_lab import control, role_arn, seed_org_lab, sessions_in, share_sensor_eni
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 
 EAST, WEST, EMPTY = "us-east-1", "eu-west-1", "ap-southeast-2"
@@ -237,3 +237,49 @@ def test_an_organisation_of_1200_enis_is_mirrored_once_and_a_denied_role_fails_o
     for account in allowed:
         for region in (EAST, WEST):
             assert sum(sessions_in(emulator.url, account, region).values()) == ORG_ENIS
+
+
+SENSOR_SOURCES = 10  # EC2: a network-interface target of a small instance takes 10 sources
+
+
+def test_a_shared_sensor_takes_its_source_limit_once_over_every_account_of_the_pass(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Two workload accounts share one sensor ENI (room for 10 sources) and have 10 ENIs
+    each: one pass plans 10 sessions on it, not 10 per account, and says the rest found it
+    full; neither account's own sessions alone would show it."""
+    lab = seed_org_lab(emulator.url, accounts=2, regions=(EAST,), enis=SENSOR_SOURCES)
+    first, second = lab["accounts"]
+    sensor = share_sensor_eni(emulator.url, EAST, [first, second])
+    filters = [lab["accounts"][a]["regions"][EAST]["filter_id"] for a in (first, second)]
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        "".join(
+            f'[[accounts]]\nname = "a{n}"\nrole_arn = "{role_arn(account)}"\n'
+            f'regions = ["{EAST}"]\n\n'
+            for n, account in enumerate((first, second))
+        )
+        + f'[[rules]]\nname = "sensor"\ntag = ["mirrorq-lab=1"]\ntarget = "{sensor}"\n'
+        + f"filters = {json.dumps(filters)}\n"
+    )
+    start_worker(MIRRORQ_CONCURRENCY="8")
+
+    done = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = json.loads(mirrorq(env, "batch", "status", done.stdout.strip(), "--json").stdout)
+    assert status["counts"] == {"created": SENSOR_SOURCES}, status
+    made = sum(sum(sessions_in(emulator.url, a, EAST).values()) for a in (first, second))
+    assert made == SENSOR_SOURCES
+    # Again: the first account's sessions fill the sensor for the second, and nothing is
+    # submitted.
+    plan = mirrorq(env, "policy", "plan", str(policy), "--json")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    planned = json.loads(plan.stdout)
+    assert planned["jobs"] == []
+    assert planned["places"] == {
+        f"{first}/{EAST}": {"already_mirrored": SENSOR_SOURCES},
+        f"{second}/{EAST}": {"targets_full": SENSOR_SOURCES},
+    }
