@@ -106,8 +106,17 @@ class Inventory:
         targets = {}
         for target_id, t in found.items():
             eni = enis.get(t.get("NetworkInterfaceId") or "")
-            if t.get("Type") in ALL_ZONES or eni is None:
+            if t.get("Type") in ALL_ZONES or not t.get("NetworkInterfaceId"):
                 targets[target_id] = Target(target_id)
+                continue
+            if eni is None:
+                # Another account's sensor ENI, shared with this one (RAM): its zone and
+                # instance are not this account's to describe. It takes sources all the same;
+                # counted as a small size's, the fewer (its owner's view, when the pass
+                # reads it, says more: planning.plan_places).
+                targets[target_id] = Target(
+                    target_id, t["NetworkInterfaceId"], source_limit=SOURCES_PER_TARGET
+                )
                 continue
             instance = str((eni.get("Attachment") or {}).get("InstanceId"))
             largest_size = sizes.get(instance, "") in largest
