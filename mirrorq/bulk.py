@@ -109,17 +109,32 @@ async def _read_place(inventory: Inventory, place: Placement, rules: list[Rule])
     exist there, or a Missing saying which it has none of."""
     targets = await inventory.targets((t for rule in rules for t in rule.targets), missing_ok=True)
     filters = await inventory.existing_filters(f for rule in rules for f in rule.filter_ids)
+    # A tag is looked for only where none of its rule's ids exists.
+    tagged = await inventory.tagged_filters(
+        rule.filter_tag
+        for rule in rules
+        if rule.filter_tag is not None and not filters.intersection(rule.filter_ids)
+    )
     here: list[Rule] = []
     missing: list[planning.Missing] = []
     for rule in rules:
         found = tuple(t for t in rule.targets if t in targets)
         filter_id = next((f for f in rule.filter_ids if f in filters), None)
+        matched = tagged.get(rule.filter_tag) if rule.filter_tag is not None else None
+        if filter_id is None and matched is not None and len(matched) == 1:
+            filter_id = matched[0]
         if not found:
             missing.append(planning.Missing(rule.name, place, "target", rule.targets))
         if filter_id is None:
-            missing.append(planning.Missing(rule.name, place, "filter", rule.filter_ids))
+            ambiguous = tuple(matched or ()) if len(matched or ()) > 1 else ()
+            words = rule.filter_words()
+            missing.append(planning.Missing(rule.name, place, "filter", words, ambiguous))
         if found and filter_id is not None:
-            here.append(replace(rule, targets=found, filter_id=filter_id, filter_choices=()))
+            here.append(
+                replace(
+                    rule, targets=found, filter_id=filter_id, filter_choices=(), filter_tag=None
+                )
+            )
     enis = await inventory.enis_for(here) if here else []
     sessions = await inventory.sessions() if here else []
     target_enis = await inventory.all_target_enis() if here else set()

@@ -97,9 +97,18 @@ class Missing:
     rule: str
     place: Placement
     kind: str  # "target" or "filter"
-    ids: tuple[str, ...]
+    ids: tuple[str, ...]  # as the rule names them (a filter tag as `tagged K=V`)
+    # Several filters have the rule's filter tag there: which to use is not mirrorq's guess,
+    # so the rule is refused in that place.
+    ambiguous: tuple[str, ...] = ()
 
     def __str__(self) -> str:
+        where = f"account {self.place.account_id or 'default'}, {self.place.region or 'default'}"
+        if self.ambiguous:
+            return (
+                f"rule {self.rule}: refused in {where}: {len(self.ambiguous)} filters are "
+                f"{self.ids[-1]} ({', '.join(self.ambiguous)}); tag one only, or name it"
+            )
         return (
             f"rule {self.rule}: no {self.kind} of {', '.join(self.ids)} exists in "
             f"account {self.place.account_id or 'default'}, {self.place.region or 'default'}"
@@ -179,8 +188,10 @@ class Plan:
         where: dict[str, Any] = {}
         if places != [NOWHERE]:
             where["places"] = self.counts_by_place()
-        if self.missing:
-            where["missing"] = [str(m) for m in self.missing]
+        if missing := [str(m) for m in self.missing if not m.ambiguous]:
+            where["missing"] = missing
+        if ambiguous := [str(m) for m in self.missing if m.ambiguous]:
+            where["ambiguous"] = ambiguous
         if self.unplanned:
             where["unplanned"] = [str(u) for u in self.unplanned]
         if len(self.rules) == 1:
@@ -197,7 +208,11 @@ class Plan:
             {"filters": list(rule.filter_choices)}
             if rule.filter_choices
             else {"filter": rule.filter_id}
+            if rule.filter_id
+            else {}
         )
+        if rule.filter_tag is not None:
+            filters["filter_tag"] = "=".join(rule.filter_tag)
         summary = {**targets, **filters, "counts": self.counts(rule.name)}
         if with_skipped:
             skipped: dict[str, list[str]] = {}
