@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from emulator.lab import LAB_CREDENTIALS, launch_across, tag_variants
+from emulator.lab import LAB_CREDENTIALS, LAB_IMAGE_ID, launch_across, tag_variants
 
 SECURITY_ACCOUNT = "999999999999"
 ROLE_NAME = "mirrorq"
@@ -153,6 +153,38 @@ def seed_org_lab(
             },
         }
     return lab
+
+
+def share_sensor_eni(
+    endpoint_url: str,
+    region: str,
+    accounts: list[str],
+    instance_type: str = "c5.large",
+    security_account: str = SECURITY_ACCOUNT,
+) -> str:
+    """A sensor instance of `instance_type` in the security account, its ENI a traffic
+    mirror target shared with `accounts` there: the target's id. Unlike an NLB, it takes
+    sessions from a limited number of sources (10, or 100 on a family's largest size)
+    whichever accounts they are in; the workload accounts cannot describe its ENI."""
+    ec2 = account_client(endpoint_url, security_account, region)
+    sensor = ec2.run_instances(
+        ImageId=LAB_IMAGE_ID, MinCount=1, MaxCount=1, InstanceType=instance_type
+    )
+    eni = sensor["Instances"][0]["NetworkInterfaces"][0]["NetworkInterfaceId"]
+    target: str = ec2.create_traffic_mirror_target(
+        NetworkInterfaceId=eni, Description=f"sensor ENI ({instance_type})"
+    )["TrafficMirrorTarget"]["TrafficMirrorTargetId"]
+    control(
+        endpoint_url,
+        "share-target",
+        {
+            "target_id": target,
+            "owner_account": security_account,
+            "region": region,
+            "accounts": accounts,
+        },
+    )
+    return target
 
 
 def _seed_workload(endpoint_url: str, account: str, region: str, enis: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -31,7 +31,10 @@ async def plan_live(
 ) -> planning.Plan:
     """Every rule planned from EC2's state now (and the mirrors `pending` jobs will make), in
     each place it applies to (its `places`, else `placement`: the fleet's own by default),
-    each place on its own road, and the plans merged.
+    each place read on its own road, then every place planned in turn against one load (a
+    target shared by several accounts is one target: its sessions from every place read,
+    and what earlier places plan for it, count against its source limit), and the plans
+    merged.
 
     Raises UnknownResourceError (a LookupError) naming a target or filter that exists in none
     of its rule's places. One that exists in some places only (targets and filters are
@@ -47,23 +50,42 @@ async def plan_live(
     slots = asyncio.Semaphore(max(1, settings.client_cache))
     async with planner_roads(settings) as roads:
 
-        async def one(place: Placement) -> tuple[planning.Plan, set[str] | None]:
+        async def one(place: Placement) -> _Read | planning.Unplanned:
             try:
                 async with slots, roads.use(place_at(place, settings.region)) as road:
-                    return await _plan_place(Inventory(road), place, by_place[place], pending)
+                    return await _read_place(Inventory(road), place, by_place[place])
             except ClientError as error:
                 if error.operation_name not in STS_OPERATIONS:
                     raise
                 # The place's role was not assumed: only its own ENIs go unplanned.
                 failure = classify(error)
-                unplanned = planning.Unplanned(place, failure.code, failure.message)
-                return planning.Plan([], unplanned=[unplanned]), None
+                return planning.Unplanned(place, failure.code, failure.message)
 
-        planned = await asyncio.gather(*(one(p) for p in by_place))
-    _require_somewhere(rules, by_place, [seen for _, seen in planned])
-    return planning.Plan.merge(
-        list(rules), [(p, plan) for p, (plan, _) in zip(by_place, planned, strict=True)]
-    )
+        read = await asyncio.gather(*(one(p) for p in by_place))
+    _require_somewhere(rules, by_place, [r.seen if isinstance(r, _Read) else None for r in read])
+    # Every place read first, then planned in turn against one load: a target shared by
+    # several accounts takes its sources once, over all of them.
+    states = [r.state for r in read if isinstance(r, _Read)]
+    plans = iter(planning.plan_places(states, pending))
+    merged: list[tuple[Placement, planning.Plan]] = []
+    for place, r in zip(by_place, read, strict=True):
+        if isinstance(r, _Read):
+            plan = next(plans)
+            plan.missing = r.missing
+        else:
+            plan = planning.Plan([], unplanned=[r])
+        merged.append((place, plan))
+    return planning.Plan.merge(list(rules), merged)
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A place as read: what planning needs, the rules it cannot plan there (and why), and
+    the ids of the rules' targets and filters that exist there."""
+
+    state: planning.PlaceState
+    missing: list[planning.Missing]
+    seen: set[str]
 
 
 async def _plan_place(
@@ -72,27 +94,52 @@ async def _plan_place(
     rules: list[Rule],
     pending: list[planning.Pending],
 ) -> tuple[planning.Plan, set[str]]:
-    """The rules planned in one place, each with those of its targets and filters that
-    exist there (the plan's rules are those, as planned), and the ids of those that do."""
+    """The rules planned in one place alone, each with those of its targets and filters
+    that exist there (the plan's rules are those, as planned), and the ids of those that
+    do. A shared target's load here is this account's sessions only: `plan_live` plans
+    several places against one load."""
+    read = await _read_place(inventory, place, rules)
+    plan = planning.plan_places([read.state], pending)[0]
+    plan.missing = read.missing
+    return plan, read.seen
+
+
+async def _read_place(inventory: Inventory, place: Placement, rules: list[Rule]) -> _Read:
+    """One place read for its rules: each rule with those of its targets and filters that
+    exist there, or a Missing saying which it has none of."""
     targets = await inventory.targets((t for rule in rules for t in rule.targets), missing_ok=True)
     filters = await inventory.existing_filters(f for rule in rules for f in rule.filter_ids)
+    # A tag is looked for only where none of its rule's ids exists.
+    tagged = await inventory.tagged_filters(
+        rule.filter_tag
+        for rule in rules
+        if rule.filter_tag is not None and not filters.intersection(rule.filter_ids)
+    )
     here: list[Rule] = []
     missing: list[planning.Missing] = []
     for rule in rules:
         found = tuple(t for t in rule.targets if t in targets)
         filter_id = next((f for f in rule.filter_ids if f in filters), None)
+        matched = tagged.get(rule.filter_tag) if rule.filter_tag is not None else None
+        if filter_id is None and matched is not None and len(matched) == 1:
+            filter_id = matched[0]
         if not found:
             missing.append(planning.Missing(rule.name, place, "target", rule.targets))
         if filter_id is None:
-            missing.append(planning.Missing(rule.name, place, "filter", rule.filter_ids))
+            ambiguous = tuple(matched or ()) if len(matched or ()) > 1 else ()
+            words = rule.filter_words()
+            missing.append(planning.Missing(rule.name, place, "filter", words, ambiguous))
         if found and filter_id is not None:
-            here.append(replace(rule, targets=found, filter_id=filter_id, filter_choices=()))
+            here.append(
+                replace(
+                    rule, targets=found, filter_id=filter_id, filter_choices=(), filter_tag=None
+                )
+            )
     enis = await inventory.enis_for(here) if here else []
     sessions = await inventory.sessions() if here else []
     target_enis = await inventory.all_target_enis() if here else set()
-    plan = planning.plan(here, enis, sessions, targets, target_enis, pending)
-    plan.missing = missing
-    return plan, set(targets) | filters
+    state = planning.PlaceState(here, enis, sessions, targets, target_enis)
+    return _Read(state, missing, set(targets) | filters)
 
 
 def _require_somewhere(

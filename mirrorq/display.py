@@ -31,7 +31,9 @@ def plan_table(plan: Plan) -> Table:
     title = "plan"
     if len(plan.rules) == 1:
         rule = plan.rules[0]
-        title = f"plan: mirror to {', '.join(rule.targets)} through {', '.join(rule.filter_ids)}"
+        title = (
+            f"plan: mirror to {', '.join(rule.targets)} through {', '.join(rule.filter_words())}"
+        )
     table = Table(title=title, title_justify="left")
     if len(plan.rules) > 1:
         table.add_column("rule")
@@ -81,8 +83,10 @@ def rule_json(rule: Rule) -> dict[str, Any]:
         out |= {"targets": list(rule.targets), "choose": rule.choose.value}
     if rule.filter_choices:
         out["filters"] = list(rule.filter_choices)
-    else:
+    elif rule.filter_id:
         out["filter"] = rule.filter_id
+    if rule.filter_tag is not None:
+        out["filter_tag"] = "=".join(rule.filter_tag)
     o = rule.options
     out |= {
         "packet_length": o.packet_length,
@@ -116,7 +120,7 @@ def rules_table(rules: list[Rule], title: str) -> Table:
             for k, v in shown.items()
             if k in ("packet_length", "virtual_network_id", "description", "session_tags")
         )
-        table.add_row(rule.name, enis, to, ", ".join(rule.filter_ids), options)
+        table.add_row(rule.name, enis, to, ", ".join(rule.filter_words()), options)
     return table
 
 

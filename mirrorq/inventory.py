@@ -106,8 +106,17 @@ class Inventory:
         targets = {}
         for target_id, t in found.items():
             eni = enis.get(t.get("NetworkInterfaceId") or "")
-            if t.get("Type") in ALL_ZONES or eni is None:
+            if t.get("Type") in ALL_ZONES or not t.get("NetworkInterfaceId"):
                 targets[target_id] = Target(target_id)
+                continue
+            if eni is None:
+                # Another account's sensor ENI, shared with this one (RAM): its zone and
+                # instance are not this account's to describe. It takes sources all the same;
+                # counted as a small size's, the fewer (its owner's view, when the pass
+                # reads it, says more: planning.plan_places).
+                targets[target_id] = Target(
+                    target_id, t["NetworkInterfaceId"], source_limit=SOURCES_PER_TARGET
+                )
                 continue
             instance = str((eni.get("Attachment") or {}).get("InstanceId"))
             largest_size = sizes.get(instance, "") in largest
@@ -147,6 +156,25 @@ class Inventory:
             if described:
                 found.add(filter_id)
         return found
+
+    async def tagged_filters(
+        self, tags: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[str]]:
+        """Per tag (key, value), the ids of the filters here that have it, sorted. One listing
+        of every filter, matched on its tags here: EC2 documents only `description` and
+        `traffic-mirror-filter-id` as this call's filters, not `tag:<key>` (moto ignores a
+        name it does not know, and so would return every filter)."""
+        wanted = set(tags)
+        if not wanted:
+            return {}
+        described = await self._road.paginate(
+            "DescribeTrafficMirrorFilters", "TrafficMirrorFilters", MaxResults=PAGE_SIZE
+        )
+        found: dict[tuple[str, str], list[str]] = {tag: [] for tag in wanted}
+        for f in described:
+            for tag in {(t["Key"], t.get("Value", "")) for t in f.get("Tags") or []} & wanted:
+                found[tag].append(f["TrafficMirrorFilterId"])
+        return {tag: sorted(ids) for tag, ids in found.items()}
 
     async def _instance_types(self, instance_ids: Iterable[str | None]) -> dict[str, str]:
         ids = sorted({i for i in instance_ids if i})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -97,9 +97,18 @@ class Missing:
     rule: str
     place: Placement
     kind: str  # "target" or "filter"
-    ids: tuple[str, ...]
+    ids: tuple[str, ...]  # as the rule names them (a filter tag as `tagged K=V`)
+    # Several filters have the rule's filter tag there: which to use is not mirrorq's guess,
+    # so the rule is refused in that place.
+    ambiguous: tuple[str, ...] = ()
 
     def __str__(self) -> str:
+        where = f"account {self.place.account_id or 'default'}, {self.place.region or 'default'}"
+        if self.ambiguous:
+            return (
+                f"rule {self.rule}: refused in {where}: {len(self.ambiguous)} filters are "
+                f"{self.ids[-1]} ({', '.join(self.ambiguous)}); tag one only, or name it"
+            )
         return (
             f"rule {self.rule}: no {self.kind} of {', '.join(self.ids)} exists in "
             f"account {self.place.account_id or 'default'}, {self.place.region or 'default'}"
@@ -179,8 +188,10 @@ class Plan:
         where: dict[str, Any] = {}
         if places != [NOWHERE]:
             where["places"] = self.counts_by_place()
-        if self.missing:
-            where["missing"] = [str(m) for m in self.missing]
+        if missing := [str(m) for m in self.missing if not m.ambiguous]:
+            where["missing"] = missing
+        if ambiguous := [str(m) for m in self.missing if m.ambiguous]:
+            where["ambiguous"] = ambiguous
         if self.unplanned:
             where["unplanned"] = [str(u) for u in self.unplanned]
         if len(self.rules) == 1:
@@ -197,7 +208,11 @@ class Plan:
             {"filters": list(rule.filter_choices)}
             if rule.filter_choices
             else {"filter": rule.filter_id}
+            if rule.filter_id
+            else {}
         )
+        if rule.filter_tag is not None:
+            filters["filter_tag"] = "=".join(rule.filter_tag)
         summary = {**targets, **filters, "counts": self.counts(rule.name)}
         if with_skipped:
             skipped: dict[str, list[str]] = {}
@@ -246,6 +261,19 @@ class _Load:
         )
 
 
+@dataclass(frozen=True)
+class PlaceState:
+    """One place as read for planning: the rules as planned there (its targets and filter),
+    the ENIs they match, the sessions it lists, its view of the targets, and every ENI that
+    is a target there (never a source)."""
+
+    rules: list[Rule]
+    enis: list[dict[str, Any]]
+    sessions: list[dict[str, Any]]
+    targets: dict[str, Target]
+    target_enis: set[str]
+
+
 def plan(
     rules: list[Rule],
     enis: list[dict[str, Any]],
@@ -257,7 +285,55 @@ def plan(
     """Decide, rule by rule, for each ENI a rule's selectors match. `targets` are the rules'
     targets; `target_enis` every ENI that is a target in the account (never a source);
     `pending` the mirrors of jobs not finished yet, which count as made."""
-    load = _Load.of(sessions, pending)
+    return plan_places([PlaceState(rules, enis, sessions, targets, target_enis)], pending)[0]
+
+
+def plan_places(states: Sequence[PlaceState], pending: Iterable[Pending] = ()) -> list[Plan]:
+    """Each place planned as `plan` plans one, in turn, against one load: a target shared
+    by several accounts (RAM) is one target, so its sessions and sources are counted over
+    every place read (each account lists only its own sessions; an owner's, also those on
+    its shared targets: each session counted once), and what an earlier place plans for it
+    counts for the later ones. A target seen from several places is described as the one
+    that sees the most of it does (its owner sees its ENI, so its zone and size)."""
+    load = _Load.of(_once(s for st in states for s in st.sessions), pending)
+    known = _fullest(states)
+    return [
+        _plan_in(load, st.rules, st.enis, {t: known[t] for t in st.targets}, st.target_enis)
+        for st in states
+    ]
+
+
+def _once(sessions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each session once, by its id (an owner lists the sessions of its sharers too)."""
+    ids: set[str] = set()
+    found = []
+    for session in sessions:
+        session_id = session.get("TrafficMirrorSessionId")
+        if session_id not in ids:
+            found.append(session)
+        if session_id is not None:
+            ids.add(session_id)
+    return found
+
+
+def _fullest(states: Sequence[PlaceState]) -> dict[str, Target]:
+    """Each target as the place that knows most of it describes it (its zone known first)."""
+    known: dict[str, Target] = {}
+    for state in states:
+        for target_id, target in state.targets.items():
+            seen = known.get(target_id)
+            if seen is None or (seen.zone is None and target.zone is not None):
+                known[target_id] = target
+    return known
+
+
+def _plan_in(
+    load: _Load,
+    rules: list[Rule],
+    enis: list[dict[str, Any]],
+    targets: dict[str, Target],
+    target_enis: set[str],
+) -> Plan:
     result = Plan(rules)
     for rule in rules:
         seen: set[str] = set()

@@ -8,6 +8,7 @@ vpc = ["vpc-0a1b2c3d"]            # selectors: vpc, subnet, tag ("K=V"), instanc
 tag = ["Env=prod"]
 target = "tmt-07f75d8feeEXAMPLE"  # or targets = [...] with choose = "same-az" | "least-loaded"
 filter = "tmf-04812ff784EXAMPLE"  # or filters = [...]: each used where it exists
+filter_tag = "mirrorq:filter=web" # and/or: where no id exists, the one filter tagged so
 packet_length = 128               # optional: packet_length, virtual_network_id,
 description = "prod web"          #   description, session_tags ("K=V")
 accounts = ["prod"]               # optional: the [[accounts]] it applies to (default: all)
@@ -21,7 +22,9 @@ external_id = "mirrorq-prod"      # optional: the ExternalId its trust policy as
 
 A rule applies to every Region of every account it applies to: each account-Region is a
 *place*, planned on its own (targets and filters are Regional, so a rule's `targets` and
-`filters` may list those of several places: each place uses the ones that exist there).
+`filters` may list those of several places: each place uses the ones that exist there; or
+`filter_tag` finds each place's own: a place where no filter has the tag is `missing`, one
+where several have it is refused, named).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from tasks.errors import FieldError, InvalidJobError, MirrorqError
 
 _Strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 KeyValue = Annotated[str, Field(pattern=r"^[^=]+=.*$")]
+# EC2's tags: a key of 1-128 characters, a value of at most 256.
+TagKeyValue = Annotated[str, Field(pattern=r"^[^=]{1,128}=.{0,256}$")]
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/+-]+$")]
 # The request syntax's names of a rule's session options, for errors the contract finds.
 _OPTION_FIELDS = {
@@ -88,6 +93,7 @@ class RuleSpec(BaseModel):
     filters: (
         Annotated[list[Annotated[str, Field(pattern=FILTER_ID)]], Field(min_length=1)] | None
     ) = None
+    filter_tag: TagKeyValue | None = None
     accounts: Annotated[list[Name], Field(min_length=1)] | None = None
     packet_length: int | None = None
     virtual_network_id: int | None = None
@@ -114,6 +120,7 @@ class RuleSpec(BaseModel):
             targets=tuple(self.targets or [self.target or ""]),
             filter_id=(self.filters or [self.filter or ""])[0],
             filter_choices=tuple(self.filters or ()),
+            filter_tag=_pair(self.filter_tag) if self.filter_tag is not None else None,
             choose=Choose(self.choose) if self.choose else None,
             options=SessionOptions(
                 self.packet_length,
@@ -142,8 +149,10 @@ def _incoherence(spec: dict[str, Any]) -> str | None:
 
 def _filter_incoherence(spec: dict[str, Any]) -> str | None:
     filter_, filters = spec.get("filter"), spec.get("filters")
-    if (filter_ is None) == (filters is None):
+    if filter_ is not None and filters is not None:
         return "give either filter or filters"
+    if filter_ is None and filters is None and spec.get("filter_tag") is None:
+        return "give filter, filters or filter_tag"
     if isinstance(filters, list) and len(set(map(str, filters))) != len(filters):
         return "filters lists a filter twice"
     return None
@@ -312,7 +321,7 @@ def _option_errors(rule: Rule) -> list[FieldError]:
     sample = {
         "NetworkInterfaceId": "eni-00000000",
         "TrafficMirrorTargetId": rule.targets[0],
-        "TrafficMirrorFilterId": rule.filter_ids[0],
+        "TrafficMirrorFilterId": (*rule.filter_ids, "tmf-00000000")[0],  # or by its tag
         "SessionNumber": "auto",
         **rule.options.request_fields(),
     }

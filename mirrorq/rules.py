@@ -104,7 +104,16 @@ class Rule:
     # The account-Regions the rule applies to (a policy's [[accounts]]); () is the fleet's
     # default place only (a policy without [[accounts]], `mirrorq mirror`).
     places: tuple[Placement, ...] = ()
+    # A tag (key, value) that finds the rule's filter in a place where none of its filter ids
+    # exists (each account-Region tags its own); None: the ids alone.
+    filter_tag: tuple[str, str] | None = None
 
     @property
     def filter_ids(self) -> tuple[str, ...]:
-        return self.filter_choices or (self.filter_id,)
+        """The filter ids the rule names ((): it finds its filter by `filter_tag` only)."""
+        return self.filter_choices or ((self.filter_id,) if self.filter_id else ())
+
+    def filter_words(self) -> tuple[str, ...]:
+        """How the rule names its filters, for people: the ids, and `tagged K=V`."""
+        tag = (f"tagged {self.filter_tag[0]}={self.filter_tag[1]}",) if self.filter_tag else ()
+        return (*self.filter_ids, *tag)

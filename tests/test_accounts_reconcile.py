@@ -15,7 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from emulator.org_lab import control, role_arn, seed_org_lab, sessions_in
+from emulator.org_lab import (
+    account_client,
+    control,
+    role_arn,
+    seed_org_lab,
+    sessions_in,
+    share_sensor_eni,
+)
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 
 EAST, WEST, EMPTY = "us-east-1", "eu-west-1", "ap-southeast-2"
@@ -237,3 +244,133 @@ def test_an_organisation_of_1200_enis_is_mirrored_once_and_a_denied_role_fails_o
     for account in allowed:
         for region in (EAST, WEST):
             assert sum(sessions_in(emulator.url, account, region).values()) == ORG_ENIS
+
+
+SENSOR_SOURCES = 10  # EC2: a network-interface target of a small instance takes 10 sources
+
+
+def test_a_shared_sensor_takes_its_source_limit_once_over_every_account_of_the_pass(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Two workload accounts share one sensor ENI (room for 10 sources) and have 10 ENIs
+    each: one pass plans 10 sessions on it, not 10 per account, and says the rest found it
+    full; neither account's own sessions alone would show it."""
+    lab = seed_org_lab(emulator.url, accounts=2, regions=(EAST,), enis=SENSOR_SOURCES)
+    first, second = lab["accounts"]
+    sensor = share_sensor_eni(emulator.url, EAST, [first, second])
+    filters = [lab["accounts"][a]["regions"][EAST]["filter_id"] for a in (first, second)]
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        "".join(
+            f'[[accounts]]\nname = "a{n}"\nrole_arn = "{role_arn(account)}"\n'
+            f'regions = ["{EAST}"]\n\n'
+            for n, account in enumerate((first, second))
+        )
+        + f'[[rules]]\nname = "sensor"\ntag = ["mirrorq-lab=1"]\ntarget = "{sensor}"\n'
+        + f"filters = {json.dumps(filters)}\n"
+    )
+    start_worker(MIRRORQ_CONCURRENCY="8")
+
+    done = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = json.loads(mirrorq(env, "batch", "status", done.stdout.strip(), "--json").stdout)
+    assert status["counts"] == {"created": SENSOR_SOURCES}, status
+    made = sum(sum(sessions_in(emulator.url, a, EAST).values()) for a in (first, second))
+    assert made == SENSOR_SOURCES
+    # Again: the first account's sessions fill the sensor for the second, and nothing is
+    # submitted.
+    plan = mirrorq(env, "policy", "plan", str(policy), "--json")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    planned = json.loads(plan.stdout)
+    assert planned["jobs"] == []
+    assert planned["places"] == {
+        f"{first}/{EAST}": {"already_mirrored": SENSOR_SOURCES},
+        f"{second}/{EAST}": {"targets_full": SENSOR_SOURCES},
+    }
+
+
+WEB_TAG = {"Key": "mirrorq:filter", "Value": "web"}
+
+
+def tagged_filter(url: str, account: str, region: str, tag: dict[str, str] = WEB_TAG) -> str:
+    ec2 = account_client(url, account, region)
+    spec = [{"ResourceType": "traffic-mirror-filter", "Tags": [tag]}]
+    made: str = ec2.create_traffic_mirror_filter(TagSpecifications=spec)["TrafficMirrorFilter"][
+        "TrafficMirrorFilterId"
+    ]
+    return made
+
+
+def filters_used(url: str, account: str, region: str) -> set[str]:
+    ec2 = account_client(url, account, region)
+    listed = ec2.describe_traffic_mirror_sessions()["TrafficMirrorSessions"]
+    return {s["TrafficMirrorFilterId"] for s in listed if s["OwnerId"] == account}
+
+
+def test_a_rule_finds_each_account_regions_own_filter_by_its_tag(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Two accounts x two Regions each tag a filter of their own `mirrorq:filter=web` (beside
+    the lab's own filter, tagged otherwise); a third account has none in one Region and two
+    in the other: one pass mirrors the four places each through its own, and says which
+    account-Region has none and which has several (refused there, both named)."""
+    lab = seed_org_lab(emulator.url, accounts=3, regions=(EAST, WEST), enis=4)
+    *tagging, third = lab["accounts"]
+    web = {(a, r): tagged_filter(emulator.url, a, r) for a in tagging for r in (EAST, WEST)}
+    twins = sorted(tagged_filter(emulator.url, third, WEST) for _ in range(2))
+    targets = [lab["security"]["regions"][r]["target_ids"][0] for r in (EAST, WEST)]
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        "".join(
+            f'[[accounts]]\nname = "a{n}"\nrole_arn = "{role_arn(account)}"\n'
+            f'regions = ["{EAST}", "{WEST}"]\n\n'
+            for n, account in enumerate(lab["accounts"])
+        )
+        + f'[[rules]]\nname = "web"\ntag = ["mirrorq-lab=1"]\ntargets = {json.dumps(targets)}\n'
+        + 'choose = "least-loaded"\nfilter_tag = "mirrorq:filter=web"\n'
+    )
+    start_worker(MIRRORQ_CONCURRENCY="8")
+
+    done = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = json.loads(mirrorq(env, "batch", "status", done.stdout.strip(), "--json").stdout)
+    assert status["counts"] == {"created": 4 * 4}, status
+    for (account, region), filter_id in web.items():
+        place = lab["accounts"][account]["regions"][region]
+        assert sessions_in(emulator.url, account, region) == dict.fromkeys(place["eni_ids"], 1)
+        assert filters_used(emulator.url, account, region) == {filter_id}, (account, region)
+    for region in (EAST, WEST):
+        assert sessions_in(emulator.url, third, region) == {}
+    none_here = (
+        f"rule web: no filter of tagged mirrorq:filter=web exists in account {third}, {EAST}"
+    )
+    several = (
+        f"rule web: refused in account {third}, {WEST}: 2 filters are tagged "
+        f"mirrorq:filter=web ({', '.join(twins)}); tag one only, or name it"
+    )
+    assert f"mirrorq: {none_here}" in done.stderr
+    assert f"mirrorq: {several}" in done.stderr
+
+    plan = mirrorq(env, "policy", "plan", str(policy), "--json")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    planned = json.loads(plan.stdout)
+    assert planned["jobs"] == []
+    assert (planned["missing"], planned["ambiguous"]) == ([none_here], [several])
+    assert planned["filter_tag"] == "mirrorq:filter=web"
+
+    # `mirrorq mirror --filter-tag` in one place: refused where it is ambiguous.
+    mirror = mirrorq(
+        env,
+        "mirror",
+        *("--tag", "mirrorq-lab=1", "--target", targets[1]),
+        *("--filter-tag", "mirrorq:filter=web", "--region", WEST, "--role-arn", role_arn(third)),
+    )
+    assert mirror.returncode == 2, mirror.stderr[-3000:]
+    assert f"({', '.join(twins)})" in mirror.stderr
+    assert sessions_in(emulator.url, third, WEST) == {}

@@ -49,6 +49,9 @@ MIRROR = ("mirror", "--target", "tmt-0123456789abcdef0", "--filter", "tmf-012345
         ([*MIRROR, "--vpc", "vpc-0a1b2c3d", "--packet-length", "0"], {}, "--packet-length"),
         ([*MIRROR, "--vpc", "nope"], {}, "--vpc"),
         ([*MIRROR, "--vpc", "vpc-0a1b2c3d", "--session-tag", "aws:x=1"], {}, "--session-tag"),
+        ([*MIRROR[:3], "--vpc", "vpc-0a1b2c3d"], {}, "give --filter or --filter-tag"),
+        ([*MIRROR[:3], "--vpc", "vpc-0a1b2c3d", "--filter-tag", "web"], {}, "--filter-tag: "),
+        ([*MIRROR, "--vpc", "vpc-0a1b2c3d", "--filter-tag", "k" * 129 + "=v"], {}, "--filter-tag"),
     ],
 )
 def test_bad_input_exits_2_naming_it_without_a_traceback(

@@ -16,7 +16,6 @@ from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import ClientError
 from botocore.session import get_session
 
-from emulator.lab import LAB_IMAGE_ID
 from emulator.org_lab import (
     SECURITY_ACCOUNT,
     account_client,
@@ -24,6 +23,7 @@ from emulator.org_lab import (
     control,
     role_arn,
     seed_org_lab,
+    share_sensor_eni,
     workload_account,
 )
 from mirrorq.processes import EmulatorProcess
@@ -303,24 +303,7 @@ def test_sources_per_target_count_every_account_on_a_shared_target(
     emulator: EmulatorProcess, org: dict[str, Any]
 ) -> None:
     """A sensor ENI of a small instance takes 10 sources, whichever accounts they are in."""
-    owner = account_client(emulator.url, SECURITY_ACCOUNT, EAST)
-    sensor = owner.run_instances(
-        ImageId=LAB_IMAGE_ID, MinCount=1, MaxCount=1, InstanceType="c5.large"
-    )
-    eni = sensor["Instances"][0]["NetworkInterfaces"][0]["NetworkInterfaceId"]
-    target = owner.create_traffic_mirror_target(NetworkInterfaceId=eni)["TrafficMirrorTarget"][
-        "TrafficMirrorTargetId"
-    ]
-    control(
-        emulator.url,
-        "share-target",
-        {
-            "target_id": target,
-            "owner_account": SECURITY_ACCOUNT,
-            "region": EAST,
-            "accounts": [A, B],
-        },
-    )
+    target = share_sensor_eni(emulator.url, EAST, [A, B])
     a = client(emulator.url, assume(emulator.url, A))
     b = client(emulator.url, assume(emulator.url, B))
     for n in range(5):

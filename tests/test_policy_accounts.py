@@ -126,7 +126,37 @@ def test_a_policy_without_accounts_plans_at_the_fleets_own_place(tmp_path: Path)
             ACCOUNTS,
             RULES.replace(f'filter = "{F1}"', ""),
             "rules[2] (dev-only).(rule)",
+            "give filter, filters or filter_tag",
+        ),
+        (
+            ACCOUNTS,
+            RULES.replace(f'filter = "{F1}"', f'filter = "{F1}"\nfilters = ["{F2}"]'),
+            "rules[2] (dev-only).(rule)",
             "give either filter or filters",
+        ),
+        (
+            ACCOUNTS,
+            RULES.replace(f'filter = "{F1}"', 'filter_tag = "mirrorq:filter"'),
+            "rules[2] (dev-only).filter_tag",
+            "String should match pattern",
+        ),
+        (
+            ACCOUNTS,
+            RULES.replace(f'filter = "{F1}"', 'filter_tag = "=web"'),
+            "rules[2] (dev-only).filter_tag",
+            "String should match pattern",
+        ),
+        (
+            ACCOUNTS,
+            RULES.replace(f'filter = "{F1}"', f'filter_tag = "{"k" * 129}=web"'),
+            "rules[2] (dev-only).filter_tag",
+            "String should match pattern",
+        ),
+        (
+            ACCOUNTS,
+            RULES.replace(f'filter = "{F1}"', 'filter_tag = ["mirrorq:filter=web"]'),
+            "rules[2] (dev-only).filter_tag",
+            "string",
         ),
         (
             ACCOUNTS,
@@ -187,3 +217,12 @@ def test_a_merged_plan_submits_each_job_in_its_place_with_that_places_filter(
         "222222222222/eu-west-1": {},
     }
     assert merged.summary()["places"] == merged.counts_by_place()
+
+
+def test_a_rule_may_find_its_filter_by_a_tag_instead_of_or_besides_ids(tmp_path: Path) -> None:
+    rules = RULES.replace(f'filter = "{F1}"', 'filter_tag = "mirrorq:filter=web=1"')
+    rules = rules.replace(f'filters = ["{F1}", "{F2}"]', f'filters = ["{F1}"]\nfilter_tag = "k="')
+    everywhere, dev_only = load_policy(write(tmp_path, ACCOUNTS + rules))
+    assert (dev_only.filter_ids, dev_only.filter_tag) == ((), ("mirrorq:filter", "web=1"))
+    assert dev_only.filter_words() == ("tagged mirrorq:filter=web=1",)
+    assert (everywhere.filter_ids, everywhere.filter_tag) == ((F1,), ("k", ""))

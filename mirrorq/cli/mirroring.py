@@ -43,20 +43,32 @@ def _checked_rule(spec: dict[str, Any], session_number: int | str) -> Rule:
             field = error["field"].split(".")[0]
             option = _OPTIONS.get(field, "--" + field.replace("_", "-"))
             if field == "(rule)":  # in the policy's words; here the options are the words
-                click.echo("mirrorq: " + _RULE_WORDS.sub(r"--\1", error["message"]), err=True)
+                words = _RULE_WORDS.sub(lambda m: "--" + m[1].replace("_", "-"), error["message"])
+                click.echo(f"mirrorq: {words}", err=True)
             else:
                 click.echo(f"mirrorq: {option}: {error['message']}", err=True)
         sys.exit(EXIT_USAGE)
     return replace(rule, name="", session_number=session_number)
 
 
-_RULE_WORDS = re.compile(r"\b(vpc|subnet|tag|instance|eni|target)\b")
-_OPTIONS = {"session_tags": "--session-tag", "target": "--target", "filter": "--filter"}
+_RULE_WORDS = re.compile(r"\b(vpc|subnet|tag|instance|eni|target|filter_tag)\b")
+_OPTIONS = {
+    "session_tags": "--session-tag",
+    "target": "--target",
+    "filter": "--filter",
+    "filter_tag": "--filter-tag",
+}
 
 
 @main.command()
 @click.option("--target", "target_id", required=True, help="Traffic mirror target (tmt-...).")
-@click.option("--filter", "filter_id", required=True, help="Traffic mirror filter (tmf-...).")
+@click.option("--filter", "filter_id", default=None, help="Traffic mirror filter (tmf-...).")
+@click.option(
+    "--filter-tag",
+    default=None,
+    metavar="KEY=VALUE",
+    help="Instead of --filter: the one filter with this tag in the account and Region.",
+)
 @click.option("--vpc", multiple=True, help="ENIs in this VPC (repeatable: any of them).")
 @click.option("--subnet", multiple=True, help="ENIs in this subnet (repeatable).")
 @click.option("--tag", multiple=True, metavar="KEY=VALUE", help="ENIs with this tag (repeatable).")
@@ -77,7 +89,8 @@ _OPTIONS = {"session_tags": "--session-tag", "target": "--target", "filter": "--
 @placement_options
 def mirror(
     target_id: str,
-    filter_id: str,
+    filter_id: str | None,
+    filter_tag: str | None,
     vpc: tuple[str, ...],
     subnet: tuple[str, ...],
     tag: tuple[str, ...],
@@ -94,13 +107,17 @@ def mirror(
     role_arn: str | None,
     external_id: str | None,
 ) -> None:
-    """Mirror every matching ENI to TARGET through FILTER: resolve, plan, submit as a batch.
+    """Mirror every matching ENI to TARGET through FILTER (or the one filter tagged
+    --filter-tag): resolve, plan, submit as a batch.
 
     Selectors of different kinds must all match; repeated ones are alternatives. ENIs
     already mirrored to this target and filter, at EC2's 3-session limit, that are mirror
     targets themselves, or not of type `interface` are skipped with the reason.
     """
     placement = placement_or_exit(region, role_arn, external_id)
+    if filter_id is None and filter_tag is None:
+        click.echo("mirrorq: give --filter or --filter-tag", err=True)
+        sys.exit(EXIT_USAGE)
     rule = _checked_rule(
         {
             "name": "mirror",
@@ -111,6 +128,7 @@ def mirror(
             "eni": list(eni),
             "target": target_id,
             "filter": filter_id,
+            "filter_tag": filter_tag,
             "packet_length": packet_length,
             "virtual_network_id": virtual_network_id,
             "description": description,
@@ -137,6 +155,8 @@ def mirror(
     for unplanned in plan.unplanned:  # the role was not assumed: STS's code
         click.echo(f"mirrorq: {unplanned}", err=True)
         sys.exit(EXIT_FAILED)
+    for missing in plan.missing:  # --filter-tag: no filter, or several, has the tag here
+        fail_input(f"--filter-tag: {missing}")
     console.print(display.plan_table(plan))
     producer = Producer()
     try:
