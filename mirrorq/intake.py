@@ -286,12 +286,8 @@ class Intake:
         ):
             targets = await inventory.targets(wanted_targets, missing_ok=True)
             filters = await inventory.existing_filters(wanted_filters) if placed else set()
-            if missing := sorted(wanted_targets - set(targets)):
-                log.warning(
-                    "policy names targets that do not exist in %s: %s",
-                    where(place),
-                    ", ".join(missing),
-                )
+            if not placed and (missing := sorted(wanted_targets - set(targets))):
+                log.warning("policy names targets that do not exist: %s", ", ".join(missing))
             read = _Read(
                 now,
                 wanted_targets,
@@ -309,6 +305,8 @@ class Intake:
             filter_id = next((f for f in rule.filter_ids if f in read.filters), None)
             if found and filter_id is not None:
                 here.append(replace(rule, targets=found, filter_id=filter_id, filter_choices=()))
+            elif read.at == now:  # said once a read: targets and filters are Regional
+                log.warning("rule %s has no target or no filter in %s", rule.name, where(place))
         return here, read.targets, read.target_enis
 
 

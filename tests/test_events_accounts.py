@@ -186,10 +186,12 @@ def test_events_of_three_accounts_in_two_regions_are_each_mirrored_once_in_their
         listener.log_path.read_text(),
     )[-1]
     sqs_events = sum(len(v) for v in by_sqs.values())
-    # Each duplicate counted once per delivery handled; the 3 strays ignored and counted.
+    # The 3 strays ignored and counted as such; a second delivery handled after its ENI's
+    # session exists is ignored too (nothing left to mirror), one in the same receive is not.
     events, jobs, _, ignored_n, other_place = map(int, summary)
     assert jobs == sqs_events
-    assert (ignored_n, other_place) == (3, 3)
+    assert other_place == 3
+    assert ignored_n >= 3
     assert events >= sqs_events + 3
 
 
