@@ -31,6 +31,7 @@ from bench.accounts import bench_accounts
 from bench.api import bench_api
 from bench.common import RESULTS, flush
 from bench.events import bench_events
+from bench.events_accounts import bench_events_accounts
 from bench.limits import ride
 from bench.pipeline import bench_pipeline
 from bench.submission import bench_submission
@@ -49,12 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--only",
-        choices=["pipeline", "events", "api", "accounts"],
+        choices=["pipeline", "events", "api", "accounts", "events-accounts"],
         help="run only this benchmark (printed; accounts also writes bench/results/accounts.json)",
     )
     args = parser.parse_args(argv)
     if args.only == "accounts":
         only_accounts(args.account_jobs)
+        return
+    if args.only == "events-accounts":
+        only_events_accounts()
         return
     if args.only in ("events", "api"):
         console.print_json(json.dumps(bench_events() if args.only == "events" else bench_api()))
@@ -184,6 +188,42 @@ def only_accounts(per_scope: int) -> None:
         table.add_column(column, justify="left" if column == "benchmark" else "right")
     for row in accounts_rows(results["accounts"]):
         table.add_row(*row)
+    console.print(table)
+    console.print(f"written to {output}")
+
+
+def only_events_accounts() -> None:
+    """Events from 3 accounts x 2 Regions alone: printed, and written to
+    bench/results/events_accounts.json."""
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores",
+        "events_accounts": bench_events_accounts(),
+    }
+    output = RESULTS.with_name("events_accounts.json")
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    e = results["events_accounts"]
+    table = Table(
+        title=f"mirrorq events from many accounts, {results['date']}, {results['machine']}"
+    )
+    for column in ("benchmark", "measured", "bound"):
+        table.add_column(column, justify="left" if column == "benchmark" else "right")
+    table.add_row(
+        f"a burst of {e['events']} events over {e['places']} account-Regions -> session exists",
+        f"p50 {e['latency']['p50_ms']:.0f} ms, p99 {e['latency']['p99_ms']:.0f} ms, "
+        f"last {e['span_s']:.1f} s after the first (sent over {e['put_s']:.1f} s)",
+        f"bound {e['theoretical_last_s']:.1f} s ({_ratio(e['ratio_to_theoretical'])} of it)",
+    )
+    table.add_row(
+        "  Describe calls per event",
+        ", ".join(f"{a} {n:.2f}" for a, n in e["describe_calls_per_event"].items()),
+        f"{e['describe_calls_per_event_total']:.2f} in all",
+    )
+    table.add_row(
+        "  of them the listener's",
+        ", ".join(f"{a} {n:.2f}" for a, n in e["listener_describe_calls_per_event"].items()),
+        "",
+    )
     console.print(table)
     console.print(f"written to {output}")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 STATE_CHANGE = "EC2 Instance State-change Notification"
@@ -31,7 +31,8 @@ class NotAnEvent(ValueError):
 
 @dataclass(frozen=True)
 class Event:
-    """What one event asks for."""
+    """What one event asks for, and where it happened (its account and Region: None when
+    the event does not say)."""
 
     event_id: str
     region: str | None
@@ -39,6 +40,7 @@ class Event:
     eni_ids: tuple[str, ...] = ()
     job: dict[str, Any] | None = None  # a service's own job (mirrorq.CreateTrafficMirrorSession)
     ignored: str = ""  # why it asks for nothing
+    account: str | None = None  # the AWS account it comes from (EventBridge's `account`)
 
     @property
     def wants_enis(self) -> bool:
@@ -64,9 +66,15 @@ def read_event(body: str | bytes | dict[str, Any]) -> Event:
         raise NotAnEvent("an EventBridge event's id is text (it has a lone surrogate)")
     if not isinstance(detail, dict):
         raise NotAnEvent("an EventBridge event's detail is an object")
-    region = body.get("region")
+    region, account = body.get("region"), body.get("account")
     if region is not None and not isinstance(region, str):
         raise NotAnEvent("an EventBridge event's region is a string")
+    if account is not None and not isinstance(account, str):
+        raise NotAnEvent("an EventBridge event's account is a string")
+    return replace(_asks(event_id, region, kind, detail), account=account)
+
+
+def _asks(event_id: str, region: str | None, kind: str, detail: dict[str, Any]) -> Event:
     if kind == STATE_CHANGE:
         return _state_change(event_id, region, detail)
     if kind == API_CALL:

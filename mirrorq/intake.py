@@ -18,8 +18,10 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from botocore.exceptions import ClientError
 
 from config import Settings
 from mirrorq import planning
@@ -28,9 +30,11 @@ from mirrorq.inventory import Inventory
 from mirrorq.planning import Target
 from mirrorq.policy_watch import RulesSource, rules_now
 from mirrorq.rules import Rule
+from tasks.contract import NOWHERE, Placement
 from tasks.errors import IdempotencyConflictError, InvalidJobError
 from tasks.producer import MAX_KEY_LENGTH, Producer
-from worker.errors import Action, classify
+from worker.errors import STS_OPERATIONS, Action, classify
+from worker.roads import Roads, place_at
 
 log = logging.getLogger(__name__)
 TARGETS_FRESH_S = 60.0  # targets change rarely; their load is read with every batch
@@ -55,27 +59,41 @@ class Outcome:
 
 class Intake:
     def __init__(
-        self, rules: RulesSource, settings: Settings, producer: Producer, inventory: Inventory
+        self, rules: RulesSource, settings: Settings, producer: Producer, roads: Roads | None
     ) -> None:
         self.rules = rules  # a policy's rules, or what gives the rules in use (a watched file)
         self.settings = settings
         self.producer = producer
-        self.inventory = inventory
+        self.roads = roads  # a road per place (worker/roads.py planner_roads)
         self.counts: Counter[str] = Counter()
-        # When read, for which targets: the targets, and every ENI that is a target.
-        self._targets: tuple[float, frozenset[str], dict[str, Target], set[str]] | None = None
+        # Per place: when read, for which targets and filters: the targets, every ENI that is
+        # a target, and the filters that exist there.
+        self._read: dict[Placement, _Read] = {}
+        self._slots = asyncio.Semaphore(max(1, settings.client_cache))  # places read at once
 
     async def handle(self, events: Sequence[Event]) -> list[Outcome]:
         """What became of each event. Raises only what retrying may change (Redis or EC2 away)
-        or, for one event alone, what it failed with (the API answers it)."""
+        or, for one event alone, what it failed with (the API answers it); when the events
+        are of several places, what one place fails with fails only its own events."""
         rules = list(rules_now(self.rules))  # one batch, one policy, however long it takes
-        try:
-            outcomes = await self._handle_together(rules, events)
-        except Exception as error:
-            if len(events) < 2 or classify(error).action is not Action.FAIL:
-                raise
-            log.exception("a batch of %d events failed; handling each alone", len(events))
-            outcomes = _by_event([await self._handle_alone(rules, event) for event in events])
+        accounts = policy_accounts(rules)
+        outcomes: list[Outcome] = []
+        groups: dict[Placement, list[Event]] = {}
+        for event in events:
+            where = await self._place_of(accounts, event)
+            if isinstance(where, Placement):
+                groups.setdefault(where, []).append(event)
+            else:
+                outcomes.append(Outcome(event.event_id, ignored=where))
+                self.counts["other_place"] += 1
+        only = len(groups) == 1
+        planned = await asyncio.gather(
+            *(
+                self._handle_place(_rules_at(rules, place), place, group, only=only)
+                for place, group in groups.items()
+            )
+        )
+        outcomes = _by_event(outcomes + [o for group in planned for o in group])
         for outcome in outcomes:
             self.counts["events"] += 1
             self.counts["jobs"] += len(outcome.job_ids)
@@ -84,41 +102,107 @@ class Intake:
             self.counts["unhandled"] += bool(outcome.error)
         return outcomes
 
-    async def _handle_alone(self, rules: list[Rule], event: Event) -> Outcome:
+    async def _place_of(
+        self, accounts: dict[str, dict[str, Placement]], event: Event
+    ) -> Placement | str:
+        """Where the event's jobs run, or why it is ignored: its account and Region as the
+        policy's [[accounts]] name them; the fleet's own place (NOWHERE) for a policy without
+        any (the event's Region must be the fleet's), and for an event of the fleet's own
+        account that no entry names."""
+        fleet = self.settings.region
+        if not accounts:
+            return _fleet_region(
+                event, fleet, f"region {event.region} (this listener serves {fleet})"
+            )
+        account = event.account
+        if account is not None and account in accounts:
+            regions = accounts[account]
+            region = event.region or fleet
+            if region in regions:
+                return regions[region]
+            named = ", ".join(regions)
+            return f"region {region} of account {account} (its [[accounts]] entry names {named})"
+        if account is not None and not await self._is_own(account):
+            return f"account {account} (the policy's [[accounts]] do not name it)"
+        why = f"region {event.region} of the fleet's own account (no [[accounts]] entry: "
+        return _fleet_region(event, fleet, why + f"served in {fleet} only)")
+
+    async def _is_own(self, account: str) -> bool:
+        if account == self.settings.aws_account_id:
+            return True
+        return self.roads is not None and account == await self.roads.default_account()
+
+    async def _handle_place(
+        self, rules: list[Rule], place: Placement, events: list[Event], *, only: bool
+    ) -> list[Outcome]:
         try:
-            (outcome,) = await self._handle_together(rules, [event])
+            return await self._handle_together(place, rules, events)
+        except Exception as error:
+            if isinstance(error, ClientError) and error.operation_name in STS_OPERATIONS:
+                if only and len(events) < 2:
+                    raise  # POST /v1/events answers it
+                failure = classify(error)
+                why = (
+                    f"{where(place)}: its role was not assumed: {failure.code} ({failure.message})"
+                )
+                log.warning("%d event(s) not handled: %s", len(events), why)
+                return [Outcome(e.event_id, error=why) for e in events]
+            if len(events) >= 2 and classify(error).action is Action.FAIL:
+                log.exception("a batch of %d events failed; handling each alone", len(events))
+                return [await self._handle_alone(place, rules, event) for event in events]
+            if only:
+                raise
+            # Another place's events went on: only this one's come back.
+            log.warning("%d event(s) of %s not handled: %r", len(events), where(place), error)
+            return [Outcome(e.event_id, error=f"{type(error).__name__}: {error}") for e in events]
+
+    async def _handle_alone(self, place: Placement, rules: list[Rule], event: Event) -> Outcome:
+        try:
+            (outcome,) = await self._handle_together(place, rules, [event])
         except Exception as error:
             return Outcome(event.event_id, error=f"{type(error).__name__}: {error}")
         return outcome
 
-    async def _handle_together(self, rules: list[Rule], events: Sequence[Event]) -> list[Outcome]:
+    async def _handle_together(
+        self, place: Placement, rules: list[Rule], events: Sequence[Event]
+    ) -> list[Outcome]:
+        """One place's events (its road, its jobs' placement)."""
         outcomes = {e.event_id: Outcome(e.event_id) for e in events}
         wanting: list[Event] = []
         for event in events:
             outcome = outcomes[event.event_id]
-            if event.region is not None and event.region != self.settings.region:
-                outcome.ignored = (
-                    f"region {event.region} (this listener serves {self.settings.region})"
-                )
-            elif event.ignored:
+            if event.ignored:
                 outcome.ignored = event.ignored
             elif event.job is not None:
-                await self._submit_job(event, outcome)
+                await self._submit_job(place, event, outcome)
             elif event.wants_enis:
                 wanting.append(event)
         if wanting:
-            await self._mirror(rules, wanting, outcomes)
+            assert self.roads is not None
+            async with self._slots, self.roads.use(place_at(place, self.settings.region)) as road:
+                await self._mirror(Inventory(road), place, rules, wanting, outcomes)
         return list(outcomes.values())
 
     async def _mirror(
-        self, rules: list[Rule], events: list[Event], outcomes: dict[str, Outcome]
+        self,
+        inventory: Inventory,
+        place: Placement,
+        rules: list[Rule],
+        events: list[Event],
+        outcomes: dict[str, Outcome],
     ) -> None:
-        enis = await self.inventory.enis_named(
+        rules, targets, target_enis = await self._rules_here(inventory, place, rules)
+        if not rules:
+            for event in events:
+                outcomes[
+                    event.event_id
+                ].ignored = f"no rule has a target and a filter in {where(place)}"
+            return
+        enis = await inventory.enis_named(
             eni_ids=[e for ev in events for e in ev.eni_ids],
             instance_ids=[i for ev in events for i in ev.instance_ids],
         )
-        targets, target_enis = await self._targets_now(rules)
-        sessions = await self.inventory.sessions_touching(
+        sessions = await inventory.sessions_touching(
             [e["NetworkInterfaceId"] for e in enis], targets
         )
         named_by = _first_event_naming(events, enis)
@@ -132,6 +216,7 @@ class Intake:
                 event_key(event_id, job.request["NetworkInterfaceId"], job.rule),
                 {"rule": job.rule, "event_id": origin_id(event_id)},
                 job.alternatives,
+                place,
                 outcomes[event_id],
             )
         for event in events:
@@ -140,13 +225,14 @@ class Intake:
                 outcome.ignored = "no ENI of it left to mirror (none matches a rule, or each is "
                 outcome.ignored += "mirrored already, gone, or named by an earlier event)"
 
-    async def _submit_job(self, event: Event, outcome: Outcome) -> None:
+    async def _submit_job(self, place: Placement, event: Event, outcome: Outcome) -> None:
         try:
             await self._submit(
                 event.job,
                 event_key(event.event_id),
                 {"event_id": origin_id(event.event_id)},
                 [],
+                place,
                 outcome,
             )
         except InvalidJobError as error:
@@ -158,6 +244,7 @@ class Intake:
         key: str,
         origin: dict[str, str | None],
         alternatives: list[str],
+        place: Placement,
         outcome: Outcome,
     ) -> None:
         try:
@@ -167,6 +254,7 @@ class Intake:
                 event_key=key,
                 origin=origin,
                 alternatives=alternatives,
+                placement=place,
             )
         except IdempotencyConflictError:
             outcome.duplicates += 1  # made before, and planned differently now: the first stands
@@ -176,19 +264,90 @@ class Intake:
         else:
             outcome.duplicates += 1
 
-    async def _targets_now(self, rules: list[Rule]) -> tuple[dict[str, Target], set[str]]:
-        now, wanted = time.monotonic(), frozenset(t for r in rules for t in r.targets)
-        cached = self._targets
-        if cached is None or now - cached[0] > TARGETS_FRESH_S or cached[1] != wanted:
-            # Read again when stale, or at once when a reloaded policy names other targets.
-            # A rule whose targets are gone makes nothing; the others go on (a listener is a
-            # service: one stale rule must not stop every event).
-            targets = await self.inventory.targets(wanted, missing_ok=True)
-            if missing := sorted(wanted - set(targets)):
+    async def _rules_here(
+        self, inventory: Inventory, place: Placement, rules: list[Rule]
+    ) -> tuple[list[Rule], dict[str, Target], set[str]]:
+        """The rules as planned in this place, its targets and every ENI that is a target
+        there, read again when stale or at once when a reloaded policy names other targets or
+        filters. In a policy with [[accounts]], each rule with those of its targets and
+        filters that exist in the place, as `reconcile` plans it (bulk.py); one with none of
+        either is left out (a listener is a service: one stale rule must not stop every
+        event). Without [[accounts]], the rules as written (their first filter)."""
+        placed = any(rule.places for rule in rules)
+        wanted_targets = frozenset(t for r in rules for t in r.targets)
+        wanted_filters = (
+            frozenset(f for r in rules for f in r.filter_ids) if placed else frozenset()
+        )
+        now, read = time.monotonic(), self._read.get(place)
+        if (
+            read is None
+            or now - read.at > TARGETS_FRESH_S
+            or (read.targets_wanted, read.filters_wanted) != (wanted_targets, wanted_filters)
+        ):
+            targets = await inventory.targets(wanted_targets, missing_ok=True)
+            filters = await inventory.existing_filters(wanted_filters) if placed else set()
+            if not placed and (missing := sorted(wanted_targets - set(targets))):
                 log.warning("policy names targets that do not exist: %s", ", ".join(missing))
-            target_enis = await self.inventory.all_target_enis()
-            self._targets = cached = (now, wanted, targets, target_enis)
-        return cached[2], cached[3]
+            read = _Read(
+                now,
+                wanted_targets,
+                wanted_filters,
+                targets,
+                await inventory.all_target_enis(),
+                filters,
+            )
+            self._read[place] = read
+        if not placed:
+            return rules, read.targets, read.target_enis
+        here = []
+        for rule in rules:
+            found = tuple(t for t in rule.targets if t in read.targets)
+            filter_id = next((f for f in rule.filter_ids if f in read.filters), None)
+            if found and filter_id is not None:
+                here.append(replace(rule, targets=found, filter_id=filter_id, filter_choices=()))
+            elif read.at == now:  # said once a read: targets and filters are Regional
+                log.warning("rule %s has no target or no filter in %s", rule.name, where(place))
+        return here, read.targets, read.target_enis
+
+
+@dataclass(frozen=True)
+class _Read:
+    at: float
+    targets_wanted: frozenset[str]
+    filters_wanted: frozenset[str]
+    targets: dict[str, Target]
+    target_enis: set[str]
+    filters: set[str]
+
+
+def _fleet_region(event: Event, fleet: str, why: str) -> Placement | str:
+    """The fleet's own place for an event of its Region (or of none said), else `why`."""
+    return NOWHERE if event.region is None or event.region == fleet else why
+
+
+def policy_accounts(rules: Sequence[Rule]) -> dict[str, dict[str, Placement]]:
+    """The places of a policy's [[accounts]], by account and Region (none: no [[accounts]])."""
+    accounts: dict[str, dict[str, Placement]] = {}
+    for rule in rules:
+        for place in rule.places:
+            if place.account_id is not None and place.region is not None:
+                accounts.setdefault(place.account_id, {})[place.region] = place
+    return accounts
+
+
+def _rules_at(rules: list[Rule], place: Placement) -> list[Rule]:
+    """The rules that apply in a place: those whose places hold it; at the fleet's own place,
+    every rule (as before [[accounts]])."""
+    if place == NOWHERE:
+        return rules
+    return [rule for rule in rules if place in rule.places]
+
+
+def where(place: Placement) -> str:
+    """A place as the messages name it."""
+    if place == NOWHERE:
+        return "the fleet's own account and Region"
+    return f"account {place.account_id}, {place.region}"
 
 
 def _by_event(outcomes: list[Outcome]) -> list[Outcome]:

@@ -5,6 +5,12 @@ dies before that leaves it to come back, and the idempotency keys make the redel
 A message that is not an event is logged and left for the queue's redrive policy (its
 dead-letter queue); it never stops the listener. Several listeners may share a queue.
 
+A queue is read in its own Region (SQS answers a queue only to a client of its Region), the
+one its URL names (`https://sqs.REGION.amazonaws.com/...`), or `REGION=URL`'s for an endpoint
+whose URLs do not name it (the emulator), else MIRRORQ_REGION: EventBridge delivers to a
+queue of another account only in the event's own Region, so a fleet of several Regions reads
+one queue per Region, each event planned in the account and Region it names (intake.py).
+
 SQS's transient failures (throttling, 5xx, the network) are retried with backoff. A queue that
 cannot be used (it does not exist, access is denied) is a QueueError: at start-up, where every
 queue is checked before the first receive, and later too (the queue deleted): the listener
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -26,12 +33,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 from config import Settings
 from mirrorq.events import Event, read_event
 from mirrorq.intake import Intake
-from mirrorq.inventory import Inventory
 from mirrorq.policy_watch import RulesSource, rules_now
 from tasks.producer import Producer
 from worker.aws import sqs_client
-from worker.ec2 import open_road
 from worker.errors import Failure, classify, is_transient
+from worker.roads import planner_roads
 
 log = logging.getLogger("mirrorq.listen")
 WAIT_S = 20  # SQS's longest long poll: the fewest empty receives
@@ -39,6 +45,24 @@ BATCH = 10  # SQS's most messages a receive returns
 SUMMARY_EVERY_S = 60.0
 RETRY_BASE_S, RETRY_CAP_S = 1.0, 30.0  # SQS away or throttled: back off, up to this
 T = TypeVar("T")
+# The Region in an SQS queue URL: sqs.REGION.amazonaws.com[.cn], or the legacy REGION.queue...
+QUEUE_HOST = re.compile(
+    r"^https?://(?:sqs\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?"
+    r"|(?P<legacy>[a-z0-9-]+)\.queue\.amazonaws\.com(?:\.cn)?)(?:[:/]|$)"
+)
+EXPLICIT_REGION = re.compile(r"^(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)=(?P<url>.+)$")
+
+
+def queue_region(queue_url: str, default: str) -> tuple[str, str]:
+    """A `--sqs-queue-url` as (the queue's Region, its URL): `REGION=URL`'s Region, else the
+    one an SQS URL names, else `default` (MIRRORQ_REGION)."""
+    explicit = EXPLICIT_REGION.match(queue_url)
+    if explicit:
+        return explicit["region"], explicit["url"]
+    host = QUEUE_HOST.match(queue_url)
+    if host:
+        return host["region"] or host["legacy"], queue_url
+    return default, queue_url
 
 
 class QueueError(Exception):
@@ -65,18 +89,27 @@ async def listen(
     `rules` may be a watched policy's `current`: each receive's events go through the rules
     in use when they are planned."""
     stop = stop or asyncio.Event()
+    queues = [queue_region(url, settings.region) for url in queue_urls]
     async with AsyncExitStack() as stack:
-        sqs = await stack.enter_async_context(sqs_client(settings))
-        for url in queue_urls:
-            await _check(sqs, url, stop)
+        clients = {
+            region: await stack.enter_async_context(sqs_client(settings, region))
+            for region in dict.fromkeys(region for region, _ in queues)
+        }
+        for region, url in queues:
+            await _check(clients[region], url, stop)
         if stop.is_set():
             return Counter()
-        log.info("listening on %d queue(s) with %d rule(s)", len(queue_urls), len(rules_now(rules)))
-        inventory = Inventory(await stack.enter_async_context(open_road(settings)))
-        intake = Intake(rules, settings, Producer(settings=settings), inventory)
+        log.info(
+            "listening on %d queue(s) in %s with %d rule(s)",
+            len(queues),
+            ", ".join(clients),
+            len(rules_now(rules)),
+        )
+        roads = await stack.enter_async_context(planner_roads(settings))
+        intake = Intake(rules, settings, Producer(settings=settings), roads)
         pollers_ = [
-            asyncio.create_task(_poll(sqs, url, intake, stop), name=f"poll {url} #{n}")
-            for url in queue_urls
+            asyncio.create_task(_poll(clients[region], url, intake, stop), name=f"poll {url} #{n}")
+            for region, url in queues
             for n in range(pollers)
         ]
         reporter = asyncio.create_task(_report(intake.counts, stop))
@@ -219,11 +252,13 @@ async def _report(counts: Counter[str], stop: asyncio.Event) -> None:
 
 def _summary(counts: Counter[str]) -> None:
     log.info(
-        "events %d: jobs %d, duplicates %d, ignored %d, malformed %d, not handled %d",
+        "events %d: jobs %d, duplicates %d, ignored %d (%d of an account or Region the policy "
+        "does not name), malformed %d, not handled %d",
         counts["events"],
         counts["jobs"],
         counts["duplicates"],
         counts["ignored"],
+        counts["other_place"],
         counts["malformed"],
         counts["unhandled"],
     )

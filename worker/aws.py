@@ -34,13 +34,14 @@ def ec2_client(settings: Settings) -> ClientCreatorContext[EC2Client]:
     )
 
 
-def sqs_client(settings: Settings) -> ClientCreatorContext[Any]:
-    """SQS with the same credentials, Region, timeouts and retry rules as EC2; the long poll
-    (20 s at most) must outlast the read timeout, so reads wait that much longer."""
+def sqs_client(settings: Settings, region: str | None = None) -> ClientCreatorContext[Any]:
+    """SQS with the same credentials, Region (or `region`: a queue's own), timeouts and retry
+    rules as EC2; the long poll (20 s at most) must outlast the read timeout, so reads wait
+    that much longer."""
     config = client_config(settings).merge(AioConfig(read_timeout=settings.read_timeout_s + 20))
     return get_session().create_client(
         "sqs",
-        region_name=settings.region,
+        region_name=region or settings.region,
         endpoint_url=settings.sqs_endpoint_url or settings.ec2_endpoint_url,
         config=config,
     )

@@ -219,6 +219,13 @@ class Roads:
             entry.users -= 1
             await self._trim()
 
+    async def default_account(self) -> str | None:
+        """The default credentials' account: MIRRORQ_AWS_ACCOUNT_ID when set, else STS's
+        GetCallerIdentity (asked once a process; None while STS cannot say)."""
+        if self._default_account is None:
+            self._default_account = await self._caller_account()
+        return self._default_account
+
     def credentials(self, place: Place) -> AssumedRoleCredentials | None:
         """The open road's assumed-role credentials (shared with the role's other open roads)."""
         entry = self._open.get(place)

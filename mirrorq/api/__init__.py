@@ -69,11 +69,10 @@ async def _intake(
     stack: AsyncExitStack, settings: Settings, rules: RulesSource, producer: Producer
 ) -> Any:
     from mirrorq.intake import Intake
-    from mirrorq.inventory import Inventory
-    from worker.ec2 import open_road
+    from worker.roads import planner_roads
 
-    inventory = Inventory(await stack.enter_async_context(open_road(settings)))
-    return Intake(rules, settings, producer, inventory)
+    roads = await stack.enter_async_context(planner_roads(settings))
+    return Intake(rules, settings, producer, roads)
 
 
 def _our_error_shape(responses: dict[str, Any]) -> None:

@@ -198,7 +198,8 @@ def reconcile(
     multiple=True,
     required=True,
     metavar="URL",
-    help="A queue EventBridge delivers to (repeatable).",
+    help="A queue EventBridge delivers to (repeatable: one per Region), read in the Region "
+    "its URL names; REGION=URL for an endpoint whose URLs name none (else MIRRORQ_REGION).",
 )
 @click.option("--policy", "policy_path", type=policy_file, required=True, help="Policy file.")
 @click.option(
