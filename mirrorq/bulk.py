@@ -104,12 +104,25 @@ async def _plan_place(
     return plan, read.seen
 
 
-async def _read_place(inventory: Inventory, place: Placement, rules: list[Rule]) -> _Read:
-    """One place read for its rules: each rule with those of its targets and filters that
-    exist there, or a Missing saying which it has none of."""
+@dataclass(frozen=True)
+class PlaceRules:
+    """A policy's rules as one place can plan them: each with those of its targets and its
+    filter that exist there (`here`), or a Missing saying what it has none of; the place's
+    targets as read; the ids of the rules' targets and filters that exist there."""
+
+    here: list[Rule]
+    missing: list[planning.Missing]
+    targets: dict[str, planning.Target]
+    seen: set[str]
+
+
+async def rules_in_place(inventory: Inventory, place: Placement, rules: list[Rule]) -> PlaceRules:
+    """The rules as `place` can plan them (reconcile's passes and the event intake alike):
+    each rule's targets that exist there, and its filter there, the first of its ids that
+    exists there, else the one filter its tag finds (looked for only where none of its ids
+    exists; several are refused as ambiguous, naming them)."""
     targets = await inventory.targets((t for rule in rules for t in rule.targets), missing_ok=True)
     filters = await inventory.existing_filters(f for rule in rules for f in rule.filter_ids)
-    # A tag is looked for only where none of its rule's ids exists.
     tagged = await inventory.tagged_filters(
         rule.filter_tag
         for rule in rules
@@ -135,11 +148,18 @@ async def _read_place(inventory: Inventory, place: Placement, rules: list[Rule])
                     rule, targets=found, filter_id=filter_id, filter_choices=(), filter_tag=None
                 )
             )
+    return PlaceRules(here, missing, targets, set(targets) | filters)
+
+
+async def _read_place(inventory: Inventory, place: Placement, rules: list[Rule]) -> _Read:
+    """One place read for its rules (`rules_in_place`), with its ENIs and sessions."""
+    placed = await rules_in_place(inventory, place, rules)
+    here = placed.here
     enis = await inventory.enis_for(here) if here else []
     sessions = await inventory.sessions() if here else []
     target_enis = await inventory.all_target_enis() if here else set()
-    state = planning.PlaceState(here, enis, sessions, targets, target_enis)
-    return _Read(state, missing, set(targets) | filters)
+    state = planning.PlaceState(here, enis, sessions, placed.targets, target_enis)
+    return _Read(state, placed.missing, placed.seen)
 
 
 def _require_somewhere(

@@ -18,13 +18,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from config import Settings
 from mirrorq import planning
+from mirrorq.bulk import rules_in_place
 from mirrorq.events import Event
 from mirrorq.inventory import Inventory
 from mirrorq.planning import Target
@@ -267,57 +268,32 @@ class Intake:
     async def _rules_here(
         self, inventory: Inventory, place: Placement, rules: list[Rule]
     ) -> tuple[list[Rule], dict[str, Target], set[str]]:
-        """The rules as planned in this place, its targets and every ENI that is a target
-        there, read again when stale or at once when a reloaded policy names other targets or
-        filters. In a policy with [[accounts]], each rule with those of its targets and
-        filters that exist in the place, as `reconcile` plans it (bulk.py); one with none of
-        either is left out (a listener is a service: one stale rule must not stop every
-        event). Without [[accounts]], the rules as written (their first filter)."""
-        placed = any(rule.places for rule in rules)
-        wanted_targets = frozenset(t for r in rules for t in r.targets)
-        wanted_filters = (
-            frozenset(f for r in rules for f in r.filter_ids) if placed else frozenset()
-        )
+        """The rules as planned in this place (bulk.py `rules_in_place`, as `reconcile` plans
+        them: each with those of its targets that exist there and its filter there, by id or
+        by tag), its targets and every ENI that is a target there; read again when stale, or
+        at once when a reloaded policy names other targets or filters. A rule with no target
+        or no filter in the place is left out, and said once a read (a listener is a
+        service: one stale rule must not stop every event)."""
+        wanted = tuple((r.name, r.targets, r.filter_ids, r.filter_tag) for r in rules)
         now, read = time.monotonic(), self._read.get(place)
-        if (
-            read is None
-            or now - read.at > TARGETS_FRESH_S
-            or (read.targets_wanted, read.filters_wanted) != (wanted_targets, wanted_filters)
-        ):
-            targets = await inventory.targets(wanted_targets, missing_ok=True)
-            filters = await inventory.existing_filters(wanted_filters) if placed else set()
-            if not placed and (missing := sorted(wanted_targets - set(targets))):
-                log.warning("policy names targets that do not exist: %s", ", ".join(missing))
+        if read is None or now - read.at > TARGETS_FRESH_S or read.wanted != wanted:
+            placed = await rules_in_place(inventory, place, rules)
+            for missing in placed.missing:  # said once a read: targets and filters are Regional
+                log.warning("%s", missing)
             read = _Read(
-                now,
-                wanted_targets,
-                wanted_filters,
-                targets,
-                await inventory.all_target_enis(),
-                filters,
+                now, wanted, placed.here, placed.targets, await inventory.all_target_enis()
             )
             self._read[place] = read
-        if not placed:
-            return rules, read.targets, read.target_enis
-        here = []
-        for rule in rules:
-            found = tuple(t for t in rule.targets if t in read.targets)
-            filter_id = next((f for f in rule.filter_ids if f in read.filters), None)
-            if found and filter_id is not None:
-                here.append(replace(rule, targets=found, filter_id=filter_id, filter_choices=()))
-            elif read.at == now:  # said once a read: targets and filters are Regional
-                log.warning("rule %s has no target or no filter in %s", rule.name, where(place))
-        return here, read.targets, read.target_enis
+        return read.here, read.targets, read.target_enis
 
 
 @dataclass(frozen=True)
 class _Read:
     at: float
-    targets_wanted: frozenset[str]
-    filters_wanted: frozenset[str]
+    wanted: tuple[tuple[object, ...], ...]
+    here: list[Rule]
     targets: dict[str, Target]
     target_enis: set[str]
-    filters: set[str]
 
 
 def _fleet_region(event: Event, fleet: str, why: str) -> Placement | str:

@@ -21,7 +21,7 @@ import httpx
 
 from emulator.event_shapes import api_call, event_time
 from emulator.lab import lab_sqs_client
-from emulator.org_lab import control, role_arn, seed_org_lab, sessions_in
+from emulator.org_lab import account_client, control, role_arn, seed_org_lab, sessions_in
 from mirrorq.processes import EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.helpers import wait_until
 from tests.test_api import AUTH, start_api
@@ -261,3 +261,54 @@ def test_a_role_sts_refuses_leaves_only_its_own_events_unhandled(
         assert sessions_in(url, denied, region) == {}
     log = listener.log_path.read_text()
     assert f"account {denied}, {EAST}: its role was not assumed: AccessDenied" in log
+
+
+def test_an_events_rule_finds_each_places_filter_by_its_tag(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Found merging the tag lookup with the events of many accounts: the intake planned a
+    rule's filter as its first id, so a rule that finds its filter by a tag (no id at all)
+    made jobs with no filter. An event's rule resolves its filter in the event's own place,
+    as `reconcile` does: each session goes through its account-Region's own tagged filter."""
+    url = emulator.url
+    lab = seed_org_lab(url, accounts=2, regions=REGIONS, enis=2)
+    accounts = list(lab["accounts"])
+    targets = [lab["security"]["regions"][r]["target_ids"][0] for r in REGIONS]
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        "".join(
+            f'[[accounts]]\nname = "a{n}"\nrole_arn = "{role_arn(account)}"\n'
+            f"regions = {json.dumps(list(REGIONS))}\n\n"
+            for n, account in enumerate(accounts)
+        )
+        + f'[[rules]]\nname = "tagged"\ntag = ["mirrorq-lab=1"]\ntargets = {json.dumps(targets)}\n'
+        + 'choose = "least-loaded"\nfilter_tag = "mirrorq-filter=default"\n'
+    )
+    start_worker(MIRRORQ_CONCURRENCY="8")
+    api_env = {**env, "MIRRORQ_API_TOKENS": AUTH["Authorization"].split()[1]}
+    api = start_api(api_env, tmp_path, "--policy", str(policy))
+    try:
+        http = httpx.Client(base_url=api.url, headers=AUTH, timeout=60)  # type: ignore[attr-defined]
+        for account in accounts:
+            for region in REGIONS:
+                for eni in lab["accounts"][account]["regions"][region]["eni_ids"]:
+                    answer = http.post("/v1/events", json=eni_event(account, region, eni))
+                    assert answer.status_code == 202, answer.text
+                    assert len(answer.json()["job_ids"]) == 1, answer.json()
+
+        def mirrored() -> bool:
+            return all(sum(sessions_in(url, a, r).values()) == 2 for a in accounts for r in REGIONS)
+
+        wait_until(mirrored, timeout=60, interval=0.5, what="every account-Region mirrored")
+    finally:
+        api.stop()
+    for account in accounts:
+        for region in REGIONS:
+            place = lab["accounts"][account]["regions"][region]
+            described = account_client(url, account, region).describe_traffic_mirror_sessions()
+            assert {s["TrafficMirrorFilterId"] for s in described["TrafficMirrorSessions"]} == {
+                place["filter_id"]
+            }
