@@ -89,6 +89,9 @@ def batch(batch_id: str) -> BatchKeys:
 
 
 STATS_STATUS = _key("stats", "status")  # hash: status -> jobs that entered it (a counter)
+# hash: "<account>/<region>/<status>" -> jobs of that place that entered it; the scripts name
+# it from STATS_STATUS (KEYS[n] .. ":placed"), a key they are given
+STATS_PLACED = f"{STATS_STATUS}:placed"
 STATS_FAILED = _key("stats", "failed")  # hash: error code -> jobs that failed with it
 STATS_DURATION = _key("stats", "duration")  # hash: submission-to-outcome bucket -> jobs, sum
 RUNNING_BATCHES = _key("batches", "running")  # set: batches not finished yet

@@ -103,6 +103,8 @@ redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('PUBLISH', KEYS[1], ARGV[2])
 if not meta or meta['status'] ~= ARGV[12] then
   redis.call('HINCRBY', KEYS[4], status, 1)
+  local place = ARGV[20] ~= '' and ARGV[20] or 'default'
+  redis.call('HINCRBY', KEYS[4] .. ':placed', place .. '/' .. ARGV[21] .. '/' .. status, 1)
   if ARGV[13] ~= '' then redis.call('HINCRBY', KEYS[5], ARGV[13], 1) end
   if ARGV[14] ~= '' then
     local seconds, bucket = tonumber(ARGV[14]), '+Inf'
@@ -127,7 +129,7 @@ return {'stored'}
 # Accept a job: its idempotency claim (if it has a key), its record and its pending entry,
 # all or nothing. Returns nil when accepted, else the claim that was there first.
 # KEYS: record, pending index, status counts[, idempotency key]
-# ARGV: record JSON, ttl, job id, now, claim, status
+# ARGV: record JSON, ttl, job id, now, claim, status, the job's "<account>/<region>"
 ACCEPT = """
 if #KEYS == 4 then
   if not redis.call('SET', KEYS[4], ARGV[5], 'NX', 'EX', ARGV[2]) then
@@ -137,17 +139,19 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
+redis.call('HINCRBY', KEYS[3] .. ':placed', ARGV[7] .. '/' .. ARGV[6], 1)
 return false
 """
 
 # Undo an acceptance whose message could not be queued: only what it wrote, only if still so.
 # KEYS: record, pending index, status counts[, idempotency key]
-# ARGV: job id, claim, the queued state, status
+# ARGV: job id, claim, the queued state, status, the job's "<account>/<region>"
 UNACCEPT = """
 local current = redis.call('GET', KEYS[1])
 if current and cjson.decode(current)['status'] == ARGV[3] then
   redis.call('DEL', KEYS[1])
   redis.call('HINCRBY', KEYS[3], ARGV[4], -1)
+  redis.call('HINCRBY', KEYS[3] .. ':placed', ARGV[5] .. '/' .. ARGV[4], -1)
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if #KEYS == 4 and redis.call('GET', KEYS[4]) == ARGV[2] then redis.call('DEL', KEYS[4]) end

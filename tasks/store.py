@@ -128,6 +128,9 @@ class ResultStore:
         pipe.zadd(keys.PENDING, {record["job_id"]: now for record in records})
         for status, count in Counter(record["status"] for record in records).items():
             pipe.hincrby(keys.STATS_STATUS, status, count)
+        placed = Counter(f"{placed_label(record)}/{record['status']}" for record in records)
+        for field, count in placed.items():
+            pipe.hincrby(keys.STATS_PLACED, field, count)
 
     def claim_gaps(self, claims: Sequence[tuple[str, str]]) -> list[str | None]:
         """Take each (gap's Redis key, job id) claim for its job, atomically, unless a job
@@ -164,7 +167,7 @@ class ResultStore:
             keys.PENDING,
             keys.STATS_STATUS,
         ]
-        args = [record["job_id"], "", QUEUED_STATE, record["status"]]
+        args = [record["job_id"], "", QUEUED_STATE, record["status"], placed_label(record)]
         if claim is not None:
             script_keys.append(claim[0])
             args[1] = claim[1]
@@ -176,6 +179,7 @@ class ResultStore:
         key, value = self.encoded(record)
         script_keys = [key, keys.PENDING, keys.STATS_STATUS]
         args: list[Any] = [value, self.ttl_s, record["job_id"], time.time(), "", record["status"]]
+        args.append(placed_label(record))
         if claim is not None:
             script_keys.append(claim[0])
             args[4] = claim[1]
@@ -245,3 +249,9 @@ class AsyncResultStore:
     async def step(self, step: Step, record: JobResult, token: str) -> StepResult:
         script_keys, args = self._store.step_arguments(step, record, token)
         return self._store.step_result(await self._step(keys=script_keys, args=args))
+
+
+def placed_label(record: JobResult) -> str:
+    """The job's "<account>/<region>" in the fleet's counts by place (`default`: the fleet's
+    own credentials' account, MIRRORQ_AWS_ACCOUNT_ID unset), as the scripts spell it."""
+    return f"{record.get('account_id') or 'default'}/{record.get('region') or ''}"

@@ -355,6 +355,10 @@ def test_metrics_parse_and_match_the_records(
     assert value("mirrorq_jobs", status="created") == statuses["created"] == 15
     assert value("mirrorq_jobs", status="failed") == statuses["failed"] == 3
     assert value("mirrorq_jobs", status="queued") == 18
+    here = {"account": "default", "region": "us-east-1"}  # the fleet's own credentials' place
+    assert value("mirrorq_jobs_by_place", **here, status="created") == 15
+    assert value("mirrorq_jobs_by_place", **here, status="failed") == 3
+    assert value("mirrorq_jobs_by_place", **here, status="queued") == 18
     assert value("mirrorq_jobs_failed", code="InvalidNetworkInterfaceID.NotFound") == 3
     assert value("mirrorq_jobs_pending") == 0
     buckets = [s for s in families["mirrorq_job_seconds"].samples if s.name.endswith("_count")]

@@ -37,13 +37,23 @@ class FleetCollector(Collector):
             pipe.hgetall(keys.STATS_DURATION)
             pipe.zcard(keys.PENDING)
             pipe.scard(keys.RUNNING_BATCHES)
-            statuses, failures, durations, pending, batches = pipe.execute()
+            pipe.hgetall(keys.STATS_PLACED)
+            statuses, failures, durations, pending, batches, placed = pipe.execute()
         jobs = CounterMetricFamily(
             "mirrorq_jobs", "Jobs that entered each status", labels=["status"]
         )
         for status, count in sorted(statuses.items()):
             jobs.add_metric([_text(status)], int(count))
         yield jobs
+        by_place = CounterMetricFamily(
+            "mirrorq_jobs_by_place",
+            "Jobs that entered each status, by the account and Region they run in",
+            labels=["account", "region", "status"],
+        )
+        for field, count in sorted(placed.items()):
+            account, region, status = _text(field).split("/", 2)
+            by_place.add_metric([account, region, status], int(count))
+        yield by_place
         failed = CounterMetricFamily(
             "mirrorq_jobs_failed", "Jobs that ended failed, by error code", labels=["code"]
         )
