@@ -531,6 +531,7 @@ class Envelope(_Placed):
 
 
 ADMIT_AT = "admit_at"  # a deferred batch message's turn at its bucket (worker/admission.py)
+ADMIT_EPOCH = "admit_epoch"  # the bucket's epoch when that turn was given
 DecodedJob = tuple[str, Envelope | InvalidJobError]  # a job id, and its envelope or why not
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import functools
 import logging
+from datetime import datetime
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
+from celery.worker import state as worker_state
 from redis.exceptions import RedisError
 
 from config import get_settings
@@ -29,9 +31,10 @@ from tasks.contract import (
     ec2_regions,
     recordable_job_id,
 )
-from tasks.messages import JobTask, admit_at, decode_batch, envelope, store
+from tasks.errors import JobRevokedError
+from tasks.messages import JobTask, admit_at, admit_epoch, decode_batch, envelope, refuse, store
 from tasks.producer import Producer
-from worker.admission import Deferred, admit
+from worker.admission import Deferred, Turn, admit
 from worker.ratelimit import check_fleet_rates
 from worker.repair import Repairer
 from worker.runner import run_message
@@ -53,15 +56,31 @@ def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: A
 
 @app.task(name=BATCH_TASK_NAME, bind=True, base=JobTask)
 def create_traffic_mirror_sessions(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
-    _run(self, decode_batch(args, kwargs), admit_at(kwargs))
+    at = admit_at(kwargs)
+    turn = None if at is None else Turn(at, admit_epoch(kwargs))
+    _run(self, _unrevoked(decode_batch(args, kwargs)), turn)
 
 
-def _run(task: Task[Any, None], jobs: list[DecodedJob], turn: float | None = None) -> None:
+def _unrevoked(jobs: list[DecodedJob]) -> list[DecodedJob]:
+    """A batch message's jobs but those whose own id an operator revoked (`celery control
+    revoke <job id>`): each ends failed/Revoked, as a single job's message would. Celery
+    checks only a message's id, and a batch's (or a deferred job's) is not its jobs'."""
+    kept = []
+    for job_id, job in jobs:
+        if job_id in worker_state.revoked:
+            error = JobRevokedError("the job's id was revoked (celery control revoke); not run")
+            refuse(job_id, error.code, str(error))
+        else:
+            kept.append((job_id, job))
+    return kept
+
+
+def _run(task: Task[Any, None], jobs: list[DecodedJob], turn: Turn | None = None) -> None:
     if not jobs:
         return
     runtime = get_runtime(get_settings(), store())
     try:
-        jobs = _defer(runtime.run(admit(runtime.worker, jobs, turn)))
+        jobs = _defer(runtime.run(admit(runtime.worker, jobs, turn)), _expires(task))
         elsewhere = runtime.run(run_message(runtime.worker, jobs))
     except (RedisError, OSError) as error:
         # Jobs wait for Redis themselves; this is the last resort (the runtime could not
@@ -75,17 +94,39 @@ def _run(task: Task[Any, None], jobs: list[DecodedJob], turn: float | None = Non
             log.warning("job %s could not be passed on to its queue", record["job_id"])
 
 
-def _defer(admitted: tuple[list[DecodedJob], list[Deferred]]) -> list[DecodedJob]:
-    """Publish again the jobs whose bucket can't serve them soon (worker/admission.py); the
-    jobs to run now. A deferral that can't be published runs now instead."""
+def _defer(
+    admitted: tuple[list[DecodedJob], list[Deferred]], expires: datetime | None
+) -> list[DecodedJob]:
+    """Publish again the jobs whose bucket can't serve them soon (worker/admission.py), to
+    expire when the delivery they came in would have; the jobs to run now. A deferral that
+    can't be published runs now instead."""
     now, deferred = admitted
     for later in deferred:
         try:
-            _producer().defer(later.records, admit_at=later.admit_at, countdown=later.countdown_s)
+            _producer().defer(
+                later.records,
+                admit_at=later.admit_at,
+                epoch=later.epoch,
+                countdown=later.countdown_s,
+                expires=expires,
+            )
         except Exception as error:
             log.warning("%d job(s) could not be deferred (%r); run now", len(later.jobs), error)
             now += later.jobs
     return now
+
+
+def _expires(task: Task[Any, None]) -> datetime | None:
+    """When the message being run expires (Celery's `expires`), if it does."""
+    expires = task.request.expires
+    if isinstance(expires, datetime):
+        return expires
+    if isinstance(expires, str):
+        try:
+            return datetime.fromisoformat(expires)
+        except ValueError:
+            return None
+    return None
 
 
 @functools.cache

@@ -26,6 +26,7 @@ from tasks.app import app
 from tasks.broker import message_dropped
 from tasks.contract import (
     ADMIT_AT,
+    ADMIT_EPOCH,
     BATCH_TASK_NAME,
     TASK_NAME,
     DecodedJob,
@@ -218,19 +219,29 @@ def envelope(args: Any, kwargs: Any) -> Envelope | InvalidJobError:
         return error
 
 
+def admit_epoch(kwargs: Any) -> int | None:
+    """The bucket's epoch a deferred message's turn was given in; anything else is none."""
+    value = kwargs.get(ADMIT_EPOCH) if isinstance(kwargs, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def admit_at(kwargs: Any) -> float | None:
     """A deferred message's turn (Unix time), if it is one; anything else is no turn."""
     value = kwargs.get(ADMIT_AT) if isinstance(kwargs, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        turn = float(value)  # JSON's integers have no bound: 10**400 is no float
+    except OverflowError:
+        return None
+    return turn if math.isfinite(turn) else None
 
 
 def decode_batch(args: Any, kwargs: Any) -> list[DecodedJob]:
     """Each job of a batch message, by id. A job without a usable id can't be recorded,
     so it is logged and left out; a job with one but a bad envelope is recorded as failed."""
     jobs = kwargs.get("jobs") if isinstance(kwargs, dict) else None
-    if args or not isinstance(jobs, list) or not set(kwargs) <= {"jobs", ADMIT_AT}:
+    if args or not isinstance(jobs, list) or not set(kwargs) <= {"jobs", ADMIT_AT, ADMIT_EPOCH}:
         log.warning("batch message refused: expected kwargs={'jobs': [...]} only")
         return []
     decoded: list[DecodedJob] = []

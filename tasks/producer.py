@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -25,6 +26,7 @@ from tasks.batches import messages_of, place_of
 from tasks.connections import sync_client
 from tasks.contract import (
     ADMIT_AT,
+    ADMIT_EPOCH,
     BATCH_TASK_NAME,
     DEFAULT_ACCOUNT,
     NOWHERE,
@@ -229,17 +231,27 @@ class Producer:
         (SessionNumber `auto` included), to the queue of the scope it was accepted for."""
         self._publish(record)
 
-    def defer(self, records: list[JobResult], *, admit_at: float, countdown: float) -> None:
+    def defer(
+        self,
+        records: list[JobResult],
+        *,
+        admit_at: float,
+        epoch: int,
+        countdown: float,
+        expires: datetime | None = None,
+    ) -> None:
         """Publish accepted jobs of one queue and place again as one message that a worker
-        runs `countdown` seconds from now: their bucket's turn for them is at `admit_at`
-        (worker/admission.py), which the message carries."""
+        runs `countdown` seconds from now: their bucket's turn for them is at `admit_at`,
+        given in the bucket's `epoch` (worker/admission.py), both of which the message
+        carries, and it expires when the delivery it replaces would have (`expires`)."""
         entries = [{"job_id": r["job_id"], **_envelope(r, self.scope.region)} for r in records]
         self._send(
             BATCH_TASK_NAME,
-            {"jobs": entries, ADMIT_AT: admit_at},
+            {"jobs": entries, ADMIT_AT: admit_at, ADMIT_EPOCH: epoch},
             f"{{{len(records)} jobs waiting for their turn}}",
             queue=queue_of(records[0]),
             countdown=countdown,
+            expires=expires,
         )
 
     def _claim_scope(self, placement: Placement) -> tuple[str, str] | None:

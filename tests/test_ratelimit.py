@@ -368,6 +368,8 @@ def state_of(fields: dict[Any, Any]) -> gcra.State:
         burst=None if fields.get(b"burst") is None else int(fields[b"burst"]),
         source=None if fields.get(b"source") is None else fields[b"source"].decode(),
         defer_tat=number(b"defer_tat"),
+        admit_tat=number(b"admit_tat"),
+        admitted=number(b"admitted"),
     )
 
 
@@ -466,13 +468,22 @@ def test_the_scripts_do_what_their_twin_says(
             elif call == "admit":
                 jobs = 1 + int(gap * 7) % 8  # a message of 1 to 8 jobs
                 horizon = 2 * gap
-                twin, soon, later, interval = gcra.admit(
-                    twin, clock.now, jobs, horizon=horizon, own_rate=own_rate, own_burst=own_burst
+                grace, line = gap / 2, jobs % 3 != 0
+                twin, soon, later, interval, epoch = gcra.admit(
+                    twin,
+                    clock.now,
+                    jobs,
+                    horizon=horizon,
+                    grace=grace,
+                    own_rate=own_rate,
+                    own_burst=own_burst,
+                    line=line,
                 )
-                got = await limiters[who].admit(jobs, horizon)
+                got = await limiters[who].admit(jobs, horizon, grace, line=line)
                 assert got[0] == soon, (got, soon)
                 assert close(got[1], later), (got, later)
                 assert close(got[2], interval), (got, interval)
+                assert got[3] == epoch, (got, epoch)
             else:
                 twin = gcra.configure(twin, clock.now, rate=fleet_rate, burst=fleet_burst)
                 set_bucket_config(

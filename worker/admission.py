@@ -30,23 +30,37 @@ from dataclasses import dataclass
 from tasks.contract import DecodedJob, Envelope
 from tasks.records import JobResult, JobStatus, queue_of
 from worker.metrics import JOBS_DEFERRED
+from worker.ratelimit import SharedRateLimiter
 from worker.roads import Place, place_of
 from worker.runner import Worker
 
 log = logging.getLogger(__name__)
 HORIZON_S = 2.0  # a message whose turn is nearer runs now
 LEAD_S = HORIZON_S / 2  # a deferred message wakes this long before its turn
+# Jobs let in take their slots within this (a create at once, an `auto` job's after a read):
+# their reservation keeps messages arriving together from all being let in, then lapses.
+GRACE_S = 0.5
+MAX_TURN_S = 86_400.0  # a turn further off was never given: the message is admitted afresh
 
 
 @dataclass(frozen=True)
 class Deferred:
     """Jobs of one place to publish again, to wake `countdown_s` from now (their turn is at
-    `admit_at`, Unix time)."""
+    `admit_at`, Unix time, given in the bucket's `epoch`)."""
 
     jobs: list[DecodedJob]
     records: list[JobResult]
     admit_at: float
+    epoch: int
     countdown_s: float
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A deferred message's turn, as it carries it."""
+
+    at: float
+    epoch: int | None
 
 
 def countdown(admit_at: float, now: float, visibility_timeout_s: float) -> float | None:
@@ -55,14 +69,19 @@ def countdown(admit_at: float, now: float, visibility_timeout_s: float) -> float
     wait = admit_at - now
     if wait <= HORIZON_S:
         return None
-    return min(wait - LEAD_S, visibility_timeout_s / 2)
+    # A quarter of the way at a time (a few hops for long waits): each wake runs what its
+    # bucket serves by then, so a turn given behind jobs that never took theirs, or at a
+    # rate raised since, comes sooner.
+    return min(wait - LEAD_S, max(HORIZON_S, wait / 4), visibility_timeout_s / 2)
 
 
 async def admit(
-    worker: Worker, jobs: list[DecodedJob], admit_at: float | None = None
+    worker: Worker, jobs: list[DecodedJob], turn: Turn | None = None
 ) -> tuple[list[DecodedJob], list[Deferred]]:
     """The jobs to run now, and those to publish again for later (by place, in messages
-    each of which its bucket serves within the horizon once its turn comes)."""
+    each of which its bucket serves within the horizon once its turn comes). A deferred
+    message keeps its turn while its bucket's epoch stands; a rate set or cut since, or a
+    turn no bucket would give (over MAX_TURN_S away), and it is admitted afresh."""
     records = await worker.store.load_many([job_id for job_id, _ in jobs])
     now_jobs: list[DecodedJob] = []
     waiting: dict[Place, list[tuple[DecodedJob, JobResult]]] = defaultdict(list)
@@ -78,29 +97,13 @@ async def admit(
         else:
             now_jobs.append(job)
     deferred: list[Deferred] = []
-    visibility = worker.ec2.settings.visibility_timeout_s
     for place, entries in waiting.items():
-        now = time.time()
-        if admit_at is not None:  # a deferred message: its turn was given when deferred
-            wait = countdown(admit_at, now, visibility)
-            if wait is None:
-                now_jobs += [job for job, _ in entries]
-            else:
-                deferred.append(_deferred(entries, admit_at, wait))
-            continue
         async with worker.roads.use(place) as road:
-            soon, later, interval = await road.limiters.create.admit(len(entries), HORIZON_S)
-        now_jobs += [job for job, _ in entries[:soon]]
-        rest = entries[soon:]
-        # In messages its bucket serves within the horizon, each woken before its turn.
-        size = max(1, math.floor(HORIZON_S / interval)) if interval else len(rest)
-        for n in range(0, len(rest), size):
-            turn = now + later + n * interval
-            wait = countdown(turn, now, visibility)
-            if wait is None:
-                now_jobs += [job for job, _ in rest[n : n + size]]
-            else:
-                deferred.append(_deferred(rest[n : n + size], turn, wait))
+            run, wait = await _admit_place(
+                road.limiters.create, entries, turn, worker.ec2.settings.visibility_timeout_s
+            )
+        now_jobs += run
+        deferred += wait
     for later_jobs in deferred:
         JOBS_DEFERRED.inc(len(later_jobs.jobs))
     if deferred:
@@ -112,5 +115,40 @@ async def admit(
     return now_jobs, deferred
 
 
-def _deferred(entries: list[tuple[DecodedJob, JobResult]], turn: float, wait: float) -> Deferred:
-    return Deferred([job for job, _ in entries], [record for _, record in entries], turn, wait)
+async def _admit_place(
+    limiter: SharedRateLimiter,
+    entries: list[tuple[DecodedJob, JobResult]],
+    turn: Turn | None,
+    visibility: float,
+) -> tuple[list[DecodedJob], list[Deferred]]:
+    """One place's jobs of a message: those to run now, and the rest as deferred messages."""
+    now = time.time()
+    if turn is not None and turn.at - now <= MAX_TURN_S:
+        epoch = await limiter.epoch()
+        if turn.epoch == epoch:  # its turn stands; what the bucket serves now runs now
+            wait = countdown(turn.at, now, visibility)
+            if wait is None:
+                return [job for job, _ in entries], []
+            soon, _, _, _ = await limiter.admit(len(entries), HORIZON_S, GRACE_S, line=False)
+            run, rest = [job for job, _ in entries[:soon]], entries[soon:]
+            return run, [_deferred(rest, turn.at, epoch, wait)] if rest else []
+    soon, later, interval, epoch = await limiter.admit(len(entries), HORIZON_S, GRACE_S)
+    run = [job for job, _ in entries[:soon]]
+    deferred: list[Deferred] = []
+    rest = entries[soon:]
+    # In messages its bucket serves within the horizon, each woken before its turn.
+    size = max(1, math.floor(HORIZON_S / interval)) if interval else len(rest)
+    for n in range(0, len(rest), size):
+        at = now + later + n * interval
+        wait = countdown(at, now, visibility)
+        if wait is None:
+            run += [job for job, _ in rest[n : n + size]]
+        else:
+            deferred.append(_deferred(rest[n : n + size], at, epoch, wait))
+    return run, deferred
+
+
+def _deferred(
+    entries: list[tuple[DecodedJob, JobResult]], at: float, epoch: int, wait: float
+) -> Deferred:
+    return Deferred([job for job, _ in entries], [record for _, record in entries], at, epoch, wait)

@@ -42,6 +42,8 @@ class State:
     burst: int | None = None  # the fleet's burst
     source: str | None = None  # SET or SETTING: where `configured` came from
     defer_tat: float | None = None  # after the turns given to deferred jobs
+    admit_tat: float | None = None  # after the slots of the jobs last admitted to run now
+    admitted: float | None = None  # when they were: their reservation lapses `grace` after
 
 
 def fleet(state: State, *, own_rate: float, own_burst: int) -> State:
@@ -100,27 +102,42 @@ def acquire(
 
 
 def admit(
-    state: State, now: float, jobs: int, *, horizon: float, own_rate: float, own_burst: int
-) -> tuple[State, int, float, float]:
+    state: State,
+    now: float,
+    jobs: int,
+    *,
+    horizon: float,
+    grace: float,
+    own_rate: float,
+    own_burst: int,
+    line: bool = True,
+) -> tuple[State, int, float, float, int]:
     """Admit a message of `jobs` jobs to the bucket. Returns the new state; how many of its
     jobs run now (the first ones, whose slots would come within `horizon`); how long until
-    the first of the others' turn; and the interval between slots (0: no rate).
+    the first of the others' turn; the interval between slots (0: no rate); and the epoch
+    the turns are given in (a rate set or cut since voids them).
 
-    Jobs that run now are judged against the limiter's own schedule (`tat`): what is
-    reserved there, as `acquire` would give the next slots, the first a burst early. They
-    reserve nothing here: a job that never takes its slot (stuck in a throttled read, or
-    failed) holds no turn from the jobs behind it. The others are given turns in line:
-    `defer_tat` is where the turns given so far end, and they take the next ones (or those
-    after the jobs run now), so that deferred messages wake one after another, in the order
-    they were deferred. A bucket without a rate runs everything now.
+    Jobs that run now take the slots after the limiter's own schedule (`tat`), the first a
+    burst early, as `acquire` would give them, and after those of jobs admitted to run now
+    within the last `grace` seconds (`admit_tat`, `admitted`), which may not have taken theirs
+    yet: messages arriving together are not all let in. Older reservations lapse: a job that
+    never takes its slot (stuck in a throttled read, or failed) holds nothing for long. The
+    others are given turns in line: `defer_tat` is where the turns given so far end, and
+    they take the next ones (or those after the jobs run now), so that deferred messages
+    wake one after another, in the order they were deferred. A bucket without a rate runs
+    everything now. With `line` False (a deferred message woken, which keeps its turn) its
+    jobs reserve nothing and the others are given no turn: what the bucket serves now runs.
     """
     state = fleet(state, own_rate=own_rate, own_burst=own_burst)
     if not limited(state):
-        return state, jobs, 0.0, 0.0
+        return state, jobs, 0.0, 0.0, state.epoch
     assert state.configured is not None
     assert state.burst is not None
     rate = state.configured if state.rate is None else state.rate
     start = now if state.tat is None else max(state.tat, now)
+    fresh = state.admitted is not None and now - state.admitted <= grace
+    if fresh and state.admit_tat is not None:
+        start = max(start, state.admit_tat)
     interval = 1 / rate
     first = start + interval - state.burst * interval  # the first job's slot
     soon = (
@@ -128,12 +145,15 @@ def admit(
         if first - now > horizon
         else min(jobs, math.floor((now + horizon - first) / interval) + 1)
     )
-    if soon == jobs:
-        return state, soon, 0.0, stored(interval)
+    after = state
+    if soon and line:
+        after = replace(after, admit_tat=stored(start + soon * interval), admitted=stored(now))
+    if soon == jobs or not line:
+        return after, soon, 0.0, stored(interval), state.epoch
     turn = first + soon * interval
     turn = max(turn, turn if state.defer_tat is None else state.defer_tat)
-    after = replace(state, defer_tat=stored(turn + (jobs - soon) * interval))
-    return after, soon, stored(max(0.0, turn - now)), stored(interval)
+    after = replace(after, defer_tat=stored(turn + (jobs - soon) * interval))
+    return after, soon, stored(max(0.0, turn - now)), stored(interval), state.epoch
 
 
 def throttled(
@@ -201,5 +221,12 @@ def configure(state: State, now: float, *, rate: float, burst: int) -> State:
     if tat is not None and rate > 0:
         tat = stored(min(tat, now + burst / rate))
     return replace(
-        state, configured=rate, burst=burst, source=SET, rate=rate, tat=tat, epoch=state.epoch + 1
+        state,
+        configured=rate,
+        burst=burst,
+        source=SET,
+        rate=rate,
+        tat=tat,
+        epoch=state.epoch + 1,
+        defer_tat=None,  # the turns given at the old rate are void, and their line with them
     )

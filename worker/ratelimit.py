@@ -89,27 +89,38 @@ return kept(KEYS[1], tostring(wait))
 """
 
 # Admit a message of ARGV[3] jobs (worker/admission.py) with a horizon of ARGV[4] s: how
-# many run now, the wait until the first of the others' turn, and the interval (gcra.admit).
+# many run now, the wait until the first of the others' turn, the interval and the epoch
+# (gcra.admit).
 _ADMIT = """
-local now = clock(ARGV[5])
-local jobs, horizon = tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = clock(ARGV[7])
+local jobs, horizon, grace = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local line = ARGV[6] == '1'
 local configured, burst, source = fleet(KEYS[1], ARGV[1], ARGV[2])
-if configured == nil or configured <= 0 then return {jobs, '0', '0'} end
-local state = redis.call('HMGET', KEYS[1], 'rate', 'tat', 'defer_tat')
+local epoch = redis.call('HGET', KEYS[1], 'epoch') or '0'
+if configured == nil or configured <= 0 then return {jobs, '0', '0', epoch} end
+local state = redis.call('HMGET', KEYS[1], 'rate', 'tat', 'defer_tat', 'admit_tat', 'admitted')
 local rate = tonumber(state[1]) or configured
 local start = math.max(tonumber(state[2]) or now, now)
+local admitted = tonumber(state[5])
+if admitted ~= nil and now - admitted <= grace and tonumber(state[4]) ~= nil then
+  start = math.max(start, tonumber(state[4]))
+end
 local interval = 1 / rate
 local first = start + interval - burst * interval
 local soon = 0
 if first - now <= horizon then
   soon = math.min(jobs, math.floor((now + horizon - first) / interval) + 1)
 end
+if soon > 0 and line then
+  redis.call('HSET', KEYS[1], 'admit_tat', tostring(start + soon * interval),
+             'admitted', tostring(now))
+end
 keep(KEYS[1], source)
-if soon == jobs then return {soon, '0', tostring(interval)} end
+if soon == jobs or not line then return {soon, '0', tostring(interval), epoch} end
 local turn = first + soon * interval
 turn = math.max(turn, tonumber(state[3]) or turn)
 redis.call('HSET', KEYS[1], 'defer_tat', tostring(turn + (jobs - soon) * interval))
-return {soon, tostring(math.max(0, turn - now)), tostring(interval)}
+return {soon, tostring(math.max(0, turn - now)), tostring(interval), epoch}
 """
 
 # EC2 said RequestLimitExceeded. In-flight calls report one event many times: only the first
@@ -166,6 +177,7 @@ end
 redis.call('HSET', KEYS[1], 'configured', ARGV[1], 'burst', ARGV[2], 'source', 'set',
            'rate', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HDEL', KEYS[1], 'defer_tat')
 redis.call('PERSIST', KEYS[1])
 return 1
 """
@@ -263,13 +275,21 @@ class SharedRateLimiter:
             if (_text(await self._redis.hget(self.key, "epoch")) or "0") == epoch:
                 return waited
 
-    async def admit(self, jobs: int, horizon: float) -> tuple[int, float, float]:
+    async def admit(
+        self, jobs: int, horizon: float, grace: float, *, line: bool = True
+    ) -> tuple[int, float, float, int]:
         """Admit a message of `jobs` jobs (worker/admission.py): how many run now, the
-        seconds until the first of the others' turn, and the interval between turns."""
-        soon, later, interval = await self._admit(
-            keys=[self.key], args=[self.rate, self.burst, jobs, horizon, *self._now()]
+        seconds until the first of the others' turn, the interval between turns, and the
+        bucket's epoch (a rate set or cut since voids the turn)."""
+        soon, later, interval, epoch = await self._admit(
+            keys=[self.key],
+            args=[self.rate, self.burst, jobs, horizon, grace, int(line), *self._now()],
         )
-        return int(soon), float(_text(later) or 0), float(_text(interval) or 0)
+        return int(soon), float(_text(later) or 0), float(_text(interval) or 0), int(epoch)
+
+    async def epoch(self) -> int:
+        """The bucket's epoch now: one more with each rate set and each AIMD cut."""
+        return int(_text(await self._redis.hget(self.key, "epoch")) or 0)
 
     async def throttled(self) -> float:
         """Report RequestLimitExceeded; return the shared rate now in force (0: no limit)."""
