@@ -10,12 +10,14 @@ test:
 	uv run --frozen ruff check .
 	uv run --frozen ruff format --check .
 	uv run --frozen mypy
+	uv run --frozen lint-imports
 	uv run --frozen pytest
 
 lint:
 	uv run --frozen ruff check .
 	uv run --frozen ruff format --check .
 	uv run --frozen mypy
+	uv run --frozen lint-imports
 
 bench:
 	./scripts/bootstrap.sh
