@@ -30,7 +30,7 @@ from typing import Any
 import redis
 
 from bench.common import REDIS_URL, flush, worker_env, workers
-from emulator.event_shapes import api_call, event_time
+from emulator.event_shapes import eni_created
 from emulator.lab import lab_sqs_client
 from emulator.org_lab import control, role_arn, seed_org_lab
 from mirrorq.processes import EmulatorProcess, ListenerProcess
@@ -47,16 +47,7 @@ POLL_S = 0.05
 
 
 def _event(account: str, region: str, eni: str) -> dict[str, Any]:
-    return api_call(
-        "CreateNetworkInterface",
-        account,
-        region,
-        {},
-        {"networkInterface": {"networkInterfaceId": eni}},
-        time=event_time(),
-        source_ip="10.0.0.1",
-        user_agent="bench",
-    )
+    return eni_created(account, region, eni, user_agent="bench")
 
 
 def _policy(lab: dict[str, Any]) -> str:

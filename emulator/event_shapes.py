@@ -93,6 +93,20 @@ def api_call(
 # From the EC2 call to its events ----------------------------------------------------------
 
 
+def eni_created(account: str, region: str, eni_id: str, *, user_agent: str) -> dict[str, Any]:
+    """CloudTrail's record of a CreateNetworkInterface in `account`, `region` (labs, benches)."""
+    return api_call(
+        "CreateNetworkInterface",
+        account,
+        region,
+        {},
+        {"networkInterface": {"networkInterfaceId": eni_id}},
+        time=event_time(),
+        source_ip="10.0.0.1",
+        user_agent=user_agent,
+    )
+
+
 def _tag(node: ElementTree.Element) -> str:
     return node.tag.rpartition("}")[2]
 

@@ -133,16 +133,7 @@ def seed_org_lab(
             for n in range(sensors)
         ]
         for target in targets:
-            control(
-                endpoint_url,
-                "share-target",
-                {
-                    "target_id": target,
-                    "owner_account": security_account,
-                    "region": region,
-                    "accounts": workloads,
-                },
-            )
+            share_target(endpoint_url, target, region, workloads, security_account)
         security["regions"][region] = {"target_ids": targets}
     lab: OrgLab = {"security": security, "accounts": {}}
     for account in workloads:
@@ -153,6 +144,17 @@ def seed_org_lab(
             },
         }
     return lab
+
+
+def share_target(
+    endpoint_url: str, target_id: str, region: str, accounts: list[str], owner: str
+) -> None:
+    """Share `owner`'s target with `accounts` in `region`, as AWS RAM would (a control call)."""
+    control(
+        endpoint_url,
+        "share-target",
+        {"target_id": target_id, "owner_account": owner, "region": region, "accounts": accounts},
+    )
 
 
 def share_sensor_eni(
@@ -174,16 +176,7 @@ def share_sensor_eni(
     target: str = ec2.create_traffic_mirror_target(
         NetworkInterfaceId=eni, Description=f"sensor ENI ({instance_type})"
     )["TrafficMirrorTarget"]["TrafficMirrorTargetId"]
-    control(
-        endpoint_url,
-        "share-target",
-        {
-            "target_id": target,
-            "owner_account": security_account,
-            "region": region,
-            "accounts": accounts,
-        },
-    )
+    share_target(endpoint_url, target, region, accounts, security_account)
     return target
 
 

@@ -153,6 +153,11 @@ def place_of(account_id: str | None, region: str | None) -> str:
     return f"{account_id or DEFAULT_ACCOUNT}/{region or ''}"
 
 
+def place_of_record(record: JobResult) -> str:
+    """`place_of` the job's record says."""
+    return place_of(record.get("account_id"), record.get("region"))
+
+
 def _by_placement(placed: dict[Any, Any]) -> list[dict[str, Any]]:
     """Counts by "<account>/<region>/<status>" as one entry per account and Region, in order."""
     entries: dict[tuple[str, str], dict[str, int]] = {}

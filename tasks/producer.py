@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from config import Settings, get_settings
 from tasks import contract, keys
-from tasks.batches import messages_of, place_of
+from tasks.batches import messages_of, place_of_record
 from tasks.connections import sync_client
 from tasks.contract import (
     ADMIT_AT,
@@ -202,7 +202,7 @@ class Producer:
                 submitted_at,
                 source,
                 plan,
-                places=[place_of(r.get("account_id"), r.get("region")) for r in jobs],
+                places=[place_of_record(r) for r in jobs],
             )
             pipe.execute()
         with self.app.producer_or_acquire() as producer, producer.batch():

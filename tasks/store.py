@@ -21,7 +21,7 @@ from celery import Celery, states
 
 from config import Settings
 from tasks import keys
-from tasks.batches import BatchStore
+from tasks.batches import BatchStore, place_of_record
 from tasks.connections import sync_client
 from tasks.contract import fleet_scope
 from tasks.records import TERMINAL_STATUSES, JobResult, JobStatus, is_terminal, loaded
@@ -128,7 +128,7 @@ class ResultStore:
         pipe.zadd(keys.PENDING, {record["job_id"]: now for record in records})
         for status, count in Counter(record["status"] for record in records).items():
             pipe.hincrby(keys.STATS_STATUS, status, count)
-        placed = Counter(f"{placed_label(record)}/{record['status']}" for record in records)
+        placed = Counter(f"{place_of_record(record)}/{record['status']}" for record in records)
         for field, count in placed.items():
             pipe.hincrby(keys.STATS_PLACED, field, count)
 
@@ -167,7 +167,13 @@ class ResultStore:
             keys.PENDING,
             keys.STATS_STATUS,
         ]
-        args = [record["job_id"], "", QUEUED_STATE, record["status"], placed_label(record)]
+        args = [
+            record["job_id"],
+            "",
+            QUEUED_STATE,
+            record["status"],
+            place_of_record(record),
+        ]
         if claim is not None:
             script_keys.append(claim[0])
             args[1] = claim[1]
@@ -179,7 +185,7 @@ class ResultStore:
         key, value = self.encoded(record)
         script_keys = [key, keys.PENDING, keys.STATS_STATUS]
         args: list[Any] = [value, self.ttl_s, record["job_id"], time.time(), "", record["status"]]
-        args.append(placed_label(record))
+        args.append(place_of_record(record))
         if claim is not None:
             script_keys.append(claim[0])
             args[4] = claim[1]
@@ -249,9 +255,3 @@ class AsyncResultStore:
     async def step(self, step: Step, record: JobResult, token: str) -> StepResult:
         script_keys, args = self._store.step_arguments(step, record, token)
         return self._store.step_result(await self._step(keys=script_keys, args=args))
-
-
-def placed_label(record: JobResult) -> str:
-    """The job's "<account>/<region>" in the fleet's counts by place (`default`: the fleet's
-    own credentials' account, MIRRORQ_AWS_ACCOUNT_ID unset), as the scripts spell it."""
-    return f"{record.get('account_id') or 'default'}/{record.get('region') or ''}"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
 from emulator.lab import LAB_CREDENTIALS, lab_client
 from mirrorq.processes import EmulatorProcess, WorkerProcess
@@ -114,3 +115,11 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def other(redis_url: str) -> Celery:
+    """Another service's Celery client: no mirrorq imported, JSON only."""
+    app = Celery("someone-else", broker=redis_url)
+    app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue="mirrorq")
+    return app

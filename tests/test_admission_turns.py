@@ -30,14 +30,6 @@ def lab(emulator: EmulatorProcess) -> Lab:
     return seed_lab(emulator.url, 20)
 
 
-@pytest.fixture
-def other(redis_url: str) -> Celery:
-    """Another service's Celery client: no mirrorq imported, JSON only."""
-    app = Celery("someone-else", broker=redis_url)
-    app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue="mirrorq")
-    return app
-
-
 @pytest.mark.parametrize("turn", [10**400, -(10**400)], ids=["huge int", "huge negative int"])
 def test_a_forged_admit_at_too_large_for_a_float_still_records_its_jobs(
     emulator: EmulatorProcess,
@@ -69,14 +61,13 @@ def test_deferred_jobs_run_at_a_rate_raised_by_rate_set(
     """`mirrorq rate set` is "in force at once" (README). Jobs deferred at a slow rate keep the
     turn they were given then (`admit_at`) and hop until it comes, whatever the rate is now:
     raising the rate 400-fold does not bring them on."""
-    client = redis.Redis.from_url(redis_url)
-    set_bucket_config(client, DEFAULT_ACCOUNT, "us-east-1", CREATE_ACTION, rate=0.25, burst=1)
+    _fleet_rate(redis_url, 0.25)
     start_worker(MIRRORQ_JOBS_PER_MESSAGE="1")
     requests = [parse_request(job(lab, n)) for n in range(12)]  # 48 s at 0.25/s
     batch_id = producer.submit_batch(requests)
     job_ids = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
     time.sleep(3)  # the first are running, the rest deferred
-    set_bucket_config(client, DEFAULT_ACCOUNT, "us-east-1", CREATE_ACTION, rate=100, burst=50)
+    _fleet_rate(redis_url, 100, burst=50)
     raised = time.monotonic()
     records = wait_all(producer, job_ids, timeout=60)
     took = time.monotonic() - raised
@@ -95,11 +86,11 @@ class ExpiringProducer(Producer):
         super()._send(name, kwargs, summary, expires=expires, **options)
 
 
-def _slow_bucket(redis_url: str) -> redis.Redis:
-    """The fleet's create bucket at one call per 4 s: a third job's turn is 8 s off."""
+def _fleet_rate(redis_url: str, rate: float, burst: int = 1) -> None:
+    """The fleet's create bucket (of the default place) at `rate`, e.g. 0.25/s: one call per
+    4 s, a third job's turn 8 s off."""
     client = redis.Redis.from_url(redis_url)
-    set_bucket_config(client, DEFAULT_ACCOUNT, "us-east-1", CREATE_ACTION, rate=0.25, burst=1)
-    return client
+    set_bucket_config(client, DEFAULT_ACCOUNT, "us-east-1", CREATE_ACTION, rate=rate, burst=burst)
 
 
 def test_a_deferred_job_whose_id_is_revoked_ends_revoked(
@@ -113,7 +104,7 @@ def test_a_deferred_job_whose_id_is_revoked_ends_revoked(
     """README: a job whose id was revoked (`celery control revoke`) before it ran ends
     `Revoked`. A deferred job travels in a batch-form message under a new task id, so the
     revoke of its id finds nothing and the job runs."""
-    _slow_bucket(redis_url)
+    _fleet_rate(redis_url, 0.25)
     start_worker()
     job_ids = [producer.submit(job(lab, 0))]
     time.sleep(1)  # it took its slot: the next turns are 4 s and 8 s on
@@ -139,8 +130,7 @@ def test_a_deferred_job_whose_message_expired_ends_expired(
     """README: Celery's `expires` is honoured, a message that expires before a worker runs
     its job ends `Expired`. A deferral publishes the job again without the sender's expiry:
     a job whose turn comes after it runs anyway."""
-    client = redis.Redis.from_url(redis_url)
-    set_bucket_config(client, DEFAULT_ACCOUNT, "us-east-1", CREATE_ACTION, rate=0.1, burst=1)
+    _fleet_rate(redis_url, 0.1)
     start_worker()
     expiring = ExpiringProducer(producer.app, producer.settings)
     job_ids = [expiring.submit(job(lab, n)) for n in range(3)]  # turns 10 s and 20 s on

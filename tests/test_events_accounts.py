@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from emulator.event_shapes import api_call, event_time
+from emulator.event_shapes import eni_created
 from emulator.lab import lab_sqs_client
 from emulator.org_lab import account_client, control, role_arn, seed_org_lab, sessions_in
 from mirrorq.processes import EmulatorProcess, ListenerProcess, WorkerProcess
@@ -34,16 +34,7 @@ ENIS = 8  # per account-Region: half by the API, half by the listener
 
 def eni_event(account: str, region: str, eni: str) -> dict[str, Any]:
     """CloudTrail's record of a CreateNetworkInterface in `account`, `region`."""
-    return api_call(
-        "CreateNetworkInterface",
-        account,
-        region,
-        {},
-        {"networkInterface": {"networkInterfaceId": eni}},
-        time=event_time(),
-        source_ip="10.0.0.1",
-        user_agent="test",
-    )
+    return eni_created(account, region, eni, user_agent="test")
 
 
 def accounts_policy(lab: dict[str, Any], accounts: list[str]) -> str:

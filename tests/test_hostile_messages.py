@@ -37,14 +37,6 @@ def lab(emulator: EmulatorProcess) -> Lab:
     return seed_lab(emulator.url, 20)
 
 
-@pytest.fixture
-def other(redis_url: str) -> Celery:
-    """Another service's Celery client: no mirrorq imported, JSON only."""
-    app = Celery("someone-else", broker=redis_url)
-    app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue="mirrorq")
-    return app
-
-
 def body(lab: Lab, eni: int, embed: Any = EMBED) -> str:
     return json.dumps([[], {"request": job(lab, eni, Description=SECRET)}, embed])
 

@@ -269,9 +269,8 @@ class Roads:
         account = place.account_id
         if account is None:
             return self.settings.aws_account_id
-        if self._default_account is None:
-            self._default_account = await self._caller_account()
-        return self.settings.aws_account_id if account == self._default_account else account
+        own = await self.default_account()
+        return self.settings.aws_account_id if account == own else account
 
     async def _caller_account(self) -> str | None:
         """The default credentials' account, from STS GetCallerIdentity (once a process; None
