@@ -15,9 +15,10 @@ from botocore.exceptions import ClientError
 
 from config import Settings
 from mirrorq import planning
-from mirrorq.inventory import Inventory, UnknownResourceError
+from mirrorq.inventory import Inventory
 from mirrorq.rules import Rule
 from tasks.contract import NOWHERE, Placement, parse_request
+from tasks.errors import UnknownResourceError
 from tasks.producer import Producer
 from worker.errors import STS_OPERATIONS, classify
 from worker.roads import place_at, planner_roads
@@ -36,7 +37,7 @@ async def plan_live(
     and what earlier places plan for it, count against its source limit), and the plans
     merged.
 
-    Raises UnknownResourceError (a LookupError) naming a target or filter that exists in none
+    Raises UnknownResourceError naming a target or filter that exists in none
     of its rule's places. One that exists in some places only (targets and filters are
     Regional) is used where it exists; a rule with none of its targets or filters in a place
     is not planned there, and the plan's `missing` says which account-Region has none.

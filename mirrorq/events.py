@@ -4,7 +4,7 @@ Three kinds make jobs: an instance reaching `running` (every ENI attached to it)
 CloudTrail record of CreateNetworkInterface or AttachNetworkInterface (that ENI, whatever
 service made it: ECS, EKS, Lambda...), and a service's own `mirrorq.CreateTrafficMirrorSession`
 event whose `detail` is one job in the request syntax. Any other event is ignored, with the
-reason; a body that is not an event at all is NotAnEvent.
+reason; a body that is not an event at all is NotAnEventError.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 import re
 from dataclasses import dataclass, replace
 from typing import Any
+
+from tasks.errors import NotAnEventError
 
 STATE_CHANGE = "EC2 Instance State-change Notification"
 API_CALL = "AWS API Call via CloudTrail"
@@ -23,10 +25,6 @@ MAX_EVENT_BYTES = 256 * 1024  # EventBridge's own limit on an event
 # every ENI there is.
 INSTANCE_ID = re.compile(r"i-[0-9a-z]{8,17}")
 NETWORK_INTERFACE_ID = re.compile(r"eni-[0-9a-z]{8,17}")
-
-
-class NotAnEvent(ValueError):
-    """The body is not an EventBridge event (left for the queue's dead-letter queue)."""
 
 
 @dataclass(frozen=True)
@@ -52,25 +50,25 @@ def read_event(body: str | bytes | dict[str, Any]) -> Event:
     destination's request body."""
     if isinstance(body, str | bytes):
         if len(body) > MAX_EVENT_BYTES:
-            raise NotAnEvent(f"{len(body)} bytes: EventBridge events are at most 256 KiB")
+            raise NotAnEventError(f"{len(body)} bytes: EventBridge events are at most 256 KiB")
         try:
             body = json.loads(body)
         except (ValueError, RecursionError) as error:
-            raise NotAnEvent(f"not JSON: {error}") from None
+            raise NotAnEventError(f"not JSON: {error}") from None
     if not isinstance(body, dict):
-        raise NotAnEvent("not a JSON object")
+        raise NotAnEventError("not a JSON object")
     event_id, kind, detail = body.get("id"), body.get("detail-type"), body.get("detail")
     if not isinstance(event_id, str) or not event_id or not isinstance(kind, str):
-        raise NotAnEvent("an EventBridge event has an id and a detail-type")
+        raise NotAnEventError("an EventBridge event has an id and a detail-type")
     if not _is_text(event_id):
-        raise NotAnEvent("an EventBridge event's id is text (it has a lone surrogate)")
+        raise NotAnEventError("an EventBridge event's id is text (it has a lone surrogate)")
     if not isinstance(detail, dict):
-        raise NotAnEvent("an EventBridge event's detail is an object")
+        raise NotAnEventError("an EventBridge event's detail is an object")
     region, account = body.get("region"), body.get("account")
     if region is not None and not isinstance(region, str):
-        raise NotAnEvent("an EventBridge event's region is a string")
+        raise NotAnEventError("an EventBridge event's region is a string")
     if account is not None and not isinstance(account, str):
-        raise NotAnEvent("an EventBridge event's account is a string")
+        raise NotAnEventError("an EventBridge event's account is a string")
     return replace(_asks(event_id, region, kind, detail), account=account)
 
 
@@ -99,7 +97,7 @@ def _state_change(event_id: str, region: str | None, detail: dict[str, Any]) -> 
     if state != "running":
         return Event(event_id, region, ignored=f"instance state {state!r}")
     if not isinstance(instance, str) or not INSTANCE_ID.fullmatch(instance):
-        raise NotAnEvent(
+        raise NotAnEventError(
             "a state-change event names its instance-id (i- and 8 to 17 letters or digits)"
         )
     return Event(event_id, region, instance_ids=(instance,))
@@ -108,7 +106,7 @@ def _state_change(event_id: str, region: str | None, detail: dict[str, Any]) -> 
 def _api_call(event_id: str, region: str | None, detail: dict[str, Any]) -> Event:
     name = detail.get("eventName")
     if not isinstance(name, str):
-        raise NotAnEvent("a CloudTrail record names its eventName")
+        raise NotAnEventError("a CloudTrail record names its eventName")
     if detail.get("errorCode"):
         return Event(event_id, region, ignored=f"{name} failed ({detail['errorCode']!r})")
     if name == "CreateNetworkInterface":
@@ -118,20 +116,20 @@ def _api_call(event_id: str, region: str | None, detail: dict[str, Any]) -> Even
     else:
         return Event(event_id, region, ignored=f"eventName {name!r}")
     if not isinstance(eni, str) or not NETWORK_INTERFACE_ID.fullmatch(eni):
-        raise NotAnEvent(
+        raise NotAnEventError(
             f"a {name} record names its network interface (eni- and 8 to 17 letters or digits)"
         )
     return Event(event_id, region, eni_ids=(eni,))
 
 
 def _dig(detail: dict[str, Any], *path: str) -> Any:
-    """detail[path[0]][path[1]]..., None where a key is missing or null; NotAnEvent where a
+    """detail[path[0]][path[1]]..., None where a key is missing or null; NotAnEventError where a
     step is not an object."""
     found: Any = detail
     for i, key in enumerate(path):
         if found is None:
             return None
         if not isinstance(found, dict):
-            raise NotAnEvent(f"{'.'.join(path[:i]) or 'detail'} is not an object")
+            raise NotAnEventError(f"{'.'.join(path[:i]) or 'detail'} is not an object")
         found = found.get(key)
     return found

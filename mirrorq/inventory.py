@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 
 from mirrorq.planning import Target
 from mirrorq.rules import Rule
+from tasks.errors import UnknownResourceError
 from worker.ec2 import Ec2Road
 from worker.errors import classify
 
@@ -23,15 +24,6 @@ FILTER_VALUES = 200  # values per filter in one call: more go in several calls
 SOURCES_PER_TARGET = 10  # EC2: a network-interface target takes 10 sources...
 SOURCES_PER_LARGEST_TARGET = 100  # ...or 100 on the largest size of its instance family
 ALL_ZONES = frozenset({"network-load-balancer", "gateway-load-balancer-endpoint"})
-
-
-class UnknownResourceError(LookupError):
-    """A rule or command names a target or filter that does not exist; names which."""
-
-    def __init__(self, kind: str, ids: list[str]) -> None:
-        super().__init__(f"no traffic mirror {kind} {', '.join(ids)}")
-        self.kind = kind  # "target" or "filter": the option or field that names it
-        self.ids = ids
 
 
 class Inventory:

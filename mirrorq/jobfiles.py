@@ -24,17 +24,12 @@ from tasks.contract import (
     parse_job,
     parse_json,
 )
-from tasks.errors import MAX_LISTED, FieldError, InvalidJobError
+from tasks.errors import MAX_LISTED, BatchFileError, FieldError, InvalidJobError
 
 # CSV cells are text. These columns hold EC2 integers: digits only become numbers; anything
 # else (" 7 ", "1.5", "1_0") stays text for the contract to refuse, naming the field.
 _INTEGER_COLUMNS = frozenset({"SessionNumber", "PacketLength", "VirtualNetworkId"})
 _DIGITS = re.compile(r"[0-9]+")
-
-
-class BatchFileError(InvalidJobError):
-    """A job file with bad lines, each named with its line number (the first MAX_LISTED, and
-    how many in all)."""
 
 
 def _csv_row(row: dict[str, str | None]) -> dict[str, Any]:

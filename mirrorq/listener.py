@@ -34,9 +34,10 @@ from config import Settings
 from mirrorq.events import Event, read_event
 from mirrorq.intake import Intake
 from mirrorq.policy_watch import RulesSource, rules_now
+from tasks.errors import QueueError
 from tasks.producer import Producer
 from worker.aws import sqs_client
-from worker.errors import Failure, classify, is_transient
+from worker.errors import classify, is_transient
 from worker.roads import planner_roads
 
 log = logging.getLogger("mirrorq.listen")
@@ -63,14 +64,6 @@ def queue_region(queue_url: str, default: str) -> tuple[str, str]:
     if host:
         return host["region"] or host["legacy"], queue_url
     return default, queue_url
-
-
-class QueueError(Exception):
-    """A queue the listener cannot use, for a reason retrying cannot change."""
-
-    def __init__(self, queue_url: str, failure: Failure, *, at_start: bool) -> None:
-        super().__init__(f"queue {queue_url}: {failure.code}: {failure.message}")
-        self.queue_url, self.failure, self.at_start = queue_url, failure, at_start
 
 
 async def listen(
@@ -192,7 +185,8 @@ async def _until_stopped(
                     return None
                 return answer.result()
     except Exception as error:  # not transient: the queue's own answer, or a bug
-        raise QueueError(queue_url, classify(error), at_start=False) from error
+        failure = classify(error)
+        raise QueueError(queue_url, failure.code, failure.message, at_start=False) from error
     raise AssertionError("unreachable: the policy reraises")  # pragma: no cover
 
 
@@ -202,7 +196,7 @@ async def _handle(sqs: Any, queue_url: str, intake: Intake, messages: list[dict[
     for message in messages:
         try:
             event = read_event(message.get("Body", ""))
-        except Exception as error:  # NotAnEvent, or a shape read_event did not foresee
+        except Exception as error:  # NotAnEventError, or a shape read_event did not foresee
             intake.counts["malformed"] += 1
             log.warning(
                 "message %s is not an EventBridge event (%s); left for the dead-letter queue",

@@ -46,7 +46,7 @@ from tasks.contract import (
     RoleArn,
     parse_request,
 )
-from tasks.errors import FieldError, InvalidJobError, MirrorqError
+from tasks.errors import FieldError, InvalidJobError, PolicyError
 
 _Strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 KeyValue = Annotated[str, Field(pattern=r"^[^=]+=.*$")]
@@ -60,17 +60,6 @@ _OPTION_FIELDS = {
     "Description": "description",
     "TagSpecifications": "session_tags",
 }
-
-
-class PolicyError(MirrorqError):
-    """A policy file that cannot be used; names the file, and each rule and field."""
-
-    code = "InvalidPolicy"
-
-    def __init__(self, path: str, errors: list[FieldError]) -> None:
-        self.path = path
-        self.errors = errors
-        super().__init__("\n".join(f"{path}: {e['field']}: {e['message']}" for e in errors))
 
 
 class RuleSpec(BaseModel):

@@ -25,8 +25,9 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from mirrorq.policy import PolicyError, read_policy
+from mirrorq.policy import read_policy
 from mirrorq.rules import Rule
+from tasks.errors import PolicyError
 
 log = logging.getLogger("mirrorq.policy")
 # Rules as a long-running command takes them: fixed, or asked for at each pass or batch.

@@ -14,8 +14,9 @@ import pytest
 import redis
 
 from emulator.lab import lab_client, seed_lab
-from mirrorq.jobfiles import BatchFileError, read_jobs
+from mirrorq.jobfiles import read_jobs
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+from tasks.errors import BatchFileError
 
 GOOD = {
     "NetworkInterfaceId": "eni-0123456789abcdef0",

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emulator.lab import seed_lab
-from mirrorq.jobfiles import BatchFileError, read_jobs
+from mirrorq.jobfiles import read_jobs
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tasks.contract import TASK_NAME, SessionRequest, parse_request
-from tasks.errors import InvalidJobError
+from tasks.errors import BatchFileError, InvalidJobError
 from tasks.producer import Producer
 from tests.helpers import job, raw_message, wait_all
 

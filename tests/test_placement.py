@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from emulator.lab import seed_lab, sessions
-from mirrorq.jobfiles import BatchFileError, parse_placed_jobs
+from mirrorq.jobfiles import parse_placed_jobs
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tasks import keys
 from tasks.contract import (
@@ -31,7 +31,7 @@ from tasks.contract import (
     parse_placement,
     queue_for,
 )
-from tasks.errors import InvalidJobError
+from tasks.errors import BatchFileError, InvalidJobError
 from tasks.records import JobStatus, started
 from tests.helpers import job, producer_for, wait_all, wait_until
 from tests.test_api import AUTH, start_api

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from mirrorq.events import NotAnEvent, read_event
+from mirrorq.events import read_event
 from mirrorq.planning import Outcome, Target, plan, planned_jobs
-from mirrorq.policy import PolicyError, load_policy
+from mirrorq.policy import load_policy
 from mirrorq.reconcile import parse_duration
 from mirrorq.rules import Choose, Rule, Selectors
+from tasks.errors import NotAnEventError, PolicyError
 
 EVENTS = Path(__file__).parent / "events"
 A, B, NLB = "tmt-0000000000000000a", "tmt-0000000000000000b", "tmt-0000000000000000c"
@@ -274,7 +275,7 @@ def test_other_events_are_ignored_with_the_reason() -> None:
     ],
 )
 def test_what_is_not_an_event_is_said_so(body: str) -> None:
-    with pytest.raises(NotAnEvent):
+    with pytest.raises(NotAnEventError):
         read_event(body)
 
 
@@ -303,12 +304,12 @@ def test_durations_that_are_not(text: str) -> None:
 def test_a_cloudtrail_record_of_the_wrong_shape_is_not_an_event(detail: dict[str, Any]) -> None:
     """Found in review: `responseElements: [1]` raised AttributeError and stopped the listener."""
     body = {"id": "x", "detail-type": "AWS API Call via CloudTrail", "detail": detail}
-    with pytest.raises(NotAnEvent):
+    with pytest.raises(NotAnEventError):
         read_event(body)
 
 
 def test_a_region_that_is_not_a_string_is_not_an_event() -> None:
-    with pytest.raises(NotAnEvent):
+    with pytest.raises(NotAnEventError):
         read_event({"id": "x", "detail-type": "Scheduled Event", "detail": {}, "region": 7})
 
 

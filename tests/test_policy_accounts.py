@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mirrorq.policy import PolicyError, load_policy
+from mirrorq.policy import load_policy
 from tasks.contract import Placement
+from tasks.errors import PolicyError
 
 T1, T2 = "tmt-0000000000000000a", "tmt-0000000000000000b"
 F1, F2 = "tmf-00000000000000001", "tmf-00000000000000002"

@@ -21,7 +21,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from emulator.lab import lab_client, lab_sqs_client
 from emulator.zoned_lab import Enis, ZonedLab, expected_mirrors, launch_instance, seed_zoned_lab
-from mirrorq.policy import PolicyError
 from mirrorq.policy_watch import WatchedPolicy
 from mirrorq.processes import (
     ApiProcess,
@@ -32,6 +31,7 @@ from mirrorq.processes import (
     free_port,
 )
 from tasks import keys
+from tasks.errors import PolicyError
 from tasks.producer import Producer
 from tests.helpers import sessions, wait_until
 

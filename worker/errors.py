@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 from botocore.parsers import ResponseParserError
 from redis.exceptions import RedisError
 
-from tasks.errors import MirrorqError
+from tasks.errors import MirrorqError, SupersededError
 
 # Transient by EC2's own description: request throttling and server-side trouble.
 THROTTLING_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
@@ -68,26 +68,6 @@ class Action(StrEnum):
     FAIL = "fail"
     RESUME = "resume"
     YIELD = "yield"
-
-
-class AlreadyMirroredError(MirrorqError):
-    """The ENI is already mirrored to this target through this filter."""
-
-    code = "AlreadyMirrored"
-
-
-class LeaseLostError(MirrorqError):
-    """The ENI's lease lapsed before the create was sent (the holder was cut off from Redis,
-    or stalled): nothing was sent; the next attempt takes the lease again and reads again."""
-
-    code = "LeaseLost"
-    retryable = True
-
-
-class SupersededError(MirrorqError):
-    """Another worker holds the job's run lease, or finished the job: it owns the record."""
-
-    code = "Superseded"
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,10 @@ from tenacity import RetryCallState
 
 from config import Settings
 from tasks import keys, records
+from tasks.errors import AlreadyMirroredError, LeaseLostError
 from tasks.records import JobResult
 from worker.ec2 import Ec2Road
-from worker.errors import (
-    DRY_RUN_OK,
-    EC2_SAYS_NUMBER_TAKEN,
-    Action,
-    AlreadyMirroredError,
-    LeaseLostError,
-    classify,
-)
+from worker.errors import DRY_RUN_OK, EC2_SAYS_NUMBER_TAKEN, Action, classify
 from worker.leases import Lease, Leases
 from worker.ratelimit import CREATE_ACTION, DESCRIBE_ACTION
 from worker.sessions import plan_session_number

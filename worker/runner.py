@@ -34,10 +34,9 @@ from tasks.contract import (
     client_token,
     parse_request,
 )
-from tasks.errors import InvalidJobError, MirrorqError, WrongScopeError
+from tasks.errors import InvalidJobError, MirrorqError, SupersededError, WrongScopeError
 from tasks.records import JobResult, JobStatus, describe_placement, may_have_sent, queue_of
 from tasks.store import AsyncResultStore, Step, StepResult
-from worker.errors import SupersededError
 from worker.execute import Ec2, execute_job
 from worker.leases import Lease
 from worker.metrics import JOBS_IN_FLIGHT

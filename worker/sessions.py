@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tasks.contract import AUTO, SESSION_NUMBER_MAX
-from worker.errors import AlreadyMirroredError
+from tasks.errors import AlreadyMirroredError
 
 
 def lowest_free_session_number(used: Iterable[int]) -> int | None:

@@ -1,5 +1,8 @@
 """One error shape for every answer that is not a success, with the CLI's codes:
-`{"error": {"code", "message", "fields": [{"field", "message", "line"?}]}}`."""
+`{"error": {"code", "message", "fields": [{"field", "message", "line"?}]}}`.
+
+mirrorq's own errors are answered as their classes say (tasks/errors.py); ApiError is the
+answer itself, raised as it is for what only HTTP has (a token, a path, readiness)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
-from tasks.errors import FieldError, IdempotencyConflictError, InvalidJobError, MirrorqError
+from tasks.errors import FieldError, MirrorqError
 from worker.errors import classify
 
 STATUS_CODES = {401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed", 413: "TooLarge"}
@@ -40,16 +43,9 @@ def answer(error: ApiError, headers: Mapping[str, str] | None = None) -> JSONRes
 
 
 def from_mirrorq(error: MirrorqError) -> ApiError:
-    """mirrorq's own errors, as the CLI names them: invalid input 422, a reused key 409."""
-    if isinstance(error, InvalidJobError):
-        bad_json = any(
-            e["field"] == "(body)" or (e["field"] == "(job)" and "JSON" in e["message"])
-            for e in error.errors
-        )
-        return ApiError(400 if bad_json else 422, error.code, str(error), error.errors)
-    if isinstance(error, IdempotencyConflictError):
-        return ApiError(409, error.code, str(error))
-    return ApiError(400, error.code, str(error))
+    """One of mirrorq's own errors, answered with its status, its code (the CLI's), its
+    message and the fields it names."""
+    return ApiError(error.status_code, error.code, str(error), error.fields)
 
 
 def install(app: FastAPI) -> None:

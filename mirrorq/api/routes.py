@@ -23,14 +23,14 @@ from mirrorq.api.schemas import (
     JobAccepted,
     errors,
 )
-from mirrorq.events import NotAnEvent, read_event
+from mirrorq.events import read_event
 from mirrorq.export import export_lines
 from mirrorq.intake import Intake
 from mirrorq.jobfiles import parse_placed_jobs
 from mirrorq.policy_watch import WatchedPolicy
 from tasks.connections import answers
 from tasks.contract import IDEMPOTENCY_KEY_RULE, idempotency_key, parse_job
-from tasks.errors import InvalidJobError
+from tasks.errors import BatchNotFoundError, InvalidJobError, JobNotFoundError
 from tasks.producer import Producer
 from tasks.records import JobResult, is_terminal
 
@@ -143,7 +143,7 @@ async def utf8_body(request: Request) -> str:
 async def get_job(job_id: str, s: Svc) -> JSONResponse:
     record = await run_in_threadpool(s.producer.result, job_id)
     if record is None:
-        raise ApiError(404, "JobNotFound", f"no job {job_id} (unknown id, or its record expired)")
+        raise JobNotFoundError(job_id)
     return JSONResponse(record)
 
 
@@ -179,9 +179,7 @@ async def get_batch(batch_id: str, s: Svc) -> JSONResponse:
 async def _batch(s: Services, batch_id: str) -> dict[str, Any]:
     status = await run_in_threadpool(s.producer.batch_status, batch_id)
     if status is None:
-        raise ApiError(
-            404, "BatchNotFound", f"no batch {batch_id} (unknown id, or its record expired)"
-        )
+        raise BatchNotFoundError(batch_id)
     return status
 
 
@@ -218,13 +216,10 @@ async def batch_results(
 async def post_event(request: Request, s: Svc) -> JSONResponse:
     if s.intake is None:
         raise ApiError(400, "NoPolicy", "this API was started without --policy: no events")
-    try:
-        event = read_event(await request.body())
-    except NotAnEvent as error:
-        raise ApiError(400, "InvalidEvent", str(error)) from None
+    event = read_event(await request.body())  # NotAnEventError: 400, InvalidEvent
     (outcome,) = await s.intake.handle([event])
-    if outcome.error:
-        raise ApiError(422, "InvalidJob", outcome.error)
+    if outcome.error:  # its detail (mirrorq.CreateTrafficMirrorSession) is not a valid job
+        raise ApiError(InvalidJobError.http_status, InvalidJobError.code, outcome.error)
     return JSONResponse(
         {
             "event_id": outcome.event_id,

@@ -1,4 +1,4 @@
-"""The `mirrorq` group, its exit codes, and the few helpers every command prints with."""
+"""The `mirrorq` group, and the few helpers every command prints and exits with."""
 
 from __future__ import annotations
 
@@ -9,17 +9,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from tasks.errors import FieldError, describe
+from tasks.errors import EXIT_FAILED, EXIT_USAGE, MirrorqError, describe
 from tasks.records import JobStatus
 
 if TYPE_CHECKING:
     from tasks.contract import Placement
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_FAILED = 1  # a job or batch ended with failures
-EXIT_USAGE = 2  # usage or input error (click uses 2 for usage errors too)
-
 
 _SETTINGS_PREFIXES = {"Settings": "MIRRORQ_", "EmulatorSettings": "MIRRORQ_EMULATOR_"}
 
@@ -74,16 +70,23 @@ def echo_json(payload: Any) -> None:
 
 
 def fail_input(message: str) -> NoReturn:
+    """A usage or input error that is not one of mirrorq's errors (a missing option)."""
     click.echo(f"mirrorq: {message}", err=True)
     sys.exit(EXIT_USAGE)
 
 
-def fail_fields(errors: list[FieldError], where: str = "invalid job", total: int = 0) -> NoReturn:
-    for error in errors:
-        click.echo(f"{where}: {describe(error)}", err=True)
-    if total > len(errors):
-        click.echo(f"{where}: ... and {total - len(errors)} more", err=True)
-    sys.exit(EXIT_USAGE)
+def fail(error: MirrorqError, where: str | None = None) -> NoReturn:
+    """Print one of mirrorq's errors and exit with its exit status: the fields it names one a
+    line after `where` (what they are in: a file; an invalid job by default), else its
+    message, after `where` when given (the option or file that named what it is about)."""
+    fields, unlisted = error.fields, error.fields_total - len(error.fields)
+    if not fields:
+        click.echo(f"mirrorq: {where + ': ' if where else ''}{error}", err=True)
+    for field in fields:
+        click.echo(f"{where or 'invalid job'}: {describe(field)}", err=True)
+    if unlisted > 0:
+        click.echo(f"{where or 'invalid job'}: ... and {unlisted} more", err=True)
+    sys.exit(error.exit_code)
 
 
 def exit_for(record: Mapping[str, Any]) -> NoReturn:
@@ -144,4 +147,4 @@ def placement_or_exit(
     try:
         return parse_placement(region=region, role_arn=role_arn, external_id=external_id)
     except InvalidJobError as error:
-        fail_fields(error.errors)
+        fail(error)

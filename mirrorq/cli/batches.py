@@ -11,12 +11,13 @@ from mirrorq.cli.base import (
     ID,
     echo_json,
     exit_for_batch,
-    fail_fields,
+    fail,
     fail_input,
     main,
     placement_options,
     placement_or_exit,
 )
+from tasks.errors import BatchNotFoundError
 
 
 @main.group()
@@ -57,7 +58,7 @@ def batch_submit(
         jobs = read_placed_jobs(file, fmt, defaults)
     except InvalidJobError as error:
         click.echo(f"mirrorq: {file} refused: {error.total} error(s); nothing was queued", err=True)
-        fail_fields(error.errors, str(file), error.total)
+        fail(error, str(file))
     except UnicodeDecodeError as error:
         fail_input(f"{file} is not UTF-8 text: {error}")
     click.echo(Producer().submit_batch(jobs.requests, source=str(file), placements=jobs.placements))
@@ -80,7 +81,7 @@ def batch_status(batch_id: str, watch: bool, as_json: bool) -> None:
         display.watch(producer, batch_id, console) if watch else producer.batch_status(batch_id)
     )
     if status is None:
-        fail_input(f"no batch {batch_id} (unknown id, or its record expired)")
+        fail(BatchNotFoundError(batch_id))
     if as_json:
         echo_json(status)
     else:
@@ -105,5 +106,5 @@ def batch_results(batch_id: str, fmt: str) -> None:
 
     producer = Producer()
     if producer.batch_status(batch_id) is None:
-        fail_input(f"no batch {batch_id} (unknown id, or its record expired)")
+        fail(BatchNotFoundError(batch_id))
     sys.stdout.writelines(export_lines(producer.batch_results(batch_id), fmt))

@@ -6,15 +6,8 @@ import sys
 
 import click
 
-from mirrorq.cli.base import (
-    EXIT_FAILED,
-    ID,
-    exit_for,
-    fail_fields,
-    fail_input,
-    main,
-    placement_options,
-)
+from mirrorq.cli.base import ID, exit_for, fail, main, placement_options
+from tasks.errors import EXIT_FAILED, JobNotFoundError, MirrorqError
 
 
 @main.command()
@@ -44,7 +37,6 @@ def submit(
 
     Prints the job id, or with --wait the result JSON (exit 1 if the job failed).
     """
-    from tasks.errors import IdempotencyConflictError, InvalidJobError
     from tasks.producer import Producer
 
     producer = Producer()
@@ -56,10 +48,8 @@ def submit(
             role_arn=role_arn,
             external_id=external_id,
         )
-    except InvalidJobError as error:
-        fail_fields(error.errors)
-    except IdempotencyConflictError as error:
-        fail_input(str(error))
+    except MirrorqError as error:  # InvalidJobError, IdempotencyConflictError
+        fail(error)
     if not wait:
         click.echo(job_id)
         return
@@ -78,5 +68,5 @@ def status(job_id: str) -> None:
 
     record = Producer().result(job_id)
     if record is None:
-        fail_input(f"no job {job_id} (unknown id, or its result expired)")
+        fail(JobNotFoundError(job_id))
     exit_for(record)

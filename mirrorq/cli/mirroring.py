@@ -10,15 +10,15 @@ from typing import Any
 import click
 
 from mirrorq.cli.base import (
-    EXIT_FAILED,
-    EXIT_USAGE,
     exit_for_batch,
+    fail,
     fail_input,
     main,
     placement_options,
     placement_or_exit,
 )
 from mirrorq.rules import Rule
+from tasks.errors import EXIT_FAILED, EXIT_USAGE, MirrorqError, UnknownResourceError
 
 
 def _session_number(value: str) -> int | str:
@@ -116,8 +116,7 @@ def mirror(
     """
     placement = placement_or_exit(region, role_arn, external_id)
     if filter_id is None and filter_tag is None:
-        click.echo("mirrorq: give --filter or --filter-tag", err=True)
-        sys.exit(EXIT_USAGE)
+        fail_input("give --filter or --filter-tag")
     rule = _checked_rule(
         {
             "name": "mirror",
@@ -143,15 +142,13 @@ def mirror(
     from config import get_settings
     from mirrorq import display
     from mirrorq.bulk import plan_live, submit_plan
-    from mirrorq.inventory import UnknownResourceError
-    from tasks.errors import InvalidJobError
     from tasks.producer import Producer
 
     console = Console(stderr=True)
     try:
         plan = asyncio.run(plan_live(get_settings(), [rule], placement=placement))
     except UnknownResourceError as error:
-        fail_input(f"--{error.kind}: {error}")
+        fail(error, f"--{error.kind}")
     for unplanned in plan.unplanned:  # the role was not assumed: STS's code
         click.echo(f"mirrorq: {unplanned}", err=True)
         sys.exit(EXIT_FAILED)
@@ -163,8 +160,8 @@ def mirror(
         batch_id = submit_plan(
             producer, plan, source="mirrorq mirror", dry_run=dry_run, placement=placement
         )
-    except InvalidJobError as error:
-        fail_input(str(error))
+    except MirrorqError as error:  # InvalidJobError
+        fail(error)
     click.echo(batch_id)
     if wait:
         status = display.watch(producer, batch_id, console)

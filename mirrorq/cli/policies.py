@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import click
 
-from mirrorq.cli.base import EXIT_FAILED, EXIT_USAGE, echo_json, exit_for_batch, fail_input, main
+from mirrorq.cli.base import echo_json, exit_for_batch, fail, main
+from tasks.errors import EXIT_FAILED, PolicyError, QueueError, UnknownResourceError
 
 if TYPE_CHECKING:
     from mirrorq.planning import Plan
@@ -26,23 +27,22 @@ metrics_port = click.option(
 
 
 def _rules(path: Path) -> list[Rule]:
-    from mirrorq.policy import PolicyError, load_policy
+    from mirrorq.policy import load_policy
 
     try:
         return load_policy(path)
     except PolicyError as error:
-        _refuse(error)
+        fail(error)
 
 
 def _watched(path: Path, port: int | None) -> WatchedPolicy:
     """The policy of a long-running command: read again when it changes, and on SIGHUP."""
-    from mirrorq.policy import PolicyError
     from mirrorq.policy_watch import WatchedPolicy, serve_metrics
 
     try:
         watched = WatchedPolicy(path)
     except PolicyError as error:
-        _refuse(error)
+        fail(error)
     if port is not None:
         serve_metrics(watched, port)
     return watched
@@ -52,11 +52,6 @@ def _say_where_not(plan: Plan) -> None:
     """The places a rule was not planned in, and why (stderr, one line each, unwrapped)."""
     for note in [*plan.missing, *plan.unplanned]:
         click.echo(f"mirrorq: {note}", err=True)
-
-
-def _refuse(error: Exception) -> NoReturn:
-    click.echo(f"mirrorq: {error}", err=True)
-    sys.exit(EXIT_USAGE)
 
 
 @main.group()
@@ -95,13 +90,12 @@ def policy_plan(file: Path, as_json: bool) -> None:
     from config import get_settings
     from mirrorq import display
     from mirrorq.bulk import plan_live
-    from mirrorq.inventory import UnknownResourceError
 
     rules = _rules(file)
     try:
         plan = asyncio.run(plan_live(get_settings(), rules))
     except UnknownResourceError as error:
-        fail_input(f"{file}: {error}")
+        fail(error, str(file))
     if as_json:
         echo_json({**plan.summary(), "jobs": display.plan_jobs_json(plan)})
     else:
@@ -144,7 +138,6 @@ def reconcile(
 
     from config import get_settings
     from mirrorq import display
-    from mirrorq.inventory import UnknownResourceError
     from mirrorq.reconcile import parse_duration, reconcile_every, run_pass
     from tasks.producer import Producer
 
@@ -173,7 +166,7 @@ def reconcile(
     try:
         done = run_pass(settings, rules, producer, dry_run=dry_run, keep_empty=True)
     except UnknownResourceError as error:
-        fail_input(f"{policy_path}: {error}")
+        fail(error, str(policy_path))
     console.print(display.plan_table(done.plan))
     places = display.places_table(done.plan)
     if places is not None:
@@ -230,7 +223,6 @@ def listen(
     import signal
 
     from config import get_settings
-    from mirrorq.listener import QueueError
     from mirrorq.listener import listen as run
 
     logging.basicConfig(
@@ -249,6 +241,6 @@ def listen(
     try:
         asyncio.run(main_())
     except QueueError as error:
-        if error.at_start:
-            _refuse(error)
-        sys.exit(EXIT_FAILED)  # logged as an error where it happened
+        if not error.at_start:  # logged as an error where it happened
+            sys.exit(error.exit_code)
+        fail(error)

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import click
 
 from config import get_emulator_settings
-from mirrorq.cli.base import echo_json, main
+from mirrorq.cli.base import echo_json, fail, fail_input, main
+from tasks.errors import PolicyError
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 # Celery's options choosing the queues a worker consumes: a worker of one scope reading
@@ -185,16 +186,16 @@ def api(host: str, port: int, policy_path: Path | None) -> None:
     from config import get_settings
     from mirrorq.api import create_app
     from mirrorq.api.deadline import with_head_deadline
-    from mirrorq.policy import PolicyError
     from mirrorq.policy_watch import WatchedPolicy
 
     settings = get_settings()
     try:
         policy = WatchedPolicy(policy_path) if policy_path else None
         app = create_app(settings, policy or ())
-    except (PolicyError, ValueError, OSError) as error:
-        click.echo(f"mirrorq: {error}", err=True)
-        sys.exit(2)
+    except PolicyError as error:
+        fail(error)
+    except (ValueError, OSError) as error:  # a token that breaks the rule, a file not read
+        fail_input(str(error))
     if policy is not None:
         # mirrorq's own lines (a reloaded or refused policy) beside uvicorn's.
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
