@@ -39,6 +39,7 @@ from worker.ratelimit import check_fleet_rates
 from worker.repair import Repairer
 from worker.runner import run_message
 from worker.runtime import close_runtime, get_runtime
+from worker.timing import REAL
 
 __all__ = ["app", "create_traffic_mirror_session", "create_traffic_mirror_sessions"]
 
@@ -141,7 +142,7 @@ _repairer: Repairer | None = None
 def _start_repair(**_: Any) -> None:
     global _repairer  # noqa: PLW0603 - one repair thread per worker process
     producer = _producer()
-    _repairer = Repairer(producer.redis, store(), producer.publish, producer.settings)
+    _repairer = Repairer(producer.redis, store(), producer.publish, producer.settings, REAL.wall)
     _repairer.start()
 
 

@@ -353,7 +353,8 @@ def test_an_operators_revoke_holds_though_the_message_also_expired(
     assert (final["status"], (final["error"] or {}).get("code")) == ("failed", "Revoked")
     # Two sweeps of the repair (a job is lost when it looks lost twice): nothing to publish.
     for _ in range(2):
-        assert repair_lost_jobs(producer.redis, producer.store, producer.publish, 0) == []
+        swept = repair_lost_jobs(producer.redis, producer.store, producer.publish, 0, time.time())
+        assert swept == []
     assert not mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"])
 
 

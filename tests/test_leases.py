@@ -1,11 +1,13 @@
 """One mirror per ENI, target and filter: the per-ENI lease and the per-job run lease, raced.
 
 Real workers, real Redis, the emulator over HTTP, at scaled-down lease times and rates so
-that jobs wait far longer for their EC2 slot than a lease lives.
+that jobs wait far longer for their EC2 slot than a lease lives; then, in-process on a clock
+the test drives, the leases' and the creates' timing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -13,15 +15,23 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
+import redis.asyncio as aioredis
+from botocore.exceptions import ClientError
 
+from config import Settings
 from emulator.lab import lab_client, seed_lab
 from mirrorq.processes import EmulatorProcess, WorkerProcess
-from tasks import records
-from tasks.contract import TASK_NAME
+from tasks import keys, records
+from tasks.contract import TASK_NAME, parse_request
 from tasks.producer import Producer
+from tasks.records import JobResult
 from tests.fault_proxy import Answer, FaultProxy
 from tests.helpers import mirrors, sessions, status_of, wait_all, wait_until
+from tests.timing import VirtualTime, age, ec2_on
+from worker.execute import Creates, execute_job
+from worker.leases import Leases
 from worker.repair import repair_lost_jobs
 
 # Creates trickle out at 2/s, so the last of 24 jobs waits ~12 s for its slot, while a lease
@@ -160,7 +170,7 @@ def test_a_repaired_copy_of_a_started_auto_job_is_still_auto_with_its_alternativ
     producer.store.step("save", records.planned(records.started(record, planned), planned))
     client.delete(f"mirrorq:job-lease:{job_id}")
     for _ in range(2):  # lost only when it looks lost twice
-        repair_lost_jobs(producer.redis, producer.store, producer.publish, 0)
+        repair_lost_jobs(producer.redis, producer.store, producer.publish, 0, time.time())
     popped = client.lpop("mirrorq")
     assert isinstance(popped, bytes)
     _, kwargs, _ = json.loads(base64.b64decode(json.loads(popped)["body"]))
@@ -259,3 +269,183 @@ def test_a_job_that_gave_up_holds_its_eni_until_its_last_create_can_no_longer_la
         "failed",
         "AlreadyMirrored",
     )
+
+
+# In-process, on a clock the test moves (tests/timing.py): the leases' and the creates' timing
+# without waiting for it. Redis keeps real time, so the test takes the time it moves the
+# clock by off a lease's TTL (`age`), as Redis would.
+LEASE = "mirrorq:eni-lease:eni-test"
+
+
+def test_a_held_lease_outlives_its_ttl_renewed_a_third_of_it_at_a_time(redis_url: str) -> None:
+    """A held lease is put back to its TTL every third of it on the worker's clock, so it
+    lives as long as it is held; one no longer renewed lapses a TTL later."""
+
+    async def run() -> None:
+        clock = VirtualTime()
+        client = aioredis.Redis.from_url(redis_url)
+        leases = Leases(client, 3.0, clock.stepped)
+        lease = await leases.try_acquire(LEASE)
+        assert lease is not None
+        for _ in range(48):  # four lifetimes, a quarter of a second at a time
+            await clock.advance(0.25)
+            await age(client, LEASE, 0.25)
+        assert await client.get(LEASE) == lease.token.encode()
+        assert not lease.lost
+        assert clock.slept == [1.0] * 13  # twelve renewals, the thirteenth under way
+        leases.forget(lease)  # released elsewhere (a store script): no longer renewed
+        for _ in range(12):
+            await clock.advance(0.25)
+            await age(client, LEASE, 0.25)
+        assert await client.get(LEASE) is None
+        await leases.close()
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_lease_another_worker_took_is_found_lost_and_fences_nothing(redis_url: str) -> None:
+    """A holder cut off from Redis past its lease's TTL finds at its next renewal that
+    another took it: its fence fails, so nothing is created under it, and its release leaves
+    the other's lease alone."""
+
+    async def run() -> None:
+        clock = VirtualTime()
+        client = aioredis.Redis.from_url(redis_url)
+        leases = Leases(client, 3.0, clock.stepped)
+        lease = await leases.try_acquire(LEASE)
+        assert lease is not None
+        await client.set(LEASE, "another's", px=3000)  # it lapsed; another worker took it
+        await clock.advance(1.0)  # the next renewal
+        assert lease.lost
+        assert not await leases.fence(lease, 10.0)
+        await leases.release(lease)
+        assert await client.get(LEASE) == b"another's"
+        await leases.close()
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_job_waits_for_its_enis_lease_for_as_long_as_its_holder_holds_it(
+    redis_url: str,
+) -> None:
+    """In-process, what `test_a_lease_held_across_retries_outlives_its_ttl` shows with
+    workers: a job polling for an ENI's lease waits through four of its lifetimes while the
+    holder (retrying, say) renews it, then takes it as soon as it is released."""
+
+    async def run() -> None:
+        clock = VirtualTime()
+        client = aioredis.Redis.from_url(redis_url)
+        holder, waiter = Leases(client, 1.0, clock.stepped), Leases(client, 1.0, clock.stepped)
+        held = await holder.try_acquire(LEASE)
+        assert held is not None
+        waiting = asyncio.create_task(waiter.acquire(LEASE))
+        for _ in range(40):  # four lifetimes, a tenth of a second at a time
+            await clock.advance(0.1)
+            await age(client, LEASE, 0.1)
+        assert not waiting.done()
+        assert await client.get(LEASE) == held.token.encode()
+        await holder.release(held)
+        await clock.advance(0.25)  # the waiter's next poll, at the latest
+        taken = waiting.result()
+        assert await client.get(LEASE) == taken.token.encode() != held.token.encode()
+        await holder.close()
+        await waiter.close()
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def lab_settings(emulator: EmulatorProcess, redis_url: str, **more: Any) -> Settings:
+    # The lab's rates: the limiter in the path, never waited for.
+    return Settings(
+        broker_url=redis_url,
+        ec2_endpoint_url=emulator.url,
+        region="us-east-1",
+        ec2_rate=1000,
+        ec2_burst=200,
+        ec2_describe_rate=1000,
+        ec2_describe_burst=200,
+        **more,
+    )
+
+
+def test_an_unanswered_create_may_land_until_its_bound_on_the_workers_clock(
+    emulator: EmulatorProcess, redis_url: str
+) -> None:
+    """A create answered 5xx (or timed out, or cut off) may still reach EC2 until its bound
+    (connect + read timeout + 1 s) has passed since it was sent; a create answered ends it."""
+    eni, nlb, _, flt = one_eni_lab(emulator)
+    request = {**auto_job(eni, nlb, flt), "SessionNumber": 1, "ClientToken": "landing"}
+    settings = lab_settings(emulator, redis_url, connect_timeout_s=3, read_timeout_s=1)
+    clock = VirtualTime()
+
+    async def run() -> None:
+        async with ec2_on(settings, clock.timing) as ec2:
+            assert ec2.create_bound_s == 5.0
+            creates = Creates(ec2)
+            assert creates.may_land_for_s() == 0
+            emulator.set_faults(error_rate=1.0)
+            with pytest.raises(ClientError):
+                await creates.send(request)
+            assert creates.may_land_for_s() == 5.0
+            await clock.sleep(3.0)
+            assert creates.may_land_for_s() == 2.0
+            emulator.set_faults(error_rate=0.0)
+            await creates.send(request)  # one still on its way is answered from its token
+            assert creates.may_land_for_s() == 0
+
+    asyncio.run(run())
+    assert mirrors(emulator.url, nlb, flt) == {eni: 1}
+
+
+def test_a_job_that_gave_up_on_unanswered_creates_keeps_its_eni_for_their_bound(
+    emulator: EmulatorProcess, redis_url: str
+) -> None:
+    """In-process, the ENI lease `test_a_job_that_gave_up_holds_its_eni_until_its_last_create_
+    can_no_longer_land` relies on: an `auto` job whose creates all went unanswered retries to
+    its deadline, then releases its ENI's lease to lapse once the last create's bound has
+    passed, on the worker's clock; a job that created releases it at once."""
+    lab = seed_lab(emulator.url, 2)
+    nlb, flt = lab["target_ids"]["nlb"], lab["filter_id"]
+    settings = lab_settings(
+        emulator,
+        redis_url,
+        connect_timeout_s=3,
+        read_timeout_s=1,
+        job_deadline_s=2,
+        backoff_base_s=0.05,
+        backoff_cap_s=0.5,
+    )
+    client = redis.Redis.from_url(redis_url)
+
+    def started(eni: str) -> JobResult:
+        request = parse_request(auto_job(eni, nlb, flt)).to_kwargs()
+        request["ClientToken"] = eni
+        return records.started(records.accepted(eni, request), request)
+
+    async def run(eni: str) -> tuple[JobResult, float]:
+        clock = VirtualTime()
+        saved: list[JobResult] = []
+
+        async def save(record: JobResult) -> None:
+            saved.append(record)
+
+        async with ec2_on(settings, clock.stepped) as ec2:
+            outcome = await clock.drive(execute_job(ec2, started(eni), save=save, auto=True))
+        return outcome, clock.monotonic()
+
+    gave_up_on, creator = lab["eni_ids"]
+    emulator.set_faults(error_rate=1.0)  # every create answered 5xx: each may still land
+    gave_up, took = asyncio.run(run(gave_up_on))
+    held_ms = client.pttl(keys.eni_lease(gave_up_on))
+    assert (gave_up["status"], gave_up["error"]["retryable"]) == ("failed", True)  # type: ignore[index]
+    assert gave_up["attempts"] > 1
+    assert 1.5 < took < 2  # the deadline, on the worker's clock
+    # Its last create was sent as it gave up: the lease lapses the bound (5 s) on.
+    assert 4000 < held_ms <= 5000
+    emulator.set_faults(error_rate=0.0)
+    created, _ = asyncio.run(run(creator))
+    assert created["status"] == "created"
+    assert client.exists(keys.eni_lease(creator)) == 0

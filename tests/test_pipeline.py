@@ -383,7 +383,9 @@ def test_jobs_held_in_a_batch_message_are_not_taken_for_lost(
     from worker.repair import repair_lost_jobs
 
     def repair(lost_after_s: float) -> list[str]:
-        return repair_lost_jobs(producer.redis, producer.store, producer.publish, lost_after_s)
+        return repair_lost_jobs(
+            producer.redis, producer.store, producer.publish, lost_after_s, time.time()
+        )
 
     client = redis.Redis.from_url(redis_url)
     batch_id = producer.submit_batch([parse_request(job(lab, i)) for i in range(8)])

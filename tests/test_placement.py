@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -239,7 +240,7 @@ def test_the_repair_publishes_a_lost_job_again_with_its_region_and_role(redis_ur
     assert client.rpop(producer.scope.queue) is not None  # its message is lost
 
     def sweep() -> list[str]:
-        return repair_lost_jobs(producer.redis, producer.store, producer.publish, 0)
+        return repair_lost_jobs(producer.redis, producer.store, producer.publish, 0, time.time())
 
     assert [sweep(), sweep()] == [[], [lost]]
     [message] = [json.loads(m) for m in client.lrange(producer.scope.queue, 0, -1)]

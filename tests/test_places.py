@@ -33,6 +33,7 @@ from worker.ec2 import Ec2Road
 from worker.errors import classify
 from worker.ratelimit import Limiters
 from worker.roads import AssumedRoleCredentials, Place, Roads, assumed_role, place_of
+from worker.timing import REAL
 
 OrgLab = dict[str, Any]
 TWO_REGIONS = ("us-east-1", "eu-west-1")
@@ -338,7 +339,7 @@ def test_a_chained_role_refreshes_and_so_does_its_source(
         ) as c:
             # Every road's limiters are the fleet's, in Redis (a bucket exists at any rate).
             broker = aioredis.Redis.from_url(redis_url)
-            default = Ec2Road(c, Limiters(broker, settings), settings)
+            default = Ec2Road(c, Limiters(broker, settings, REAL), settings, REAL)
             roads = Roads(chained, default, broker, settings)
             place = Place("eu-west-1", role_arn("666666666666"))
             try:
@@ -370,7 +371,7 @@ def test_the_cache_closes_the_least_recently_used_idle_road_never_one_in_use(
             "ec2", region_name="us-east-1", endpoint_url=emulator.url
         ) as c:
             broker = aioredis.Redis.from_url(redis_url)
-            default = Ec2Road(c, Limiters(broker, settings), settings)
+            default = Ec2Road(c, Limiters(broker, settings, REAL), settings, REAL)
             roads = Roads(session, default, broker, settings)
             places = [Place("us-east-1", role_arn(f"{n}" * 12)) for n in range(1, 5)]
             async with roads.use(Place("us-east-1")) as road:

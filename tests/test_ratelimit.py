@@ -27,6 +27,7 @@ from mirrorq.rules import Rule, Selectors
 from tasks import keys
 from tasks.producer import Producer
 from tests.fault_proxy import Answer, FaultProxy
+from tests.timing import VirtualTime
 from worker import gcra
 from worker.ratelimit import (
     COOLDOWN_S,
@@ -704,7 +705,8 @@ def test_each_action_has_its_own_limiter_at_its_categorys_rate(redis_url: str) -
     from worker.ratelimit import Limiters
 
     settings = Settings(ec2_rate=5, ec2_burst=40, ec2_describe_rate=20, ec2_describe_burst=90)
-    limiters = Limiters(aioredis.Redis.from_url(redis_url), settings, account="111111111111")
+    client = aioredis.Redis.from_url(redis_url)
+    limiters = Limiters(client, settings, VirtualTime().timing, account="111111111111")
     create, enis = limiters.of("CreateTrafficMirrorSession"), limiters.of("DescribeInstances")
     assert create is not None
     assert create is limiters.create
@@ -722,6 +724,6 @@ def test_each_action_has_its_own_limiter_at_its_categorys_rate(redis_url: str) -
     )
     assert limiters.of(None) is None
     # A process with no rate of its own still has a limiter: the fleet's bucket may have one.
-    unlimited = Limiters(aioredis.Redis.from_url(redis_url), Settings(ec2_describe_rate=0))
+    unlimited = Limiters(client, Settings(ec2_describe_rate=0), VirtualTime().timing)
     assert unlimited.of("DescribeNetworkInterfaces").rate == 0
     assert unlimited.of("DescribeNetworkInterfaces").settings[0] == "MIRRORQ_EC2_DESCRIBE_RATE"

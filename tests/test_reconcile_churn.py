@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -293,7 +294,7 @@ def test_a_gap_is_free_again_once_its_job_failed_or_was_never_recorded(
     orphan_gap = job.gap + "-orphan"
     (orphan,) = producer.claim_gaps([orphan_gap])
     assert producer.claim_gaps([orphan_gap])[0].holder == orphan.job_id
-    repair_lost_jobs(producer.redis, producer.store, producer.publish, -1)
+    repair_lost_jobs(producer.redis, producer.store, producer.publish, -1, time.time())
     assert producer.claim_gaps([orphan_gap])[0].holder is None
 
 

@@ -5,7 +5,9 @@ own (AOF on) that are stopped, crashed and started again; never the machine's Re
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -13,12 +15,15 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from emulator.lab import seed_lab
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess, free_port
 from tasks.app import app
 from tests.helpers import job, mirrors, producer_for, status_of, wait_all, wait_until
 from tests.redis_server import RedisServer
+from tests.timing import VirtualTime
+from worker.runner import until_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -231,3 +236,29 @@ def test_an_idempotency_key_never_points_at_a_job_that_does_not_exist(
     assert stored() == before  # no claim, no record, nothing pending
     job_id = producer.submit(job(lab, 1), idempotency_key="event-2")
     assert producer.result(job_id) is not None
+
+
+def test_a_job_waits_for_redis_backing_off_to_5_s_and_carries_on_once_it_answers(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While Redis is away a job waits (worker/runner.py `until_redis`): 0.2 s, then twice as
+    long each time up to 5 s, saying so about once a minute, and carries on as soon as Redis
+    answers. Two minutes of waiting, on a clock the test drives, take no real time."""
+    clock = VirtualTime()
+
+    async def run() -> None:
+        client = aioredis.Redis.from_url(private_redis.url(0))
+        private_redis.shutdown()
+        waiting = asyncio.create_task(until_redis(client.ping, clock.timing.sleep))
+        await clock.until(lambda: clock.monotonic() > 125, "two minutes of waiting")
+        assert not waiting.done()
+        private_redis.start()
+        await waiting
+        await client.aclose()
+
+    caplog.set_level(logging.WARNING, logger="worker.runner")
+    asyncio.run(run())
+    assert clock.slept[:7] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert max(clock.slept) == 5.0
+    said = [r.getMessage() for r in caplog.records if "still waiting for Redis" in r.getMessage()]
+    assert said[:2] == ["still waiting for Redis (61 s)", "still waiting for Redis (121 s)"]

@@ -8,6 +8,7 @@ the last test with a real worker working through a backlog.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ import redis
 
 from emulator.lab import seed_lab
 from mirrorq.processes import EmulatorProcess, WorkerProcess
+from tasks import keys
 from tasks.contract import parse_request
 from tasks.producer import Producer
 from tests.helpers import job, mirrors, wait_all, wait_until
@@ -25,7 +27,7 @@ from worker.repair import repair_lost_jobs
 
 def sweep(producer: Producer) -> list[str]:
     """One sweep of the repair, every pending job old enough to be looked at."""
-    return repair_lost_jobs(producer.redis, producer.store, producer.publish, 0)
+    return repair_lost_jobs(producer.redis, producer.store, producer.publish, 0, time.time())
 
 
 def test_a_lost_job_is_repaired_while_other_jobs_wait_in_the_queue(
@@ -112,3 +114,30 @@ def test_a_busy_worker_repairs_a_lost_job_before_its_backlog_drains(
     assert [line.split("job ")[-1].split()[0] for line in log if "published again" in line] == [
         lost
     ]
+
+
+def test_a_lost_job_is_published_again_only_once_pending_lost_after_s(
+    emulator: EmulatorProcess, producer: Producer, redis_url: str
+) -> None:
+    """The repair's timing, each sweep given its time (the worker's clock) instead of waiting
+    for it: a job whose message is gone is looked at once it has been pending `lost_after_s`,
+    and published again when it looked lost on two sweeps in a row."""
+    lab = seed_lab(emulator.url, 1)
+    client = redis.Redis.from_url(redis_url)
+    lost = producer.submit(job(lab, 0))
+    assert client.rpop("mirrorq") is not None  # its message is lost
+    accepted_at = client.zscore(keys.PENDING, lost)
+    assert accepted_at is not None
+
+    def sweep_at(pending_for_s: float) -> list[str]:
+        now = accepted_at + pending_for_s
+        return repair_lost_jobs(producer.redis, producer.store, producer.publish, 60, now)
+
+    assert [sweep_at(1), sweep_at(59)] == [[], []]  # pending under a minute: not looked at
+    assert client.scard(keys.REPAIR_SUSPECTS) == 0
+    assert sweep_at(60) == []  # it looks lost
+    assert client.smembers(keys.REPAIR_SUSPECTS) == {lost.encode()}
+    assert client.llen("mirrorq") == 0
+    assert sweep_at(61) == [lost]  # twice in a row: published again
+    newest = json.loads(client.lindex("mirrorq", 0) or b"{}")
+    assert newest["headers"]["id"] == lost

@@ -9,6 +9,7 @@ import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 from tenacity import RetryCallState
 
+from tests.timing import VirtualTime
 from worker.errors import classify, is_transient
 from worker.retry import retry_policy
 
@@ -54,18 +55,6 @@ def test_connection_errors_and_timeouts_are_transient() -> None:
     assert not is_transient(ValueError("a bug"))
 
 
-class Clock:
-    """Fake time: sleeping advances it, so deadlines are tested without waiting."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 async def run(policy: Any, outcomes: list[BaseException | str]) -> tuple[str, int]:
     calls = 0
     async for attempt in policy:
@@ -79,8 +68,8 @@ async def run(policy: Any, outcomes: list[BaseException | str]) -> tuple[str, in
 
 
 def test_transient_errors_are_retried_until_success() -> None:
-    clock = Clock()
-    p = retry_policy(deadline_s=60, backoff_base_s=0.1, backoff_cap_s=2.0, sleep=clock.sleep)
+    clock = VirtualTime()
+    p = retry_policy(deadline_s=60, backoff_base_s=0.1, backoff_cap_s=2.0, timing=clock.timing)
     outcome = asyncio.run(
         run(
             p,
@@ -92,47 +81,63 @@ def test_transient_errors_are_retried_until_success() -> None:
         )
     )
     assert outcome == ("created", 3)
-    assert len(clock.sleeps) == 2
+    assert len(clock.slept) == 2
 
 
 def test_permanent_errors_are_not_retried() -> None:
-    clock = Clock()
-    p = retry_policy(deadline_s=60, backoff_base_s=0.1, backoff_cap_s=2.0, sleep=clock.sleep)
+    clock = VirtualTime()
+    p = retry_policy(deadline_s=60, backoff_base_s=0.1, backoff_cap_s=2.0, timing=clock.timing)
     with pytest.raises(ClientError):
         asyncio.run(run(p, [client_error("InvalidParameterValue"), "never"]))
-    assert clock.sleeps == []
+    assert clock.slept == []
 
 
 def test_backoff_is_full_jitter_exponential_and_capped() -> None:
-    clock = Clock()
-    p = retry_policy(deadline_s=10_000, backoff_base_s=0.1, backoff_cap_s=2.0, sleep=clock.sleep)
+    clock = VirtualTime()
+    p = retry_policy(deadline_s=10_000, backoff_base_s=0.1, backoff_cap_s=2.0, timing=clock.timing)
     errors: list[BaseException | str] = [client_error("Throttling", 400) for _ in range(30)]
     asyncio.run(run(p, [*errors, "created"]))
-    for n, slept in enumerate(clock.sleeps, start=1):
+    for n, slept in enumerate(clock.slept, start=1):
         assert 0 <= slept <= min(2.0, 0.1 * 2**n)
-    assert max(clock.sleeps[10:]) <= 2.0
-    assert len(set(clock.sleeps)) > 20  # jittered, not a fixed ladder
+    assert max(clock.slept[10:]) <= 2.0
+    assert len(set(clock.slept)) > 20  # jittered, not a fixed ladder
 
 
-def failed_attempt(policy: Any, error: BaseException, number: int, at: float) -> RetryCallState:
-    """tenacity's own state after attempt `number` failed `at` seconds into the job."""
+def test_retries_stop_at_the_deadline_on_the_workers_clock() -> None:
+    """The deadline is read on the worker's clock, as the backoff sleeps on it: 30 s of
+    retries take no real time."""
+    clock = VirtualTime()
+    p = retry_policy(deadline_s=30, backoff_base_s=0.1, backoff_cap_s=2.0, timing=clock.timing)
+    errors: list[BaseException | str] = [client_error("InternalError", 500) for _ in range(1000)]
+    with pytest.raises(ClientError):
+        asyncio.run(run(p, errors))
+    # The last attempt started within the deadline; the next would not have (waits <= 2 s).
+    assert 30 - 2.0 <= clock.monotonic() < 30
+    assert clock.monotonic() == pytest.approx(sum(clock.slept))
+
+
+def failed_attempt(
+    policy: Any, error: BaseException, number: int, at: float, clock: VirtualTime
+) -> RetryCallState:
+    """tenacity's own state after attempt `number` failed `at` seconds into the job (on the
+    worker's clock, which the policy's deadline reads)."""
+    clock.now = clock.start + at
     state = RetryCallState(retry_object=policy, fn=None, args=(), kwargs={})
-    state.start_time = 0.0
     state.attempt_number = number
     state.set_exception((type(error), error, None))
-    state.outcome_timestamp = at
     return state
 
 
 def test_the_deadline_stops_retrying() -> None:
-    policy = retry_policy(deadline_s=5, backoff_base_s=1.0, backoff_cap_s=4.0)
+    clock = VirtualTime()
+    policy = retry_policy(deadline_s=5, backoff_base_s=1.0, backoff_cap_s=4.0, timing=clock.timing)
     error = client_error("InternalError", 500)
-    early = failed_attempt(policy, error, number=2, at=0.5)
+    early = failed_attempt(policy, error, number=2, at=0.5, clock=clock)
     early.upcoming_sleep = policy.wait(early)
     assert policy.retry(early)
     assert 0 <= early.upcoming_sleep <= 4.0
     assert not policy.stop(early)  # the next attempt starts within the deadline
-    late = failed_attempt(policy, error, number=9, at=4.5)
+    late = failed_attempt(policy, error, number=9, at=4.5, clock=clock)
     late.upcoming_sleep = 0.6
     assert policy.stop(late)  # it would start past the deadline: the job ends now
     late.upcoming_sleep = 0.4
@@ -140,6 +145,8 @@ def test_the_deadline_stops_retrying() -> None:
 
 
 def test_a_permanent_error_is_not_retried_whatever_the_time_left() -> None:
-    policy = retry_policy(deadline_s=60, backoff_base_s=1.0, backoff_cap_s=4.0)
-    state = failed_attempt(policy, client_error("InvalidParameterValue"), number=1, at=0.1)
+    clock = VirtualTime()
+    policy = retry_policy(deadline_s=60, backoff_base_s=1.0, backoff_cap_s=4.0, timing=clock.timing)
+    error = client_error("InvalidParameterValue")
+    state = failed_attempt(policy, error, number=1, at=0.1, clock=clock)
     assert not policy.retry(state)

@@ -8,6 +8,7 @@ standing in for that account's EC2: real workers, real Redis, real HTTP.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 
 import click.testing
@@ -181,7 +182,9 @@ def test_the_repair_publishes_a_lost_job_to_its_own_fleet_s_queue(
     producer_b.submit(job(lab, 2))  # two of B's jobs wait in B's queue
 
     def sweep() -> list[str]:  # fleet A's worker sweeps
-        return repair_lost_jobs(producer_a.redis, producer_a.store, producer_a.publish, 0)
+        return repair_lost_jobs(
+            producer_a.redis, producer_a.store, producer_a.publish, 0, time.time()
+        )
 
     assert [sweep(), sweep(), sweep()] == [[], [lost], []]
     assert (client.llen(queue_a), client.llen(queue_b)) == (0, 3)

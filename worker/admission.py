@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -100,7 +99,11 @@ async def admit(
     for place, entries in waiting.items():
         async with worker.roads.use(place) as road:
             run, wait = await _admit_place(
-                road.limiters.create, entries, turn, worker.ec2.settings.visibility_timeout_s
+                road.limiters.create,
+                entries,
+                turn,
+                worker.ec2.settings.visibility_timeout_s,
+                worker.timing.wall(),
             )
         now_jobs += run
         deferred += wait
@@ -120,9 +123,10 @@ async def _admit_place(
     entries: list[tuple[DecodedJob, JobResult]],
     turn: Turn | None,
     visibility: float,
+    now: float,
 ) -> tuple[list[DecodedJob], list[Deferred]]:
-    """One place's jobs of a message: those to run now, and the rest as deferred messages."""
-    now = time.time()
+    """One place's jobs of a message: those to run now, and the rest as deferred messages
+    (`now`: Unix time, as turns are given in)."""
     if turn is not None and turn.at - now <= MAX_TURN_S:
         epoch = await limiter.epoch()
         if turn.epoch == epoch:  # its turn stands; what the bucket serves now runs now

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,7 @@ from worker.errors import classify
 from worker.metrics import ec2_call
 from worker.ratelimit import Limiters
 from worker.retry import OnRetry, retry_policy
-from worker.timing import Sleep
+from worker.timing import REAL, Timing
 
 if TYPE_CHECKING:  # stubs only: a development dependency
     from types_aiobotocore_ec2 import EC2Client
@@ -61,16 +60,17 @@ class Ec2Road:
         client: EC2Client,
         limiters: Limiters,
         settings: Settings,
+        timing: Timing,
         *,
-        sleep: Sleep = asyncio.sleep,
         own: bool = True,
     ) -> None:
-        """`own`: the road is to the fleet's own account and Region, whose ENI leases keep
-        the keys they had before other places (tasks/keys.py eni_lease)."""
+        """`timing`: how the road's retries wait and its calls are timed. `own`: the road is
+        to the fleet's own account and Region, whose ENI leases keep the keys they had before
+        other places (tasks/keys.py eni_lease)."""
         self.client = client
         self.limiters = limiters
         self.settings = settings
-        self._sleep = sleep
+        self.timing = timing
         self.own = own
 
     async def call(self, action: str, **params: Any) -> dict[str, Any]:
@@ -106,7 +106,7 @@ class Ec2Road:
             deadline_s=self.settings.job_deadline_s,
             backoff_base_s=self.settings.backoff_base_s,
             backoff_cap_s=self.settings.backoff_cap_s,
-            sleep=self._sleep,
+            timing=self.timing,
             before_sleep=before_sleep,
         )
 
@@ -117,7 +117,7 @@ class Ec2Road:
         if limiter is None:
             return
         warning = slow_slot_warning(await limiter.acquire(), self.settings, limiter.fleet_rate)
-        now = time.monotonic()
+        now = self.timing.monotonic()
         if warning and now - _last_slow_slot_warning >= SLOW_SLOT_WARNING_EVERY_S:
             _last_slow_slot_warning = now
             log.warning(warning)
@@ -132,7 +132,7 @@ class Ec2Road:
         """
         method = getattr(self.client, xform_name(action))
         try:
-            async with ec2_call(action):
+            async with ec2_call(action, self.timing.monotonic):
                 answer = await asyncio.wait_for(method(**params), timeout_s)
         except Exception as error:
             if classify(error).throttled and (limiter := self.limiters.of(action)) is not None:
@@ -169,4 +169,4 @@ async def open_road(settings: Settings) -> AsyncIterator[Ec2Road]:
         client = await stack.enter_async_context(ec2_client(settings))
         redis = async_pool(settings.broker_url, settings, max_connections=PLANNER_REDIS_CONNECTIONS)
         stack.push_async_callback(redis.aclose)
-        yield Ec2Road(client, Limiters(redis, settings), settings)
+        yield Ec2Road(client, Limiters(redis, settings, REAL), settings, REAL)

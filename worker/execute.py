@@ -12,7 +12,6 @@ target and filter never both create.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,15 +60,16 @@ async def sessions_on(ec2: Ec2, eni_id: str) -> list[dict[str, Any]]:
 class Creates:
     """A job's CreateTrafficMirrorSession calls, and how long one left unanswered (a timeout,
     a dropped connection, a 5xx) may still reach EC2: until `create_bound_s` after it was
-    sent. One that lands later than that is beyond what mirrorq can fence."""
+    sent (on the road's clock). One that lands later is beyond what mirrorq can fence."""
 
     def __init__(self, ec2: Ec2) -> None:
         self._ec2 = ec2
-        self._landing_by = 0.0  # monotonic; 0: none of ours is on its way
+        self._clock = ec2.road.timing.monotonic
+        self._landing_by = 0.0  # on the clock; 0: none of ours is on its way
 
     async def send(self, request: dict[str, Any]) -> dict[str, Any]:
         bound_s = self._ec2.create_bound_s
-        sent_at = time.monotonic()
+        sent_at = self._clock()
         try:
             response = await self._ec2.road.send(CREATE_ACTION, timeout_s=bound_s, **request)
         except Exception as error:
@@ -80,7 +80,7 @@ class Creates:
         return response
 
     def may_land_for_s(self) -> float:
-        return max(0.0, self._landing_by - time.monotonic())
+        return max(0.0, self._landing_by - self._clock())
 
 
 async def execute_job(

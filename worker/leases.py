@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from worker.timing import Sleep
+from worker.timing import Timing
 
 # Extend the lease if it is still this holder's, never shortening it (a fence may have
 # extended it past the TTL for a create in flight). 1 if held, 0 if lost.
@@ -56,10 +56,10 @@ class Lease:
 class Leases:
     """The leases this process holds, and the task that renews them."""
 
-    def __init__(self, client: aioredis.Redis, ttl_s: float, *, sleep: Sleep = asyncio.sleep):
+    def __init__(self, client: aioredis.Redis, ttl_s: float, timing: Timing) -> None:
         self._redis = client
         self.ttl_ms = max(1, int(ttl_s * 1000))
-        self._sleep = sleep
+        self._sleep = timing.sleep
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
         self._held: set[Lease] = set()

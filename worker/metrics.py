@@ -4,11 +4,12 @@ latter recorded by every process's road (worker/ec2.py) and served by `mirrorq w
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from worker.timing import Clock
 
 JOBS_IN_FLIGHT = Gauge("mirrorq_worker_jobs_in_flight", "Jobs this worker process is running")
 JOBS_DEFERRED = Counter(
@@ -25,11 +26,12 @@ EC2_CALLS = Histogram(
 
 
 @asynccontextmanager
-async def ec2_call(action: str) -> AsyncIterator[None]:
-    """Time one EC2 call; its outcome is `ok`, or the code of what it raised."""
+async def ec2_call(action: str, clock: Clock) -> AsyncIterator[None]:
+    """Time one EC2 call on `clock` (the road's monotonic one); its outcome is `ok`, or the
+    code of what it raised."""
     from worker.errors import classify  # the error table; imported late, only when timing
 
-    started = time.monotonic()
+    started = clock()
     outcome = "ok"
     try:
         yield
@@ -37,4 +39,4 @@ async def ec2_call(action: str) -> AsyncIterator[None]:
         outcome = classify(error).code
         raise
     finally:
-        EC2_CALLS.labels(action, outcome).observe(time.monotonic() - started)
+        EC2_CALLS.labels(action, outcome).observe(clock() - started)

@@ -13,7 +13,6 @@ same arithmetic in Python: the specification these scripts implement, held to th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any, overload
@@ -23,7 +22,7 @@ import redis.asyncio as aioredis
 
 from config import Settings
 from tasks import keys
-from worker.timing import Clock, Sleep
+from worker.timing import Clock, Sleep, Timing
 
 # Redis TIME is the one clock every host shares, and a GCRA schedule kept by several hosts
 # needs one clock. Tests pass their own `now` instead, as the scripts' last argument. Both
@@ -228,11 +227,12 @@ class SharedRateLimiter:
         *,
         decrease: float = 0.7,
         recovery: float = 0.05,
+        sleep: Sleep,
         settings: tuple[str, str] = RATE_SETTINGS,
-        sleep: Sleep = asyncio.sleep,
         clock: Clock | None = None,
     ) -> None:
-        """`clock` None reads Redis TIME, as production must; tests pass a clock they drive."""
+        """`sleep`: how a caller waits for its slot (the worker's). `clock` None reads Redis
+        TIME, the schedule's, as production must; tests pass a clock they drive."""
         self.key = key
         self.rate = rate
         self.burst = burst
@@ -409,6 +409,7 @@ class Limiters:
         self,
         client: aioredis.Redis,
         settings: Settings,
+        timing: Timing,
         *,
         account: str | None = None,
         region: str | None = None,
@@ -417,6 +418,7 @@ class Limiters:
         self.region = region or settings.region
         self._client = client
         self._settings = settings
+        self._timing = timing
         self._made: dict[str, SharedRateLimiter] = {}
 
     @property
@@ -444,6 +446,7 @@ class Limiters:
             own.burst,
             decrease=self._settings.ec2_rate_decrease,
             recovery=self._settings.ec2_rate_recovery,
+            sleep=self._timing.sleep,
             settings=names,
         )
 

@@ -19,7 +19,6 @@ import base64
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,6 +29,7 @@ from tasks import keys
 from tasks.contract import BATCH_TASK_NAME
 from tasks.records import JobResult, queue_of
 from tasks.store import ResultStore
+from worker.timing import Clock
 
 log = logging.getLogger(__name__)
 SCAN = 1000  # pending jobs looked at per sweep
@@ -88,11 +88,12 @@ def queued_among(broker: redis.Redis, queue: str, wanted: set[str]) -> set[str] 
 
 
 def repair_lost_jobs(
-    broker: redis.Redis, store: ResultStore, publish: Publish, lost_after_s: float
+    broker: redis.Redis, store: ResultStore, publish: Publish, lost_after_s: float, now: float
 ) -> list[str]:
-    """Publish again the accepted jobs whose message is gone; return their ids."""
+    """Publish again the accepted jobs whose message is gone; return their ids. Only jobs
+    pending `lost_after_s` or longer at `now` (Unix time, as the pending index keeps) count."""
     results = store.client
-    cutoff = time.time() - lost_after_s
+    cutoff = now - lost_after_s
     candidates = [
         _text(j) for j in results.zrangebyscore(keys.PENDING, "-inf", cutoff, start=0, num=SCAN)
     ]
@@ -145,15 +146,22 @@ def _text(value: Any) -> str:
 
 
 class Repairer:
-    """The repair loop, on a thread of its own in every worker process."""
+    """The repair loop, on a thread of its own in every worker process. `wall` is the worker's
+    Unix time; the loop waits its interval on its stop event, which ends it at once."""
 
     def __init__(
-        self, broker: redis.Redis, store: ResultStore, publish: Publish, settings: Settings
+        self,
+        broker: redis.Redis,
+        store: ResultStore,
+        publish: Publish,
+        settings: Settings,
+        wall: Clock,
     ) -> None:
         self._broker = broker
         self._store = store
         self._publish = publish
         self._settings = settings
+        self._wall = wall
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -172,7 +180,11 @@ class Repairer:
                 ):
                     continue
                 for job_id in repair_lost_jobs(
-                    self._broker, self._store, self._publish, self._settings.lost_after_s
+                    self._broker,
+                    self._store,
+                    self._publish,
+                    self._settings.lost_after_s,
+                    self._wall(),
                 ):
                     log.warning(
                         "job %s was accepted but its message was lost; published again", job_id

@@ -50,6 +50,7 @@ from worker.aws import client_config
 from worker.ec2 import PLANNER_REDIS_CONNECTIONS, Ec2Road
 from worker.ratelimit import Limiters
 from worker.redaction import REDACTOR
+from worker.timing import REAL
 
 if TYPE_CHECKING:  # stubs only: a development dependency
     from types_aiobotocore_ec2 import EC2Client
@@ -181,7 +182,8 @@ class _Open:
 
 
 class Roads:
-    """The roads of every place in use: `async with roads.use(place) as road: ...`."""
+    """The roads of every place in use: `async with roads.use(place) as road: ...`. Each
+    waits and reads the time on the default road's `timing`."""
 
     def __init__(
         self, session: AioSession, default: Ec2Road, redis: aioredis.Redis, settings: Settings
@@ -189,6 +191,7 @@ class Roads:
         self.settings = settings
         self.default_place = Place(settings.region)
         self.default = default
+        self.timing = default.timing
         self._session = session
         self._redis = redis
         self._open: OrderedDict[Place, _Open] = OrderedDict()
@@ -258,9 +261,11 @@ class Roads:
         )
         account = await self._bucket_account(place)
         own = account == settings.aws_account_id and place.region == settings.region
-        limiters = Limiters(self._redis, settings, account=account, region=place.region)
+        limiters = Limiters(
+            self._redis, settings, self.timing, account=account, region=place.region
+        )
         log.info("EC2 client opened for %s (%d open)", place.describe(), len(self._open) + 1)
-        return _Open(Ec2Road(client, limiters, settings, own=own), stack, credentials)
+        return _Open(Ec2Road(client, limiters, settings, self.timing, own=own), stack, credentials)
 
     async def _bucket_account(self, place: Place) -> str:
         """The account whose EC2 buckets the place's calls spend, as the limiters' and leases'
@@ -325,7 +330,7 @@ async def planner_roads(settings: Settings) -> AsyncIterator[Roads]:
         )
         redis = async_pool(settings.broker_url, settings, max_connections=PLANNER_REDIS_CONNECTIONS)
         stack.push_async_callback(redis.aclose)
-        default = Ec2Road(client, Limiters(redis, settings), settings)
+        default = Ec2Road(client, Limiters(redis, settings, REAL), settings, REAL)
         roads = Roads(session, default, redis, settings)
         stack.push_async_callback(roads.close)
         yield roads

@@ -41,23 +41,27 @@ from worker.execute import Ec2, execute_job
 from worker.leases import Lease
 from worker.metrics import JOBS_IN_FLIGHT
 from worker.roads import Roads, place_of
+from worker.timing import Sleep, Timing
 
 log = logging.getLogger(__name__)
 REDIS_WAIT_LOG_EVERY_S = 60.0
+Ping = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True)
 class Worker:
-    """What running jobs needs: EC2 and the leases, the records, the admission slots, and
-    the scope (account, Region) the worker acts in. `ec2.road` is the default place's road;
-    a job placed elsewhere (its Region, its role) runs on that place's, from `roads`."""
+    """What running jobs needs: EC2 and the leases, the records, the admission slots, the
+    scope (account, Region) the worker acts in, and its sleep and clock (which its roads and
+    leases share). `ec2.road` is the default place's road; a job placed elsewhere (its
+    Region, its role) runs on that place's, from `roads`."""
 
     ec2: Ec2
     roads: Roads
     store: AsyncResultStore
     slots: asyncio.Semaphore
-    ping: Callable[[], Awaitable[object]]  # is Redis (where records live) back?
+    ping: Ping  # is Redis (where records live) back?
     scope: Scope
+    timing: Timing
 
 
 async def run_message(worker: Worker, jobs: list[DecodedJob]) -> list[JobResult]:
@@ -93,7 +97,7 @@ async def run_job(
             log.warning(
                 "job %s paused: Redis unreachable (%r); carrying on when it is back", job_id, error
             )
-            await _until_redis(worker)
+            await until_redis(worker.ping, worker.timing.sleep)
         finally:
             worker.ec2.leases.forget(lease)
 
@@ -225,7 +229,7 @@ async def _start(worker: Worker, record: JobResult, lease: Lease) -> StepResult:
             )
             told = True
         poll = min(1.0, worker.ec2.leases.ttl_ms / 4000)
-        await asyncio.sleep(random.uniform(poll / 2, poll))
+        await worker.timing.sleep(random.uniform(poll / 2, poll))
     return start
 
 
@@ -255,13 +259,15 @@ async def _refuse(worker: Worker, record: JobResult, error: MirrorqError, lease:
         log.warning("job %s refused: %s", record["job_id"], error)
 
 
-async def _until_redis(worker: Worker) -> None:
+async def until_redis(ping: Ping, sleep: Sleep) -> None:
+    """Wait until Redis answers `ping`: 0.2 s, then twice as long each time up to 5 s, with a
+    warning about once a minute."""
     waited, delay = 0.0, 0.2
     while True:
-        await asyncio.sleep(delay)
+        await sleep(delay)
         waited += delay
         try:
-            await worker.ping()
+            await ping()
             return
         except RedisError:
             if waited % REDIS_WAIT_LOG_EVERY_S < delay:

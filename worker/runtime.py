@@ -33,6 +33,7 @@ from worker.ratelimit import Limiters, SharedRateLimiter
 from worker.redaction import redact_credentials
 from worker.roads import Roads
 from worker.runner import Worker
+from worker.timing import REAL, Sleep, Timing
 
 if TYPE_CHECKING:  # stubs only: a development dependency
     from types_aiobotocore_ec2 import EC2Client
@@ -43,10 +44,14 @@ log = logging.getLogger(__name__)
 
 
 class Ec2Runtime:
-    """The process's event loop thread and clients; `run()` is safe from any thread."""
+    """The process's event loop thread and clients; `run()` is safe from any thread.
 
-    def __init__(self, settings: Settings, store: ResultStore) -> None:
+    `timing` is the one sleep and clock of everything it makes (the roads, the leases, the
+    runner): the real ones in a worker process; a test may pass its own."""
+
+    def __init__(self, settings: Settings, store: ResultStore, timing: Timing = REAL) -> None:
         self.settings = settings
+        self.timing = timing
         self.pid = os.getpid()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -58,13 +63,13 @@ class Ec2Runtime:
         self.worker: Worker = self.run(self._open(store))
         if self.worker.ec2.road.limiters.create is not None:
             self._reporter = asyncio.run_coroutine_threadsafe(
-                _report_rate(self.worker.ec2.road.limiters.create), self._loop
+                _report_rate(self.worker.ec2.road.limiters.create, timing.sleep), self._loop
             )
 
     async def _open(self, store: ResultStore) -> Worker:
         """Everything is made on the loop's thread: redis.asyncio's connections belong to the
         loop that uses them."""
-        settings = self.settings
+        settings, timing = self.settings, self.timing
         session = get_session()
         client: EC2Client = await self._stack.enter_async_context(
             session.create_client(
@@ -83,9 +88,9 @@ class Ec2Runtime:
             if settings.result_backend == settings.broker_url
             else self._redis(settings.result_backend)
         )
-        leases = Leases(results, settings.lease_s)
+        leases = Leases(results, settings.lease_s, timing)
         self._stack.push_async_callback(leases.close)
-        road = Ec2Road(client, Limiters(broker, settings), settings)
+        road = Ec2Road(client, Limiters(broker, settings, timing), settings, timing)
         ec2 = Ec2(road, leases, settings)
         roads = Roads(session, road, broker, settings)
         self._stack.push_async_callback(roads.close)
@@ -97,6 +102,7 @@ class Ec2Runtime:
             slots=asyncio.Semaphore(settings.concurrency),
             ping=results.ping,
             scope=fleet_scope(settings),
+            timing=timing,
         )
 
     def _redis(self, url: str) -> aioredis.Redis:
@@ -126,11 +132,11 @@ class Ec2Runtime:
 RATE_REPORT_S = 10.0
 
 
-async def _report_rate(limiter: SharedRateLimiter) -> None:
+async def _report_rate(limiter: SharedRateLimiter, sleep: Sleep) -> None:
     """Log the fleet's shared rate and throttle count whenever they change."""
     last = None
     while True:
-        await asyncio.sleep(RATE_REPORT_S)
+        await sleep(RATE_REPORT_S)
         try:
             now = await limiter.snapshot()
         except Exception:  # a Redis hiccup must not end the reporting
