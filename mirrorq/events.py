@@ -23,8 +23,10 @@ MAX_EVENT_BYTES = 256 * 1024  # EventBridge's own limit on an event
 # An id as EC2 writes one (AWS's own samples write `i-0abcd1111example0`): a value such as
 # `i-*` would be a wildcard in the Describe filters the listener reads ENIs with, and name
 # every ENI there is.
-INSTANCE_ID = re.compile(r"i-[0-9a-z]{8,17}")
-NETWORK_INTERFACE_ID = re.compile(r"eni-[0-9a-z]{8,17}")
+INSTANCE_ID_PATTERN = r"^i-[0-9a-z]{8,17}$"  # as the OpenAPI document says it
+NETWORK_INTERFACE_ID_PATTERN = r"^eni-[0-9a-z]{8,17}$"
+INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN.strip("^$"))  # fullmatch'ed
+NETWORK_INTERFACE_ID = re.compile(NETWORK_INTERFACE_ID_PATTERN.strip("^$"))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from tasks.errors import MAX_LISTED, BatchFileError, FieldError, InvalidJobError
 # else (" 7 ", "1.5", "1_0") stays text for the contract to refuse, naming the field.
 _INTEGER_COLUMNS = frozenset({"SessionNumber", "PacketLength", "VirtualNetworkId"})
 _DIGITS = re.compile(r"[0-9]+")
+_LINE_ENDS = re.compile(r"\r\n|\r|\n")
 
 
 def _csv_row(row: dict[str, str | None]) -> dict[str, Any]:
@@ -104,7 +105,9 @@ def _records(text: str, fmt: str) -> Iterator[tuple[int, Any]]:
             return
         yield from enumerate(items, start=1)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at \n (or \r\n, \r): not wherever str.splitlines sees a break, since JSON's
+    # strings may hold U+0085, U+2028 and U+2029 as themselves.
+    for number, line in enumerate(_LINE_ENDS.split(text), start=1):
         if line.strip():
             try:
                 yield number, parse_json(line, "(line)")

@@ -247,9 +247,19 @@ def _printable_ascii(token: str) -> str:
     return token
 
 
-# EC2's ClientToken: up to 64 ASCII characters (printable ones: see _printable_ascii).
+# EC2's ClientToken: up to 64 ASCII characters (printable ones: see _printable_ascii). The
+# pattern is what the validator checks, said for the OpenAPI document (not checked twice).
+PRINTABLE_ASCII_PATTERN = r"^[ -~]*$"
 ClientTokenText = Annotated[
-    str, Field(min_length=1, max_length=CLIENT_TOKEN_MAX), AfterValidator(_printable_ascii)
+    str,
+    Field(
+        min_length=1,
+        max_length=CLIENT_TOKEN_MAX,
+        json_schema_extra={"pattern": PRINTABLE_ASCII_PATTERN},
+        description=f"EC2's idempotency token: 1 to {CLIENT_TOKEN_MAX} printable ASCII "
+        "characters (space to ~). Without one, the job id is the job's ClientToken.",
+    ),
+    AfterValidator(_printable_ascii),
 ]
 _CLIENT_TOKEN: TypeAdapter[str] = TypeAdapter(ClientTokenText)
 
@@ -258,10 +268,24 @@ _CLIENT_TOKEN: TypeAdapter[str] = TypeAdapter(ClientTokenText)
 _Strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+# What _not_aws refuses, said in JSON Schema for the OpenAPI document: only ASCII letters
+# lower-case to a, w and s, so the case-insensitive prefix is this pattern.
+AWS_PREFIX_PATTERN = "^[aA][wW][sS]:"
+
+
 class Tag(BaseModel):
     model_config = _Strict
 
-    Key: Annotated[str, Field(min_length=1, max_length=127)]
+    Key: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=127,
+            json_schema_extra={"not": {"pattern": AWS_PREFIX_PATTERN}},
+            description="1 to 127 characters, not beginning with `aws:` (in any case); "
+            "unique within its specification's Tags",
+        ),
+    ]
     Value: Annotated[str, Field(max_length=256)] = ""
 
     @field_validator("Key")
@@ -276,7 +300,17 @@ class TagSpecification(BaseModel):
     model_config = _Strict
 
     ResourceType: Literal["traffic-mirror-session"]
-    Tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] = []
+    # uniqueItems says less than the rule (two tags with one Key and different Values are
+    # distinct items); JSON Schema cannot say "unique by Key", so the description does.
+    Tags: Annotated[
+        list[Tag],
+        Field(
+            max_length=MAX_TAGS,
+            json_schema_extra={"uniqueItems": True},
+            description=f"at most {MAX_TAGS} tags, each Key at most once (a Key repeated, "
+            "whatever its Values, is refused naming the second: 422)",
+        ),
+    ] = []
 
     @field_validator("Tags")
     @classmethod
@@ -289,6 +323,12 @@ class TagSpecification(BaseModel):
         return tags
 
 
+# Strictness JSON Schema cannot say: its "integer" takes 7.0 (a number equal to an integer).
+_INTEGER = (
+    'A JSON integer, written without a fraction or exponent: 7.0, 7e0, "7" and true are refused.'
+)
+
+
 class SessionRequest(BaseModel):
     """CreateTrafficMirrorSession's keyword arguments, with the seed's constraints."""
 
@@ -297,12 +337,27 @@ class SessionRequest(BaseModel):
     NetworkInterfaceId: Annotated[str, Field(pattern=ENI_ID)]
     TrafficMirrorTargetId: Annotated[str, Field(pattern=TARGET_ID)]
     TrafficMirrorFilterId: Annotated[str, Field(pattern=FILTER_ID)]
-    SessionNumber: Annotated[int, Field(ge=1, le=SESSION_NUMBER_MAX)] | Literal["auto"]
-    PacketLength: Annotated[int, Field(ge=1, le=PACKET_LENGTH_MAX)] | None = None
-    VirtualNetworkId: Annotated[int, Field(ge=0, le=VIRTUAL_NETWORK_ID_MAX)] | None = None
+    SessionNumber: Annotated[
+        Annotated[int, Field(ge=1, le=SESSION_NUMBER_MAX)] | Literal["auto"],
+        Field(
+            description=f"1 to {SESSION_NUMBER_MAX}, or `auto`: the lowest free on the ENI "
+            f"when the job runs. {_INTEGER}"
+        ),
+    ]
+    PacketLength: Annotated[
+        Annotated[int, Field(ge=1, le=PACKET_LENGTH_MAX)] | None,
+        Field(description=_INTEGER),
+    ] = None
+    VirtualNetworkId: Annotated[
+        Annotated[int, Field(ge=0, le=VIRTUAL_NETWORK_ID_MAX)] | None,
+        Field(description=_INTEGER),
+    ] = None
     Description: Annotated[str, Field(max_length=255)] | None = None
     # EC2 takes one specification per resource type, and this call tags one type.
-    TagSpecifications: Annotated[list[TagSpecification], Field(max_length=1)] | None = None
+    TagSpecifications: Annotated[
+        Annotated[list[TagSpecification], Field(max_length=1)] | None,
+        Field(description="at most one specification, for traffic-mirror-session"),
+    ] = None
     DryRun: bool | None = None
     ClientToken: ClientTokenText | None = None
 

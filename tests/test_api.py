@@ -434,7 +434,10 @@ def test_review_findings_bodies_keys_logs_and_schema(
     text = json.dumps(schema)
     assert "HTTPValidationError" not in text
     event = schema["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]
-    assert event["schema"]["properties"]["id"]["type"] == "string"
+    assert event["schema"] == {"$ref": "#/components/schemas/EventBridgeEvent"}
+    assert schema["components"]["schemas"]["EventBridgeEvent"]["properties"]["id"]["type"] == (
+        "string"
+    )
     api.process.stop()
     log = api.process.log_path.read_text()
     assert "Logging error" not in log

@@ -61,7 +61,7 @@ def create_app(settings: Settings, policy: WatchedPolicy | Sequence[Rule] = ()) 
     app.include_router(probes)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
 
 
@@ -75,16 +75,23 @@ async def _intake(
     return Intake(rules, settings, producer, roads)
 
 
-def _our_error_shape(responses: dict[str, Any]) -> None:
-    """A 422 is answered in mirrorq's error shape (errors.py), not FastAPI's."""
-    if "422" in responses:
-        responses["422"] = {
-            "description": "Validation Error",
-            "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}},
-        }
+def _our_error_shape(operation: dict[str, Any]) -> None:
+    """FastAPI's own 422 (it adds one to every route with parameters) is answered in mirrorq's
+    error shape (errors.py); on a route whose only parameters are path segments, which any
+    text fills, there is none to give."""
+    responses = operation.get("responses", {})
+    if responses.get("422", {}).get("description") != "Validation Error":
+        return  # the route's own
+    if all(p["in"] == "path" for p in operation.get("parameters", [])):
+        del responses["422"]
+        return
+    responses["422"] = {
+        "description": "A parameter is invalid (InvalidRequest), named in fields",
+        "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}},
+    }
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     """FastAPI's document, with the request syntax's schemas among its components (the routes
     that read their body themselves refer to them)."""
     if app.openapi_schema is None:
@@ -92,13 +99,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             title=app.title, version=app.version, summary=app.summary, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(request_syntax_components())
+        components.update(request_syntax_components(settings.region))
         schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for path, operations in schema["paths"].items():
             for operation in operations.values():
                 if path.startswith("/v1/"):
                     operation["security"] = [{"bearer": []}]
-                _our_error_shape(operation.get("responses", {}))
+                _our_error_shape(operation)
         for fastapis in ("HTTPValidationError", "ValidationError"):
             components.pop(fastapis, None)
         app.openapi_schema = schema

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from mirrorq.api.auth import Tokens
@@ -20,7 +21,9 @@ from mirrorq.api.schemas import (
     BatchAccepted,
     BatchStatus,
     EventOutcome,
+    Health,
     JobAccepted,
+    Ready,
     errors,
 )
 from mirrorq.events import read_event
@@ -29,7 +32,12 @@ from mirrorq.intake import Intake
 from mirrorq.jobfiles import parse_placed_jobs
 from mirrorq.policy_watch import WatchedPolicy
 from tasks.connections import answers
-from tasks.contract import IDEMPOTENCY_KEY_RULE, idempotency_key, parse_job
+from tasks.contract import (
+    IDEMPOTENCY_KEY_MAX,
+    IDEMPOTENCY_KEY_RULE,
+    idempotency_key,
+    parse_job,
+)
 from tasks.errors import BatchNotFoundError, InvalidJobError, JobNotFoundError
 from tasks.producer import Producer
 from tasks.records import JobResult, is_terminal
@@ -57,8 +65,14 @@ def authorized(request: Request, s: Annotated[Services, Depends(services)]) -> N
     s.tokens.check(request)
 
 
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)], responses=errors(401))
-probes = APIRouter()
+# Answers any route may give: a body over the limit (BodyLimit reads every request's), a
+# failure of the API's own; and on /v1, a missing token, Redis away.
+v1 = APIRouter(
+    prefix="/v1",
+    dependencies=[Depends(authorized)],
+    responses=errors(401, 413, 500, 503),
+)
+probes = APIRouter(responses=errors(413, 500))
 Svc = Annotated[Services, Depends(services)]
 
 
@@ -67,12 +81,25 @@ KEY_DOC = (
     f"Same key, same job (with another body: 409). Read as UTF-8: bytes that are not UTF-8 "
     f"are refused (422 naming {KEY_HEADER}). {IDEMPOTENCY_KEY_RULE[0].upper()}"
     f"{IDEMPOTENCY_KEY_RULE[1:]}: the same key, and the same job, as `mirrorq submit "
-    f"--idempotency-key` or `Producer.submit(idempotency_key=...)`."
+    f"--idempotency-key` or `Producer.submit(idempotency_key=...)`. The pattern says the "
+    f"ASCII part of the rule; the rest is Unicode's: no format, private-use or unassigned "
+    f"character, and no separator but the space."
 )
+# What the contract's idempotency_key checks, said in JSON Schema as far as it portably can
+# (not checked twice: the length is in characters of the key read as UTF-8, not the header's
+# Latin-1 reading): no control character, no white space at either end.
+KEY_SCHEMA = {
+    "minLength": 1,
+    "maxLength": IDEMPOTENCY_KEY_MAX,
+    "pattern": r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$",
+}
 
 
 def idempotency_key_header(
-    key: Annotated[str | None, Header(alias=KEY_HEADER, description=KEY_DOC)] = None,
+    key: Annotated[
+        str | SkipJsonSchema[None],  # a header is text or absent, never null
+        Header(alias=KEY_HEADER, description=KEY_DOC, json_schema_extra=KEY_SCHEMA),
+    ] = None,
 ) -> str | None:
     """The header's key as its sender wrote it. Starlette decodes header values as Latin-1, one
     character per byte, so encoding them back gives the bytes sent, which are read as UTF-8
@@ -92,8 +119,14 @@ def idempotency_key_header(
     status_code=202,
     response_model=JobAccepted,
     responses={
-        200: {"model": JobResult, "description": "finished within ?wait"},
-        **errors(400, 409, 413, 422),
+        200: {"model": JobResult, "description": "finished within ?wait: its record"},
+        **errors(
+            400,
+            409,
+            422,
+            s422="Invalid: each bad field named (InvalidJob: the job, or the Idempotency-Key "
+            "header; InvalidRequest: ?wait)",
+        ),
     },
     openapi_extra=JOB_BODY,
     summary="Submit one job: the seed's request syntax, or it placed in a JobEnvelope",
@@ -137,7 +170,7 @@ async def utf8_body(request: Request) -> str:
 @v1.get(
     "/jobs/{job_id}",
     response_model=JobResult,
-    responses=errors(404),
+    responses=errors(404, s404="No such job, or its record expired (JobNotFound)"),
     summary="A job's result record",
 )
 async def get_job(job_id: str, s: Svc) -> JSONResponse:
@@ -151,7 +184,13 @@ async def get_job(job_id: str, s: Svc) -> JSONResponse:
     "/batches",
     status_code=202,
     response_model=BatchAccepted,
-    responses=errors(400, 413, 422),
+    responses=errors(
+        400,
+        422,
+        s400="A JSON array body that is not JSON, or a body that is not UTF-8 (InvalidJob)",
+        s422="A bad job, or none: each bad field named with its line (InvalidJob; the first "
+        "100); the batch is refused whole",
+    ),
     openapi_extra=BATCH_BODY,
     summary="Submit a batch: a JSON array or JSON Lines of jobs (requests or JobEnvelopes), "
     "refused whole if any is bad",
@@ -169,7 +208,7 @@ async def submit_batch(request: Request, s: Svc) -> JSONResponse:
 @v1.get(
     "/batches/{batch_id}",
     response_model=BatchStatus,
-    responses=errors(404),
+    responses=errors(404, s404="No such batch, or its record expired (BatchNotFound)"),
     summary="A batch's counts by status, totals, plan and times",
 )
 async def get_batch(batch_id: str, s: Svc) -> JSONResponse:
@@ -187,10 +226,31 @@ async def _batch(s: Services, batch_id: str) -> dict[str, Any]:
     "/batches/{batch_id}/results",
     responses={
         200: {
-            "content": {MEDIA["jsonl"]: {}, MEDIA["csv"]: {}},
-            "description": "one record (JSON Lines) or row (CSV) per job",
+            "content": {
+                MEDIA["jsonl"]: {
+                    "schema": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/JobResult"},
+                        "description": "?format=jsonl: one JobResult a line",
+                    }
+                },
+                MEDIA["csv"]: {
+                    "schema": {
+                        "type": "string",
+                        "description": "?format=csv: a header row, then one row per job "
+                        "(mirrorq export's columns)",
+                    }
+                },
+            },
+            "description": "one record (JSON Lines) or row (CSV) per job, in submission "
+            "order (jobs whose record expired are left out)",
         },
-        **errors(404),
+        **errors(
+            404,
+            422,
+            s404="No such batch, or its record expired (BatchNotFound)",
+            s422="?format is neither jsonl nor csv (InvalidRequest)",
+        ),
     },
     response_class=StreamingResponse,
     summary="The batch's results, streamed in submission order",
@@ -198,7 +258,7 @@ async def _batch(s: Services, batch_id: str) -> dict[str, Any]:
 async def batch_results(
     batch_id: str,
     s: Svc,
-    format: Annotated[str, Query(pattern="^(jsonl|csv)$")] = "jsonl",
+    format: Literal["jsonl", "csv"] = "jsonl",
 ) -> StreamingResponse:
     await _batch(s, batch_id)
     lines = export_lines(s.producer.batch_results(batch_id), format)
@@ -209,13 +269,26 @@ async def batch_results(
     "/events",
     status_code=202,
     response_model=EventOutcome,
-    responses=errors(400, 413, 422),
+    responses=errors(
+        400,
+        422,
+        502,
+        503,
+        s400="Not an EventBridge event (InvalidEvent): not JSON, over 256 KiB, or without "
+        "what its detail-type needs",
+        s422="A job event whose detail is not a valid job (InvalidJob)",
+        s503="This API was started without --policy (NoPolicy: no events until it is); "
+        "Redis does not answer (RedisUnavailable); EC2 does not answer or is throttling "
+        "(Ec2Unavailable, or EC2's code): try again",
+    ),
     openapi_extra=EVENT_BODY,
     summary="An EventBridge event, through the policy (as mirrorq listen does)",
 )
 async def post_event(request: Request, s: Svc) -> JSONResponse:
     if s.intake is None:
-        raise ApiError(400, "NoPolicy", "this API was started without --policy: no events")
+        # The request is fine; this API is not serving events: a 5xx, so that EventBridge
+        # (which drops an event answered 4xx) retries until an API with a policy takes it.
+        raise ApiError(503, "NoPolicy", "this API was started without --policy: no events")
     event = read_event(await request.body())  # NotAnEventError: 400, InvalidEvent
     (outcome,) = await s.intake.handle([event])
     if outcome.error:  # its detail (mirrorq.CreateTrafficMirrorSession) is not a valid job
@@ -231,13 +304,20 @@ async def post_event(request: Request, s: Svc) -> JSONResponse:
     )
 
 
-@probes.get("/healthz", summary="Liveness: the process answers")
+@probes.get("/healthz", response_model=Health, summary="Liveness: the process answers")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @probes.get(
-    "/readyz", responses=errors(503), summary="Readiness: Redis answers, the policy file is valid"
+    "/readyz",
+    response_model=Ready,
+    responses=errors(
+        503,
+        s503="Not ready: Redis does not answer (NotReady), or the policy file is invalid "
+        "(InvalidPolicy, naming file, rule and field; the last good policy serves events)",
+    ),
+    summary="Readiness: Redis answers, the policy file is valid",
 )
 async def readyz(s: Svc) -> JSONResponse:
     settings = s.producer.settings
@@ -261,6 +341,13 @@ async def readyz(s: Svc) -> JSONResponse:
 @probes.get(
     "/metrics",
     response_class=PlainTextResponse,
+    responses={
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": f"Prometheus's text format ({CONTENT_TYPE_LATEST})",
+        },
+        **errors(503, s503="Redis does not answer (RedisUnavailable)"),
+    },
     summary="Prometheus metrics of the whole fleet, read from Redis",
 )
 async def metrics(s: Svc) -> Response:

@@ -3,10 +3,19 @@ request syntax itself is the contract's model (tasks/contract.py), not a copy of
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
+from mirrorq.events import (
+    API_CALL,
+    INSTANCE_ID_PATTERN,
+    JOB,
+    MAX_EVENT_BYTES,
+    NETWORK_INTERFACE_ID_PATTERN,
+    STATE_CHANGE,
+)
 from tasks.contract import (
     EXTERNAL_ID_PATTERN,
     PARTITIONS,
@@ -58,34 +67,71 @@ class EventOutcome(BaseModel):
 
 
 class ErrorField(BaseModel):
-    field: str
+    field: str = Field(description="the field, parameter or header, or (body), (job), (line)")
     message: str
-    line: int | None = Field(default=None, description="in a JSON Lines or array body")
+    line: int | SkipJsonSchema[None] = Field(
+        default=None,
+        description="in a batch: the job's line (JSON Lines) or item (JSON array), from 1; "
+        "0 for the body as a whole",
+    )
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="the CLI's codes: InvalidJob, IdempotencyConflict, ...")
+    code: str = Field(
+        description="the CLI's codes (InvalidJob, InvalidRequest, IdempotencyConflict, "
+        "Unauthorized, JobNotFound, BatchNotFound, TooLarge, InvalidEvent, NoPolicy, "
+        "RedisUnavailable, Ec2Unavailable, NotReady, InvalidPolicy, InternalError), or "
+        "EC2's and STS's own error codes (502, 503)"
+    )
     message: str
-    fields: list[ErrorField]
+    fields: list[ErrorField] = Field(description="each bad field; empty when none is to blame")
 
 
 class ErrorBody(BaseModel):
+    """Every answer that is not a success has this shape."""
+
     error: ErrorDetail
 
 
-def request_syntax_components() -> dict[str, Any]:
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class PolicyInUse(BaseModel):
+    path: str = Field(description="the policy file (--policy)")
+    rules: int = Field(description="its rules in use")
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    policy: PolicyInUse | SkipJsonSchema[None] = Field(
+        default=None, description="with --policy: the file and its rules in use"
+    )
+
+
+def request_syntax_components(fleet_region: str) -> dict[str, Any]:
     """The request syntax's JSON Schema, as OpenAPI components (SessionRequest and its parts),
-    and the envelope that places a job (JobEnvelope)."""
+    the envelope that places a job (JobEnvelope) and the event POST /v1/events takes (its
+    rules depend on the fleet's Region: `fleet_region`)."""
     schema = SessionRequest.model_json_schema(ref_template=REF)
     components = dict(schema.pop("$defs", {}))
     components["SessionRequest"] = schema
     components["JobEnvelope"] = job_envelope_schema()
+    components["EventBridgeEvent"] = event_schema(fleet_region)
     return components
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """A string's schema, null taken too (string keywords leave null alone; an enum lists it)."""
+    nullable = {**schema, "type": [schema["type"], "null"]}
+    if "enum" in schema:
+        nullable["enum"] = [*schema["enum"], None]
+    return nullable
 
 
 def job_envelope_schema() -> dict[str, Any]:
     """A job with its placement: the contract's rules (tasks/contract.py Placement), said in
-    JSON Schema."""
+    JSON Schema. A placement field sent as null is as if absent (tasks/contract.py parse_job)."""
     partitions = ", ".join(PARTITIONS)
     return {
         "type": "object",
@@ -93,30 +139,40 @@ def job_envelope_schema() -> dict[str, Any]:
         "description": "A job placed beside its request: in `region` (default: the fleet's "
         "MIRRORQ_REGION), in the account of `role_arn`, assumed by the workers (default: the "
         f"fleet's own credentials), with `external_id` (only with a role_arn). Partition "
-        f"{partitions} only; a bad value is refused (422) naming the field.",
+        f"{partitions} only; a bad value is refused (422) naming the field. A null field is "
+        "as if absent.",
         "required": ["request"],
         "additionalProperties": False,
         "properties": {
             "request": {"$ref": REF.format(model="SessionRequest")},
-            "region": {
-                "type": "string",
-                "enum": sorted(r for p in PARTITIONS for r in ec2_regions(p)),
-                "description": "a Region EC2 has (botocore's endpoint data)",
-            },
-            "role_arn": {
-                "type": "string",
-                "maxLength": ROLE_ARN_MAX,
-                "pattern": ROLE_ARN_PATTERN,
-                "description": "an IAM role ARN; the job runs in its account",
-            },
-            "external_id": {
-                "type": "string",
-                "minLength": 2,
-                "maxLength": 1224,
-                "pattern": EXTERNAL_ID_PATTERN,
-                "description": "STS's ExternalId for the role; only with role_arn",
-            },
+            "region": _nullable(
+                {
+                    "type": "string",
+                    "enum": sorted(r for p in PARTITIONS for r in ec2_regions(p)),
+                    "description": "a Region EC2 has (botocore's endpoint data)",
+                }
+            ),
+            "role_arn": _nullable(
+                {
+                    "type": "string",
+                    "maxLength": ROLE_ARN_MAX,
+                    "pattern": ROLE_ARN_PATTERN,
+                    "description": "an IAM role ARN; the job runs in its account",
+                }
+            ),
+            "external_id": _nullable(
+                {
+                    "type": "string",
+                    "minLength": 2,
+                    "maxLength": 1224,
+                    "pattern": EXTERNAL_ID_PATTERN,
+                    "description": "STS's ExternalId for the role; only with role_arn",
+                }
+            ),
         },
+        # An external_id (not null) only beside a role_arn (not null).
+        "if": {"required": ["external_id"], "properties": {"external_id": {"type": "string"}}},
+        "then": {"required": ["role_arn"], "properties": {"role_arn": {"type": "string"}}},
     }
 
 
@@ -126,6 +182,142 @@ def job_body_schema() -> dict[str, Any]:
             {"$ref": REF.format(model="SessionRequest")},
             {"$ref": REF.format(model="JobEnvelope")},
         ]
+    }
+
+
+# Python's falsy JSON values: a CloudTrail record whose errorCode is one of these did not fail.
+_FALSY: list[Any] = [None, False, 0, "", [], {}]
+
+
+def _eni_at(event_name: str, *path: str) -> dict[str, Any]:
+    """A CloudTrail record of `event_name` naming its ENI at `path` (an object at each step)."""
+    leaf: dict[str, Any] = {"type": "string", "pattern": NETWORK_INTERFACE_ID_PATTERN}
+    for key in reversed(path):
+        leaf = {"type": "object", "required": [key], "properties": {key: leaf}}
+    return {
+        "title": f"{event_name}: its ENI",
+        "required": [path[0]],
+        "properties": {"eventName": {"const": event_name}, path[0]: leaf["properties"][path[0]]},
+    }
+
+
+def _kind(
+    detail_type: str, title: str, detail: dict[str, Any] | None = None, **rules: Any
+) -> dict[str, Any]:
+    """The events of one detail-type: what their detail must hold, and other `rules`."""
+    properties: dict[str, Any] = {"detail-type": {"const": detail_type}}
+    if detail is not None:
+        properties["detail"] = detail
+    return {"title": title, "properties": properties, **rules}
+
+
+def event_schema(fleet_region: str) -> dict[str, Any]:
+    """What mirrorq/events.py read_event takes, and what the intake then checks, by the event's
+    detail-type (one alternative each, and one for every other detail-type). The alternatives
+    within one are those the code tells apart (a state, an eventName, an errorCode)."""
+    kinds = [STATE_CHANGE, API_CALL, JOB]
+    state_change = _kind(
+        STATE_CHANGE,
+        "An instance's state change: running names its instance",
+        detail={
+            "anyOf": [
+                {
+                    "title": "not running",
+                    "properties": {"state": {"not": {"const": "running"}}},
+                },
+                {
+                    "title": "running",
+                    "required": ["state", "instance-id"],
+                    "properties": {
+                        "state": {"const": "running"},
+                        "instance-id": {"type": "string", "pattern": INSTANCE_ID_PATTERN},
+                    },
+                },
+            ]
+        },
+    )
+    api_call = _kind(
+        API_CALL,
+        "A CloudTrail record: a network interface created or attached names it",
+        detail={
+            "required": ["eventName"],
+            "properties": {"eventName": {"type": "string"}},
+            "anyOf": [
+                {
+                    "title": "another call",
+                    "properties": {
+                        "eventName": {
+                            "not": {"enum": ["CreateNetworkInterface", "AttachNetworkInterface"]}
+                        }
+                    },
+                },
+                {
+                    "title": "a call that failed (its errorCode is not empty)",
+                    "required": ["errorCode"],
+                    "properties": {"errorCode": {"not": {"enum": _FALSY}}},
+                },
+                _eni_at(
+                    "CreateNetworkInterface",
+                    "responseElements",
+                    "networkInterface",
+                    "networkInterfaceId",
+                ),
+                _eni_at("AttachNetworkInterface", "requestParameters", "networkInterfaceId"),
+            ],
+        },
+    )
+    job = _kind(
+        JOB,
+        "A service's own job: detail is one job in the request syntax",
+        anyOf=[
+            {
+                "title": "of the fleet's own place: its detail is a job (422 otherwise)",
+                "properties": {
+                    "region": {"enum": [None, fleet_region]},
+                    "detail": {"$ref": REF.format(model="SessionRequest")},
+                },
+            },
+            {
+                "title": "of another Region: planned there, or ignored",
+                "required": ["region"],
+                "properties": {"region": {"type": "string", "not": {"const": fleet_region}}},
+            },
+        ],
+    )
+    other = {
+        "title": "Any other event: ignored",
+        "properties": {"detail-type": {"not": {"enum": kinds}}},
+    }
+    return {
+        "type": "object",
+        "title": "EventBridgeEvent",
+        "description": "An EventBridge event, as an API destination sends it (at most "
+        f"{MAX_EVENT_BYTES // 1024} KiB, EventBridge's limit; a larger body is 400). Three "
+        f"detail-types make jobs: `{STATE_CHANGE}` (state running: every ENI of its "
+        f"instance), `{API_CALL}` (a CreateNetworkInterface or AttachNetworkInterface record "
+        f"that did not fail: its ENI), and `{JOB}` (detail: one job in the request syntax); "
+        "any other event is answered 202 with why it is `ignored`. A body that is not such an "
+        "event is 400 InvalidEvent. Events are planned through the policy in their place: "
+        f"an event whose region is absent, null or this fleet's ({fleet_region}) is the "
+        "fleet's own; with [[accounts]] in the policy, an event of an account it names runs "
+        "there in the Regions named for it (a job event's detail is then a job, 422 "
+        "otherwise), and an event of a place the policy does not serve is ignored without "
+        "its detail being read.",
+        "required": ["id", "detail-type", "detail"],
+        "properties": {
+            "id": {
+                "type": "string",
+                "minLength": 1,
+                "description": "the event's id, which deduplicates it: text (a lone "
+                "surrogate escape such as \\ud800 is refused)",
+            },
+            "detail-type": {"type": "string"},
+            "detail": {"type": "object"},
+            "region": {"type": ["string", "null"]},
+            "account": {"type": ["string", "null"]},
+            "source": {"description": "not read"},
+        },
+        "anyOf": [state_change, api_call, job, other],
     }
 
 
@@ -139,16 +331,82 @@ def body_of(model: str) -> dict[str, Any]:
     return body({"application/json": {"schema": {"$ref": REF.format(model=model)}}})
 
 
-JOB_BODY = body({"application/json": {"schema": job_body_schema()}})
+# Examples of each body (the fuzzing test sends them too: each must be taken).
+_REQUEST = {
+    "NetworkInterfaceId": "eni-0a1b2c3d4e5f60718",
+    "TrafficMirrorTargetId": "tmt-07f75d8fee0a1b2c3",
+    "TrafficMirrorFilterId": "tmf-04812ff784a1b2c3d",
+    "SessionNumber": "auto",
+}
+_ENVELOPE = {
+    "request": {**_REQUEST, "SessionNumber": 1, "PacketLength": 128},
+    "region": "eu-west-1",
+    "role_arn": "arn:aws:iam::111122223333:role/mirrorq-worker",
+    "external_id": "mirrorq-7f3a",
+}
+_JOB_EXAMPLES = {
+    "request": {"summary": "The request syntax", "value": _REQUEST},
+    "envelope": {"summary": "A JobEnvelope: in a Region, through a role", "value": _ENVELOPE},
+}
+_EVENT = {"version": "0", "source": "aws.ec2", "account": "111122223333", "resources": []}
+_EVENT_EXAMPLES = {
+    "running": {
+        "summary": "An instance running: every ENI of it",
+        "value": {
+            **_EVENT,
+            "id": "7bf73129-1428-4cd3-a780-95db273d1602",
+            "detail-type": STATE_CHANGE,
+            "detail": {"instance-id": "i-0abcd1111example0", "state": "running"},
+        },
+    },
+    "eni": {
+        "summary": "CloudTrail's record of a network interface created: that ENI",
+        "value": {
+            **_EVENT,
+            "id": "6f8e2b0c-3d1a-4b7e-9c55-0a1b2c3d4e5f",
+            "detail-type": API_CALL,
+            "detail": {
+                "eventName": "CreateNetworkInterface",
+                "responseElements": {
+                    "networkInterface": {"networkInterfaceId": "eni-0a1b2c3d4e5f60718"}
+                },
+            },
+        },
+    },
+    "job": {
+        "summary": "A service's own job",
+        "value": {
+            **_EVENT,
+            "source": "com.example.deployer",
+            "id": "b1e5a2c4-0f6d-4e8a-9b3c-2d7e1f0a9c84",
+            "detail-type": JOB,
+            "detail": _REQUEST,
+        },
+    },
+}
 
+JOB_BODY = body({"application/json": {"schema": job_body_schema(), "examples": _JOB_EXAMPLES}})
 
+_JOBS = {"type": "array", "minItems": 1, "items": job_body_schema()}
 BATCH_BODY = body(
     {
-        "application/json": {"schema": {"type": "array", "items": job_body_schema()}},
+        "application/json": {
+            "schema": {
+                **_JOBS,
+                "description": "a JSON array of jobs, each a SessionRequest or a JobEnvelope. "
+                "The body is read as a JSON array when it starts with `[` (after white space), "
+                "else as JSON Lines, whatever its Content-Type.",
+            },
+            "examples": {
+                "jobs": {"summary": "Two jobs", "value": [_REQUEST, _ENVELOPE]},
+            },
+        },
         "application/x-ndjson": {
             "schema": {
-                "type": "string",
-                "description": "one job a line: a SessionRequest or a JobEnvelope",
+                **_JOBS,
+                "description": "JSON Lines: the jobs, one JSON object a line (a "
+                "SessionRequest or a JobEnvelope), in order; blank lines are skipped. Each "
+                "item here is one line.",
             }
         },
     }
@@ -156,22 +414,31 @@ BATCH_BODY = body(
 EVENT_BODY = body(
     {
         "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["id", "detail-type", "detail"],
-                "properties": {
-                    "id": {"type": "string", "minLength": 1},
-                    "detail-type": {"type": "string"},
-                    "source": {"type": "string"},
-                    "region": {"type": "string"},
-                    "detail": {"type": "object"},
-                },
-                "description": "an EventBridge event, as an API destination sends it",
-            }
+            "schema": {"$ref": REF.format(model="EventBridgeEvent")},
+            "examples": _EVENT_EXAMPLES,
         }
     }
 )
 
 
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": ErrorBody} for s in statuses}
+# Every answer that is not a success, by status: what it means, with which codes.
+ANSWERS = {
+    400: "The body is not JSON, or not UTF-8 (InvalidJob); an event that is not an "
+    "EventBridge event (InvalidEvent)",
+    401: "No valid bearer token (Unauthorized); the same answer whatever was wrong",
+    404: "No such job or batch, or its record expired (JobNotFound, BatchNotFound)",
+    409: "The Idempotency-Key names a job with another body (IdempotencyConflict)",
+    413: "The body is over MIRRORQ_API_MAX_BODY_BYTES (TooLarge), refused before it is read",
+    422: "Invalid: each bad field named (InvalidJob; InvalidRequest for a query parameter)",
+    500: "The API failed to answer (InternalError); its log has why",
+    502: "EC2 or STS refused the event's planning (their error code, e.g. AccessDenied)",
+    503: "Redis does not answer (RedisUnavailable): try again",
+}
+
+
+def errors(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """The answers `statuses` in the error shape, each described (ANSWERS, or `described`
+    keyed `s<status>` for a route's own words)."""
+    return {
+        s: {"model": ErrorBody, "description": described.get(f"s{s}", ANSWERS[s])} for s in statuses
+    }
