@@ -36,7 +36,7 @@ from tasks.contract import (
     recordable_job_id,
 )
 from tasks.errors import InvalidJobError, JobExpiredError, JobRevokedError, MirrorqError
-from tasks.records import accepted, failed, is_terminal, may_have_sent
+from tasks.records import StepVerdict, accepted, failed, is_terminal, may_have_sent
 from tasks.store import ResultStore
 
 log = logging.getLogger("mirrorq.jobs")
@@ -93,7 +93,7 @@ def refuse(job_id: str, code: str, message: str, *, unless_started: bool = False
     except RedisError:
         log.warning("job %s: could not record its refusal (%s)", job_id, code)
         return
-    if verdict.verdict == "stored":
+    if verdict.verdict is StepVerdict.STORED:
         log.warning("job %s refused (%s): %s", job_id, code, message)
 
 

@@ -3,6 +3,10 @@
 A record moves `queued` → `running` (→ `retrying` → `running`)* → `created` | `failed` |
 `dry_run_ok`. Each step is a small pure function here that returns the next record; the
 result store (tasks/store.py) writes what they return, and nothing else edits a record.
+
+The rules of its writes are here too, as data: the terminal statuses, which no write ever
+leaves (the scripts that write records are handed them: tasks/scripts.py), and the verdicts
+a worker's step comes back with (`StepVerdict`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ class JobStatus(StrEnum):
     DRY_RUN_OK = "dry_run_ok"
 
 
+# A record's one rule of succession: a job in a terminal status has finished, and its record
+# is never written again (a late or duplicate delivery, a copy cut off from Redis, cannot undo
+# its outcome). Any other status may be followed by any: `running` and `retrying` alternate,
+# and a redelivered job starts `running` again from where its record stands. There is no
+# further precedence among statuses. The scripts that write records are handed this set
+# (tasks/scripts.py `terminal`), and apply it to the status of the record they find stored;
+# a batch's counts move by it too (a job counts done once, when it first reaches one).
 TERMINAL_STATUSES = frozenset({JobStatus.CREATED, JobStatus.FAILED, JobStatus.DRY_RUN_OK})
 # The order statuses are shown in (tables, progress lines, metrics).
 STATUS_ORDER = (
@@ -37,6 +48,42 @@ STATUS_ORDER = (
     JobStatus.DRY_RUN_OK,
     JobStatus.FAILED,
 )
+
+
+def may_write(stored: JobStatus | None) -> bool:
+    """Whether a step may write over a record in status `stored` (None: no record yet): the
+    rule above, as the step script applies it (tasks/scripts.py STEP, verdict `done`)."""
+    return stored not in TERMINAL_STATUSES
+
+
+class StepVerdict(StrEnum):
+    """What one step of a job (tasks/store.py `ResultStore.step`: the STEP script) found, and so
+    what it did. `start` is a worker taking a job up; `save` and `finish` write its progress and
+    its outcome. With the verdicts marked (+) comes the record found stored."""
+
+    # Another worker holds the job's run lease (a copy of the job is running): nothing
+    # written. A starting worker waits for it; a saving one has lost the job to it.
+    BUSY = "busy"
+    # (+) The job has finished (its stored status is terminal): nothing written; this step's
+    # lease, if it held one, is released and the job leaves the pending index.
+    DONE = "done"
+    # (+ if there is one) `start` only: this worker cannot act where the job runs, by the
+    # stored record (else the one the step would write): a job runs on any worker reading the
+    # queue that carries it, and one without a role only in that worker's own account.
+    # Records written before queues must match the worker's account and Region; a record
+    # with no Region runs anywhere. Nothing written.
+    ELSEWHERE = "elsewhere"
+    # `start` only: the job names a batch that did not register it (a stranger naming the
+    # batch). Nothing written, and no key made.
+    NOT_IN_BATCH = "not-in-batch"
+    # (+) `start` only: the job ran before (its stored status is not `queued`: a
+    # redelivery). The run lease is taken and nothing else written: the worker carries on
+    # from the stored record.
+    RESUME = "resume"
+    # The record was written, with the fleet's counters, its batch's counts, its run lease
+    # (taken on `start` and `save`, released on `finish`) and the pending index (left on
+    # `finish`).
+    STORED = "stored"
 
 
 class JobError(TypedDict):

@@ -3,7 +3,9 @@
 A record is written by one script per step, atomically with what depends on it: the job's
 run lease (only the worker holding it may write), the pending index (accepted jobs not yet
 finished, which the lost-message repair reads) and its batch's counts. A finished record is
-never overwritten, so a late or duplicate delivery cannot undo a job's outcome.
+never overwritten (tasks/records.py TERMINAL_STATUSES, handed to the scripts), so a late or
+duplicate delivery cannot undo a job's outcome. Each script's arguments are built here by
+name, as its TypedDict in tasks/scripts.py says.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -24,18 +26,26 @@ from tasks import keys
 from tasks.batches import BatchStore, place_of_record
 from tasks.connections import sync_client
 from tasks.contract import fleet_scope
-from tasks.records import TERMINAL_STATUSES, JobResult, JobStatus, is_terminal, loaded
-from tasks.scripts import ACCEPT, CLAIM_GAPS, STEP, UNACCEPT
-
-TERMINAL_ARG = ",".join(sorted(TERMINAL_STATUSES))
-Step = Literal["start", "save", "finish"]
-Verdict = Literal["busy", "done", "elsewhere", "not-in-batch", "resume", "stored"]
+from tasks.records import TERMINAL_STATUSES, JobResult, JobStatus, StepVerdict, is_terminal, loaded
+from tasks.scripts import (
+    ACCEPT,
+    CLAIM_GAPS,
+    STEP,
+    TERMINAL,
+    UNACCEPT,
+    AcceptArguments,
+    ClaimGapsArguments,
+    Step,
+    StepArguments,
+    UnacceptArguments,
+    arguments,
+)
 
 
 @dataclass(frozen=True)
 class StepResult:
-    verdict: Verdict
-    current: JobResult | None = None  # the stored record: "done", "elsewhere", "resume"
+    verdict: StepVerdict
+    current: JobResult | None = None  # the record stored: with done, elsewhere, resume
 
 
 def celery_state(status: JobStatus) -> str:
@@ -44,10 +54,10 @@ def celery_state(status: JobStatus) -> str:
     return states.SUCCESS if status in TERMINAL_STATUSES else status.upper()
 
 
-QUEUED_STATE = celery_state(JobStatus.QUEUED)
 # Submission to outcome, in seconds: the buckets of the fleet's histogram (/metrics).
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
-DURATION_ARG = ",".join(repr(b) for b in DURATION_BUCKETS)
+# Their fields in the histogram's hash (and the bounds the step script reads).
+DURATION_FIELDS = [repr(b) for b in DURATION_BUCKETS]
 
 
 def seconds_to_finish(record: JobResult) -> str:
@@ -138,9 +148,13 @@ class ResultStore:
         or the id of the job that holds it."""
         if not claims:
             return []
+        named: ClaimGapsArguments = {
+            "ttl_s": self.ttl_s,
+            "now": time.time(),
+            "jobs": [job_id for _, job_id in claims],
+        }
         held = self._claim_gaps(
-            keys=[keys.PENDING, *(key for key, _ in claims)],
-            args=[self.ttl_s, time.time(), *(job_id for _, job_id in claims)],
+            keys=[keys.PENDING, *(key for key, _ in claims)], args=arguments(named)
         )
         return [(h.decode() if isinstance(h, bytes) else str(h)) or None for h in held]
 
@@ -167,29 +181,34 @@ class ResultStore:
             keys.PENDING,
             keys.STATS_STATUS,
         ]
-        args = [
-            record["job_id"],
-            "",
-            QUEUED_STATE,
-            record["status"],
-            place_of_record(record),
-        ]
+        named: UnacceptArguments = {
+            "job": record["job_id"],
+            "queued": JobStatus.QUEUED,
+            "status": record["status"],
+            "place": place_of_record(record),
+        }
         if claim is not None:
             script_keys.append(claim[0])
-            args[1] = claim[1]
-        self._unaccept(keys=script_keys, args=args)
+            named["claim"] = claim[1]
+        self._unaccept(keys=script_keys, args=arguments(named))
 
     def _accept_arguments(
         self, record: JobResult, claim: tuple[str, str] | None
-    ) -> tuple[list[str], list[Any]]:
+    ) -> tuple[list[str], list[str]]:
         key, value = self.encoded(record)
         script_keys = [key, keys.PENDING, keys.STATS_STATUS]
-        args: list[Any] = [value, self.ttl_s, record["job_id"], time.time(), "", record["status"]]
-        args.append(place_of_record(record))
+        named: AcceptArguments = {
+            "record": value,
+            "ttl_s": self.ttl_s,
+            "job": record["job_id"],
+            "now": time.time(),
+            "status": record["status"],
+            "place": place_of_record(record),
+        }
         if claim is not None:
             script_keys.append(claim[0])
-            args[4] = claim[1]
-        return script_keys, args
+            named["claim"] = claim[1]
+        return script_keys, arguments(named)
 
     # A worker's steps ------------------------------------------------------------------------
 
@@ -200,31 +219,51 @@ class ResultStore:
 
     def step_arguments(
         self, step: Step, record: JobResult, token: str
-    ) -> tuple[list[str], list[Any]]:
+    ) -> tuple[list[str], list[str]]:
         key, value = self.encoded(record)
         status = JobStatus(record["status"])
         script_keys = [key, keys.PENDING, keys.job_lease(record["job_id"])]
         script_keys += [keys.STATS_STATUS, keys.STATS_FAILED, keys.STATS_DURATION]
-        now = record["finished_at"] or record["started_at"] or ""
-        args: list[Any] = [step, value, self.ttl_s, record["job_id"], token, self.lease_ms]
-        args += [status, now, TERMINAL_ARG, QUEUED_STATE, states.SUCCESS, celery_state(status)]
-        error = record["error"] if status is JobStatus.FAILED else None
-        args += [error["code"] if error else "", seconds_to_finish(record), DURATION_ARG]
-        args += [record["batch_id"] or ""]
         here = self.scope
-        args += [here.account_id or "", here.region, here.queue]
-        args += [record.get(name) or "" for name in ("account_id", "region", "role_arn")]
-        args += [record.get("queue") or ""]
+        named: StepArguments = {
+            "step": step,
+            "record": value,
+            "ttl_s": self.ttl_s,
+            "job": record["job_id"],
+            "token": token,
+            "lease_ms": self.lease_ms,
+            "status": status,
+            "now": record["finished_at"] or record["started_at"] or "",
+            "terminal": TERMINAL,
+            "queued": JobStatus.QUEUED,
+            "batch": record["batch_id"] or "",
+            "worker": {
+                "account": here.account_id or "",
+                "region": here.region,
+                "queue": here.queue,
+            },
+            "placement": {
+                "account": record.get("account_id") or "",
+                "region": record.get("region") or "",
+                "role": record.get("role_arn") or "",
+                "queue": record.get("queue") or "",
+            },
+        }
+        error = record["error"] if status is JobStatus.FAILED else None
+        if error and error["code"]:
+            named["error_code"] = error["code"]
+        if seconds := seconds_to_finish(record):
+            named["seconds"], named["buckets"] = seconds, DURATION_FIELDS
         if record["batch_id"]:
             batch = keys.batch(record["batch_id"])
             script_keys += [*batch_keys(record["batch_id"]), keys.RUNNING_BATCHES]
             script_keys += [batch.placements, batch.placed_counts]
-        return script_keys, args
+        return script_keys, arguments(named)
 
     def step_result(self, answer: list[Any]) -> StepResult:
         verdict = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
         current = self.decode(answer[1]) if len(answer) > 1 else None
-        return StepResult(cast(Verdict, verdict), current)
+        return StepResult(StepVerdict(verdict), current)
 
     def encoded(self, record: JobResult) -> tuple[str, str]:
         """The key and value Celery's Redis backend would write for this record."""

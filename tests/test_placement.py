@@ -33,7 +33,8 @@ from tasks.contract import (
     queue_for,
 )
 from tasks.errors import BatchFileError, InvalidJobError
-from tasks.records import JobStatus, started
+from tasks.records import JobStatus, StepVerdict, started
+from tasks.store import StepResult
 from tests.helpers import job, producer_for, wait_all, wait_until
 from tests.test_api import AUTH, start_api
 from worker.repair import queued_job_ids, repair_lost_jobs
@@ -266,13 +267,14 @@ def test_the_start_check_lets_any_worker_of_the_queue_act_for_a_role(redis_url: 
     other_region = producer_for(redis_url, MIRRORQ_REGION="eu-west-1").store  # same queue
     other_account = producer_for(redis_url, aws_account_id="444444444444").store
 
-    def verdict(store: Any, record: Any) -> str:
-        return str(store.step("start", started(record, record["request"]), "token").verdict)
+    def verdict(store: Any, record: Any) -> StepVerdict:
+        result: StepResult = store.step("start", started(record, record["request"]), "token")
+        return result.verdict
 
-    assert verdict(other_account, role_job) == "elsewhere"  # another queue: passed on
-    assert verdict(other_account, west_job) == "elsewhere"
-    assert verdict(other_region, west_job) == "stored"
-    assert verdict(other_region, role_job) == "stored"
+    assert verdict(other_account, role_job) is StepVerdict.ELSEWHERE  # another queue: passed on
+    assert verdict(other_account, west_job) is StepVerdict.ELSEWHERE
+    assert verdict(other_region, west_job) is StepVerdict.STORED
+    assert verdict(other_region, role_job) is StepVerdict.STORED
     assert producer.result(role_job["job_id"])["status"] == JobStatus.RUNNING  # type: ignore[index]
 
 

@@ -15,33 +15,82 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, NotRequired, TypedDict, overload
 
 import redis
 import redis.asyncio as aioredis
 
 from config import Settings
 from tasks import keys
+from tasks.scripts import arguments
 from worker.timing import Clock, Sleep, Timing
 
+# Each script takes the bucket's key as KEYS[1] and its other arguments by name, as one JSON
+# object in ARGV[1] (tasks/scripts.py says how), typed by the TypedDicts below: every one
+# starts `local a = cjson.decode(ARGV[1])`.
+
+
+class FleetArguments(TypedDict):
+    """The caller's own rate and burst, as text: written to the bucket as given where it
+    keeps none (`fleet`), so they read back as they were set."""
+
+    own_rate: str
+    own_burst: str
+
+
+class ClockedArguments(FleetArguments):
+    now: NotRequired[float]  # Unix time by the tests' clock; else Redis TIME
+
+
+class AcquireArguments(ClockedArguments):
+    recovery: float  # the share of the fleet's rate regained per second
+
+
+class AdmitArguments(ClockedArguments):
+    jobs: int  # the message's jobs
+    horizon: float  # a job whose slot comes within this many seconds runs now
+    grace: float  # the jobs last admitted hold their slots this long
+    line: bool  # take the slots (false: only say how many would run now)
+
+
+class ThrottledArguments(ClockedArguments):
+    decrease: float  # the cut: the rate is multiplied by this
+    cooldown: float  # reports within this of the last event are of the same one
+    quiet: float  # an event after this long without one is taken for jitter
+
+
+class ConfigureArguments(TypedDict):
+    rate: str  # the fleet's rate, as text (0: no limit)
+    burst: str
+    now: NotRequired[float]
+
+
+def own_arguments(own: FleetRate) -> FleetArguments:
+    """A process's own rate and burst as the scripts take them: as text, as redis-py sends a
+    number, so the bucket keeps the text it always has (`10.0`, `5`)."""
+    return {"own_rate": repr(own.rate), "own_burst": repr(own.burst)}
+
+
 # Redis TIME is the one clock every host shares, and a GCRA schedule kept by several hosts
-# needs one clock. Tests pass their own `now` instead, as the scripts' last argument. Both
-# scripts are registered with this prefix.
+# needs one clock. Tests pass their own `now` instead (the arguments' `now`). The scripts
+# that take a clock are registered with this prefix.
 _CLOCK = """
 local function clock(given)
-  if given then return tonumber(given) end
+  if given then return given end
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 """
 
 # The bucket's configuration, kept beside its schedule: its rate and burst are the fleet's,
-# whoever calls. The caller's own (ARGV) is written only where none is kept, and not at all
-# when its rate is 0 (a process without a limit of its own follows the fleet's; only
-# `mirrorq rate set --rate 0` lifts the limit for all). A configuration set for the fleet
-# (source 'set') is kept until changed; a process's own expires with the schedule.
+# whoever calls. The caller's own (`a.own_rate`, `a.own_burst`: FleetArguments) is written
+# only where none is kept, and not at all when its rate is 0 (a process without a limit of
+# its own follows the fleet's; only `mirrorq rate set --rate 0` lifts the limit for all). A
+# configuration set for the fleet (source 'set') is kept until changed; a process's own
+# expires with the schedule.
 _FLEET = """
-local function fleet(key, own_rate, own_burst)
+local function fleet(key, a)
+  local own_rate, own_burst = a.own_rate, a.own_burst
   local kept = redis.call('HMGET', key, 'configured', 'burst', 'source')
   local configured, burst, source = tonumber(kept[1]), tonumber(kept[2]), kept[3]
   if configured == nil then
@@ -64,14 +113,16 @@ local function kept(key, wait)
 end
 """
 
-# Reserve the next slot. The rate first recovers additively for the time since the last
-# call; the slot is `tat`, pushed one interval on; a caller may run `burst` intervals ahead.
-# Redis truncates Lua numbers to integers, so floats travel as strings. The answer: the wait,
-# the epoch, and the bucket's configuration (rate, burst; nil when it has none).
+# Reserve the next slot (AcquireArguments). The rate first recovers additively for the time
+# since the last call; the slot is `tat`, pushed one interval on; a caller may run `burst`
+# intervals ahead. Redis truncates a Lua number it is returned to an integer, so floats come
+# back as strings. The answer: the wait, the epoch, and the bucket's configuration (rate,
+# burst; nil when it has none).
 _ACQUIRE = """
-local now = clock(ARGV[4])
-local configured, burst, source = fleet(KEYS[1], ARGV[1], ARGV[2])
-local recovery = tonumber(ARGV[3])
+local a = cjson.decode(ARGV[1])
+local now = clock(a.now)
+local configured, burst, source = fleet(KEYS[1], a)
+local recovery = a.recovery
 if configured == nil or configured <= 0 then return kept(KEYS[1], '0') end
 local state = redis.call('HMGET', KEYS[1], 'rate', 'updated', 'tat')
 local rate = tonumber(state[1]) or configured
@@ -87,14 +138,14 @@ keep(KEYS[1], source)
 return kept(KEYS[1], tostring(wait))
 """
 
-# Admit a message of ARGV[3] jobs (worker/admission.py) with a horizon of ARGV[4] s: how
-# many run now, the wait until the first of the others' turn, the interval and the epoch
-# (gcra.admit).
+# Admit a message of `a.jobs` jobs (worker/admission.py) with a horizon of `a.horizon` s
+# (AdmitArguments): how many run now, the wait until the first of the others' turn, the
+# interval and the epoch (gcra.admit).
 _ADMIT = """
-local now = clock(ARGV[7])
-local jobs, horizon, grace = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local line = ARGV[6] == '1'
-local configured, burst, source = fleet(KEYS[1], ARGV[1], ARGV[2])
+local a = cjson.decode(ARGV[1])
+local now = clock(a.now)
+local jobs, horizon, grace, line = a.jobs, a.horizon, a.grace, a.line
+local configured, burst, source = fleet(KEYS[1], a)
 local epoch = redis.call('HGET', KEYS[1], 'epoch') or '0'
 if configured == nil or configured <= 0 then return {jobs, '0', '0', epoch} end
 local state = redis.call('HMGET', KEYS[1], 'rate', 'tat', 'defer_tat', 'admit_tat', 'admitted')
@@ -127,11 +178,12 @@ return {soon, tostring(math.max(0, turn - now)), tostring(interval), epoch}
 # bucket is empty, so our burst is spent, but the rate stands. An event soon after another
 # means the rate is too high: cut it (never below 1 % of the fleet's rate, nor one call per
 # 10 s) and start a new epoch, voiding the slots reserved at the old rate (their holders take
-# new ones).
+# new ones). ThrottledArguments.
 _THROTTLED = """
-local now = clock(ARGV[6])
-local configured, burst, source = fleet(KEYS[1], ARGV[1], ARGV[2])
-local decrease, cooldown, quiet = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local a = cjson.decode(ARGV[1])
+local now = clock(a.now)
+local configured, burst, source = fleet(KEYS[1], a)
+local decrease, cooldown, quiet = a.decrease, a.cooldown, a.quiet
 redis.call('HINCRBY', KEYS[1], 'throttles', 1)
 keep(KEYS[1], source)
 if configured == nil or configured <= 0 then return '0' end
@@ -154,9 +206,11 @@ return tostring(rate)
 """
 
 # The bucket's configuration as a process finds it at start: written from its own where
-# none is kept, as the first acquire would. The answer: rate, burst (nil when none).
+# none is kept, as the first acquire would (FleetArguments). The answer: rate, burst (nil
+# when none).
 _AGREE = """
-local configured, burst, source = fleet(KEYS[1], ARGV[1], ARGV[2])
+local a = cjson.decode(ARGV[1])
+local configured, burst, source = fleet(KEYS[1], a)
 keep(KEYS[1], source)
 local answer = kept(KEYS[1], '0')
 return {answer[3], answer[4]}
@@ -165,16 +219,17 @@ return {answer[3], answer[4]}
 # `mirrorq rate set` (and a policy's accounts): the fleet's rate and burst, kept until
 # changed, in force at once. A new epoch voids the slots reserved at the old rate; the
 # schedule is held to a spent burst ahead at the new rate, so callers queued behind a slow
-# rate are not kept waiting once it is raised.
+# rate are not kept waiting once it is raised (ConfigureArguments).
 _CONFIGURE = """
-local now = clock(ARGV[3])
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local a = cjson.decode(ARGV[1])
+local now = clock(a.now)
+local rate, burst = tonumber(a.rate), tonumber(a.burst)
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat'))
 if tat and rate > 0 then
   redis.call('HSET', KEYS[1], 'tat', tostring(math.min(tat, now + burst / rate)))
 end
-redis.call('HSET', KEYS[1], 'configured', ARGV[1], 'burst', ARGV[2], 'source', 'set',
-           'rate', ARGV[1])
+redis.call('HSET', KEYS[1], 'configured', a.rate, 'burst', a.burst, 'source', 'set',
+           'rate', a.rate)
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HDEL', KEYS[1], 'defer_tat')
 redis.call('PERSIST', KEYS[1])
@@ -260,9 +315,8 @@ class SharedRateLimiter:
         """
         waited = 0.0
         while True:
-            answer = await self._acquire(
-                keys=[self.key], args=[self.rate, self.burst, self._recovery, *self._now()]
-            )
+            named: AcquireArguments = {**self._own(), "recovery": self._recovery}
+            answer = await self._acquire(keys=[self.key], args=arguments(named))
             wait, epoch, configured, burst = (_text(part) for part in answer)
             self.fleet = _fleet_rate(configured, burst)
             warn_if_disagreeing(
@@ -281,10 +335,14 @@ class SharedRateLimiter:
         """Admit a message of `jobs` jobs (worker/admission.py): how many run now, the
         seconds until the first of the others' turn, the interval between turns, and the
         bucket's epoch (a rate set or cut since voids the turn)."""
-        soon, later, interval, epoch = await self._admit(
-            keys=[self.key],
-            args=[self.rate, self.burst, jobs, horizon, grace, int(line), *self._now()],
-        )
+        named: AdmitArguments = {
+            **self._own(),
+            "jobs": jobs,
+            "horizon": horizon,
+            "grace": grace,
+            "line": line,
+        }
+        soon, later, interval, epoch = await self._admit(keys=[self.key], args=arguments(named))
         return int(soon), float(_text(later) or 0), float(_text(interval) or 0), int(epoch)
 
     async def epoch(self) -> int:
@@ -295,11 +353,22 @@ class SharedRateLimiter:
         """Report RequestLimitExceeded; return the shared rate now in force (0: no limit)."""
         # One cut per event, however many in-flight calls report it: calls answered within
         # the cooldown were sent before the cut.
-        args = [self.rate, self.burst, self._decrease, COOLDOWN_S, QUIET_S]
-        return float(await self._throttled(keys=[self.key], args=[*args, *self._now()]))
+        named: ThrottledArguments = {
+            **self._own(),
+            "decrease": self._decrease,
+            "cooldown": COOLDOWN_S,
+            "quiet": QUIET_S,
+        }
+        return float(await self._throttled(keys=[self.key], args=arguments(named)))
 
-    def _now(self) -> list[float]:
-        return [] if self._clock is None else [self._clock()]
+    def _own(self) -> ClockedArguments:
+        """What every call passes: this process's own rate and burst, and the tests' clock's
+        `now` if there is one (else the script reads Redis TIME)."""
+        own = own_arguments(FleetRate(self.rate, self.burst))
+        named: ClockedArguments = {"own_rate": own["own_rate"], "own_burst": own["own_burst"]}
+        if self._clock is not None:
+            named["now"] = self._clock()
+        return named
 
     async def snapshot(self) -> RateSnapshot:
         return _snapshot(await self._redis.hgetall(self.key), self.rate)
@@ -461,7 +530,8 @@ def check_fleet_rates(
     for action in actions:
         key = keys.rate_limit(settings.aws_account_id, settings.region, action)
         own, names = own_rate(settings, action)
-        configured, burst = (_text(part) for part in agree(keys=[key], args=[own.rate, own.burst]))
+        answer = agree(keys=[key], args=arguments(own_arguments(own)))
+        configured, burst = (_text(part) for part in answer)
         found[action] = _fleet_rate(configured, burst)
         warn_if_disagreeing(key, own, found[action], names)
     return found
@@ -483,10 +553,10 @@ def set_bucket_config(
     if rate < 0 or burst < 1:
         raise ValueError("a rate is 0 (no limit) or more, a burst 1 or more")
     configure = client.register_script(_CLOCK + _CONFIGURE)
-    configure(
-        keys=[keys.rate_limit(account, region, action)],
-        args=[rate, burst, *([] if now is None else [now])],
-    )
+    named: ConfigureArguments = {"rate": repr(rate), "burst": repr(burst)}
+    if now is not None:
+        named["now"] = now
+    configure(keys=[keys.rate_limit(account, region, action)], args=arguments(named))
 
 
 def bucket_snapshots(

@@ -35,8 +35,16 @@ from tasks.contract import (
     parse_request,
 )
 from tasks.errors import InvalidJobError, MirrorqError, SupersededError, WrongScopeError
-from tasks.records import JobResult, JobStatus, describe_placement, may_have_sent, queue_of
-from tasks.store import AsyncResultStore, Step, StepResult
+from tasks.records import (
+    JobResult,
+    JobStatus,
+    StepVerdict,
+    describe_placement,
+    may_have_sent,
+    queue_of,
+)
+from tasks.scripts import Step
+from tasks.store import AsyncResultStore, StepResult
 from worker.execute import Ec2, execute_job
 from worker.leases import Lease
 from worker.metrics import JOBS_IN_FLIGHT
@@ -112,7 +120,7 @@ async def _run(
     def accepted(request: dict[str, Any] | None) -> JobResult:
         # A job sent with no record (another service's send_task) runs where its envelope
         # says, else in the worker's scope; whether this worker can act there is checked when
-        # it starts, against the stored record if there is one (the "elsewhere" verdict).
+        # it starts, against the stored record if there is one (StepVerdict.ELSEWHERE).
         return records.accepted(
             job_id,
             request,
@@ -134,13 +142,13 @@ async def _run(
     kwargs = {**request.to_kwargs(), "ClientToken": token}
     record = records.started(accepted(kwargs), kwargs)
     start = await _start(worker, record, lease)
-    if start.verdict == "done":
+    if start.verdict is StepVerdict.DONE:
         log.info("job %s already finished; this copy ends", job_id)
         return None
-    if start.verdict == "elsewhere":
+    if start.verdict is StepVerdict.ELSEWHERE:
         stored = start.current is not None
         return await _elsewhere(worker, start.current or accepted(kwargs), lease, stored=stored)
-    if start.verdict == "not-in-batch":
+    if start.verdict is StepVerdict.NOT_IN_BATCH:
         stranger = InvalidJobError(
             [
                 {
@@ -152,7 +160,7 @@ async def _run(
         )
         await _refuse(worker, {**base, "batch_id": None}, stranger, lease)
         return None
-    if start.verdict == "resume" and start.current is not None:
+    if start.verdict is StepVerdict.RESUME and start.current is not None:
         record = _resumed(start.current, record, request)
     worker.ec2.leases.hold(lease)
     place = place_of(envelope, start.current, worker.scope.region)
@@ -222,7 +230,8 @@ async def _elsewhere(
 async def _start(worker: Worker, record: JobResult, lease: Lease) -> StepResult:
     """Take the job's run lease and record it running; wait while a copy runs elsewhere."""
     told = False
-    while (start := await worker.store.step("start", record, lease.token)).verdict == "busy":
+    busy = StepVerdict.BUSY
+    while (start := await worker.store.step("start", record, lease.token)).verdict is busy:
         if not told:
             log.info(
                 "job %s is running elsewhere; this copy waits for its outcome", record["job_id"]
@@ -246,7 +255,7 @@ def _resumed(previous: JobResult, record: JobResult, request: SessionRequest) ->
 
 async def _save(worker: Worker, step: Step, record: JobResult, lease: Lease) -> None:
     result = await worker.store.step(step, record, lease.token)
-    if result.verdict in ("busy", "done"):
+    if result.verdict in (StepVerdict.BUSY, StepVerdict.DONE):
         # Another copy took over (this one was cut off from Redis past its lease) or
         # finished the job: it owns the record now.
         raise SupersededError(f"job {record['job_id']} is owned by another worker")
@@ -255,7 +264,7 @@ async def _save(worker: Worker, step: Step, record: JobResult, lease: Lease) -> 
 async def _refuse(worker: Worker, record: JobResult, error: MirrorqError, lease: Lease) -> None:
     refused = records.failed(record, error.code, str(error))
     result = await worker.store.step("finish", refused, lease.token)
-    if result.verdict == "stored":
+    if result.verdict is StepVerdict.STORED:
         log.warning("job %s refused: %s", record["job_id"], error)
 
 
