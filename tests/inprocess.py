@@ -107,10 +107,7 @@ class InProcessWorker:
         _configure(app, _worker_conf())
         self._settings_read()
         self._log_to_file(app)
-        # A process starts with none of these: no stop asked, no id revoked.
-        state.should_stop = None
-        state.should_terminate = None
-        state.revoked.clear()
+        _fresh_state()
         controller = _Controller(
             app=app,
             hostname=f"{self.name}@{socket.gethostname()}",
@@ -137,14 +134,14 @@ class InProcessWorker:
     def stop(self) -> None:
         """A warm shutdown, as SIGTERM gives a worker process: running messages finish, the
         runtime closes (tasks/jobs.py's worker_shutdown handler) and the repair stops."""
+        if self._thread is not None:
+            state.should_stop = 0  # what Celery's SIGTERM handler sets
+            self._thread.join(STOP_TIMEOUT_S)
+            # Still running: it stays this process's worker, and no other starts beside it.
+            assert not self._thread.is_alive(), f"{self.name} did not stop: {self.log_path}"
+            state.should_stop = None
+            self._thread = None
         try:
-            if self._thread is not None:
-                state.should_stop = 0  # what Celery's SIGTERM handler sets
-                self._thread.join(STOP_TIMEOUT_S)
-                alive = self._thread.is_alive()
-                state.should_stop = None
-                assert not alive, f"{self.name} did not stop within {STOP_TIMEOUT_S}s"
-                self._thread = None
             for thread in threading.enumerate():  # the repair thread ends within its wait
                 if thread.name == "mirrorq-repair":
                     thread.join(STOP_TIMEOUT_S)
@@ -201,6 +198,25 @@ class InProcessWorker:
         signals.after_setup_logger.send(
             sender=None, logger=root, loglevel=logging.INFO, logfile=None, format="", colorize=False
         )
+
+
+def _fresh_state() -> None:
+    """Celery's worker state as a new process has it: no stop asked, no id revoked, no
+    message held or counted (an earlier worker of this process may have left some)."""
+    state.should_stop = None
+    state.should_terminate = None
+    for held in (
+        state.requests,
+        state.reserved_requests,
+        state.active_requests,
+        state.scheduled_requests,
+        state.successful_requests,
+        state.total_count,
+        state.revoked,
+        state.revoked_stamps,
+    ):
+        held.clear()
+    state.all_total_count[0] = 0
 
 
 def _forget_settings() -> None:

@@ -21,7 +21,7 @@ from emulator.lab import seed_lab
 from mirrorq.processes import EmulatorProcess
 from tasks.contract import ADMIT_AT, BATCH_TASK_NAME, DEFAULT_ACCOUNT, parse_request
 from tasks.producer import Producer
-from tests.helpers import Lab, job, mirrors, wait_all
+from tests.helpers import Lab, job, mirrors, status_of, wait_all, wait_until
 from tests.inprocess import InProcessWorker
 from worker.ratelimit import CREATE_ACTION, set_bucket_config
 
@@ -134,7 +134,11 @@ def test_a_deferred_job_whose_message_expired_ends_expired(
     _fleet_rate(redis_url, 0.1)
     run_worker()
     expiring = ExpiringProducer(producer.app, producer.settings)
-    job_ids = [expiring.submit(job(lab, n)) for n in range(3)]  # turns 10 s and 20 s on
+    job_ids = [expiring.submit(job(lab, 0))]
+    # The first takes the bucket's one slot before the others are sent (sent together, any of
+    # the three could reach it first: the worker runs them on threads side by side).
+    wait_until(lambda: status_of(producer, job_ids[0]) != "queued", what="the first to start")
+    job_ids += [expiring.submit(job(lab, n)) for n in (1, 2)]  # turns 10 s and 20 s on
     records = wait_all(producer, job_ids, timeout=40)
     assert records[0]["status"] == "created"
     for record in records[1:]:  # their turns come after their messages expired (4 s)
