@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 
 from emulator.lab import seed_lab
 from mirrorq.jobfiles import read_jobs
-from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+from mirrorq.processes import MIRRORQ, EmulatorProcess
 from tasks.contract import TASK_NAME, SessionRequest, parse_request
 from tasks.errors import BatchFileError, InvalidJobError
 from tasks.producer import Producer
 from tests.helpers import job, raw_message, wait_all
+from tests.inprocess import InProcessWorker
 
 VALID: dict[str, Any] = {
     "NetworkInterfaceId": "eni-0123456789abcdef0",
@@ -205,14 +206,16 @@ def publish_raw(redis_url: str, task_id: str, body: str) -> None:
     redis.Redis.from_url(redis_url).lpush("mirrorq", json.dumps(raw_message(task_id, body)))
 
 
+# Celery warns of a call it could not make (kwargs not an object); a worker process logs it.
+@pytest.mark.filterwarnings("ignore:Exception raised outside body:RuntimeWarning")
 def test_every_message_with_a_job_id_gets_a_record_however_it_is_built(
     emulator: EmulatorProcess,
     producer: Producer,
     redis_url: str,
-    start_worker: Callable[..., WorkerProcess],
+    run_worker: Callable[..., InProcessWorker],
 ) -> None:
     lab = seed_lab(emulator.url, 3)
-    start_worker()
+    run_worker()
     embed = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
     bodies = {
         "deep request": '[[], {"request": ' + DEEP + "}, " + embed + "]",
@@ -235,10 +238,10 @@ def test_a_batch_id_counts_only_for_a_batch_that_registered_the_job(
     emulator: EmulatorProcess,
     producer: Producer,
     redis_url: str,
-    start_worker: Callable[..., WorkerProcess],
+    run_worker: Callable[..., InProcessWorker],
 ) -> None:
     lab = seed_lab(emulator.url, 4)
-    start_worker()
+    run_worker()
     real = producer.submit_batch([parse_request(job(lab, 0))])
     (real_job,) = next(producer.store.batches.job_ids(real))
     wait_all(producer, [real_job])
@@ -282,7 +285,7 @@ kwargs_strategy = st.dictionaries(
 def test_any_message_on_the_queue_ends_in_a_record_and_the_worker_goes_on(
     emulator: EmulatorProcess,
     producer: Producer,
-    worker: WorkerProcess,
+    worker: InProcessWorker,
     messages: list[tuple[list[Any], dict[str, Any]]],
 ) -> None:
     job_ids = []
@@ -295,12 +298,12 @@ def test_any_message_on_the_queue_ends_in_a_record_and_the_worker_goes_on(
         assert record["status"] in {"created", "failed"}
         if record["status"] == "failed":
             assert record["error"]["code"]
-    assert worker.proc.poll() is None
+    assert worker.alive()
 
 
 @pytest.fixture
-def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
-    return start_worker()
+def worker(run_worker: Callable[..., InProcessWorker]) -> InProcessWorker:
+    return run_worker()
 
 
 # Exports -----------------------------------------------------------------------------------
@@ -310,7 +313,7 @@ def test_csv_exports_neutralise_spreadsheet_formulas(
     emulator: EmulatorProcess,
     env: dict[str, str],
     tmp_path: Path,
-    start_worker: Callable[..., WorkerProcess],
+    run_worker: Callable[..., InProcessWorker],
 ) -> None:
     lab = seed_lab(emulator.url, 6)
     tokens = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(1+1)*cmd|x"]
@@ -325,7 +328,7 @@ def test_csv_exports_neutralise_spreadsheet_formulas(
         text=True,
         check=True,
     ).stdout.strip()
-    start_worker()
+    run_worker()
     subprocess.run(
         [*MIRRORQ, "batch", "status", batch_id, "--watch", "--json"],
         env=env,
