@@ -159,11 +159,12 @@ def mirrored_pairs(emulator: EmulatorProcess, target: str, flt: str) -> Counter[
     )
 
 
+@pytest.mark.long
 def test_mirror_a_vpc_creates_one_session_per_eligible_eni_and_is_idempotent(
     emulator: EmulatorProcess,
     lab: dict[str, Any],
     env: dict[str, str],
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     ec2 = lab_client(emulator.url)
     enis, nlb, flt = lab["eni_ids"], lab["target_ids"]["nlb"], lab["filter_id"]
@@ -199,7 +200,8 @@ def test_mirror_a_vpc_creates_one_session_per_eligible_eni_and_is_idempotent(
         ]["NetworkInterfaceId"]
         for _ in range(5)
     ]
-    run_worker()  # one worker: two were for speed only
+    start_worker()
+    start_worker()
 
     first = mirror(env, lab, "--wait")
     assert first.returncode == 0, first.stderr[-2000:]

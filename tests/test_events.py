@@ -17,7 +17,7 @@ import redis
 
 from emulator.lab import lab_client, lab_sqs_client
 from emulator.zoned_lab import expected_mirrors, launch, policy_text, seed_zoned_lab
-from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess
+from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.fault_proxy import Answer, FaultProxy
 from tests.helpers import sessions, wait_until
 from tests.inprocess import InProcessWorker
@@ -102,12 +102,13 @@ def records(redis_url: str) -> list[dict[str, Any]]:
     return [json.loads(v)["result"] for v in client.mget(keys) if v] if keys else []
 
 
+@pytest.mark.long
 def test_events_mirror_every_matching_eni_once_per_rule_and_reconcile_repairs(
     emulator_with_events: EmulatorProcess,
     env: dict[str, str],
     redis_url: str,
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     url = emulator_with_events.url
     lab = seed_zoned_lab(url)
@@ -139,7 +140,8 @@ def test_events_mirror_every_matching_eni_once_per_rule_and_reconcile_repairs(
     send(url, queue, [*events, *events, own_event, own_event, unknown, "this is not an event"])
 
     lenv = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
-    run_worker(**lenv)  # one worker: two were for speed only
+    start_worker(**lenv)
+    start_worker(**lenv)
     listener = ListenerProcess("listener", lenv, "--sqs-queue-url", queue, "--policy", str(policy))
     try:
         listener.wait_ready()
