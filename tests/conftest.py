@@ -22,7 +22,6 @@ from tests.redis_server import RedisServer
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "enis(n): the size of the lab a module's `lab` seeds")
-    config.addinivalue_line("markers", "long: among the suite's longest tests, started first")
 
 
 # What makes a test long: workers running jobs or a Redis restarted, then an emulator or
@@ -34,14 +33,11 @@ SLOW_FIXTURES = (
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest tests first (marked `long`), then the other long ones, each in their files'
-    order, the quick ones last: the test processes share out the long ones from the start,
-    and the quick ones even out the end (in file order some of the longest came last, and
-    one process ran on alone)."""
+    """The long tests first, in their files' order, the quick ones last: the test processes
+    share out the long ones from the start, and the quick ones even out the end (in file order
+    the slowest files came last, and one process ran on alone)."""
 
     def weight(item: pytest.Item) -> int:
-        if item.get_closest_marker("long"):
-            return -1
         used = set(getattr(item, "fixturenames", ()))
         return next((n for n, slow in enumerate(SLOW_FIXTURES) if used & slow), len(SLOW_FIXTURES))
 

@@ -86,7 +86,6 @@ class InProcessWorker:
         self._controller: _Controller | None = None
         self._saved_env: dict[str, str] | None = None
         self._app_conf: dict[str, Any] | None = None
-        self._root_level = logging.NOTSET
 
     def start(self) -> InProcessWorker:
         assert InProcessWorker._current is None, "one in-process worker at a time"
@@ -149,7 +148,6 @@ class InProcessWorker:
         finally:
             if self._handler is not None:
                 logging.getLogger().removeHandler(self._handler)
-                logging.getLogger().setLevel(self._root_level)
                 self._handler.close()
                 self._handler = None
             self._restore_environment()
@@ -194,9 +192,8 @@ class InProcessWorker:
         handler.setFormatter(logging.Formatter(app.conf.worker_log_format))
         handler.addFilter(_NotTheTest())
         root = logging.getLogger()
-        self._root_level = root.level
         root.addHandler(handler)
-        root.setLevel(logging.INFO)  # a worker logs at INFO (`mirrorq worker --loglevel INFO`)
+        root.setLevel(logging.INFO)
         self._handler = handler
         signals.after_setup_logger.send(
             sender=None, logger=root, loglevel=logging.INFO, logfile=None, format="", colorize=False

@@ -17,7 +17,7 @@ import redis
 
 from emulator.lab import lab_client, lab_sqs_client
 from emulator.zoned_lab import expected_mirrors, launch, policy_text, seed_zoned_lab
-from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
+from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess
 from tests.fault_proxy import Answer, FaultProxy
 from tests.helpers import sessions, wait_until
 from tests.inprocess import InProcessWorker
@@ -102,13 +102,12 @@ def records(redis_url: str) -> list[dict[str, Any]]:
     return [json.loads(v)["result"] for v in client.mget(keys) if v] if keys else []
 
 
-@pytest.mark.long
 def test_events_mirror_every_matching_eni_once_per_rule_and_reconcile_repairs(
     emulator_with_events: EmulatorProcess,
     env: dict[str, str],
     redis_url: str,
     tmp_path: Path,
-    start_worker: Callable[..., WorkerProcess],
+    run_worker: Callable[..., InProcessWorker],
 ) -> None:
     url = emulator_with_events.url
     lab = seed_zoned_lab(url)
@@ -140,8 +139,7 @@ def test_events_mirror_every_matching_eni_once_per_rule_and_reconcile_repairs(
     send(url, queue, [*events, *events, own_event, own_event, unknown, "this is not an event"])
 
     lenv = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
-    start_worker(**lenv)
-    start_worker(**lenv)
+    run_worker(**lenv)  # one worker: two were for speed only
     listener = ListenerProcess("listener", lenv, "--sqs-queue-url", queue, "--policy", str(policy))
     try:
         listener.wait_ready()

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from emulator.lab import seed_lab
 from mirrorq.jobfiles import read_jobs
-from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+from mirrorq.processes import MIRRORQ, EmulatorProcess
 from tasks.contract import TASK_NAME, SessionRequest, parse_request
 from tasks.errors import BatchFileError, InvalidJobError
 from tasks.producer import Producer
@@ -285,7 +285,7 @@ kwargs_strategy = st.dictionaries(
 def test_any_message_on_the_queue_ends_in_a_record_and_the_worker_goes_on(
     emulator: EmulatorProcess,
     producer: Producer,
-    worker: WorkerProcess,
+    worker: InProcessWorker,
     messages: list[tuple[list[Any], dict[str, Any]]],
 ) -> None:
     job_ids = []
@@ -298,14 +298,12 @@ def test_any_message_on_the_queue_ends_in_a_record_and_the_worker_goes_on(
         assert record["status"] in {"created", "failed"}
         if record["status"] == "failed":
             assert record["error"]["code"]
-    assert worker.proc.poll() is None
+    assert worker.alive()
 
 
 @pytest.fixture
-def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
-    """A worker process: hypothesis draws the messages in the test's process, where a worker's
-    threads would use `random` beside it (HypothesisDeprecationWarning)."""
-    return start_worker()
+def worker(run_worker: Callable[..., InProcessWorker]) -> InProcessWorker:
+    return run_worker()
 
 
 # Exports -----------------------------------------------------------------------------------

@@ -130,7 +130,6 @@ def test_permanent_errors_fail_after_one_attempt_with_ec2s_code(
 # 4: a worker killed mid-run -------------------------------------------------------------
 
 
-@pytest.mark.long
 @pytest.mark.enis(300)
 @pytest.mark.parametrize("sent", ["one job per message", "as a batch"])
 def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(

@@ -296,7 +296,6 @@ def mirrorq(
     )
 
 
-@pytest.mark.long
 def test_cli_doors_take_a_placement_and_refuse_a_bad_one_naming_the_field(
     env: dict[str, str], redis_url: str, tmp_path: Path
 ) -> None:

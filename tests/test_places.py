@@ -1,10 +1,10 @@
 """Jobs that name their Region and role: each runs in its own account and Region, on
 credentials STS issues and botocore refreshes, through one worker's bounded cache of roads.
 
-Real workers (in the test process, tests/inprocess.py, but for the 1,000-job run and where
-a worker process's own memory is measured), real Redis, the emulator over HTTP (its STS
-included): jobs are published as other services publish them, `send_task` with `region`,
-`role_arn` and `external_id` beside the request.
+Real workers (in the test process, tests/inprocess.py, but where a worker process's own
+memory is measured), real Redis, the emulator over HTTP (its STS included): jobs are
+published as other services publish them, `send_task` with `region`, `role_arn` and
+`external_id` beside the request.
 """
 
 from __future__ import annotations
@@ -127,9 +127,8 @@ def test_jobs_across_two_accounts_and_two_regions_each_run_in_its_own(
             assert scopes[f"{account}/{region}"]["CreateTrafficMirrorSession"]["ok"] == 6
 
 
-@pytest.mark.long
 def test_credentials_expiring_every_few_seconds_are_refreshed_and_no_job_fails(
-    emulator: EmulatorProcess, producer: Producer, start_worker: Callable[..., WorkerProcess]
+    emulator: EmulatorProcess, producer: Producer, run_worker: Callable[..., InProcessWorker]
 ) -> None:
     """The issue's batch: 1,000 jobs over 4 account-Regions (250 each) on credentials that
     last 2 s."""
@@ -137,7 +136,7 @@ def test_credentials_expiring_every_few_seconds_are_refreshed_and_no_job_fails(
     control(emulator.url, "sts", {"lifetime_seconds": 2})
     # Slow enough creates that the run outlasts lifetimes: 1,000 x 40 ms / 16 >= 2.5 s.
     emulator.set_faults(latency_ms=40)
-    start_worker(MIRRORQ_CONCURRENCY="16")
+    run_worker(MIRRORQ_CONCURRENCY="16")
     jobs = submit_all(producer, org_jobs(lab, 250))
     assert len(jobs) == 1000
     started = time.monotonic()
@@ -218,7 +217,6 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-@pytest.mark.long
 def test_fifty_account_regions_through_one_worker_with_a_client_cache_of_eight(
     emulator: EmulatorProcess, producer: Producer, start_worker: Callable[..., WorkerProcess]
 ) -> None:

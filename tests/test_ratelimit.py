@@ -563,7 +563,6 @@ def test_two_workers_share_one_rate_and_stay_under_ec2s_limit(
     assert calls.get("RequestLimitExceeded", 0) <= 0.02 * calls["ok"], calls
 
 
-@pytest.mark.long
 def test_a_lower_limit_than_configured_is_found_by_backing_off(
     emulator: EmulatorProcess,
     producer: Producer,

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from emulator.lab import seed_lab
@@ -60,7 +59,6 @@ def records(client: redis.Redis) -> list[dict[str, Any]]:
     return [json.loads(v)["result"] for v in client.mget(names) if v] if names else []
 
 
-@pytest.mark.long
 def test_passes_over_queued_jobs_submit_each_gap_once_and_empty_passes_store_nothing(
     emulator: EmulatorProcess,
     env: dict[str, str],

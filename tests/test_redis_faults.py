@@ -59,7 +59,6 @@ def private_env(env: dict[str, str], server: RedisServer, **extra: str) -> dict[
     return {**env, "MIRRORQ_BROKER_URL": server.url(0), **extra}
 
 
-@pytest.mark.long
 def test_a_redis_outage_during_jobs_fails_none_of_them(
     emulator: EmulatorProcess,
     env: dict[str, str],
@@ -95,7 +94,6 @@ def test_a_redis_outage_during_jobs_fails_none_of_them(
     )
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("how", ["graceful", "crash"])
 def test_a_redis_restart_mid_batch_loses_and_duplicates_nothing(
     emulator: EmulatorProcess,
@@ -154,7 +152,6 @@ def test_a_redis_restart_mid_batch_loses_and_duplicates_nothing(
     assert wait_all(producer, [after])[0]["status"] == "created"
 
 
-@pytest.mark.long
 def test_a_restore_sweep_cut_off_by_a_redis_restart_holds_back_abandoned_messages_briefly(
     emulator: EmulatorProcess,
     env: dict[str, str],
@@ -208,7 +205,6 @@ def test_the_redis_mirrorq_starts_or_ships_keeps_an_append_only_file() -> None:
     assert '"--appendfsync", "everysec"' in compose
 
 
-@pytest.mark.long
 def test_an_idempotency_key_never_points_at_a_job_that_does_not_exist(
     emulator: EmulatorProcess, redis_url: str, private_redis: RedisServer
 ) -> None:
