@@ -16,32 +16,7 @@ from emulator.lab import LAB_CREDENTIALS, lab_client
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.producer import Producer
 from tests.helpers import FAST, producer_for
-from tests.inprocess import InProcessWorker
 from tests.redis_server import RedisServer
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "enis(n): the size of the lab a module's `lab` seeds")
-
-
-# What makes a test long: workers running jobs or a Redis restarted, then an emulator or
-# the CLI's processes.
-SLOW_FIXTURES = (
-    {"start_worker", "run_worker", "private_redis"},
-    {"emulator", "emulator_process", "env", "started", "events_emulator", "moto_url"},
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The long tests first, in their files' order, the quick ones last: the test processes
-    share out the long ones from the start, and the quick ones even out the end (in file order
-    the slowest files came last, and one process ran on alone)."""
-
-    def weight(item: pytest.Item) -> int:
-        used = set(getattr(item, "fixturenames", ()))
-        return next((n for n, slow in enumerate(SLOW_FIXTURES) if used & slow), len(SLOW_FIXTURES))
-
-    items.sort(key=weight)
 
 
 @pytest.fixture(autouse=True)
@@ -117,28 +92,6 @@ def start_worker(env: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
         started.append(worker)
         worker.wait_ready()
         return worker
-
-    yield start
-    for worker in started:
-        # The test is over: SIGKILL, not a warm shutdown that waits for its jobs (Redis is
-        # flushed and the emulator emptied before the next test anyway).
-        worker.kill()
-        worker.stop()
-
-
-@pytest.fixture
-def run_worker(env: dict[str, str]) -> Iterator[Callable[..., InProcessWorker]]:
-    """A real mirrorq worker on threads of the test process (tests/inprocess.py), for tests
-    whose subject is a job's logic, not a process: one at a time, started as `start_worker`
-    starts a process (a name, then settings overriding `env`)."""
-    started: list[InProcessWorker] = []
-
-    def start(name: str | None = None, **overrides: str) -> InProcessWorker:
-        worker = InProcessWorker(
-            name or f"t{len(started)}-{uuid.uuid4().hex[:6]}", {**env, **overrides}
-        )
-        started.append(worker)
-        return worker.start()
 
     yield start
     for worker in started:

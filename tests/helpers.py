@@ -56,17 +56,12 @@ def wait_all(producer: Producer, job_ids: list[str], timeout: float = 120) -> li
     """Every job's terminal record, in order; TimeoutError naming what is left otherwise."""
     deadline = time.monotonic() + timeout
     results: dict[str, Any] = {}
-    while True:
-        # The unfinished jobs' records, a thousand to a round trip: polling a big batch one
-        # job at a time took a core from the workers the test waits for.
-        unfinished = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in results]
-        for chunk in range(0, len(unfinished), 1000):
-            wanted = unfinished[chunk : chunk + 1000]
-            for job_id, record in zip(wanted, producer.store.load_many(wanted), strict=True):
+    while len(results) < len(job_ids):
+        for job_id in job_ids:
+            if job_id not in results:
+                record = producer.result(job_id)
                 if record is not None and producer.store.is_terminal(record):
                     results[job_id] = record
-        if all(job_id in results for job_id in unfinished):
-            return [results[j] for j in job_ids]
         if time.monotonic() > deadline:
             pending = Counter(
                 (producer.result(j) or {"status": "unknown"})["status"]
@@ -75,6 +70,7 @@ def wait_all(producer: Producer, job_ids: list[str], timeout: float = 120) -> li
             )
             raise TimeoutError(f"{len(job_ids) - len(results)} jobs unfinished: {pending}")
         time.sleep(0.2)
+    return [results[j] for j in job_ids]
 
 
 def status_of(producer: Producer, job_id: str) -> str | None:

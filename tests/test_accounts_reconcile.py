@@ -2,9 +2,8 @@
 each on its own road (the account's role, assumed through the emulator's STS), and its jobs
 run each in its own account and Region.
 
-Real `mirrorq reconcile` and `mirrorq policy plan` processes, a real worker (in the test
-process: tests/inprocess.py), real Redis and the emulator over HTTP; the sessions are
-counted per account through the emulator.
+Real `mirrorq reconcile` and `mirrorq policy plan` processes, a real `mirrorq worker`, real
+Redis and the emulator over HTTP; the sessions are counted per account through the emulator.
 """
 
 from __future__ import annotations
@@ -24,8 +23,7 @@ from emulator.org_lab import (
     sessions_in,
     share_sensor_eni,
 )
-from mirrorq.processes import MIRRORQ, EmulatorProcess
-from tests.inprocess import InProcessWorker
+from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 
 EAST, WEST, EMPTY = "us-east-1", "eu-west-1", "ap-southeast-2"
 ENIS = 20
@@ -72,12 +70,12 @@ def test_one_reconcile_mirrors_every_eni_of_every_account_and_region_once_in_its
     emulator: EmulatorProcess,
     env: dict[str, str],
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     lab = seed_org_lab(emulator.url, accounts=2, regions=(EAST, WEST), enis=ENIS)
     policy = tmp_path / "policy.toml"
     policy.write_text(org_policy(lab))
-    run_worker(MIRRORQ_CONCURRENCY="16")
+    start_worker(MIRRORQ_CONCURRENCY="16")
 
     env = {**env, "COLUMNS": "200"}  # rich's tables, unwrapped
     first = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
@@ -145,14 +143,14 @@ def test_a_role_that_cannot_be_assumed_leaves_only_its_own_places_unplanned(
     emulator: EmulatorProcess,
     env: dict[str, str],
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     lab = seed_org_lab(emulator.url, accounts=2, regions=(EAST, WEST), enis=5)
     denied, allowed = lab["accounts"]
     control(emulator.url, "roles", {"role_arn": role_arn(denied), "assumable": False})
     policy = tmp_path / "policy.toml"
     policy.write_text(org_policy(lab).replace(f', "{EMPTY}"', ""))
-    run_worker(MIRRORQ_CONCURRENCY="8")
+    start_worker(MIRRORQ_CONCURRENCY="8")
 
     done = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
     assert done.returncode == 1, done.stderr[-3000:]  # the pass says some place is unplanned
@@ -166,12 +164,12 @@ def test_a_role_that_cannot_be_assumed_leaves_only_its_own_places_unplanned(
 
 
 def test_mirror_plans_and_creates_in_the_account_its_role_names(
-    emulator: EmulatorProcess, env: dict[str, str], run_worker: Callable[..., InProcessWorker]
+    emulator: EmulatorProcess, env: dict[str, str], start_worker: Callable[..., WorkerProcess]
 ) -> None:
     lab = seed_org_lab(emulator.url, accounts=2, regions=(EAST, WEST), enis=4)
     account, other = lab["accounts"]
     place = lab["accounts"][account]["regions"][WEST]
-    run_worker()
+    start_worker()
     done = mirrorq(
         env,
         "mirror",
@@ -194,7 +192,7 @@ def test_an_organisation_of_1200_enis_is_mirrored_once_and_a_denied_role_fails_o
     emulator: EmulatorProcess,
     env: dict[str, str],
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """The issue's "what must show" at its own scale: three workload accounts and a fourth
     whose role STS refuses, all in one policy, one real reconcile pass, real workers."""
@@ -213,8 +211,9 @@ def test_an_organisation_of_1200_enis_is_mirrored_once_and_a_denied_role_fails_o
         + f'[[rules]]\nname = "org"\ntag = ["mirrorq-lab=1"]\ntargets = {json.dumps(targets)}\n'
         + f'choose = "least-loaded"\nfilters = {json.dumps(filters)}\n'
     )
-    # The fleet's rate (FAST: 1,000/s) is far above what a worker reaches on the emulator.
-    run_worker(MIRRORQ_CONCURRENCY="32")  # the two workers of 16 it once had, in one
+    # The fleet's rate (FAST: 1,000/s) is far above what two workers reach on the emulator.
+    for _ in range(2):
+        start_worker(MIRRORQ_CONCURRENCY="16")
 
     env = {**env, "COLUMNS": "200"}
     first = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
@@ -254,7 +253,7 @@ def test_a_shared_sensor_takes_its_source_limit_once_over_every_account_of_the_p
     emulator: EmulatorProcess,
     env: dict[str, str],
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """Two workload accounts share one sensor ENI (room for 10 sources) and have 10 ENIs
     each: one pass plans 10 sessions on it, not 10 per account, and says the rest found it
@@ -273,7 +272,7 @@ def test_a_shared_sensor_takes_its_source_limit_once_over_every_account_of_the_p
         + f'[[rules]]\nname = "sensor"\ntag = ["mirrorq-lab=1"]\ntarget = "{sensor}"\n'
         + f"filters = {json.dumps(filters)}\n"
     )
-    run_worker(MIRRORQ_CONCURRENCY="8")
+    start_worker(MIRRORQ_CONCURRENCY="8")
 
     done = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -315,7 +314,7 @@ def test_a_rule_finds_each_account_regions_own_filter_by_its_tag(
     emulator: EmulatorProcess,
     env: dict[str, str],
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """Two accounts x two Regions each tag a filter of their own `mirrorq:filter=web` (beside
     the lab's own filter, tagged otherwise); a third account has none in one Region and two
@@ -336,7 +335,7 @@ def test_a_rule_finds_each_account_regions_own_filter_by_its_tag(
         + f'[[rules]]\nname = "web"\ntag = ["mirrorq-lab=1"]\ntargets = {json.dumps(targets)}\n'
         + 'choose = "least-loaded"\nfilter_tag = "mirrorq:filter=web"\n'
     )
-    run_worker(MIRRORQ_CONCURRENCY="8")
+    start_worker(MIRRORQ_CONCURRENCY="8")
 
     done = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,12 +1,12 @@
 """Admission per bucket: a slow account's jobs never hold the workers its neighbours need.
 
-A real worker (in the test process: tests/inprocess.py), real Redis, the emulator over
-HTTP. One worker of small concurrency (two messages at a time) gets a batch over two
-accounts, one of them limited to a rate far below the other's. Without admission the worker
-takes the slow account's messages in turn with the fast one's and holds each until its slow
-bucket serves it, so the fast account finishes only as late as the slow one; with it, a
-worker holds only the slow jobs their bucket serves within 2 s, the others wait for their
-turn without a thread, and the fast account is done long before.
+Real `mirrorq worker` processes, real Redis, the emulator over HTTP. One worker of small
+concurrency (two messages at a time) gets a batch over two accounts, one of them limited to a
+rate far below the other's. Without admission the worker takes the slow account's messages
+in turn with the fast one's and holds each until its slow bucket serves it, so the fast
+account finishes only as late as the slow one; with it, a worker holds only the slow jobs
+their bucket serves within 2 s, the others wait for their turn without a thread, and the
+fast account is done long before.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from datetime import datetime
 import redis
 
 from emulator.org_lab import control, role_arn, seed_org_lab, sessions_in
-from mirrorq.processes import EmulatorProcess
+from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.contract import parse_placement, parse_request
 from tasks.producer import Producer
 from tasks.records import JobResult
 from tests.helpers import wait_all
-from tests.inprocess import InProcessWorker
 from worker.ratelimit import CREATE_ACTION, set_bucket_config
 
 REGION = "us-east-1"
@@ -40,7 +39,7 @@ def test_a_slow_accounts_jobs_wait_for_their_turn_without_holding_the_worker(
     emulator: EmulatorProcess,
     redis_url: str,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     lab = seed_org_lab(emulator.url, accounts=2, regions=(REGION,), enis=48)
     slow, fast = list(lab["accounts"])
@@ -67,7 +66,7 @@ def test_a_slow_accounts_jobs_wait_for_their_turn_without_holding_the_worker(
             placements.append(parse_placement(region=REGION, role_arn=role_arn(account)))
             account_of.append(account)
     # Two messages of 8 jobs at a time: two held slow messages would hold the whole worker.
-    run_worker(MIRRORQ_CONCURRENCY="16", MIRRORQ_JOBS_PER_MESSAGE="8")
+    start_worker(MIRRORQ_CONCURRENCY="16", MIRRORQ_JOBS_PER_MESSAGE="8")
     batch_id = producer.submit_batch(requests, placements=placements)
     job_ids = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
     records = wait_all(producer, job_ids, timeout=120)

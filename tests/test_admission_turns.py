@@ -1,7 +1,7 @@
 """Admission's deferred messages and their turns (worker/admission.py): forged turns, a rate
 raised meanwhile, a revoked job, an expired message. Found by review, each failing first.
 
-A real worker (in the test process: tests/inprocess.py), real Redis, the emulator over HTTP.
+Real `mirrorq worker` processes, real Redis, the emulator over HTTP.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import redis
 from celery import Celery
 
 from emulator.lab import seed_lab
-from mirrorq.processes import EmulatorProcess
+from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.contract import ADMIT_AT, BATCH_TASK_NAME, DEFAULT_ACCOUNT, parse_request
 from tasks.producer import Producer
-from tests.helpers import Lab, job, mirrors, status_of, wait_all, wait_until
-from tests.inprocess import InProcessWorker
+from tests.helpers import Lab, job, mirrors, wait_all
 from worker.ratelimit import CREATE_ACTION, set_bucket_config
 
 
@@ -37,13 +36,13 @@ def test_a_forged_admit_at_too_large_for_a_float_still_records_its_jobs(
     lab: Lab,
     other: Celery,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
     turn: int,
 ) -> None:
     """A batch message from elsewhere whose `admit_at` is an integer no float can hold (JSON
     allows it): its jobs must end recorded (run, or refused naming the field) and the worker
     go on, as for any other hostile message."""
-    run_worker()
+    start_worker()
     job_ids = [str(uuid.uuid4()) for _ in range(2)]
     jobs = [{"job_id": j, "request": job(lab, n)} for n, j in enumerate(job_ids)]
     other.send_task(BATCH_TASK_NAME, kwargs={"jobs": jobs, ADMIT_AT: turn})
@@ -57,13 +56,13 @@ def test_deferred_jobs_run_at_a_rate_raised_by_rate_set(
     lab: Lab,
     producer: Producer,
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """`mirrorq rate set` is "in force at once" (README). Jobs deferred at a slow rate keep the
     turn they were given then (`admit_at`) and hop until it comes, whatever the rate is now:
     raising the rate 400-fold does not bring them on."""
     _fleet_rate(redis_url, 0.25)
-    run_worker(MIRRORQ_JOBS_PER_MESSAGE="1")
+    start_worker(MIRRORQ_JOBS_PER_MESSAGE="1")
     requests = [parse_request(job(lab, n)) for n in range(12)]  # 48 s at 0.25/s
     batch_id = producer.submit_batch(requests)
     job_ids = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
@@ -100,13 +99,13 @@ def test_a_deferred_job_whose_id_is_revoked_ends_revoked(
     other: Celery,
     producer: Producer,
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """README: a job whose id was revoked (`celery control revoke`) before it ran ends
     `Revoked`. A deferred job travels in a batch-form message under a new task id, so the
     revoke of its id finds nothing and the job runs."""
     _fleet_rate(redis_url, 0.25)
-    run_worker()
+    start_worker()
     job_ids = [producer.submit(job(lab, 0))]
     time.sleep(1)  # it took its slot: the next turns are 4 s and 8 s on
     job_ids += [producer.submit(job(lab, n)) for n in (1, 2)]
@@ -126,19 +125,15 @@ def test_a_deferred_job_whose_message_expired_ends_expired(
     lab: Lab,
     producer: Producer,
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """README: Celery's `expires` is honoured, a message that expires before a worker runs
     its job ends `Expired`. A deferral publishes the job again without the sender's expiry:
     a job whose turn comes after it runs anyway."""
     _fleet_rate(redis_url, 0.1)
-    run_worker()
+    start_worker()
     expiring = ExpiringProducer(producer.app, producer.settings)
-    job_ids = [expiring.submit(job(lab, 0))]
-    # The first takes the bucket's one slot before the others are sent (sent together, any of
-    # the three could reach it first: the worker runs them on threads side by side).
-    wait_until(lambda: status_of(producer, job_ids[0]) != "queued", what="the first to start")
-    job_ids += [expiring.submit(job(lab, n)) for n in (1, 2)]  # turns 10 s and 20 s on
+    job_ids = [expiring.submit(job(lab, n)) for n in range(3)]  # turns 10 s and 20 s on
     records = wait_all(producer, job_ids, timeout=40)
     assert records[0]["status"] == "created"
     for record in records[1:]:  # their turns come after their messages expired (4 s)

@@ -26,7 +26,6 @@ from mirrorq.processes import MIRRORQ, ApiProcess, EmulatorProcess, WorkerProces
 from tasks.errors import InvalidJobError
 from tasks.producer import Producer
 from tests.helpers import job, mirrors, sessions, wait_until
-from tests.inprocess import InProcessWorker
 
 TOKENS = ("first-token-5f0c", "second-token-9a7e")
 AUTH = {"Authorization": f"Bearer {TOKENS[1]}"}
@@ -168,10 +167,11 @@ def test_an_oversized_body_is_refused_before_it_is_read_and_the_api_stays_up(
 
 
 def test_a_thousand_jobs_posted_at_once_end_created_one_session_each(
-    api: Api, emulator: EmulatorProcess, run_worker: Callable[..., InProcessWorker]
+    api: Api, emulator: EmulatorProcess, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     lab = seed_lab(emulator.url, 1000)
-    run_worker(MIRRORQ_JOBS_PER_MESSAGE="1")  # one worker: two were for speed only
+    start_worker(MIRRORQ_JOBS_PER_MESSAGE="1")
+    start_worker(MIRRORQ_JOBS_PER_MESSAGE="1")
 
     async def post_all() -> list[str]:
         limits = httpx.Limits(max_connections=64)
@@ -194,10 +194,10 @@ def test_a_thousand_jobs_posted_at_once_end_created_one_session_each(
 
 
 def test_a_batch_in_json_lines_comes_back_as_csv_matching_ec2(
-    api: Api, emulator: EmulatorProcess, run_worker: Callable[..., InProcessWorker]
+    api: Api, emulator: EmulatorProcess, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     lab = seed_lab(emulator.url, 40)
-    run_worker()
+    start_worker()
     body = "".join(json.dumps(job(lab, i, SessionNumber="auto")) + "\n" for i in range(30))
     posted = api.http.post(
         "/v1/batches", content=body, headers={"Content-Type": "application/x-ndjson"}
@@ -238,7 +238,7 @@ def test_the_same_event_twice_makes_one_session(
     api_env: dict[str, str],
     tmp_path: Path,
     emulator: EmulatorProcess,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     lab = seed_zoned_lab(emulator.url)
     policy = tmp_path / "policy.toml"
@@ -261,7 +261,7 @@ def test_the_same_event_twice_makes_one_session(
     process = start_api(api_env, tmp_path, "--policy", str(policy))
     try:
         http = httpx.Client(base_url=process.url, headers=AUTH, timeout=60)  # type: ignore[attr-defined]
-        run_worker()
+        start_worker()
         first, second = (http.post("/v1/events", json=event) for _ in range(2))
         assert (first.status_code, second.status_code) == (202, 202)
         assert len(first.json()["job_ids"]) == 1
@@ -284,7 +284,7 @@ def test_an_event_whose_id_is_too_long_for_a_key_is_handled_once(
     api_env: dict[str, str],
     tmp_path: Path,
     emulator: EmulatorProcess,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """Found in review: an id over 256 characters with its ENI and rule was refused (and in
     `mirrorq listen`, held back every event received with it). Its keys hold its digest now."""
@@ -309,7 +309,7 @@ def test_an_event_whose_id_is_too_long_for_a_key_is_handled_once(
     process = start_api(api_env, tmp_path, "--policy", str(policy))
     try:
         http = httpx.Client(base_url=process.url, headers=AUTH, timeout=60)  # type: ignore[attr-defined]
-        run_worker()
+        start_worker()
         first, second = (http.post("/v1/events", json=event) for _ in range(2))
         assert (first.status_code, second.status_code) == (202, 202), first.text
         assert len(first.json()["job_ids"]) == 1

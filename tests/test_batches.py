@@ -15,9 +15,8 @@ import redis
 
 from emulator.lab import lab_client, seed_lab
 from mirrorq.jobfiles import read_jobs
-from mirrorq.processes import MIRRORQ, EmulatorProcess
+from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tasks.errors import BatchFileError
-from tests.inprocess import InProcessWorker
 
 GOOD = {
     "NetworkInterfaceId": "eni-0123456789abcdef0",
@@ -116,7 +115,7 @@ def test_a_2000_job_batch_runs_and_exports_what_exists(
     lab: dict[str, Any],
     env: dict[str, str],
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     jobs = [
         {
@@ -132,7 +131,8 @@ def test_a_2000_job_batch_runs_and_exports_what_exists(
     submitted = run(env, "batch", "submit", str(path))
     assert submitted.returncode == 0, submitted.stderr
     batch_id = submitted.stdout.strip()
-    run_worker()  # one worker: two were for speed only
+    start_worker()
+    start_worker()
     watched = run(env, "batch", "status", batch_id, "--watch", "--json")
     assert watched.returncode == 0, watched.stderr
     status = json.loads(watched.stdout)

@@ -14,7 +14,6 @@ from emulator.lab import lab_client, seed_lab
 from mirrorq.planning import Outcome, Plan, Target, plan
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from mirrorq.rules import Rule, Selectors
-from tests.inprocess import InProcessWorker
 from worker.sessions import lowest_free_session_number
 
 T, F = "tmt-00000000000000001", "tmf-00000000000000001"
@@ -163,7 +162,7 @@ def test_mirror_a_vpc_creates_one_session_per_eligible_eni_and_is_idempotent(
     emulator: EmulatorProcess,
     lab: dict[str, Any],
     env: dict[str, str],
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     ec2 = lab_client(emulator.url)
     enis, nlb, flt = lab["eni_ids"], lab["target_ids"]["nlb"], lab["filter_id"]
@@ -199,7 +198,8 @@ def test_mirror_a_vpc_creates_one_session_per_eligible_eni_and_is_idempotent(
         ]["NetworkInterfaceId"]
         for _ in range(5)
     ]
-    run_worker()  # one worker: two were for speed only
+    start_worker()
+    start_worker()
 
     first = mirror(env, lab, "--wait")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -309,10 +309,10 @@ def test_overlapping_runs_never_mirror_an_eni_twice_and_deleted_sessions_come_ba
 def test_dry_run_plans_and_creates_nothing(
     emulator: EmulatorProcess,
     env: dict[str, str],
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     lab = seed_lab(emulator.url, 30)
-    run_worker()
+    start_worker()
     done = mirror(env, lab, "--dry-run", "--wait")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "create" in done.stderr  # the plan table

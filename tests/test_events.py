@@ -17,10 +17,9 @@ import redis
 
 from emulator.lab import lab_client, lab_sqs_client
 from emulator.zoned_lab import expected_mirrors, launch, policy_text, seed_zoned_lab
-from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess
+from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.fault_proxy import Answer, FaultProxy
 from tests.helpers import sessions, wait_until
-from tests.inprocess import InProcessWorker
 
 Lab = dict[str, Any]
 
@@ -107,7 +106,7 @@ def test_events_mirror_every_matching_eni_once_per_rule_and_reconcile_repairs(
     env: dict[str, str],
     redis_url: str,
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     url = emulator_with_events.url
     lab = seed_zoned_lab(url)
@@ -139,7 +138,8 @@ def test_events_mirror_every_matching_eni_once_per_rule_and_reconcile_repairs(
     send(url, queue, [*events, *events, own_event, own_event, unknown, "this is not an event"])
 
     lenv = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
-    run_worker(**lenv)  # one worker: two were for speed only
+    start_worker(**lenv)
+    start_worker(**lenv)
     listener = ListenerProcess("listener", lenv, "--sqs-queue-url", queue, "--policy", str(policy))
     try:
         listener.wait_ready()
@@ -212,7 +212,7 @@ def test_a_listener_killed_before_it_deletes_its_messages_makes_no_job_twice(
     env: dict[str, str],
     redis_url: str,
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     url = emulator_with_events.url
     lab = seed_zoned_lab(url)
@@ -222,7 +222,7 @@ def test_a_listener_killed_before_it_deletes_its_messages_makes_no_job_twice(
     queue = intake_queue(url, visibility_s=2)
     send(url, queue, events)
     lenv = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
-    run_worker(**lenv)
+    start_worker(**lenv)
     wanted = expected_mirrors(lab, enis)
 
     def hold_deletes(action: str, _: dict[str, str], __: int) -> Answer | None:
@@ -365,7 +365,7 @@ def test_events_that_can_never_be_handled_hold_back_no_other_event(
     env: dict[str, str],
     redis_url: str,
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """Found in review: an event whose id was too long for an event key made the listener refuse
     its whole receive of 10, at every redelivery, until the good events went to the DLQ. Here
@@ -401,7 +401,8 @@ def test_events_that_can_never_be_handled_hold_back_no_other_event(
     send(url, queue, bodies)
 
     lenv = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
-    run_worker(**lenv)  # one worker: two were for speed only
+    start_worker(**lenv)
+    start_worker(**lenv)
     listener = ListenerProcess("listener", lenv, "--sqs-queue-url", queue, "--policy", str(policy))
     try:
         listener.wait_ready()

@@ -4,9 +4,8 @@ through the policy's [[accounts]] (that account's role, its Region), whether it 
 account or Region the policy does not name is ignored and counted; a role STS refuses leaves
 only its own events unhandled.
 
-Real `mirrorq listen` and `mirrorq api` processes, a real worker (in the test process:
-tests/inprocess.py), real Redis, the emulator over HTTP (EC2, STS and SQS, per account and
-Region); the sessions counted per account.
+Real `mirrorq listen`, `mirrorq api` and `mirrorq worker` processes, real Redis, the emulator
+over HTTP (EC2, STS and SQS, per account and Region); the sessions counted per account.
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ import httpx
 from emulator.event_shapes import eni_created
 from emulator.lab import lab_sqs_client
 from emulator.org_lab import account_client, control, role_arn, seed_org_lab, sessions_in
-from mirrorq.processes import EmulatorProcess, ListenerProcess
+from mirrorq.processes import EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.helpers import wait_until
-from tests.inprocess import InProcessWorker
 from tests.test_api import AUTH, start_api
 from tests.test_events import queue_depth, send
 
@@ -91,7 +89,7 @@ def test_events_of_three_accounts_in_two_regions_are_each_mirrored_once_in_their
     emulator: EmulatorProcess,
     env: dict[str, str],
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     url = emulator.url
     lab = seed_org_lab(url, accounts=4, regions=REGIONS, enis=ENIS)
@@ -115,7 +113,8 @@ def test_events_of_three_accounts_in_two_regions_are_each_mirrored_once_in_their
         named[0], ELSEWHERE, lab["accounts"][named[0]]["regions"][EAST]["eni_ids"][0]
     )
 
-    run_worker(MIRRORQ_CONCURRENCY="16")  # the two workers of 8 it once had, in one
+    for _ in range(2):
+        start_worker(MIRRORQ_CONCURRENCY="8")
     api_env = {**env, "MIRRORQ_API_TOKENS": AUTH["Authorization"].split()[1]}
     api = start_api(api_env, tmp_path, "--policy", str(policy))
     listener = ListenerProcess(
@@ -191,7 +190,7 @@ def test_a_role_sts_refuses_leaves_only_its_own_events_unhandled(
     emulator: EmulatorProcess,
     env: dict[str, str],
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     url = emulator.url
     lab = seed_org_lab(url, accounts=3, regions=REGIONS, enis=4)
@@ -210,7 +209,7 @@ def test_a_role_sts_refuses_leaves_only_its_own_events_unhandled(
         for eni in lab["accounts"][account]["regions"][EAST]["eni_ids"][eni_n : eni_n + 1]
     ]
     send(url, queue, [json.dumps(e) for e in events])
-    run_worker(MIRRORQ_CONCURRENCY="8")
+    start_worker(MIRRORQ_CONCURRENCY="8")
     api_env = {**env, "MIRRORQ_API_TOKENS": AUTH["Authorization"].split()[1]}
     api = start_api(api_env, tmp_path, "--policy", str(policy))
     listener = ListenerProcess(
@@ -259,7 +258,7 @@ def test_an_events_rule_finds_each_places_filter_by_its_tag(
     emulator: EmulatorProcess,
     env: dict[str, str],
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """Found merging the tag lookup with the events of many accounts: the intake planned a
     rule's filter as its first id, so a rule that finds its filter by a tag (no id at all)
@@ -279,7 +278,7 @@ def test_an_events_rule_finds_each_places_filter_by_its_tag(
         + f'[[rules]]\nname = "tagged"\ntag = ["mirrorq-lab=1"]\ntargets = {json.dumps(targets)}\n'
         + 'choose = "least-loaded"\nfilter_tag = "mirrorq-filter=default"\n'
     )
-    run_worker(MIRRORQ_CONCURRENCY="8")
+    start_worker(MIRRORQ_CONCURRENCY="8")
     api_env = {**env, "MIRRORQ_API_TOKENS": AUTH["Authorization"].split()[1]}
     api = start_api(api_env, tmp_path, "--policy", str(policy))
     try:

@@ -22,12 +22,11 @@ from hypothesis import strategies as st
 
 from emulator.lab import seed_lab
 from mirrorq.jobfiles import read_jobs
-from mirrorq.processes import MIRRORQ, EmulatorProcess
+from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tasks.contract import TASK_NAME, SessionRequest, parse_request
 from tasks.errors import BatchFileError, InvalidJobError
 from tasks.producer import Producer
 from tests.helpers import job, raw_message, wait_all
-from tests.inprocess import InProcessWorker
 
 VALID: dict[str, Any] = {
     "NetworkInterfaceId": "eni-0123456789abcdef0",
@@ -206,16 +205,14 @@ def publish_raw(redis_url: str, task_id: str, body: str) -> None:
     redis.Redis.from_url(redis_url).lpush("mirrorq", json.dumps(raw_message(task_id, body)))
 
 
-# Celery warns of a call it could not make (kwargs not an object); a worker process logs it.
-@pytest.mark.filterwarnings("ignore:Exception raised outside body:RuntimeWarning")
 def test_every_message_with_a_job_id_gets_a_record_however_it_is_built(
     emulator: EmulatorProcess,
     producer: Producer,
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     lab = seed_lab(emulator.url, 3)
-    run_worker()
+    start_worker()
     embed = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
     bodies = {
         "deep request": '[[], {"request": ' + DEEP + "}, " + embed + "]",
@@ -238,10 +235,10 @@ def test_a_batch_id_counts_only_for_a_batch_that_registered_the_job(
     emulator: EmulatorProcess,
     producer: Producer,
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     lab = seed_lab(emulator.url, 4)
-    run_worker()
+    start_worker()
     real = producer.submit_batch([parse_request(job(lab, 0))])
     (real_job,) = next(producer.store.batches.job_ids(real))
     wait_all(producer, [real_job])
@@ -285,7 +282,7 @@ kwargs_strategy = st.dictionaries(
 def test_any_message_on_the_queue_ends_in_a_record_and_the_worker_goes_on(
     emulator: EmulatorProcess,
     producer: Producer,
-    worker: InProcessWorker,
+    worker: WorkerProcess,
     messages: list[tuple[list[Any], dict[str, Any]]],
 ) -> None:
     job_ids = []
@@ -298,12 +295,12 @@ def test_any_message_on_the_queue_ends_in_a_record_and_the_worker_goes_on(
         assert record["status"] in {"created", "failed"}
         if record["status"] == "failed":
             assert record["error"]["code"]
-    assert worker.alive()
+    assert worker.proc.poll() is None
 
 
 @pytest.fixture
-def worker(run_worker: Callable[..., InProcessWorker]) -> InProcessWorker:
-    return run_worker()
+def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    return start_worker()
 
 
 # Exports -----------------------------------------------------------------------------------
@@ -313,7 +310,7 @@ def test_csv_exports_neutralise_spreadsheet_formulas(
     emulator: EmulatorProcess,
     env: dict[str, str],
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     lab = seed_lab(emulator.url, 6)
     tokens = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(1+1)*cmd|x"]
@@ -328,7 +325,7 @@ def test_csv_exports_neutralise_spreadsheet_formulas(
         text=True,
         check=True,
     ).stdout.strip()
-    run_worker()
+    start_worker()
     subprocess.run(
         [*MIRRORQ, "batch", "status", batch_id, "--watch", "--json"],
         env=env,

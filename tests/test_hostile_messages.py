@@ -4,9 +4,6 @@ write to Redis, messages Celery itself discards, and job ids that cannot be a Cl
 Whatever kombu cannot turn into a message is dropped, never redelivered: the worker logs why
 (never its content), records the job `failed`/InvalidJob when the message names one, and goes
 on. A message that expired in the queue ends `failed`/Expired, each of its jobs.
-
-The worker runs in the test process (`run_worker`, tests/inprocess.py: Celery's own consumer
-on the real Redis), but where a worker process is SIGKILLed mid-create.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ from tasks import keys, records
 from tasks.contract import BATCH_TASK_NAME, TASK_NAME, parse_request
 from tasks.producer import Producer
 from tests.helpers import Lab, job, mirrors, raw_message, status_of, wait_all, wait_until
-from tests.inprocess import InProcessWorker
 from worker.repair import repair_lost_jobs
 
 # In every hostile body: what a sender put in a message must never reach a log.
@@ -83,12 +79,12 @@ UNNAMED = {
 }
 
 
-def log_of(worker: InProcessWorker) -> str:
+def log_of(worker: WorkerProcess) -> str:
     return worker.log_path.read_text(errors="replace")
 
 
 def assert_went_on(
-    worker: InProcessWorker, producer: Producer, lab: Lab, redis_url: str, eni: int
+    worker: WorkerProcess, producer: Producer, lab: Lab, redis_url: str, eni: int
 ) -> None:
     """The worker is up, still runs a valid job, and nothing is left queued or unacked."""
     good = producer.submit(job(lab, eni))
@@ -99,7 +95,7 @@ def assert_went_on(
         timeout=10,
         what="an empty queue and no unacked message",
     )
-    assert worker.alive(), log_of(worker)[-3000:]
+    assert worker.proc.poll() is None, log_of(worker)[-3000:]
     log = log_of(worker)
     assert "Unrecoverable error" not in log
     assert "Connection to broker lost" not in log  # no reconnection for a bad message
@@ -111,9 +107,9 @@ def test_an_envelope_kombu_cannot_read_is_dropped_and_the_worker_goes_on(
     lab: Lab,
     producer: Producer,
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    worker = run_worker()
+    worker = start_worker()
     client = redis.Redis.from_url(redis_url)
     for payload in UNNAMED.values():
         client.lpush("mirrorq", payload)
@@ -126,9 +122,9 @@ def test_a_message_kombu_cannot_read_is_dropped_and_its_job_recorded(
     lab: Lab,
     producer: Producer,
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    worker = run_worker()
+    worker = start_worker()
     client = redis.Redis.from_url(redis_url)
     job_ids = {name: str(uuid.uuid4()) for name in NAMED}
     for n, (name, mangle) in enumerate(NAMED.items()):
@@ -147,9 +143,9 @@ def test_a_message_whose_embed_is_not_an_object_is_refused_not_redelivered_forev
     lab: Lab,
     producer: Producer,
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    worker = run_worker()
+    worker = start_worker()
     job_id = str(uuid.uuid4())
     redis.Redis.from_url(redis_url).lpush(
         "mirrorq", json.dumps(raw_message(job_id, body(lab, 0, embed=5)))
@@ -176,12 +172,12 @@ def test_a_message_that_expired_in_the_queue_ends_failed_expired(
     lab: Lab,
     other: Celery,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     past = datetime.now(UTC) - timedelta(seconds=1)
     expired = other.send_task(TASK_NAME, kwargs={"request": job(lab, 0)}, expires=past).id
     control = other.send_task(TASK_NAME, kwargs={"request": job(lab, 1)}).id
-    run_worker()
+    start_worker()
     record, created = wait_all(producer, [expired, control], timeout=60)
     assert created["status"] == "created"
     assert (record["status"], record["error"]["code"]) == ("failed", "Expired")
@@ -197,11 +193,11 @@ def test_every_job_of_an_expired_batch_message_fails_and_the_batch_finishes(
     emulator: EmulatorProcess,
     lab: Lab,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     expiring = ExpiringProducer(producer.app, producer.settings)
     batch_id = expiring.submit_batch([parse_request(job(lab, n)) for n in range(10)])
-    run_worker()
+    start_worker()
     status = producer.wait_batch(batch_id, timeout=60)
     assert status is not None
     assert (status["done"], status["counts"]) == (10, {"failed": 10})
@@ -219,9 +215,9 @@ def test_a_job_whose_id_was_revoked_ends_failed_revoked(
     lab: Lab,
     other: Celery,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    run_worker()
+    start_worker()
     job_id = str(uuid.uuid4())
     assert other.control.revoke(job_id, reply=True, timeout=5)  # the worker took it in
     other.send_task(TASK_NAME, task_id=job_id, kwargs={"request": job(lab, 0)})
@@ -239,9 +235,9 @@ def test_a_job_id_that_cannot_be_a_client_token_is_refused_before_ec2(
     other: Celery,
     producer: Producer,
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    run_worker()
+    start_worker()
     client = redis.Redis.from_url(redis_url)
     refused = {
         "65 characters": "j" * 65,
@@ -345,11 +341,11 @@ def test_an_operators_revoke_holds_though_the_message_also_expired(
     lab: Lab,
     other: Celery,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """Found in review: Celery reports a revoked id whose message also expired as expired;
     the job was left to the repair, the revoke forgotten, and the job ran."""
-    run_worker(MIRRORQ_LOST_AFTER_S="2", MIRRORQ_REPAIR_INTERVAL_S="1")
+    start_worker(MIRRORQ_LOST_AFTER_S="2", MIRRORQ_REPAIR_INTERVAL_S="1")
     job_id = left_by_a_dead_worker(producer, lab, accepted_here=True)["ClientToken"]
     assert other.control.revoke(job_id, reply=True, timeout=5)
     send_expired(other, lab, job_id)
@@ -367,12 +363,12 @@ def test_another_services_started_job_whose_message_expired_is_settled(
     lab: Lab,
     other: Celery,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """Found in review: a job sent with `send_task` is never accepted by mirrorq's producer,
     so it was in no pending index; left to the repair when its message expired, it stayed
     `retrying` forever."""
-    run_worker(MIRRORQ_LOST_AFTER_S="2", MIRRORQ_REPAIR_INTERVAL_S="1")
+    start_worker(MIRRORQ_LOST_AFTER_S="2", MIRRORQ_REPAIR_INTERVAL_S="1")
     request = left_by_a_dead_worker(producer, lab, accepted_here=False, retried=True)
     job_id = request["ClientToken"]
     landed = lab_client(emulator.url).create_traffic_mirror_session(**request)
@@ -392,11 +388,11 @@ def test_a_revoked_job_that_had_made_attempts_says_its_create_may_have_landed(
     lab: Lab,
     other: Celery,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """A revoked id is the operator's word, so the job ends failed/Revoked; but a job that had
     sent a create must not claim it sent nothing to EC2 (its session may exist)."""
-    run_worker()
+    start_worker()
     job_id = left_by_a_dead_worker(producer, lab, accepted_here=False)["ClientToken"]
     assert other.control.revoke(job_id, reply=True, timeout=5)
     other.send_task(TASK_NAME, task_id=job_id, kwargs={"request": job(lab, 0)})

@@ -29,7 +29,6 @@ from tasks.producer import Producer
 from tasks.records import JobResult
 from tests.fault_proxy import Answer, FaultProxy
 from tests.helpers import mirrors, sessions, status_of, wait_all, wait_until
-from tests.inprocess import InProcessWorker
 from tests.timing import VirtualTime, age, ec2_on
 from worker.execute import Creates, execute_job
 from worker.leases import Leases
@@ -132,14 +131,14 @@ def test_a_copy_of_a_running_job_never_runs_beside_it(
 def test_a_lease_held_across_retries_outlives_its_ttl(
     emulator: EmulatorProcess,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """A job that keeps retrying holds its ENI far longer than one lease lifetime: the lease
     is renewed while held, so a second job for the ENI waits and then finds the mirror."""
     lab = seed_lab(emulator.url, 4)
     nlb, flt = lab["target_ids"]["nlb"], lab["filter_id"]
     emulator.set_faults(error_rate=1.0)  # every create fails with a 5xx for now
-    run_worker(MIRRORQ_LEASE_S="0.5", MIRRORQ_BACKOFF_CAP_S="0.3")
+    start_worker(MIRRORQ_LEASE_S="0.5", MIRRORQ_BACKOFF_CAP_S="0.3")
     first = [producer.submit(auto_job(e, nlb, flt)) for e in lab["eni_ids"]]
     wait_until(
         lambda: all(status_of(producer, j) == "retrying" for j in first),
@@ -217,7 +216,7 @@ def test_a_lost_auto_job_that_had_planned_still_mirrors_its_eni_once_per_rule(
 def test_a_job_that_gave_up_holds_its_eni_until_its_last_create_can_no_longer_land(
     emulator: EmulatorProcess,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """Found in review: an `auto` job whose creates went unanswered gave up and released its
     ENI while a create was still on its way; the next job for the ENI read before it landed and
@@ -245,7 +244,7 @@ def test_a_job_that_gave_up_holds_its_eni_until_its_last_create_can_no_longer_la
         return None
 
     with FaultProxy(emulator.url, rule) as proxy:
-        run_worker(
+        start_worker(
             MIRRORQ_EC2_ENDPOINT_URL=proxy.url,
             MIRRORQ_CONNECT_TIMEOUT_S="3",
             MIRRORQ_READ_TIMEOUT_S="1",

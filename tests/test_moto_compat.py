@@ -12,13 +12,12 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from emulator.lab import LAB_IMAGE_ID, lab_client
-from mirrorq.processes import free_port
+from mirrorq.processes import WorkerProcess, free_port
 from tasks.contract import parse_request
 from tasks.errors import InvalidJobError
 from tasks.producer import Producer
 from tests.fault_proxy import Answer, FaultProxy
 from tests.helpers import sessions, wait_all
-from tests.inprocess import InProcessWorker
 
 VALID = {
     "NetworkInterfaceId": "eni-0123456789abcdef0",
@@ -73,7 +72,7 @@ def moto_lab(url: str) -> dict[str, Any]:
 def test_the_pipeline_runs_against_plain_moto_with_every_parameter_intact(
     moto_url: str,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     lab = moto_lab(moto_url)
     assert lab["target_id"].startswith("traf-mir-tar-")
@@ -104,7 +103,7 @@ def test_the_pipeline_runs_against_plain_moto_with_every_parameter_intact(
         return None
 
     with FaultProxy(moto_url, record) as proxy:
-        run_worker(MIRRORQ_EC2_ENDPOINT_URL=proxy.url)
+        start_worker(MIRRORQ_EC2_ENDPOINT_URL=proxy.url)
         results = wait_all(producer, [producer.submit(r) for r in (full, auto, dry)])
     assert [r["status"] for r in results[:2]] == ["created", "created"]
 

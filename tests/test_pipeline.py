@@ -1,8 +1,4 @@
-"""The whole pipeline: real Redis, real workers, the emulator over HTTP.
-
-A job's logic runs on an in-process worker (`run_worker`: Celery's worker on threads of the
-test process, tests/inprocess.py); what is about processes (a worker SIGKILLed mid-run) on
-real `mirrorq worker` processes."""
+"""The whole pipeline: real Redis, real `mirrorq worker` processes, the emulator over HTTP."""
 
 from __future__ import annotations
 
@@ -24,14 +20,11 @@ from tasks.contract import BATCH_TASK_NAME, TASK_NAME, parse_request
 from tasks.producer import Producer
 from tests.helpers import Lab, job, wait_all
 from tests.helpers import sessions as sessions_at
-from tests.inprocess import InProcessWorker
 
 
 @pytest.fixture
-def lab(emulator: EmulatorProcess, request: pytest.FixtureRequest) -> Lab:
-    """20 ENIs, or as many as the test's `enis` mark asks (seeding takes seconds a hundred)."""
-    mark = request.node.get_closest_marker("enis")
-    return seed_lab(emulator.url, mark.args[0] if mark else 20)
+def lab(emulator: EmulatorProcess) -> Lab:
+    return seed_lab(emulator.url, 300)
 
 
 def sessions(emulator: EmulatorProcess) -> list[dict[str, Any]]:
@@ -55,14 +48,13 @@ def assert_exactly_one_session_per_job(emulator: EmulatorProcess, results: list[
 # 1 and 2: exactly one session per job, with and without faults -------------------------
 
 
-@pytest.mark.enis(300)
 def test_300_jobs_make_exactly_300_sessions(
     emulator: EmulatorProcess,
     lab: Lab,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    run_worker()
+    start_worker()
     job_ids = [producer.submit(job(lab, i)) for i in range(300)]
     results = wait_all(producer, job_ids)
     assert_exactly_one_session_per_job(emulator, results)
@@ -73,15 +65,14 @@ def test_300_jobs_make_exactly_300_sessions(
     assert None not in (first["started_at"], first["finished_at"], first["submitted_at"])
 
 
-@pytest.mark.enis(300)
 def test_300_jobs_under_faults_still_make_exactly_300_sessions(
     emulator: EmulatorProcess,
     lab: Lab,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     emulator.set_faults(error_rate=0.3, drop_rate=0.2)
-    run_worker()
+    start_worker()
     job_ids = [producer.submit(job(lab, i)) for i in range(300)]
     results = wait_all(producer, job_ids)
     assert_exactly_one_session_per_job(emulator, results)
@@ -100,13 +91,13 @@ def test_permanent_errors_fail_after_one_attempt_with_ec2s_code(
     emulator: EmulatorProcess,
     lab: Lab,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     ec2 = lab_client(emulator.url)
     for number in (1, 2, 3):
         ec2.create_traffic_mirror_session(**job(lab, 1, SessionNumber=number))
     ec2.create_traffic_mirror_session(**job(lab, 2, ClientToken="used-before"))
-    run_worker()
+    start_worker()
     cases = {
         "InvalidNetworkInterfaceID.NotFound": job(
             lab, 0, NetworkInterfaceId="eni-0123456789abcdef0"
@@ -130,7 +121,6 @@ def test_permanent_errors_fail_after_one_attempt_with_ec2s_code(
 # 4: a worker killed mid-run -------------------------------------------------------------
 
 
-@pytest.mark.enis(300)
 @pytest.mark.parametrize("sent", ["one job per message", "as a batch"])
 def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(
     emulator: EmulatorProcess,
@@ -205,9 +195,9 @@ def test_malformed_messages_end_invalid_job_and_the_worker_goes_on(
     emulator: EmulatorProcess,
     lab: Lab,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    run_worker()
+    start_worker()
     bad: dict[str, dict[str, Any]] = {
         "wrong types": {"kwargs": {"request": {**job(lab, 0), "SessionNumber": "one"}}},
         "missing fields": {"kwargs": {"request": {"SessionNumber": 1}}},
@@ -233,9 +223,9 @@ def test_malformed_batch_messages_record_what_they_can_and_the_worker_goes_on(
     emulator: EmulatorProcess,
     lab: Lab,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    run_worker()
+    start_worker()
     good, bad = str(uuid.uuid4()), str(uuid.uuid4())
     jobs: list[Any] = [
         {"job_id": good, "request": job(lab, 0)},
@@ -257,17 +247,16 @@ def test_malformed_batch_messages_record_what_they_can_and_the_worker_goes_on(
     }
 
 
-@pytest.mark.enis(250)
 def test_a_message_of_any_size_runs_within_the_workers_concurrency(
     emulator: EmulatorProcess,
     lab: Lab,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """A batch message from elsewhere may hold far more jobs than the worker's concurrency:
     they wait for a slot (and a Redis connection) instead of failing."""
     emulator.set_faults(latency_ms=50)
-    worker = run_worker(MIRRORQ_CONCURRENCY="8")
+    worker = start_worker(MIRRORQ_CONCURRENCY="8")
     job_ids = [str(uuid.uuid4()) for _ in range(250)]
     jobs = [{"job_id": j, "request": job(lab, i)} for i, j in enumerate(job_ids)]
     producer.app.send_task(BATCH_TASK_NAME, kwargs={"jobs": jobs}, queue="mirrorq")
@@ -280,12 +269,12 @@ def test_send_task_without_mirrorq_uses_the_documented_contract(
     emulator: EmulatorProcess,
     lab: Lab,
     env: dict[str, str],
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """Another service needs only Celery, the task name, the queue and the JSON payload."""
     from celery import Celery
 
-    run_worker()
+    start_worker()
     other = Celery(broker=env["MIRRORQ_BROKER_URL"], backend=env["MIRRORQ_BROKER_URL"])
     other.conf.update(
         task_serializer="json", accept_content=["json"], result_accept_content=["json"]
@@ -305,9 +294,9 @@ def test_dry_run_jobs_end_dry_run_ok_and_create_nothing(
     emulator: EmulatorProcess,
     lab: Lab,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    run_worker()
+    start_worker()
     results = wait_all(producer, [producer.submit(job(lab, i, DryRun=True)) for i in range(5)])
     assert {r["status"] for r in results} == {"dry_run_ok"}
     assert all(r["error"] is None and r["attempts"] == 1 for r in results)
@@ -318,9 +307,9 @@ def test_dry_run_jobs_end_dry_run_ok_and_create_nothing(
 
 
 def test_cli_submit_wait_and_status(
-    env: dict[str, str], lab: Lab, run_worker: Callable[..., InProcessWorker]
+    env: dict[str, str], lab: Lab, start_worker: Callable[..., WorkerProcess]
 ) -> None:
-    run_worker()
+    start_worker()
     done = subprocess.run(
         [*MIRRORQ, "submit", "--wait", json.dumps(job(lab, 3))],
         env=env,
@@ -369,7 +358,7 @@ def test_a_job_whose_message_was_lost_is_published_again(
     emulator: EmulatorProcess,
     lab: Lab,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
     redis_url: str,
 ) -> None:
     """kombu pops a message before recording it as unacked: a worker killed in between
@@ -378,7 +367,7 @@ def test_a_job_whose_message_was_lost_is_published_again(
 
     job_id = producer.submit(job(lab, 11))
     assert redis.Redis.from_url(redis_url).rpop("mirrorq") is not None  # the message is gone
-    run_worker(MIRRORQ_REPAIR_INTERVAL_S="1", MIRRORQ_LOST_AFTER_S="2")
+    start_worker(MIRRORQ_REPAIR_INTERVAL_S="1", MIRRORQ_LOST_AFTER_S="2")
     (result,) = wait_all(producer, [job_id], timeout=60)
     assert result["status"] == "created"
     assert result["client_token"] == job_id  # the token fixed at acceptance, unchanged

@@ -22,7 +22,7 @@ import redis
 
 from emulator.lab import seed_lab, sessions
 from mirrorq.jobfiles import parse_placed_jobs
-from mirrorq.processes import MIRRORQ, EmulatorProcess
+from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tasks import keys
 from tasks.contract import (
     TASK_NAME,
@@ -36,7 +36,6 @@ from tasks.errors import BatchFileError, InvalidJobError
 from tasks.records import JobStatus, StepVerdict, started
 from tasks.store import StepResult
 from tests.helpers import job, producer_for, wait_all, wait_until
-from tests.inprocess import InProcessWorker
 from tests.test_api import AUTH, start_api
 from worker.repair import queued_job_ids, repair_lost_jobs
 
@@ -420,10 +419,10 @@ def test_http_doors_take_the_envelope_and_refuse_a_bad_one_with_422_naming_the_f
 
 
 def test_send_task_with_a_bad_placement_ends_invalid_job_naming_the_field(
-    emulator: EmulatorProcess, producer: Any, run_worker: Callable[..., InProcessWorker]
+    emulator: EmulatorProcess, producer: Any, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     lab = seed_lab(emulator.url, 2)
-    run_worker()
+    start_worker()
     sent = {
         "bad-region": ({"region": "eu-nowhere-1"}, "region"),
         "bad-role": ({"role_arn": "arn:aws:iam::123:role/x"}, "role_arn"),
@@ -454,7 +453,7 @@ def test_a_batch_spanning_two_regions_counts_each_as_its_jobs_run(
     emulator: EmulatorProcess,
     env: dict[str, str],
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """Jobs without a role in two Regions of one account: the fleet's worker runs each in its
     own Region, and the batch's counts by account and Region move with them (the step
@@ -471,7 +470,7 @@ def test_a_batch_spanning_two_regions_counts_each_as_its_jobs_run(
         {"account_id": account, "region": "eu-west-1", "total": 4, "counts": {"queued": 4}},
         {"account_id": account, "region": "us-east-1", "total": 4, "counts": {"queued": 4}},
     ]
-    run_worker("east", MIRRORQ_AWS_ACCOUNT_ID=account)
+    start_worker("east", MIRRORQ_AWS_ACCOUNT_ID=account)
     ids = [r["job_id"] for r in producer.batch_results(batch_id)]
     results = wait_all(producer, ids)
     assert {(r["status"], r["region"]) for r in results} == {
@@ -501,7 +500,7 @@ def test_a_job_the_fleet_accepts_for_another_region_runs_there_or_is_refused_at_
     emulator: EmulatorProcess,
     env: dict[str, str],
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """The README's own example, `mirrorq submit --region eu-west-1` (and `batch submit
     --region eu-west-1`), on a fleet with the default settings (MIRRORQ_AWS_ACCOUNT_ID unset,
@@ -510,7 +509,7 @@ def test_a_job_the_fleet_accepts_for_another_region_runs_there_or_is_refused_at_
     Review 16: a job accepted at a door must be one the fleet can run (in its Region, as a
     job with a role_arn is), or be refused there naming `region`; never accepted to fail."""
     west = seed_lab(emulator.url, 1, "eu-west-1")
-    run_worker()  # the default scope, us-east-1, reading the queue `mirrorq`
+    start_worker()  # the default scope, us-east-1, reading the queue `mirrorq`
     out = mirrorq(env, "submit", "--region", "eu-west-1", "--wait", json.dumps(job(west, 0)))
     if out.returncode == 2:  # refused at the door: it must say why, nothing queued
         assert "region: " in out.stderr, out.stderr

@@ -1,10 +1,9 @@
 """Jobs that name their Region and role: each runs in its own account and Region, on
 credentials STS issues and botocore refreshes, through one worker's bounded cache of roads.
 
-Real workers (in the test process, tests/inprocess.py, but where a worker process's own
-memory is measured), real Redis, the emulator over HTTP (its STS included): jobs are
-published as other services publish them, `send_task` with `region`, `role_arn` and
-`external_id` beside the request.
+Real `mirrorq worker` processes, real Redis, the emulator over HTTP (its STS included):
+jobs are published as other services publish them, `send_task` with `region`, `role_arn`
+and `external_id` beside the request.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from tasks.contract import QUEUE, TASK_NAME, Envelope, parse_envelope
 from tasks.errors import InvalidJobError
 from tasks.producer import Producer
 from tests.helpers import wait_all
-from tests.inprocess import InProcessWorker
 from worker.ec2 import Ec2Road
 from worker.errors import classify
 from worker.ratelimit import Limiters
@@ -112,10 +110,10 @@ def assert_created_where_asked(
 
 
 def test_jobs_across_two_accounts_and_two_regions_each_run_in_its_own(
-    emulator: EmulatorProcess, producer: Producer, run_worker: Callable[..., InProcessWorker]
+    emulator: EmulatorProcess, producer: Producer, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     lab = seed_org_lab(emulator.url, accounts=2, regions=TWO_REGIONS, enis=6)
-    run_worker(MIRRORQ_CONCURRENCY="16")
+    start_worker(MIRRORQ_CONCURRENCY="16")
     jobs = submit_all(producer, org_jobs(lab, 6))
     records = wait_all(producer, list(jobs), timeout=60)
     assert_created_where_asked(emulator, jobs, records)
@@ -128,7 +126,7 @@ def test_jobs_across_two_accounts_and_two_regions_each_run_in_its_own(
 
 
 def test_credentials_expiring_every_few_seconds_are_refreshed_and_no_job_fails(
-    emulator: EmulatorProcess, producer: Producer, run_worker: Callable[..., InProcessWorker]
+    emulator: EmulatorProcess, producer: Producer, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     """The issue's batch: 1,000 jobs over 4 account-Regions (250 each) on credentials that
     last 2 s."""
@@ -136,7 +134,7 @@ def test_credentials_expiring_every_few_seconds_are_refreshed_and_no_job_fails(
     control(emulator.url, "sts", {"lifetime_seconds": 2})
     # Slow enough creates that the run outlasts lifetimes: 1,000 x 40 ms / 16 >= 2.5 s.
     emulator.set_faults(latency_ms=40)
-    run_worker(MIRRORQ_CONCURRENCY="16")
+    start_worker(MIRRORQ_CONCURRENCY="16")
     jobs = submit_all(producer, org_jobs(lab, 250))
     assert len(jobs) == 1000
     started = time.monotonic()
@@ -156,12 +154,12 @@ def test_credentials_expiring_every_few_seconds_are_refreshed_and_no_job_fails(
 
 
 def test_a_role_that_cannot_be_assumed_fails_only_its_own_jobs(
-    emulator: EmulatorProcess, producer: Producer, run_worker: Callable[..., InProcessWorker]
+    emulator: EmulatorProcess, producer: Producer, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     lab = seed_org_lab(emulator.url, accounts=3, regions=("us-east-1",), enis=5)
     denied = next(iter(lab["accounts"]))
     control(emulator.url, "roles", {"role_arn": role_arn(denied), "assumable": False})
-    run_worker()
+    start_worker()
     jobs = submit_all(producer, org_jobs(lab, 5))
     records = dict(zip(jobs, wait_all(producer, list(jobs), timeout=60), strict=True))
     for job_id, (account, _, _) in jobs.items():
@@ -178,12 +176,12 @@ def test_a_role_that_cannot_be_assumed_fails_only_its_own_jobs(
 
 
 def test_a_role_that_requires_an_external_id_is_assumed_with_it(
-    emulator: EmulatorProcess, producer: Producer, run_worker: Callable[..., InProcessWorker]
+    emulator: EmulatorProcess, producer: Producer, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     lab = seed_org_lab(emulator.url, accounts=1, regions=("us-east-1",), enis=4)
     (account,) = lab["accounts"]
     control(emulator.url, "roles", {"role_arn": role_arn(account), "external_id": "org-7Hq2"})
-    run_worker()
+    start_worker()
     with_id, without = org_jobs(lab, 4)[:2], org_jobs(lab, 4)[2:]
     given = submit_all(producer, with_id, external_id="org-7Hq2")
     refused = submit_all(producer, without)

@@ -27,13 +27,13 @@ from mirrorq.processes import (
     EmulatorProcess,
     ListenerProcess,
     ServiceProcess,
+    WorkerProcess,
     free_port,
 )
 from tasks import keys
 from tasks.errors import PolicyError
 from tasks.producer import Producer
 from tests.helpers import sessions, wait_until
-from tests.inprocess import InProcessWorker
 
 GOOD = """\
 [[rules]]
@@ -185,7 +185,7 @@ def test_reconcile_every_applies_a_valid_edit_and_keeps_the_last_good_policy_on_
     emulator: EmulatorProcess,
     env: dict[str, str],
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     url = emulator.url
     lab = seed_zoned_lab(url)
@@ -195,7 +195,7 @@ def test_reconcile_every_applies_a_valid_edit_and_keeps_the_last_good_policy_on_
     assert only(lab, wanted, "prod-web")
     policy = tmp_path / "policy.toml"
     policy.write_text(db_rule(lab))
-    run_worker()
+    start_worker()
     port = free_port()
     reconcile = ReconcileProcess(
         "reconcile", env, "--policy", str(policy), "--every", "1s", "--metrics-port", str(port)
@@ -273,7 +273,7 @@ def test_listen_applies_a_valid_edit_from_the_next_batch_and_keeps_the_last_good
     env: dict[str, str],
     tmp_path: Path,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     url = emulator.url
     lab = seed_zoned_lab(url)
@@ -307,7 +307,7 @@ def test_listen_applies_a_valid_edit_from_the_next_batch_and_keeps_the_last_good
 
     policy = tmp_path / "policy.toml"
     policy.write_text(db_rule(lab))
-    run_worker()
+    start_worker()
     port = free_port()
     listener = ListenerProcess(
         "listener",

@@ -12,11 +12,10 @@ import redis
 
 from emulator.errors import throttled
 from emulator.lab import seed_lab
-from mirrorq.processes import EmulatorProcess
+from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.producer import Producer
 from tests.fault_proxy import BAD_GATEWAY_HTML, Answer, FaultProxy
 from tests.helpers import job, mirrors, wait_all, wait_until
-from tests.inprocess import InProcessWorker
 
 # Each kind of answer a proxy gives, keyed by the ClientToken prefix of the jobs that get it.
 MANGLED = {
@@ -31,7 +30,7 @@ MANGLED = {
 def test_every_5xx_and_unparseable_answer_to_a_create_is_retried_with_the_same_token(
     emulator: EmulatorProcess,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     lab = seed_lab(emulator.url, 10)
     first_try: set[str] = set()
@@ -48,7 +47,7 @@ def test_every_5xx_and_unparseable_answer_to_a_create_is_retried_with_the_same_t
         return MANGLED[token.split("-")[0]]
 
     with FaultProxy(emulator.url, rule) as proxy:
-        run_worker(MIRRORQ_EC2_ENDPOINT_URL=proxy.url)
+        start_worker(MIRRORQ_EC2_ENDPOINT_URL=proxy.url)
         job_ids = [
             producer.submit(job(lab, i, ClientToken=f"{kind}-{n}"))
             for i, (kind, n) in enumerate((k, n) for k in MANGLED for n in range(2))
@@ -68,7 +67,7 @@ def test_a_throttled_describe_slows_only_the_describe_rate(
     emulator: EmulatorProcess,
     producer: Producer,
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """EC2 keeps a bucket per action: throttled DescribeTrafficMirrorSessions calls (SessionNumber
     auto) must not cut the shared CreateTrafficMirrorSession rate."""
@@ -81,7 +80,7 @@ def test_a_throttled_describe_slows_only_the_describe_rate(
         return None
 
     with FaultProxy(emulator.url, rule) as proxy:
-        run_worker(MIRRORQ_EC2_ENDPOINT_URL=proxy.url)
+        start_worker(MIRRORQ_EC2_ENDPOINT_URL=proxy.url)
         job_ids = [producer.submit(job(lab, i, SessionNumber="auto")) for i in range(10)]
         results = wait_all(producer, job_ids)
     assert {r["status"] for r in results} == {"created"}
@@ -97,7 +96,7 @@ def test_a_throttled_describe_slows_only_the_describe_rate(
 def test_throttled_describes_spend_no_create_slots(
     emulator: EmulatorProcess,
     producer: Producer,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """Found in review: every attempt took a create slot before its ENI's Describe, so `auto`
     jobs whose Describe calls were throttled spent the fleet's create rate on retries that
@@ -114,7 +113,7 @@ def test_throttled_describes_spend_no_create_slots(
 
     rate = 4.0
     with FaultProxy(emulator.url, rule) as proxy:
-        run_worker(
+        start_worker(
             MIRRORQ_EC2_ENDPOINT_URL=proxy.url,
             MIRRORQ_EC2_RATE=str(rate),
             MIRRORQ_EC2_BURST="1",

@@ -534,7 +534,7 @@ def run_fleet(
         for eni in lab["eni_ids"]
     ]
     deadline = time.monotonic() + 240
-    while not all(producer.store.is_terminal(r) for r in producer.store.load_many(job_ids)):
+    while not all(producer.store.is_terminal(producer.result(j)) for j in job_ids):
         assert time.monotonic() < deadline, "the fleet did not finish"
         time.sleep(0.5)
     pages = lab_client(emulator.url).get_paginator("describe_traffic_mirror_sessions").paginate()

@@ -19,13 +19,12 @@ import redis
 
 from emulator.lab import seed_lab
 from mirrorq.planning import Outcome, Pending, PlannedJob, Target, plan
-from mirrorq.processes import EmulatorProcess, ServiceProcess
+from mirrorq.processes import EmulatorProcess, ServiceProcess, WorkerProcess
 from mirrorq.rules import Choose, Rule, Selectors
 from tasks import keys
 from tasks.contract import parse_request
 from tasks.producer import Producer
 from tests.helpers import producer_for, sessions, wait_until
-from tests.inprocess import InProcessWorker
 from worker.repair import repair_lost_jobs
 
 PASS_LINE = re.compile(r"pass (\d+): (.*)")
@@ -64,7 +63,7 @@ def test_passes_over_queued_jobs_submit_each_gap_once_and_empty_passes_store_not
     env: dict[str, str],
     redis_url: str,
     tmp_path: Path,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     lab = seed_lab(emulator.url, 200)
     policy = tmp_path / "policy.toml"
@@ -76,7 +75,7 @@ def test_passes_over_queued_jobs_submit_each_gap_once_and_empty_passes_store_not
         f'filter = "{lab["filter_id"]}"\n'
     )
     # 20 creates a second: the 200 take about 10 s, so some four passes find jobs queued.
-    run_worker(MIRRORQ_EC2_RATE="20", MIRRORQ_EC2_BURST="1")
+    start_worker(MIRRORQ_EC2_RATE="20", MIRRORQ_EC2_BURST="1")
     client = redis.Redis.from_url(redis_url)
     before = pass_keys_memory(client)
     reconcile = ReconcileProcess("reconcile", env, "--policy", str(policy), "--every", "2s")
@@ -265,7 +264,7 @@ def test_racing_claimers_take_each_gap_once(redis_url: str) -> None:
 def test_a_gap_is_free_again_once_its_job_failed_or_was_never_recorded(
     emulator: EmulatorProcess,
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     producer = producer_for(redis_url)
     lab = seed_lab(emulator.url, 1)
@@ -285,7 +284,7 @@ def test_a_gap_is_free_again_once_its_job_failed_or_was_never_recorded(
     producer.submit_batch([parse_request(job.request)], job_ids=[first.job_id])
     (while_queued,) = producer.claim_gaps([job.gap])
     assert while_queued.holder == first.job_id
-    run_worker()
+    start_worker()
     assert producer.wait(first.job_id, timeout=60)["status"] == "failed"
     (after_failure,) = producer.claim_gaps([job.gap])
     assert after_failure.holder is None  # a later pass tries again

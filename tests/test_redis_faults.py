@@ -21,7 +21,6 @@ from emulator.lab import seed_lab
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess, free_port
 from tasks.app import app
 from tests.helpers import job, mirrors, producer_for, status_of, wait_all, wait_until
-from tests.inprocess import InProcessWorker
 from tests.redis_server import RedisServer
 from tests.timing import VirtualTime
 from worker.runner import until_redis
@@ -33,13 +32,13 @@ def test_repair_reads_the_broker_when_results_live_elsewhere(
     emulator: EmulatorProcess,
     redis_url: str,
     results_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """Jobs waiting in the queue behind a slow rate are not lost, so nothing is published
     again: the repair must look at the broker's queue, not the results' database."""
     lab = seed_lab(emulator.url, 20)
     producer = producer_for(redis_url, result_backend=results_url)
-    worker = run_worker(
+    worker = start_worker(
         MIRRORQ_RESULT_BACKEND=results_url,
         MIRRORQ_EC2_RATE="2",
         MIRRORQ_EC2_BURST="1",

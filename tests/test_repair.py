@@ -16,12 +16,11 @@ import pytest
 import redis
 
 from emulator.lab import seed_lab
-from mirrorq.processes import EmulatorProcess
+from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks import keys
 from tasks.contract import parse_request
 from tasks.producer import Producer
 from tests.helpers import job, mirrors, wait_all, wait_until
-from tests.inprocess import InProcessWorker
 from worker import repair as repair_module
 from worker.repair import repair_lost_jobs
 
@@ -84,14 +83,14 @@ def test_a_busy_worker_repairs_a_lost_job_before_its_backlog_drains(
     emulator: EmulatorProcess,
     producer: Producer,
     redis_url: str,
-    run_worker: Callable[..., InProcessWorker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     lab = seed_lab(emulator.url, 31)
     client = redis.Redis.from_url(redis_url)
     lost = producer.submit(job(lab, 0))
     assert client.rpop("mirrorq") is not None  # its message is lost
     backlog = [producer.submit(job(lab, i)) for i in range(1, 31)]  # 15 s of creates at 2/s
-    worker = run_worker(
+    worker = start_worker(
         MIRRORQ_EC2_RATE="2",
         MIRRORQ_EC2_BURST="1",
         MIRRORQ_REPAIR_INTERVAL_S="0.5",

@@ -21,7 +21,6 @@ from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.contract import TASK_NAME, fleet_queue, parse_request, queue_for
 from tasks.producer import Producer
 from tests.helpers import job, mirrors, producer_for, wait_all, wait_until
-from tests.inprocess import InProcessWorker
 from worker.repair import repair_lost_jobs
 
 ACCOUNT_A, ACCOUNT_B = "111111111111", "222222222222"
@@ -150,7 +149,7 @@ def test_a_job_delivered_to_another_fleet_is_passed_on_not_run(
 
 
 def test_a_job_of_another_region_on_the_shared_default_queue_runs_in_its_region(
-    emulator: EmulatorProcess, redis_url: str, run_worker: Callable[..., InProcessWorker]
+    emulator: EmulatorProcess, redis_url: str, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     """With MIRRORQ_AWS_ACCOUNT_ID unset every process on the Redis is one fleet, on the queue
     `mirrorq`, and one account: a job accepted for another Region runs there, with the
@@ -158,7 +157,7 @@ def test_a_job_of_another_region_on_the_shared_default_queue_runs_in_its_region(
     lab = seed_lab(emulator.url, 1, "eu-west-1")
     producer = fleet_producer(redis_url, None, region="eu-west-1")
     job_id = producer.submit(job(lab, 0))
-    run_worker()  # the default scope in us-east-1
+    start_worker()  # the default scope in us-east-1
     record = wait_all(producer, [job_id])[0]
     assert record["status"] == "created", record["error"]
     assert (record["account_id"], record["region"]) == (None, "eu-west-1")
