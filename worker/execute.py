@@ -32,12 +32,13 @@ from tenacity import RetryCallState
 from config import Settings
 from tasks import keys, records
 from tasks.contract import JobKind
-from tasks.errors import AlreadyMirroredError, LeaseLostError, SessionNotFoundError
+from tasks.errors import AlreadyMirroredError, LeaseLostError
 from tasks.records import JobResult, kind_of
 from worker.ec2 import Ec2Road
 from worker.errors import (
     DRY_RUN_OK,
     EC2_SAYS_NUMBER_TAKEN,
+    SESSION_NOT_FOUND,
     SESSION_NOT_FOUND_CODES,
     Action,
     Failure,
@@ -200,6 +201,7 @@ async def execute_change(
     session_id = str(request["TrafficMirrorSessionId"])
     holding: Lease | None = None
     calls = Creates(ec2, kind.action)
+    unknown: Failure | None = None  # the session was not there when read for its ENI
 
     async def on_retry(state: RetryCallState) -> None:
         nonlocal record
@@ -215,6 +217,9 @@ async def execute_change(
                 eni = record.get("network_interface_id")
                 if eni is None:
                     eni = await _source_of(ec2, session_id)
+                    if eni is None:
+                        unknown = _not_found(session_id)
+                        break
                     record = records.located(record, eni)
                     await save(record)
                 if holding is None or holding.lost:
@@ -230,23 +235,28 @@ async def execute_change(
             raise
         if failure.code == DRY_RUN_OK:
             return records.dry_run_ok(record)
-        if (
-            kind is JobKind.DELETE
-            and failure.code in SESSION_NOT_FOUND_CODES
-            and (sent_before or calls.unanswered)
-        ):
-            return records.succeeded(record, _gone(session_id, failure))
-        return records.failed(record, failure.code, failure.message, retryable=failure.retryable)
+        return _outcome(record, failure, sent_before or calls.unanswered)
     finally:
         if holding is not None:
             with contextlib.suppress(RedisError):  # unreleased, it lapses within one TTL
                 await ec2.leases.release(holding, after_s=calls.may_land_for_s())
+    if unknown is not None:
+        return _outcome(record, unknown, sent_before)
     return records.succeeded(record, response)
 
 
-async def _source_of(ec2: Ec2, session_id: str) -> str:
+def _outcome(record: JobResult, failure: Failure, ours_maybe: bool) -> JobResult:
+    """A delete's or a modify's end on `failure`: a delete's NotFound when a call of ours may
+    have landed (`ours_maybe`) is its success; anything else fails with its code."""
+    request = record["request"] or {}
+    if kind_of(record) is JobKind.DELETE and failure.code in SESSION_NOT_FOUND_CODES and ours_maybe:
+        return records.succeeded(record, _gone(str(request["TrafficMirrorSessionId"]), failure))
+    return records.failed(record, failure.code, failure.message, retryable=failure.retryable)
+
+
+async def _source_of(ec2: Ec2, session_id: str) -> str | None:
     """The source ENI of the session (a sender that named none): one Describe, paid at its
-    limiter. A session not there is EC2's NotFound, as the delete or modify would answer."""
+    limiter; None when it is not there (EC2 answering its NotFound raises it as it is)."""
     found = await ec2.road.paginate(
         DESCRIBE_ACTION,
         "TrafficMirrorSessions",
@@ -256,7 +266,17 @@ async def _source_of(ec2: Ec2, session_id: str) -> str:
     for session in found:
         if session.get("TrafficMirrorSessionId") == session_id:
             return str(session["NetworkInterfaceId"])
-    raise SessionNotFoundError(f"the traffic mirror session {session_id} does not exist")
+    return None
+
+
+def _not_found(session_id: str) -> Failure:
+    """What a delete or a modify of a session not there ends with: EC2's own code for it."""
+    return Failure(
+        SESSION_NOT_FOUND,
+        f"The traffic mirror session '{session_id}' does not exist.",
+        Action.FAIL,
+        DESCRIBE_ACTION,
+    )
 
 
 def _gone(session_id: str, failure: Failure) -> dict[str, Any]:
