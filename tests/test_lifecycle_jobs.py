@@ -9,9 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 
 from emulator.lab import LAB_IMAGE_ID, lab_client, seed_lab
+from mirrorq.export import result_row
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.contract import DELETE_TASK_NAME, JobKind, parse_request
 from tasks.producer import Producer
@@ -163,8 +165,12 @@ def test_a_worker_killed_mid_batch_of_deletes_loses_nothing(
     emulator: EmulatorProcess,
     lab: Lab,
     producer: Producer,
+    redis_url: str,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
+    """SIGKILLed with deletes on their way, and the messages it held lost with it: the
+    lost-message repair publishes them again as deletes, and each ends `deleted` (a delete of
+    the dead worker's that landed is one of ours)."""
     targets = mirrored(emulator, lab, range(30))
     survivor = mirrored(emulator, lab, range(30, 31))[0]  # not in the batch: must stay
     emulator.set_faults(latency_ms=150)  # deletes slow enough to be caught mid-batch
@@ -180,12 +186,16 @@ def test_a_worker_killed_mid_batch_of_deletes_loses_nothing(
     )
     doomed.kill()  # SIGKILL: its held messages unacked, some deletes on their way
     assert (producer.batch_status(batch) or {"done": 30})["done"] < 30, "killed too late"
+    redis.Redis.from_url(redis_url).delete("unacked", "unacked_index")  # and they are lost
     emulator.set_faults(latency_ms=0)
     start_worker("rescuer", **QUICK)
     status = producer.wait_batch(batch, timeout=90)
     assert status is not None
     assert status["counts"] == {"deleted": 30}, status
     assert set(by_id(emulator)) == {survivor}
+    rows = [result_row(r) for r in producer.batch_results(batch)]  # as exports show them
+    assert {(r["kind"], r["status"]) for r in rows} == {("delete", "deleted")}
+    assert sorted(r["TrafficMirrorSessionId"] for r in rows) == sorted(targets)
 
 
 def test_a_create_from_a_source_ec2_refuses_fails_at_once_with_ec2s_code(
