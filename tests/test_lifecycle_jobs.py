@@ -84,6 +84,15 @@ def test_deletes_and_modifies_end_to_end_once_though_their_answers_are_dropped(
         kwargs={"request": {"TrafficMirrorSessionId": gone}, "network_interface_id": None},
     )
     dry = producer.submit({"TrafficMirrorSessionId": kept, "DryRun": True}, kind=JobKind.DELETE)
+    # A second session on kept's ENI, pointed where kept already mirrors it: refused.
+    second = lab_client(emulator.url).create_traffic_mirror_session(
+        **job(lab, 0, TrafficMirrorTargetId=eni_target, SessionNumber=2)
+    )["TrafficMirrorSession"]["TrafficMirrorSessionId"]
+    twin = producer.submit(
+        {"TrafficMirrorSessionId": second, "TrafficMirrorTargetId": lab["target_ids"]["nlb"]},
+        kind="modify",
+        network_interface_id=lab["eni_ids"][0],
+    )
     missing = producer.submit(
         {"TrafficMirrorSessionId": "tms-0123456789abcdef0"},
         kind="delete",
@@ -91,8 +100,8 @@ def test_deletes_and_modifies_end_to_end_once_though_their_answers_are_dropped(
     )
     done = dict(
         zip(
-            ("modify", "delete", "dry", "missing"),
-            wait_all(producer, [modify, delete, dry, missing]),
+            ("modify", "delete", "dry", "missing", "twin"),
+            wait_all(producer, [modify, delete, dry, missing, twin]),
             strict=True,
         )
     )
@@ -109,9 +118,12 @@ def test_deletes_and_modifies_end_to_end_once_though_their_answers_are_dropped(
         "InvalidTrafficMirrorSessionId.NotFound",
     )
     assert done["missing"]["attempts"] == 1
+    assert (done["twin"]["status"], done["twin"]["error"]["code"]) == ("failed", "AlreadyMirrored")
+    assert done["twin"]["attempts"] == 0  # nothing sent to EC2
     now = by_id(emulator)
     assert gone not in now
     assert kept in now
+    assert now[second]["TrafficMirrorTargetId"] == eni_target
     assert (now[moved]["TrafficMirrorTargetId"], now[moved]["PacketLength"]) == (eni_target, 200)
     assert now[moved]["SessionNumber"] == 1  # untouched: a modify sends only what it changes
 
@@ -158,7 +170,7 @@ def test_deletes_and_modifies_end_to_end_once_though_their_answers_are_dropped(
     assert dropped_delete not in now
     assert now[dropped_modify]["VirtualNetworkId"] != vni_before  # removed: a new one chosen
     # Nothing else was touched: one delete landed, the other sessions are all there.
-    assert set(now) == {kept, moved, dropped_modify}
+    assert set(now) == {kept, moved, dropped_modify, second}
 
 
 def test_a_worker_killed_mid_batch_of_deletes_loses_nothing(

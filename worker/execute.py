@@ -10,6 +10,9 @@ target and filter never both create.
 
 A delete or a modify (`execute_change`) acts under its session's ENI lease too, so it never
 races a create choosing a SessionNumber there, and sends the same arguments on every attempt.
+A modify that changes the target or the filter reads the ENI's sessions under that lease
+first, and fails `AlreadyMirrored` if another session already mirrors the ENI to what it
+would point at (one mirror per ENI, target and filter, as for creates).
 EC2 takes no ClientToken for either: their effect is what makes a retry safe. A modify sent
 twice sets what it set once. A delete answered `InvalidTrafficMirrorSessionId.NotFound`
 after an attempt of ours that may have landed (an unanswered one, or one by an earlier
@@ -202,6 +205,10 @@ async def execute_change(
     holding: Lease | None = None
     calls = Creates(ec2, kind.action)
     unknown: Failure | None = None  # the session was not there when read for its ENI
+    # A modify that points the session elsewhere reads the ENI's sessions under its lease
+    # first: it never makes a second mirror of the ENI to one target and filter.
+    moves = kind is JobKind.MODIFY and any(request.get(k) for k in _MIRROR)
+    read_under: Lease | None = None
 
     async def on_retry(state: RetryCallState) -> None:
         nonlocal record
@@ -224,6 +231,9 @@ async def execute_change(
                     await save(record)
                 if holding is None or holding.lost:
                     holding = await ec2.leases.acquire(_eni_lease(ec2.road, eni))
+                if moves and read_under is not holding:
+                    await _no_twin(ec2, eni, session_id, request)
+                    read_under = holding
                 await ec2.road.slot(kind.action)
                 if not await ec2.leases.fence(holding, ec2.create_bound_s):
                     raise LeaseLostError("the ENI's lease lapsed before the call was sent")
@@ -243,6 +253,38 @@ async def execute_change(
     if unknown is not None:
         return _outcome(record, unknown, sent_before)
     return records.succeeded(record, response)
+
+
+_MIRROR = ("TrafficMirrorTargetId", "TrafficMirrorFilterId")
+
+
+async def _no_twin(ec2: Ec2, eni: str, session_id: str, request: dict[str, Any]) -> None:
+    """AlreadyMirroredError if the modify would make a second mirror of `eni` to one target
+    and filter (read under the ENI's lease, paid at the Describe limiter)."""
+    twin = _twin(await sessions_on(ec2, eni), session_id, request)
+    if twin is not None:
+        raise AlreadyMirroredError(
+            f"{eni} is already mirrored to {twin[0]} through {twin[1]} by another session: "
+            f"{session_id} is left as it is"
+        )
+
+
+def _twin(
+    existing: list[dict[str, Any]], session_id: str, request: dict[str, Any]
+) -> tuple[str, str] | None:
+    """The (target, filter) the modify would give its session, if another session on the ENI
+    has them already; None otherwise (or when the session is not among them: EC2 says)."""
+    mine = next((s for s in existing if s.get("TrafficMirrorSessionId") == session_id), None)
+    if mine is None:
+        return None
+    target, filter_id = (request.get(k) or mine.get(k) for k in _MIRROR)
+    for other in existing:
+        if other is not mine and (other.get(_MIRROR[0]), other.get(_MIRROR[1])) == (
+            target,
+            filter_id,
+        ):
+            return str(target), str(filter_id)
+    return None
 
 
 def _outcome(record: JobResult, failure: Failure, ours_maybe: bool) -> JobResult:
