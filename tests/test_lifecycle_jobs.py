@@ -10,14 +10,18 @@ from typing import Any
 
 import pytest
 import redis
+from botocore.exceptions import ClientError
 from celery import Celery
 
 from emulator.lab import LAB_IMAGE_ID, lab_client, seed_lab
 from mirrorq.export import result_row
 from mirrorq.processes import EmulatorProcess, WorkerProcess
+from tasks import records
 from tasks.contract import DELETE_TASK_NAME, JobKind, parse_request
 from tasks.producer import Producer
 from tests.helpers import Lab, job, sessions, wait_all, wait_until
+from worker.errors import classify
+from worker.execute import _outcome, _twin
 
 # A dead worker's messages come back within seconds, and a lost one is published again.
 QUICK = {
@@ -235,3 +239,48 @@ def test_a_create_from_a_source_ec2_refuses_fails_at_once_with_ec2s_code(
     assert m4["status"] == "created", m4["error"]  # a non-Nitro family that can be a source
     after = calls(emulator, "CreateTrafficMirrorSession")
     assert after.get("UnsupportedOperation", 0) - before.get("UnsupportedOperation", 0) == 2
+
+
+# The pure parts of a delete's or a modify's end ------------------------------------------
+
+
+def test_a_deletes_notfound_is_its_success_only_after_an_attempt_of_ours() -> None:
+    session = "tms-0123456789abcdef0"
+
+    def running(kind: JobKind) -> Any:
+        accepted = records.accepted("j", {"TrafficMirrorSessionId": session}, kind=kind)
+        return records.started(accepted, {"TrafficMirrorSessionId": session})
+
+    gone = classify(not_found())
+    deleted = _outcome(running(JobKind.DELETE), gone, ours_maybe=True)
+    assert deleted["status"] == "deleted"
+    assert deleted["response"] == {
+        "TrafficMirrorSessionId": session,
+        "AlreadyDeleted": {"Code": gone.code, "Message": gone.message},
+    }
+    assert _outcome(running(JobKind.DELETE), gone, ours_maybe=False)["status"] == "failed"
+    assert _outcome(running(JobKind.MODIFY), gone, ours_maybe=True)["status"] == "failed"
+    # Another session of the ENI with the target and filter the modify would give: a twin.
+    here = {
+        "TrafficMirrorSessionId": session,
+        "TrafficMirrorTargetId": "A",
+        "TrafficMirrorFilterId": "F",
+    }
+    there = {
+        "TrafficMirrorSessionId": "tms-1",
+        "TrafficMirrorTargetId": "B",
+        "TrafficMirrorFilterId": "F",
+    }
+    move = {"TrafficMirrorSessionId": session, "TrafficMirrorTargetId": "B"}
+    assert _twin([here, there], session, move) == ("B", "F")
+    assert _twin([here], session, move) is None
+    assert _twin([there], session, move) is None  # not there: EC2 answers for it
+    assert _twin([here, there], session, {**move, "TrafficMirrorFilterId": "G"}) is None
+
+
+def not_found() -> Exception:
+    answer: Any = {
+        "Error": {"Code": "InvalidTrafficMirrorSessionId.NotFound", "Message": "gone"},
+        "ResponseMetadata": {"HTTPStatusCode": 400},
+    }
+    return ClientError(answer, "DeleteTrafficMirrorSession")
