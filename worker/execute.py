@@ -90,7 +90,7 @@ class Creates:
         self._action = action
         self._clock = ec2.road.timing.monotonic
         self._landing_by = 0.0  # on the clock; 0: none of ours is on its way
-        self.unanswered = False  # one of ours went unanswered: it may have landed
+        self.unanswered = False  # one of ours went unanswered (not throttled): it may have landed
 
     async def send(self, request: dict[str, Any]) -> dict[str, Any]:
         bound_s = self._ec2.create_bound_s
@@ -98,9 +98,11 @@ class Creates:
         try:
             response = await self._ec2.road.send(self._action, timeout_s=bound_s, **request)
         except Exception as error:
-            if classify(error).retryable:  # unanswered: it may be on its way still
+            failure = classify(error)
+            if failure.retryable:  # unanswered: it may be on its way still
                 self._landing_by = sent_at + bound_s
-                self.unanswered = True
+                # A throttle is EC2 refusing the call: it did nothing.
+                self.unanswered = self.unanswered or not failure.throttled
             raise
         self._landing_by = 0.0  # created: one still on its way is answered from the token
         return response
