@@ -47,6 +47,7 @@ from tasks.scripts import Step
 from tasks.store import AsyncResultStore, StepResult
 from worker.execute import Ec2, execute_job
 from worker.leases import Lease
+from worker.logs import log_context
 from worker.metrics import JOBS_IN_FLIGHT
 from worker.roads import Roads, place_of
 from worker.timing import Sleep, Timing
@@ -93,21 +94,30 @@ async def run_job(
 ) -> JobResult | None:
     """Run one job; its record if it belongs to another scope's queue instead."""
     lease = Lease(keys.job_lease(job_id))  # one token for the job's whole stay here
-    while True:
-        try:
-            return await _run(worker, job_id, envelope, lease)
-        except SupersededError:
-            log.warning("job %s: another worker owns it now; this copy stops", job_id)
-            return None
-        except RedisError as error:
-            # Nothing is decided about the job: it carries on from its record once Redis
-            # answers again (with its token and chosen SessionNumber, from the record).
-            log.warning(
-                "job %s paused: Redis unreachable (%r); carrying on when it is back", job_id, error
-            )
-            await until_redis(worker.ping, worker.timing.sleep)
-        finally:
-            worker.ec2.leases.forget(lease)
+    origin = envelope if isinstance(envelope, Envelope) else None
+    with log_context(  # every line logged while the job runs names it
+        job_id=job_id,
+        batch_id=origin and origin.batch_id,
+        rule=origin and origin.rule,
+        event_id=origin and origin.event_id,
+    ):
+        while True:
+            try:
+                return await _run(worker, job_id, envelope, lease)
+            except SupersededError:
+                log.warning("job %s: another worker owns it now; this copy stops", job_id)
+                return None
+            except RedisError as error:
+                # Nothing is decided about the job: it carries on from its record once Redis
+                # answers again (with its token and chosen SessionNumber, from the record).
+                log.warning(
+                    "job %s paused: Redis unreachable (%r); carrying on when it is back",
+                    job_id,
+                    error,
+                )
+                await until_redis(worker.ping, worker.timing.sleep)
+            finally:
+                worker.ec2.leases.forget(lease)
 
 
 async def _run(
@@ -164,25 +174,36 @@ async def _run(
         record = _resumed(start.current, record, request)
     worker.ec2.leases.hold(lease)
     place = place_of(envelope, start.current, worker.scope.region)
-    async with worker.roads.use(place) as road:
-        outcome = await execute_job(
-            dataclasses.replace(worker.ec2, road=road),
-            record,
-            save=lambda r: _save(worker, "save", r, lease),
-            auto=request.auto_session_number,
-            alternatives=envelope.alternatives,
-        )
-    await _save(worker, "finish", outcome, lease)
-    if outcome["status"] is JobStatus.FAILED and outcome["error"]:
-        log.warning(
-            "job %s failed after %d attempt(s): %s",
-            job_id,
-            outcome["attempts"],
-            outcome["error"]["code"],
-        )
-    else:
-        # The result backend is the record of every job; a log line each would only be noise.
-        log.debug("job %s %s after %d attempt(s)", job_id, outcome["status"], outcome["attempts"])
+    with log_context(account_id=record.get("account_id") or place.account_id, region=place.region):
+        async with worker.roads.use(place) as road:
+            outcome = await execute_job(
+                dataclasses.replace(worker.ec2, road=road),
+                record,
+                save=lambda r: _save(worker, "save", r, lease),
+                auto=request.auto_session_number,
+                alternatives=envelope.alternatives,
+            )
+        await _save(worker, "finish", outcome, lease)
+        attempts = outcome["attempts"]
+        if outcome["status"] is JobStatus.FAILED and outcome["error"]:
+            code = outcome["error"]["code"]
+            log.warning(
+                "job %s failed after %d attempt(s): %s",
+                job_id,
+                attempts,
+                code,
+                extra={"error_code": code, "attempt": attempts},
+            )
+        else:
+            # The result backend is the record of every job; a line each would only be noise.
+            status = outcome["status"]
+            log.debug(
+                "job %s %s after %d attempt(s)",
+                job_id,
+                status,
+                attempts,
+                extra={"attempt": attempts},
+            )
     return None
 
 
@@ -265,7 +286,7 @@ async def _refuse(worker: Worker, record: JobResult, error: MirrorqError, lease:
     refused = records.failed(record, error.code, str(error))
     result = await worker.store.step("finish", refused, lease.token)
     if result.verdict is StepVerdict.STORED:
-        log.warning("job %s refused: %s", record["job_id"], error)
+        log.warning("job %s refused: %s", record["job_id"], error, extra={"error_code": error.code})
 
 
 async def until_redis(ping: Ping, sleep: Sleep) -> None:

@@ -148,3 +148,41 @@ def placement_or_exit(
         return parse_placement(region=region, role_arn=role_arn, external_id=external_id)
     except InvalidJobError as error:
         fail(error)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_format_option(command: F) -> F:
+    """--log-format: how a long-running command logs (default: MIRRORQ_LOG_FORMAT, text)."""
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"], case_sensitive=False),
+        default=None,
+        help="Log lines as readable text, or one JSON object a line (default: "
+        "MIRRORQ_LOG_FORMAT, else text).",
+    )(command)
+
+
+def log_options(command: F) -> F:
+    """--log-format and --log-level, for the long-running commands but the worker (whose
+    level is Celery's --loglevel)."""
+    command = click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default=None,
+        help="Lines below this level are dropped (default: MIRRORQ_LOG_LEVEL, else INFO).",
+    )(command)
+    return log_format_option(command)
+
+
+def start_logging(log_format: str | None, log_level: str | None) -> None:
+    """The process's log lines as the options (else the settings) say: worker/logs.py."""
+    from config import get_settings
+    from worker.logs import configure
+
+    if log_format is None or log_level is None:
+        settings = get_settings()
+        log_format = log_format or settings.log_format
+        log_level = log_level or settings.log_level
+    configure(log_format.lower(), log_level.upper())
