@@ -92,19 +92,29 @@ def _utc_iso(record: logging.LogRecord) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-12-06T13:51:40.123+00:00 WARNING mirrorq.jobs: message [job_id=… task=…]`"""
+    """`2026-12-06T13:51:40.123+00:00 WARNING mirrorq.jobs: message [job_id=… task=…]`, a
+    traceback on the lines after."""
 
     def __init__(self) -> None:
         super().__init__("%(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_utc_iso(record)} {super().format(record)}"
+        record.message = record.getMessage()
+        line = f"{_utc_iso(record)} {self.formatMessage(record)}"
         context = " ".join(
             f"{key}={value}"
             for key in FIELDS
             if (value := getattr(record, key, None)) is not None and value != ""
         )
-        return REDACTOR.redact(f"{line} [{context}]" if context else line)
+        if context:
+            line += f" [{context}]"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return REDACTOR.redact(line)
 
 
 def _redacted(value: Any) -> Any:
