@@ -270,7 +270,7 @@ def test_every_process_logs_json_lines_with_the_context_that_applies(
     assert any(
         line.get("event_id") == "api-event-1" and line.get("job_id") == api_job for line in served
     )
-    for process, lines in logs.items():
+    for name, lines in logs.items():
         text = json.dumps(lines)
-        assert TOKEN not in text, process
-        assert not SIGNATURE.search(text), (process, SIGNATURE.search(text))
+        assert TOKEN not in text, name
+        assert not SIGNATURE.search(text), (name, SIGNATURE.search(text))
