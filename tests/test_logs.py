@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime as dt
@@ -95,7 +96,8 @@ def test_a_json_line_carries_its_context_and_no_secret_in_any_field() -> None:
 
 def test_configure_sends_every_logger_to_one_handler_and_is_undone_cleanly() -> None:
     root = logging.getLogger()
-    saved = root.handlers[:], root.level, sys.excepthook
+    saved = root.handlers[:], root.level, sys.excepthook, threading.excepthook
+    root.handlers = []  # pytest's own: configure() would close them
     out = io.StringIO()
     try:
         logging.getLogger("uvicorn.access").addHandler(logging.StreamHandler(io.StringIO()))
@@ -107,7 +109,7 @@ def test_configure_sends_every_logger_to_one_handler_and_is_undone_cleanly() -> 
         assert [line["logger"] for line in lines] == ["uvicorn.access", "kombu.tests"]
         assert lines[0]["message"] == '127.0.0.1 - "GET /healthz"'
     finally:
-        root.handlers, sys.excepthook = saved[0], saved[2]
+        root.handlers, sys.excepthook, threading.excepthook = saved[0], saved[2], saved[3]
         root.setLevel(saved[1])
         logging.captureWarnings(False)
 
@@ -227,6 +229,10 @@ def test_every_process_logs_json_lines_with_the_context_that_applies(
     assert any(name.startswith("celery.") for name in loggers), loggers
     assert any(line["message"].endswith(" ready.") for line in work)
     assert any("Warm shutdown" in line["message"] for line in work)
+    assert any(
+        line["logger"] == "celery.worker.strategy" and line.get("task") == BATCH_TASK_NAME
+        for line in work
+    )
     ended = {
         line["job_id"]: line
         for line in work
