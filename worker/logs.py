@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from enum import StrEnum
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import IO, Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -50,8 +50,9 @@ FIELDS = (
     "error_code",
     "task",
 )
-# Never mutated: each change sets a new mapping, so the shared default is safe.
-_context: ContextVar[Mapping[str, object]] = ContextVar("mirrorq_log_context", default={})  # noqa: B039
+_context: ContextVar[Mapping[str, object]] = ContextVar(
+    "mirrorq_log_context", default=MappingProxyType({})
+)
 
 
 @contextmanager
@@ -62,10 +63,6 @@ def log_context(**fields: object) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
-
-
-def current_context() -> Mapping[str, object]:
-    return _context.get()
 
 
 class WithContext(logging.Filter):
