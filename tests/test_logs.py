@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
 import sys
 import threading
 import uuid
@@ -22,7 +23,14 @@ import pytest
 
 from emulator.lab import seed_lab
 from emulator.zoned_lab import expected_mirrors, launch, policy_text, seed_zoned_lab
-from mirrorq.processes import ApiProcess, EmulatorProcess, ListenerProcess, WorkerProcess, free_port
+from mirrorq.processes import (
+    MIRRORQ,
+    ApiProcess,
+    EmulatorProcess,
+    ListenerProcess,
+    WorkerProcess,
+    free_port,
+)
 from tasks.contract import BATCH_TASK_NAME, TASK_NAME, parse_request
 from tasks.producer import Producer
 from tests.helpers import job, json_lines, sessions, wait_all, wait_until
@@ -212,6 +220,20 @@ def test_every_process_logs_json_lines_with_the_context_that_applies(
     finally:
         for process in (listener, api, worker):
             process.stop()  # their shutdown lines too
+    # A long-running command that fails at start says why in a line of its log too.
+    refused = subprocess.run(
+        [*MIRRORQ, "listen", "--sqs-queue-url", queue_url + "-gone", "--policy", str(policy)],
+        env={**jenv, "MIRRORQ_LOG_LEVEL": "DEBUG"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert not refused.stdout
+    (why,) = [line for line in json_lines(refused.stderr, "listen") if line["level"] == "ERROR"]
+    assert why["error_code"] == "QueueUnusable"
+    assert "NonExistentQueue" in why["message"]
     json_emulator.proc.terminate()
     json_emulator.proc.wait()
     logs = {

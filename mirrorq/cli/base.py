@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -69,9 +70,22 @@ def echo_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=None, separators=(",", ":")))
 
 
+def _say(line: str, code: str | None = None) -> None:
+    """An error line on stderr; once the command logs JSON (a long-running command failing at
+    start), a line of its log instead, with the error's code: every line stays JSON."""
+    if "worker.logs" in sys.modules:  # loaded by start_logging: no import for the others
+        from worker.logs import LogFormat, chosen
+
+        if chosen() is LogFormat.JSON:
+            extra = {"error_code": code} if code else None
+            logging.getLogger("mirrorq").error("%s", line, extra=extra)
+            return
+    click.echo(line, err=True)
+
+
 def fail_input(message: str) -> NoReturn:
     """A usage or input error that is not one of mirrorq's errors (a missing option)."""
-    click.echo(f"mirrorq: {message}", err=True)
+    _say(f"mirrorq: {message}")
     sys.exit(EXIT_USAGE)
 
 
@@ -81,11 +95,11 @@ def fail(error: MirrorqError, where: str | None = None) -> NoReturn:
     message, after `where` when given (the option or file that named what it is about)."""
     fields, unlisted = error.fields, error.fields_total - len(error.fields)
     if not fields:
-        click.echo(f"mirrorq: {where + ': ' if where else ''}{error}", err=True)
+        _say(f"mirrorq: {where + ': ' if where else ''}{error}", error.code)
     for field in fields:
-        click.echo(f"{where or 'invalid job'}: {describe(field)}", err=True)
+        _say(f"{where or 'invalid job'}: {describe(field)}", error.code)
     if unlisted > 0:
-        click.echo(f"{where or 'invalid job'}: ... and {unlisted} more", err=True)
+        _say(f"{where or 'invalid job'}: ... and {unlisted} more", error.code)
     sys.exit(error.exit_code)
 
 
