@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from emulator.lab import seed_lab
+from emulator.lab import lab_sqs_client, seed_lab
 from emulator.zoned_lab import expected_mirrors, launch, policy_text, seed_zoned_lab
 from mirrorq.processes import (
     MIRRORQ,
@@ -148,7 +148,8 @@ def test_every_process_logs_json_lines_with_the_context_that_applies(
     zoned = seed_zoned_lab(url)
     policy = tmp_path / "policy.toml"
     policy.write_text(policy_text(zoned))
-    lab = seed_lab(url, 17)
+    lab = seed_lab(url, 17)  # its tagged ENIs are the batch's, not the listener's: their
+    lab_sqs_client(url).purge_queue(QueueUrl=queue_url)  # events go
     enis = launch(url, zoned, 4)  # EC2's events for them wait in the listener's queue
     # The faults: throttled (20/s, bursts of 5), a tenth of creates failing with 5xx and a
     # tenth of their answers dropped.
@@ -199,7 +200,8 @@ def test_every_process_logs_json_lines_with_the_context_that_applies(
         (api_job,) = answer.json()["job_ids"]
 
         batch = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
-        assert {r["status"] for r in wait_all(producer, [*batch, api_job])} == {"created"}
+        done = wait_all(producer, [*batch, api_job])
+        assert {r["status"] for r in done} == {"created"}, [r["error"] for r in done if r["error"]]
         wanted = expected_mirrors(zoned, enis)
         wait_until(
             lambda: (
