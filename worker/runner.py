@@ -93,7 +93,6 @@ async def run_job(
     worker: Worker, job_id: str, envelope: Envelope | InvalidJobError
 ) -> JobResult | None:
     """Run one job; its record if it belongs to another scope's queue instead."""
-    lease = Lease(keys.job_lease(job_id))  # one token for the job's whole stay here
     origin = envelope if isinstance(envelope, Envelope) else None
     with log_context(  # every line logged while the job runs names it
         job_id=job_id,
@@ -101,23 +100,28 @@ async def run_job(
         rule=origin and origin.rule,
         event_id=origin and origin.event_id,
     ):
-        while True:
-            try:
-                return await _run(worker, job_id, envelope, lease)
-            except SupersededError:
-                log.warning("job %s: another worker owns it now; this copy stops", job_id)
-                return None
-            except RedisError as error:
-                # Nothing is decided about the job: it carries on from its record once Redis
-                # answers again (with its token and chosen SessionNumber, from the record).
-                log.warning(
-                    "job %s paused: Redis unreachable (%r); carrying on when it is back",
-                    job_id,
-                    error,
-                )
-                await until_redis(worker.ping, worker.timing.sleep)
-            finally:
-                worker.ec2.leases.forget(lease)
+        return await _run_job(worker, job_id, envelope)
+
+
+async def _run_job(
+    worker: Worker, job_id: str, envelope: Envelope | InvalidJobError
+) -> JobResult | None:
+    lease = Lease(keys.job_lease(job_id))  # one token for the job's whole stay here
+    while True:
+        try:
+            return await _run(worker, job_id, envelope, lease)
+        except SupersededError:
+            log.warning("job %s: another worker owns it now; this copy stops", job_id)
+            return None
+        except RedisError as error:
+            # Nothing is decided about the job: it carries on from its record once Redis
+            # answers again (with its token and chosen SessionNumber, from the record).
+            log.warning(
+                "job %s paused: Redis unreachable (%r); carrying on when it is back", job_id, error
+            )
+            await until_redis(worker.ping, worker.timing.sleep)
+        finally:
+            worker.ec2.leases.forget(lease)
 
 
 async def _run(
