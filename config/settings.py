@@ -5,9 +5,16 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -110,6 +117,20 @@ class Settings(BaseSettings):
     # connection opened or its previous answer ended closes the connection: uvicorn has no
     # such bound, so partial heads (slowloris) would be held open forever.
     api_header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+
+    # How the long-running commands (worker, listen, api, reconcile --every, emulator) log:
+    # `text` lines for people, or `json`, one object a line for a log search engine (Loki,
+    # Elasticsearch, CloudWatch Logs Insights); `--log-format` overrides it. The level below
+    # which lines are dropped (`--log-level`; a worker's is Celery's `--loglevel`).
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.lower() if info.field_name == "log_format" else value.upper()
 
     def api_token_values(self) -> list[str]:
         """The API's bearer tokens: MIRRORQ_API_TOKENS (comma-separated) and

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,7 +22,10 @@ from tasks.contract import NOWHERE, Placement, parse_request
 from tasks.errors import UnknownResourceError
 from tasks.producer import Producer
 from worker.errors import STS_OPERATIONS, classify
-from worker.roads import place_at, planner_roads
+from worker.logs import log_context
+from worker.roads import Place, place_at, planner_roads
+
+log = logging.getLogger(__name__)
 
 
 async def plan_live(
@@ -76,7 +80,17 @@ async def plan_live(
         else:
             plan = planning.Plan([], unplanned=[r])
         merged.append((place, plan))
+        _log_planned(plan, place_at(place, settings.region))
     return planning.Plan.merge(list(rules), merged)
+
+
+def _log_planned(plan: planning.Plan, place: Place) -> None:
+    """A line per rule planned in a place (DEBUG: a pass's summary line says it all at INFO)."""
+    for rule in plan.rules:
+        with log_context(rule=rule.name, account_id=place.account_id, region=place.region):
+            log.debug(
+                "rule %s planned in %s: %s", rule.name, place.describe(), plan.counts(rule.name)
+            )
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from tasks.contract import NOWHERE, Placement
 from tasks.errors import IdempotencyConflictError, InvalidJobError
 from tasks.producer import MAX_KEY_LENGTH, Producer
 from worker.errors import STS_OPERATIONS, Action, classify
+from worker.logs import log_context
 from worker.roads import Roads, place_at
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,13 @@ class Intake:
     async def _handle_place(
         self, rules: list[Rule], place: Placement, events: list[Event], *, only: bool
     ) -> list[Outcome]:
+        region = place.region or self.settings.region
+        with log_context(account_id=place.account_id, region=region):
+            return await self._handle_place_here(rules, place, events, only=only)
+
+    async def _handle_place_here(
+        self, rules: list[Rule], place: Placement, events: list[Event], *, only: bool
+    ) -> list[Outcome]:
         try:
             return await self._handle_together(place, rules, events)
         except Exception as error:
@@ -212,14 +220,15 @@ class Intake:
         plan = planning.plan(rules, enis, sessions, targets, target_enis)
         for job in planning.planned_jobs(plan):
             event_id = named_by[job.request["NetworkInterfaceId"]]
-            await self._submit(
-                job.request,
-                event_key(event_id, job.request["NetworkInterfaceId"], job.rule),
-                {"rule": job.rule, "event_id": origin_id(event_id)},
-                job.alternatives,
-                place,
-                outcomes[event_id],
-            )
+            with log_context(event_id=event_id, rule=job.rule):
+                await self._submit(
+                    job.request,
+                    event_key(event_id, job.request["NetworkInterfaceId"], job.rule),
+                    {"rule": job.rule, "event_id": origin_id(event_id)},
+                    job.alternatives,
+                    place,
+                    outcomes[event_id],
+                )
         for event in events:
             outcome = outcomes[event.event_id]
             if not outcome.job_ids and not outcome.duplicates and not outcome.ignored:
@@ -228,14 +237,15 @@ class Intake:
 
     async def _submit_job(self, place: Placement, event: Event, outcome: Outcome) -> None:
         try:
-            await self._submit(
-                event.job,
-                event_key(event.event_id),
-                {"event_id": origin_id(event.event_id)},
-                [],
-                place,
-                outcome,
-            )
+            with log_context(event_id=event.event_id):
+                await self._submit(
+                    event.job,
+                    event_key(event.event_id),
+                    {"event_id": origin_id(event.event_id)},
+                    [],
+                    place,
+                    outcome,
+                )
         except InvalidJobError as error:
             outcome.error = f"its detail is not a valid job: {error}"
 
@@ -259,11 +269,15 @@ class Intake:
             )
         except IdempotencyConflictError:
             outcome.duplicates += 1  # made before, and planned differently now: the first stands
+            log.debug("a job made before for this event stands (planned differently now)")
             return
         if accepted.new:
             outcome.job_ids.append(accepted.job_id)
         else:
             outcome.duplicates += 1
+        # `job_id` a field of the line: the job's own lines (a worker's) carry the event's id.
+        what = "accepted" if accepted.new else "accepted before (a redelivery)"
+        log.debug("job %s %s", accepted.job_id, what, extra={"job_id": accepted.job_id})
 
     async def _rules_here(
         self, inventory: Inventory, place: Placement, rules: list[Rule]
@@ -279,7 +293,8 @@ class Intake:
         if read is None or now - read.at > TARGETS_FRESH_S or read.wanted != wanted:
             placed = await rules_in_place(inventory, place, rules)
             for missing in placed.missing:  # said once a read: targets and filters are Regional
-                log.warning("%s", missing)
+                with log_context(rule=missing.rule):
+                    log.warning("%s", missing)
             read = _Read(
                 now, wanted, placed.here, placed.targets, await inventory.all_target_enis()
             )

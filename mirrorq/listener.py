@@ -38,6 +38,7 @@ from tasks.errors import QueueError
 from tasks.producer import Producer
 from worker.aws import sqs_client
 from worker.errors import classify, is_transient
+from worker.logs import log_context
 from worker.roads import planner_roads
 
 log = logging.getLogger("mirrorq.listen")
@@ -217,14 +218,15 @@ async def _handle(sqs: Any, queue_url: str, intake: Intake, messages: list[dict[
         return
     done = [r for o in outcomes if o.done for r in receipts.get(o.event_id, [])]
     for outcome in outcomes:
-        if outcome.error:
-            log.warning(
-                "event %s not handled, left to come back (then the dead-letter queue): %s",
-                outcome.event_id[:100],
-                outcome.error,
-            )
-        elif outcome.ignored:
-            log.debug("event %s ignored: %s", outcome.event_id, outcome.ignored)
+        with log_context(event_id=outcome.event_id):
+            if outcome.error:
+                log.warning(
+                    "event %s not handled, left to come back (then the dead-letter queue): %s",
+                    outcome.event_id[:100],
+                    outcome.error,
+                )
+            elif outcome.ignored:
+                log.debug("event %s ignored: %s", outcome.event_id, outcome.ignored)
     for start in range(0, len(done), BATCH):
         entries = [
             {"Id": str(n), "ReceiptHandle": r} for n, r in enumerate(done[start : start + BATCH])

@@ -87,6 +87,12 @@ class EmulatorProcess:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
+    def stderr_text(self) -> str:
+        """What it wrote to stderr so far (its log lines), read without moving the offset it
+        writes at; before `stop()`."""
+        fd = self._stderr.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
     def stats(self) -> dict[str, Any]:
         return _http(f"{self.url}/_mirrorq/stats")["calls"]  # type: ignore[no-any-return]
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 from celery import Celery
-from celery.signals import after_setup_logger
 from kombu.utils.url import url_to_parts
 
 from config import Settings, get_settings
@@ -69,19 +65,14 @@ def create_app(settings: Settings) -> Celery:
         # Threads run messages; a message of a batch holds several jobs (jobs_per_message).
         worker_concurrency=settings.worker_threads,
         broker_connection_retry_on_startup=True,
+        # In force only were no `setup_logging` receiver connected: tasks/jobs.py connects
+        # mirrorq's (worker/logs.py), which keeps the process's one handler and format.
         worker_hijack_root_logger=True,
     )
     if url_to_parts(settings.broker_url).scheme == "redis":
         # Same wire format as kombu's own Redis transport; less CPU per message.
         app.conf.broker_transport = broker.TRANSPORT
     return app
-
-
-@after_setup_logger.connect
-def _quiet_task_trace(**_: Any) -> None:
-    """Celery logs every task's success at INFO; the result backend already records each job,
-    and at thousands of jobs a minute those lines cost CPU and bury the ones that matter."""
-    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 
 
 app = create_app(get_settings())

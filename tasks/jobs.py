@@ -21,7 +21,7 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_process_shutdown, worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 from redis.exceptions import RedisError
 
@@ -41,6 +41,7 @@ from tasks.errors import JobRevokedError
 from tasks.messages import JobTask, admit_at, admit_epoch, decode_batch, envelope, refuse, store
 from tasks.producer import Producer
 from worker.admission import Deferred, Turn, admit
+from worker.logs import celery_setup_logging, log_context
 from worker.ratelimit import check_fleet_rates
 from worker.repair import Repairer
 from worker.runner import run_message
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("mirrorq.jobs")
+# The worker's logging is mirrorq's (worker/logs.py): with a receiver, Celery sets up none.
+setup_logging.connect(celery_setup_logging)
 
 
 @app.task(name=TASK_NAME, bind=True, base=JobTask)
@@ -75,18 +78,21 @@ def modify_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: A
 
 def _run_one(task: Task[Any, None], kind: JobKind, args: Any, kwargs: Any) -> None:
     """A single-job message: the task id is the job id, the task's kind the job's."""
-    job_id = recordable_job_id(str(task.request.id))
-    if job_id is None:
-        log.warning("a message whose id can't be a job's was dropped")
-        return
-    _run(task, [(job_id, envelope(args, kwargs, kind))])
+    with log_context(task=task.name):
+        job_id = recordable_job_id(str(task.request.id))
+        if job_id is None:
+            log.warning("a message whose id can't be a job's was dropped")
+            return
+        with log_context(job_id=job_id):
+            _run(task, [(job_id, envelope(args, kwargs, kind))])
 
 
 @app.task(name=BATCH_TASK_NAME, bind=True, base=JobTask)
 def create_traffic_mirror_sessions(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
-    at = admit_at(kwargs)
-    turn = None if at is None else Turn(at, admit_epoch(kwargs))
-    _run(self, _unrevoked(decode_batch(args, kwargs)), turn)
+    with log_context(task=self.name):
+        at = admit_at(kwargs)
+        turn = None if at is None else Turn(at, admit_epoch(kwargs))
+        _run(self, _unrevoked(decode_batch(args, kwargs)), turn)
 
 
 def _unrevoked(jobs: list[DecodedJob]) -> list[DecodedJob]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
 from collections import Counter
+from datetime import datetime as dt
+from datetime import timedelta
 from typing import Any
 
 from config import Settings
@@ -128,3 +131,25 @@ def raw_message(task_id: str, body: str, task: str = TASK_NAME) -> dict[str, Any
             "delivery_tag": str(uuid.uuid4()),
         },
     }
+
+
+LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def json_lines(text: str, process: str) -> list[dict[str, Any]]:
+    """Every line of a process's output as JSON, each with the four fields every line has;
+    an AssertionError naming the first that is not."""
+    lines: list[dict[str, Any]] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            raise AssertionError(f"{process}, line {n} is not JSON: {raw[:300]!r}") from None
+        assert isinstance(line, dict), f"{process}, line {n}: {raw[:300]}"
+        assert {"timestamp", "level", "logger", "message"} <= line.keys(), (process, n, line)
+        stamp = dt.fromisoformat(line["timestamp"])
+        assert stamp.utcoffset() == timedelta(0), (process, n, line["timestamp"])
+        assert line["level"] in LOG_LEVELS, (process, n, line)
+        lines.append(line)
+    assert lines, f"{process} logged nothing"
+    return lines

@@ -1,30 +1,58 @@
-"""No credential, session token or signature in any log, at any level, the worker's included."""
+"""No credential, session token or signature in any log, at any level, the worker's included,
+in text and in JSON lines (where every field is redacted, not only the message)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from emulator.lab import seed_lab
 from mirrorq.processes import EmulatorProcess, WorkerProcess
+from tasks.contract import TASK_NAME
 from tasks.producer import Producer
-from tests.helpers import job, wait_all
+from tests.helpers import job, json_lines, wait_all
 
 ACCESS_KEY_ID = "AKIAMIRRORQTEST0SECRET"
 SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYmirrorqSECRET"  # noqa: S105 - a fake
 SESSION_TOKEN = "FwoGZXIvYXdzEMIRRORQSESSIONTOKENz0LxhVyeZ+very/long/token=="  # noqa: S105
 SIGNATURE = re.compile(r"[Ss]ignature[=:\s\\n]+[0-9a-f]{64}")
+FORMATS = pytest.mark.parametrize("log_format", ["text", "json"])
 
 
+def read_log(path: Path, log_format: str) -> str:
+    """A worker's log as text to search: in JSON, every line parsed (each must be JSON), and
+    every value of every line, decoded (a secret escaped in JSON would not show as it is)."""
+    log = path.read_text()
+    if log_format == "json":
+        return "\n".join(v for line in json_lines(log, "worker") for v in _strings(line))
+    return log
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else [json.dumps(value)]
+
+
+@FORMATS
 def test_a_worker_at_debug_logs_no_credential_token_or_signature(
     emulator: EmulatorProcess,
     producer: Producer,
     start_worker: Callable[..., WorkerProcess],
+    log_format: str,
 ) -> None:
     lab = seed_lab(emulator.url, 3)
     worker = start_worker(
         None,
+        "--log-format",
+        log_format,
         "--loglevel",
         "DEBUG",
         AWS_ACCESS_KEY_ID=ACCESS_KEY_ID,
@@ -34,10 +62,12 @@ def test_a_worker_at_debug_logs_no_credential_token_or_signature(
     job_ids = [producer.submit(job(lab, i, SessionNumber="auto")) for i in range(3)]
     assert {r["status"] for r in wait_all(producer, job_ids)} == {"created"}
     worker.stop()
-    log = worker.log_path.read_text()
-    # The check has teeth only if botocore really logged its requests at DEBUG.
+    log = read_log(worker.log_path, log_format)
+    # The check has teeth only if botocore really logged its requests at DEBUG, in a job.
     assert "CreateTrafficMirrorSession" in log
     assert "Authorization" in log or "authorization" in log
+    if log_format == "text":  # the context, short, at the end of a line
+        assert f"[job_id={job_ids[0]} region=us-east-1 attempt=1 task={TASK_NAME}]" in log
     for secret in (ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN):
         assert secret not in log
     assert not SIGNATURE.search(log), SIGNATURE.search(log)
@@ -84,10 +114,12 @@ TOKEN_VALUES = re.compile(r"(?i)x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?([^\
 ISSUED_KEY_ID = re.compile(r"\bASIA[A-Z0-9]{12,}\b")
 
 
+@FORMATS
 def test_an_assumed_role_job_at_debug_logs_none_of_the_assumed_credentials(
     emulator: EmulatorProcess,
     producer: Producer,
     start_worker: Callable[..., WorkerProcess],
+    log_format: str,
 ) -> None:
     """The credentials a worker assumes for a job's role, refreshed every 2 s, are as secret
     as its own: STS's answer (printed by botocore at DEBUG), every request signed with them
@@ -99,7 +131,7 @@ def test_an_assumed_role_job_at_debug_logs_none_of_the_assumed_credentials(
     ((account, seeded),) = lab["accounts"].items()
     place = seeded["regions"]["eu-west-1"]
     control(emulator.url, "sts", {"lifetime_seconds": 2})
-    worker = start_worker(None, "--loglevel", "DEBUG")
+    worker = start_worker(None, "--loglevel", "DEBUG", MIRRORQ_LOG_FORMAT=log_format)
     job_ids = []
     for eni in place["eni_ids"]:
         request = {
@@ -112,7 +144,7 @@ def test_an_assumed_role_job_at_debug_logs_none_of_the_assumed_credentials(
         job_ids.append(producer.app.send_task(TASK_NAME, kwargs=kwargs, queue=QUEUE).id)
     assert {r["status"] for r in wait_all(producer, job_ids)} == {"created"}
     worker.stop()
-    log = worker.log_path.read_text()
+    log = read_log(worker.log_path, log_format)
     # Teeth: botocore printed STS's answer and the requests signed with what it issued.
     assert "<AssumeRoleResult>" in log
     assert "X-Amz-Security-Token" in log

@@ -25,6 +25,7 @@ id that never existed, and its sender, who can, is told.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,10 +49,12 @@ from worker.errors import (
     classify,
 )
 from worker.leases import Lease, Leases
+from worker.logs import log_context
 from worker.ratelimit import CREATE_ACTION, DESCRIBE_ACTION
 from worker.sessions import plan_session_number
 
 Save = Callable[[JobResult], Awaitable[None]]  # records a job's progress, on the loop
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,15 @@ async def execute_job(
         if error is None:
             return
         failure = classify(error)
+        # At DEBUG: under throttling a batch retries thousands of times, and the record keeps
+        # the last error; the line is for following one job.
+        log.debug(
+            "EC2 call failed (%s); retrying in %.2f s (%d create attempt(s) so far)",
+            failure.code,
+            state.upcoming_sleep,
+            record["attempts"],
+            extra={"error_code": failure.code, "attempt": record["attempts"]},
+        )
         record = records.retrying(record, failure.code, failure.message)
         await save(record)
 
@@ -165,7 +177,8 @@ async def execute_job(
                 if holding is not None and not await ec2.leases.fence(holding, ec2.create_bound_s):
                     raise LeaseLostError("the ENI's lease lapsed before the create was sent")
                 record = records.attempted(record)
-                response = await creates.send(record["request"] or {})
+                with log_context(attempt=record["attempts"]):  # botocore's lines of the call
+                    response = await creates.send(record["request"] or {})
     except Exception as error:  # every failure but Redis's becomes the job's outcome
         failure = classify(error)
         if failure.action in (Action.RESUME, Action.YIELD):

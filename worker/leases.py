@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 import uuid
@@ -84,7 +85,11 @@ class Leases:
         """Renew `lease` from now on (a lease taken elsewhere, e.g. by a store script)."""
         self._held.add(lease)
         if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+            # Its own (empty) context: it renews every job's leases, not the first holder's,
+            # so its lines must not name that job (worker/logs.py).
+            self._renewer = asyncio.get_running_loop().create_task(
+                self._renew_forever(), context=contextvars.Context()
+            )
 
     async def fence(self, lease: Lease, hold_s: float) -> bool:
         """Is the lease still ours? If so, extend it to last `hold_s` more (at least its TTL)."""

@@ -187,7 +187,9 @@ class Repairer:
                     self._wall(),
                 ):
                     log.warning(
-                        "job %s was accepted but its message was lost; published again", job_id
+                        "job %s was accepted but its message was lost; published again",
+                        job_id,
+                        extra={"job_id": job_id},
                     )
             except Exception:  # a Redis hiccup must not end the repairs
                 log.warning("lost-job repair failed; will try again", exc_info=True)

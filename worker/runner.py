@@ -49,6 +49,7 @@ from tasks.scripts import Step
 from tasks.store import AsyncResultStore, StepResult
 from worker.execute import Ec2, execute_change, execute_job
 from worker.leases import Lease
+from worker.logs import log_context
 from worker.metrics import JOBS_IN_FLIGHT
 from worker.roads import Roads, place_of
 from worker.timing import Sleep, Timing
@@ -94,6 +95,19 @@ async def run_job(
     worker: Worker, job_id: str, envelope: Envelope | InvalidJobError
 ) -> JobResult | None:
     """Run one job; its record if it belongs to another scope's queue instead."""
+    origin = envelope if isinstance(envelope, Envelope) else None
+    with log_context(  # every line logged while the job runs names it
+        job_id=job_id,
+        batch_id=origin and origin.batch_id,
+        rule=origin and origin.rule,
+        event_id=origin and origin.event_id,
+    ):
+        return await _run_job(worker, job_id, envelope)
+
+
+async def _run_job(
+    worker: Worker, job_id: str, envelope: Envelope | InvalidJobError
+) -> JobResult | None:
     lease = Lease(keys.job_lease(job_id))  # one token for the job's whole stay here
     while True:
         try:
@@ -169,35 +183,46 @@ async def _run(
         record = _resumed(start.current, record, request)
     worker.ec2.leases.hold(lease)
     place = place_of(envelope, start.current, worker.scope.region)
-    async with worker.roads.use(place) as road:
-        ec2 = dataclasses.replace(worker.ec2, road=road)
+    with log_context(account_id=record.get("account_id") or place.account_id, region=place.region):
+        async with worker.roads.use(place) as road:
+            ec2 = dataclasses.replace(worker.ec2, road=road)
 
-        async def save(progress: JobResult) -> None:
-            await _save(worker, "save", progress, lease)
+            async def save(progress: JobResult) -> None:
+                await _save(worker, "save", progress, lease)
 
-        if envelope.kind is JobKind.CREATE:
-            outcome = await execute_job(
-                ec2,
-                record,
-                save=save,
-                auto=request.auto_session_number,
-                alternatives=envelope.alternatives,
+            if envelope.kind is JobKind.CREATE:
+                outcome = await execute_job(
+                    ec2,
+                    record,
+                    save=save,
+                    auto=request.auto_session_number,
+                    alternatives=envelope.alternatives,
+                )
+            else:
+                # Resumed: an earlier delivery started the job and may have sent its call.
+                resumed = start.verdict is StepVerdict.RESUME
+                outcome = await execute_change(ec2, record, save=save, sent_before=resumed)
+        await _save(worker, "finish", outcome, lease)
+        attempts = outcome["attempts"]
+        if outcome["status"] is JobStatus.FAILED and outcome["error"]:
+            code = outcome["error"]["code"]
+            log.warning(
+                "job %s failed after %d attempt(s): %s",
+                job_id,
+                attempts,
+                code,
+                extra={"error_code": code, "attempt": attempts},
             )
         else:
-            # Resumed: an earlier delivery started the job and may have sent its call.
-            resumed = start.verdict is StepVerdict.RESUME
-            outcome = await execute_change(ec2, record, save=save, sent_before=resumed)
-    await _save(worker, "finish", outcome, lease)
-    if outcome["status"] is JobStatus.FAILED and outcome["error"]:
-        log.warning(
-            "job %s failed after %d attempt(s): %s",
-            job_id,
-            outcome["attempts"],
-            outcome["error"]["code"],
-        )
-    else:
-        # The result backend is the record of every job; a log line each would only be noise.
-        log.debug("job %s %s after %d attempt(s)", job_id, outcome["status"], outcome["attempts"])
+            # The result backend is the record of every job; a line each would only be noise.
+            status = outcome["status"]
+            log.debug(
+                "job %s %s after %d attempt(s)",
+                job_id,
+                status,
+                attempts,
+                extra={"attempt": attempts},
+            )
     return None
 
 
@@ -285,7 +310,7 @@ async def _refuse(worker: Worker, record: JobResult, error: MirrorqError, lease:
     refused = records.failed(record, error.code, str(error))
     result = await worker.store.step("finish", refused, lease.token)
     if result.verdict is StepVerdict.STORED:
-        log.warning("job %s refused: %s", record["job_id"], error)
+        log.warning("job %s refused: %s", record["job_id"], error, extra={"error_code": error.code})
 
 
 async def until_redis(ping: Ping, sleep: Sleep) -> None:

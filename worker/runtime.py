@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import os
 import threading
@@ -60,11 +61,13 @@ class Ec2Runtime:
         self._thread.start()
         self._stack = AsyncExitStack()
         self._reporter: concurrent.futures.Future[None] | None = None
-        self.worker: Worker = self.run(self._open(store))
+        # What lives as long as the process starts in an empty log context: a message's task
+        # may open the runtime, and these lines are not its job's (worker/logs.py).
+        blank = contextvars.Context()
+        self.worker: Worker = blank.run(self.run, self._open(store))
         if self.worker.ec2.road.limiters.create is not None:
-            self._reporter = asyncio.run_coroutine_threadsafe(
-                _report_rate(self.worker.ec2.road.limiters.create, timing.sleep), self._loop
-            )
+            reporting = _report_rate(self.worker.ec2.road.limiters.create, timing.sleep)
+            self._reporter = blank.run(asyncio.run_coroutine_threadsafe, reporting, self._loop)
 
     async def _open(self, store: ResultStore) -> Worker:
         """Everything is made on the loop's thread: redis.asyncio's connections belong to the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -69,9 +70,22 @@ def echo_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=None, separators=(",", ":")))
 
 
+def _say(line: str, code: str | None = None) -> None:
+    """An error line on stderr; once the command logs JSON (a long-running command failing at
+    start), a line of its log instead, with the error's code: every line stays JSON."""
+    if "worker.logs" in sys.modules:  # loaded by start_logging: no import for the others
+        from worker.logs import LogFormat, chosen
+
+        if chosen() is LogFormat.JSON:
+            extra = {"error_code": code} if code else None
+            logging.getLogger("mirrorq").error("%s", line, extra=extra)
+            return
+    click.echo(line, err=True)
+
+
 def fail_input(message: str) -> NoReturn:
     """A usage or input error that is not one of mirrorq's errors (a missing option)."""
-    click.echo(f"mirrorq: {message}", err=True)
+    _say(f"mirrorq: {message}")
     sys.exit(EXIT_USAGE)
 
 
@@ -81,11 +95,11 @@ def fail(error: MirrorqError, where: str | None = None) -> NoReturn:
     message, after `where` when given (the option or file that named what it is about)."""
     fields, unlisted = error.fields, error.fields_total - len(error.fields)
     if not fields:
-        click.echo(f"mirrorq: {where + ': ' if where else ''}{error}", err=True)
+        _say(f"mirrorq: {where + ': ' if where else ''}{error}", error.code)
     for field in fields:
-        click.echo(f"{where or 'invalid job'}: {describe(field)}", err=True)
+        _say(f"{where or 'invalid job'}: {describe(field)}", error.code)
     if unlisted > 0:
-        click.echo(f"{where or 'invalid job'}: ... and {unlisted} more", err=True)
+        _say(f"{where or 'invalid job'}: ... and {unlisted} more", error.code)
     sys.exit(error.exit_code)
 
 
@@ -148,3 +162,41 @@ def placement_or_exit(
         return parse_placement(region=region, role_arn=role_arn, external_id=external_id)
     except InvalidJobError as error:
         fail(error)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_format_option(command: F) -> F:
+    """--log-format: how a long-running command logs (default: MIRRORQ_LOG_FORMAT, text)."""
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"], case_sensitive=False),
+        default=None,
+        help="Log lines as readable text, or one JSON object a line (default: "
+        "MIRRORQ_LOG_FORMAT, else text).",
+    )(command)
+
+
+def log_options(command: F) -> F:
+    """--log-format and --log-level, for the long-running commands but the worker (whose
+    level is Celery's --loglevel)."""
+    command = click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default=None,
+        help="Lines below this level are dropped (default: MIRRORQ_LOG_LEVEL, else INFO).",
+    )(command)
+    return log_format_option(command)
+
+
+def start_logging(log_format: str | None, log_level: str | None) -> None:
+    """The process's log lines as the options (else the settings) say: worker/logs.py."""
+    from config import get_settings
+    from worker.logs import configure
+
+    if log_format is None or log_level is None:
+        settings = get_settings()
+        log_format = log_format or settings.log_format
+        log_level = log_level or settings.log_level
+    configure(log_format.lower(), log_level.upper())

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mirrorq.cli.base import echo_json, exit_for_batch, fail, main
+from mirrorq.cli.base import echo_json, exit_for_batch, fail, log_options, main, start_logging
 from tasks.errors import EXIT_FAILED, PolicyError, QueueError, UnknownResourceError
 
 if TYPE_CHECKING:
@@ -120,8 +120,15 @@ def policy_plan(file: Path, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Plan, and send DryRun jobs: nothing is created.")
 @click.option("--wait", is_flag=True, help="Follow the pass's batch with a progress bar.")
 @metrics_port
+@log_options
 def reconcile(
-    policy_path: Path, every: str | None, dry_run: bool, wait: bool, metrics_port: int | None
+    policy_path: Path,
+    every: str | None,
+    dry_run: bool,
+    wait: bool,
+    metrics_port: int | None,
+    log_format: str | None,
+    log_level: str | None,
 ) -> None:
     """Mirror every rule's gaps: plan from live EC2, submit them as one batch.
 
@@ -130,7 +137,6 @@ def reconcile(
     Each pass plans the policy as the file is then: an edit applies from the next pass, an
     invalid one is logged and the last good policy kept; SIGHUP reads the file at once.
     """
-    import logging
     import signal
     import threading
 
@@ -142,12 +148,13 @@ def reconcile(
     from tasks.producer import Producer
 
     settings, producer = get_settings(), Producer()
+    if every is not None or log_format or log_level:
+        start_logging(log_format, log_level)
     if every is not None:
         try:
             period = parse_duration(every)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--every") from None
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         watched = _watched(policy_path, metrics_port)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -203,8 +210,14 @@ def reconcile(
     help="Long polls in flight per queue.",
 )
 @metrics_port
+@log_options
 def listen(
-    queue_urls: tuple[str, ...], policy_path: Path, pollers: int, metrics_port: int | None
+    queue_urls: tuple[str, ...],
+    policy_path: Path,
+    pollers: int,
+    metrics_port: int | None,
+    log_format: str | None,
+    log_level: str | None,
 ) -> None:
     """Turn EventBridge events from SQS into jobs through the policy.
 
@@ -219,15 +232,12 @@ def listen(
     file at once.
     """
     import asyncio
-    import logging
     import signal
 
     from config import get_settings
     from mirrorq.listener import listen as run
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    start_logging(log_format, log_level)
     watched = _watched(policy_path, metrics_port)
 
     async def main_() -> None:

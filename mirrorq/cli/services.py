@@ -11,7 +11,15 @@ from typing import Any, TypeVar
 import click
 
 from config import get_emulator_settings
-from mirrorq.cli.base import echo_json, fail, fail_input, main
+from mirrorq.cli.base import (
+    echo_json,
+    fail,
+    fail_input,
+    log_format_option,
+    log_options,
+    main,
+    start_logging,
+)
 from tasks.errors import PolicyError
 
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -27,8 +35,9 @@ QUEUE_OPTIONS = ("-Q", "--queues", "-X", "--exclude-queues")
     default=None,
     help="Serve this process's metrics (jobs in flight, EC2 call latency) on 127.0.0.1:PORT.",
 )
+@log_format_option
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(metrics_port: int | None, celery_args: tuple[str, ...]) -> None:
+def worker(metrics_port: int | None, log_format: str | None, celery_args: tuple[str, ...]) -> None:
     """Run a worker; CELERY_ARGS go to `celery worker` (e.g. --hostname, --loglevel).
 
     Up to MIRRORQ_CONCURRENCY jobs in flight (default 64) share one event loop and one EC2
@@ -39,6 +48,8 @@ def worker(metrics_port: int | None, celery_args: tuple[str, ...]) -> None:
 
     It consumes its scope's queue only: `mirrorq` with MIRRORQ_AWS_ACCOUNT_ID unset,
     `mirrorq.<account>.<region>` with it set (so -Q/--queues is not taken).
+
+    Its log level is Celery's --loglevel (default MIRRORQ_LOG_LEVEL, else INFO).
     """
     for arg in celery_args:
         if arg.startswith(QUEUE_OPTIONS):
@@ -46,6 +57,12 @@ def worker(metrics_port: int | None, celery_args: tuple[str, ...]) -> None:
                 f"{arg.split('=')[0]}: a worker's queue is its scope's, set by "
                 "MIRRORQ_AWS_ACCOUNT_ID and MIRRORQ_REGION"
             )
+    from config import get_settings
+
+    settings = get_settings()
+    # Lines before Celery sets up its logging (it hands that to worker/logs.py) already in
+    # the chosen format; Celery's set-up keeps it.
+    start_logging(log_format, settings.log_level)
     from tasks.jobs import app  # the app with the task registered
 
     if metrics_port is not None:
@@ -53,10 +70,22 @@ def worker(metrics_port: int | None, celery_args: tuple[str, ...]) -> None:
 
         start_http_server(metrics_port, addr="127.0.0.1")
 
+    from worker.logs import LogFormat, chosen
+
+    # Celery's banner is a block of text printed past logging: not among JSON lines.
+    quiet = ["--quiet"] if chosen() is LogFormat.JSON else []
     # Gossip and mingle are Celery's worker-to-worker chatter over the broker; mirrorq's
     # workers coordinate through Redis keys instead, and mingle costs a second at start.
     app.worker_main(
-        ["worker", "--loglevel", "INFO", "--without-gossip", "--without-mingle", *celery_args]
+        [
+            *quiet,
+            "worker",
+            "--loglevel",
+            settings.log_level,
+            "--without-gossip",
+            "--without-mingle",
+            *celery_args,
+        ]
     )
 
 
@@ -131,7 +160,10 @@ def _emulator_flags(command: Command) -> Command:
     metavar="N",
     help="Create a lab with N source ENIs and print its ids.",
 )
-def emulator(seed_lab_enis: int, **flags: Any) -> None:
+@log_options
+def emulator(
+    seed_lab_enis: int, log_format: str | None, log_level: str | None, **flags: Any
+) -> None:
     """Run the local EC2 emulator (moto + Traffic Mirroring fidelity + fault injection),
     with SQS and STS on the same endpoint.
 
@@ -142,6 +174,7 @@ def emulator(seed_lab_enis: int, **flags: Any) -> None:
 
     from emulator.server import launch
 
+    start_logging(log_format, log_level)
     try:
         settings = get_emulator_settings().overridden(**flags)
     except ValidationError as error:
@@ -171,7 +204,10 @@ def emulator(seed_lab_enis: int, **flags: Any) -> None:
     help="Policy file: POST /v1/events turns EventBridge events into jobs through it (read "
     "again when it changes, or on SIGHUP).",
 )
-def api(host: str, port: int, policy_path: Path | None) -> None:
+@log_options
+def api(
+    host: str, port: int, policy_path: Path | None, log_format: str | None, log_level: str | None
+) -> None:
     """Serve the HTTP API (jobs, batches, events, health, metrics) on HOST:PORT.
 
     Every /v1 route needs a bearer token from MIRRORQ_API_TOKENS (comma-separated) or
@@ -189,6 +225,7 @@ def api(host: str, port: int, policy_path: Path | None) -> None:
     from mirrorq.policy_watch import WatchedPolicy
 
     settings = get_settings()
+    start_logging(log_format, log_level)
     try:
         policy = WatchedPolicy(policy_path) if policy_path else None
         app = create_app(settings, policy or ())
@@ -197,14 +234,14 @@ def api(host: str, port: int, policy_path: Path | None) -> None:
     except (ValueError, OSError) as error:  # a token that breaks the rule, a file not read
         fail_input(str(error))
     if policy is not None:
-        # mirrorq's own lines (a reloaded or refused policy) beside uvicorn's.
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         signal.signal(signal.SIGHUP, lambda *_: policy.hangup())
     uvicorn.run(
         app,
         host=host,
         port=port,
-        log_level="info",
+        # uvicorn's lines go to the process's one handler (worker/logs.py), as mirrorq's do.
+        log_config=None,
+        log_level=logging.getLogger().level,
         proxy_headers=False,
         http=with_head_deadline(settings.api_header_timeout_s),
     )
