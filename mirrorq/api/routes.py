@@ -322,7 +322,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(s: Svc) -> JSONResponse:
     settings = s.producer.settings
     for name, url in (("broker", settings.broker_url), ("results", settings.result_backend)):
-        if not await answers(url, READY_TIMEOUT_S):
+        if not await answers(url, READY_TIMEOUT_S, settings):
             raise ApiError(503, "NotReady", f"Redis ({name}) does not answer")
     if s.policy is None:
         return JSONResponse({"status": "ready"})
