@@ -13,9 +13,11 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -26,12 +28,33 @@ from tasks.connections import async_pool
 from tasks.contract import parse_request
 from tasks.errors import NotReplicatedError
 from tasks.producer import Producer
-from tests.helpers import Lab, job, mirrors, producer_for, wait_all, wait_until
+from tests.helpers import Lab, job, producer_for, sessions, wait_all, wait_until
 from tests.redis_server import RedisServer, SentinelSet
 from worker.leases import Leases
 from worker.timing import REAL
 
 BATCH = 2000
+SINGLES = 40  # jobs a producer submits one by one while Redis fails over
+# Three sessions an ENI (numbers 1-3, EC2's limit): a lab a third the batch's size seeds fast.
+PER_ENI = 3
+
+
+def batch_job(lab: Lab, n: int) -> dict[str, Any]:
+    return job(lab, n // PER_ENI, SessionNumber=n % PER_ENI + 1)
+
+
+def batch_enis(size: int) -> int:
+    return -(-size // PER_ENI)
+
+
+def slots(endpoint_url: str, lab: Lab) -> Counter[tuple[str, int]]:
+    """Sessions per (source ENI, SessionNumber) to the lab's NLB target through its filter."""
+    return Counter(
+        (s["NetworkInterfaceId"], s["SessionNumber"])
+        for s in sessions(endpoint_url)
+        if (s["TrafficMirrorTargetId"], s["TrafficMirrorFilterId"])
+        == (lab["target_ids"]["nlb"], lab["filter_id"])
+    )
 
 
 @pytest.fixture
@@ -65,7 +88,7 @@ class Submitter:
 
     producer: Producer
     lab: Lab
-    enis: range
+    enis: range  # one job each, SessionNumber 1
     accepted: dict[str, tuple[float, float]] = field(default_factory=dict)  # id: (began, done)
     refused: list[str] = field(default_factory=list)  # each error's code or class
     stop: threading.Event = field(default_factory=threading.Event)
@@ -116,21 +139,26 @@ def test_the_primary_killed_mid_batch_loses_no_accepted_job_with_a_replica_requi
     while the replica lagged, retried with their keys, and every job they were given an id
     for ends with one session; without, the jobs accepted while the replica lagged are gone,
     record and message (ids that lead nowhere), and nothing else is."""
-    lab = seed_lab(emulator.url, BATCH + 40)
+    first_single = batch_enis(BATCH)
+    lab = seed_lab(emulator.url, first_single + SINGLES)
     emulator.set_faults(latency_ms=20)
     renv = sentinel_env(env, sentinel_set, replicas)
     workers = [start_worker(**renv), start_worker(**renv)]
     producer = sentinel_producer(sentinel_set, replicas)
-    batch_id = producer.submit_batch([parse_request(job(lab, i)) for i in range(BATCH)])
+    batch_id = producer.submit_batch([parse_request(batch_job(lab, i)) for i in range(BATCH)])
     batch_ids = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
     wait_until(lambda: _done(producer, batch_id) >= 300, what="the batch to be under way")
 
-    submitter = Submitter(sentinel_producer(sentinel_set, replicas), lab, range(BATCH, BATCH + 40))
+    singles_at = range(first_single, first_single + SINGLES)
+    submitter = Submitter(sentinel_producer(sentinel_set, replicas), lab, singles_at)
     thread = submitter.start()
     time.sleep(0.5)
     old, replica = sentinel_set.primary, sentinel_set.replica
     assert replica.proc is not None
-    os.kill(replica.proc.pid, signal.SIGSTOP)  # the replica falls behind
+    # The replica falls behind: stopped, and cut off from the primary, which keeps nothing
+    # for it (a stopped process would still find what its socket had received).
+    os.kill(replica.proc.pid, signal.SIGSTOP)
+    redis.Redis(port=old.port).client_kill_filter(_type="replica")
     lag_began = time.monotonic()
     time.sleep(2.0)
     old.crash()  # kill -9: what it did not send its replica is gone
@@ -157,33 +185,38 @@ def test_the_primary_killed_mid_batch_loses_no_accepted_job_with_a_replica_requi
 
     singles = {j: producer.result(j) for j in submitter.accepted}
     lost = {j for j, record in singles.items() if record is None}
-    in_lag = {j for j, (began, done) in submitter.accepted.items() if lag_began < began < killed}
+    in_lag = {
+        j for j, (began, done) in submitter.accepted.items() if lag_began < began < done < killed
+    }
     if replicas:
         # Refused while the replica lagged (WAIT fell short), then accepted once it was back.
         assert "NotReplicated" in submitter.refused
         assert not lost, f"{len(lost)} accepted jobs lost"
-        assert not in_lag, "a job was accepted while no replica had it"
         finished = wait_all(producer, list(singles))
         assert {r["status"] for r in finished} == {"created"}
-        expected = dict.fromkeys(lab["eni_ids"], 1)
+        made = set(singles_at)
     else:
         # What README says is lost: the jobs accepted while the replica lagged, and only those.
         assert in_lag, "no job was accepted while the replica lagged"
         assert in_lag <= lost
         assert all(
-            lag_began - 0.5 < submitter.accepted[j][1] and submitter.accepted[j][0] < killed
-            for j in lost
+            lag_began < submitter.accepted[j][1] and submitter.accepted[j][0] < killed for j in lost
         )
         finished = wait_all(producer, [j for j in singles if j not in lost])
         assert {r["status"] for r in finished} == {"created"}
-        lost_enis = {
-            lab["eni_ids"][BATCH + n] for n, j in enumerate(submitter.accepted) if j in lost
-        }
-        expected = {eni: 1 for eni in lab["eni_ids"] if eni not in lost_enis}
-    found = mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"])
+        made = {eni for eni, j in zip(singles_at, submitter.accepted, strict=True) if j not in lost}
+    found = slots(emulator.url, lab)
     assert max(found.values()) == 1, "a duplicate session"
     # Every accepted job's session, one each (a lost job may have made its own before).
-    assert {eni: n for eni, n in found.items() if eni in expected} == expected
+    expected = {(lab["eni_ids"][n // PER_ENI], n % PER_ENI + 1) for n in range(BATCH)}
+    expected |= {(lab["eni_ids"][n], 1) for n in made}
+    assert expected <= set(found)
+    print(
+        f"min replicas {replicas}: {len(submitter.accepted)} single jobs accepted, "
+        f"{len(in_lag)} while the replica lagged, {len(lost)} lost "
+        f"({len(set(found) - expected)} of them made their session first); "
+        f"refusals: {Counter(submitter.refused)}"
+    )
 
 
 def test_a_graceful_failover_mid_batch_loses_duplicates_and_fails_nothing(
@@ -196,15 +229,17 @@ def test_a_graceful_failover_mid_batch_loses_duplicates_and_fails_nothing(
     stays writable until the sentinels make it a replica (about 8 s), so what is written
     there meanwhile is lost; acceptances cannot reach a replica there and are refused, and
     the workers' outcomes recorded there are re-derived from EC2 by each job's token."""
-    lab = seed_lab(emulator.url, 520)
+    size = 600
+    lab = seed_lab(emulator.url, batch_enis(size) + SINGLES)
     emulator.set_faults(latency_ms=20)
     renv = sentinel_env(env, sentinel_set, 1)
     workers = [start_worker(**renv), start_worker(**renv)]
     producer = sentinel_producer(sentinel_set, 1)
-    batch_id = producer.submit_batch([parse_request(job(lab, i)) for i in range(500)])
+    batch_id = producer.submit_batch([parse_request(batch_job(lab, i)) for i in range(size)])
     batch_ids = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
     wait_until(lambda: _done(producer, batch_id) >= 100, what="the batch to be under way")
-    submitter = Submitter(sentinel_producer(sentinel_set, 1), lab, range(500, 520))
+    singles_at = range(batch_enis(size), batch_enis(size) + SINGLES)
+    submitter = Submitter(sentinel_producer(sentinel_set, 1), lab, singles_at)
     thread = submitter.start()
     sentinel_set.failover()
     thread.join(timeout=180)
@@ -214,9 +249,9 @@ def test_a_graceful_failover_mid_batch_loses_duplicates_and_fails_nothing(
     assert {r["status"] for r in results} == {"created"}, [
         r["error"] for r in results if r["status"] != "created"
     ]
-    assert mirrors(emulator.url, lab["target_ids"]["nlb"], lab["filter_id"]) == dict.fromkeys(
-        lab["eni_ids"], 1
-    )
+    expected = {(lab["eni_ids"][n // PER_ENI], n % PER_ENI + 1) for n in range(size)}
+    expected |= {(lab["eni_ids"][n], 1) for n in singles_at}
+    assert slots(emulator.url, lab) == dict.fromkeys(expected, 1)
     assert all(w.proc.poll() is None for w in workers), "a worker died"
 
     # A lease's fence counts only once a replica has the lease.
