@@ -6,7 +6,9 @@
 2. Riding the limit: the emulator throttles like EC2 (bucket 50, refill 20/s); 4 workers with
    the shared limiter, next to 4 processes relying on botocore's standard retries; and the
    adaptive case, EC2's limit below mirrorq's configured rate.
-3. Submission: seconds to submit a 10,000-job batch, and Redis memory per job.
+3. Submission: seconds to submit a 10,000-job batch, and Redis memory per job; the same
+   batch (and single jobs) on a primary with a replica, with and without
+   MIRRORQ_REDIS_MIN_REPLICAS=1 (bench/replication.py).
 4. Footprint: resident memory of one worker process with its EC2 client.
 5. Many accounts: 4 workers riding 3 accounts x 2 Regions' buckets (20/s burst 50 each) at
    once, jobs placed by role_arn and region; then one account throttled to a quarter; next
@@ -34,6 +36,7 @@ from bench.events import bench_events
 from bench.events_accounts import bench_events_accounts
 from bench.limits import ride
 from bench.pipeline import bench_pipeline
+from bench.replication import bench_replication
 from bench.submission import bench_submission
 from mirrorq.processes import EmulatorProcess
 
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--only",
-        choices=["pipeline", "events", "api", "accounts", "events-accounts"],
+        choices=["pipeline", "events", "api", "accounts", "events-accounts", "replication"],
         help="run only this benchmark (printed; accounts also writes bench/results/accounts.json)",
     )
     args = parser.parse_args(argv)
@@ -59,6 +62,17 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.only == "events-accounts":
         only_events_accounts()
+        return
+    if args.only == "replication":
+        replication = bench_replication(10_000)
+        console.print_json(json.dumps(replication))
+        table = Table(title="accepted means replicated")
+        table.add_column("benchmark")
+        table.add_column("measured", justify="right")
+        table.add_column("", justify="right")
+        for row in replication_rows(replication):
+            table.add_row(*row)
+        console.print(table)
         return
     if args.only in ("events", "api"):
         console.print_json(json.dumps(bench_events() if args.only == "events" else bench_api()))
@@ -87,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         results["accounts"] = bench_accounts(emulator, args.account_jobs)
     console.print("4/6 submission ...")
     results["submission"] = bench_submission(10_000)
+    results["replication"] = bench_replication(10_000)
     console.print("5/6 event to session ...")
     results["events"] = bench_events()
     console.print("6/6 the HTTP API ...")
@@ -138,6 +153,8 @@ def report(results: dict[str, Any]) -> Table:
         "(<= 2 s)",
     )
     table.add_row("Redis memory per queued job", f"{s['redis_bytes_per_queued_job']:.0f} bytes", "")
+    for row in replication_rows(results["replication"]):
+        table.add_row(*row)
     table.add_row(
         "worker RSS with its EC2 client, after the run",
         f"{results['footprint']['worker_rss_mb_after_jobs']:.0f} MiB",
@@ -259,3 +276,22 @@ def accounts_rows(a: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
         )
     return rows
+
+
+def replication_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Submission on a primary with a replica, without and with MIN_REPLICAS=1."""
+    b, s = r["batch_seconds_median"], r["single_submit_ms"]
+    return [
+        (
+            f"submit {r['jobs']:,} jobs, primary + replica: MIN_REPLICAS 0 / 1 "
+            f"(median of {r['rounds']})",
+            f"{b['min_replicas_0']:.2f} s / {b['min_replicas_1']:.2f} s",
+            f"x{b['min_replicas_1'] / b['min_replicas_0']:.2f}",
+        ),
+        (
+            "one job submitted: MIN_REPLICAS 0 / 1",
+            f"p50 {s['min_replicas_0']['p50']:.2f} / {s['min_replicas_1']['p50']:.2f} ms, "
+            f"p99 {s['min_replicas_0']['p99']:.2f} / {s['min_replicas_1']['p99']:.2f} ms",
+            "",
+        ),
+    ]

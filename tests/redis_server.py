@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -153,7 +154,7 @@ class SentinelSet:
         wait_for(self._sentinels_see_each_other, "the sentinels to find each other")
         return self
 
-    def sentinel(self, n: int = 0) -> redis.Redis:
+    def sentinel(self, n: int = 0) -> Any:  # redis-py types SENTINEL's answers loosely
         return redis.Redis(port=self.sentinel_ports[n], socket_timeout=2)
 
     def master_port(self) -> int:
