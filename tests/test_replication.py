@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from config import Settings
 from emulator.lab import seed_lab
@@ -53,7 +54,7 @@ def test_sentinel_urls_are_read_as_kombu_and_celery_read_them() -> None:
         sentinels_of("sentinel://s1:26379;redis://s2:6379")
     with pytest.raises(ValueError, match="database"):
         sentinels_of("sentinel://s1:26379/x")
-    settings = Settings(sentinel_master="prod", sentinel_password="sentinel-secret")  # noqa: S106
+    settings = Settings(sentinel_master="prod", sentinel_password=SecretStr("sentinel-secret"))
     options = transport_options("sentinel://s1:26379", settings)
     assert options["master_name"] == "prod"
     assert options["sentinel_kwargs"]["password"] == "sentinel-secret"  # noqa: S105

@@ -278,8 +278,9 @@ async def batch_results(
         "what its detail-type needs",
         s422="A job event whose detail is not a valid job (InvalidJob)",
         s503="This API was started without --policy (NoPolicy: no events until it is); "
-        "Redis does not answer (RedisUnavailable); EC2 does not answer or is throttling "
-        "(Ec2Unavailable, or EC2's code): try again",
+        "Redis does not answer (RedisUnavailable), or a job's acceptance did not reach "
+        "MIRRORQ_REDIS_MIN_REPLICAS replicas (NotReplicated); EC2 does not answer or is "
+        "throttling (Ec2Unavailable, or EC2's code): try again",
     ),
     openapi_extra=EVENT_BODY,
     summary="An EventBridge event, through the policy (as mirrorq listen does)",
