@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only",
         choices=["pipeline", "events", "api", "accounts", "events-accounts", "replication"],
-        help="run only this benchmark (printed; accounts also writes bench/results/accounts.json)",
+        help="run only this benchmark (printed; accounts and replication also write "
+        "bench/results/accounts.json, replication.json)",
     )
     args = parser.parse_args(argv)
     if args.only == "accounts":
@@ -65,7 +66,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.only == "replication":
         replication = bench_replication(10_000)
+        replication["date"] = datetime.now(UTC).isoformat(timespec="seconds")
         console.print_json(json.dumps(replication))
+        written = args.output.parent / "replication.json"
+        written.parent.mkdir(parents=True, exist_ok=True)
+        written.write_text(json.dumps(replication, indent=2) + "\n")
         table = Table(title="accepted means replicated")
         table.add_column("benchmark")
         table.add_column("measured", justify="right")

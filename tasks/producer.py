@@ -2,7 +2,10 @@
 
 A job is accepted when its `queued` record and its pending entry are written (with its
 idempotency claim, if it has a key, in the same atomic step) and its message is queued. If
-the message cannot be queued, the acceptance is undone and the caller gets the error.
+the message cannot be queued, the acceptance is undone and the caller gets the error. With
+MIRRORQ_REDIS_MIN_REPLICAS, the written acceptance (a job's, or a whole batch's) must reach
+that many replicas before anything is published; short of them it is undone and the caller
+gets NotReplicatedError (tasks/replication.py).
 """
 
 from __future__ import annotations
