@@ -10,8 +10,10 @@ Sentinel failover").
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -20,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
 from emulator.lab import seed_lab
-from mirrorq.processes import EmulatorProcess, WorkerProcess
+from mirrorq.processes import MIRRORQ, ApiProcess, EmulatorProcess, WorkerProcess, free_port
 from tasks.connections import async_pool
 from tasks.contract import parse_request
 from tasks.errors import NotReplicatedError
@@ -35,6 +38,7 @@ from worker.leases import Leases
 from worker.timing import REAL
 
 BATCH = 2000
+TOKEN = "sentinel-test-token-0c5e"  # noqa: S105 - the API's, in this test only
 SINGLES = 40  # jobs a producer submits one by one while Redis fails over
 # Three sessions an ENI (numbers 1-3, EC2's limit): a lab a third the batch's size seeds fast.
 PER_ENI = 3
@@ -73,6 +77,10 @@ def sentinel_env(env: dict[str, str], redis_set: SentinelSet, replicas: int) -> 
         "MIRRORQ_REDIS_MIN_REPLICAS": str(replicas),
         "MIRRORQ_REPAIR_INTERVAL_S": "1",
         "MIRRORQ_LOST_AFTER_S": "3",
+        # Messages whose ack a failover lost come back after the visibility timeout: short
+        # here (it must outlast a job's deadline and read timeout).
+        "MIRRORQ_JOB_DEADLINE_S": "8",
+        "MIRRORQ_VISIBILITY_TIMEOUT_S": "15",
     }
 
 
@@ -126,6 +134,19 @@ def _done(producer: Producer, batch_id: str) -> int:
         return 0
 
 
+def _post_until_accepted(api_url: str, request: dict[str, Any]) -> str:
+    """POST /v1/jobs, retried with its Idempotency-Key while the API answers 503."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": "over-http"}
+    deadline = time.monotonic() + 120
+    while True:
+        answer = httpx.post(f"{api_url}/v1/jobs", json=request, headers=headers, timeout=30)
+        if answer.status_code == 202:
+            return str(answer.json()["job_id"])
+        assert answer.status_code == 503, answer.text
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.5)
+
+
 def _lost(producer: Producer, submitter: Submitter) -> set[str]:
     return {j for j in submitter.accepted if producer.result(j) is None}
 
@@ -135,6 +156,7 @@ def _between(submitter: Submitter, start: float, end: float) -> set[str]:
     return {j for j, (began, done) in submitter.accepted.items() if start < began < done < end}
 
 
+@pytest.mark.timeout(480)  # two failovers on a shared 2-core machine; about 2-4 minutes
 @pytest.mark.parametrize("replicas", [1, 0])
 def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
     emulator: EmulatorProcess,
@@ -143,7 +165,7 @@ def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
     start_worker: Callable[..., WorkerProcess],
     replicas: int,
 ) -> None:
-    """A 2,000-job batch through 2 workers, creates at 30/s so that it runs a minute or more. Early
+    """A 2,000-job batch through 2 workers, creates at 40/s so that it runs a minute or so. Early
     in it, a graceful failover (`SENTINEL FAILOVER`) while a producer submits single jobs:
     the sentinels leave the old primary writable until they make it a replica (seconds), so
     what is written there meanwhile is lost. Later, the replica falls behind (stopped and cut
@@ -154,14 +176,26 @@ def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
     without, the jobs accepted where no replica would have them are gone, record and message
     (ids that lead nowhere), and nothing else is."""
     first_single = batch_enis(BATCH)
-    lab = seed_lab(emulator.url, first_single + 2 * SINGLES)
+    lab = seed_lab(emulator.url, first_single + 2 * SINGLES + 1)  # and one over HTTP
     emulator.set_faults(latency_ms=20)
-    renv = {**sentinel_env(env, sentinel_set, replicas), "MIRRORQ_EC2_RATE": "30"}
-    renv["MIRRORQ_EC2_BURST"] = "30"
+    renv = {**sentinel_env(env, sentinel_set, replicas), "MIRRORQ_EC2_RATE": "40"}
+    renv["MIRRORQ_EC2_BURST"] = "40"
     workers = [start_worker(**renv), start_worker(**renv)]
+    port = free_port()
+    api = ApiProcess("api-sentinel", {**renv, "MIRRORQ_API_TOKENS": TOKEN}, "--port", str(port))
+    api.wait_ready()
+    api_url = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{api_url}/readyz").status_code == 200
     producer = sentinel_producer(sentinel_set, replicas)
     batch_id = producer.submit_batch([parse_request(batch_job(lab, i)) for i in range(BATCH)])
     batch_ids = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
+    watch = subprocess.Popen(  # the CLI follows too
+        [*MIRRORQ, "batch", "status", batch_id, "--watch", "--json"],
+        env=renv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_until(lambda: _done(producer, batch_id) >= 200, what="the batch to be under way")
 
     # 1. A graceful failover.
@@ -208,7 +242,14 @@ def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
     thread.join(timeout=180)
     assert not thread.is_alive(), "the submitter never got its jobs accepted"
 
-    results = wait_all(producer, batch_ids, timeout=300)
+    # The API followed too, unrestarted: ready, and accepting (a 503 is retried with the key).
+    wait_until(lambda: httpx.get(f"{api_url}/readyz").status_code == 200, what="/readyz")
+    over_http = _post_until_accepted(api_url, job(lab, first_single + 2 * SINGLES))
+    results = wait_all(producer, [*batch_ids, over_http], timeout=300)
+    api.stop()
+    out, err = watch.communicate(timeout=120)
+    assert watch.returncode == 0, err[-3000:]
+    assert json.loads(out)["counts"] == {"created": BATCH}
     assert {r["status"] for r in results} == {"created"}, [
         r["error"] for r in results if r["status"] != "created"
     ]
@@ -243,6 +284,7 @@ def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
     expected |= {
         (lab["eni_ids"][n], 1) for n, j in zip(enis, singles, strict=True) if j not in lost
     }
+    expected.add((lab["eni_ids"][first_single + 2 * SINGLES], 1))
     assert expected <= set(found)
     print(
         f"min replicas {replicas}: graceful: {len(graceful.accepted)} single jobs accepted, "
