@@ -130,11 +130,19 @@ class ResultStore:
         if not replication.wanted(self.settings):
             answer = self._accept(keys=script_keys, args=args)
             return answer.decode() if isinstance(answer, bytes) else answer
-        # Accepted means replicated: the script and the WAIT on one connection.
-        with self.client.pipeline(transaction=False) as pipe:
-            self._accept(keys=script_keys, args=args, client=pipe)
-            replication.queue_wait(pipe, self.settings)
-            answer, _, acked = pipe.execute()
+        # Accepted means replicated: the script and the WAIT on one connection. A pipeline
+        # loads its scripts before it is sent; sent again through a failover, it may meet a
+        # primary that has not seen them (NOSCRIPT): sent once more, they are loaded first.
+        for last in (False, True):
+            try:
+                with self.client.pipeline(transaction=False) as pipe:
+                    self._accept(keys=script_keys, args=args, client=pipe)
+                    replication.queue_wait(pipe, self.settings)
+                    answer, _, acked = pipe.execute()
+                break
+            except redis.exceptions.NoScriptError:
+                if last:
+                    raise
         earlier: str | None = answer.decode() if isinstance(answer, bytes) else answer
         if earlier is not None and json.loads(earlier)["job_id"] == record["job_id"]:
             # The pipeline was sent again through a failover, after the first reached Redis:

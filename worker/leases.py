@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from config import Settings
 from tasks import replication
@@ -109,10 +109,16 @@ class Leases:
         if self._replicated is None:
             lease.lost = not await self._extend(keys=[lease.key], args=[lease.token, ms])
             return not lease.lost
-        async with self._redis.pipeline(transaction=False) as pipe:
-            await self._extend(keys=[lease.key], args=[lease.token, ms], client=pipe)
-            replication.queue_wait(pipe, self._replicated)
-            held, _, acked = await pipe.execute()
+        for last in (False, True):  # NOSCRIPT from a new primary: loaded, sent once more
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    await self._extend(keys=[lease.key], args=[lease.token, ms], client=pipe)
+                    replication.queue_wait(pipe, self._replicated)
+                    held, _, acked = await pipe.execute()
+                break
+            except NoScriptError:
+                if last:
+                    raise
         lease.lost = not held
         if held:
             replication.check(acked, self._replicated, f"the lease {lease.key}")
