@@ -37,7 +37,10 @@ from tests.redis_server import RedisServer, SentinelSet
 from worker.leases import Leases
 from worker.timing import REAL
 
-BATCH = 2000
+# The batch, and the create rate that makes it outlast both failovers (two workers; a
+# graceful failover takes 15-40 s here). With a replica required: the 2,000 jobs the issue
+# asks for; without, what is lost shows with fewer.
+RUNS = {"min-replicas-1": (1, 2000, 20), "min-replicas-0": (0, 600, 8)}
 TOKEN = "sentinel-test-token-0c5e"  # noqa: S105 - the API's, in this test only
 SINGLES = 40  # jobs a producer submits one by one while Redis fails over
 # Three sessions an ENI (numbers 1-3, EC2's limit): a lab a third the batch's size seeds fast.
@@ -157,15 +160,18 @@ def _between(submitter: Submitter, start: float, end: float) -> set[str]:
 
 
 @pytest.mark.timeout(480)  # two failovers on a shared 2-core machine; about 2-4 minutes
-@pytest.mark.parametrize("replicas", [1, 0])
+@pytest.mark.parametrize(("replicas", "batch", "rate"), list(RUNS.values()), ids=list(RUNS))
 def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
     emulator: EmulatorProcess,
     env: dict[str, str],
     sentinel_set: SentinelSet,
     start_worker: Callable[..., WorkerProcess],
     replicas: int,
+    batch: int,
+    rate: int,
 ) -> None:
-    """A 2,000-job batch through 2 workers, creates at 40/s so that it runs a minute or so. Early
+    """A 2,000-job batch through 2 workers (600 without a replica required), creates at a rate
+    that makes it run a minute or more. Early
     in it, a graceful failover (`SENTINEL FAILOVER`) while a producer submits single jobs:
     the sentinels leave the old primary writable until they make it a replica (seconds), so
     what is written there meanwhile is lost. Later, the replica falls behind (stopped and cut
@@ -175,11 +181,11 @@ def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
     their job, retry with their keys, and every id they were given ends with its session;
     without, the jobs accepted where no replica would have them are gone, record and message
     (ids that lead nowhere), and nothing else is."""
-    first_single = batch_enis(BATCH)
+    first_single = batch_enis(batch)
     lab = seed_lab(emulator.url, first_single + 2 * SINGLES + 1)  # and one over HTTP
     emulator.set_faults(latency_ms=20)
-    renv = {**sentinel_env(env, sentinel_set, replicas), "MIRRORQ_EC2_RATE": "40"}
-    renv["MIRRORQ_EC2_BURST"] = "40"
+    renv = {**sentinel_env(env, sentinel_set, replicas), "MIRRORQ_EC2_RATE": str(rate)}
+    renv["MIRRORQ_EC2_BURST"] = str(rate)
     workers = [start_worker(**renv), start_worker(**renv)]
     port = free_port()
     api = ApiProcess("api-sentinel", {**renv, "MIRRORQ_API_TOKENS": TOKEN}, "--port", str(port))
@@ -187,7 +193,7 @@ def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
     api_url = f"http://127.0.0.1:{port}"
     assert httpx.get(f"{api_url}/readyz").status_code == 200
     producer = sentinel_producer(sentinel_set, replicas)
-    batch_id = producer.submit_batch([parse_request(batch_job(lab, i)) for i in range(BATCH)])
+    batch_id = producer.submit_batch([parse_request(batch_job(lab, i)) for i in range(batch)])
     batch_ids = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
     watch = subprocess.Popen(  # the CLI follows too
         [*MIRRORQ, "batch", "status", batch_id, "--watch", "--json"],
@@ -196,7 +202,7 @@ def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_until(lambda: _done(producer, batch_id) >= 200, what="the batch to be under way")
+    wait_until(lambda: _done(producer, batch_id) >= batch // 10, what="the batch to be under way")
 
     # 1. A graceful failover.
     graceful = Submitter(
@@ -211,7 +217,7 @@ def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
     thread.join(timeout=180)
     assert not thread.is_alive(), "the submitter never got its jobs accepted"
     at_graceful = _done(producer, batch_id)
-    assert at_graceful < BATCH - 300, f"the batch ended too soon: {at_graceful} done"
+    assert at_graceful < batch - 100, f"the batch ended too soon: {at_graceful} done"
 
     # 2. The replica falls behind, and the primary is killed with -9.
     singles_at = range(first_single + SINGLES, first_single + 2 * SINGLES)
@@ -249,7 +255,7 @@ def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
     api.stop()
     out, err = watch.communicate(timeout=120)
     assert watch.returncode == 0, err[-3000:]
-    assert json.loads(out)["counts"] == {"created": BATCH}
+    assert json.loads(out)["counts"] == {"created": batch}
     assert {r["status"] for r in results} == {"created"}, [
         r["error"] for r in results if r["status"] != "created"
     ]
@@ -279,7 +285,7 @@ def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
     found = slots(emulator.url, lab)
     assert max(found.values()) == 1, "a duplicate session"
     # Every accepted job's session, one each (a lost job may have made its own before).
-    expected = {(lab["eni_ids"][n // PER_ENI], n % PER_ENI + 1) for n in range(BATCH)}
+    expected = {(lab["eni_ids"][n // PER_ENI], n % PER_ENI + 1) for n in range(batch)}
     enis = [*graceful.enis[: len(graceful.accepted)], *crash.enis]
     expected |= {
         (lab["eni_ids"][n], 1) for n, j in zip(enis, singles, strict=True) if j not in lost
