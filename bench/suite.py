@@ -6,7 +6,9 @@
 2. Riding the limit: the emulator throttles like EC2 (bucket 50, refill 20/s); 4 workers with
    the shared limiter, next to 4 processes relying on botocore's standard retries; and the
    adaptive case, EC2's limit below mirrorq's configured rate.
-3. Submission: seconds to submit a 10,000-job batch, and Redis memory per job.
+3. Submission: seconds to submit a 10,000-job batch, and Redis memory per job; the same
+   batch (and single jobs) on a primary with a replica, with and without
+   MIRRORQ_REDIS_MIN_REPLICAS=1 (bench/replication.py).
 4. Footprint: resident memory of one worker process with its EC2 client.
 6. A session's life: 2,000 sessions created, then modified, then deleted, each kind riding
    its action's bucket (20/s burst 50), against the theoretical rate (bench/lifecycle.py).
@@ -37,6 +39,7 @@ from bench.events_accounts import bench_events_accounts
 from bench.lifecycle import bench_lifecycle
 from bench.limits import ride
 from bench.pipeline import bench_pipeline
+from bench.replication import bench_replication
 from bench.submission import bench_submission
 from mirrorq.processes import EmulatorProcess
 
@@ -53,8 +56,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--only",
-        choices=["pipeline", "events", "api", "accounts", "events-accounts", "lifecycle"],
-        help="run only this benchmark (printed; accounts also writes bench/results/accounts.json)",
+        choices=[
+            "pipeline",
+            "events",
+            "api",
+            "accounts",
+            "events-accounts",
+            "lifecycle",
+            "replication",
+        ],
+        help="run only this benchmark (printed; accounts and replication also write "
+        "bench/results/accounts.json, replication.json)",
     )
     args = parser.parse_args(argv)
     if args.only == "accounts":
@@ -65,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.only == "lifecycle":
         only_lifecycle(args.ride_jobs)
+        return
+    if args.only == "replication":
+        only_replication(args.output.parent)
         return
     if args.only in ("events", "api"):
         console.print_json(json.dumps(bench_events() if args.only == "events" else bench_api()))
@@ -95,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         results["lifecycle"] = bench_lifecycle(emulator, args.ride_jobs)
     console.print("4/6 submission ...")
     results["submission"] = bench_submission(10_000)
+    results["replication"] = bench_replication(10_000)
     console.print("5/6 event to session ...")
     results["events"] = bench_events()
     console.print("6/6 the HTTP API ...")
@@ -148,6 +164,8 @@ def report(results: dict[str, Any]) -> Table:
         "(<= 2 s)",
     )
     table.add_row("Redis memory per queued job", f"{s['redis_bytes_per_queued_job']:.0f} bytes", "")
+    for row in replication_rows(results["replication"]):
+        table.add_row(*row)
     table.add_row(
         "worker RSS with its EC2 client, after the run",
         f"{results['footprint']['worker_rss_mb_after_jobs']:.0f} MiB",
@@ -315,3 +333,39 @@ def accounts_rows(a: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
         )
     return rows
+
+
+def replication_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Submission on a primary with a replica, without and with MIN_REPLICAS=1."""
+    b, s = r["batch_seconds_median"], r["single_submit_ms"]
+    return [
+        (
+            f"submit {r['jobs']:,} jobs, primary + replica: MIN_REPLICAS 0 / 1 "
+            f"(median of {r['rounds']})",
+            f"{b['min_replicas_0']:.2f} s / {b['min_replicas_1']:.2f} s",
+            f"x{b['min_replicas_1'] / b['min_replicas_0']:.2f}",
+        ),
+        (
+            "one job submitted: MIN_REPLICAS 0 / 1",
+            f"p50 {s['min_replicas_0']['p50']:.2f} / {s['min_replicas_1']['p50']:.2f} ms, "
+            f"p99 {s['min_replicas_0']['p99']:.2f} / {s['min_replicas_1']['p99']:.2f} ms",
+            "",
+        ),
+    ]
+
+
+def only_replication(folder: Path) -> None:
+    """A 10,000-job batch with and without a replica required, printed and written."""
+    replication = bench_replication(10_000)
+    replication["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    console.print_json(json.dumps(replication))
+    written = folder / "replication.json"
+    written.parent.mkdir(parents=True, exist_ok=True)
+    written.write_text(json.dumps(replication, indent=2) + "\n")
+    table = Table(title="accepted means replicated")
+    table.add_column("benchmark")
+    table.add_column("measured", justify="right")
+    table.add_column("", justify="right")
+    for row in replication_rows(replication):
+        table.add_row(*row)
+    console.print(table)

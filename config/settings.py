@@ -106,6 +106,21 @@ class Settings(BaseSettings):
     # restart, a failover) before that command fails. Workers never fail a job for it: they
     # wait for Redis and carry on.
     redis_retry_s: float = Field(default=20.0, ge=0)
+    # Redis Sentinel (MIRRORQ_BROKER_URL / MIRRORQ_RESULT_BACKEND of the form
+    # `sentinel://[:password@]host:26379[/db];sentinel://host2:26379`, the Redis password and
+    # database in the first): the name the sentinels know the primary by, and their own
+    # password if they require one (Redis's own is in the URL).
+    sentinel_master: str = Field(default="mymaster", min_length=1)
+    sentinel_password: SecretStr | None = None
+    # Accepted means replicated: a job or batch is reported accepted only once its acceptance
+    # reached this many replicas (Redis WAIT), within redis_replica_timeout_s; else the
+    # producer gets NotReplicated (retry with the same idempotency key), and nothing of it
+    # runs. 0 (the default): accepted once the primary has it. Fenced creates (leases) wait
+    # for the same number (tasks/replication.py).
+    redis_min_replicas: int = Field(default=0, ge=0, le=16)
+    # Below the socket timeout (tasks/connections.py, 5 s): a WAIT longer than that would
+    # be taken for a hung Redis.
+    redis_replica_timeout_s: float = Field(default=1.0, gt=0, le=4.0)
 
     # The HTTP API: bearer tokens, comma-separated (or one a line in a file), never logged.
     api_tokens: SecretStr | None = None

@@ -7,7 +7,7 @@ from kombu.utils.url import url_to_parts
 
 from config import Settings, get_settings
 from tasks import broker
-from tasks.connections import publish_retry_policy
+from tasks.connections import publish_retry_policy, transport_options
 from tasks.contract import BATCH_TASK_NAME, KIND_OF_TASK, fleet_queue
 
 UNACKED_MUTEX_EXPIRE_S = 10  # kombu's restore-sweep lock: see broker_transport_options
@@ -50,7 +50,10 @@ def create_app(settings: Settings) -> Celery:
             # milliseconds, and each restore is a transaction WATCHing the unacked hash, so
             # two sweeps at once restore nothing twice.
             "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
+            # With sentinel:// URLs: the primary's name, the sentinels' password.
+            **transport_options(settings.broker_url, settings),
         },
+        result_backend_transport_options=transport_options(settings.result_backend, settings),
         # Publishing rides out a Redis restart as commands do (tasks/connections.py).
         task_publish_retry_policy=publish_retry_policy(settings),
         # A job keeps running while the worker reconnects to a restarted Redis: its message
@@ -69,9 +72,12 @@ def create_app(settings: Settings) -> Celery:
         # mirrorq's (worker/logs.py), which keeps the process's one handler and format.
         worker_hijack_root_logger=True,
     )
-    if url_to_parts(settings.broker_url).scheme == "redis":
-        # Same wire format as kombu's own Redis transport; less CPU per message.
-        app.conf.broker_transport = broker.TRANSPORT
+    scheme = url_to_parts(settings.broker_url).scheme
+    if scheme in ("redis", "sentinel"):
+        # Same wire format as kombu's own Redis transports; less CPU per message.
+        app.conf.broker_transport = (
+            broker.TRANSPORT if scheme == "redis" else broker.SENTINEL_TRANSPORT
+        )
     return app
 
 

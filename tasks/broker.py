@@ -34,6 +34,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 
 TRANSPORT = f"{__name__}:Transport"
+SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"  # the same, the primary found by Sentinel
 log = logging.getLogger(__name__)
 
 # Sent for a payload dropped unread: `task` and `job_id` as far as the payload names them
@@ -110,6 +111,17 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
     # Whether the payload a channel's BRPOP popped reached a consumer's callback (whichever
     # channel consumes its queue): the event loop reads one payload at a time.
+    delivering = False
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """The channel above, its connection pool the primary's through the sentinels (kombu's
+    SentinelChannel): a connection to a primary that died or was demoted is dropped, and the
+    next one asks the sentinels again."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
     delivering = False
 
 

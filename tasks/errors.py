@@ -11,6 +11,7 @@ style), the HTTP status the API answers it with and the status the CLI exits wit
     ├── NotAnEventError             InvalidEvent         400   2
     ├── UnknownResourceError        UnknownResource      400   2
     ├── QueueError                  QueueUnusable        502   1    (2: found at start)
+    ├── NotReplicatedError          NotReplicated        503   1    (retried in a worker)
     │   what a job meets in a worker, recorded as its outcome's code:
     ├── JobExpiredError             Expired              400   1
     ├── JobRevokedError             Revoked              400   1
@@ -204,6 +205,26 @@ class QueueError(MirrorqError):
     @property
     def exit_code(self) -> int:
         return self.at_start_exit_status if self.at_start else self.exit_status
+
+
+class NotReplicatedError(MirrorqError):
+    """A write that must reach MIRRORQ_REDIS_MIN_REPLICAS replicas did not within
+    MIRRORQ_REDIS_REPLICA_TIMEOUT_S (a failover, a replica down or behind). A producer's
+    job or batch was not accepted (its acceptance is undone; retry with the same idempotency
+    key); a worker's fenced create is not sent yet, and its attempt is retried."""
+
+    code = "NotReplicated"
+    http_status = 503
+    exit_status = EXIT_FAILED
+    retryable = True
+
+    def __init__(self, what: str, acked: int, wanted: int, timeout_s: float) -> None:
+        super().__init__(
+            f"{what} reached {acked} of the {wanted} Redis replica(s) required "
+            f"(MIRRORQ_REDIS_MIN_REPLICAS) within {timeout_s:g} s; retry with the same "
+            "idempotency key"
+        )
+        self.acked, self.wanted = acked, wanted
 
 
 class JobExpiredError(MirrorqError):

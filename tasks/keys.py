@@ -11,6 +11,13 @@ def _key(*parts: str) -> str:
     return ":".join((PREFIX, *parts))
 
 
+# String: a counter every write that must be replicated bumps just before its WAIT
+# (tasks/replication.py). WAIT covers the writes of its own connection, up to its last one;
+# a write of its own makes it cover everything Redis applied before it, whichever
+# connection wrote that (a lease taken, a message published).
+REPLICATION_FENCE = _key("replication-fence")
+
+
 def idempotency(key: str, where: tuple[str, str] | None = None) -> str:
     """String: {"job_id", "request_sha256"} of the job a client's idempotency key names.
     `where`: the (account, Region) of a job placed outside its fleet's own, so the same key

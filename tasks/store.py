@@ -10,6 +10,8 @@ name, as its TypedDict in tasks/scripts.py says.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -22,10 +24,11 @@ import redis.asyncio as aioredis
 from celery import Celery, states
 
 from config import Settings
-from tasks import keys
+from tasks import keys, replication
 from tasks.batches import BatchStore, place_of_record
 from tasks.connections import sync_client
 from tasks.contract import fleet_scope
+from tasks.errors import NotReplicatedError
 from tasks.records import TERMINAL_STATUSES, JobResult, JobStatus, StepVerdict, is_terminal, loaded
 from tasks.scripts import (
     ACCEPT,
@@ -85,6 +88,7 @@ class ResultStore:
     def __init__(self, app: Celery, settings: Settings) -> None:
         backend: Any = app.backend  # its key names and encoding; the client is ours
         self.backend = backend
+        self.settings = settings
         self.client: redis.Redis = sync_client(settings.result_backend, settings)
         self.ttl_s = int(backend.expires or 86400)
         self.lease_ms = int(settings.lease_s * 1000)
@@ -123,8 +127,53 @@ class ResultStore:
         (the claim's Redis key, claim JSON) if any, atomically. Returns the earlier claim if
         the key was taken."""
         script_keys, args = self._accept_arguments(record, claim)
-        earlier = self._accept(keys=script_keys, args=args)
-        return earlier.decode() if isinstance(earlier, bytes) else earlier
+        if not replication.wanted(self.settings):
+            answer = self._accept(keys=script_keys, args=args)
+            return answer.decode() if isinstance(answer, bytes) else answer
+        # Accepted means replicated: the script and the WAIT on one connection. A pipeline
+        # loads its scripts before it is sent; sent again through a failover, it may meet a
+        # primary that has not seen them (NOSCRIPT): sent once more, they are loaded first.
+        for last in (False, True):
+            try:
+                with self.client.pipeline(transaction=False) as pipe:
+                    self._accept(keys=script_keys, args=args, client=pipe)
+                    replication.queue_wait(pipe, self.settings)
+                    answer, _, acked = pipe.execute()
+                break
+            except redis.exceptions.NoScriptError:
+                if last:
+                    raise
+        earlier: str | None = answer.decode() if isinstance(answer, bytes) else answer
+        if earlier is not None and json.loads(earlier)["job_id"] == record["job_id"]:
+            # The pipeline was sent again through a failover, after the first reached Redis:
+            # the claim is this job's own.
+            earlier = None
+        try:
+            replication.check(acked, self.settings, f"job {record['job_id']}'s acceptance")
+        except NotReplicatedError:
+            if earlier is None:
+                # Nothing is published yet: undone, nothing of it runs. (An undo that cannot
+                # reach Redis leaves the job to the repair; the key, retried, names it.)
+                with contextlib.suppress(redis.RedisError):
+                    self.unaccept(record, claim)
+            raise
+        return earlier
+
+    def unaccept_batch(self, batch_id: str, records: Sequence[JobResult]) -> None:
+        """Undo `accept_on` and `BatchStore.create` (nothing of the batch was published)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for start in range(0, len(records), 1000):
+                chunk = records[start : start + 1000]
+                pipe.delete(*self.keys_for([r["job_id"] for r in chunk]))
+                pipe.zrem(keys.PENDING, *(r["job_id"] for r in chunk))
+            for status, count in Counter(record["status"] for record in records).items():
+                pipe.hincrby(keys.STATS_STATUS, status, -count)
+            placed = Counter(f"{place_of_record(r)}/{r['status']}" for r in records)
+            for field, count in placed.items():
+                pipe.hincrby(keys.STATS_PLACED, field, -count)
+            pipe.delete(*keys.batch(batch_id).all())
+            pipe.srem(keys.RUNNING_BATCHES, batch_id)
+            pipe.execute()
 
     def accept_on(self, pipe: Any, records: Sequence[JobResult]) -> None:
         """The same for many jobs, queued on `pipe` (a batch writes all its records in one

@@ -7,6 +7,9 @@ retry); a holder that dies or is cut off loses it one TTL after its last renewal
 create is sent, the holder *fences* the call: it checks, atomically, that the lease is still
 its own and extends it to outlast the call. A lease found lost means somebody else may have
 read and created meanwhile: the holder reads again under a new lease before it creates.
+With `Settings.redis_min_replicas`, a fence counts only once that many replicas have the
+lease (tasks/replication.py): a lease only the primary held would be gone after a failover,
+and a second job could read the ENI and create while this job's create is on its way.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import uuid
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
+from config import Settings
+from tasks import replication
 from worker.timing import Timing
 
 # Extend the lease if it is still this holder's, never shortening it (a fence may have
@@ -57,8 +62,16 @@ class Lease:
 class Leases:
     """The leases this process holds, and the task that renews them."""
 
-    def __init__(self, client: aioredis.Redis, ttl_s: float, timing: Timing) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        ttl_s: float,
+        timing: Timing,
+        settings: Settings | None = None,
+    ) -> None:
         self._redis = client
+        # Fences wait for replicas when these settings ask for some (tasks/replication.py).
+        self._replicated = settings if settings and replication.wanted(settings) else None
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self._sleep = timing.sleep
         self._extend = client.register_script(_EXTEND)
@@ -92,10 +105,28 @@ class Leases:
             )
 
     async def fence(self, lease: Lease, hold_s: float) -> bool:
-        """Is the lease still ours? If so, extend it to last `hold_s` more (at least its TTL)."""
-        if not lease.lost:
-            ms = max(self.ttl_ms, int(hold_s * 1000))
+        """Is the lease still ours? If so, extend it to last `hold_s` more (at least its TTL).
+        With replicas required, NotReplicatedError (retryable) when the lease, ours still, has
+        not reached them: the create must not be sent yet."""
+        if lease.lost:
+            return False
+        ms = max(self.ttl_ms, int(hold_s * 1000))
+        if self._replicated is None:
             lease.lost = not await self._extend(keys=[lease.key], args=[lease.token, ms])
+            return not lease.lost
+        for last in (False, True):  # NOSCRIPT from a new primary: loaded, sent once more
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    await self._extend(keys=[lease.key], args=[lease.token, ms], client=pipe)
+                    replication.queue_wait(pipe, self._replicated)
+                    held, _, acked = await pipe.execute()
+                break
+            except NoScriptError:
+                if last:
+                    raise
+        lease.lost = not held
+        if held:
+            replication.check(acked, self._replicated, f"the lease {lease.key}")
         return not lease.lost
 
     async def release(self, lease: Lease, after_s: float = 0.0) -> None:

@@ -10,10 +10,14 @@ wherever they appear, become `***`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from config import Settings
 
 MASK = "***"
 _PATTERNS = [
@@ -117,3 +121,17 @@ async def redact_credentials(credentials: Any) -> None:
     patterns, wherever botocore prints it)."""
     frozen = await credentials.get_frozen_credentials()
     REDACTOR.remember(frozen.access_key, frozen.secret_key, frozen.token)
+
+
+def redact_redis_passwords(settings: Settings) -> None:
+    """Remember the Redis and Sentinel passwords of this process's settings by value (a URL's
+    password, MIRRORQ_SENTINEL_PASSWORD): kombu and redis-py may print a URL or their
+    connection options in an error."""
+    secrets = [
+        settings.sentinel_password.get_secret_value() if settings.sentinel_password else None
+    ]
+    for url in (settings.broker_url, settings.result_backend):
+        for part in url.split(";"):
+            with contextlib.suppress(ValueError):
+                secrets.append(unquote(urlsplit(part.strip()).password or "") or None)
+    REDACTOR.remember(*secrets)

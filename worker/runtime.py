@@ -91,7 +91,7 @@ class Ec2Runtime:
             if settings.result_backend == settings.broker_url
             else self._redis(settings.result_backend)
         )
-        leases = Leases(results, settings.lease_s, timing)
+        leases = Leases(results, settings.lease_s, timing, settings)
         self._stack.push_async_callback(leases.close)
         road = Ec2Road(client, Limiters(broker, settings, timing), settings, timing)
         ec2 = Ec2(road, leases, settings)

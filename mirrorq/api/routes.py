@@ -289,8 +289,9 @@ async def batch_results(
         "what its detail-type needs",
         s422="A job event whose detail is not a valid job (InvalidJob)",
         s503="This API was started without --policy (NoPolicy: no events until it is); "
-        "Redis does not answer (RedisUnavailable); EC2 does not answer or is throttling "
-        "(Ec2Unavailable, or EC2's code): try again",
+        "Redis does not answer (RedisUnavailable), or a job's acceptance did not reach "
+        "MIRRORQ_REDIS_MIN_REPLICAS replicas (NotReplicated); EC2 does not answer or is "
+        "throttling (Ec2Unavailable, or EC2's code): try again",
     ),
     openapi_extra=EVENT_BODY,
     summary="An EventBridge event, through the policy (as mirrorq listen does)",
@@ -333,7 +334,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(s: Svc) -> JSONResponse:
     settings = s.producer.settings
     for name, url in (("broker", settings.broker_url), ("results", settings.result_backend)):
-        if not await answers(url, READY_TIMEOUT_S):
+        if not await answers(url, READY_TIMEOUT_S, settings):
             raise ApiError(503, "NotReady", f"Redis ({name}) does not answer")
     if s.policy is None:
         return JSONResponse({"status": "ready"})

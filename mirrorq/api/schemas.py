@@ -521,7 +521,9 @@ ANSWERS = {
     422: "Invalid: each bad field named (InvalidJob; InvalidRequest for a query parameter)",
     500: "The API failed to answer (InternalError); its log has why",
     502: "EC2 or STS refused the event's planning (their error code, e.g. AccessDenied)",
-    503: "Redis does not answer (RedisUnavailable): try again",
+    503: "Redis does not answer (RedisUnavailable), or the acceptance did not reach "
+    "MIRRORQ_REDIS_MIN_REPLICAS replicas and was undone (NotReplicated): try again, with the "
+    "same Idempotency-Key",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -46,9 +47,12 @@ class Group(click.Group):
 @click.version_option(package_name="mirrorq")
 def main() -> None:
     """mirrorq: create EC2 Traffic Mirror sessions through a job queue, exactly once each."""
-    from worker.redaction import install
+    from config import get_settings
+    from worker.redaction import install, redact_redis_passwords
 
     install()  # no credential, token or signature in any log line of any mirrorq process
+    with contextlib.suppress(ValueError):  # bad settings: the command that reads them says so
+        redact_redis_passwords(get_settings())
 
 
 class Id(click.ParamType[str, Any]):

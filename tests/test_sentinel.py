@@ -1,0 +1,334 @@
+"""Redis Sentinel: a private primary, replica and three sentinels (tests/redis_server.py
+SentinelSet, AOF on), real workers and producers pointed at the sentinels, and, in the
+middle of one batch, the primary handed over (`SENTINEL FAILOVER`) and then killed
+(`kill -9`). Nothing is restarted but the Redis that was killed (as its supervisor would),
+which comes back as the new primary's replica. With MIRRORQ_REDIS_MIN_REPLICAS=1 no
+accepted job is lost; without it, the test states what was (README, "What survives a
+Sentinel failover").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from emulator.lab import seed_lab
+from mirrorq.processes import MIRRORQ, ApiProcess, EmulatorProcess, WorkerProcess, free_port
+from tasks.connections import async_pool
+from tasks.contract import parse_request
+from tasks.errors import NotReplicatedError
+from tasks.producer import Producer
+from tests.helpers import Lab, job, producer_for, sessions, wait_all, wait_until
+from tests.redis_server import RedisServer, SentinelSet
+from worker.leases import Leases
+from worker.timing import REAL
+
+# The batch, and the create rate that makes it outlast both failovers (two workers; a
+# graceful failover takes 15-40 s here). With a replica required: the 2,000 jobs the issue
+# asks for; without, what is lost shows with fewer.
+RUNS = {"min-replicas-1": (1, 2000, 20), "min-replicas-0": (0, 600, 8)}
+TOKEN = "sentinel-test-token-0c5e"  # noqa: S105 - the API's, in this test only
+SINGLES = 40  # jobs a producer submits one by one while Redis fails over
+# Three sessions an ENI (numbers 1-3, EC2's limit): a lab a third the batch's size seeds fast.
+PER_ENI = 3
+
+
+def batch_job(lab: Lab, n: int) -> dict[str, Any]:
+    return job(lab, n // PER_ENI, SessionNumber=n % PER_ENI + 1)
+
+
+def batch_enis(size: int) -> int:
+    return -(-size // PER_ENI)
+
+
+def slots(endpoint_url: str, lab: Lab) -> Counter[tuple[str, int]]:
+    """Sessions per (source ENI, SessionNumber) to the lab's NLB target through its filter."""
+    return Counter(
+        (s["NetworkInterfaceId"], s["SessionNumber"])
+        for s in sessions(endpoint_url)
+        if (s["TrafficMirrorTargetId"], s["TrafficMirrorFilterId"])
+        == (lab["target_ids"]["nlb"], lab["filter_id"])
+    )
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    redis_set = SentinelSet(tmp_path).start()
+    yield redis_set
+    redis_set.stop()
+
+
+def sentinel_env(env: dict[str, str], redis_set: SentinelSet, replicas: int) -> dict[str, str]:
+    return {
+        **env,
+        "MIRRORQ_BROKER_URL": redis_set.url(0),
+        "MIRRORQ_SENTINEL_MASTER": redis_set.MASTER,
+        "MIRRORQ_REDIS_MIN_REPLICAS": str(replicas),
+        "MIRRORQ_REPAIR_INTERVAL_S": "1",
+        "MIRRORQ_LOST_AFTER_S": "3",
+        # Messages whose ack a failover lost come back after the visibility timeout: short
+        # here (it must outlast a job's deadline and read timeout).
+        "MIRRORQ_JOB_DEADLINE_S": "8",
+        "MIRRORQ_VISIBILITY_TIMEOUT_S": "15",
+    }
+
+
+def sentinel_producer(redis_set: SentinelSet, replicas: int) -> Producer:
+    return producer_for(
+        redis_set.url(0), sentinel_master=redis_set.MASTER, redis_min_replicas=replicas
+    )
+
+
+@dataclass
+class Submitter:
+    """A producer submitting single jobs (one ENI each, an idempotency key each) while Redis
+    fails over: each submission is retried with its key until it is accepted."""
+
+    producer: Producer
+    lab: Lab
+    enis: range  # one job each, SessionNumber 1
+    accepted: dict[str, tuple[float, float]] = field(default_factory=dict)  # id: (began, done)
+    refused: list[str] = field(default_factory=list)  # each error's code or class
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        for eni in self.enis:
+            while True:
+                began = time.monotonic()
+                try:
+                    job_id = self.producer.submit(job(self.lab, eni), idempotency_key=f"k{eni}")
+                except (NotReplicatedError, redis.RedisError, OSError) as error:
+                    self.refused.append(getattr(error, "code", type(error).__name__))
+                    time.sleep(0.2)
+                    continue
+                except Exception as error:  # kombu's OperationalError
+                    self.refused.append(type(error).__name__)
+                    time.sleep(0.2)
+                    continue
+                self.accepted[job_id] = (began, time.monotonic())
+                break
+            if self.stop.wait(0.15):
+                return
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, daemon=True)
+        thread.start()
+        return thread
+
+
+def _done(producer: Producer, batch_id: str) -> int:
+    try:
+        return int((producer.batch_status(batch_id) or {"done": 0})["done"])
+    except redis.RedisError:
+        return 0
+
+
+def _post_until_accepted(api_url: str, request: dict[str, Any]) -> str:
+    """POST /v1/jobs, retried with its Idempotency-Key while the API answers 503."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": "over-http"}
+    deadline = time.monotonic() + 120
+    while True:
+        answer = httpx.post(f"{api_url}/v1/jobs", json=request, headers=headers, timeout=30)
+        if answer.status_code == 202:
+            return str(answer.json()["job_id"])
+        assert answer.status_code == 503, answer.text
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.5)
+
+
+def _lost(producer: Producer, submitter: Submitter) -> set[str]:
+    return {j for j in submitter.accepted if producer.result(j) is None}
+
+
+def _between(submitter: Submitter, start: float, end: float) -> set[str]:
+    """The jobs whose accepting submission began and ended between `start` and `end`."""
+    return {j for j, (began, done) in submitter.accepted.items() if start < began < done < end}
+
+
+@pytest.mark.timeout(480)  # two failovers on a shared 2-core machine; about 2-4 minutes
+@pytest.mark.parametrize(("replicas", "batch", "rate"), list(RUNS.values()), ids=list(RUNS))
+def test_failovers_mid_batch_lose_no_accepted_job_with_a_replica_required(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    sentinel_set: SentinelSet,
+    start_worker: Callable[..., WorkerProcess],
+    replicas: int,
+    batch: int,
+    rate: int,
+) -> None:
+    """A 2,000-job batch through 2 workers (600 without a replica required), creates at a rate
+    that makes it run a minute or more. Early
+    in it, a graceful failover (`SENTINEL FAILOVER`) while a producer submits single jobs:
+    the sentinels leave the old primary writable until they make it a replica (seconds), so
+    what is written there meanwhile is lost. Later, the replica falls behind (stopped and cut
+    off for 2 s) while a producer submits, and the primary is killed with -9. Every process
+    follows the sentinels, unrestarted; the batch ends with one session per job, none failed.
+    With a replica required, producers are refused (NotReplicated) while no replica can have
+    their job, retry with their keys, and every id they were given ends with its session;
+    without, the jobs accepted where no replica would have them are gone, record and message
+    (ids that lead nowhere), and nothing else is."""
+    first_single = batch_enis(batch)
+    lab = seed_lab(emulator.url, first_single + 2 * SINGLES + 1)  # and one over HTTP
+    emulator.set_faults(latency_ms=20)
+    renv = {**sentinel_env(env, sentinel_set, replicas), "MIRRORQ_EC2_RATE": str(rate)}
+    renv["MIRRORQ_EC2_BURST"] = str(rate)
+    workers = [start_worker(**renv), start_worker(**renv)]
+    port = free_port()
+    api = ApiProcess("api-sentinel", {**renv, "MIRRORQ_API_TOKENS": TOKEN}, "--port", str(port))
+    api.wait_ready()
+    api_url = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{api_url}/readyz").status_code == 200
+    producer = sentinel_producer(sentinel_set, replicas)
+    batch_id = producer.submit_batch([parse_request(batch_job(lab, i)) for i in range(batch)])
+    batch_ids = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
+    watch = subprocess.Popen(  # the CLI follows too
+        [*MIRRORQ, "batch", "status", batch_id, "--watch", "--json"],
+        env=renv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: _done(producer, batch_id) >= batch // 10, what="the batch to be under way")
+
+    # 1. A graceful failover.
+    graceful = Submitter(
+        sentinel_producer(sentinel_set, replicas), lab, range(first_single, first_single + SINGLES)
+    )
+    thread = graceful.start()
+    time.sleep(0.5)
+    handed_over = time.monotonic()
+    sentinel_set.failover()  # returns once the old primary is the new one's replica
+    reconfigured = time.monotonic()
+    graceful.stop.set()  # once its job in hand is accepted
+    thread.join(timeout=180)
+    assert not thread.is_alive(), "the submitter never got its jobs accepted"
+    at_graceful = _done(producer, batch_id)
+    assert at_graceful < batch - 100, f"the batch ended too soon: {at_graceful} done"
+
+    # 2. The replica falls behind, and the primary is killed with -9.
+    singles_at = range(first_single + SINGLES, first_single + 2 * SINGLES)
+    crash = Submitter(sentinel_producer(sentinel_set, replicas), lab, singles_at)
+    thread = crash.start()
+    time.sleep(0.5)
+    old, replica = sentinel_set.primary, sentinel_set.replica
+    assert replica.proc is not None
+    # Stopped, and cut off from the primary, which keeps nothing for it (a stopped process
+    # would still find what its socket had received).
+    os.kill(replica.proc.pid, signal.SIGSTOP)
+    redis.Redis(port=old.port).client_kill_filter(_type="replica")
+    lag_began = time.monotonic()
+    time.sleep(2.0)
+    old.crash()  # kill -9: what it did not send its replica is gone
+    killed = time.monotonic()
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    wait_until(
+        lambda: sentinel_set.master_port() == replica.port,
+        timeout=60,
+        what="the sentinels to promote the replica",
+    )
+    # Its supervisor starts the dead Redis again, as the new primary's replica.
+    sentinel_set.primary = replica
+    sentinel_set.replica = RedisServer(
+        old.directory, old.port, extra=("--replicaof", "127.0.0.1", str(replica.port))
+    ).start()
+    thread.join(timeout=180)
+    assert not thread.is_alive(), "the submitter never got its jobs accepted"
+
+    # The API followed too, unrestarted: ready, and accepting (a 503 is retried with the key).
+    wait_until(lambda: httpx.get(f"{api_url}/readyz").status_code == 200, what="/readyz")
+    over_http = _post_until_accepted(api_url, job(lab, first_single + 2 * SINGLES))
+    results = wait_all(producer, [*batch_ids, over_http], timeout=300)
+    api.stop()
+    out, err = watch.communicate(timeout=120)
+    assert watch.returncode == 0, err[-3000:]
+    assert json.loads(out)["counts"] == {"created": batch}
+    assert {r["status"] for r in results} == {"created"}, [
+        r["error"] for r in results if r["status"] != "created"
+    ]
+    assert all(w.proc.poll() is None for w in workers), "a worker died"
+
+    lost_graceful, lost_crash = _lost(producer, graceful), _lost(producer, crash)
+    in_lag = _between(crash, lag_began, killed)
+    if replicas:
+        # Refused while no replica could have them, then accepted once one could.
+        assert "NotReplicated" in crash.refused
+        assert not lost_graceful, f"{len(lost_graceful)} accepted jobs lost"
+        assert not lost_crash, f"{len(lost_crash)} accepted jobs lost"
+    else:
+        # What README says is lost: the jobs accepted where no replica would have them (the
+        # old primary, between the hand-over and its reconfiguration; the primary whose
+        # replica lagged, before it died), and only those.
+        assert lost_graceful <= _between(graceful, handed_over - 1.0, reconfigured)
+        assert in_lag, "no job was accepted while the replica lagged"
+        assert in_lag <= lost_crash
+        assert all(
+            lag_began < crash.accepted[j][1] and crash.accepted[j][0] < killed for j in lost_crash
+        )
+    lost = lost_graceful | lost_crash
+    singles = {**graceful.accepted, **crash.accepted}
+    finished = wait_all(producer, [j for j in singles if j not in lost])
+    assert {r["status"] for r in finished} == {"created"}
+    found = slots(emulator.url, lab)
+    assert max(found.values()) == 1, "a duplicate session"
+    # Every accepted job's session, one each (a lost job may have made its own before).
+    expected = {(lab["eni_ids"][n // PER_ENI], n % PER_ENI + 1) for n in range(batch)}
+    enis = [*graceful.enis[: len(graceful.accepted)], *crash.enis]
+    expected |= {
+        (lab["eni_ids"][n], 1) for n, j in zip(enis, singles, strict=True) if j not in lost
+    }
+    expected.add((lab["eni_ids"][first_single + 2 * SINGLES], 1))
+    assert expected <= set(found)
+    print(
+        f"min replicas {replicas}: graceful: {len(graceful.accepted)} single jobs accepted, "
+        f"{len(lost_graceful)} lost, refusals {dict(Counter(graceful.refused))}; "
+        f"kill -9: {len(crash.accepted)} accepted, {len(in_lag)} while the replica lagged, "
+        f"{len(lost_crash)} lost, refusals {dict(Counter(crash.refused))}; "
+        f"{len(set(found) - expected)} sessions made by lost jobs before they were lost"
+    )
+
+    # A lease's fence counts only once a replica has the lease.
+    if replicas:
+        _fences_wait_for_the_replica(sentinel_set, producer)
+
+
+def _fences_wait_for_the_replica(sentinel_set: SentinelSet, producer: Producer) -> None:
+    settings = producer.settings
+
+    async def fence() -> bool:
+        client = async_pool(sentinel_set.url(0), settings, max_connections=2)
+        leases = Leases(client, 5.0, REAL, settings)
+        try:
+            lease = await leases.acquire("mirrorq:eni-lease:test")
+            return await leases.fence(lease, 1.0)
+        finally:
+            await leases.close()
+            await client.delete("mirrorq:eni-lease:test")
+            await client.aclose()
+
+    wait_until(
+        lambda: sentinel_set.role(sentinel_set.replica.port) == ("slave", "up"),
+        what="the replica to be back",
+    )
+    assert asyncio.run(fence()) is True
+    assert sentinel_set.replica.proc is not None
+    os.kill(sentinel_set.replica.proc.pid, signal.SIGSTOP)
+    redis.Redis(port=sentinel_set.primary.port).client_kill_filter(_type="replica")
+    try:
+        with pytest.raises(NotReplicatedError):
+            asyncio.run(fence())
+    finally:
+        os.kill(sentinel_set.replica.proc.pid, signal.SIGCONT)
