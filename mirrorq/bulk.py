@@ -210,7 +210,8 @@ async def _read_place(inventory: Inventory, place: Placement, rules: list[Rule])
     enis = await inventory.enis_for(here) if here else []
     sessions = await inventory.sessions() if here else []
     target_enis = await inventory.all_target_enis() if here else set()
-    state = planning.PlaceState(here, enis, sessions, placed.targets, target_enis)
+    types = await inventory.instance_types(enis)
+    state = planning.PlaceState(here, enis, sessions, placed.targets, target_enis, types)
     return PlaceRead(state, placed.missing, placed.seen)
 
 

@@ -209,7 +209,8 @@ class Intake:
         named_by = _first_event_naming(events, enis)
         # Only the ENIs an event names exactly: EC2 reads `*` and `?` in a filter's values.
         enis = [e for e in enis if e["NetworkInterfaceId"] in named_by]
-        plan = planning.plan(rules, enis, sessions, targets, target_enis)
+        types = await inventory.instance_types(enis)
+        plan = planning.plan(rules, enis, sessions, targets, target_enis, instance_types=types)
         for job in planning.planned_jobs(plan):
             event_id = named_by[job.request["NetworkInterfaceId"]]
             await self._submit(
