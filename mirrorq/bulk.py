@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -17,6 +17,7 @@ from config import Settings
 from mirrorq import planning
 from mirrorq.inventory import Inventory
 from mirrorq.rules import Rule
+from mirrorq.targets import Health, target_health
 from tasks.contract import NOWHERE, Placement, parse_request
 from tasks.errors import UnknownResourceError
 from tasks.producer import Producer
@@ -42,19 +43,53 @@ async def plan_live(
     Regional) is used where it exists; a rule with none of its targets or filters in a place
     is not planned there, and the plan's `missing` says which account-Region has none.
     """
+    return plan_read(await read_live(settings, rules, placement), pending)
+
+
+@dataclass(frozen=True)
+class Live:
+    """Some rules' places as read now (`read_live`): each place's `PlaceRead`, or why it was not
+    read; what planning, coverage (mirrorq/coverage.py) and dark-session repair
+    (mirrorq/dark.py) start from."""
+
+    rules: list[Rule]
+    places: list[Placement]
+    read: list[PlaceRead | planning.Unplanned]
+
+    def views(self) -> list[tuple[Placement, PlaceRead]]:
+        return [
+            (p, r) for p, r in zip(self.places, self.read, strict=True) if isinstance(r, PlaceRead)
+        ]
+
+
+async def read_live(
+    settings: Settings,
+    rules: Sequence[Rule],
+    placement: Placement = NOWHERE,
+    *,
+    health: bool = False,
+) -> Live:
+    """Every place of the rules read on its own road (`plan_live`); with `health`, whether
+    each rule's target there is alive too (mirrorq/targets.py)."""
     by_place: dict[Placement, list[Rule]] = {}
     for rule in rules:
         for place in rule.places or (placement,):
             by_place.setdefault(place, []).append(rule)
-    pending = list(pending)
     # A bound on the places read at once: the roads' cache holds that many.
     slots = asyncio.Semaphore(max(1, settings.client_cache))
     async with planner_roads(settings) as roads:
 
-        async def one(place: Placement) -> _Read | planning.Unplanned:
+        async def one(place: Placement) -> PlaceRead | planning.Unplanned:
             try:
                 async with slots, roads.use(place_at(place, settings.region)) as road:
-                    return await _read_place(Inventory(road), place, by_place[place])
+                    read = await _read_place(Inventory(road), place, by_place[place])
+                    if health:
+                        own = place.account_id or await roads.default_account()
+                        # The rules' targets, and any a session there mirrors into.
+                        used = {s["TrafficMirrorTargetId"] for s in read.state.sessions}
+                        found = await target_health(road, {*read.state.targets, *used}, own)
+                        read = replace(read, health=found)
+                    return read
             except ClientError as error:
                 if error.operation_name not in STS_OPERATIONS:
                     raise
@@ -63,30 +98,46 @@ async def plan_live(
                 return planning.Unplanned(place, failure.code, failure.message)
 
         read = await asyncio.gather(*(one(p) for p in by_place))
-    _require_somewhere(rules, by_place, [r.seen if isinstance(r, _Read) else None for r in read])
-    # Every place read first, then planned in turn against one load: a target shared by
-    # several accounts takes its sources once, over all of them.
-    states = [r.state for r in read if isinstance(r, _Read)]
+    _require_somewhere(
+        rules, by_place, [r.seen if isinstance(r, PlaceRead) else None for r in read]
+    )
+    return Live(list(rules), list(by_place), list(read))
+
+
+def plan_read(live: Live, pending: Iterable[planning.Pending] = ()) -> planning.Plan:
+    """The places read planned: every place in turn against one load (a target shared by
+    several accounts takes its sources once, over all of them), and the plans merged. A
+    target known dead (`health`) takes no new session: its rule's live ones do, or none."""
+    states = [r.live_state() for r in live.read if isinstance(r, PlaceRead)]
     plans = iter(planning.plan_places(states, pending))
     merged: list[tuple[Placement, planning.Plan]] = []
-    for place, r in zip(by_place, read, strict=True):
-        if isinstance(r, _Read):
+    for place, r in zip(live.places, live.read, strict=True):
+        if isinstance(r, PlaceRead):
             plan = next(plans)
             plan.missing = r.missing
         else:
             plan = planning.Plan([], unplanned=[r])
         merged.append((place, plan))
-    return planning.Plan.merge(list(rules), merged)
+    return planning.Plan.merge(list(live.rules), merged)
 
 
 @dataclass(frozen=True)
-class _Read:
+class PlaceRead:
     """A place as read: what planning needs, the rules it cannot plan there (and why), and
     the ids of the rules' targets and filters that exist there."""
 
     state: planning.PlaceState
     missing: list[planning.Missing]
     seen: set[str]
+    health: dict[str, Health] = field(default_factory=dict)  # read_live(health=True) only
+
+    def live_state(self) -> planning.PlaceState:
+        """The state as creates are planned: without the targets known dead."""
+        dead = {t for t, h in self.health.items() if not h.live}
+        if not dead:
+            return self.state
+        targets = {t: v for t, v in self.state.targets.items() if t not in dead}
+        return replace(self.state, targets=targets)
 
 
 async def _plan_place(
@@ -152,7 +203,7 @@ async def rules_in_place(inventory: Inventory, place: Placement, rules: list[Rul
     return PlaceRules(here, missing, targets, set(targets) | filters)
 
 
-async def _read_place(inventory: Inventory, place: Placement, rules: list[Rule]) -> _Read:
+async def _read_place(inventory: Inventory, place: Placement, rules: list[Rule]) -> PlaceRead:
     """One place read for its rules (`rules_in_place`), with its ENIs and sessions."""
     placed = await rules_in_place(inventory, place, rules)
     here = placed.here
@@ -161,7 +212,7 @@ async def _read_place(inventory: Inventory, place: Placement, rules: list[Rule])
     target_enis = await inventory.all_target_enis() if here else set()
     types = await inventory.instance_types(enis)
     state = planning.PlaceState(here, enis, sessions, placed.targets, target_enis, types)
-    return _Read(state, placed.missing, placed.seen)
+    return PlaceRead(state, placed.missing, placed.seen)
 
 
 def _require_somewhere(
