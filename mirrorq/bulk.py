@@ -18,7 +18,7 @@ from mirrorq import planning
 from mirrorq.inventory import Inventory
 from mirrorq.rules import Rule
 from mirrorq.targets import Health, target_health
-from tasks.contract import NOWHERE, Placement, parse_request
+from tasks.contract import NOWHERE, JobRequest, Placement, parse_request
 from tasks.errors import UnknownResourceError
 from tasks.producer import Producer
 from worker.errors import STS_OPERATIONS, classify
@@ -265,31 +265,47 @@ def submit_plan(
 
 
 def submit_gaps(
-    producer: Producer, plan: planning.Plan, *, source: str, dry_run: bool = False
+    producer: Producer,
+    plan: planning.Plan,
+    *,
+    source: str,
+    dry_run: bool = False,
+    others: Sequence[planning.SessionJob] = (),
+    noted: dict[str, Any] | None = None,
 ) -> str | None:
-    """The plan's jobs as one batch, each submitted only if it claims its gap: a gap whose
-    claimed job is still queued or running (planned by another pass or reconcile process
-    meanwhile) is counted `pending` in the plan instead. The batch keeps the plan's counts,
-    not its ENIs. None: no job to submit, and no batch stored. Each job runs in the place
-    its ENI was planned in."""
+    """The plan's jobs, and `others` (deletes, modifies of sessions), as one batch, each
+    submitted only if it claims its gap: a gap whose claimed job is still queued or running
+    (planned by another pass or reconcile process meanwhile) is counted `pending` in the
+    plan instead (another's delete or modify of the same session is left to it). The batch
+    keeps the plan's counts, not its ENIs, and what `noted` adds. None: no job to submit,
+    and no batch stored. Each job runs in the place its ENI was planned in."""
     jobs = planning.planned_jobs(plan, dry_run=dry_run)
-    claims = producer.claim_gaps([j.gap for j in jobs])
+    claims = producer.claim_gaps([j.gap for j in jobs] + [o.gap for o in others])
     plan.hold(
         {
             (j.rule, j.request["NetworkInterfaceId"]): c.holder
-            for j, c in zip(jobs, claims, strict=True)
+            for j, c in zip(jobs, claims, strict=False)
             if c.holder is not None
         }
     )
-    taken = [(j, c.job_id) for j, c in zip(jobs, claims, strict=True) if c.holder is None]
-    if not taken:
+    taken = [(j, c.job_id) for j, c in zip(jobs, claims, strict=False) if c.holder is None]
+    held = claims[len(jobs) :]
+    more = [(o, c.job_id) for o, c in zip(others, held, strict=True) if c.holder is None]
+    if not taken and not more:
         return None
+    requests: list[JobRequest] = [parse_request(j.request) for j, _ in taken]
+    requests += [parse_request(o.request, o.kind) for o, _ in more]
     return producer.submit_batch(
-        [parse_request(j.request) for j, _ in taken],
+        requests,
         source=source,
-        plan=plan.summary(skipped=False),
-        origins=[{"rule": j.rule} for j, _ in taken],
-        alternatives=[j.alternatives for j, _ in taken],
-        job_ids=[job_id for _, job_id in taken],
-        placements=[j.placement for j, _ in taken],
+        plan={**plan.summary(skipped=False), **(noted or {})},
+        origins=[_origin(j.rule) for j, _ in taken] + [_origin(o.rule) for o, _ in more],
+        alternatives=[j.alternatives for j, _ in taken] + [[] for _ in more],
+        job_ids=[job_id for _, job_id in taken] + [job_id for _, job_id in more],
+        placements=[j.placement for j, _ in taken] + [o.place for o, _ in more],
+        network_interface_ids=[None for _ in taken] + [o.eni_id for o, _ in more],
     )
+
+
+def _origin(rule: str | None) -> dict[str, str | None] | None:
+    return {"rule": rule} if rule else None
