@@ -15,10 +15,11 @@ from botocore.exceptions import ClientError
 
 from config import Settings
 from mirrorq import planning
+from mirrorq.dark import Repair, repair_counts
 from mirrorq.inventory import Inventory
 from mirrorq.rules import Rule
 from mirrorq.targets import Health, target_health
-from tasks.contract import NOWHERE, Placement, parse_request
+from tasks.contract import NOWHERE, JobKind, Placement, parse_request
 from tasks.errors import UnknownResourceError
 from tasks.producer import Producer
 from worker.errors import STS_OPERATIONS, classify
@@ -265,31 +266,47 @@ def submit_plan(
 
 
 def submit_gaps(
-    producer: Producer, plan: planning.Plan, *, source: str, dry_run: bool = False
+    producer: Producer,
+    plan: planning.Plan,
+    *,
+    source: str,
+    dry_run: bool = False,
+    repairs: Sequence[Repair] = (),
 ) -> str | None:
     """The plan's jobs as one batch, each submitted only if it claims its gap: a gap whose
     claimed job is still queued or running (planned by another pass or reconcile process
     meanwhile) is counted `pending` in the plan instead. The batch keeps the plan's counts,
     not its ENIs. None: no job to submit, and no batch stored. Each job runs in the place
-    its ENI was planned in."""
+    its ENI was planned in. `repairs` (mirrorq/dark.py) go in the same batch as modify jobs,
+    each claimed per dark session the same way."""
     jobs = planning.planned_jobs(plan, dry_run=dry_run)
-    claims = producer.claim_gaps([j.gap for j in jobs])
+    moves = [r for r in repairs if r.to_target is not None]
+    claims = producer.claim_gaps([j.gap for j in jobs] + [r.gap for r in moves])
+    job_claims, move_claims = claims[: len(jobs)], claims[len(jobs) :]
     plan.hold(
         {
             (j.rule, j.request["NetworkInterfaceId"]): c.holder
-            for j, c in zip(jobs, claims, strict=True)
+            for j, c in zip(jobs, job_claims, strict=True)
             if c.holder is not None
         }
     )
-    taken = [(j, c.job_id) for j, c in zip(jobs, claims, strict=True) if c.holder is None]
-    if not taken:
+    taken = [(j, c.job_id) for j, c in zip(jobs, job_claims, strict=True) if c.holder is None]
+    moved = [(r, c.job_id) for r, c in zip(moves, move_claims, strict=True) if c.holder is None]
+    if not taken and not moved:
         return None
+    origins: list[dict[str, str | None] | None] = [{"rule": j.rule} for j, _ in taken]
+    origins += [{"rule": r.rule} for r, _ in moved]
+    summary = plan.summary(skipped=False)
+    if repairs:
+        summary["repairs"] = repair_counts(repairs)
     return producer.submit_batch(
-        [parse_request(j.request) for j, _ in taken],
+        [parse_request(j.request) for j, _ in taken]
+        + [parse_request(r.request(dry_run=dry_run), JobKind.MODIFY) for r, _ in moved],
         source=source,
-        plan=plan.summary(skipped=False),
-        origins=[{"rule": j.rule} for j, _ in taken],
-        alternatives=[j.alternatives for j, _ in taken],
-        job_ids=[job_id for _, job_id in taken],
-        placements=[j.placement for j, _ in taken],
+        plan=summary,
+        origins=origins,
+        alternatives=[j.alternatives for j, _ in taken] + [[] for _ in moved],
+        job_ids=[job_id for _, job_id in taken] + [job_id for _, job_id in moved],
+        placements=[j.placement for j, _ in taken] + [r.place for r, _ in moved],
+        network_interface_ids=[None for _ in taken] + [r.eni_id for r, _ in moved],
     )

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from mirrorq.bulk import Live, pending_mirrors, plan_read, read_live
-from mirrorq.dark import rule_of
+from mirrorq.managed import rule_of
 from mirrorq.planning import Outcome, Pending
 from mirrorq.policy_watch import RulesSource, rules_now
 from mirrorq.targets import Health
