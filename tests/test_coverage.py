@@ -101,7 +101,7 @@ def test_coverage_counts_each_eni_by_state_and_the_percentage_only_what_can_be_m
     assert {e["instance_id"] for e in row["enis"]} == {f"i-{n:017x}" for n in (1, 2, 3, 4)}
     assert {(u["session_id"], u["reason"]) for u in body["unwanted"]} == {
         ("tms-00000000000000005", "eni_not_matched"),
-        ("tms-00000000000000006", "rule_removed"),
+        ("tms-00000000000000006", "rule_gone"),
     }
     assert compute(live_of(web(A, B), [], [], targets, ALIVE)).percent == 100.0
 
