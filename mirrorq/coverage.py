@@ -25,9 +25,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from mirrorq.bulk import Live, pending_mirrors, plan_read, read_live
-from mirrorq.dark import rule_of
+from mirrorq.managed import MIRROR_RULE, rule_of
 from mirrorq.planning import Outcome, Pending
 from mirrorq.policy_watch import RulesSource, rules_now
+from mirrorq.prune import Reason
 from mirrorq.targets import Health
 from tasks import keys
 from tasks.contract import NOWHERE, Placement
@@ -102,7 +103,9 @@ class Unwanted:
     session_id: str
     eni: str
     rule: str  # its mirrorq:rule tag
-    reason: str  # rule_removed, rule_not_in_place, eni_not_matched, filter_changed, target_changed
+    reason: (
+        str  # mirrorq/prune.py's: rule_gone, eni_not_matched, filter_not_rules, target_not_rules
+    )
 
 
 @dataclass
@@ -220,30 +223,31 @@ def _eni(
 
 
 def _unwanted(rules: Sequence[Rule], place: Placement, read: Any) -> list[Unwanted]:
-    """The managed sessions of a place that no rule wants, and why."""
-    in_policy = {r.name for r in rules}
+    """The managed sessions of a place that no rule wants, and why (prune's reasons:
+    mirrorq/prune.py; `mirrorq mirror`'s sessions belong to no policy, never unwanted)."""
+    applying = {r.name for r in rules if place in (r.places or (NOWHERE,))}
     here = {r.name: r for r in read.state.rules}
     enis = {e["NetworkInterfaceId"]: e for e in read.state.enis}
     found = []
     for s in read.state.sessions:
         name = rule_of(s)
-        if name is None:
+        if name is None or name == MIRROR_RULE:
             continue
         session_id, eni_id = s["TrafficMirrorSessionId"], s["NetworkInterfaceId"]
         rule = here.get(name)
-        if name not in in_policy:
-            reason = "rule_removed"
+        if name not in applying:
+            reason = Reason.RULE_GONE
         elif rule is None:
-            reason = "rule_not_in_place"
+            continue  # its rule cannot be planned here: what it wants here is not known
         elif eni_id not in enis or not rule.selectors.matches(enis[eni_id]):
-            reason = "eni_not_matched"
+            reason = Reason.ENI_NOT_MATCHED
         elif s["TrafficMirrorFilterId"] != rule.filter_id:
-            reason = "filter_changed"
+            reason = Reason.FILTER_NOT_RULES
         elif s["TrafficMirrorTargetId"] not in rule.targets:
-            reason = "target_changed"
+            reason = Reason.TARGET_NOT_RULES
         else:
             continue
-        found.append(Unwanted(session_id, eni_id, name, reason))
+        found.append(Unwanted(session_id, eni_id, name, reason.value))
     return found
 
 

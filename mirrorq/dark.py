@@ -17,14 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from mirrorq.managed import rule_of
 from mirrorq.rules import Choose
 from tasks.contract import NOWHERE, Placement
 
 if TYPE_CHECKING:
     from mirrorq.bulk import Live
     from mirrorq.planning import Target
-
-MANAGED_TAG = "mirrorq:rule"  # a session mirrorq made from a rule: the rule's name
 
 
 @dataclass(frozen=True)
@@ -40,24 +39,26 @@ class Repair:
     why: str = ""  # with no to_target: why none
     place: Placement = NOWHERE
 
-    def request(self) -> dict[str, Any]:
+    def request(self, *, dry_run: bool = False) -> dict[str, Any]:
         """The modify's request, in EC2's syntax: the target alone changes."""
         assert self.to_target is not None
-        return {"TrafficMirrorSessionId": self.session_id, "TrafficMirrorTargetId": self.to_target}
+        request = {
+            "TrafficMirrorSessionId": self.session_id,
+            "TrafficMirrorTargetId": self.to_target,
+        }
+        return {**request, "DryRun": True} if dry_run else request
+
+    def __str__(self) -> str:
+        where = f"session {self.session_id} (rule {self.rule}, {self.eni_id}) on {self.from_target}"
+        if self.to_target is None:
+            return f"{where} is dark ({self.reason}) and stays: {self.why}"
+        return f"{where} is dark ({self.reason}): to {self.to_target}"
 
     @property
     def gap(self) -> str:
         """What a pass claims for this repair (tasks/scripts.py CLAIM_GAPS): one modify per
         dark session while it is pending, whichever live target each pass chose."""
         return f"{self.eni_id}:retarget:{self.session_id}"
-
-
-def rule_of(session: dict[str, Any]) -> str | None:
-    """The rule that made a managed session (its `mirrorq:rule` tag); None: not managed."""
-    for tag in session.get("Tags") or []:
-        if tag.get("Key") == MANAGED_TAG:
-            return str(tag.get("Value", ""))
-    return None
 
 
 def plan_repairs(live: Live) -> list[Repair]:
@@ -153,3 +154,13 @@ def _once(sessions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for s in sessions:
         found.setdefault(s["TrafficMirrorSessionId"], s)
     return list(found.values())
+
+
+def repair_counts(repairs: Iterable[Repair]) -> dict[str, Any]:
+    """What a batch's plan keeps of a pass's repairs: how many move, per rule, and those
+    that cannot."""
+    moving = Counter(r.rule for r in repairs if r.to_target is not None)
+    return {
+        "retarget": dict(sorted(moving.items())),
+        "left_dark": [str(r) for r in repairs if r.to_target is None],
+    }

@@ -11,6 +11,7 @@ and its filter stay, so mirroring has no gap (no delete and create).
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 from config import Settings
 from mirrorq import prune
-from mirrorq.bulk import Live, read_live
+from mirrorq.bulk import Live
 from mirrorq.inventory import Inventory
 from mirrorq.managed import rule_of
 from mirrorq.planning import SessionJob, Target
@@ -63,14 +64,36 @@ def pruning(rules: Sequence[Rule], everything: bool) -> bool:
     return bool(rules) and (everything or any(r.prune for r in rules))
 
 
-async def read_for_prune(
-    settings: Settings, rules: Sequence[Rule], placement: Placement = NOWHERE
-) -> tuple[Live, dict[Placement, dict[str, dict[str, Any]]]]:
-    """The rules' places read with their targets' health (bulk.read_live), and, per place,
-    every ENI its managed sessions are on described by id (those the rules no longer match
-    are not among the ENIs read for planning). A Describe that fails fails the whole read:
-    nothing is pruned from a partial view."""
-    live = await read_live(settings, rules, placement, health=True)
+def prune_live(
+    settings: Settings,
+    live: Live,
+    *,
+    everything: bool,
+    force: bool = False,
+    placement: Placement = NOWHERE,
+) -> Pruned:
+    """The prune of what `bulk.read_live(health=True)` read (nothing when no rule prunes):
+    every ENI its places' managed sessions are on described (`session_enis`), then planned
+    (`plan_pruned`) under MIRRORQ_PRUNE_MAX_SHARE."""
+    if not pruning(live.rules, everything):
+        return Pruned()
+    enis = asyncio.run(session_enis(settings, live))
+    return plan_pruned(
+        live,
+        enis,
+        everything=everything,
+        max_share=settings.prune_max_share,
+        force=force,
+        placement=placement,
+    )
+
+
+async def session_enis(
+    settings: Settings, live: Live
+) -> dict[Placement, dict[str, dict[str, Any]]]:
+    """Per place read, the ENIs read for planning and every other ENI its managed sessions
+    are on, described by id (those the rules no longer match are not among the first). A
+    Describe that fails fails the whole prune: nothing is pruned from a partial view."""
     described: dict[Placement, dict[str, dict[str, Any]]] = {}
     async with planner_roads(settings) as roads:
         for place, read in live.views():
@@ -85,7 +108,7 @@ async def read_for_prune(
                     for eni in await Inventory(road).enis_named(eni_ids=others):
                         enis[eni["NetworkInterfaceId"]] = eni
             described[place] = enis
-    return live, described
+    return described
 
 
 def plan_pruned(
@@ -97,7 +120,7 @@ def plan_pruned(
     force: bool = False,
     placement: Placement = NOWHERE,
 ) -> Pruned:
-    """The prune of every place read (pure, from `read_for_prune`'s answer), under the share
+    """The prune of every place read (pure, from `session_enis`'s answer), under the share
     guard. A place not read (its role not assumed) prunes nothing."""
     pruned = Pruned()
     if not pruning(live.rules, everything):

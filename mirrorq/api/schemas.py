@@ -109,8 +109,8 @@ class CoverageUnwanted(BaseModel):
     eni: str
     rule: str = Field(description="its mirrorq:rule tag")
     reason: str = Field(
-        description="rule_removed, rule_not_in_place, eni_not_matched, filter_changed, "
-        "target_changed"
+        description="rule_gone (no rule of the policy has its name here), eni_not_matched, "
+        "filter_not_rules, target_not_rules (as prune says: mirrorq/prune.py)"
     )
 
 

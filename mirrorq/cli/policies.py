@@ -98,7 +98,7 @@ def policy_plan(file: Path, as_json: bool, prune: bool) -> None:
 
     from config import get_settings
     from mirrorq import display, lifecycle
-    from mirrorq.bulk import plan_live, plan_read
+    from mirrorq.bulk import plan_live, plan_read, read_live
     from mirrorq.cli.sessions import pruned_json, pruned_table, say_refusals
 
     rules = _rules(file)
@@ -106,11 +106,9 @@ def policy_plan(file: Path, as_json: bool, prune: bool) -> None:
     pruned = lifecycle.Pruned()
     try:
         if lifecycle.pruning(rules, prune):
-            live, enis = asyncio.run(lifecycle.read_for_prune(settings, rules))
+            live = asyncio.run(read_live(settings, rules, health=True))
             plan = plan_read(live)
-            pruned = lifecycle.plan_pruned(
-                live, enis, everything=prune, max_share=settings.prune_max_share
-            )
+            pruned = lifecycle.prune_live(settings, live, everything=prune)
         else:
             plan = asyncio.run(plan_live(settings, rules))
     except UnknownResourceError as error:
@@ -255,6 +253,8 @@ def _show_pass(done: Pass, console: Console) -> None:
     if done.pruned.plans:
         console.print(pruned_table(done.pruned))
     _say_where_not(done.plan)
+    for repair in done.repairs:  # each dark session: where it moves, or why it stays
+        click.echo(f"mirrorq: {repair}", err=True)
     say_refusals(done.pruned)
 
 
