@@ -234,7 +234,7 @@ def reconcile(
         status = display.watch(producer, done.batch_id, console)
         if status is not None:
             console.print(display.counts_table(status))
-            if not done.plan.unplanned:
+            if not done.plan.unplanned and not done.pruned.refusals:
                 exit_for_batch(status)
     if done.plan.unplanned:
         sys.exit(EXIT_FAILED)
