@@ -9,10 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from emulator.lab import LAB_IMAGE_ID, lab_client, seed_lab
 from mirrorq.managed import RULE_TAG
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tests.helpers import sessions
+from tests.test_api import AUTH, TOKENS, start_api
 
 ENIS = 60  # half of them Env=prod (emulator/lab.py's tag variants)
 GONE = 20  # the prod ENIs that lose their tag
@@ -170,9 +173,21 @@ filter = "{flt}"
     assert gone.returncode == 0, gone.stderr[-3000:]
     assert batch(env, gone.stdout.strip())["counts"] == {"deleted": len(in_vpc)}
     assert set(by_id(emulator.url)) == set(after) - in_vpc
-    again = json.loads(mirrorq(env, "unmirror", "--vpc", lab["vpc_id"], "--json").stdout)
-    assert again["counts"] == {"unmanaged": len(outside)}
+    # The second run, over HTTP (POST /v1/unmirror, as the CLI): nothing left to delete.
+    api = start_api({**env, "MIRRORQ_API_TOKENS": ",".join(TOKENS)}, tmp_path)
+    try:
+        url = f"{api.url}/v1/unmirror"  # type: ignore[attr-defined]
+        again = httpx.post(url, json={"vpc": [lab["vpc_id"]]}, headers=AUTH, timeout=60)
+        assert again.status_code == 202, again.text
+        assert again.json()["jobs"] == 0
+        assert again.json()["counts"] == {"unmanaged": len(outside)}
+        assert httpx.post(url, json={"vpc": [lab["vpc_id"]]}, timeout=60).status_code == 401
+        bare = httpx.post(url, json={"dry_run": True}, headers=AUTH, timeout=60)
+        assert bare.status_code == 422, bare.text
+    finally:
+        api.stop()
+    assert set(by_id(emulator.url)) == set(after) - in_vpc
     # No selector at all: refused, naming the selectors.
-    bare = mirrorq(env, "unmirror")
-    assert bare.returncode == 2
-    assert "--session-id" in bare.stderr
+    refused = mirrorq(env, "unmirror")
+    assert refused.returncode == 2
+    assert "--session-id" in refused.stderr
