@@ -37,8 +37,9 @@ from tasks.connections import answers
 from tasks.contract import (
     IDEMPOTENCY_KEY_MAX,
     IDEMPOTENCY_KEY_RULE,
+    JobKind,
     idempotency_key,
-    parse_job,
+    parse_job_entry,
 )
 from tasks.errors import BatchNotFoundError, InvalidJobError, JobNotFoundError
 from tasks.producer import Producer
@@ -132,7 +133,8 @@ def idempotency_key_header(
         ),
     },
     openapi_extra=JOB_BODY,
-    summary="Submit one job: the seed's request syntax, or it placed in a JobEnvelope",
+    summary="Submit one job: the seed's request syntax (a create), or a JobEnvelope of any kind "
+    "(create, delete, modify)",
 )
 async def submit_job(
     request: Request,
@@ -140,9 +142,14 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
     wait: Annotated[float, Query(ge=0, le=600, description="seconds to wait for the outcome")] = 0,
 ) -> Response:
-    job, placement = parse_job(await utf8_body(request))
+    job = parse_job_entry(await utf8_body(request))
     accepted = await run_in_threadpool(
-        s.producer.accept, job.to_kwargs(), idempotency_key=idempotency_key, placement=placement
+        s.producer.accept,
+        job.request.to_kwargs(),
+        idempotency_key=idempotency_key,
+        placement=job.placement,
+        kind=job.kind,
+        network_interface_id=None if job.kind is JobKind.CREATE else job.network_interface_id,
     )
     if wait > 0:
         record = await _outcome(s.producer, accepted.job_id, wait)
@@ -203,7 +210,11 @@ async def submit_batch(request: Request, s: Svc) -> JSONResponse:
     fmt = "json" if text.lstrip().startswith("[") else "jsonl"
     jobs = await run_in_threadpool(parse_placed_jobs, text, fmt, "the body")
     batch_id = await run_in_threadpool(
-        s.producer.submit_batch, jobs.requests, source="mirrorq api", placements=jobs.placements
+        s.producer.submit_batch,
+        jobs.requests,
+        source="mirrorq api",
+        placements=jobs.placements,
+        network_interface_ids=jobs.network_interface_ids,
     )
     return JSONResponse({"batch_id": batch_id, "jobs": len(jobs.requests)}, 202)
 

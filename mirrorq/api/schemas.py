@@ -18,10 +18,14 @@ from mirrorq.events import (
     STATE_CHANGE,
 )
 from tasks.contract import (
+    ENI_ID,
     EXTERNAL_ID_PATTERN,
     PARTITIONS,
     ROLE_ARN_MAX,
     ROLE_ARN_PATTERN,
+    DeleteSessionRequest,
+    JobKind,
+    ModifySessionRequest,
     SessionRequest,
     ec2_regions,
 )
@@ -168,13 +172,28 @@ class Ready(BaseModel):
     )
 
 
+# Each kind's request syntax, by the component that says it (tasks/contract.py JobKind).
+REQUEST_COMPONENTS = {
+    JobKind.CREATE: "SessionRequest",
+    JobKind.DELETE: "DeleteSessionRequest",
+    JobKind.MODIFY: "ModifySessionRequest",
+}
+
+
 def request_syntax_components(fleet_region: str) -> dict[str, Any]:
-    """The request syntax's JSON Schema, as OpenAPI components (SessionRequest and its parts),
-    the envelope that places a job (JobEnvelope) and the event POST /v1/events takes (its
-    rules depend on the fleet's Region: `fleet_region`)."""
-    schema = SessionRequest.model_json_schema(ref_template=REF)
-    components = dict(schema.pop("$defs", {}))
-    components["SessionRequest"] = schema
+    """Each kind's request syntax as OpenAPI components (SessionRequest and its parts,
+    DeleteSessionRequest, ModifySessionRequest), the envelope that names a job's kind and
+    places it (JobEnvelope) and the event POST /v1/events takes (its rules depend on the
+    fleet's Region: `fleet_region`)."""
+    components: dict[str, Any] = {}
+    for model, name in (
+        (SessionRequest, "SessionRequest"),
+        (DeleteSessionRequest, "DeleteSessionRequest"),
+        (ModifySessionRequest, "ModifySessionRequest"),
+    ):
+        schema = model.model_json_schema(ref_template=REF)
+        components.update(schema.pop("$defs", {}))
+        components[name] = schema
     components["JobEnvelope"] = job_envelope_schema()
     components["EventBridgeEvent"] = event_schema(fleet_region)
     return components
@@ -188,22 +207,68 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return nullable
 
 
+def _kind_rules() -> list[dict[str, Any]]:
+    """The envelope's request is its kind's request syntax; a create's names its ENI itself."""
+    create = {
+        "if": {"properties": {"kind": {"enum": [JobKind.CREATE.value, None]}}},
+        "then": {
+            "properties": {
+                "request": {"$ref": REF.format(model=REQUEST_COMPONENTS[JobKind.CREATE])},
+                "network_interface_id": {"type": "null"},
+            }
+        },
+    }
+    others = [
+        {
+            "if": {"required": ["kind"], "properties": {"kind": {"const": kind.value}}},
+            "then": {"properties": {"request": {"$ref": REF.format(model=component)}}},
+        }
+        for kind, component in REQUEST_COMPONENTS.items()
+        if kind is not JobKind.CREATE
+    ]
+    return [create, *others]
+
+
 def job_envelope_schema() -> dict[str, Any]:
-    """A job with its placement: the contract's rules (tasks/contract.py Placement), said in
-    JSON Schema. A placement field sent as null is as if absent (tasks/contract.py parse_job)."""
+    """A job with its kind and placement: the contract's rules (tasks/contract.py JobKind,
+    Placement), said in JSON Schema. A field sent as null is as if absent (tasks/contract.py
+    parse_job_entry)."""
     partitions = ", ".join(PARTITIONS)
     return {
         "type": "object",
         "title": "JobEnvelope",
-        "description": "A job placed beside its request: in `region` (default: the fleet's "
-        "MIRRORQ_REGION), in the account of `role_arn`, assumed by the workers (default: the "
-        f"fleet's own credentials), with `external_id` (only with a role_arn). Partition "
-        f"{partitions} only; a bad value is refused (422) naming the field. A null field is "
-        "as if absent.",
+        "description": "A job beside its request: what it does (`kind`: create, the default, "
+        "delete or modify; `request` is that action's request syntax, SessionRequest, "
+        "DeleteSessionRequest or ModifySessionRequest), for a delete or a modify the "
+        "session's source ENI if known (`network_interface_id`, for the ENI's lease; without "
+        "it the worker reads the session), and where it runs: in `region` (default: the "
+        "fleet's MIRRORQ_REGION), in the account of `role_arn`, assumed by the workers "
+        f"(default: the fleet's own credentials), with `external_id` (only with a role_arn). "
+        f"Partition {partitions} only; a bad value is refused (422) naming the field. A null "
+        "field is as if absent.",
         "required": ["request"],
         "additionalProperties": False,
         "properties": {
-            "request": {"$ref": REF.format(model="SessionRequest")},
+            "request": {
+                "type": "object",
+                "description": "the request syntax of the job's kind (see kind)",
+            },
+            "kind": _nullable(
+                {
+                    "type": "string",
+                    "enum": [k.value for k in JobKind],
+                    "description": "create (CreateTrafficMirrorSession, the default), delete "
+                    "(DeleteTrafficMirrorSession) or modify (ModifyTrafficMirrorSession)",
+                }
+            ),
+            "network_interface_id": _nullable(
+                {
+                    "type": "string",
+                    "pattern": ENI_ID,
+                    "description": "a delete's or a modify's session source ENI (never a "
+                    "create's: its request names it)",
+                }
+            ),
             "region": _nullable(
                 {
                     "type": "string",
@@ -229,9 +294,17 @@ def job_envelope_schema() -> dict[str, Any]:
                 }
             ),
         },
-        # An external_id (not null) only beside a role_arn (not null).
-        "if": {"required": ["external_id"], "properties": {"external_id": {"type": "string"}}},
-        "then": {"required": ["role_arn"], "properties": {"role_arn": {"type": "string"}}},
+        "allOf": [
+            # An external_id (not null) only beside a role_arn (not null).
+            {
+                "if": {
+                    "required": ["external_id"],
+                    "properties": {"external_id": {"type": "string"}},
+                },
+                "then": {"required": ["role_arn"], "properties": {"role_arn": {"type": "string"}}},
+            },
+            *_kind_rules(),
+        ],
     }
 
 
@@ -407,9 +480,24 @@ _ENVELOPE = {
     "role_arn": "arn:aws:iam::111122223333:role/mirrorq-worker",
     "external_id": "mirrorq-7f3a",
 }
+_DELETE = {
+    "kind": "delete",
+    "request": {"TrafficMirrorSessionId": "tms-0e1d2c3b4a5968778"},
+    "network_interface_id": "eni-0a1b2c3d4e5f60718",
+}
+_MODIFY = {
+    "kind": "modify",
+    "request": {
+        "TrafficMirrorSessionId": "tms-0e1d2c3b4a5968778",
+        "TrafficMirrorTargetId": "tmt-07f75d8fee0a1b2c4",
+        "RemoveFields": ["packet-length"],
+    },
+}
 _JOB_EXAMPLES = {
-    "request": {"summary": "The request syntax", "value": _REQUEST},
+    "request": {"summary": "The request syntax (a create)", "value": _REQUEST},
     "envelope": {"summary": "A JobEnvelope: in a Region, through a role", "value": _ENVELOPE},
+    "delete": {"summary": "A delete, its session's ENI named for the lease", "value": _DELETE},
+    "modify": {"summary": "A modify: another target, whole packets", "value": _MODIFY},
 }
 _EVENT = {"version": "0", "source": "aws.ec2", "account": "111122223333", "resources": []}
 _EVENT_EXAMPLES = {
@@ -456,12 +544,13 @@ BATCH_BODY = body(
         "application/json": {
             "schema": {
                 **_JOBS,
-                "description": "a JSON array of jobs, each a SessionRequest or a JobEnvelope. "
+                "description": "a JSON array of jobs, each a SessionRequest or a JobEnvelope "
+                "(any kind). "
                 "The body is read as a JSON array when it starts with `[` (after white space), "
                 "else as JSON Lines, whatever its Content-Type.",
             },
             "examples": {
-                "jobs": {"summary": "Two jobs", "value": [_REQUEST, _ENVELOPE]},
+                "jobs": {"summary": "Jobs of each kind", "value": [_REQUEST, _ENVELOPE, _DELETE]},
             },
         },
         "application/x-ndjson": {
