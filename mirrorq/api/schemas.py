@@ -3,9 +3,10 @@ request syntax itself is the contract's model (tasks/contract.py), not a copy of
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from mirrorq.events import (
@@ -17,12 +18,17 @@ from mirrorq.events import (
     NETWORK_INTERFACE_ID_PATTERN,
     STATE_CHANGE,
 )
+from mirrorq.lifecycle import Selection
+from mirrorq.rules import Selectors
 from tasks.contract import (
     ENI_ID,
     EXTERNAL_ID_PATTERN,
+    FILTER_ID,
     PARTITIONS,
     ROLE_ARN_MAX,
     ROLE_ARN_PATTERN,
+    SESSION_ID,
+    TARGET_ID,
     DeleteSessionRequest,
     JobKind,
     ModifySessionRequest,
@@ -594,3 +600,94 @@ def errors(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
     return {
         s: {"model": ErrorBody, "description": described.get(f"s{s}", ANSWERS[s])} for s in statuses
     }
+
+
+# Unmirror and retarget (mirrorq/lifecycle.py): their bodies, as the CLI's options --------------
+
+_IdList = Field(min_length=1, max_length=200)  # EC2 takes 200 values a filter
+VpcIds = Annotated[list[Annotated[str, Field(pattern=r"^vpc-[0-9a-f]{8,17}$")]], _IdList]
+SubnetIds = Annotated[list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]], _IdList]
+InstanceIds = Annotated[list[Annotated[str, Field(pattern=r"^i-[0-9a-f]{8,17}$")]], _IdList]
+EniIds = Annotated[list[Annotated[str, Field(pattern=ENI_ID)]], _IdList]
+TargetIds = Annotated[list[Annotated[str, Field(pattern=TARGET_ID)]], _IdList]
+FilterIds = Annotated[list[Annotated[str, Field(pattern=FILTER_ID)]], _IdList]
+SessionIds = Annotated[list[Annotated[str, Field(pattern=SESSION_ID)]], _IdList]
+RuleNames = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], _IdList]
+Tags = Annotated[
+    list[Annotated[str, Field(pattern=r"^[^=]+=[\s\S]*$", description="Key=Value")]], _IdList
+]
+_SELECTORS = ("vpc", "subnet", "tag", "instance", "eni", "target", "filter", "rule", "session_id")
+
+
+class _SessionSelection(BaseModel):
+    """Which sessions: kinds given must all match, values of one kind are alternatives;
+    only sessions mirrorq manages (tag mirrorq:rule), unless named by `session_id`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    vpc: VpcIds = []
+    subnet: SubnetIds = []
+    tag: Tags = []
+    instance: InstanceIds = []
+    eni: EniIds = []
+    rule: RuleNames = Field(default=[], description="the sessions' mirrorq:rule tag")
+    session_id: SessionIds = Field(default=[], description="these sessions, managed or not")
+    dry_run: bool = Field(default=False, description="DryRun jobs: nothing is changed")
+
+    def selection(self, targets: Sequence[str] = (), filters: Sequence[str] = ()) -> Selection:
+        return Selection(
+            Selectors(
+                tuple(self.vpc),
+                tuple(self.subnet),
+                tuple((k, v) for k, _, v in (t.partition("=") for t in self.tag)),
+                tuple(self.instance),
+                tuple(self.eni),
+            ),
+            target_ids=tuple(targets),
+            filter_ids=tuple(filters),
+            rules=tuple(self.rule),
+            session_ids=tuple(self.session_id),
+        )
+
+
+class UnmirrorBody(_SessionSelection):
+    """`mirrorq unmirror`: at least one selector (none would select every managed session)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"anyOf": [{"required": [name]} for name in _SELECTORS]},
+    )
+
+    target: TargetIds = []
+    filter: FilterIds = []
+
+    @model_validator(mode="after")
+    def _named(self) -> UnmirrorBody:
+        if not any(getattr(self, name) for name in _SELECTORS):
+            raise ValueError(f"name the sessions: one of {', '.join(_SELECTORS)}")
+        return self
+
+
+class RetargetBody(_SessionSelection):
+    """`mirrorq retarget`: the managed sessions on `from` moved to `to` in place (a modify of
+    each: its SessionNumber and filter kept)."""
+
+    from_: str = Field(alias="from", pattern=TARGET_ID, description="the target they leave")
+    to: str = Field(pattern=TARGET_ID, description="the target they move to")
+
+
+class SessionItem(BaseModel):
+    session_id: str
+    network_interface_id: str
+    rule: str | None = Field(description="its mirrorq:rule tag (null: not mirrorq's)")
+    action: Literal["delete", "modify", "unmanaged", "already_mirrored", "target_full"]
+    target_id: str
+    to_target_id: str | None
+
+
+class SessionsPlanned(BaseModel):
+    batch_id: str
+    jobs: int = Field(description="the deletes or modifies submitted")
+    counts: dict[str, int] = Field(description="the sessions selected, by action")
+    sessions: list[SessionItem]
