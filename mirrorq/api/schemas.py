@@ -13,6 +13,7 @@ from mirrorq.events import (
     API_CALL,
     INSTANCE_ID_PATTERN,
     JOB,
+    LEAVING,
     MAX_EVENT_BYTES,
     NETWORK_INTERFACE_ID_PATTERN,
     STATE_CHANGE,
@@ -355,18 +356,19 @@ def event_schema(fleet_region: str) -> dict[str, Any]:
     kinds = [STATE_CHANGE, API_CALL, JOB]
     state_change = _kind(
         STATE_CHANGE,
-        "An instance's state change: running names its instance",
+        "An instance's state change: running, or leaving it, names its instance",
         detail={
             "anyOf": [
                 {
-                    "title": "not running",
-                    "properties": {"state": {"not": {"const": "running"}}},
+                    "title": "another state",
+                    "properties": {"state": {"not": {"enum": ["running", *sorted(LEAVING)]}}},
                 },
                 {
-                    "title": "running",
+                    "title": "running (its ENIs mirrored), or leaving it (its place's dark "
+                    "sessions repaired, should it be a sensor)",
                     "required": ["state", "instance-id"],
                     "properties": {
-                        "state": {"const": "running"},
+                        "state": {"enum": ["running", *sorted(LEAVING)]},
                         "instance-id": {"type": "string", "pattern": INSTANCE_ID_PATTERN},
                     },
                 },
@@ -433,6 +435,9 @@ def event_schema(fleet_region: str) -> dict[str, Any]:
         f"detail-types make jobs: `{STATE_CHANGE}` (state running: every ENI of its "
         f"instance), `{API_CALL}` (a CreateNetworkInterface or AttachNetworkInterface record "
         f"that did not fail: its ENI), and `{JOB}` (detail: one job in the request syntax); "
+        "an instance leaving running (stopping, stopped, shutting-down, terminated) and a "
+        "DeleteTrafficMirrorTarget or DeleteNetworkInterface record that did not fail make "
+        "the modifies that repair their place's dark sessions, if any; "
         "any other event is answered 202 with why it is `ignored`. A body that is not such an "
         "event is 400 InvalidEvent. Events are planned through the policy in their place: "
         f"an event whose region is absent, null or this fleet's ({fleet_region}) is the "

@@ -162,8 +162,13 @@ def reconcile(
 ) -> None:
     """Mirror every rule's gaps: plan from live EC2, submit them as one batch.
 
+    Every managed session on a dead target (its sensor instance stopped or terminated, its
+    ENI deleted) is moved to a live target of its rule by a modify in the same batch; one no
+    live target can take is left, and said.
+
     Prints the batch id. With --every, a pass runs each DURATION until stopped (Ctrl-C or
-    SIGTERM), each logging one line: what it planned, skipped by reason, created, failed.
+    SIGTERM), each logging one line: what it planned, skipped by reason, created, modified,
+    failed, and the coverage it found.
     Each pass plans the policy as the file is then: an edit applies from the next pass, an
     invalid one is logged and the last good policy kept; SIGHUP reads the file at once.
 
@@ -284,9 +289,12 @@ def listen(
 
     Instances reaching running (every ENI attached), CloudTrail's CreateNetworkInterface and
     AttachNetworkInterface (that ENI), and mirrorq.CreateTrafficMirrorSession events (their
-    detail is one job). A message is deleted once its jobs are accepted; one that is not an
-    event is left for the queue's dead-letter queue. Stops on Ctrl-C or SIGTERM; exits 2 if a
-    queue cannot be used at start (no such queue, access denied), 1 if one stops being usable.
+    detail is one job). An instance leaving running, DeleteTrafficMirrorTarget and
+    DeleteNetworkInterface repair their place's dark sessions (each managed session on a dead
+    target moved to a live target of its rule), as reconcile does. A message is deleted once
+    its jobs are accepted; one that is not an event is left for the queue's dead-letter queue.
+    Stops on Ctrl-C or SIGTERM; exits 2 if a queue cannot be used at start (no such queue,
+    access denied), 1 if one stops being usable.
 
     Each receive's events go through the policy as the file is then: an edit applies from the
     next receive, an invalid one is logged and the last good policy kept; SIGHUP reads the
