@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     # be taken for a hung Redis.
     redis_replica_timeout_s: float = Field(default=1.0, gt=0, le=4.0)
 
+    # A prune pass (`reconcile --prune`, a policy's `prune`) that would delete more than this
+    # share of an account's managed sessions deletes nothing and says why, unless --force: a
+    # typo in a policy (a tag misspelt, a rule deleted) must not unmirror a fleet.
+    prune_max_share: float = Field(default=0.2, ge=0, le=1)
+
     # The HTTP API: bearer tokens, comma-separated (or one a line in a file), never logged.
     api_tokens: SecretStr | None = None
     api_tokens_file: Path | None = None

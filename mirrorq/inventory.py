@@ -21,6 +21,10 @@ from worker.errors import classify
 
 PAGE_SIZE = 1000  # EC2's maximum for the paginated Describe calls
 FILTER_VALUES = 200  # values per filter in one call: more go in several calls
+# Instances per DescribeInstances call: an instance's description is long (a hundred fields),
+# so a call of 200 can take seconds to answer (moto's emulator: 2 s unloaded); 50 keep each
+# answer well inside a read timeout.
+INSTANCES_PER_CALL = 50
 SOURCES_PER_TARGET = 10  # EC2: a network-interface target takes 10 sources...
 SOURCES_PER_LARGEST_TARGET = 100  # ...or 100 on the largest size of its instance family
 ALL_ZONES = frozenset({"network-load-balancer", "gateway-load-balancer-endpoint"})
@@ -56,6 +60,30 @@ class Inventory:
         """These ENIs, and every ENI attached to these instances (not only the primary)."""
         filters = [("network-interface-id", eni_ids), ("attachment.instance-id", instance_ids)]
         return await _union(self.enis, filters, "NetworkInterfaceId")
+
+    async def instance_types(self, enis: Iterable[dict[str, Any]]) -> dict[str, str]:
+        """The instance type of each of these ENIs attached to an instance, by ENI id (which
+        ones can be mirror sources: mirrorq/eligibility.py). An instance gone since is left
+        out: filtered by id, not named (a named one that is gone fails the whole call)."""
+        instance_of = {
+            e["NetworkInterfaceId"]: instance
+            for e in enis
+            if (instance := (e.get("Attachment") or {}).get("InstanceId"))
+        }
+        ids = sorted(set(instance_of.values()))
+        types: dict[str, str] = {}
+        for start in range(0, len(ids), INSTANCES_PER_CALL):
+            chunk = ids[start : start + INSTANCES_PER_CALL]
+            reservations = await self._road.paginate(
+                "DescribeInstances",
+                "Reservations",
+                Filters=[{"Name": "instance-id", "Values": chunk}],
+                MaxResults=PAGE_SIZE,
+            )
+            types |= {
+                i["InstanceId"]: i["InstanceType"] for r in reservations for i in r["Instances"]
+            }
+        return {eni: types[i] for eni, i in instance_of.items() if i in types}
 
     async def sessions(self, filters: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {"MaxResults": PAGE_SIZE}

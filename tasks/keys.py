@@ -105,6 +105,9 @@ RUNNING_BATCHES = _key("batches", "running")  # set: batches not finished yet
 # sorted set: reconcile's pass batches by submission time, the finished ones past the newest
 # few deleted (tasks/batches.py keep_latest)
 RECONCILE_PASSES = _key("reconcile", "passes")
+# string: the last reconcile pass's coverage, counts only (mirrorq/coverage.py store_view),
+# read by the API's gauges
+COVERAGE_VIEW = _key("coverage", "view")
 PENDING = _key("pending")  # sorted set: accepted jobs not yet finished, by submission time
 REPAIR_LOCK = _key("repair-lock")
 REPAIR_SUSPECTS = _key("repair-suspects")  # jobs that looked lost at the previous sweep

@@ -21,12 +21,14 @@ from mirrorq.api.limits import BodyLimit
 from mirrorq.api.metrics import FleetCollector
 from mirrorq.api.routes import Services, probes, v1
 from mirrorq.api.schemas import REF, request_syntax_components
+from mirrorq.coverage import CoverageCache
 from mirrorq.policy_watch import PolicyCollector, RulesSource, WatchedPolicy
 from mirrorq.rules import Rule
 from tasks.producer import Producer
 from worker.redaction import REDACTOR
 
 __all__ = ["create_app"]
+COVERAGE_FRESH_S = 5.0  # GET /v1/coverage reads EC2 at most this often (a dashboard polls)
 
 
 def create_app(settings: Settings, policy: WatchedPolicy | Sequence[Rule] = ()) -> FastAPI:
@@ -48,6 +50,7 @@ def create_app(settings: Settings, policy: WatchedPolicy | Sequence[Rule] = ()) 
         async with AsyncExitStack() as stack:
             if rules:
                 services.intake = await _intake(stack, settings, rules, producer)
+                services.coverage = CoverageCache(settings, rules, producer, COVERAGE_FRESH_S)
             yield
 
     app = FastAPI(

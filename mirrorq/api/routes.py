@@ -20,26 +20,44 @@ from mirrorq.api.schemas import (
     JOB_BODY,
     BatchAccepted,
     BatchStatus,
+    Coverage,
     EventOutcome,
     Health,
     JobAccepted,
     Ready,
+    RetargetBody,
+    SessionsPlanned,
+    UnmirrorBody,
     errors,
 )
+from mirrorq.coverage import CoverageCache
 from mirrorq.events import read_event
 from mirrorq.export import export_lines
 from mirrorq.intake import Intake
 from mirrorq.jobfiles import parse_placed_jobs
+from mirrorq.lifecycle import (
+    DeadTargetError,
+    SessionPlan,
+    plan_retarget_live,
+    plan_unmirror_live,
+    submit_session_jobs,
+)
 from mirrorq.policy_watch import WatchedPolicy
 from tasks.connections import answers
 from tasks.contract import (
     IDEMPOTENCY_KEY_MAX,
     IDEMPOTENCY_KEY_RULE,
+    NOWHERE,
     JobKind,
     idempotency_key,
     parse_job_entry,
 )
-from tasks.errors import BatchNotFoundError, InvalidJobError, JobNotFoundError
+from tasks.errors import (
+    BatchNotFoundError,
+    InvalidJobError,
+    JobNotFoundError,
+    UnknownResourceError,
+)
 from tasks.producer import Producer
 from tasks.records import JobResult, is_terminal
 
@@ -54,6 +72,7 @@ class Services:
     tokens: Tokens
     registry: CollectorRegistry
     intake: Intake | None = None  # with --policy: POST /v1/events
+    coverage: CoverageCache | None = None  # with --policy: GET /v1/coverage
     policy: WatchedPolicy | None = None  # with --policy: its file, watched (for /readyz)
 
 
@@ -314,6 +333,100 @@ async def post_event(request: Request, s: Svc) -> JSONResponse:
         },
         202,
     )
+
+
+SESSIONS_ERRORS = errors(
+    400,
+    422,
+    502,
+    503,
+    s400="A body that is not JSON (HttpError)",
+    s422="A body that is not valid: each bad field named (InvalidRequest)",
+    s502="EC2 refused a read (its code, e.g. UnauthorizedOperation)",
+    s503="Redis does not answer (RedisUnavailable); EC2 does not answer or is throttling "
+    "(Ec2Unavailable, or EC2's code): try again",
+)
+
+
+@v1.post(
+    "/unmirror",
+    status_code=202,
+    response_model=SessionsPlanned,
+    responses=SESSIONS_ERRORS,
+    summary="Delete the managed sessions the body selects (as mirrorq unmirror): planned from "
+    "EC2 now, submitted as one batch of delete jobs",
+)
+async def unmirror(body: UnmirrorBody, s: Svc) -> JSONResponse:
+    selection = body.selection(body.target, body.filter)
+    plan = await plan_unmirror_live(s.producer.settings, selection)
+    return await _submit_sessions(s, plan, "mirrorq api unmirror", body.dry_run)
+
+
+@v1.post(
+    "/retarget",
+    status_code=202,
+    response_model=SessionsPlanned,
+    responses={
+        **SESSIONS_ERRORS,
+        **errors(
+            404,
+            409,
+            s404="No traffic mirror target `to` (UnknownResource)",
+            s409="Target `to` is dead: its sensor is gone (DeadTarget)",
+        ),
+    },
+    summary="Move the managed sessions on target `from` to target `to` in place (as mirrorq "
+    "retarget): one modify each, no gap in mirroring",
+)
+async def retarget(body: RetargetBody, s: Svc) -> JSONResponse:
+    selection = body.selection(targets=[body.from_])
+    try:
+        plan = await plan_retarget_live(s.producer.settings, selection, body.to)
+    except UnknownResourceError as error:
+        raise ApiError(404, error.code, str(error)) from None
+    except DeadTargetError as error:
+        raise ApiError(409, "DeadTarget", str(error)) from None
+    return await _submit_sessions(s, plan, "mirrorq api retarget", body.dry_run)
+
+
+async def _submit_sessions(
+    s: Services, plan: SessionPlan, source: str, dry_run: bool
+) -> JSONResponse:
+    jobs = plan.jobs(dry_run=dry_run, place=NOWHERE)
+    batch_id = await run_in_threadpool(
+        submit_session_jobs, s.producer, jobs, source=source, plan=plan.summary()
+    )
+    return JSONResponse(
+        {
+            "batch_id": batch_id,
+            "jobs": len(jobs),
+            "counts": plan.counts(),
+            "sessions": [i.to_json() for i in plan.items],
+        },
+        202,
+    )
+
+
+@v1.get(
+    "/coverage",
+    response_model=Coverage,
+    responses=errors(
+        400,
+        502,
+        503,
+        s400="A rule's target or filter exists in none of its places (UnknownResource)",
+        s502="EC2 or STS refused a read of the policy's places (their code, e.g. AccessDenied)",
+        s503="This API was started without --policy (NoPolicy); Redis does not answer "
+        "(RedisUnavailable); EC2 does not answer or is throttling (Ec2Unavailable, or "
+        "EC2's code): try again",
+    ),
+    summary="The policy's coverage now: per rule, ENIs mirrored live, dark, missing by "
+    "reason, unsupported; managed sessions no rule wants (read from EC2, cached a few seconds)",
+)
+async def get_coverage(s: Svc) -> JSONResponse:
+    if s.coverage is None:
+        raise ApiError(503, "NoPolicy", "this API was started without --policy: no coverage")
+    return JSONResponse(await s.coverage.get())
 
 
 @probes.get("/healthz", response_model=Health, summary="Liveness: the process answers")

@@ -3,25 +3,32 @@ request syntax itself is the contract's model (tasks/contract.py), not a copy of
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from mirrorq.events import (
     API_CALL,
     INSTANCE_ID_PATTERN,
     JOB,
+    LEAVING,
     MAX_EVENT_BYTES,
     NETWORK_INTERFACE_ID_PATTERN,
     STATE_CHANGE,
 )
+from mirrorq.lifecycle import Selection
+from mirrorq.rules import Selectors
 from tasks.contract import (
     ENI_ID,
     EXTERNAL_ID_PATTERN,
+    FILTER_ID,
     PARTITIONS,
     ROLE_ARN_MAX,
     ROLE_ARN_PATTERN,
+    SESSION_ID,
+    TARGET_ID,
     DeleteSessionRequest,
     JobKind,
     ModifySessionRequest,
@@ -68,6 +75,64 @@ class EventOutcome(BaseModel):
     job_ids: list[str] = Field(description="the jobs this event made now")
     duplicates: int = Field(description="jobs this event had made before (a redelivery)")
     ignored: str = Field(description="why it made no job, if it made none")
+
+
+class CoverageTotals(BaseModel):
+    matched: int = Field(description="ENIs some rule matches (each rule's count, summed)")
+    eligible: int = Field(description="of those, the ENIs that can be mirrored")
+    live: int = Field(description="mirrored to a live target")
+    dark: int = Field(description="mirrored to a dead target: EC2 mirrors nothing")
+    missing: int = Field(description="not mirrored")
+    unsupported: int = Field(description="cannot be a source (listed, not counted)")
+    unwanted: int = Field(description="managed sessions no rule wants")
+
+
+class CoverageEni(BaseModel):
+    eni: str
+    instance_id: str | None
+    zone: str | None
+    state: Literal["live", "dark", "missing", "unsupported"]
+    reason: str = Field(
+        description="dark: why its target is dead (eni_gone, instance_stopped, ...); missing: "
+        "not_mirrored, pending, session_limit, targets_full, no_target_in_zone, no_target; "
+        "unsupported: unsupported_instance_type, is_mirror_target, not_interface_type"
+    )
+    session_id: str | None = Field(description="live, dark: the rule's session")
+    target: str | None = Field(description="live, dark: its target")
+
+
+class CoverageRule(BaseModel):
+    rule: str
+    account_id: str | None = Field(description="null: the fleet's own credentials' account")
+    region: str | None
+    matched: int
+    eligible: int
+    live: int
+    dark: int
+    missing: dict[str, int] = Field(description="ENIs not mirrored, by reason")
+    unsupported: int
+    percent: float = Field(ge=0, le=100, description="live over eligible (100 with none)")
+    enis: list[CoverageEni]
+
+
+class CoverageUnwanted(BaseModel):
+    session_id: str
+    eni: str
+    rule: str = Field(description="its mirrorq:rule tag")
+    reason: str = Field(
+        description="rule_gone (no rule of the policy has its name here), eni_not_matched, "
+        "filter_not_rules, target_not_rules (as prune says: mirrorq/prune.py)"
+    )
+
+
+class Coverage(BaseModel):
+    generated_at: str = Field(description="when EC2 was read (UTC, ISO 8601)")
+    percent: float = Field(ge=0, le=100, description="live over eligible, every rule")
+    totals: CoverageTotals
+    rules: list[CoverageRule] = Field(description="one per rule and account-Region")
+    unwanted: list[CoverageUnwanted]
+    notes: list[str] = Field(description="places not read, rules with no target there")
+    complete: bool = Field(description="every place was read")
 
 
 class ErrorField(BaseModel):
@@ -291,18 +356,19 @@ def event_schema(fleet_region: str) -> dict[str, Any]:
     kinds = [STATE_CHANGE, API_CALL, JOB]
     state_change = _kind(
         STATE_CHANGE,
-        "An instance's state change: running names its instance",
+        "An instance's state change: running, or leaving it, names its instance",
         detail={
             "anyOf": [
                 {
-                    "title": "not running",
-                    "properties": {"state": {"not": {"const": "running"}}},
+                    "title": "another state",
+                    "properties": {"state": {"not": {"enum": ["running", *sorted(LEAVING)]}}},
                 },
                 {
-                    "title": "running",
+                    "title": "running (its ENIs mirrored), or leaving it (its place's dark "
+                    "sessions repaired, should it be a sensor)",
                     "required": ["state", "instance-id"],
                     "properties": {
-                        "state": {"const": "running"},
+                        "state": {"enum": ["running", *sorted(LEAVING)]},
                         "instance-id": {"type": "string", "pattern": INSTANCE_ID_PATTERN},
                     },
                 },
@@ -369,6 +435,9 @@ def event_schema(fleet_region: str) -> dict[str, Any]:
         f"detail-types make jobs: `{STATE_CHANGE}` (state running: every ENI of its "
         f"instance), `{API_CALL}` (a CreateNetworkInterface or AttachNetworkInterface record "
         f"that did not fail: its ENI), and `{JOB}` (detail: one job in the request syntax); "
+        "an instance leaving running (stopping, stopped, shutting-down, terminated) and a "
+        "DeleteTrafficMirrorTarget or DeleteNetworkInterface record that did not fail make "
+        "the modifies that repair their place's dark sessions, if any; "
         "any other event is answered 202 with why it is `ignored`. A body that is not such an "
         "event is 400 InvalidEvent. Events are planned through the policy in their place: "
         f"an event whose region is absent, null or this fleet's ({fleet_region}) is the "
@@ -533,3 +602,94 @@ def errors(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
     return {
         s: {"model": ErrorBody, "description": described.get(f"s{s}", ANSWERS[s])} for s in statuses
     }
+
+
+# Unmirror and retarget (mirrorq/lifecycle.py): their bodies, as the CLI's options --------------
+
+_IdList = Field(min_length=1, max_length=200)  # EC2 takes 200 values a filter
+VpcIds = Annotated[list[Annotated[str, Field(pattern=r"^vpc-[0-9a-f]{8,17}$")]], _IdList]
+SubnetIds = Annotated[list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]], _IdList]
+InstanceIds = Annotated[list[Annotated[str, Field(pattern=r"^i-[0-9a-f]{8,17}$")]], _IdList]
+EniIds = Annotated[list[Annotated[str, Field(pattern=ENI_ID)]], _IdList]
+TargetIds = Annotated[list[Annotated[str, Field(pattern=TARGET_ID)]], _IdList]
+FilterIds = Annotated[list[Annotated[str, Field(pattern=FILTER_ID)]], _IdList]
+SessionIds = Annotated[list[Annotated[str, Field(pattern=SESSION_ID)]], _IdList]
+RuleNames = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], _IdList]
+Tags = Annotated[
+    list[Annotated[str, Field(pattern=r"^[^=]+=[\s\S]*$", description="Key=Value")]], _IdList
+]
+_SELECTORS = ("vpc", "subnet", "tag", "instance", "eni", "target", "filter", "rule", "session_id")
+
+
+class _SessionSelection(BaseModel):
+    """Which sessions: kinds given must all match, values of one kind are alternatives;
+    only sessions mirrorq manages (tag mirrorq:rule), unless named by `session_id`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    vpc: VpcIds = []
+    subnet: SubnetIds = []
+    tag: Tags = []
+    instance: InstanceIds = []
+    eni: EniIds = []
+    rule: RuleNames = Field(default=[], description="the sessions' mirrorq:rule tag")
+    session_id: SessionIds = Field(default=[], description="these sessions, managed or not")
+    dry_run: bool = Field(default=False, description="DryRun jobs: nothing is changed")
+
+    def selection(self, targets: Sequence[str] = (), filters: Sequence[str] = ()) -> Selection:
+        return Selection(
+            Selectors(
+                tuple(self.vpc),
+                tuple(self.subnet),
+                tuple((k, v) for k, _, v in (t.partition("=") for t in self.tag)),
+                tuple(self.instance),
+                tuple(self.eni),
+            ),
+            target_ids=tuple(targets),
+            filter_ids=tuple(filters),
+            rules=tuple(self.rule),
+            session_ids=tuple(self.session_id),
+        )
+
+
+class UnmirrorBody(_SessionSelection):
+    """`mirrorq unmirror`: at least one selector (none would select every managed session)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"anyOf": [{"required": [name]} for name in _SELECTORS]},
+    )
+
+    target: TargetIds = []
+    filter: FilterIds = []
+
+    @model_validator(mode="after")
+    def _named(self) -> UnmirrorBody:
+        if not any(getattr(self, name) for name in _SELECTORS):
+            raise ValueError(f"name the sessions: one of {', '.join(_SELECTORS)}")
+        return self
+
+
+class RetargetBody(_SessionSelection):
+    """`mirrorq retarget`: the managed sessions on `from` moved to `to` in place (a modify of
+    each: its SessionNumber and filter kept)."""
+
+    from_: str = Field(alias="from", pattern=TARGET_ID, description="the target they leave")
+    to: str = Field(pattern=TARGET_ID, description="the target they move to")
+
+
+class SessionItem(BaseModel):
+    session_id: str
+    network_interface_id: str
+    rule: str | None = Field(description="its mirrorq:rule tag (null: not mirrorq's)")
+    action: Literal["delete", "modify", "unmanaged", "already_mirrored", "target_full"]
+    target_id: str
+    to_target_id: str | None
+
+
+class SessionsPlanned(BaseModel):
+    batch_id: str
+    jobs: int = Field(description="the deletes or modifies submitted")
+    counts: dict[str, int] = Field(description="the sessions selected, by action")
+    sessions: list[SessionItem]
