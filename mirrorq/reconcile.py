@@ -79,6 +79,7 @@ def run_pass(
         if wait_s is not None:
             status = producer.wait_batch(batch_id, timeout=wait_s)
             counts = dict(status["counts"]) if status else {}
+    producer.store.client.set(keys.RECONCILE_LAST_PASS, repr(time.time()))
     return Pass(number, plan, batch_id, counts)
 
 
