@@ -75,6 +75,7 @@ def progress(status: dict[str, Any], rate: float | None) -> dict[str, Any]:
         "rate": rate,
         "eta_s": eta,
         "running": status.get("finished_at") is None,
+        "failure_codes": {},  # read once it has finished (BatchReader.failure_codes)
     }
 
 

@@ -1,0 +1,333 @@
+"""The dashboard (/ui/) in a real headless Chromium (Debian's, driven through its
+chromedriver by Selenium) against a real `mirrorq api`, real workers, Redis and the emulator:
+log in; coverage as `mirrorq coverage --json` says it; a sensor's sessions turning dark and
+live again on the page without a reload; a 2,000-job batch's bar; every route refused
+without a session; the token in no URL, page or log. Screenshots at 1280 and 390 px go to
+the run's temporary directory (`screenshots/`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from emulator.lab import lab_client, seed_lab
+from emulator.zoned_lab import launch, seed_zoned_lab
+from mirrorq.processes import MIRRORQ, ApiProcess, EmulatorProcess, WorkerProcess, free_port
+from tests.helpers import wait_until
+
+TOKEN = "dashboard-token-7c1e55aa"
+OTHER_TOKEN = "dashboard-token-second-9f"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+WIDTHS = (1280, 390)
+# The dashboard's timings shortened so that a test sees its updates within seconds.
+UI_FAST = {
+    "MIRRORQ_UI_COVERAGE_REFRESH_S": "1",
+    "MIRRORQ_UI_SAMPLE_S": "1",
+}
+PAGES = [
+    "/ui/",
+    "/ui/coverage",
+    "/ui/coverage/enis",
+    "/ui/coverage/enis?state=dark&q=eni",
+    "/ui/batches",
+    "/ui/batches/some-batch",
+    "/ui/jobs/some-job",
+    "/ui/fleet",
+]
+LIVE = [
+    "/ui/coverage/live",
+    "/ui/coverage/enis/live",
+    "/ui/batches/live",
+    "/ui/batches/some-batch/live",
+    "/ui/fleet/live",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[webdriver.Chrome]:
+    """One headless Chromium for every test of the module: Debian's browser and driver, so
+    Selenium Manager has nothing to find or download."""
+    if shutil.which(CHROMEDRIVER) is None:
+        pytest.fail("chromium-driver is not installed: run ./scripts/bootstrap.sh")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--hide-scrollbars", "--window-size=1280,900"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+class Dashboard:
+    """A real `mirrorq api` and the browser pointed at it; every URL the browser was sent to
+    kept, to check the token is in none."""
+
+    def __init__(self, process: ApiProcess, url: str, browser: webdriver.Chrome) -> None:
+        self.process, self.url, self.browser = process, url, browser
+        self.visited: list[str] = []
+        self.sources: list[str] = []
+
+    def open(self, path: str) -> None:
+        self.browser.get(self.url + path)
+        self.visited.append(self.browser.current_url)
+
+    def seen(self) -> None:
+        """Keep the page as it is now (its URL and source) for the token check."""
+        self.visited.append(self.browser.current_url)
+        self.sources.append(self.browser.page_source)
+
+    def login(self, token: str = TOKEN) -> None:
+        self.browser.delete_all_cookies()
+        self.open("/ui/login")
+        field = self.browser.find_element(By.ID, "token")
+        field.send_keys(token)
+        field.submit()
+        wait_until(lambda: "/ui/login" not in self.browser.current_url, 10, 0.1, "the login")
+        self.seen()
+
+    def read(self, css: str, what: str = "innerText") -> Any:
+        """An element's property read in one script (the live part is swapped in whole every
+        few seconds, so an element found in one call may be gone by the next); None if no
+        element matches."""
+        return self.browser.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e[arguments[1]] : null;",
+            css,
+            what,
+        )
+
+    def text(self, css: str) -> str:
+        return str(self.read(css) or "").strip()
+
+    def count(self, css: str) -> int:
+        found = self.browser.execute_script(
+            "return document.querySelectorAll(arguments[0]).length;", css
+        )
+        return int(found)
+
+    def mark(self) -> None:
+        """A value the page keeps until it is loaded again: its absence means a reload."""
+        self.browser.execute_script("window.__notReloaded = true;")
+
+    def not_reloaded(self) -> bool:
+        return bool(self.browser.execute_script("return window.__notReloaded === true;"))
+
+    def screenshot(self, folder: Path, name: str) -> list[Path]:
+        taken = []
+        for width in WIDTHS:
+            self.browser.set_window_size(width, 900)
+            height = self.browser.execute_script("return document.documentElement.scrollHeight")
+            self.browser.set_window_size(width, min(max(int(height), 600), 4000))
+            path = folder / f"{name}-{width}.png"
+            self.browser.save_screenshot(str(path))
+            taken.append(path)
+        self.browser.set_window_size(1280, 900)
+        return taken
+
+
+def start_api(env: dict[str, str], *args: str) -> tuple[ApiProcess, str]:
+    port = free_port()
+    process = ApiProcess(
+        f"ui-api-{uuid.uuid4().hex[:6]}",
+        {**env, **UI_FAST, "MIRRORQ_API_TOKENS": f"{TOKEN},{OTHER_TOKEN}"},
+        "--port",
+        str(port),
+        *args,
+    )
+    process.wait_ready()
+    return process, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run's screenshots: `screenshots/` in pytest's base temporary directory."""
+    folder = tmp_path_factory.getbasetemp() / "screenshots"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def test_without_a_session_every_route_is_refused_and_a_session_is_a_signed_cookie(
+    env: dict[str, str], browser: webdriver.Chrome
+) -> None:
+    process, url = start_api(env)
+    try:
+        bare = httpx.Client(base_url=url, follow_redirects=False)
+        forged = "eyJzaWQiOiJ4IiwiZnAiOiJ5In0.aaaaaa.bbbbbbbbbbbbbbbbbbbbbbbbbbb"
+        for cookie in (None, forged, TOKEN, ""):
+            cookies = {} if cookie is None else {"mirrorq_ui": cookie}
+            client = httpx.Client(base_url=url, follow_redirects=False, cookies=cookies)
+            for path in PAGES:
+                answer = client.get(path)
+                assert answer.status_code == 303, (path, cookie)
+                assert answer.headers["location"] == "/ui/login", path
+            for path in LIVE:
+                assert client.get(path).status_code == 401, (path, cookie)
+        # The API's bearer token opens /v1, never the dashboard.
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        assert bare.get("/ui/coverage/live", headers=headers).status_code == 401
+        assert bare.get("/ui").status_code == 307
+        # The login form, its script and style sheet are all one sees without a session.
+        assert bare.get("/ui/login").status_code == 200
+        assert bare.get("/ui/static/ui.js").status_code == 200
+        assert bare.get("/ui/static/nope.js").status_code == 404
+        wrong = bare.post("/ui/login", data={"token": TOKEN + "x"})
+        assert wrong.status_code == 401
+        assert "set-cookie" not in wrong.headers
+        assert TOKEN not in wrong.text
+        # A login posted from another site is refused (SameSite=Strict keeps the cookie off
+        # cross-site requests already; this refuses a session forced on someone's browser).
+        cross = bare.post(
+            "/ui/login", data={"token": TOKEN}, headers={"Sec-Fetch-Site": "cross-site"}
+        )
+        assert cross.status_code == 403
+        assert "set-cookie" not in cross.headers
+        evil = bare.post("/ui/login", data={"token": TOKEN}, headers={"Origin": "http://evil.example"})
+        assert evil.status_code == 403
+        # The session: HttpOnly, SameSite=Strict, only under /ui, Secure behind TLS, no token.
+        good = bare.post("/ui/login", data={"token": OTHER_TOKEN})
+        assert good.status_code == 303
+        cookie_header = good.headers["set-cookie"]
+        assert re.search(r"(?i)httponly", cookie_header)
+        assert re.search(r"(?i)samesite=strict", cookie_header)
+        assert "Path=/ui" in cookie_header
+        assert "secure" not in cookie_header.lower()
+        session = good.cookies["mirrorq_ui"]
+        assert OTHER_TOKEN not in session
+        behind_tls = bare.post(
+            "/ui/login", data={"token": TOKEN}, headers={"X-Forwarded-Proto": "https"}
+        )
+        assert "secure" in behind_tls.headers["set-cookie"].lower()
+        signed_in = httpx.Client(base_url=url, cookies={"mirrorq_ui": session})
+        for path in LIVE[:3] + ["/ui/fleet/live"]:
+            assert signed_in.get(path).status_code == 200, path
+        tampered = session[:-2] + ("A" if session[-2] != "A" else "B") + session[-1]
+        forger = httpx.Client(base_url=url, cookies={"mirrorq_ui": tampered})
+        assert forger.get("/ui/fleet/live").status_code == 401
+        # Nothing in the dashboard changes anything: no route takes another method.
+        for path in PAGES[1:] + LIVE:
+            for method in ("POST", "PUT", "DELETE", "PATCH"):
+                assert signed_in.request(method, path).status_code in (404, 405), (method, path)
+        # Logging out clears the cookie in the browser.
+        out = signed_in.post("/ui/logout", follow_redirects=False)
+        assert out.status_code == 303
+        assert 'mirrorq_ui=""' in out.headers["set-cookie"] or "Max-Age=0" in out.headers["set-cookie"]
+
+        # In the browser: a page without a session is the login form; after logging in the
+        # views open; after logging out they are refused again.
+        ui = Dashboard(process, url, browser)
+        browser.delete_all_cookies()
+        ui.open("/ui/fleet")
+        assert browser.current_url.endswith("/ui/login")
+        ui.login()
+        ui.open("/ui/fleet")
+        assert browser.current_url.endswith("/ui/fleet")
+        browser.find_element(By.CSS_SELECTOR, "form.logout button").click()
+        wait_until(lambda: browser.current_url.endswith("/ui/login"), 10, 0.1, "the logout")
+        ui.open("/ui/batches")
+        assert browser.current_url.endswith("/ui/login")
+    finally:
+        process.stop()
+    log = process.log_path.read_text()
+    assert TOKEN not in log and OTHER_TOKEN not in log
+    assert "GET /ui/fleet/live" in log  # the access log is on: the check above means something
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MIRRORQ, *args], env=env, capture_output=True, text=True, check=False, timeout=300
+    )
+
+
+def batch_bar_advances(
+    ui: Dashboard,
+    env: dict[str, str],
+    emulator: EmulatorProcess,
+    start_worker: Callable[..., WorkerProcess],
+    screenshots: Path,
+) -> None:
+    """A 2,000-job batch submitted through the API: its page's bar advances as the workers
+    run it, without a reload, and ends at the batch's final counts."""
+    lab = seed_lab(emulator.url, 2000)
+    jobs = [
+        {
+            "NetworkInterfaceId": eni,
+            "TrafficMirrorTargetId": lab["target_ids"]["nlb"],
+            "TrafficMirrorFilterId": lab["filter_id"],
+            "SessionNumber": "auto",
+        }
+        for eni in lab["eni_ids"]
+    ]
+    api = httpx.Client(base_url=ui.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    accepted = api.post("/v1/batches", content="\n".join(json.dumps(j) for j in jobs))
+    assert accepted.status_code == 202, accepted.text
+    batch_id = accepted.json()["batch_id"]
+    ui.open("/ui/batches")
+    card = f'[data-batch="{batch_id}"]'
+    wait_until(lambda: ui.count(card) > 0, 10, 0.2, "the card")
+    assert ui.text(f"{card} .counts") == "queued 2,000"
+    ui.open(f"/ui/batches/{batch_id}")
+    ui.mark()
+    bar = f"{card} progress"
+    assert ui.read(bar, "value") == 0
+    assert ui.count("table.jobs tbody tr") == 100
+    start_worker()
+    start_worker()
+    values: list[int] = []
+
+    def finished() -> bool:
+        value = ui.read(bar, "value")
+        if value is not None and (not values or value != values[-1]):
+            values.append(int(value))
+        return bool(values) and values[-1] == 2000
+
+    wait_until(finished, 240, 0.2, "the bar to reach 2,000")
+    assert ui.not_reloaded()
+    assert values == sorted(values), values  # it only ever advances
+    assert len([v for v in values if 0 < v < 2000]) >= 2, values  # seen on its way
+    wait_until(lambda: "finished" in ui.text(f"{card} > p:nth-of-type(1)"), 10, 0.2, "the end")
+    status = api.get(f"/v1/batches/{batch_id}").json()
+    assert status["counts"] == {"created": 2000}
+    assert ui.text(f"{card} .counts") == "created 2,000"
+    assert ui.text(f"{card} strong") == "2,000 / 2,000"
+    ui.seen()
+    ui.screenshot(screenshots, "batch")
+    ui.open("/ui/batches")
+    wait_until(
+        lambda: "created 2,000" in ui.text(f'tr[data-batch="{batch_id}"]'), 10, 0.2, "recent"
+    )
+    ui.seen()
+    ui.screenshot(screenshots, "batches")
+
+
+def test_batch_and_fleet(
+    env: dict[str, str],
+    emulator: EmulatorProcess,
+    browser: webdriver.Chrome,
+    start_worker: Callable[..., WorkerProcess],
+    screenshots: Path,
+) -> None:
+    process, url = start_api(env)
+    ui = Dashboard(process, url, browser)
+    try:
+        ui.login()
+        batch_bar_advances(ui, env, emulator, start_worker, screenshots)
+        ui.open("/ui/fleet")
+        wait_until(lambda: ui.text('[data-fleet="workers"]') == "2", 20, 0.2, "two workers")
+        ui.seen()
+        ui.screenshot(screenshots, "fleet")
+    finally:
+        process.stop()
