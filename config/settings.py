@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     # wait for Redis and carry on.
     redis_retry_s: float = Field(default=20.0, ge=0)
 
+    # A prune pass (`reconcile --prune`, a policy's `prune`) that would delete more than this
+    # share of an account's managed sessions deletes nothing and says why, unless --force: a
+    # typo in a policy (a tag misspelt, a rule deleted) must not unmirror a fleet.
+    prune_max_share: float = Field(default=0.2, ge=0, le=1)
+
     # The HTTP API: bearer tokens, comma-separated (or one a line in a file), never logged.
     api_tokens: SecretStr | None = None
     api_tokens_file: Path | None = None

@@ -19,7 +19,7 @@ from emulator.create_path import CreatePath
 from emulator.errors import EC2Error, expired_token, request_expired, throttled
 from emulator.events import EventFeed
 from emulator.faults import Faults
-from emulator.mirroring import IDEMPOTENT_ACTIONS, TrafficMirroring
+from emulator.mirroring import MIRRORING_ACTIONS, TrafficMirroring
 from emulator.request import (
     ACCOUNT,
     access_key_of,
@@ -144,7 +144,7 @@ class EmulatorApp:
                 raise request_expired()
             if not action.startswith("Describe") and not self.faults.admit(action, account, region):
                 raise throttled()
-            if action in IDEMPOTENT_ACTIONS:
+            if action in MIRRORING_ACTIONS:
                 return self.creates(action, params, environ, start_response)
             status, headers, out = self._call_moto(environ, self._ec2)
         except EC2Error as error:

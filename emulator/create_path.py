@@ -1,5 +1,6 @@
-"""The Traffic Mirroring create calls, step by step: injected faults, ClientToken replay,
-validation, moto, then a dropped answer (docs/emulator.md, "How a create is handled").
+"""The Traffic Mirroring create calls, and a session's delete and modify, step by step:
+injected faults, ClientToken replay, validation, moto, then a dropped answer (docs/emulator.md,
+"How a create is handled").
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from emulator.request import account_of, region_of
 from emulator.stats import Stats, outcome_of
 from emulator.wsgi import Environ, StartResponse, call_app
 
-FAULTED_ACTION = "CreateTrafficMirrorSession"
+# The session's mutating calls get the injected faults (latency, 5xx before, a drop after).
+FAULTED_ACTIONS = frozenset(
+    {"CreateTrafficMirrorSession", "DeleteTrafficMirrorSession", "ModifyTrafficMirrorSession"}
+)
 
 
 class CreatePath:
-    """One of `mirroring.IDEMPOTENT_ACTIONS`, answered as EC2 would; refusals raise EC2Error."""
+    """One of `mirroring.MIRRORING_ACTIONS`, answered as EC2 would; refusals raise EC2Error."""
 
     def __init__(
         self,
@@ -48,7 +52,7 @@ class CreatePath:
         account, region = account_of(environ), region_of(environ)
         plan = self._faults.plan_for(account, region)
         drop = False
-        if action == FAULTED_ACTION:
+        if action in FAULTED_ACTIONS:
             if plan.latency_ms:
                 time.sleep(plan.latency_ms / 1000)
             if self._faults.roll(plan.error_rate):
@@ -66,6 +70,8 @@ class CreatePath:
                 extra = self._mirroring.check(action, backend, params)
                 if is_dry_run(params):
                     raise dry_run_ok()
+                if action == "ModifyTrafficMirrorSession":
+                    self._mirroring.remove_fields(backend, params)
                 if extra:
                     environ["wsgi.input"] = io.BytesIO(urlencode({**params, **extra}).encode())
                     environ["CONTENT_LENGTH"] = str(environ["wsgi.input"].getbuffer().nbytes)
@@ -83,8 +89,9 @@ class CreatePath:
                 status, headers, out = recorded.status, recorded.headers, recorded.body
                 outcome = "replayed"
         if drop:
-            # The session exists now; the client never hears of it. This is the case that
-            # turns a retry without a fixed ClientToken into a second session.
+            # The session exists now (or is deleted, or modified); the client never hears of
+            # it. This is the case that turns a retry without a fixed ClientToken into a second
+            # session, and a retried delete into a NotFound.
             self._stats.count(action, "dropped", scope)
             _drop_connection(environ)
             # The server insists on a status; writing it fails on the dead socket.

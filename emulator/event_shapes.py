@@ -14,8 +14,20 @@ from moto.utilities.utils import get_partition
 STATE_CHANGE = "EC2 Instance State-change Notification"
 API_CALL = "AWS API Call via CloudTrail"
 EMITTING_ACTIONS = frozenset(
-    {"RunInstances", "StartInstances", "CreateNetworkInterface", "AttachNetworkInterface"}
+    {
+        "RunInstances",
+        "StartInstances",
+        "StopInstances",
+        "TerminateInstances",
+        "CreateNetworkInterface",
+        "AttachNetworkInterface",
+    }
 )
+# moto's instances stop and terminate at once; EC2 sends both steps of each.
+_LEAVING = {
+    "StopInstances": ("stopping", "stopped"),
+    "TerminateInstances": ("shutting-down", "terminated"),
+}
 CLOUDTRAIL_EVENT_VERSION = "1.09"
 # CloudTrail writes these response fields as numbers; every other leaf stays a string.
 _INTEGER_FIELDS = frozenset({"deviceIndex", "networkCardIndex"})
@@ -228,6 +240,14 @@ def events_for(
             for item in _children(root, "instancesSet")
             # An instance that was running already does not change state: EC2 says nothing.
             if _text(item, "previousState", "name") != "running"
+        ]
+    if action in _LEAVING:
+        return [
+            instance_state_change(account, region, _text(item, "instanceId"), state, time)
+            for item in _children(root, "instancesSet")
+            # An instance already in the final state does not change: EC2 says nothing.
+            if _text(item, "previousState", "name") != _LEAVING[action][1]
+            for state in _LEAVING[action]
         ]
     if action == "CreateNetworkInterface":
         request = _create_network_interface_request(params)

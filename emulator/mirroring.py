@@ -19,6 +19,7 @@ from moto.ec2.models.instance_types import INSTANCE_TYPES
 from emulator.errors import EC2Error, invalid_value
 from emulator.session_index import indexed
 from emulator.sharing import SHARES
+from emulator.sources import UNSUPPORTED_SOURCE_CODE, why_not_a_source
 
 MAX_CLIENT_TOKEN = 64
 SESSIONS_PER_INTERFACE = 3  # EC2 quota "sessions per source network interface"
@@ -37,6 +38,16 @@ NOT_FINGERPRINTED = frozenset({"Action", "Version", "ClientToken", "DryRun"})
 IDEMPOTENT_ACTIONS = frozenset(
     {"CreateTrafficMirrorSession", "CreateTrafficMirrorTarget", "CreateTrafficMirrorFilter"}
 )
+# A session's other mutating calls: no ClientToken, but EC2's checks and the same faults.
+SESSION_ACTIONS = frozenset({"DeleteTrafficMirrorSession", "ModifyTrafficMirrorSession"})
+MIRRORING_ACTIONS = IDEMPOTENT_ACTIONS | SESSION_ACTIONS
+# ModifyTrafficMirrorSession's RemoveField.N values, each with the session attribute it resets.
+REMOVABLE = {
+    "packet-length": "packet_length",
+    "description": "description",
+    "virtual-network-id": "virtual_network_id",
+}
+_REMOVE_FIELD = re.compile(r"RemoveField\.\d+$")
 
 _TAG_SPEC = re.compile(r"TagSpecification\.(\d+)\.(ResourceType|Tag\.(\d+)\.(Key|Value))$")
 
@@ -207,6 +218,10 @@ class TrafficMirroring:
         """Raise the EC2Error EC2 would send; return parameters to add before creating."""
         if action == "CreateTrafficMirrorSession":
             return self._check_session(backend, params)
+        if action == "DeleteTrafficMirrorSession":
+            _session(backend, params)
+        elif action == "ModifyTrafficMirrorSession":
+            self._check_modify(backend, params)
         if action == "CreateTrafficMirrorTarget":
             check_tags(params, "traffic-mirror-target")
             eni_id = params.get("NetworkInterfaceId")
@@ -230,6 +245,7 @@ class TrafficMirroring:
 
         if eni_id not in backend.enis:
             raise _eni_not_found(eni_id)
+        _check_source_type(backend.enis[eni_id])
         owner, target = _target_for(backend, target_id)
         if filter_id not in backend.traffic_mirror_filters:
             # A shared target's filter is not shared: the creator's own filter or none.
@@ -260,6 +276,92 @@ class TrafficMirroring:
         while sessions.vni_in_use(vni := self._rng.randint(1, VIRTUAL_NETWORK_ID[1])):
             pass
         return {"VirtualNetworkId": str(vni)}
+
+    def _check_modify(self, backend: Any, params: dict[str, str]) -> None:
+        """ModifyTrafficMirrorSession: the session, then each value as a create checks it, and
+        what it points at (target, filter, a number free on the ENI) as a create does."""
+        session = _session(backend, params)
+        number = _int_in(params, "SessionNumber", SESSION_NUMBER)
+        _int_in(params, "PacketLength", PACKET_LENGTH)
+        _int_in(params, "VirtualNetworkId", VIRTUAL_NETWORK_ID)
+        if params.get("Description") is not None and len(params["Description"]) > 255:
+            raise invalid_value("Description must be at most 255 characters.")
+        for field in removed_fields(params):
+            if field not in REMOVABLE:
+                raise invalid_value(
+                    f"Value ({field}) for parameter RemoveField is invalid. Valid values are "
+                    f"{', '.join(REMOVABLE)}."
+                )
+        target_id = params.get("TrafficMirrorTargetId")
+        if target_id and target_id != session.traffic_mirror_target_id:
+            owner, target = _target_for(backend, target_id)
+            if target.network_interface_id == session.network_interface_id:
+                raise invalid_value(
+                    f"Network interface {session.network_interface_id} is the source of "
+                    f"traffic mirror session {session.id} and cannot be its target."
+                )
+            _check_sources(backend.region_name, owner, target, session.network_interface_id)
+        filter_id = params.get("TrafficMirrorFilterId")
+        if filter_id and filter_id not in backend.traffic_mirror_filters:
+            raise EC2Error(
+                "InvalidTrafficMirrorFilterNotFound",
+                f"The traffic mirror filter '{filter_id}' does not exist.",
+            )
+        if number is not None and any(
+            s.session_number == number and s.id != session.id
+            for s in indexed(backend).on_eni(session.network_interface_id)
+        ):
+            raise invalid_value(
+                f"Session number {number} is already in use on network interface "
+                f"{session.network_interface_id}."
+            )
+
+    def remove_fields(self, backend: Any, params: dict[str, str]) -> None:
+        """ModifyTrafficMirrorSession's RemoveField.N, which moto ignores: each property set
+        back to its default (no packet length: whole packets; no description; a VXLAN id
+        chosen as a create without one gets). Called once the checks passed, before moto
+        applies the rest (a field is never both set and removed: EC2 refuses that)."""
+        removed = removed_fields(params)
+        if not removed:
+            return
+        session = _session(backend, params)
+        for field in removed:
+            value = None
+            if field == "virtual-network-id":
+                sessions = indexed(backend)
+                while sessions.vni_in_use(value := self._rng.randint(1, VIRTUAL_NETWORK_ID[1])):
+                    pass
+            setattr(session, REMOVABLE[field], value)
+        indexed(backend).reindex(session.id)
+
+
+def removed_fields(params: dict[str, str]) -> list[str]:
+    return [v for k, v in sorted(params.items()) if _REMOVE_FIELD.match(k)]
+
+
+def _session(backend: Any, params: dict[str, str]) -> Any:
+    """The session a delete or a modify names, or EC2's NotFound."""
+    session_id = _required(params, "TrafficMirrorSessionId")
+    session = backend.traffic_mirror_sessions.get(session_id)
+    if session is None:
+        raise EC2Error(
+            "InvalidTrafficMirrorSessionId.NotFound",
+            f"The traffic mirror session '{session_id}' does not exist.",
+        )
+    return session
+
+
+def _check_source_type(eni: Any) -> None:
+    """An ENI on an instance type that cannot be a source (emulator/sources.py) is refused."""
+    instance = getattr(eni, "instance", None)
+    instance_type = getattr(instance, "instance_type", None)
+    why = why_not_a_source(instance_type) if instance_type else None
+    if why is not None:
+        raise EC2Error(
+            UNSUPPORTED_SOURCE_CODE,
+            f"Network interface {eni.id} is attached to an instance of type {instance_type} "
+            f"and cannot be a traffic mirror source: {why}.",
+        )
 
 
 def _target_for(backend: Any, target_id: str) -> tuple[str, Any]:

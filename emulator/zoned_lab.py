@@ -92,6 +92,9 @@ def launch_instance(endpoint_url: str, lab: ZonedLab, i: int, region: str = "us-
         ImageId=LAB_IMAGE_ID,
         MinCount=1,
         MaxCount=1,
+        # A type that can be a traffic mirror source (emulator/sources.py): moto's default,
+        # m1.small, as EC2's, cannot.
+        InstanceType="c5.large",
         SubnetId=lab["subnets"][zone],
         TagSpecifications=spec,
     )["Instances"][0]

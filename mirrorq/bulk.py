@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from config import Settings
 from mirrorq import planning
+from mirrorq.dark import Repair, repair_counts
 from mirrorq.inventory import Inventory
 from mirrorq.rules import Rule
-from tasks.contract import NOWHERE, Placement, parse_request
+from mirrorq.targets import Health, target_health
+from tasks.contract import NOWHERE, JobKind, Placement, parse_request
 from tasks.errors import UnknownResourceError
 from tasks.producer import Producer
 from worker.errors import STS_OPERATIONS, classify
@@ -42,19 +44,53 @@ async def plan_live(
     Regional) is used where it exists; a rule with none of its targets or filters in a place
     is not planned there, and the plan's `missing` says which account-Region has none.
     """
+    return plan_read(await read_live(settings, rules, placement), pending)
+
+
+@dataclass(frozen=True)
+class Live:
+    """Some rules' places as read now (`read_live`): each place's `PlaceRead`, or why it was not
+    read; what planning, coverage (mirrorq/coverage.py) and dark-session repair
+    (mirrorq/dark.py) start from."""
+
+    rules: list[Rule]
+    places: list[Placement]
+    read: list[PlaceRead | planning.Unplanned]
+
+    def views(self) -> list[tuple[Placement, PlaceRead]]:
+        return [
+            (p, r) for p, r in zip(self.places, self.read, strict=True) if isinstance(r, PlaceRead)
+        ]
+
+
+async def read_live(
+    settings: Settings,
+    rules: Sequence[Rule],
+    placement: Placement = NOWHERE,
+    *,
+    health: bool = False,
+) -> Live:
+    """Every place of the rules read on its own road (`plan_live`); with `health`, whether
+    each rule's target there is alive too (mirrorq/targets.py)."""
     by_place: dict[Placement, list[Rule]] = {}
     for rule in rules:
         for place in rule.places or (placement,):
             by_place.setdefault(place, []).append(rule)
-    pending = list(pending)
     # A bound on the places read at once: the roads' cache holds that many.
     slots = asyncio.Semaphore(max(1, settings.client_cache))
     async with planner_roads(settings) as roads:
 
-        async def one(place: Placement) -> _Read | planning.Unplanned:
+        async def one(place: Placement) -> PlaceRead | planning.Unplanned:
             try:
                 async with slots, roads.use(place_at(place, settings.region)) as road:
-                    return await _read_place(Inventory(road), place, by_place[place])
+                    read = await _read_place(Inventory(road), place, by_place[place])
+                    if health:
+                        own = place.account_id or await roads.default_account()
+                        # The rules' targets, and any a session there mirrors into.
+                        used = {s["TrafficMirrorTargetId"] for s in read.state.sessions}
+                        found = await target_health(road, {*read.state.targets, *used}, own)
+                        read = replace(read, health=found)
+                    return read
             except ClientError as error:
                 if error.operation_name not in STS_OPERATIONS:
                     raise
@@ -63,30 +99,46 @@ async def plan_live(
                 return planning.Unplanned(place, failure.code, failure.message)
 
         read = await asyncio.gather(*(one(p) for p in by_place))
-    _require_somewhere(rules, by_place, [r.seen if isinstance(r, _Read) else None for r in read])
-    # Every place read first, then planned in turn against one load: a target shared by
-    # several accounts takes its sources once, over all of them.
-    states = [r.state for r in read if isinstance(r, _Read)]
+    _require_somewhere(
+        rules, by_place, [r.seen if isinstance(r, PlaceRead) else None for r in read]
+    )
+    return Live(list(rules), list(by_place), list(read))
+
+
+def plan_read(live: Live, pending: Iterable[planning.Pending] = ()) -> planning.Plan:
+    """The places read planned: every place in turn against one load (a target shared by
+    several accounts takes its sources once, over all of them), and the plans merged. A
+    target known dead (`health`) takes no new session: its rule's live ones do, or none."""
+    states = [r.live_state() for r in live.read if isinstance(r, PlaceRead)]
     plans = iter(planning.plan_places(states, pending))
     merged: list[tuple[Placement, planning.Plan]] = []
-    for place, r in zip(by_place, read, strict=True):
-        if isinstance(r, _Read):
+    for place, r in zip(live.places, live.read, strict=True):
+        if isinstance(r, PlaceRead):
             plan = next(plans)
             plan.missing = r.missing
         else:
             plan = planning.Plan([], unplanned=[r])
         merged.append((place, plan))
-    return planning.Plan.merge(list(rules), merged)
+    return planning.Plan.merge(list(live.rules), merged)
 
 
 @dataclass(frozen=True)
-class _Read:
+class PlaceRead:
     """A place as read: what planning needs, the rules it cannot plan there (and why), and
     the ids of the rules' targets and filters that exist there."""
 
     state: planning.PlaceState
     missing: list[planning.Missing]
     seen: set[str]
+    health: dict[str, Health] = field(default_factory=dict)  # read_live(health=True) only
+
+    def live_state(self) -> planning.PlaceState:
+        """The state as creates are planned: without the targets known dead."""
+        dead = {t for t, h in self.health.items() if not h.live}
+        if not dead:
+            return self.state
+        targets = {t: v for t, v in self.state.targets.items() if t not in dead}
+        return replace(self.state, targets=targets)
 
 
 async def _plan_place(
@@ -152,15 +204,16 @@ async def rules_in_place(inventory: Inventory, place: Placement, rules: list[Rul
     return PlaceRules(here, missing, targets, set(targets) | filters)
 
 
-async def _read_place(inventory: Inventory, place: Placement, rules: list[Rule]) -> _Read:
+async def _read_place(inventory: Inventory, place: Placement, rules: list[Rule]) -> PlaceRead:
     """One place read for its rules (`rules_in_place`), with its ENIs and sessions."""
     placed = await rules_in_place(inventory, place, rules)
     here = placed.here
     enis = await inventory.enis_for(here) if here else []
     sessions = await inventory.sessions() if here else []
     target_enis = await inventory.all_target_enis() if here else set()
-    state = planning.PlaceState(here, enis, sessions, placed.targets, target_enis)
-    return _Read(state, placed.missing, placed.seen)
+    types = await inventory.instance_types(enis)
+    state = planning.PlaceState(here, enis, sessions, placed.targets, target_enis, types)
+    return PlaceRead(state, placed.missing, placed.seen)
 
 
 def _require_somewhere(
@@ -213,31 +266,47 @@ def submit_plan(
 
 
 def submit_gaps(
-    producer: Producer, plan: planning.Plan, *, source: str, dry_run: bool = False
+    producer: Producer,
+    plan: planning.Plan,
+    *,
+    source: str,
+    dry_run: bool = False,
+    repairs: Sequence[Repair] = (),
 ) -> str | None:
     """The plan's jobs as one batch, each submitted only if it claims its gap: a gap whose
     claimed job is still queued or running (planned by another pass or reconcile process
     meanwhile) is counted `pending` in the plan instead. The batch keeps the plan's counts,
     not its ENIs. None: no job to submit, and no batch stored. Each job runs in the place
-    its ENI was planned in."""
+    its ENI was planned in. `repairs` (mirrorq/dark.py) go in the same batch as modify jobs,
+    each claimed per dark session the same way."""
     jobs = planning.planned_jobs(plan, dry_run=dry_run)
-    claims = producer.claim_gaps([j.gap for j in jobs])
+    moves = [r for r in repairs if r.to_target is not None]
+    claims = producer.claim_gaps([j.gap for j in jobs] + [r.gap for r in moves])
+    job_claims, move_claims = claims[: len(jobs)], claims[len(jobs) :]
     plan.hold(
         {
             (j.rule, j.request["NetworkInterfaceId"]): c.holder
-            for j, c in zip(jobs, claims, strict=True)
+            for j, c in zip(jobs, job_claims, strict=True)
             if c.holder is not None
         }
     )
-    taken = [(j, c.job_id) for j, c in zip(jobs, claims, strict=True) if c.holder is None]
-    if not taken:
+    taken = [(j, c.job_id) for j, c in zip(jobs, job_claims, strict=True) if c.holder is None]
+    moved = [(r, c.job_id) for r, c in zip(moves, move_claims, strict=True) if c.holder is None]
+    if not taken and not moved:
         return None
+    origins: list[dict[str, str | None] | None] = [{"rule": j.rule} for j, _ in taken]
+    origins += [{"rule": r.rule} for r, _ in moved]
+    summary = plan.summary(skipped=False)
+    if repairs:
+        summary["repairs"] = repair_counts(repairs)
     return producer.submit_batch(
-        [parse_request(j.request) for j, _ in taken],
+        [parse_request(j.request) for j, _ in taken]
+        + [parse_request(r.request(dry_run=dry_run), JobKind.MODIFY) for r, _ in moved],
         source=source,
-        plan=plan.summary(skipped=False),
-        origins=[{"rule": j.rule} for j, _ in taken],
-        alternatives=[j.alternatives for j, _ in taken],
-        job_ids=[job_id for _, job_id in taken],
-        placements=[j.placement for j, _ in taken],
+        plan=summary,
+        origins=origins,
+        alternatives=[j.alternatives for j, _ in taken] + [[] for _ in moved],
+        job_ids=[job_id for _, job_id in taken] + [job_id for _, job_id in moved],
+        placements=[j.placement for j, _ in taken] + [r.place for r, _ in moved],
+        network_interface_ids=[None for _ in taken] + [r.eni_id for r, _ in moved],
     )

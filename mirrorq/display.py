@@ -19,6 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from mirrorq.coverage import Coverage, percent
 from mirrorq.planning import Outcome, Plan, place_label
 from mirrorq.rules import Rule
 from tasks.contract import NOWHERE
@@ -238,3 +239,37 @@ def watch(
                 # Redis is restarting: the batch goes on (workers wait for it too); so do we.
                 ec2_line = "[yellow]Redis unreachable: waiting for it"
             progress.update(bar, ec2=ec2_line)
+
+
+def coverage_table(coverage: Coverage) -> Table:
+    """One row per rule (and account-Region, where a rule has several), then the totals."""
+    several = len({(r.account_id, r.region) for r in coverage.rules}) > 1
+    table = Table(title=f"coverage {coverage.percent:g} %", title_justify="left")
+    table.add_column("rule")
+    if several:
+        table.add_column("account/region")
+    for name in ("matched", "eligible", "live", "dark"):
+        table.add_column(name, justify="right")
+    table.add_column("missing")
+    table.add_column("unsupported", justify="right")
+    table.add_column("%", justify="right")
+    for row in coverage.rules:
+        missing = row.missing
+        text = str(sum(missing.values()))
+        if missing:
+            text += " (" + ", ".join(f"{k} {v}" for k, v in missing.items()) + ")"
+        place = [f"{row.account_id or 'default'}/{row.region or 'default'}"] if several else []
+        counts = (len(row.enis), row.eligible, row.count("live"), row.count("dark"))
+        table.add_row(
+            row.rule, *place, *map(str, counts), text, str(row.count("unsupported")),
+            f"{percent(row.count('live'), row.eligible):g}",
+        )  # fmt: skip
+    totals = coverage.totals
+    table.add_row(
+        "[bold]total", *([""] if several else []),
+        *(str(totals[k]) for k in ("matched", "eligible", "live", "dark", "missing")),
+        str(totals["unsupported"]), f"[bold]{coverage.percent:g}",
+    )  # fmt: skip
+    if coverage.unwanted:
+        table.caption = f"{len(coverage.unwanted)} managed sessions no rule wants"
+    return table

@@ -3,7 +3,10 @@
 Three kinds make jobs: an instance reaching `running` (every ENI attached to it), a
 CloudTrail record of CreateNetworkInterface or AttachNetworkInterface (that ENI, whatever
 service made it: ECS, EKS, Lambda...), and a service's own `mirrorq.CreateTrafficMirrorSession`
-event whose `detail` is one job in the request syntax. Any other event is ignored, with the
+event whose `detail` is one job in the request syntax. Three say a sensor may have gone, and
+ask for the dark-session repair of their place (mirrorq/dark.py): an instance leaving
+`running` (stopping, stopped, shutting-down, terminated), and CloudTrail records of
+DeleteTrafficMirrorTarget and DeleteNetworkInterface. Any other event is ignored, with the
 reason; a body that is not an event at all is NotAnEventError.
 """
 
@@ -19,6 +22,8 @@ from tasks.errors import NotAnEventError
 STATE_CHANGE = "EC2 Instance State-change Notification"
 API_CALL = "AWS API Call via CloudTrail"
 JOB = "mirrorq.CreateTrafficMirrorSession"
+LEAVING = frozenset({"stopping", "stopped", "shutting-down", "terminated"})  # not running
+GONE_CALLS = frozenset({"DeleteTrafficMirrorTarget", "DeleteNetworkInterface"})
 MAX_EVENT_BYTES = 256 * 1024  # EventBridge's own limit on an event
 # An id as EC2 writes one (AWS's own samples write `i-0abcd1111example0`): a value such as
 # `i-*` would be a wildcard in the Describe filters the listener reads ENIs with, and name
@@ -41,6 +46,9 @@ class Event:
     job: dict[str, Any] | None = None  # a service's own job (mirrorq.CreateTrafficMirrorSession)
     ignored: str = ""  # why it asks for nothing
     account: str | None = None  # the AWS account it comes from (EventBridge's `account`)
+    # What went away (an instance leaving running, a target or an ENI deleted): a sensor's,
+    # perhaps; its place's dark sessions are looked for.
+    gone: tuple[str, ...] = ()
 
     @property
     def wants_enis(self) -> bool:
@@ -96,12 +104,14 @@ def _is_text(value: str) -> bool:
 
 def _state_change(event_id: str, region: str | None, detail: dict[str, Any]) -> Event:
     instance, state = detail.get("instance-id"), detail.get("state")
-    if state != "running":
+    if state != "running" and state not in LEAVING:
         return Event(event_id, region, ignored=f"instance state {state!r}")
     if not isinstance(instance, str) or not INSTANCE_ID.fullmatch(instance):
         raise NotAnEventError(
             "a state-change event names its instance-id (i- and 8 to 17 letters or digits)"
         )
+    if state in LEAVING:
+        return Event(event_id, region, gone=(instance,))
     return Event(event_id, region, instance_ids=(instance,))
 
 
@@ -115,6 +125,8 @@ def _api_call(event_id: str, region: str | None, detail: dict[str, Any]) -> Even
         eni = _dig(detail, "responseElements", "networkInterface", "networkInterfaceId")
     elif name == "AttachNetworkInterface":
         eni = _dig(detail, "requestParameters", "networkInterfaceId")
+    elif name in GONE_CALLS:
+        return Event(event_id, region, gone=(_gone_id(name, detail),))
     else:
         return Event(event_id, region, ignored=f"eventName {name!r}")
     if not isinstance(eni, str) or not NETWORK_INTERFACE_ID.fullmatch(eni):
@@ -122,6 +134,21 @@ def _api_call(event_id: str, region: str | None, detail: dict[str, Any]) -> Even
             f"a {name} record names its network interface (eni- and 8 to 17 letters or digits)"
         )
     return Event(event_id, region, eni_ids=(eni,))
+
+
+def _gone_id(name: str, detail: dict[str, Any]) -> str:
+    """The id a deletion names (CloudTrail writes a Traffic Mirroring request under the
+    request's own name), else the call's name: the repair reads every target's health."""
+    params = detail.get("requestParameters")
+    if not isinstance(params, dict):
+        return name
+    nested = params.get(f"{name}Request")
+    found = (
+        params.get("networkInterfaceId")
+        or params.get("trafficMirrorTargetId")
+        or (nested.get("TrafficMirrorTargetId") if isinstance(nested, dict) else None)
+    )
+    return found if isinstance(found, str) and _is_text(found) else name
 
 
 def _dig(detail: dict[str, Any], *path: str) -> Any:

@@ -25,15 +25,18 @@ from botocore.exceptions import ClientError
 
 from config import Settings
 from mirrorq import planning
-from mirrorq.bulk import rules_in_place
+from mirrorq.bulk import Live, PlaceRead, rules_in_place
+from mirrorq.dark import plan_repairs, repair_counts
 from mirrorq.events import Event
 from mirrorq.inventory import Inventory
 from mirrorq.planning import Target
 from mirrorq.policy_watch import RulesSource, rules_now
 from mirrorq.rules import Rule
-from tasks.contract import NOWHERE, Placement
+from mirrorq.targets import target_health
+from tasks.contract import NOWHERE, JobKind, Placement, parse_request
 from tasks.errors import IdempotencyConflictError, InvalidJobError
 from tasks.producer import MAX_KEY_LENGTH, Producer
+from worker.ec2 import Ec2Road
 from worker.errors import STS_OPERATIONS, Action, classify
 from worker.roads import Roads, place_at
 
@@ -170,6 +173,7 @@ class Intake:
         """One place's events (its road, its jobs' placement)."""
         outcomes = {e.event_id: Outcome(e.event_id) for e in events}
         wanting: list[Event] = []
+        gone: list[Event] = []
         for event in events:
             outcome = outcomes[event.event_id]
             if event.ignored:
@@ -178,11 +182,75 @@ class Intake:
                 await self._submit_job(place, event, outcome)
             elif event.wants_enis:
                 wanting.append(event)
-        if wanting:
+            elif event.gone:
+                gone.append(event)
+        if wanting or gone:
             assert self.roads is not None
             async with self._slots, self.roads.use(place_at(place, self.settings.region)) as road:
-                await self._mirror(Inventory(road), place, rules, wanting, outcomes)
+                if wanting:
+                    await self._mirror(Inventory(road), place, rules, wanting, outcomes)
+                if gone:
+                    await self._repair(road, place, rules, gone, outcomes)
         return list(outcomes.values())
+
+    async def _repair(
+        self,
+        road: Ec2Road,
+        place: Placement,
+        rules: list[Rule],
+        events: list[Event],
+        outcomes: dict[str, Outcome],
+    ) -> None:
+        """Something went away (an instance left running, a target or ENI was deleted): the
+        place's rules' targets read afresh, and every managed session on a dead one moved
+        to a live target of its rule, as `reconcile` does (mirrorq/dark.py), in one batch
+        credited to the first of these events. Each move is claimed per session, so the
+        same repair from a later event, or a pass, makes no second job while one is pending."""
+        inventory = Inventory(road)
+        here, targets, target_enis = await self._rules_here(inventory, place, rules)
+        assert self.roads is not None
+        own = place.account_id or await self.roads.default_account()
+        health = await target_health(road, targets, own)
+        dead = sorted(t for t, h in health.items() if not h.live)
+        sessions = await inventory.sessions_touching([], targets) if dead else []
+        on_dead = [s for s in sessions if s["TrafficMirrorTargetId"] in dead]
+        enis = await inventory.enis_named(eni_ids=[s["NetworkInterfaceId"] for s in on_dead])
+        state = planning.PlaceState(here, enis, sessions, targets, target_enis)
+        repairs = plan_repairs(Live(here, [place], [PlaceRead(state, [], set(), health)]))
+        for repair in repairs:
+            if repair.to_target is None:
+                log.warning("%s", repair)
+        moves = [r for r in repairs if r.to_target is not None]
+        first = outcomes[events[0].event_id]
+        for event in events:
+            if not moves:
+                outcomes[event.event_id].ignored = (
+                    f"no managed session on a dead target in {where(place)}"
+                    if not repairs
+                    else f"{len(repairs)} dark session(s) in {where(place)}, none can move"
+                )
+        if not moves:
+            return
+        claims = await asyncio.to_thread(self.producer.claim_gaps, [r.gap for r in moves])
+        taken = [(r, c.job_id) for r, c in zip(moves, claims, strict=True) if c.holder is None]
+        first.duplicates += len(moves) - len(taken)  # another event's or pass's, still pending
+        if not taken:
+            return
+        origin = origin_id(events[0].event_id)
+        await asyncio.to_thread(
+            self.producer.submit_batch,
+            [parse_request(r.request(), JobKind.MODIFY) for r, _ in taken],
+            source="mirrorq listen (dark sessions)",
+            plan={"repairs": repair_counts(repairs)},
+            origins=[{"rule": r.rule, "event_id": origin} for r, _ in taken],
+            job_ids=[job_id for _, job_id in taken],
+            placements=[place for _ in taken],
+            network_interface_ids=[r.eni_id for r, _ in taken],
+        )
+        first.job_ids += [job_id for _, job_id in taken]
+        for event in events[1:]:
+            outcomes[event.event_id].ignored = f"repaired with event {first.event_id}'s jobs"
+        self.counts["repairs"] += len(taken)
 
     async def _mirror(
         self,
@@ -209,7 +277,8 @@ class Intake:
         named_by = _first_event_naming(events, enis)
         # Only the ENIs an event names exactly: EC2 reads `*` and `?` in a filter's values.
         enis = [e for e in enis if e["NetworkInterfaceId"] in named_by]
-        plan = planning.plan(rules, enis, sessions, targets, target_enis)
+        types = await inventory.instance_types(enis)
+        plan = planning.plan(rules, enis, sessions, targets, target_enis, instance_types=types)
         for job in planning.planned_jobs(plan):
             event_id = named_by[job.request["NetworkInterfaceId"]]
             await self._submit(

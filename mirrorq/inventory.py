@@ -57,6 +57,29 @@ class Inventory:
         filters = [("network-interface-id", eni_ids), ("attachment.instance-id", instance_ids)]
         return await _union(self.enis, filters, "NetworkInterfaceId")
 
+    async def instance_types(self, enis: Iterable[dict[str, Any]]) -> dict[str, str]:
+        """The instance type of each of these ENIs attached to an instance, by ENI id (which
+        ones can be mirror sources: mirrorq/eligibility.py). An instance gone since is left
+        out: filtered by id, not named (a named one that is gone fails the whole call)."""
+        instance_of = {
+            e["NetworkInterfaceId"]: instance
+            for e in enis
+            if (instance := (e.get("Attachment") or {}).get("InstanceId"))
+        }
+        ids = sorted(set(instance_of.values()))
+        types: dict[str, str] = {}
+        for start in range(0, len(ids), FILTER_VALUES):
+            reservations = await self._road.paginate(
+                "DescribeInstances",
+                "Reservations",
+                Filters=[{"Name": "instance-id", "Values": ids[start : start + FILTER_VALUES]}],
+                MaxResults=PAGE_SIZE,
+            )
+            types |= {
+                i["InstanceId"]: i["InstanceType"] for r in reservations for i in r["Instances"]
+            }
+        return {eni: types[i] for eni, i in instance_of.items() if i in types}
+
     async def sessions(self, filters: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {"MaxResults": PAGE_SIZE}
         if filters:

@@ -1,7 +1,7 @@
 """Job files (JSON Lines, CSV, or a JSON array) read into validated jobs, every bad line named
-with its number. A line is the request syntax, or the envelope form `{"request": {...},
-"region": ..., "role_arn": ..., "external_id": ...}`; CSV has columns of those names beside
-the request's.
+with its number. A line is a create's request syntax, or the envelope form `{"request": {...},
+"kind": ..., "network_interface_id": ..., "region": ..., "role_arn": ..., "external_id": ...}`
+(any kind: tasks/contract.py JobKind); CSV has columns of those names beside the request's.
 
 The CLI reads them from a file, the HTTP API from a request body: one reader for both.
 """
@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from tasks.contract import (
+    JOB_ENVELOPE_FIELDS,
     NOWHERE,
-    PLACEMENT_FIELDS,
+    JobKind,
+    JobRequest,
     Placement,
-    SessionRequest,
-    parse_job,
+    parse_job_entry,
     parse_json,
 )
 from tasks.errors import MAX_LISTED, BatchFileError, FieldError, InvalidJobError
@@ -34,17 +35,18 @@ _LINE_ENDS = re.compile(r"\r\n|\r|\n")
 
 
 def _csv_row(row: dict[str, str | None]) -> dict[str, Any]:
-    """Empty cells are absent; TagSpecifications is JSON; DryRun true/false; integers digits;
-    the placement columns (region, role_arn, external_id) make the line an envelope."""
+    """Empty cells are absent; TagSpecifications and RemoveFields are JSON; DryRun
+    true/false; integers digits; the envelope columns (kind, network_interface_id, region,
+    role_arn, external_id) make the line an envelope."""
     out: dict[str, Any] = {}
     placed: dict[str, Any] = {}
     for key, value in row.items():
         if key is None or value is None or value == "":
             continue
-        if key in PLACEMENT_FIELDS:
+        if key in JOB_ENVELOPE_FIELDS and key != "request":
             placed[key] = value
-        elif key == "TagSpecifications":
-            out[key] = parse_json(value, "TagSpecifications")
+        elif key in ("TagSpecifications", "RemoveFields"):
+            out[key] = parse_json(value, key)
         elif key == "DryRun":
             out[key] = {"true": True, "false": False}.get(value.strip().lower(), value)
         elif key in _INTEGER_COLUMNS and _DIGITS.fullmatch(value):
@@ -120,11 +122,13 @@ class Jobs:
     """A file's jobs: each request, and where it runs (the line's placement over the
     defaults)."""
 
-    requests: list[SessionRequest] = field(default_factory=list)
+    requests: list[JobRequest] = field(default_factory=list)
     placements: list[Placement] = field(default_factory=list)
+    # A delete's or a modify's session source, if the line named it (None for a create).
+    network_interface_ids: list[str | None] = field(default_factory=list)
 
 
-def read_jobs(path: Path, fmt: str | None = None) -> list[SessionRequest]:
+def read_jobs(path: Path, fmt: str | None = None) -> list[JobRequest]:
     """Every job's request of a JSON Lines or CSV file, or BatchFileError naming every bad
     line (their placements: read_placed_jobs)."""
     return read_placed_jobs(path, fmt).requests
@@ -136,7 +140,7 @@ def read_placed_jobs(path: Path, fmt: str | None = None, defaults: Placement = N
     return parse_placed_jobs(path.read_text(encoding="utf-8"), fmt, str(path), defaults)
 
 
-def parse_jobs(text: str, fmt: str, source: str = "the input") -> list[SessionRequest]:
+def parse_jobs(text: str, fmt: str, source: str = "the input") -> list[JobRequest]:
     return parse_placed_jobs(text, fmt, source).requests
 
 
@@ -160,12 +164,15 @@ def parse_placed_jobs(
             bad(line, [{"field": "(line)", "message": str(raw)}])
         else:
             try:
-                request, placement = parse_job(raw, defaults)
+                job = parse_job_entry(raw, defaults)
             except InvalidJobError as error:
                 bad(line, error.errors)
             else:
-                jobs.requests.append(request)
-                jobs.placements.append(placement)
+                jobs.requests.append(job.request)
+                jobs.placements.append(job.placement)
+                jobs.network_interface_ids.append(
+                    None if job.kind is JobKind.CREATE else job.network_interface_id
+                )
     if not jobs.requests and not total:
         bad(0, [{"field": "(file)", "message": f"{source} holds no jobs"}])
     if total:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from mirrorq.eligibility import unsupported
+from mirrorq.managed import managed_fields
 from mirrorq.rules import Choose, Rule
 from tasks.contract import NOWHERE, Placement
 from worker.sessions import same_mirror
@@ -34,6 +36,8 @@ class Outcome(StrEnum):
     NO_TARGET = "no_target"  # none of the rule's targets exists (deleted since?)
     NO_TARGET_IN_ZONE = "no_target_in_zone"  # same-az: none of the targets serves the ENI's zone
     TARGETS_FULL = "targets_full"  # every candidate target takes no more sources
+    # its instance's type cannot be a source (mirrorq/eligibility.py: AWS's list)
+    UNSUPPORTED_INSTANCE_TYPE = "unsupported_instance_type"
 
 
 @dataclass(frozen=True)
@@ -272,6 +276,8 @@ class PlaceState:
     sessions: list[dict[str, Any]]
     targets: dict[str, Target]
     target_enis: set[str]
+    # The instance type of each ENI attached to an instance, by ENI id (eligible sources).
+    instance_types: Mapping[str, str] = field(default_factory=dict)
 
 
 def plan(
@@ -281,11 +287,14 @@ def plan(
     targets: dict[str, Target],
     target_enis: set[str],
     pending: Iterable[Pending] = (),
+    instance_types: Mapping[str, str] | None = None,
 ) -> Plan:
     """Decide, rule by rule, for each ENI a rule's selectors match. `targets` are the rules'
     targets; `target_enis` every ENI that is a target in the account (never a source);
-    `pending` the mirrors of jobs not finished yet, which count as made."""
-    return plan_places([PlaceState(rules, enis, sessions, targets, target_enis)], pending)[0]
+    `pending` the mirrors of jobs not finished yet, which count as made; `instance_types`
+    the type of each ENI's instance (an ENI on a type that cannot be a source is skipped)."""
+    state = PlaceState(rules, enis, sessions, targets, target_enis, instance_types or {})
+    return plan_places([state], pending)[0]
 
 
 def plan_places(states: Sequence[PlaceState], pending: Iterable[Pending] = ()) -> list[Plan]:
@@ -297,10 +306,7 @@ def plan_places(states: Sequence[PlaceState], pending: Iterable[Pending] = ()) -
     that sees the most of it does (its owner sees its ENI, so its zone and size)."""
     load = _Load.of(_once(s for st in states for s in st.sessions), pending)
     known = _fullest(states)
-    return [
-        _plan_in(load, st.rules, st.enis, {t: known[t] for t in st.targets}, st.target_enis)
-        for st in states
-    ]
+    return [_plan_in(load, st, {t: known[t] for t in st.targets}) for st in states]
 
 
 def _once(sessions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -327,22 +333,16 @@ def _fullest(states: Sequence[PlaceState]) -> dict[str, Target]:
     return known
 
 
-def _plan_in(
-    load: _Load,
-    rules: list[Rule],
-    enis: list[dict[str, Any]],
-    targets: dict[str, Target],
-    target_enis: set[str],
-) -> Plan:
-    result = Plan(rules)
-    for rule in rules:
+def _plan_in(load: _Load, state: PlaceState, targets: dict[str, Target]) -> Plan:
+    result = Plan(state.rules)
+    for rule in state.rules:
         seen: set[str] = set()
-        for eni in enis:
+        for eni in state.enis:
             eni_id = eni["NetworkInterfaceId"]
             if eni_id in seen or not rule.selectors.matches(eni):
                 continue
             seen.add(eni_id)
-            item = _decide(rule, eni, load, targets, target_enis)
+            item = _decide(rule, eni, load, targets, state)
             result.items.append(item)
             if item.target_id is not None:
                 planned = {
@@ -359,7 +359,7 @@ def _decide(  # noqa: PLR0911 - a return per outcome
     eni: dict[str, Any],
     load: _Load,
     targets: dict[str, Target],
-    target_enis: set[str],
+    state: PlaceState,
 ) -> PlanItem:
     eni_id = eni["NetworkInterfaceId"]
     existing = load.on_eni.get(eni_id, [])
@@ -371,10 +371,15 @@ def _decide(  # noqa: PLR0911 - a return per outcome
         )
     if same:
         return PlanItem(rule.name, eni_id, Outcome.PENDING, detail=same[0]["pending_job"])
-    if eni_id in target_enis:
+    if eni_id in state.target_enis:
         return PlanItem(rule.name, eni_id, Outcome.IS_MIRROR_TARGET)
     if eni.get("InterfaceType", "interface") != "interface":
         return PlanItem(rule.name, eni_id, Outcome.NOT_INTERFACE, detail=eni["InterfaceType"])
+    instance_type = state.instance_types.get(eni_id)
+    why = unsupported(instance_type) if instance_type else None
+    if why is not None:
+        detail = f"{instance_type}: {why}"
+        return PlanItem(rule.name, eni_id, Outcome.UNSUPPORTED_INSTANCE_TYPE, detail=detail)
     if len(existing) >= SESSIONS_PER_INTERFACE:
         return PlanItem(
             rule.name, eni_id, Outcome.SESSION_LIMIT, detail=f"{len(existing)} sessions"
@@ -420,7 +425,8 @@ class PlannedJob:
 
 
 def planned_jobs(plan: Plan, *, dry_run: bool = False) -> list[PlannedJob]:
-    """One job per ENI and rule to create, each with the rule's session options."""
+    """One job per ENI and rule to create, each with the rule's session options and tagged
+    `mirrorq:rule` = the rule's name (mirrorq/managed.py): a session mirrorq manages."""
     rules = {r.name: r for r in plan.rules}
     jobs = []
     for item in plan.to_create():
@@ -431,7 +437,7 @@ def planned_jobs(plan: Plan, *, dry_run: bool = False) -> list[PlannedJob]:
             "TrafficMirrorTargetId": item.target_id,
             "TrafficMirrorFilterId": rule.filter_id,
             "SessionNumber": rule.session_number,
-            **rule.options.request_fields(),
+            **managed_fields(rule),
             **({"DryRun": True} if dry_run else {}),
         }
         others = [t for t in rule.targets if t != item.target_id]

@@ -2,6 +2,8 @@
 rule and the field named in every error.
 
 ```toml
+prune = false                     # optional: every rule's `prune` unless it sets its own
+
 [[rules]]
 name = "prod-web"                 # unique; recorded with every job the rule makes
 vpc = ["vpc-0a1b2c3d"]            # selectors: vpc, subnet, tag ("K=V"), instance, eni
@@ -12,6 +14,7 @@ filter_tag = "mirrorq:filter=web" # and/or: where no id exists, the one filter t
 packet_length = 128               # optional: packet_length, virtual_network_id,
 description = "prod web"          #   description, session_tags ("K=V")
 accounts = ["prod"]               # optional: the [[accounts]] it applies to (default: all)
+prune = true                      # optional: reconcile deletes the sessions it no longer wants
 
 [[accounts]]                      # optional: without any, rules run at the fleet's own place
 name = "prod"                     # unique, as rules name it
@@ -25,6 +28,11 @@ A rule applies to every Region of every account it applies to: each account-Regi
 `filters` may list those of several places: each place uses the ones that exist there; or
 `filter_tag` finds each place's own: a place where no filter has the tag is `missing`, one
 where several have it is refused, named).
+
+`prune` (a rule's, else the policy's, default false) makes every reconcile pass delete the
+rule's managed sessions it no longer wants, as `reconcile --prune` does for every rule; the
+sessions of a rule no longer in the policy are deleted by `--prune`, or by a pass whose every
+rule prunes (mirrorq/prune.py).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mirrorq.managed import RULE_TAG, managed_fields
 from mirrorq.rules import Choose, Rule, Selectors, SessionOptions
 from tasks.contract import (
     FILTER_ID,
@@ -88,6 +97,7 @@ class RuleSpec(BaseModel):
     virtual_network_id: int | None = None
     description: str | None = None
     session_tags: list[KeyValue] = []
+    prune: bool | None = None
 
     @model_validator(mode="after")
     def _coherent(self) -> RuleSpec:
@@ -117,6 +127,7 @@ class RuleSpec(BaseModel):
                 self.description,
                 tuple(_pair(t) for t in self.session_tags),
             ),
+            prune=bool(self.prune),
         )
 
 
@@ -188,11 +199,14 @@ def read_policy(content: bytes, path: str) -> list[Rule]:
 
 
 def parse_policy(raw: dict[str, Any], path: str = "policy") -> list[Rule]:
-    unknown = sorted(set(raw) - {"rules", "accounts"})
+    unknown = sorted(set(raw) - {"rules", "accounts", "prune"})
     errors: list[FieldError] = [
-        {"field": k, "message": "unknown key; a policy holds [[rules]] and [[accounts]]"}
+        {"field": k, "message": "unknown key; a policy holds prune, [[rules]] and [[accounts]]"}
         for k in unknown
     ]
+    prune = raw.get("prune", False)
+    if not isinstance(prune, bool):
+        errors.append({"field": "prune", "message": "Input should be a valid boolean"})
     accounts = _accounts(raw.get("accounts"), errors)
     specs = raw.get("rules")
     if not isinstance(specs, list) or not specs:
@@ -212,7 +226,8 @@ def parse_policy(raw: dict[str, Any], path: str = "policy") -> list[Rule]:
         if rule is not None:
             places, found = _rule_places(spec.get("accounts"), accounts)
             errors += [{**e, "field": f"{label}.{e['field']}"} for e in found]
-            rules.append(replace(rule, places=places))
+            own = spec.get("prune")
+            rules.append(replace(rule, places=places, prune=prune is True if own is None else own))
     if errors:
         raise PolicyError(path, errors)
     return rules
@@ -312,8 +327,10 @@ def _option_errors(rule: Rule) -> list[FieldError]:
         "TrafficMirrorTargetId": rule.targets[0],
         "TrafficMirrorFilterId": (*rule.filter_ids, "tmf-00000000")[0],  # or by its tag
         "SessionNumber": "auto",
-        **rule.options.request_fields(),
+        **managed_fields(rule),  # its tags, and the one that marks its sessions
     }
+    if any(key == RULE_TAG for key, _ in rule.options.session_tags):
+        return [{"field": "session_tags", "message": f"{RULE_TAG} is mirrorq's own tag"}]
     try:
         parse_request(sample)
     except InvalidJobError as error:

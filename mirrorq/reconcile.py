@@ -16,10 +16,12 @@ import re
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from config import Settings
-from mirrorq.bulk import pending_mirrors, plan_live, submit_gaps
+from mirrorq.bulk import pending_mirrors, plan_read, read_live, submit_gaps
+from mirrorq.coverage import Coverage, compute, store_view
+from mirrorq.dark import Repair, after, plan_repairs
 from mirrorq.planning import Outcome, Plan
 from mirrorq.policy_watch import RulesSource, rules_now
 from mirrorq.rules import Rule
@@ -50,6 +52,8 @@ class Pass:
     plan: Plan
     batch_id: str | None  # None: the pass submitted nothing and stored no batch
     counts: dict[str, int]  # the batch's jobs by status, once it ended (or as far as it got)
+    repairs: list[Repair] = field(default_factory=list)  # dark sessions found, and where to
+    coverage: Coverage | None = None  # as the pass found it, before its jobs
 
 
 def run_pass(
@@ -62,11 +66,21 @@ def run_pass(
     wait_s: float | None = None,
     keep_empty: bool = False,
 ) -> Pass:
-    """Plan every rule now (counting the mirrors of jobs still pending), submit the gaps as
-    one batch; wait up to `wait_s` for it to end. With nothing to submit, no batch is stored
-    unless `keep_empty` (`mirrorq reconcile` run once prints a batch id, of its counts)."""
-    plan = asyncio.run(plan_live(settings, rules, pending_mirrors(producer)))
-    batch_id = submit_gaps(producer, plan, source="mirrorq reconcile", dry_run=dry_run)
+    """Plan every rule now (counting the mirrors of jobs still pending), and the repair of
+    every managed session on a dead target (mirrorq/dark.py); submit the gaps and the
+    repairs' modifies as one batch; wait up to `wait_s` for it to end. With nothing to
+    submit, no batch is stored unless `keep_empty` (`mirrorq reconcile` run once prints a
+    batch id, of its counts). The coverage the pass found is kept for the API's gauges."""
+    pending = pending_mirrors(producer)
+    live = asyncio.run(read_live(settings, rules, health=True))
+    found = compute(live, pending, region=settings.region)
+    store_view(producer.store.client, found)
+    repairs = plan_repairs(live)
+    # Creates are planned as if the repairs were made: the moved sessions load their targets.
+    plan = plan_read(after(live, repairs), pending)
+    batch_id = submit_gaps(
+        producer, plan, source="mirrorq reconcile", dry_run=dry_run, repairs=repairs
+    )
     if batch_id is None and keep_empty:
         batch_id = producer.submit_batch(
             [], source="mirrorq reconcile", plan=plan.summary(skipped=False)
@@ -79,8 +93,7 @@ def run_pass(
         if wait_s is not None:
             status = producer.wait_batch(batch_id, timeout=wait_s)
             counts = dict(status["counts"]) if status else {}
-    producer.store.client.set(keys.RECONCILE_LAST_PASS, repr(time.time()))
-    return Pass(number, plan, batch_id, counts)
+    return Pass(number, plan, batch_id, counts, repairs, found)
 
 
 def summary(done: Pass) -> str:
@@ -99,13 +112,27 @@ def summary(done: Pass) -> str:
             f"{label} " + " ".join(f"{k} {v}" for k, v in counts.items())
             for label, counts in by_place.items()
         )
-    notes = [*done.plan.missing, *done.plan.unplanned]
+    moving = [r for r in done.repairs if r.to_target is not None]
+    if done.repairs:
+        line += f"; {len(done.repairs)} dark, {len(moving)} to retarget"
+    notes = [
+        *done.plan.missing,
+        *done.plan.unplanned,
+        *(r for r in done.repairs if not r.to_target),
+    ]
     if notes:
         line += "; " + "; ".join(map(str, notes))
     line += f"; batch {done.batch_id or 'none'}"
     if done.counts:
         created = done.counts.get(JobStatus.CREATED, 0) + done.counts.get(JobStatus.DRY_RUN_OK, 0)
-        line += f": created {created}, failed {done.counts.get(JobStatus.FAILED, 0)}"
+        line += f": created {created}"
+        if moving:
+            line += f", modified {done.counts.get(JobStatus.MODIFIED, 0)}"
+        line += f", failed {done.counts.get(JobStatus.FAILED, 0)}"
+    if done.coverage is not None:
+        line += f"; coverage {done.coverage.percent:g} %"
+        dark, missing = done.coverage.totals["dark"], done.coverage.totals["missing"]
+        line += f" ({dark} dark, {missing} missing)" if dark or missing else ""
     return line
 
 

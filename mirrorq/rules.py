@@ -107,6 +107,9 @@ class Rule:
     # A tag (key, value) that finds the rule's filter in a place where none of its filter ids
     # exists (each account-Region tags its own); None: the ids alone.
     filter_tag: tuple[str, str] | None = None
+    # Its sessions no longer wanted (their ENI no longer matches, their filter or target not
+    # the rule's) are deleted by every reconcile pass, as with `--prune` (mirrorq/prune.py).
+    prune: bool = False
 
     @property
     def filter_ids(self) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from kombu.utils.url import url_to_parts
 from config import Settings, get_settings
 from tasks import broker
 from tasks.connections import publish_retry_policy
-from tasks.contract import BATCH_TASK_NAME, TASK_NAME, fleet_queue
+from tasks.contract import BATCH_TASK_NAME, KIND_OF_TASK, fleet_queue
 
 UNACKED_MUTEX_EXPIRE_S = 10  # kombu's restore-sweep lock: see broker_transport_options
 
@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> Celery:
         # stays unacked there, and the job records its outcome once Redis is back.
         worker_cancel_long_running_tasks_on_connection_loss=False,
         task_default_queue=queue,
-        task_routes={name: {"queue": queue} for name in (TASK_NAME, BATCH_TASK_NAME)},
+        task_routes={name: {"queue": queue} for name in (*KIND_OF_TASK, BATCH_TASK_NAME)},
         # Results are written by the task itself (tasks/store.py), with every state.
         task_ignore_result=True,
         result_expires=settings.result_ttl_s,

@@ -11,7 +11,8 @@ import json
 import re
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, overload
 
 from pydantic import (
     AfterValidator,
@@ -30,7 +31,11 @@ if TYPE_CHECKING:
     from config import Settings
 
 TASK_NAME = "mirrorq.create_traffic_mirror_session"
-# How batches travel: several jobs to a message (see Settings.jobs_per_message).
+# The single-job tasks of the other kinds (JobKind), documented for other services' send_task.
+DELETE_TASK_NAME = "mirrorq.delete_traffic_mirror_session"
+MODIFY_TASK_NAME = "mirrorq.modify_traffic_mirror_session"
+# How batches travel: several jobs to a message (see Settings.jobs_per_message), of any kinds
+# (each job's envelope names its `kind`).
 BATCH_TASK_NAME = "mirrorq.create_traffic_mirror_sessions"
 # The queue of the default scope (MIRRORQ_AWS_ACCOUNT_ID unset): the single-fleet deployment,
 # and where other services' `send_task` calls go. A named account's fleet has its own.
@@ -58,6 +63,42 @@ AUTO = "auto"
 ENI_ID = r"^eni-[0-9a-f]{8,17}$"
 TARGET_ID = r"^(tmt|traf-mir-tar)-[0-9a-f]{8,17}$"
 FILTER_ID = r"^(tmf|traf-mir-fil)-[0-9a-f]{8,17}$"
+SESSION_ID = r"^tms-[0-9a-f]{8,17}$"
+
+
+class JobKind(StrEnum):
+    """What a job does to EC2: one Traffic Mirroring action each. A job's request is that
+    action's own request syntax (`SessionRequest`, `DeleteSessionRequest`,
+    `ModifySessionRequest`); an envelope that names no kind is a create, as every job was
+    before kinds."""
+
+    CREATE = "create"
+    DELETE = "delete"
+    MODIFY = "modify"
+
+    @property
+    def action(self) -> str:
+        """The EC2 action the job's attempts call (and the limiter they are paid at)."""
+        return _ACTIONS[self]
+
+    @property
+    def task_name(self) -> str:
+        """The documented single-job task of the kind (batches travel as BATCH_TASK_NAME)."""
+        return _TASK_NAMES[self]
+
+
+_ACTIONS = {
+    JobKind.CREATE: "CreateTrafficMirrorSession",
+    JobKind.DELETE: "DeleteTrafficMirrorSession",
+    JobKind.MODIFY: "ModifyTrafficMirrorSession",
+}
+_TASK_NAMES = {
+    JobKind.CREATE: TASK_NAME,
+    JobKind.DELETE: DELETE_TASK_NAME,
+    JobKind.MODIFY: MODIFY_TASK_NAME,
+}
+# The single-job task names, each with the kind of job it carries.
+KIND_OF_TASK = {name: kind for kind, name in _TASK_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -333,6 +374,7 @@ class SessionRequest(BaseModel):
     """CreateTrafficMirrorSession's keyword arguments, with the seed's constraints."""
 
     model_config = _Strict
+    kind: ClassVar[JobKind] = JobKind.CREATE
 
     NetworkInterfaceId: Annotated[str, Field(pattern=ENI_ID)]
     TrafficMirrorTargetId: Annotated[str, Field(pattern=TARGET_ID)]
@@ -379,9 +421,117 @@ class SessionRequest(BaseModel):
     def auto_session_number(self) -> bool:
         return self.SessionNumber == AUTO
 
+    @property
+    def network_interface_id(self) -> str | None:
+        """The source ENI the job acts on, when the request names it (a create's does)."""
+        return self.NetworkInterfaceId
+
     def to_kwargs(self) -> dict[str, Any]:
         """The keyword arguments for `create_traffic_mirror_session`, unset fields left out."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+class DeleteSessionRequest(BaseModel):
+    """DeleteTrafficMirrorSession's keyword arguments. EC2 takes no ClientToken for it: a
+    delete is idempotent by its effect (worker/execute.py: a session already gone after an
+    attempt of ours is the job's success)."""
+
+    model_config = _Strict
+    kind: ClassVar[JobKind] = JobKind.DELETE
+
+    TrafficMirrorSessionId: Annotated[str, Field(pattern=SESSION_ID)]
+    DryRun: bool | None = None
+
+    auto_session_number: ClassVar[bool] = False
+    network_interface_id: ClassVar[str | None] = None
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for `delete_traffic_mirror_session`, unset fields left out."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# ModifyTrafficMirrorSession's RemoveFields: the optional properties set back to their default.
+REMOVABLE_FIELDS = {
+    "packet-length": "PacketLength",
+    "description": "Description",
+    "virtual-network-id": "VirtualNetworkId",
+}
+
+
+class ModifySessionRequest(BaseModel):
+    """ModifyTrafficMirrorSession's keyword arguments, with the create's constraints on each
+    value. EC2 takes no ClientToken for it: every attempt sends the same arguments, so a
+    repeated modify sets what the first set (worker/execute.py). A modify changes something
+    (names a field to set or to remove), and never sets and removes one field at once."""
+
+    model_config = _Strict
+    kind: ClassVar[JobKind] = JobKind.MODIFY
+
+    TrafficMirrorSessionId: Annotated[str, Field(pattern=SESSION_ID)]
+    TrafficMirrorTargetId: Annotated[str, Field(pattern=TARGET_ID)] | None = None
+    TrafficMirrorFilterId: Annotated[str, Field(pattern=FILTER_ID)] | None = None
+    PacketLength: Annotated[
+        Annotated[int, Field(ge=1, le=PACKET_LENGTH_MAX)] | None,
+        Field(description=_INTEGER),
+    ] = None
+    SessionNumber: Annotated[
+        Annotated[int, Field(ge=1, le=SESSION_NUMBER_MAX)] | None,
+        Field(description=f"1 to {SESSION_NUMBER_MAX} (no `auto`). {_INTEGER}"),
+    ] = None
+    VirtualNetworkId: Annotated[
+        Annotated[int, Field(ge=0, le=VIRTUAL_NETWORK_ID_MAX)] | None,
+        Field(description=_INTEGER),
+    ] = None
+    Description: Annotated[str, Field(max_length=255)] | None = None
+    RemoveFields: Annotated[
+        Annotated[
+            list[Literal["packet-length", "description", "virtual-network-id"]],
+            Field(min_length=1, max_length=len(REMOVABLE_FIELDS)),
+        ]
+        | None,
+        Field(
+            description="properties set back to their default; each at most once, and "
+            "never one that the request also sets",
+            json_schema_extra={"uniqueItems": True},
+        ),
+    ] = None
+    DryRun: bool | None = None
+
+    auto_session_number: ClassVar[bool] = False
+    network_interface_id: ClassVar[str | None] = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> Any:
+        removed = self.RemoveFields or []
+        for n, name in enumerate(removed):
+            if name in removed[:n]:
+                raise _AtPath(["RemoveFields", n], f"{name!r} named twice")
+            if getattr(self, REMOVABLE_FIELDS[name]) is not None:
+                raise _AtField(
+                    REMOVABLE_FIELDS[name],
+                    f"set and removed at once (RemoveFields names {name!r})",
+                )
+        if not removed and not self.model_fields_set - {"TrafficMirrorSessionId", "DryRun"}:
+            raise _AtField(
+                "",
+                "a modify sets or removes at least one field (TrafficMirrorTargetId, "
+                "TrafficMirrorFilterId, PacketLength, SessionNumber, VirtualNetworkId, "
+                "Description, RemoveFields)",
+            )
+        return self
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for `modify_traffic_mirror_session`, unset fields left out."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# A job's request, of whichever kind: each model names its `kind` (a class attribute).
+JobRequest = SessionRequest | DeleteSessionRequest | ModifySessionRequest
+REQUEST_MODELS: dict[JobKind, type[JobRequest]] = {
+    JobKind.CREATE: SessionRequest,
+    JobKind.DELETE: DeleteSessionRequest,
+    JobKind.MODIFY: ModifySessionRequest,
+}
 
 
 class _AtField(ValueError):
@@ -390,6 +540,14 @@ class _AtField(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class _AtPath(ValueError):
+    """A validation error about a field's item, by its path (a list's repeated item)."""
+
+    def __init__(self, path: list[str | int], message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class _AtIndex(ValueError):
@@ -402,7 +560,12 @@ class _AtIndex(ValueError):
 
 
 _FIELDS = frozenset(
-    {*SessionRequest.model_fields, *TagSpecification.model_fields, *Tag.model_fields}
+    {
+        *SessionRequest.model_fields,
+        *ModifySessionRequest.model_fields,
+        *TagSpecification.model_fields,
+        *Tag.model_fields,
+    }
 )
 
 
@@ -410,7 +573,9 @@ def _name(part: str | int) -> str:
     return part if isinstance(part, str) and part.isidentifier() else json.dumps(part)
 
 
-def _field_errors(error: ValidationError) -> list[FieldError]:
+def _field_errors(
+    error: ValidationError, action: str = "CreateTrafficMirrorSession"
+) -> list[FieldError]:
     """One error per field, named by its path (`TagSpecifications.0.Tags.2.Key`); an unknown
     key by itself, quoted when it is not a plain name; a union's alternatives joined by "or"."""
     by_field: dict[str, list[str]] = {}
@@ -419,12 +584,14 @@ def _field_errors(error: ValidationError) -> list[FieldError]:
         cause = (e.get("ctx") or {}).get("error")
         if e["type"] == "extra_forbidden":
             path = [*(p for p in loc[:-1] if isinstance(p, int) or p in _FIELDS), loc[-1]]
-            message = "not a parameter of CreateTrafficMirrorSession"
+            message = f"not a parameter of {action}"
         else:
             # Keep field names and list indexes; drop pydantic's union-member tags.
             path = [p for p in loc if isinstance(p, int) or p in _FIELDS]
-            if isinstance(cause, _AtField):
-                path, message = [cause.field], str(cause)
+            if isinstance(cause, _AtField):  # a field's name, or "" for the whole job
+                path, message = [cause.field] if cause.field else [], str(cause)
+            elif isinstance(cause, _AtPath):
+                path, message = cause.path, str(cause)
             elif isinstance(cause, _AtIndex):
                 path, message = [*path, cause.index, cause.field], str(cause)
         name = ".".join(_name(p) for p in path) or "(job)"
@@ -442,8 +609,23 @@ def parse_json(text: str | bytes, what: str = "(job)") -> Any:
         raise InvalidJobError([{"field": what, "message": f"not JSON: {error}"}]) from None
 
 
-def parse_request(raw: Any) -> SessionRequest:
-    """Validate a job's request (a dict, or JSON text of one); raise InvalidJobError."""
+@overload
+def parse_request(raw: Any) -> SessionRequest: ...
+@overload
+def parse_request(raw: Any, kind: Literal[JobKind.CREATE]) -> SessionRequest: ...
+@overload
+def parse_request(raw: Any, kind: Literal[JobKind.DELETE]) -> DeleteSessionRequest: ...
+@overload
+def parse_request(raw: Any, kind: Literal[JobKind.MODIFY]) -> ModifySessionRequest: ...
+@overload
+def parse_request(raw: Any, kind: JobKind | str) -> JobRequest: ...
+def parse_request(raw: Any, kind: JobKind | str = JobKind.CREATE) -> JobRequest:
+    """Validate a job's request of `kind` (a dict, or JSON text of one): its action's request
+    syntax. Raise InvalidJobError naming each bad field (`kind` itself, if it is none)."""
+    try:
+        model = REQUEST_MODELS[JobKind(kind)]
+    except ValueError:
+        raise InvalidJobError([{"field": "kind", "message": _KIND_RULE}]) from None
     if isinstance(raw, str | bytes):
         raw = parse_json(raw)
     if not isinstance(raw, dict):
@@ -451,16 +633,20 @@ def parse_request(raw: Any) -> SessionRequest:
             [{"field": "(job)", "message": f"expected a JSON object, got {type(raw).__name__}"}]
         )
     try:
-        return SessionRequest.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
-        raise InvalidJobError(_field_errors(error)) from None
+        raise InvalidJobError(_field_errors(error, model.kind.action)) from None
     except RecursionError:
         raise InvalidJobError([{"field": "(job)", "message": "nested too deeply"}]) from None
 
 
+_KIND_RULE = f"one of {', '.join(k.value for k in JobKind)}"
+
+
 def client_token(request: SessionRequest, job_id: str) -> str:
     """The job's ClientToken: the request's own, else its job id (a sender that fixed none),
-    which must then be one: InvalidJobError naming `job_id` otherwise."""
+    which must then be one: InvalidJobError naming `job_id` otherwise. Creates only: EC2
+    takes no ClientToken for a delete or a modify."""
     if request.ClientToken is not None:
         return request.ClientToken
     try:
@@ -484,19 +670,38 @@ def recordable_job_id(value: Any) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= JOB_ID_MAX else None
 
 
-JOB_ENVELOPE_FIELDS = frozenset({"request", *PLACEMENT_FIELDS})
+JOB_ENVELOPE_FIELDS = frozenset({"request", "kind", "network_interface_id", *PLACEMENT_FIELDS})
+_ENI_ID = re.compile(ENI_ID)
 
 
-def parse_job(raw: Any, defaults: Placement = NOWHERE) -> tuple[SessionRequest, Placement]:
-    """A job as a door takes it (a file's line, an HTTP body): the request syntax alone, or
-    the envelope form `{"request": {...}, "region": ..., "role_arn": ..., "external_id": ...}`.
+@dataclass(frozen=True)
+class Job:
+    """A job as a door took it: its request (of its kind), where it runs, and for a delete or
+    a modify the session's source ENI if the sender named it (for the ENI's lease; without it
+    the worker reads the session to learn it)."""
+
+    request: JobRequest
+    placement: Placement = NOWHERE
+    network_interface_id: str | None = None
+
+    @property
+    def kind(self) -> JobKind:
+        return self.request.kind
+
+
+def parse_job_entry(raw: Any, defaults: Placement = NOWHERE) -> Job:
+    """A job as a door takes it (a file's line, an HTTP body): a create's request syntax
+    alone, or the envelope form `{"request": {...}, "kind": ..., "network_interface_id": ...,
+    "region": ..., "role_arn": ..., "external_id": ...}` (`kind` create unless named).
     Where it names no placement, `defaults` (the command's options) hold; a role named here
     comes with its own external_id, never the default's. InvalidJobError naming every bad
-    field (the request's by their names, the placement's as region, role_arn, external_id)."""
+    field (the request's by their names, the envelope's by theirs)."""
     if isinstance(raw, str | bytes):
         raw = parse_json(raw)
     placed: dict[str, Any] = {}
     errors: list[FieldError] = []
+    kind: JobKind | str = JobKind.CREATE
+    eni: str | None = None
     if isinstance(raw, dict) and "request" in raw:
         errors += [
             {"field": _name(k), "message": "unknown envelope field: the request goes in request"}
@@ -504,19 +709,67 @@ def parse_job(raw: Any, defaults: Placement = NOWHERE) -> tuple[SessionRequest, 
             if k not in JOB_ENVELOPE_FIELDS
         ]
         placed = {k: v for k, v in raw.items() if k in PLACEMENT_FIELDS and v is not None}
+        kind = raw.get("kind") or JobKind.CREATE
+        eni = raw.get("network_interface_id")
         raw = raw["request"]
-    request: SessionRequest | None = None
+    request: JobRequest | None = None
     try:
-        request = parse_request(raw)
+        kind = parse_kind(kind)
     except InvalidJobError as error:
         errors += error.errors
+    else:
+        try:
+            request = parse_request(raw, kind)
+        except InvalidJobError as error:
+            errors += error.errors
+        try:
+            eni = parse_network_interface_id(eni, kind)
+        except InvalidJobError as error:
+            errors += error.errors
     try:
         placement = parse_placement(placed)
     except InvalidJobError as error:
         errors += error.errors
     if errors or request is None:
         raise InvalidJobError(errors)
-    return request, with_defaults(placement, defaults)
+    return Job(request, with_defaults(placement, defaults), eni or request.network_interface_id)
+
+
+def parse_job(raw: Any, defaults: Placement = NOWHERE) -> tuple[JobRequest, Placement]:
+    """`parse_job_entry`, as (request, placement)."""
+    job = parse_job_entry(raw, defaults)
+    return job.request, job.placement
+
+
+def parse_kind(value: Any) -> JobKind:
+    """A job's kind, or InvalidJobError naming `kind`."""
+    if isinstance(value, str):
+        try:
+            return JobKind(value)
+        except ValueError:
+            pass
+    raise InvalidJobError([{"field": "kind", "message": _KIND_RULE}])
+
+
+def parse_network_interface_id(value: Any, kind: JobKind) -> str | None:
+    """The envelope's `network_interface_id` (a delete's or a modify's session source), or
+    InvalidJobError naming it: an ENI id, and never on a create (whose request names it)."""
+    if value is None:
+        return None
+    if kind is JobKind.CREATE:
+        raise InvalidJobError(
+            [
+                {
+                    "field": "network_interface_id",
+                    "message": "a create names its ENI in request.NetworkInterfaceId",
+                }
+            ]
+        )
+    if not isinstance(value, str) or _ENI_ID.fullmatch(value) is None:
+        raise InvalidJobError(
+            [{"field": "network_interface_id", "message": f"an ENI id matching {ENI_ID}"}]
+        )
+    return value
 
 
 def with_defaults(placement: Placement, defaults: Placement) -> Placement:
@@ -566,6 +819,11 @@ class Envelope(_Placed):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     request: Any
+    # What the job does (JobKind); a message naming none is a create. Not strict: it arrives
+    # as JSON text, the enum's value.
+    kind: Annotated[JobKind, Field(strict=False)] = JobKind.CREATE
+    # A delete's or a modify's session source, for the ENI's lease (worker/execute.py).
+    network_interface_id: Annotated[str, Field(pattern=ENI_ID)] | None = None
     batch_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     submitted_at: Annotated[str, Field(max_length=40)] | None = None
     rule: Annotated[str, Field(max_length=128)] | None = None
@@ -579,6 +837,14 @@ class Envelope(_Placed):
     # inside it; unset, the fleet's default credentials and MIRRORQ_REGION (worker/roads.py
     # reads it: place_of).
 
+    @model_validator(mode="after")
+    def _eni_of_a_session(self) -> Any:
+        if self.network_interface_id is not None and self.kind is JobKind.CREATE:
+            raise _AtField(
+                "network_interface_id", "a create names its ENI in request.NetworkInterfaceId"
+            )
+        return self
+
     def origin(self) -> dict[str, str | None] | None:
         return (
             {"rule": self.rule, "event_id": self.event_id} if self.rule or self.event_id else None
@@ -590,8 +856,10 @@ ADMIT_EPOCH = "admit_epoch"  # the bucket's epoch when that turn was given
 DecodedJob = tuple[str, Envelope | InvalidJobError]  # a job id, and its envelope or why not
 
 
-def parse_envelope(args: Any, kwargs: Any) -> Envelope:
-    """The documented payload is `kwargs={"request": {...}}` (optional: batch_id)."""
+def parse_envelope(args: Any, kwargs: Any, task_kind: JobKind | None = None) -> Envelope:
+    """The documented payload is `kwargs={"request": {...}}` (optional: batch_id, kind, ...).
+    `task_kind`: the kind of the single-job task the message was sent to, which a `kind` in
+    the envelope must not contradict (a batch's jobs name their own)."""
     if args:
         raise InvalidJobError(
             [
@@ -604,6 +872,19 @@ def parse_envelope(args: Any, kwargs: Any) -> Envelope:
         )
     if not isinstance(kwargs, dict):
         raise InvalidJobError([{"field": "(message)", "message": "kwargs must be an object"}])
+    if task_kind is not None:
+        named = kwargs.get("kind", task_kind.value)
+        if named != task_kind.value:
+            raise InvalidJobError(
+                [
+                    {
+                        "field": "kind",
+                        "message": f"the task {task_kind.task_name} carries {task_kind} jobs; "
+                        f"send a {named} job to its own task",
+                    }
+                ]
+            )
+        kwargs = {**kwargs, "kind": task_kind.value}
     try:
         return Envelope.model_validate(kwargs)
     except ValidationError as error:

@@ -1,9 +1,12 @@
 """The Celery tasks: decode a message, hand its jobs to the worker's runtime, and nothing else.
 
-Two message forms carry jobs. `create_traffic_mirror_session` is the documented one: one job,
-`kwargs={"request": {...}}`, the task id is the job id; anything may send it. Batches travel
-as `create_traffic_mirror_sessions`, several jobs to a message (Settings.jobs_per_message),
-`kwargs={"jobs": [{"job_id": ..., "request": {...}, "batch_id": ..., ...}]}`.
+Two message forms carry jobs. The single-job tasks are the documented ones, one per kind
+(`create_traffic_mirror_session`, `delete_traffic_mirror_session`,
+`modify_traffic_mirror_session`): one job, `kwargs={"request": {...}}` (its action's request
+syntax), the task id is the job id; anything may send them. Batches travel as
+`create_traffic_mirror_sessions`, several jobs of any kinds to a message
+(Settings.jobs_per_message), `kwargs={"jobs": [{"job_id": ..., "kind": ..., "request": {...},
+"batch_id": ..., ...}]}`.
 
 The tasks never raise for a bad job and never ask Celery to retry: a message can't loop or
 kill the worker. What the jobs do lives in worker/ (runner, execute, repair).
@@ -26,8 +29,11 @@ from config import get_settings
 from tasks.app import app
 from tasks.contract import (
     BATCH_TASK_NAME,
+    DELETE_TASK_NAME,
+    MODIFY_TASK_NAME,
     TASK_NAME,
     DecodedJob,
+    JobKind,
     ec2_regions,
     recordable_job_id,
 )
@@ -41,18 +47,39 @@ from worker.runner import run_message
 from worker.runtime import close_runtime, get_runtime
 from worker.timing import REAL
 
-__all__ = ["app", "create_traffic_mirror_session", "create_traffic_mirror_sessions"]
+__all__ = [
+    "app",
+    "create_traffic_mirror_session",
+    "create_traffic_mirror_sessions",
+    "delete_traffic_mirror_session",
+    "modify_traffic_mirror_session",
+]
 
 log = logging.getLogger("mirrorq.jobs")
 
 
 @app.task(name=TASK_NAME, bind=True, base=JobTask)
 def create_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
-    job_id = recordable_job_id(str(self.request.id))
+    _run_one(self, JobKind.CREATE, args, kwargs)
+
+
+@app.task(name=DELETE_TASK_NAME, bind=True, base=JobTask)
+def delete_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
+    _run_one(self, JobKind.DELETE, args, kwargs)
+
+
+@app.task(name=MODIFY_TASK_NAME, bind=True, base=JobTask)
+def modify_traffic_mirror_session(self: Task[Any, None], *args: Any, **kwargs: Any) -> None:
+    _run_one(self, JobKind.MODIFY, args, kwargs)
+
+
+def _run_one(task: Task[Any, None], kind: JobKind, args: Any, kwargs: Any) -> None:
+    """A single-job message: the task id is the job id, the task's kind the job's."""
+    job_id = recordable_job_id(str(task.request.id))
     if job_id is None:
         log.warning("a message whose id can't be a job's was dropped")
         return
-    _run(self, [(job_id, envelope(args, kwargs))])
+    _run(task, [(job_id, envelope(args, kwargs, kind))])
 
 
 @app.task(name=BATCH_TASK_NAME, bind=True, base=JobTask)

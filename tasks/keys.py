@@ -99,12 +99,12 @@ RUNNING_BATCHES = _key("batches", "running")  # set: batches not finished yet
 # dashboard lists recent ones without scanning keys (tasks/batches.py create)
 RECENT_BATCHES = _key("batches", "recent")
 RECENT_BATCHES_KEPT = 200
-# string: the Unix time the latest reconcile pass ended (mirrorq/reconcile.py run_pass), so
-# the dashboard can say when none has run for a while
-RECONCILE_LAST_PASS = _key("reconcile", "last-pass")
 # sorted set: reconcile's pass batches by submission time, the finished ones past the newest
 # few deleted (tasks/batches.py keep_latest)
 RECONCILE_PASSES = _key("reconcile", "passes")
+# string: the last reconcile pass's coverage, counts only (mirrorq/coverage.py store_view),
+# read by the API's gauges
+COVERAGE_VIEW = _key("coverage", "view")
 PENDING = _key("pending")  # sorted set: accepted jobs not yet finished, by submission time
 REPAIR_LOCK = _key("repair-lock")
 REPAIR_SUSPECTS = _key("repair-suspects")  # jobs that looked lost at the previous sweep

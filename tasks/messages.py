@@ -28,9 +28,10 @@ from tasks.contract import (
     ADMIT_AT,
     ADMIT_EPOCH,
     BATCH_TASK_NAME,
-    TASK_NAME,
+    KIND_OF_TASK,
     DecodedJob,
     Envelope,
+    JobKind,
     fleet_scope,
     parse_envelope,
     recordable_job_id,
@@ -98,9 +99,10 @@ def refuse(job_id: str, code: str, message: str, *, unless_started: bool = False
 
 
 def _named_job(task_name: Any, job_id: Any) -> str | None:
-    """The job an unreadable message names: the task id of the documented form (`task_name`
-    None: its headers could not be read), if a refusal can be recorded under it."""
-    return recordable_job_id(job_id) if task_name in (TASK_NAME, None) else None
+    """The job an unreadable message names: the task id of a documented single-job form
+    (`task_name` None: its headers could not be read), if a refusal can be recorded under it."""
+    single = task_name is None or task_name in KIND_OF_TASK
+    return recordable_job_id(job_id) if single else None
 
 
 def _refuse_unreadable(job_id: str, why: str) -> None:
@@ -174,9 +176,9 @@ def _discarded(sender: Any = None, request: Any = None, expired: bool = False, *
     it ran, and records nothing: each of its jobs ends `failed`/Expired (or Revoked), but for
     an expired job an earlier delivery started, which the repair publishes again to settle."""
     name = getattr(sender, "name", None)
-    if request is None or name not in (TASK_NAME, BATCH_TASK_NAME):
+    if request is None or (name not in KIND_OF_TASK and name != BATCH_TASK_NAME):
         return
-    if name == TASK_NAME:
+    if name in KIND_OF_TASK:
         job_ids = [recordable_job_id(request.id)]
     else:
         job_ids = [job_id for job_id, _ in decode_batch(request.args or (), request.kwargs or {})]
@@ -212,9 +214,12 @@ class JobTask(Task):  # type: ignore[type-arg]
     Request = "tasks.messages:JobRequest"
 
 
-def envelope(args: Any, kwargs: Any) -> Envelope | InvalidJobError:
+def envelope(
+    args: Any, kwargs: Any, task_kind: JobKind | None = None
+) -> Envelope | InvalidJobError:
+    """A job's envelope, or why not; `task_kind`: the single-job task's kind (tasks/jobs.py)."""
     try:
-        return parse_envelope(args, kwargs)
+        return parse_envelope(args, kwargs, task_kind)
     except InvalidJobError as error:
         return error
 

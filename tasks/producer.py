@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,11 +30,13 @@ from tasks.contract import (
     BATCH_TASK_NAME,
     DEFAULT_ACCOUNT,
     NOWHERE,
-    TASK_NAME,
+    JobKind,
+    JobRequest,
     Placement,
-    SessionRequest,
     ec2_regions,
     fleet_scope,
+    parse_kind,
+    parse_network_interface_id,
     parse_placement,
     parse_request,
 )
@@ -43,7 +45,9 @@ from tasks.records import (
     JobResult,
     accepted,
     accepted_request,
+    eni_of,
     is_terminal,
+    kind_of,
     placement_of,
     queue_of,
     utcnow,
@@ -103,27 +107,25 @@ class Producer:
         role_arn: str | None = None,
         external_id: str | None = None,
         placement: Placement | None = None,
+        kind: JobKind | str = JobKind.CREATE,
+        network_interface_id: str | None = None,
     ) -> Acceptance:
-        """Validate and enqueue one job: its id, and whether it is new or its key named it
-        already. The key is a client's `idempotency_key`, or the `event_key` of an event's
-        job (a namespace of its own), scoped to the job's account and Region. Where the job
-        runs is `placement`, or `region`, `role_arn`, `external_id` (checked here). Raises
-        InvalidJobError naming fields, IdempotencyConflictError if the key was used for
-        another request."""
-        errors = []
-        try:
-            kwargs = parse_request(request).to_kwargs()
-        except InvalidJobError as error:
-            errors += error.errors
-        if placement is None:
-            try:
-                placement = parse_placement(
-                    region=region, role_arn=role_arn, external_id=external_id
-                )
-            except InvalidJobError as error:
-                errors += error.errors
-        if errors or placement is None:
-            raise InvalidJobError(errors)
+        """Validate and enqueue one job of `kind` (its request that action's syntax): its id,
+        and whether it is new or its key named it already. The key is a client's
+        `idempotency_key`, or the `event_key` of an event's job (a namespace of its own),
+        scoped to the job's account and Region. Where the job runs is `placement`, or
+        `region`, `role_arn`, `external_id` (checked here). A delete's or a modify's
+        `network_interface_id` is its session's source ENI (for the ENI's lease; the worker
+        reads the session for it when none is named). Raises InvalidJobError naming fields,
+        IdempotencyConflictError if the key was used for another request."""
+        given: Placement | dict[str, Any] = (
+            {"region": region, "role_arn": role_arn, "external_id": external_id}
+            if placement is None
+            else placement
+        )
+        kind, kwargs, network_interface_id, placement = _validated(
+            request, kind, network_interface_id, given
+        )
         job_id = str(uuid.uuid4())
         claim = None
         key = _claim_key(idempotency_key, event_key, self._claim_scope(placement))
@@ -132,9 +134,12 @@ class Producer:
             if placement.role_arn:  # the key names the request and the role it runs through
                 role = placement.model_dump(include={"role_arn", "external_id"}, exclude_none=True)
                 signed = {"request": kwargs, **role}
+            if kind is not JobKind.CREATE:  # and what it does (a create's signs as it did)
+                signed = {"kind": kind.value, "request": signed}
             digest = hashlib.sha256(json.dumps(signed, sort_keys=True).encode()).hexdigest()
             claim = (key, json.dumps({"job_id": job_id, "request_sha256": digest}))
-        kwargs.setdefault("ClientToken", job_id)
+        if kind is JobKind.CREATE:
+            kwargs.setdefault("ClientToken", job_id)
         record = accepted(
             job_id,
             kwargs,
@@ -143,6 +148,8 @@ class Producer:
             alternatives=list(alternatives),
             scope=self.scope,
             placement=placement,
+            kind=kind,
+            network_interface_id=network_interface_id,
         )
         earlier = self.store.accept(record, claim)
         if earlier is not None:
@@ -157,7 +164,7 @@ class Producer:
 
     def submit_batch(
         self,
-        requests: list[SessionRequest],
+        requests: Sequence[JobRequest],
         *,
         source: str | None = None,
         plan: dict[str, Any] | None = None,
@@ -165,10 +172,15 @@ class Producer:
         alternatives: list[list[str]] | None = None,
         job_ids: list[str] | None = None,
         placements: list[Placement] | None = None,
+        network_interface_ids: Sequence[str | None] | None = None,
     ) -> str:
-        """Enqueue validated jobs as one batch; return the batch id at once. `job_ids` are
-        the jobs' ids if they were chosen already (claimed gaps), else new ones; `placements`
-        where each runs (validated: parse_placement), else the fleet's account and Region.
+        """Enqueue validated jobs as one batch; return the batch id at once. Each job's kind
+        is its request's (`parse_request(raw, kind)`: creates, deletes and modifies mix
+        freely); `network_interface_ids` the source ENIs of its deletes' and modifies'
+        sessions where known (validated: parse_network_interface_id; None for a create).
+        `job_ids` are the jobs' ids if they were chosen already (claimed gaps), else new
+        ones; `placements` where each runs (validated: parse_placement), else the fleet's
+        account and Region.
 
         Records and the batch's counts are written in one pipeline, then the messages are
         published through one pipelined producer: a few round trips for thousands of jobs.
@@ -182,7 +194,8 @@ class Producer:
             for n, parsed in enumerate(requests):
                 job_id = job_ids[n] if job_ids else str(uuid.uuid4())
                 kwargs = parsed.to_kwargs()
-                kwargs.setdefault("ClientToken", job_id)
+                if parsed.kind is JobKind.CREATE:
+                    kwargs.setdefault("ClientToken", job_id)
                 record = accepted(
                     job_id,
                     kwargs,
@@ -192,6 +205,10 @@ class Producer:
                     alternatives=alternatives[n] if alternatives else (),
                     scope=self.scope,
                     placement=placements[n] if placements else NOWHERE,
+                    kind=parsed.kind,
+                    network_interface_id=(
+                        network_interface_ids[n] if network_interface_ids else None
+                    ),
                 )
                 jobs.append(record)
             self.store.accept_on(pipe, jobs)
@@ -273,11 +290,14 @@ class Producer:
     # Messages --------------------------------------------------------------------------------
 
     def _publish(self, record: JobResult, **options: Any) -> None:
+        """A job alone, to its kind's single-job task (the one other services send to)."""
+        kind = kind_of(record)
         request = record["request"] or {}
+        on = request.get("TrafficMirrorSessionId") or eni_of(record)
         self._send(
-            TASK_NAME,
+            kind.task_name,
             _envelope(record, self.scope.region),
-            f"{{job {record['job_id']} on {request.get('NetworkInterfaceId')}}}",
+            f"{{{kind} job {record['job_id']} on {on}}}",
             queue=queue_of(record),
             task_id=record["job_id"],
             **options,
@@ -346,6 +366,39 @@ class Producer:
             time.sleep(poll)
 
 
+def _validated(
+    request: Any,
+    kind: JobKind | str,
+    network_interface_id: str | None,
+    placement: Placement | dict[str, Any],
+) -> tuple[JobKind, dict[str, Any], str | None, Placement]:
+    """A job's kind, request (as keyword arguments), source ENI and placement (a Placement
+    as given, or its fields to check), or InvalidJobError naming every bad field."""
+    errors = []
+    kwargs: dict[str, Any] = {}
+    try:
+        kind = parse_kind(kind)
+    except InvalidJobError as error:
+        errors += error.errors
+    else:
+        try:
+            kwargs = parse_request(request, kind).to_kwargs()
+        except InvalidJobError as error:
+            errors += error.errors
+        try:
+            network_interface_id = parse_network_interface_id(network_interface_id, kind)
+        except InvalidJobError as error:
+            errors += error.errors
+    if not isinstance(placement, Placement):
+        try:
+            placement = parse_placement(**placement)
+        except InvalidJobError as error:
+            errors += error.errors
+    if errors or not isinstance(kind, JobKind) or not isinstance(placement, Placement):
+        raise InvalidJobError(errors)
+    return kind, kwargs, network_interface_id, placement
+
+
 def _envelope(record: JobResult, fleet_region: str) -> dict[str, Any]:
     """A job's message as it was accepted (the record keeps what the request alone does not)."""
     envelope: dict[str, Any] = {
@@ -353,6 +406,11 @@ def _envelope(record: JobResult, fleet_region: str) -> dict[str, Any]:
         "batch_id": record["batch_id"],
         "submitted_at": record["submitted_at"],
     }
+    kind = kind_of(record)
+    if kind is not JobKind.CREATE:  # a create's message stays as every create's was
+        envelope["kind"] = kind.value
+        if record.get("network_interface_id"):
+            envelope["network_interface_id"] = record.get("network_interface_id")
     for name in ("rule", "event_id"):
         if record.get(name):
             envelope[name] = record.get(name)
@@ -418,15 +476,19 @@ def submit(
     region: str | None = None,
     role_arn: str | None = None,
     external_id: str | None = None,
+    kind: JobKind | str = JobKind.CREATE,
+    network_interface_id: str | None = None,
 ) -> str:
-    """Enqueue one job (request syntax as a dict or JSON text), in `region` through
-    `role_arn` if given; return its job id."""
+    """Enqueue one job of `kind` (its action's request syntax as a dict or JSON text), in
+    `region` through `role_arn` if given; return its job id."""
     return _default().submit(
         request,
         idempotency_key=idempotency_key,
         region=region,
         role_arn=role_arn,
         external_id=external_id,
+        kind=kind,
+        network_interface_id=network_interface_id,
     )
 
 

@@ -1,8 +1,9 @@
 """A job's record: its statuses, its shape, and the only functions that change it.
 
-A record moves `queued` → `running` (→ `retrying` → `running`)* → `created` | `failed` |
-`dry_run_ok`. Each step is a small pure function here that returns the next record; the
-result store (tasks/store.py) writes what they return, and nothing else edits a record.
+A record moves `queued` → `running` (→ `retrying` → `running`)* → its kind's success
+(`created`, `deleted`, `modified`) | `failed` | `dry_run_ok`. Each step is a small pure
+function here that returns the next record; the result store (tasks/store.py) writes what
+they return, and nothing else edits a record.
 
 The rules of its writes are here too, as data: the terminal statuses, which no write ever
 leaves (the scripts that write records are handed them: tasks/scripts.py), and the verdicts
@@ -19,7 +20,7 @@ from typing import Any, NotRequired
 # pydantic (the API's schema of the record) reads TypedDicts only from typing_extensions on 3.11.
 from typing_extensions import TypedDict
 
-from tasks.contract import AUTO, NOWHERE, QUEUE, Placement, Scope
+from tasks.contract import AUTO, NOWHERE, QUEUE, JobKind, Placement, Scope
 
 
 class JobStatus(StrEnum):
@@ -27,8 +28,18 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     RETRYING = "retrying"
     CREATED = "created"
+    DELETED = "deleted"  # a delete's session is gone (deleted by this job, or gone already)
+    MODIFIED = "modified"
     FAILED = "failed"
     DRY_RUN_OK = "dry_run_ok"
+
+
+# Each kind's success: the status its job ends in when EC2 did what it asked.
+SUCCESS_OF = {
+    JobKind.CREATE: JobStatus.CREATED,
+    JobKind.DELETE: JobStatus.DELETED,
+    JobKind.MODIFY: JobStatus.MODIFIED,
+}
 
 
 # A record's one rule of succession: a job in a terminal status has finished, and its record
@@ -38,13 +49,15 @@ class JobStatus(StrEnum):
 # further precedence among statuses. The scripts that write records are handed this set
 # (tasks/scripts.py `terminal`), and apply it to the status of the record they find stored;
 # a batch's counts move by it too (a job counts done once, when it first reaches one).
-TERMINAL_STATUSES = frozenset({JobStatus.CREATED, JobStatus.FAILED, JobStatus.DRY_RUN_OK})
+TERMINAL_STATUSES = frozenset({*SUCCESS_OF.values(), JobStatus.FAILED, JobStatus.DRY_RUN_OK})
 # The order statuses are shown in (tables, progress lines, metrics).
 STATUS_ORDER = (
     JobStatus.QUEUED,
     JobStatus.RUNNING,
     JobStatus.RETRYING,
     JobStatus.CREATED,
+    JobStatus.DELETED,
+    JobStatus.MODIFIED,
     JobStatus.DRY_RUN_OK,
     JobStatus.FAILED,
 )
@@ -110,10 +123,15 @@ class JobResult(TypedDict):
     # (any of its workers can assume it), else that of the fleet acting in the job's account
     # and Region with its own credentials. Records written before placements have none.
     queue: NotRequired[str]
+    # What the job does (tasks/contract.py JobKind); a record without one is a create's.
+    kind: NotRequired[JobKind]
+    # A delete's or a modify's session source, as its sender named it or the worker read it
+    # (the ENI whose lease the job takes); a create's is in its request.
+    network_interface_id: NotRequired[str | None]
     status: JobStatus
-    attempts: int  # CreateTrafficMirrorSession calls made, across retries and redeliveries
-    client_token: str | None
-    request: dict[str, Any] | None  # the request syntax as executed
+    attempts: int  # calls of the kind's action made, across retries and redeliveries
+    client_token: str | None  # a create's; None for a delete or a modify (EC2 takes none)
+    request: dict[str, Any] | None  # the request syntax (of the kind's action) as executed
     response: dict[str, Any] | None  # EC2's answer, verbatim
     error: JobError | None
     submitted_at: str | None
@@ -185,10 +203,26 @@ def describe_placement(record: JobResult) -> str:
 
 
 def loaded(raw: dict[str, Any]) -> JobResult:
-    """A record read back from JSON, its status typed again."""
+    """A record read back from JSON, its status (and kind) typed again."""
     record: Any = dict(raw)
     record["status"] = JobStatus(record["status"])
+    if "kind" in record:
+        record["kind"] = JobKind(record["kind"])
     return record  # type: ignore[no-any-return]
+
+
+def kind_of(record: JobResult) -> JobKind:
+    """What the job does: a record written before kinds is a create's."""
+    return JobKind(record.get("kind") or JobKind.CREATE)
+
+
+def eni_of(record: JobResult) -> str | None:
+    """The source ENI the job acts on, if known: a create's request names it, a delete's or a
+    modify's sender may have (or its worker read it from the session)."""
+    if kind_of(record) is JobKind.CREATE:
+        eni = (record["request"] or {}).get("NetworkInterfaceId")
+        return eni if isinstance(eni, str) else None
+    return record.get("network_interface_id")
 
 
 def accepted(
@@ -201,10 +235,13 @@ def accepted(
     alternatives: Sequence[str] = (),
     scope: Scope | None = None,
     placement: Placement = NOWHERE,
+    kind: JobKind = JobKind.CREATE,
+    network_interface_id: str | None = None,
 ) -> JobResult:
-    """A new job, `queued`, accepted by the fleet of `scope` to run where `placement` says
-    (its account and Region where it names none): its ClientToken is the request's, fixed
-    from now on."""
+    """A new job of `kind`, `queued`, accepted by the fleet of `scope` to run where
+    `placement` says (its account and Region where it names none): a create's ClientToken is
+    the request's, fixed from now on. A delete's or a modify's `network_interface_id` is its
+    session's source, if its sender named it."""
     account = placement.account_id or (scope.account_id if scope else None)
     region = placement.region or (scope.region if scope else None)
     record: JobResult = {
@@ -224,6 +261,10 @@ def accepted(
         "started_at": None,
         "finished_at": None,
     }
+    if kind is not JobKind.CREATE:
+        # Only a delete's or a modify's record says its kind: a create's stays as it was.
+        record["kind"] = kind
+        record["network_interface_id"] = network_interface_id
     if scope is not None:
         # The accepting fleet's workers run its jobs wherever they are placed: a role's in its
         # account, the fleet's own credentials' in any Region (a fleet is one account).
@@ -262,8 +303,13 @@ def planned(record: JobResult, request: dict[str, Any]) -> JobResult:
     return {**record, "request": request}
 
 
+def located(record: JobResult, network_interface_id: str) -> JobResult:
+    """A delete's or a modify's session source, read from EC2 (its sender named none)."""
+    return {**record, "network_interface_id": network_interface_id}
+
+
 def attempted(record: JobResult) -> JobResult:
-    """One more CreateTrafficMirrorSession call is on its way."""
+    """One more call of the kind's action is on its way."""
     return {**record, "attempts": record["attempts"] + 1}
 
 
@@ -276,8 +322,15 @@ def retrying(record: JobResult, code: str, message: str) -> JobResult:
 
 
 def created(record: JobResult, response: dict[str, Any]) -> JobResult:
+    return succeeded(record, response)
+
+
+def succeeded(record: JobResult, response: dict[str, Any]) -> JobResult:
+    """EC2 did what the job asked: `created`, `deleted` or `modified` by the job's kind, with
+    EC2's answer (a delete whose session was already gone after an attempt of ours: the
+    answer that says so, worker/execute.py)."""
     answer = {k: v for k, v in response.items() if k != "ResponseMetadata"}
-    return _finished(record, JobStatus.CREATED, response=answer)
+    return _finished(record, SUCCESS_OF[kind_of(record)], response=answer)
 
 
 def dry_run_ok(record: JobResult) -> JobResult:

@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from tasks.app import create_app
-from tasks.contract import IDEMPOTENCY_KEY_MAX, client_token, idempotency_key, parse_request
+from tasks.contract import (
+    IDEMPOTENCY_KEY_MAX,
+    JobKind,
+    client_token,
+    idempotency_key,
+    parse_envelope,
+    parse_job_entry,
+    parse_request,
+)
 from tasks.errors import InvalidJobError
 
 VALID = {
@@ -209,3 +217,115 @@ def test_the_regions_are_read_once_however_many_threads_ask_at_once(
     for thread in threads:
         thread.join()
     assert len(reads) == 1
+
+
+# Delete and modify jobs (issue 18): EC2's own request syntax for each, as strictly checked.
+
+SESSION = "tms-0123456789abcdef0"
+
+
+def kind_errors(raw: Any, kind: str) -> dict[str, str]:
+    with pytest.raises(InvalidJobError) as raised:
+        parse_request(raw, kind)
+    return {e["field"]: e["message"] for e in raised.value.errors}
+
+
+def test_delete_and_modify_take_their_actions_syntax_and_no_client_token() -> None:
+    delete = parse_request({"TrafficMirrorSessionId": SESSION, "DryRun": True}, JobKind.DELETE)
+    assert delete.kind is JobKind.DELETE
+    assert delete.to_kwargs() == {"TrafficMirrorSessionId": SESSION, "DryRun": True}
+    full = {
+        "TrafficMirrorSessionId": SESSION,
+        "TrafficMirrorTargetId": "tmt-0123456789abcdef0",
+        "TrafficMirrorFilterId": "tmf-0123456789abcdef0",
+        "SessionNumber": 32766,
+        "Description": "d" * 255,
+        "RemoveFields": ["packet-length", "virtual-network-id"],
+    }
+    assert parse_request(full, "modify").to_kwargs() == full
+    assert JobKind.MODIFY.action == "ModifyTrafficMirrorSession"
+    assert JobKind.DELETE.task_name == "mirrorq.delete_traffic_mirror_session"
+
+
+def test_every_bad_field_of_a_delete_or_a_modify_is_named() -> None:
+    assert set(
+        kind_errors(
+            {"TrafficMirrorSessionId": "tmt-0123456789abcdef0", "DryRun": "yes", "X": 1},
+            "delete",
+        )
+    ) == {"TrafficMirrorSessionId", "DryRun", "X"}
+    assert kind_errors({"TrafficMirrorSessionId": SESSION, "ClientToken": "t"}, "delete") == {
+        "ClientToken": "not a parameter of DeleteTrafficMirrorSession"
+    }
+    bad = kind_errors(
+        {
+            "TrafficMirrorSessionId": SESSION,
+            "SessionNumber": "auto",
+            "PacketLength": 8501,
+            "VirtualNetworkId": True,
+            "TrafficMirrorFilterId": "tmt-0123456789abcdef0",
+            "RemoveFields": ["bogus"],
+            "NetworkInterfaceId": "eni-0123456789abcdef0",
+        },
+        "modify",
+    )
+    assert set(bad) == {
+        "SessionNumber",
+        "PacketLength",
+        "VirtualNetworkId",
+        "TrafficMirrorFilterId",
+        "RemoveFields.0",
+        "NetworkInterfaceId",
+    }
+
+
+def test_a_modify_changes_something_and_never_sets_and_removes_one_field() -> None:
+    assert set(kind_errors({"TrafficMirrorSessionId": SESSION, "DryRun": False}, "modify")) == {
+        "(job)"
+    }
+    assert set(
+        kind_errors(
+            {
+                "TrafficMirrorSessionId": SESSION,
+                "Description": "x",
+                "RemoveFields": ["description"],
+            },
+            "modify",
+        )
+    ) == {"Description"}
+    assert set(
+        kind_errors(
+            {"TrafficMirrorSessionId": SESSION, "RemoveFields": ["description", "description"]},
+            "modify",
+        )
+    ) == {"RemoveFields.1"}
+    assert kind_errors({"TrafficMirrorSessionId": SESSION}, "unmirror") == {
+        "kind": "one of create, delete, modify"
+    }
+
+
+def test_a_jobs_envelope_names_its_kind_and_its_sessions_eni() -> None:
+    job = parse_job_entry(
+        {
+            "kind": "delete",
+            "request": {"TrafficMirrorSessionId": SESSION},
+            "network_interface_id": "eni-0123456789abcdef0",
+            "region": "eu-west-1",
+        }
+    )
+    assert (job.kind, job.network_interface_id) == (JobKind.DELETE, "eni-0123456789abcdef0")
+    assert parse_job_entry(VALID).kind is JobKind.CREATE  # no kind: a create, as always
+    with pytest.raises(InvalidJobError) as raised:
+        parse_job_entry({"kind": "create", "request": VALID, "network_interface_id": "eni-1"})
+    assert {e["field"] for e in raised.value.errors} == {"network_interface_id"}
+    with pytest.raises(InvalidJobError) as raised:
+        parse_job_entry({"kind": "delete", "request": {}, "network_interface_id": "x"})
+    assert {e["field"] for e in raised.value.errors} == {
+        "TrafficMirrorSessionId",
+        "network_interface_id",
+    }
+    # A single-job task carries its own kind: an envelope saying another is refused.
+    assert parse_envelope((), {"request": {}}, JobKind.DELETE).kind is JobKind.DELETE
+    with pytest.raises(InvalidJobError) as raised:
+        parse_envelope((), {"request": {}, "kind": "delete"}, JobKind.MODIFY)
+    assert [e["field"] for e in raised.value.errors] == ["kind"]

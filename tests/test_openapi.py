@@ -343,4 +343,4 @@ def test_json_lines_are_split_at_line_feeds_only(descriptions: list[str]) -> Non
     for end in ("\n", "\r\n"):
         body = "".join(json.dumps(j, ensure_ascii=False) + end for j in jobs)
         read = parse_placed_jobs(body, "jsonl", "the body")
-        assert [r.Description for r in read.requests] == descriptions
+        assert [r.to_kwargs()["Description"] for r in read.requests] == descriptions

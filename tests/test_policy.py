@@ -239,15 +239,36 @@ def test_the_three_events_that_make_jobs_are_read() -> None:
 
 
 def test_other_events_are_ignored_with_the_reason() -> None:
-    stopped = sample("ec2-instance-state-change-running.json")
-    stopped["detail"]["state"] = "stopped"
-    assert "stopped" in read_event(stopped).ignored
+    pending = sample("ec2-instance-state-change-running.json")
+    pending["detail"]["state"] = "pending"
+    assert "pending" in read_event(pending).ignored
     failed = sample("cloudtrail-create-network-interface.json")
     failed["detail"]["errorCode"] = "UnauthorizedOperation"
     assert "failed" in read_event(failed).ignored
     other = sample("cloudtrail-create-network-interface.json")
-    other["detail"]["eventName"] = "DeleteNetworkInterface"
-    assert "DeleteNetworkInterface" in read_event(other).ignored
+    other["detail"]["eventName"] = "DetachNetworkInterface"
+    assert "DetachNetworkInterface" in read_event(other).ignored
+
+
+def test_a_sensor_leaving_asks_for_the_dark_session_repair() -> None:
+    """An instance leaving running, a target or an ENI deleted: what went, for the repair."""
+    for state in ("stopping", "stopped", "shutting-down", "terminated"):
+        left = sample("ec2-instance-state-change-running.json")
+        left["detail"]["state"] = state
+        event = read_event(left)
+        assert event.gone == (left["detail"]["instance-id"],)
+        assert not event.ignored
+        assert not event.wants_enis
+    deleted = sample("cloudtrail-create-network-interface.json")
+    deleted["detail"]["eventName"] = "DeleteNetworkInterface"
+    deleted["detail"]["requestParameters"] = {"networkInterfaceId": "eni-0123456789abcdef0"}
+    assert read_event(deleted).gone == ("eni-0123456789abcdef0",)
+    target = sample("cloudtrail-create-network-interface.json")
+    target["detail"]["eventName"] = "DeleteTrafficMirrorTarget"
+    target["detail"]["requestParameters"] = {
+        "DeleteTrafficMirrorTargetRequest": {"TrafficMirrorTargetId": "tmt-0123456789abcdef0"}
+    }
+    assert read_event(target).gone == ("tmt-0123456789abcdef0",)
     assert (
         "Scheduled Event"
         in read_event({"id": "x", "detail-type": "Scheduled Event", "detail": {}}).ignored

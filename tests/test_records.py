@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tasks import keys, records, scripts
-from tasks.contract import parse_request
+from tasks.contract import JobKind, parse_request
 from tasks.producer import Producer
 from tasks.records import TERMINAL_STATUSES, JobResult, JobStatus, StepVerdict
 from tasks.scripts import Step
@@ -42,6 +42,8 @@ def in_status(producer: Producer, status: JobStatus) -> tuple[str, JobResult]:
         JobStatus.RUNNING: running,
         JobStatus.RETRYING: records.retrying(running, "RequestLimitExceeded", "slow down"),
         JobStatus.CREATED: records.created(running, {"TrafficMirrorSession": {}}),
+        JobStatus.DELETED: records.succeeded({**running, "kind": JobKind.DELETE}, {}),
+        JobStatus.MODIFIED: records.succeeded({**running, "kind": JobKind.MODIFY}, {}),
         JobStatus.DRY_RUN_OK: records.dry_run_ok(running),
         JobStatus.FAILED: records.failed(running, "InvalidParameterValue", "no"),
     }[status]

@@ -14,6 +14,10 @@ and the message is held unacked meanwhile, so the lost-message repair never take
 lost. A countdown never exceeds half the visibility timeout: a turn further off is reached
 in several hops.
 
+A bucket is a place's action's (EC2 keeps one per action: worker/ratelimit.py `Limiters`):
+a message's creates, deletes and modifies (tasks/contract.py JobKind) are admitted on their
+own action's schedule, each deferred in a message of its own.
+
 Only jobs that can wait are admitted: those with a `queued` record of this worker's queue.
 A job started before (a redelivery), one sent with no record, or one of another queue runs,
 or is passed on, at once, as before.
@@ -27,7 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from tasks.contract import DecodedJob, Envelope
-from tasks.records import JobResult, JobStatus, queue_of
+from tasks.records import JobResult, JobStatus, kind_of, queue_of
 from worker.metrics import JOBS_DEFERRED
 from worker.ratelimit import SharedRateLimiter
 from worker.roads import Place, place_of
@@ -83,7 +87,7 @@ async def admit(
     turn no bucket would give (over MAX_TURN_S away), and it is admitted afresh."""
     records = await worker.store.load_many([job_id for job_id, _ in jobs])
     now_jobs: list[DecodedJob] = []
-    waiting: dict[Place, list[tuple[DecodedJob, JobResult]]] = defaultdict(list)
+    waiting: dict[tuple[Place, str], list[tuple[DecodedJob, JobResult]]] = defaultdict(list)
     for job, record in zip(jobs, records, strict=True):
         envelope = job[1]
         if (
@@ -92,14 +96,15 @@ async def admit(
             and record["status"] is JobStatus.QUEUED
             and queue_of(record) == worker.scope.queue
         ):
-            waiting[place_of(envelope, record, worker.scope.region)].append((job, record))
+            place = place_of(envelope, record, worker.scope.region)
+            waiting[place, kind_of(record).action].append((job, record))
         else:
             now_jobs.append(job)
     deferred: list[Deferred] = []
-    for place, entries in waiting.items():
+    for (place, action), entries in waiting.items():
         async with worker.roads.use(place) as road:
             run, wait = await _admit_place(
-                road.limiters.create,
+                road.limiters.of(action),
                 entries,
                 turn,
                 worker.ec2.settings.visibility_timeout_s,

@@ -59,6 +59,22 @@ NOT_FOUND_CODES = frozenset(
     }
 )
 
+# A session EC2 does not know: the code EC2 answers (`InvalidTrafficMirrorSessionId.NotFound`,
+# the one the Terraform AWS provider and AWS's own samples match on), and the one its error
+# code reference lists (`InvalidTrafficMirrorSessionNotFound`). A delete that meets either
+# after an attempt of ours succeeded (worker/execute.py).
+SESSION_NOT_FOUND_CODES = frozenset(
+    {"InvalidTrafficMirrorSessionId.NotFound", "InvalidTrafficMirrorSessionNotFound"}
+)
+
+# A create whose source ENI is on an instance type that cannot be a traffic mirror source (bare
+# metal, T2, most non-Nitro types, the Nitro types the Traffic Mirroring guide lists). EC2
+# documents no code for it; `UnsupportedOperation`, its common client error for "an unsupported
+# operation", is what mirrorq expects and the emulator answers (docs/emulator.md). Permanent:
+# the instance type does not change by retrying. Named here so that no status overrides it.
+UNSUPPORTED_SOURCE_CODE = "UnsupportedOperation"
+PERMANENT_CODES = frozenset({UNSUPPORTED_SOURCE_CODE})
+
 DRY_RUN_OK = "DryRunOperation"
 EC2_SAYS_NUMBER_TAKEN = "InvalidParameterValue"  # among other things; read with the describe
 
@@ -103,7 +119,9 @@ def classify(error: BaseException) -> Failure:  # noqa: PLR0911 - a return per r
         info = error.response.get("Error", {})
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         code = str(info.get("Code") or status or "Unknown")
-        transient = code in TRANSIENT_CODES or status >= 500 or status == TOO_MANY_REQUESTS
+        transient = code not in PERMANENT_CODES and (
+            code in TRANSIENT_CODES or status >= 500 or status == TOO_MANY_REQUESTS
+        )
         message = str(info.get("Message") or error)
         return Failure(
             code, message, Action.RETRY if transient else Action.FAIL, error.operation_name

@@ -7,6 +7,16 @@ Every attempt sends exactly `record["request"]`, ClientToken included, so EC2
 can tell a retry from a new request. A job with SessionNumber `auto` reads its ENI's
 sessions and creates under the ENI's lease (worker/leases.py), so two jobs for one ENI,
 target and filter never both create.
+
+A delete or a modify (`execute_change`) acts under its session's ENI lease too, so it never
+races a create choosing a SessionNumber there, and sends the same arguments on every attempt.
+EC2 takes no ClientToken for either: their effect is what makes a retry safe. A modify sent
+twice sets what it set once. A delete answered `InvalidTrafficMirrorSessionId.NotFound`
+after an attempt of ours that may have landed (an unanswered one, or one by an earlier
+delivery of the job) is the job's success: that attempt deleted the session. On a first
+attempt the same answer fails the job with EC2's code: nothing of ours was sent, so the job
+cannot tell a session someone else deleted (EC2 deletes an ENI's sessions with it) from an
+id that never existed, and its sender, who can, is told.
 """
 
 from __future__ import annotations
@@ -21,10 +31,18 @@ from tenacity import RetryCallState
 
 from config import Settings
 from tasks import keys, records
-from tasks.errors import AlreadyMirroredError, LeaseLostError
-from tasks.records import JobResult
+from tasks.contract import JobKind
+from tasks.errors import AlreadyMirroredError, LeaseLostError, SessionNotFoundError
+from tasks.records import JobResult, kind_of
 from worker.ec2 import Ec2Road
-from worker.errors import DRY_RUN_OK, EC2_SAYS_NUMBER_TAKEN, Action, classify
+from worker.errors import (
+    DRY_RUN_OK,
+    EC2_SAYS_NUMBER_TAKEN,
+    SESSION_NOT_FOUND_CODES,
+    Action,
+    Failure,
+    classify,
+)
 from worker.leases import Lease, Leases
 from worker.ratelimit import CREATE_ACTION, DESCRIBE_ACTION
 from worker.sessions import plan_session_number
@@ -58,23 +76,27 @@ async def sessions_on(ec2: Ec2, eni_id: str) -> list[dict[str, Any]]:
 
 
 class Creates:
-    """A job's CreateTrafficMirrorSession calls, and how long one left unanswered (a timeout,
-    a dropped connection, a 5xx) may still reach EC2: until `create_bound_s` after it was
-    sent (on the road's clock). One that lands later is beyond what mirrorq can fence."""
+    """A job's calls of its action (CreateTrafficMirrorSession, or a delete's or a modify's),
+    and how long one left unanswered (a timeout, a dropped connection, a 5xx) may still reach
+    EC2: until `create_bound_s` after it was sent (on the road's clock). One that lands later
+    is beyond what mirrorq can fence."""
 
-    def __init__(self, ec2: Ec2) -> None:
+    def __init__(self, ec2: Ec2, action: str = CREATE_ACTION) -> None:
         self._ec2 = ec2
+        self._action = action
         self._clock = ec2.road.timing.monotonic
         self._landing_by = 0.0  # on the clock; 0: none of ours is on its way
+        self.unanswered = False  # one of ours went unanswered: it may have landed
 
     async def send(self, request: dict[str, Any]) -> dict[str, Any]:
         bound_s = self._ec2.create_bound_s
         sent_at = self._clock()
         try:
-            response = await self._ec2.road.send(CREATE_ACTION, timeout_s=bound_s, **request)
+            response = await self._ec2.road.send(self._action, timeout_s=bound_s, **request)
         except Exception as error:
             if classify(error).retryable:  # unanswered: it may be on its way still
                 self._landing_by = sent_at + bound_s
+                self.unanswered = True
             raise
         self._landing_by = 0.0  # created: one still on its way is answered from the token
         return response
@@ -156,6 +178,94 @@ async def execute_job(
             with contextlib.suppress(RedisError):  # unreleased, it lapses within one TTL
                 await ec2.leases.release(holding, after_s=creates.may_land_for_s())
     return records.created(record, response)
+
+
+async def execute_change(
+    ec2: Ec2, record: JobResult, *, save: Save, sent_before: bool = False
+) -> JobResult:
+    """Delete or modify the session `record["request"]` names; return the finished record.
+
+    Under the lease of the session's ENI (the record's `network_interface_id`, else read from
+    the session and recorded first), the action's slot from its own limiter (EC2 keeps a
+    bucket per action; a delete's and a modify's are sized as mutating actions), then the
+    call, fenced by the lease, with exactly `record["request"]` on every attempt.
+    `sent_before`: an earlier delivery of the job may have sent the call (its record was
+    started before), so a NotFound can be our own delete's.
+
+    Raises RedisError when Redis is unreachable and SupersededError when another worker took
+    the job over, as execute_job does.
+    """
+    kind = kind_of(record)
+    request = dict(record["request"] or {})
+    session_id = str(request["TrafficMirrorSessionId"])
+    holding: Lease | None = None
+    calls = Creates(ec2, kind.action)
+
+    async def on_retry(state: RetryCallState) -> None:
+        nonlocal record
+        error = state.outcome.exception() if state.outcome else None
+        if error is not None:
+            failure = classify(error)
+            record = records.retrying(record, failure.code, failure.message)
+            await save(record)
+
+    try:
+        async for attempt in ec2.road.retrying(before_sleep=on_retry):
+            with attempt:
+                eni = record.get("network_interface_id")
+                if eni is None:
+                    eni = await _source_of(ec2, session_id)
+                    record = records.located(record, eni)
+                    await save(record)
+                if holding is None or holding.lost:
+                    holding = await ec2.leases.acquire(_eni_lease(ec2.road, eni))
+                await ec2.road.slot(kind.action)
+                if not await ec2.leases.fence(holding, ec2.create_bound_s):
+                    raise LeaseLostError("the ENI's lease lapsed before the call was sent")
+                record = records.attempted(record)
+                response = await calls.send(request)
+    except Exception as error:  # every failure but Redis's becomes the job's outcome
+        failure = classify(error)
+        if failure.action in (Action.RESUME, Action.YIELD):
+            raise
+        if failure.code == DRY_RUN_OK:
+            return records.dry_run_ok(record)
+        if (
+            kind is JobKind.DELETE
+            and failure.code in SESSION_NOT_FOUND_CODES
+            and (sent_before or calls.unanswered)
+        ):
+            return records.succeeded(record, _gone(session_id, failure))
+        return records.failed(record, failure.code, failure.message, retryable=failure.retryable)
+    finally:
+        if holding is not None:
+            with contextlib.suppress(RedisError):  # unreleased, it lapses within one TTL
+                await ec2.leases.release(holding, after_s=calls.may_land_for_s())
+    return records.succeeded(record, response)
+
+
+async def _source_of(ec2: Ec2, session_id: str) -> str:
+    """The source ENI of the session (a sender that named none): one Describe, paid at its
+    limiter. A session not there is EC2's NotFound, as the delete or modify would answer."""
+    found = await ec2.road.paginate(
+        DESCRIBE_ACTION,
+        "TrafficMirrorSessions",
+        retry=False,
+        TrafficMirrorSessionIds=[session_id],
+    )
+    for session in found:
+        if session.get("TrafficMirrorSessionId") == session_id:
+            return str(session["NetworkInterfaceId"])
+    raise SessionNotFoundError(f"the traffic mirror session {session_id} does not exist")
+
+
+def _gone(session_id: str, failure: Failure) -> dict[str, Any]:
+    """A delete's success, when EC2 no longer knows the session after an attempt of ours: the
+    answer a delete gives, and what EC2 said to the last one."""
+    return {
+        "TrafficMirrorSessionId": session_id,
+        "AlreadyDeleted": {"Code": failure.code, "Message": failure.message},
+    }
 
 
 def _eni_lease(road: Ec2Road, eni_id: str) -> str:

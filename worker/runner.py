@@ -29,6 +29,8 @@ from tasks.contract import (
     AUTO,
     DecodedJob,
     Envelope,
+    JobKind,
+    JobRequest,
     Scope,
     SessionRequest,
     client_token,
@@ -45,7 +47,7 @@ from tasks.records import (
 )
 from tasks.scripts import Step
 from tasks.store import AsyncResultStore, StepResult
-from worker.execute import Ec2, execute_job
+from worker.execute import Ec2, execute_change, execute_job
 from worker.leases import Lease
 from worker.metrics import JOBS_IN_FLIGHT
 from worker.roads import Roads, place_of
@@ -130,16 +132,19 @@ async def _run(
             alternatives=envelope.alternatives,
             scope=worker.scope,
             placement=envelope.placement,
+            kind=envelope.kind,
+            network_interface_id=envelope.network_interface_id,
         )
 
     base = accepted(None)
     try:
-        request = parse_request(envelope.request)
-        token = client_token(request, job_id)  # the producer fixed it; else the job id
+        request = parse_request(envelope.request, envelope.kind)
+        kwargs = request.to_kwargs()
+        if isinstance(request, SessionRequest):  # the producer fixed it; else the job id
+            kwargs["ClientToken"] = client_token(request, job_id)
     except InvalidJobError as error:
         await _refuse(worker, base, error, lease)
         return None
-    kwargs = {**request.to_kwargs(), "ClientToken": token}
     record = records.started(accepted(kwargs), kwargs)
     start = await _start(worker, record, lease)
     if start.verdict is StepVerdict.DONE:
@@ -165,13 +170,23 @@ async def _run(
     worker.ec2.leases.hold(lease)
     place = place_of(envelope, start.current, worker.scope.region)
     async with worker.roads.use(place) as road:
-        outcome = await execute_job(
-            dataclasses.replace(worker.ec2, road=road),
-            record,
-            save=lambda r: _save(worker, "save", r, lease),
-            auto=request.auto_session_number,
-            alternatives=envelope.alternatives,
-        )
+        ec2 = dataclasses.replace(worker.ec2, road=road)
+
+        async def save(progress: JobResult) -> None:
+            await _save(worker, "save", progress, lease)
+
+        if envelope.kind is JobKind.CREATE:
+            outcome = await execute_job(
+                ec2,
+                record,
+                save=save,
+                auto=request.auto_session_number,
+                alternatives=envelope.alternatives,
+            )
+        else:
+            # Resumed: an earlier delivery started the job and may have sent its call.
+            resumed = start.verdict is StepVerdict.RESUME
+            outcome = await execute_change(ec2, record, save=save, sent_before=resumed)
     await _save(worker, "finish", outcome, lease)
     if outcome["status"] is JobStatus.FAILED and outcome["error"]:
         log.warning(
@@ -242,10 +257,15 @@ async def _start(worker: Worker, record: JobResult, lease: Lease) -> StepResult:
     return start
 
 
-def _resumed(previous: JobResult, record: JobResult, request: SessionRequest) -> JobResult:
+def _resumed(previous: JobResult, record: JobResult, request: JobRequest) -> JobResult:
     """A job that ran before carries on with what it recorded: its attempts, its start, its
-    token, and the SessionNumber it chose (every retry sends identical parameters)."""
+    token, and the SessionNumber it chose (every retry sends identical parameters); a delete
+    or a modify its request as sent (none is changed by a worker) and its session's ENI."""
     kwargs = dict(record["request"] or {})
+    if not isinstance(request, SessionRequest):
+        resumed = records.started({**previous, "batch_id": record["batch_id"]}, kwargs)
+        eni = previous.get("network_interface_id") or record.get("network_interface_id")
+        return {**resumed, "network_interface_id": eni}
     earlier = previous["request"] or {}
     if request.auto_session_number and earlier.get("SessionNumber", AUTO) != AUTO:
         kwargs = dict(earlier)

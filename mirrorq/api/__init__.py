@@ -23,12 +23,14 @@ from mirrorq.api.metrics import FleetCollector
 from mirrorq.api.routes import Services, probes, v1
 from mirrorq.api.schemas import REF, request_syntax_components
 from mirrorq.api.ui import CoverageSource, Dashboard
+from mirrorq.coverage import CoverageCache
 from mirrorq.policy_watch import PolicyCollector, RulesSource, WatchedPolicy
 from mirrorq.rules import Rule
 from tasks.producer import Producer
 from worker.redaction import REDACTOR
 
 __all__ = ["create_app"]
+COVERAGE_FRESH_S = 5.0  # GET /v1/coverage reads EC2 at most this often (a dashboard polls)
 
 
 def create_app(settings: Settings, policy: WatchedPolicy | Sequence[Rule] = ()) -> FastAPI:
@@ -48,7 +50,7 @@ def create_app(settings: Settings, policy: WatchedPolicy | Sequence[Rule] = ()) 
         settings,
         producer,
         tokens,
-        coverage=_coverage_source(settings, rules, producer) if rules else None,
+        coverage=_coverage_source(services) if rules else None,
         has_policy=bool(rules),
     )
 
@@ -57,6 +59,7 @@ def create_app(settings: Settings, policy: WatchedPolicy | Sequence[Rule] = ()) 
         async with AsyncExitStack() as stack:
             if rules:
                 services.intake = await _intake(stack, settings, rules, producer)
+                services.coverage = CoverageCache(settings, rules, producer, COVERAGE_FRESH_S)
             await stack.enter_async_context(dashboard.running())
             yield
 
@@ -87,12 +90,16 @@ async def _intake(
     return Intake(rules, settings, producer, roads)
 
 
-def _coverage_source(
-    settings: Settings, rules: RulesSource, producer: Producer
-) -> CoverageSource | None:
-    """The dashboard's coverage: the policy's rules against live EC2 (mirrorq/coverage.py),
-    as `GET /v1/coverage` and `mirrorq coverage --json` give it."""
-    return None  # until mirrorq/coverage.py lands (branch lifecycle-dark)
+def _coverage_source(services: Services) -> CoverageSource:
+    """The dashboard's coverage: the same cached read as GET /v1/coverage (one EC2 read
+    serves both), made once the app has started."""
+
+    async def read() -> dict[str, Any]:
+        if services.coverage is None:
+            raise RuntimeError("the API has not started")
+        return await services.coverage.get()
+
+    return read
 
 
 def _our_error_shape(operation: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from mirrorq.coverage import stored_view
 from tasks import keys
 from tasks.producer import Producer
 from tasks.store import DURATION_BUCKETS
@@ -73,6 +74,7 @@ class FleetCollector(Collector):
             "mirrorq_batches_running", "Batches not finished", value=int(batches)
         )
         yield from self._rates()
+        yield from self._coverage()
 
     def _durations(self, counts: dict[str, Any]) -> Metric:
         cumulative, buckets = 0, []
@@ -110,3 +112,52 @@ class FleetCollector(Collector):
         yield rate
         yield configured
         yield throttles
+
+    def _coverage(self) -> Iterator[Metric]:
+        """The last reconcile pass's coverage (mirrorq/coverage.py store_view), if any."""
+        view = stored_view(self._results)
+        if view is None:
+            return
+        labels = ["rule", "account", "region"]
+        enis = GaugeMetricFamily(
+            "mirrorq_coverage_enis",
+            "ENIs a rule matches, by state (live, dark, missing, unsupported), at the last "
+            "reconcile pass",
+            labels=[*labels, "state"],
+        )
+        missing = GaugeMetricFamily(
+            "mirrorq_coverage_missing_enis",
+            "ENIs a rule matches that are not mirrored, by reason, at the last reconcile pass",
+            labels=[*labels, "reason"],
+        )
+        percent = GaugeMetricFamily(
+            "mirrorq_coverage_percent",
+            "A rule's ENIs mirrored to a live target, of those that can be, at the last pass",
+            labels=labels,
+        )
+        for row in view["rules"]:
+            names = [row["rule"], row["account_id"] or "", row["region"] or ""]
+            missed = sum(row["missing"].values())
+            for state, count in (
+                ("live", row["live"]),
+                ("dark", row["dark"]),
+                ("missing", missed),
+                ("unsupported", row["unsupported"]),
+            ):
+                enis.add_metric([*names, state], count)
+            for reason, count in sorted(row["missing"].items()):
+                missing.add_metric([*names, reason], count)
+            percent.add_metric(names, row["percent"])
+        yield enis
+        yield missing
+        yield percent
+        yield GaugeMetricFamily(
+            "mirrorq_coverage_percent_total",
+            "ENIs mirrored to a live target, of those that can be, every rule, at the last pass",
+            value=view["percent"],
+        )
+        yield GaugeMetricFamily(
+            "mirrorq_coverage_unwanted_sessions",
+            "Managed sessions no rule wants, at the last reconcile pass",
+            value=view["totals"]["unwanted"],
+        )

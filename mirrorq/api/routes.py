@@ -20,12 +20,14 @@ from mirrorq.api.schemas import (
     JOB_BODY,
     BatchAccepted,
     BatchStatus,
+    Coverage,
     EventOutcome,
     Health,
     JobAccepted,
     Ready,
     errors,
 )
+from mirrorq.coverage import CoverageCache
 from mirrorq.events import read_event
 from mirrorq.export import export_lines
 from mirrorq.intake import Intake
@@ -53,6 +55,7 @@ class Services:
     tokens: Tokens
     registry: CollectorRegistry
     intake: Intake | None = None  # with --policy: POST /v1/events
+    coverage: CoverageCache | None = None  # with --policy: GET /v1/coverage
     policy: WatchedPolicy | None = None  # with --policy: its file, watched (for /readyz)
 
 
@@ -302,6 +305,28 @@ async def post_event(request: Request, s: Svc) -> JSONResponse:
         },
         202,
     )
+
+
+@v1.get(
+    "/coverage",
+    response_model=Coverage,
+    responses=errors(
+        400,
+        502,
+        503,
+        s400="A rule's target or filter exists in none of its places (UnknownResource)",
+        s502="EC2 or STS refused a read of the policy's places (their code, e.g. AccessDenied)",
+        s503="This API was started without --policy (NoPolicy); Redis does not answer "
+        "(RedisUnavailable); EC2 does not answer or is throttling (Ec2Unavailable, or "
+        "EC2's code): try again",
+    ),
+    summary="The policy's coverage now: per rule, ENIs mirrored live, dark, missing by "
+    "reason, unsupported; managed sessions no rule wants (read from EC2, cached a few seconds)",
+)
+async def get_coverage(s: Svc) -> JSONResponse:
+    if s.coverage is None:
+        raise ApiError(503, "NoPolicy", "this API was started without --policy: no coverage")
+    return JSONResponse(await s.coverage.get())
 
 
 @probes.get("/healthz", response_model=Health, summary="Liveness: the process answers")

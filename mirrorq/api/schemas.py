@@ -66,6 +66,64 @@ class EventOutcome(BaseModel):
     ignored: str = Field(description="why it made no job, if it made none")
 
 
+class CoverageTotals(BaseModel):
+    matched: int = Field(description="ENIs some rule matches (each rule's count, summed)")
+    eligible: int = Field(description="of those, the ENIs that can be mirrored")
+    live: int = Field(description="mirrored to a live target")
+    dark: int = Field(description="mirrored to a dead target: EC2 mirrors nothing")
+    missing: int = Field(description="not mirrored")
+    unsupported: int = Field(description="cannot be a source (listed, not counted)")
+    unwanted: int = Field(description="managed sessions no rule wants")
+
+
+class CoverageEni(BaseModel):
+    eni: str
+    instance_id: str | None
+    zone: str | None
+    state: Literal["live", "dark", "missing", "unsupported"]
+    reason: str = Field(
+        description="dark: why its target is dead (eni_gone, instance_stopped, ...); missing: "
+        "not_mirrored, pending, session_limit, targets_full, no_target_in_zone, no_target; "
+        "unsupported: unsupported_instance_type, is_mirror_target, not_interface_type"
+    )
+    session_id: str | None = Field(description="live, dark: the rule's session")
+    target: str | None = Field(description="live, dark: its target")
+
+
+class CoverageRule(BaseModel):
+    rule: str
+    account_id: str | None = Field(description="null: the fleet's own credentials' account")
+    region: str | None
+    matched: int
+    eligible: int
+    live: int
+    dark: int
+    missing: dict[str, int] = Field(description="ENIs not mirrored, by reason")
+    unsupported: int
+    percent: float = Field(ge=0, le=100, description="live over eligible (100 with none)")
+    enis: list[CoverageEni]
+
+
+class CoverageUnwanted(BaseModel):
+    session_id: str
+    eni: str
+    rule: str = Field(description="its mirrorq:rule tag")
+    reason: str = Field(
+        description="rule_gone (no rule of the policy has its name here), eni_not_matched, "
+        "filter_not_rules, target_not_rules (as prune says: mirrorq/prune.py)"
+    )
+
+
+class Coverage(BaseModel):
+    generated_at: str = Field(description="when EC2 was read (UTC, ISO 8601)")
+    percent: float = Field(ge=0, le=100, description="live over eligible, every rule")
+    totals: CoverageTotals
+    rules: list[CoverageRule] = Field(description="one per rule and account-Region")
+    unwanted: list[CoverageUnwanted]
+    notes: list[str] = Field(description="places not read, rules with no target there")
+    complete: bool = Field(description="every place was read")
+
+
 class ErrorField(BaseModel):
     field: str = Field(description="the field, parameter or header, or (body), (job), (line)")
     message: str

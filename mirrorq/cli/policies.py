@@ -172,6 +172,8 @@ def reconcile(
     if places is not None:
         console.print(places)
     _say_where_not(done.plan)
+    for repair in done.repairs:  # each dark session: where it moves, or why it stays
+        click.echo(f"mirrorq: {repair}", err=True)
     assert done.batch_id is not None  # keep_empty
     click.echo(done.batch_id)
     if wait:

@@ -28,7 +28,7 @@ from config import Settings
 from mirrorq.api.ui import data
 from mirrorq.api.ui.feeds import Feed, Snapshot
 from mirrorq.api.ui.session import COOKIE, Sessions
-from tasks import keys
+from mirrorq.coverage import stored_view
 from tasks.producer import Producer
 
 __all__ = ["Dashboard", "ui"]
@@ -99,8 +99,9 @@ class Dashboard:
         return in_thread
 
     def _last_pass(self) -> float | None:
-        value = self.producer.store.client.get(keys.RECONCILE_LAST_PASS)
-        return None if value is None else float(value)
+        """When the latest reconcile pass read EC2 (the view it stored for the gauges)."""
+        view = stored_view(self.producer.store.client)
+        return None if view is None else data.iso_seconds(view.get("generated_at"))
 
     # --- the fleet's samples, taken while someone looks ---
 

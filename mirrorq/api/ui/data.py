@@ -363,6 +363,9 @@ def coverage_view(report: dict[str, Any] | None) -> dict[str, Any] | None:
         "rules": shaped,
         "several_places": len(places) > 1,
         "unwanted": report.get("unwanted") or [],
+        # what these numbers do not count: places not read, rules with no target there
+        "notes": list(report.get("notes") or []),
+        "complete": bool(report.get("complete", True)),
     }
 
 

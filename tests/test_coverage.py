@@ -1,0 +1,194 @@
+"""Coverage and dark-session repair, planned from what was read (pure: no EC2, no Redis)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from mirrorq.bulk import Live, PlaceRead, plan_read
+from mirrorq.coverage import compute
+from mirrorq.dark import after, plan_repairs
+from mirrorq.managed import rule_tag
+from mirrorq.planning import PlaceState, Target
+from mirrorq.rules import Choose, Rule, Selectors
+from mirrorq.targets import Health, health_of
+from tasks.contract import NOWHERE
+
+A, B, C = "tmt-aaaaaaaaaaaaaaaaa", "tmt-bbbbbbbbbbbbbbbbb", "tmt-ccccccccccccccccc"
+F, OTHER_F = "tmf-00000000000000001", "tmf-00000000000000002"
+PROD = Selectors(tags=(("Env", "prod"),))
+
+
+def eni(n: int, zone: str = "us-east-1a", env: str = "prod") -> dict[str, Any]:
+    return {
+        "NetworkInterfaceId": f"eni-{n:017x}",
+        "AvailabilityZone": zone,
+        "InterfaceType": "interface",
+        "Attachment": {"InstanceId": f"i-{n:017x}"},
+        "TagSet": [{"Key": "Env", "Value": env}],
+    }
+
+
+def session(n: int, target: str, *, rule: str | None = "web", filter_id: str = F) -> dict[str, Any]:
+    return {
+        "TrafficMirrorSessionId": f"tms-{n:017x}",
+        "NetworkInterfaceId": f"eni-{n:017x}",
+        "TrafficMirrorTargetId": target,
+        "TrafficMirrorFilterId": filter_id,
+        "SessionNumber": n,
+        "Tags": [rule_tag(rule)] if rule else [],
+    }
+
+
+def live_of(
+    rule: Rule,
+    enis: list[dict[str, Any]],
+    sessions: list[dict[str, Any]],
+    targets: dict[str, Target],
+    health: dict[str, Health],
+    types: dict[str, str] | None = None,
+) -> Live:
+    state = PlaceState([rule], enis, sessions, targets, set(), types or {})
+    return Live([rule], [NOWHERE], [PlaceRead(state, [], set(), health)])
+
+
+def web(*targets: str, choose: Choose | None = Choose.LEAST_LOADED) -> Rule:
+    return Rule("web", PROD, targets, F, choose=choose)
+
+
+ALIVE = {A: Health(A, live=True), B: Health(B, live=True)}
+A_DEAD = {A: Health(A, live=False, reason="eni_gone"), B: Health(B, live=True)}
+
+
+def test_coverage_counts_each_eni_by_state_and_the_percentage_only_what_can_be_mirrored() -> None:
+    enis = [eni(1), eni(2), eni(3), eni(4), eni(5, env="dev")]
+    sessions = [
+        session(1, A),  # dark: A is dead
+        session(2, B),  # live
+        session(5, B),  # managed, its ENI no longer matches: unwanted
+        session(6, B, rule="gone"),  # its rule left the policy: unwanted
+        session(7, B, rule=None),  # not managed: never unwanted
+    ]
+    targets = {A: Target(A, source_limit=None), B: Target(B, source_limit=None)}
+    live = live_of(
+        web(A, B), enis, sessions, targets, A_DEAD, {eni(4)["NetworkInterfaceId"]: "t2.micro"}
+    )
+    found = compute(live, region="us-east-1", now=datetime(2026, 12, 6, tzinfo=UTC))
+    body = found.to_json()
+    assert body["generated_at"] == "2026-12-06T00:00:00Z"
+    assert body["totals"] == {
+        "matched": 4,
+        "eligible": 3,
+        "live": 1,
+        "dark": 1,
+        "missing": 1,
+        "unsupported": 1,
+        "unwanted": 2,
+    }
+    assert body["percent"] == 33.33
+    (row,) = body["rules"]
+    assert (row["rule"], row["account_id"], row["region"]) == ("web", None, "us-east-1")
+    assert row["missing"] == {"not_mirrored": 1}
+    states = {
+        e["eni"]: (e["state"], e["reason"], e["session_id"], e["target"]) for e in row["enis"]
+    }
+    assert states == {
+        eni(1)["NetworkInterfaceId"]: ("dark", "eni_gone", "tms-00000000000000001", A),
+        eni(2)["NetworkInterfaceId"]: ("live", "", "tms-00000000000000002", B),
+        eni(3)["NetworkInterfaceId"]: ("missing", "not_mirrored", None, None),
+        eni(4)["NetworkInterfaceId"]: ("unsupported", "unsupported_instance_type", None, None),
+    }
+    assert {e["instance_id"] for e in row["enis"]} == {f"i-{n:017x}" for n in (1, 2, 3, 4)}
+    assert {(u["session_id"], u["reason"]) for u in body["unwanted"]} == {
+        ("tms-00000000000000005", "eni_not_matched"),
+        ("tms-00000000000000006", "rule_gone"),
+    }
+    assert compute(live_of(web(A, B), [], [], targets, ALIVE)).percent == 100.0
+
+
+def test_an_eni_with_a_live_and_a_dark_session_of_its_rule_is_live() -> None:
+    targets = {A: Target(A), B: Target(B)}
+    live = live_of(
+        web(A, B),
+        [eni(1)],
+        [session(1, A), {**session(1, B), "TrafficMirrorSessionId": "tms-2"}],
+        targets,
+        A_DEAD,
+    )
+    (row,) = compute(live).rules
+    assert [(e.state, e.target) for e in row.enis] == [("live", B)]
+
+
+def test_dark_sessions_move_to_a_live_target_within_its_limits_and_zone() -> None:
+    enis = [eni(n) for n in range(1, 5)]
+    sessions = [session(1, A), session(2, A), session(3, A), session(4, B)]
+    targets = {A: Target(A, "eni-a", "us-east-1a", 10), B: Target(B, "eni-b", "us-east-1a", 3)}
+    live = live_of(web(A, B), enis, sessions, targets, A_DEAD)
+    repairs = plan_repairs(live)
+    # B takes 3 sources: ENI 4's, and two of the three dark sessions; the third stays dark.
+    assert [(r.session_id, r.from_target, r.to_target) for r in repairs] == [
+        ("tms-00000000000000001", A, B),
+        ("tms-00000000000000002", A, B),
+        ("tms-00000000000000003", A, None),
+    ]
+    assert repairs[0].request() == {
+        "TrafficMirrorSessionId": "tms-00000000000000001",
+        "TrafficMirrorTargetId": B,
+    }
+    assert repairs[0].reason == "eni_gone"
+    assert "full" in repairs[2].why
+    # same-az: a live target in another zone takes none
+    other_zone = {A: targets[A], B: Target(B, "eni-b", "us-east-1b", 100)}
+    stays = plan_repairs(
+        live_of(web(A, B, choose=Choose.SAME_AZ), enis, sessions, other_zone, A_DEAD)
+    )
+    assert [r.to_target for r in stays] == [None, None, None]
+    assert "no live target in us-east-1a" in stays[0].why
+
+
+def test_only_managed_sessions_of_the_policy_s_rules_are_repaired() -> None:
+    sessions = [session(1, A, rule=None), session(2, A, rule="gone"), session(3, A)]
+    targets = {A: Target(A), B: Target(B)}
+    repairs = plan_repairs(
+        live_of(web(A, B), [eni(n) for n in (1, 2, 3)], sessions, targets, A_DEAD)
+    )
+    assert [r.session_id for r in repairs] == ["tms-00000000000000003"]
+    assert plan_repairs(live_of(web(A, B), [eni(3)], [session(3, A)], targets, ALIVE)) == []
+    # no live target at all: said, left
+    dead = {A: A_DEAD[A], B: Health(B, live=False, reason="instance_stopped")}
+    (left,) = plan_repairs(live_of(web(A, B), [eni(3)], [session(3, A)], targets, dead))
+    assert left.to_target is None
+    assert "no live target" in left.why
+
+
+def test_creates_go_to_live_targets_counting_the_repairs() -> None:
+    """A dead target takes no new session; the moved sessions load their new target."""
+    enis = [eni(1), eni(2)]
+    targets = {
+        A: Target(A, source_limit=10),
+        B: Target(B, source_limit=10),
+        C: Target(C, source_limit=10),
+    }
+    health = {**A_DEAD, C: Health(C, live=True)}
+    live = live_of(web(A, B, C), enis, [session(1, A)], targets, health)
+    repairs = plan_repairs(live)
+    assert [r.to_target for r in repairs] == [B]
+    plan = plan_read(after(live, repairs))
+    (create,) = plan.to_create()
+    assert create.target_id == C  # B carries the moved session: C is the least loaded
+    assert plan_read(live).counts()["already_mirrored"] == 1  # before: ENI 1's session (dark)
+
+
+def test_a_target_s_health_from_what_was_read() -> None:
+    target = {"TrafficMirrorTargetId": A, "NetworkInterfaceId": "eni-s", "OwnerId": "111111111111"}
+    attached = {"eni-s": {"NetworkInterfaceId": "eni-s", "Attachment": {"InstanceId": "i-s"}}}
+    assert health_of(A, None, {}, {}, None) == Health(A, False, "target_gone")
+    assert health_of(A, target, attached, {"i-s": "running"}, None).live
+    assert health_of(A, target, attached, {"i-s": "stopped"}, None).reason == "instance_stopped"
+    assert health_of(A, target, attached, {}, None).reason == "instance_gone"
+    assert health_of(A, target, {}, {}, "111111111111").reason == "eni_gone"
+    assert health_of(A, target, {}, {}, "222222222222").live  # shared with us: not ours to see
+    detached = {"eni-s": {"NetworkInterfaceId": "eni-s"}}
+    assert health_of(A, target, detached, {}, None).reason == "eni_detached"
+    nlb = {"TrafficMirrorTargetId": B, "Type": "network-load-balancer"}
+    assert health_of(B, nlb, {}, {}, None).live

@@ -1,0 +1,160 @@
+"""Prune planning, pure (mirrorq/prune.py), the eligibility table and the managed tag."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from mirrorq.eligibility import unsupported
+from mirrorq.managed import MIRROR_RULE, RULE_TAG, managed_fields, rule_of
+from mirrorq.planning import Outcome, Target, plan, planned_jobs
+from mirrorq.prune import PrunePlan, PruneState, Reason, guard, plan_prune
+from mirrorq.rules import Rule, Selectors, SessionOptions
+from tasks.contract import Placement
+
+T, T2, DEAD = "tmt-0000000000000000a", "tmt-0000000000000000b", "tmt-0000000000000000d"
+F, F2 = "tmf-0000000000000000a", "tmf-0000000000000000b"
+PROD = Rule("prod", Selectors(tags=(("Env", "prod"),)), (T,), F)
+DB = Rule("db", Selectors(tags=(("Role", "db"),)), (T2,), F)
+
+
+def eni(n: int, **tags: str) -> dict[str, Any]:
+    return {
+        "NetworkInterfaceId": f"eni-{n:017x}",
+        "InterfaceType": "interface",
+        "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()],
+    }
+
+
+def session(n: int, rule: str | None, target: str = T, flt: str = F) -> dict[str, Any]:
+    tags = [{"Key": RULE_TAG, "Value": rule}] if rule is not None else []
+    return {
+        "TrafficMirrorSessionId": f"tms-{n:017x}",
+        "NetworkInterfaceId": f"eni-{n % 100:017x}",
+        "TrafficMirrorTargetId": target,
+        "TrafficMirrorFilterId": flt,
+        "Tags": [*tags, {"Key": "team", "Value": "sec"}],
+    }
+
+
+def state(policy: list[Rule], sessions: list[dict[str, Any]], **kw: Any) -> PruneState:
+    enis = {e["NetworkInterfaceId"]: e for e in kw.pop("enis", [])}
+    return PruneState(
+        policy, kw.pop("applying", policy), kw.pop("here", policy), enis, sessions, **kw
+    )
+
+
+def test_only_managed_sessions_no_rule_wants_are_pruned_each_with_its_reason() -> None:
+    enis = [eni(1, Env="prod"), eni(2, Env="dev"), eni(3, Env="prod"), eni(4, Env="prod")]
+    enis += [eni(5, Env="prod", Role="db"), eni(6, Env="prod"), eni(7, Env="dev")]
+    sessions = [
+        session(1, "prod"),  # wanted
+        session(2, "prod"),  # ENI lost its tag
+        session(102, None),  # the same ENI, not mirrorq's: never touched
+        session(3, "prod", flt=F2),  # another filter
+        session(4, "prod", target=T2),  # another target
+        session(5, "gone"),  # its rule left the policy
+        session(6, MIRROR_RULE),  # `mirrorq mirror`'s: no policy's to judge
+        session(7, "prod", target=DEAD),  # dark: repaired, never pruned
+        session(8, "prod"),  # an ENI this place does not describe (a sharer's)
+    ]
+    done = plan_prune(
+        state([PROD], sessions, enis=enis, dead_targets=frozenset({DEAD})), everything=True
+    )
+    assert [(d.session_id[-1], d.reason) for d in done.deletions] == [
+        ("2", Reason.ENI_NOT_MATCHED),
+        ("3", Reason.FILTER_NOT_RULES),
+        ("4", Reason.TARGET_NOT_RULES),
+        ("5", Reason.RULE_GONE),
+    ]
+    assert done.managed == 7  # every tagged session on an ENI described here
+    assert done.deletions[0].to_json()["network_interface_id"] == eni(2)["NetworkInterfaceId"]
+
+
+def test_without_prune_a_rule_keeps_its_sessions_and_rules_gone_need_every_rule() -> None:
+    enis = [eni(2, Env="dev"), eni(5, Role="db")]
+    sessions = [session(2, "prod"), session(5, "gone")]
+    assert plan_prune(state([PROD, DB], sessions, enis=enis)).deletions == []
+    pruning = [replace(PROD, prune=True), DB]
+    assert [d.reason for d in plan_prune(state(pruning, sessions, enis=enis)).deletions] == [
+        Reason.ENI_NOT_MATCHED
+    ]
+    every = [replace(PROD, prune=True), replace(DB, prune=True)]
+    assert len(plan_prune(state(every, sessions, enis=enis)).deletions) == 2
+
+
+def test_no_rules_or_a_rule_not_plannable_here_prune_nothing() -> None:
+    enis = [eni(2, Env="dev")]
+    assert plan_prune(state([], [session(2, "prod")], enis=enis), everything=True).deletions == []
+    missing_here = state([PROD], [session(2, "prod")], enis=enis, here=[])
+    assert plan_prune(missing_here, everything=True).deletions == []
+    elsewhere = state([PROD], [session(2, "prod")], enis=enis, applying=[], here=[])
+    assert [d.reason for d in plan_prune(elsewhere, everything=True).deletions] == [
+        Reason.RULE_GONE
+    ]
+
+
+def test_the_guard_refuses_a_pass_over_the_share_of_an_account_unless_forced() -> None:
+    one = Placement(role_arn="arn:aws:iam::111111111111:role/m", region="us-east-1")
+    two = Placement(role_arn="arn:aws:iam::222222222222:role/m", region="us-east-1")
+    deletions = plan_prune(state([PROD], [session(2, "prod")], enis=[eni(2)]), everything=True)
+    small = PrunePlan(deletions.deletions, managed=10)  # 10 %
+    large = PrunePlan(deletions.deletions * 3, managed=10)  # 30 %
+    assert guard([(one, small), (two, PrunePlan(managed=5))], 0.2) == []
+    (refusal,) = guard([(one, small), (two, large)], 0.2)
+    assert (refusal.account, refusal.deleting, refusal.managed) == ("222222222222", 3, 10)
+    assert "30%" in str(refusal)
+    assert "--force" in str(refusal)
+    assert guard([(two, large)], 0.2, force=True) == []
+    # Regions of one account add up: 2 of 10 is within 20 %, 3 of 10 is not.
+    west = Placement(role_arn=one.role_arn, region="eu-west-1")
+    assert (
+        guard(
+            [(one, PrunePlan(deletions.deletions, 5)), (west, PrunePlan(deletions.deletions, 5))],
+            0.2,
+        )
+        == []
+    )
+    assert guard([(one, small), (west, PrunePlan(deletions.deletions * 2, 0))], 0.2)
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "eligible"),
+    [
+        ("t2.micro", False),
+        ("c5.metal", False),
+        ("m6i.metal-24xl", False),
+        ("m7i-flex.large", False),
+        ("c3.large", False),
+        ("m4.large", True),
+        ("x1e.xlarge", True),
+        ("m5.large", True),
+        ("c5.large", True),
+    ],
+)
+def test_eligible_sources_follow_the_guide(instance_type: str, eligible: bool) -> None:
+    assert (unsupported(instance_type) is None) is eligible
+
+
+def test_planned_sessions_carry_their_rule_and_unsupported_types_are_skipped() -> None:
+    tagged = replace(PROD, options=SessionOptions(session_tags=(("team", "sec"), (RULE_TAG, "x"))))
+    enis = [eni(1, Env="prod"), eni(2, Env="prod"), eni(3, Env="prod"), eni(4, Env="prod")]
+    types = {
+        e["NetworkInterfaceId"]: t
+        for e, t in zip(enis, ["t2.micro", "m5.large", "c5.metal", "m4.large"], strict=True)
+    }
+    planned = plan([tagged], enis, [], {T: Target(T)}, set(), instance_types=types)
+    assert [i.outcome for i in planned.items] == [
+        Outcome.UNSUPPORTED_INSTANCE_TYPE,
+        Outcome.CREATE,
+        Outcome.UNSUPPORTED_INSTANCE_TYPE,
+        Outcome.CREATE,
+    ]
+    assert planned.items[0].detail == "t2.micro: t2 is not Nitro"
+    (spec,) = planned_jobs(planned)[0].request["TagSpecifications"]
+    assert spec["Tags"] == [{"Key": "team", "Value": "sec"}, {"Key": RULE_TAG, "Value": "prod"}]
+    assert rule_of({"Tags": spec["Tags"]}) == "prod"
+    mirror = managed_fields(replace(PROD, name=""))["TagSpecifications"][0]["Tags"]
+    assert mirror == [{"Key": RULE_TAG, "Value": MIRROR_RULE}]
