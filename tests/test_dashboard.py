@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from emulator.lab import LAB_IMAGE_ID, lab_client, seed_lab
 from emulator.zoned_lab import launch, seed_zoned_lab
 from mirrorq.processes import MIRRORQ, ApiProcess, EmulatorProcess, WorkerProcess, free_port
 from tests.helpers import wait_until
+from tests.redis_server import RedisServer
 
 TOKEN = "dashboard-token-7c1e55aa"  # noqa: S105 - the tests' own
 OTHER_TOKEN = "dashboard-token-second-9f"  # noqa: S105
@@ -507,3 +509,39 @@ def test_the_dashboard_shows_coverage_batches_and_the_fleet_live(
     for log in [process.log_path, *(w.log_path for w in workers)]:
         assert TOKEN not in log.read_text(), log
     assert all(TOKEN not in c["value"] for c in browser.get_cookies())
+
+
+def test_the_pages_say_their_figures_are_stale_while_redis_is_away(
+    env: dict[str, str], private_redis: RedisServer
+) -> None:
+    """Redis stops: every view still answers within a few seconds, with its last figures and
+    a banner saying they are stale; once Redis is back the banner goes."""
+    url_of_redis = private_redis.url(0)
+    process, url = start_api(
+        {**env, "MIRRORQ_BROKER_URL": url_of_redis, "MIRRORQ_REDIS_RETRY_S": "30"}
+    )
+    try:
+        signed_in = httpx.Client(base_url=url, timeout=30)
+        assert signed_in.post("/ui/login", data={"token": TOKEN}).status_code == 303
+        views = ["/ui/batches/live", "/ui/fleet/live"]
+        wait_until(
+            lambda: "Workers alive" in signed_in.get("/ui/fleet/live").text, 20, 0.5, "a sample"
+        )
+        for path in views:
+            assert "Stale" not in signed_in.get(path).text, path
+        private_redis.stop()
+
+        def stale() -> bool:
+            return all("Stale: Redis does not answer" in signed_in.get(p).text for p in views)
+
+        wait_until(stale, 30, 0.5, "the stale banners")
+        for path in views:
+            started = time.monotonic()
+            answer = signed_in.get(path)
+            assert answer.status_code == 200
+            assert time.monotonic() - started < 10  # not held for MIRRORQ_REDIS_RETRY_S
+        assert "Workers alive" in signed_in.get("/ui/fleet/live").text  # the last figures
+        private_redis.start()
+        wait_until(lambda: not any("Stale" in signed_in.get(p).text for p in views), 60, 0.5)
+    finally:
+        process.stop()

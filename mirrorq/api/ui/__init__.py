@@ -76,7 +76,7 @@ class Dashboard:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        self.templates.filters.update(ago=_ago, clock=_clock, num=_num)
+        self.templates.filters.update(ago=_ago, clock=_clock, num=_num, when=_when)
         self.batches_reader = data.BatchReader(producer)
         self.batches = Feed(self._read(self.batches_reader.overview), 1.0, WAIT_S, "Redis")
         self.last_pass = Feed(self._read(self._last_pass), 5.0, WAIT_S, "Redis")
@@ -115,10 +115,12 @@ class Dashboard:
         while time.monotonic() - self._viewed < VIEWED_S:
             ask = number % WORKER_PING_EVERY == 0
             number += 1
+            taking = asyncio.ensure_future(run_in_threadpool(self._take_sample, ask))
+            done, _ = await asyncio.wait({taking}, timeout=WAIT_S + (1.0 if ask else 0.0))
+            if not done:  # Redis commands retry through an outage: say so while they do
+                self.sample_error = "Redis does not answer"
             try:
-                sample = await asyncio.wait_for(
-                    run_in_threadpool(self._take_sample, ask), self.settings.redis_retry_s
-                )
+                sample = await taking
             except Exception as error:  # Redis away: say so; the history keeps its gap
                 self.sample_error = f"Redis does not answer ({type(error).__name__})"
             else:
@@ -179,6 +181,12 @@ def _ago(at: float | None) -> str:
     if seconds < 7200:
         return f"{seconds // 60} min"
     return f"{seconds // 3600} h"
+
+
+def _when(text: str | None) -> str:
+    """An ISO time as `2026-12-06 14:07:31 UTC`."""
+    at = data.iso_seconds(text)
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
 
 
 def _num(value: Any, digits: int = 0) -> str:

@@ -144,7 +144,7 @@ class BatchReader:
             return None
         batch = keys.batch(batch_id)
         skip, more = (page - 1) * JOBS_PAGE, False
-        rows: list[dict[str, str]] = []
+        rows: list[dict[str, Any]] = []
         for chunk in self.producer.store.batches.job_ids(batch_id):
             statuses = [
                 _text(s) if s else "expired" for s in self.client.hmget(batch.statuses, chunk)
@@ -161,6 +161,9 @@ class BatchReader:
                     break
             if more:
                 break
+        records = self.producer.store.load_many([r["job_id"] for r in rows])
+        for row, record in zip(rows, records, strict=True):
+            row.update(job_row(record))
         submitted = iso_seconds(found["submitted_at"]) or time.time()
         rate = None
         if found.get("finished_at") is None:
@@ -169,6 +172,24 @@ class BatchReader:
         if not entry["running"]:
             entry["failure_codes"] = self.failure_codes(batch_id, found)
         return {"batch": entry, "jobs": rows, "page": page, "more": more, "status": status}
+
+
+def job_row(record: Any) -> dict[str, Any]:
+    """What a batch's page shows of one job's record (any kind: a create's session is in
+    its answer, a delete's or modify's in its request)."""
+    if record is None:
+        return {"eni": "", "session_id": "", "attempts": "", "error": "record expired"}
+    request = record.get("request") or {}
+    answer = (record.get("response") or {}).get("TrafficMirrorSession") or {}
+    error = record.get("error") or {}
+    return {
+        "eni": request.get("NetworkInterfaceId") or record.get("network_interface_id") or "",
+        "session_id": answer.get("TrafficMirrorSessionId")
+        or request.get("TrafficMirrorSessionId")
+        or "",
+        "attempts": record.get("attempts", ""),
+        "error": error.get("code") or "",
+    }
 
 
 # --- the fleet ---

@@ -54,7 +54,9 @@ class Feed(Generic[T]):
                 await asyncio.wait_for(asyncio.shield(self._task), self.wait_s)
         error = self._error
         if self._task is not None and error is None:
-            error = f"{self.what} has not answered for {self._clock() - self._started_at:.0f} s"
+            error = (
+                f"{self.what} does not answer (asked {self._clock() - self._started_at:.0f} s ago)"
+            )
         return Snapshot(self._value, self._read_at, error)
 
     async def _refresh(self) -> None:
