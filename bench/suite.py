@@ -50,12 +50,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--only",
-        choices=["pipeline", "events", "api", "accounts", "events-accounts"],
+        choices=["pipeline", "events", "api", "accounts", "events-accounts", "dashboard"],
         help="run only this benchmark (printed; accounts also writes bench/results/accounts.json)",
     )
     args = parser.parse_args(argv)
     if args.only == "accounts":
         only_accounts(args.account_jobs)
+        return
+    if args.only == "dashboard":
+        from bench.dashboard import main as dashboard
+
+        dashboard()
         return
     if args.only == "events-accounts":
         only_events_accounts()

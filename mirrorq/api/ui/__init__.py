@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import hashlib
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit
@@ -40,6 +42,7 @@ WAIT_S = 2.0  # a page answers within this, with the last good figures if Redis 
 VIEWED_S = 600.0  # the fleet is sampled while a page was viewed within this
 WORKER_PING_EVERY = 3  # samples between two pings of the workers (a ping waits 1 s)
 LOGIN_BODY_MAX = 4096
+RENDERED_KEPT = 64  # coverage pages kept rendered (per filter of the ENI list, one each)
 HEADERS = {
     # Everything the pages use is the package's own: no inline script, no other origin.
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -90,6 +93,29 @@ class Dashboard:
         self.sampled_at: float | None = None
         self._viewed = 0.0
         self._sampler: asyncio.Task[None] | None = None
+        # Coverage pages rendered from one report, kept until it changes: every browser's
+        # update within a refresh period is served without filtering or rendering again.
+        self._rendered: OrderedDict[Hashable, str] = OrderedDict()
+
+    async def render_once(
+        self, key: Hashable, name: str, context: Callable[[], dict[str, Any]], **extra: Any
+    ) -> Response:
+        """`name` rendered with `context()` and `extra`, or the text rendered for `key`."""
+        text = self._rendered.get(key)
+        if text is None:
+
+            def rendering() -> str:
+                return self.templates.get_template(name).render(
+                    poll_ms=POLL_MS, **context(), **extra
+                )
+
+            text = await run_in_threadpool(rendering)
+            self._rendered[key] = text
+            while len(self._rendered) > RENDERED_KEPT:
+                self._rendered.popitem(last=False)
+        else:
+            self._rendered.move_to_end(key)
+        return _timed(HTMLResponse(text))
 
     @staticmethod
     def _read(read: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
@@ -210,13 +236,20 @@ def dashboard(request: Request) -> Dashboard:
 Dash = Annotated[Dashboard, Depends(dashboard)]
 
 
+# When the request's handling began (set by the session check, the first thing each route
+# does), for the Server-Timing header of its answer (bench/dashboard.py reads it).
+_started: contextvars.ContextVar[float] = contextvars.ContextVar("ui_started", default=0.0)
+
+
 async def page_session(request: Request, d: Dash) -> None:
+    _started.set(time.perf_counter())
     if d.sessions.check(request.cookies.get(COOKIE)) is None:
         raise LoginRequired(page=True)
     d.viewed()
 
 
 async def data_session(request: Request, d: Dash) -> None:
+    _started.set(time.perf_counter())
     if d.sessions.check(request.cookies.get(COOKIE)) is None:
         raise LoginRequired(page=False)
     d.viewed()
@@ -242,10 +275,28 @@ def _secured(response: Response) -> Response:
     return response
 
 
-def render(d: Dashboard, name: str, code: int = 200, **context: Any) -> HTMLResponse:
+def render(d: Dashboard, name: str, code: int = 200, **context: Any) -> Response:
     text = d.templates.get_template(name).render(poll_ms=POLL_MS, **context)
-    response = HTMLResponse(text, code)
+    return _timed(HTMLResponse(text, code))
+
+
+def _timed(response: Response) -> Response:
+    """The answer with the dashboard's headers and its Server-Timing: the time since the
+    request's session was checked (the start of its handling)."""
     _secured(response)
+    if _started.get():
+        took = (time.perf_counter() - _started.get()) * 1000
+        response.headers["Server-Timing"] = f"app;dur={took:.2f}"
+    return response
+
+
+def unchanged_or(request: Request, response: Response) -> Response:
+    """A live part the page already shows (its script sends the ETag it has) is answered
+    304 with no body."""
+    tag = '"' + hashlib.blake2b(bytes(response.body), digest_size=12).hexdigest() + '"'
+    if request.headers.get("if-none-match") == tag:
+        return _timed(Response(status_code=304, headers={"ETag": tag}))
+    response.headers["ETag"] = tag
     return response
 
 
@@ -330,32 +381,38 @@ async def logout(request: Request) -> Response:
 # --- coverage ---
 
 
-async def _coverage(d: Dashboard) -> tuple[Snapshot[dict[str, Any]] | None, list[str]]:
+async def _coverage(d: Dashboard) -> tuple[dict[str, Any] | None, float | None, list[str]]:
+    """The coverage report (None until computed), when it was read, and what is stale."""
     if d.coverage is None:
-        return None, await d.warnings()
+        return None, None, await d.warnings()
     snapshot = await d.coverage.get()
-    return snapshot, await d.warnings(snapshot)
+    return snapshot.value, snapshot.read_at, await d.warnings(snapshot)
 
 
-async def _coverage_context(d: Dashboard) -> dict[str, Any]:
-    snapshot, warnings = await _coverage(d)
-    report = None if snapshot is None else snapshot.value
+def _coverage_context(d: Dashboard, report: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "view": "coverage",
-        "warnings": warnings,
         "available": d.coverage is not None,
         "coverage": data.coverage_view(report),
     }
 
 
+async def _coverage_answer(d: Dashboard, name: str, **extra: Any) -> Response:
+    report, read_at, warnings = await _coverage(d)
+    key = (name, read_at, tuple(warnings), tuple(sorted(extra.items())))
+    return await d.render_once(
+        key, name, lambda: _coverage_context(d, report), warnings=warnings, **extra
+    )
+
+
 @ui.get("/coverage", dependencies=[Page])
 async def coverage_page(d: Dash) -> Response:
-    return render(d, "coverage.html", **await _coverage_context(d), live="/ui/coverage/live")
+    return await _coverage_answer(d, "coverage.html", live="/ui/coverage/live")
 
 
 @ui.get("/coverage/live", dependencies=[Live])
-async def coverage_live(d: Dash) -> Response:
-    return render(d, "coverage_live.html", **await _coverage_context(d))
+async def coverage_live(request: Request, d: Dash) -> Response:
+    return unchanged_or(request, await _coverage_answer(d, "coverage_live.html"))
 
 
 EniFilter = dict[str, Any]
@@ -370,37 +427,42 @@ def eni_filter(
     return {"rule": rule, "state": state or None, "reason": reason or None, "q": q or None}
 
 
-async def _enis_context(d: Dashboard, chosen: EniFilter) -> dict[str, Any]:
-    snapshot, warnings = await _coverage(d)
-    report = None if snapshot is None else snapshot.value
-    found = await run_in_threadpool(
-        data.coverage_enis, report, chosen["rule"], chosen["state"], chosen["reason"], chosen["q"]
+def _enis_context(d: Dashboard, report: dict[str, Any] | None, chosen: EniFilter) -> dict[str, Any]:
+    found = data.coverage_enis(
+        report, chosen["rule"], chosen["state"], chosen["reason"], chosen["q"]
     )
-    rules = [r["rule"] for r in (report or {}).get("rules", [])]
     return {
         "view": "coverage",
-        "warnings": warnings,
         "available": d.coverage is not None,
         "generated_at": (report or {}).get("generated_at"),
         "chosen": chosen,
-        "rules": rules,
+        "rules": [r["rule"] for r in (report or {}).get("rules", [])],
         "states": data.STATES,
         **found,
     }
+
+
+async def _enis_answer(d: Dashboard, name: str, chosen: EniFilter, **extra: Any) -> Response:
+    report, read_at, warnings = await _coverage(d)
+    key = (name, read_at, tuple(warnings), tuple(sorted(chosen.items())), tuple(extra.items()))
+    return await d.render_once(
+        key, name, lambda: _enis_context(d, report, chosen), warnings=warnings, **extra
+    )
 
 
 @ui.get("/coverage/enis", dependencies=[Page])
 async def enis_page(
     request: Request, d: Dash, chosen: Annotated[EniFilter, Depends(eni_filter)]
 ) -> Response:
-    context = await _enis_context(d, chosen)
     live = "/ui/coverage/enis/live" + (f"?{request.url.query}" if request.url.query else "")
-    return render(d, "enis.html", **context, live=live)
+    return await _enis_answer(d, "enis.html", chosen, live=live)
 
 
 @ui.get("/coverage/enis/live", dependencies=[Live])
-async def enis_live(d: Dash, chosen: Annotated[EniFilter, Depends(eni_filter)]) -> Response:
-    return render(d, "enis_live.html", **await _enis_context(d, chosen))
+async def enis_live(
+    request: Request, d: Dash, chosen: Annotated[EniFilter, Depends(eni_filter)]
+) -> Response:
+    return unchanged_or(request, await _enis_answer(d, "enis_live.html", chosen))
 
 
 # --- batches ---
@@ -421,8 +483,8 @@ async def batches_page(d: Dash) -> Response:
 
 
 @ui.get("/batches/live", dependencies=[Live])
-async def batches_live(d: Dash) -> Response:
-    return render(d, "batches_live.html", **await _batches_context(d))
+async def batches_live(request: Request, d: Dash) -> Response:
+    return unchanged_or(request, render(d, "batches_live.html", **await _batches_context(d)))
 
 
 async def _batch_context(
@@ -462,9 +524,10 @@ async def batch_page(
 
 @ui.get("/batches/{batch_id}/live", dependencies=[Live])
 async def batch_live(
-    d: Dash, batch_id: str, page: JobsPage = 1, status: StatusQ = None
+    request: Request, d: Dash, batch_id: str, page: JobsPage = 1, status: StatusQ = None
 ) -> Response:
-    return render(d, "batch_live.html", **await _batch_context(d, batch_id, page, status or None))
+    context = await _batch_context(d, batch_id, page, status or None)
+    return unchanged_or(request, render(d, "batch_live.html", **context))
 
 
 @ui.get("/jobs/{job_id}", dependencies=[Page])
@@ -503,5 +566,5 @@ async def fleet_page(d: Dash) -> Response:
 
 
 @ui.get("/fleet/live", dependencies=[Live])
-async def fleet_live(d: Dash) -> Response:
-    return render(d, "fleet_live.html", **await _fleet_context(d))
+async def fleet_live(request: Request, d: Dash) -> Response:
+    return unchanged_or(request, render(d, "fleet_live.html", **await _fleet_context(d)))

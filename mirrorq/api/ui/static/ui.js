@@ -8,7 +8,7 @@
   const offline = document.getElementById("offline");
   if (!live || !live.dataset.live) return;
   const every = Number((stamp && stamp.dataset.pollMs) || 3000);
-  let last = null;
+  let tag = null; // the ETag of the part shown: an unchanged part comes back 304, empty
   let busy = false;
 
   function time() {
@@ -19,19 +19,21 @@
     if (busy || document.hidden) return;
     busy = true;
     try {
+      const headers = { Accept: "text/html" };
+      if (tag) headers["If-None-Match"] = tag;
       const answer = await fetch(live.dataset.live, {
         credentials: "same-origin",
         cache: "no-store",
-        headers: { Accept: "text/html" },
+        headers: headers,
       });
       if (answer.status === 401) {
         window.location.assign("/ui/login");
         return;
       }
-      if (!answer.ok) throw new Error("HTTP " + answer.status);
-      const text = await answer.text();
-      if (text !== last) {
-        last = text;
+      if (answer.status !== 304) {
+        if (!answer.ok) throw new Error("HTTP " + answer.status);
+        const text = await answer.text();
+        tag = answer.headers.get("ETag");
         live.innerHTML = text;
       }
       if (offline) offline.hidden = true;
