@@ -237,7 +237,8 @@ def test_the_fleet_chart_plots_jobs_finished_against_the_rates_and_marks_throttl
             data.Bucket("default", "us-east-1", "CreateTrafficMirrorSession", rate, 5.0, throttles),
             data.Bucket("default", "us-east-1", "DescribeInstances", 20.0, 20.0, 0),
         ]
-        return data.Sample(at, None, 0, 0, 0, buckets, {"default/us-east-1": finished})
+        done = {"default/us-east-1/created": finished, "default/us-east-1/failed": 7}
+        return data.Sample(at, None, 0, 0, 0, buckets, done)
 
     samples = [sample(0, 0, 5.0, 0), sample(5, 25, 5.0, 0), sample(10, 40, 2.5, 3)]
     samples[0] = data.Sample(0, 2, 0, 0, 0, samples[0].buckets, samples[0].finished)

@@ -213,7 +213,8 @@ class Sample:
     pending: int
     batches_running: int
     buckets: list[Bucket]
-    finished: dict[str, int]  # "<account>/<region>" -> jobs that reached a terminal status
+    # "<account>/<region>/<status>" -> jobs of that place that reached that terminal status
+    finished: dict[str, int]
 
 
 def read_sample(producer: Producer, workers: int | None) -> Sample:
@@ -223,12 +224,11 @@ def read_sample(producer: Producer, workers: int | None) -> Sample:
         pipe.scard(keys.RUNNING_BATCHES)
         pipe.hgetall(keys.STATS_PLACED)
         pending, running, placed = pipe.execute()
-    finished: Counter[str] = Counter()
-    terminal = {str(s) for s in TERMINAL_STATUSES}
+    finished: dict[str, int] = {}
+    terminal = {str(status) for status in TERMINAL_STATUSES}
     for name, count in placed.items():
-        account, region, status = _text(name).split("/", 2)
-        if status in terminal:
-            finished[f"{account}/{region}"] += int(count)
+        if _text(name).rsplit("/", 1)[-1] in terminal:
+            finished[_text(name)] = int(count)
     broker = producer.redis
     buckets = []
     prefix = keys.rate_limit("", "", "").rstrip(":") + ":"
@@ -256,7 +256,7 @@ def read_sample(producer: Producer, workers: int | None) -> Sample:
         int(pending),
         int(running),
         buckets,
-        dict(finished),
+        finished,
     )
 
 
@@ -267,6 +267,17 @@ def count_workers(producer: Producer, timeout_s: float) -> int:
 
 
 CHART_W, CHART_H = 600, 120
+# The outcomes of each mutating action's jobs: what a job of that kind ends in when its call
+# went through (a failure is not told apart by kind in the fleet's counters).
+DONE_BY = {
+    "CreateTrafficMirrorSession": ("created", "dry_run_ok"),
+    "DeleteTrafficMirrorSession": ("deleted",),
+    "ModifyTrafficMirrorSession": ("modified",),
+}
+
+
+def _done(sample: Sample, place: str, action: str) -> int:
+    return sum(sample.finished.get(f"{place}/{status}", 0) for status in DONE_BY[action])
 
 
 def _points(values: list[tuple[float, float]], t0: float, t1: float, top: float) -> str:
@@ -279,8 +290,9 @@ def _points(values: list[tuple[float, float]], t0: float, t1: float, top: float)
 
 def fleet_view(samples: list[Sample]) -> dict[str, Any]:
     """The latest sample's figures, and per account-Region bucket of a mutating action a
-    chart over the samples kept: jobs finished a second (one mutating call each, at least)
-    against the fleet's shared rate and the configured one, throttles marked."""
+    chart over the samples kept: its jobs done a second (created, deleted or modified: one
+    call each, at least) against the fleet's shared rate and the configured one, throttles
+    marked."""
     if not samples:
         return {"latest": None, "charts": []}
     latest = samples[-1]
@@ -288,7 +300,7 @@ def fleet_view(samples: list[Sample]) -> dict[str, Any]:
     t0, t1 = samples[0].at, latest.at
     charts = []
     for bucket in latest.buckets:
-        if bucket.action.startswith("Describe"):
+        if bucket.action not in DONE_BY:  # Describe actions: reads, charted in the table only
             continue
         place = f"{bucket.account}/{bucket.region}"
         shared, configured, done, throttled = [], [], [], []
@@ -310,7 +322,9 @@ def fleet_view(samples: list[Sample]) -> dict[str, Any]:
             configured.append((sample.at, mine.configured))
             if previous is not None and sample.at > previous.at:
                 gap = sample.at - previous.at
-                finished = sample.finished.get(place, 0) - previous.finished.get(place, 0)
+                finished = _done(sample, place, bucket.action) - _done(
+                    previous, place, bucket.action
+                )
                 done.append((sample.at, max(0, finished) / gap))
                 before = next(
                     (
