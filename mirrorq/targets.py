@@ -8,9 +8,13 @@ and the instance it is attached to (DescribeInstances, by filter, so one gone is
 
 Not read (said in each answer's `reason`, counted live): a Network Load Balancer target's load
 balancer (elbv2 DescribeLoadBalancers: the road holds an EC2 client only, so reading it needs
-an elbv2 client per road in worker/aws.py and worker/roads.py), a Gateway Load Balancer
-endpoint's endpoint, and another account's sensor ENI shared with this one (RAM), which this
-account cannot describe (its owner's place, when a pass reads it, says).
+an elbv2 client, with its own limiter, per road in worker/aws.py and worker/roads.py; the
+emulator does answer elbv2, through moto's dispatcher, uncounted in its stats, but its labs'
+NLB targets name made-up ARNs, which DescribeLoadBalancers answers LoadBalancerNotFound, and
+moto 5.2.5 makes a `Type=network` balancer with an `.../app/...` ARN, `provisioning`), a
+Gateway Load Balancer endpoint's endpoint (DescribeVpcEndpoints), and another account's
+sensor ENI shared with this one (RAM), which this account cannot describe (its owner's place,
+when a pass reads it, says); an ENI not visible when this place's account is not known.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ async def target_health(
 ) -> dict[str, Health]:
     """The health of these targets in the road's place. `own_account`: this place's account,
     to tell its own target whose ENI is gone from another account's shared one, whose ENI
-    it cannot see (None: an ENI it cannot see is gone)."""
+    it cannot see (None: an ENI it cannot see is not judged, and counts live)."""
     wanted = sorted(set(target_ids))
     if not wanted:
         return {}
@@ -77,7 +81,10 @@ def health_of(  # noqa: PLR0911 - a return per state
     eni = enis.get(eni_id)
     if eni is None:
         owner = target.get("OwnerId")
-        if own_account is not None and owner is not None and owner != own_account:
+        if own_account is None or owner is None:
+            # Whose it is cannot be told: a sharer's live sensor must never be taken for dead.
+            return Health(target_id, True, "ENI not visible, owner unknown: not checked")
+        if owner != own_account:
             return Health(target_id, True, "shared from another account: not checked")
         return Health(target_id, False, "eni_gone")
     instance = (eni.get("Attachment") or {}).get("InstanceId")

@@ -187,6 +187,7 @@ def test_a_target_s_health_from_what_was_read() -> None:
     assert health_of(A, target, attached, {"i-s": "stopped"}, None).reason == "instance_stopped"
     assert health_of(A, target, attached, {}, None).reason == "instance_gone"
     assert health_of(A, target, {}, {}, "111111111111").reason == "eni_gone"
+    assert health_of(A, target, {}, {}, None).live  # whose ENI it is cannot be told
     assert health_of(A, target, {}, {}, "222222222222").live  # shared with us: not ours to see
     detached = {"eni-s": {"NetworkInterfaceId": "eni-s"}}
     assert health_of(A, target, detached, {}, None).reason == "eni_detached"

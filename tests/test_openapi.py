@@ -65,8 +65,8 @@ FUZZ = settings(
 )
 # Without a token every /v1 answer is the same 401: a few requests each show it is documented.
 FEW = settings(FUZZ, max_examples=3)
-# What a policy changes: the events it takes, and readiness (its file's validity).
-POLICY_DEPENDENT = {"POST /v1/events", "GET /readyz"}
+# What a policy changes: the events it takes, its coverage, and readiness (its file's validity).
+POLICY_DEPENDENT = {"POST /v1/events", "GET /v1/coverage", "GET /readyz"}
 
 
 @schemathesis.serializer("application/x-ndjson")
