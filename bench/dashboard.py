@@ -166,6 +166,7 @@ def bench_dashboard(enis: int = ENIS) -> dict[str, Any]:
         started = time.monotonic()
         lab = _seed(emulator.url, enis)
         seeded_s = time.monotonic() - started
+        console.print(f"seeded in {seeded_s:.0f} s")
         flush()
         policy = Path(tempfile.mkdtemp()) / "policy.toml"
         policy.write_text(_policy(lab))
@@ -179,6 +180,7 @@ def bench_dashboard(enis: int = ENIS) -> dict[str, Any]:
             "MIRRORQ_UI_COVERAGE_REFRESH_S": "3600",  # one EC2 read for the whole run
             "MIRRORQ_EC2_DESCRIBE_RATE": "1000",
             "MIRRORQ_READ_TIMEOUT_S": "600",  # moto describes 8,334 instances slowly
+            "MIRRORQ_VISIBILITY_TIMEOUT_S": "1000",  # must exceed deadline + read timeout
             "MIRRORQ_EC2_DESCRIBE_BURST": "200",
             "AWS_ACCESS_KEY_ID": LAB_CREDENTIALS["aws_access_key_id"],
             "AWS_SECRET_ACCESS_KEY": LAB_CREDENTIALS["aws_secret_access_key"],
