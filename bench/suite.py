@@ -8,6 +8,8 @@
    adaptive case, EC2's limit below mirrorq's configured rate.
 3. Submission: seconds to submit a 10,000-job batch, and Redis memory per job.
 4. Footprint: resident memory of one worker process with its EC2 client.
+6. A session's life: 2,000 sessions created, then modified, then deleted, each kind riding
+   its action's bucket (20/s burst 50), against the theoretical rate (bench/lifecycle.py).
 5. Many accounts: 4 workers riding 3 accounts x 2 Regions' buckets (20/s burst 50 each) at
    once, jobs placed by role_arn and region; then one account throttled to a quarter; next
    to the same harness with one account-Region (bench/accounts.py).
@@ -32,6 +34,7 @@ from bench.api import bench_api
 from bench.common import RESULTS, flush
 from bench.events import bench_events
 from bench.events_accounts import bench_events_accounts
+from bench.lifecycle import bench_lifecycle
 from bench.limits import ride
 from bench.pipeline import bench_pipeline
 from bench.submission import bench_submission
@@ -50,7 +53,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--only",
-        choices=["pipeline", "events", "api", "accounts", "events-accounts", "dashboard"],
+        choices=[
+            "pipeline",
+            "events",
+            "api",
+            "accounts",
+            "events-accounts",
+            "lifecycle",
+            "dashboard",
+        ],
         help="run only this benchmark (printed; accounts also writes bench/results/accounts.json)",
     )
     args = parser.parse_args(argv)
@@ -64,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.only == "events-accounts":
         only_events_accounts()
+        return
+    if args.only == "lifecycle":
+        only_lifecycle(args.ride_jobs)
         return
     if args.only in ("events", "api"):
         console.print_json(json.dumps(bench_events() if args.only == "events" else bench_api()))
@@ -90,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         console.print("3/6 many accounts (three runs of under a minute or two) ...")
         results["accounts"] = bench_accounts(emulator, args.account_jobs)
+        console.print("3b/6 a session's life: creates, modifies, deletes riding their buckets ...")
+        results["lifecycle"] = bench_lifecycle(emulator, args.ride_jobs)
     console.print("4/6 submission ...")
     results["submission"] = bench_submission(10_000)
     console.print("5/6 event to session ...")
@@ -135,6 +151,8 @@ def report(results: dict[str, Any]) -> Table:
             f"{ratio} of theoretical" + (" (>= 0.95, <= 2%)" if name == "shared_limiter" else ""),
         )
     for row in accounts_rows(results["accounts"]):
+        table.add_row(*row)
+    for row in lifecycle_rows(results["lifecycle"]):
         table.add_row(*row)
     s = results["submission"]
     table.add_row(
@@ -231,6 +249,52 @@ def only_events_accounts() -> None:
     )
     console.print(table)
     console.print(f"written to {output}")
+
+
+def only_lifecycle(jobs: int) -> None:
+    """Creates, modifies and deletes riding their buckets alone: printed, and written to
+    bench/results/lifecycle.json."""
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores",
+    }
+    with EmulatorProcess() as emulator:
+        results["lifecycle"] = bench_lifecycle(emulator, jobs)
+    flush()
+    output = RESULTS.with_name("lifecycle.json")
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    table = Table(title=f"mirrorq a session's life, {results['date']}, {results['machine']}")
+    for column in ("benchmark", "measured", "ratio / target"):
+        table.add_column(column, justify="left" if column == "benchmark" else "right")
+    for row in lifecycle_rows(results["lifecycle"]):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"written to {output}")
+
+
+def lifecycle_rows(life: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """One row per kind: the same sessions created, modified, deleted, each riding its bucket."""
+    rows = []
+    for kind, run in life["runs"].items():
+        failed = run["outcome"].get("failed", 0)
+        rows.append(
+            (
+                f"ride {kind} x{life['jobs']:,}, its bucket {life['ec2_rate']:.0f}/s "
+                f"burst {life['ec2_burst']}, 4 workers",
+                f"{run['achieved_rate']:.2f}/s in {run['seconds']:.1f} s, "
+                f"{run['throttled_fraction']:.1%} throttled, {failed} failed",
+                f"{_ratio(run['ratio_to_theoretical'])} of theoretical "
+                f"({life['theoretical_seconds']:.1f} s)",
+            )
+        )
+    rows.append(
+        (
+            "  sessions modified as asked / left after the deletes",
+            f"{life['sessions_modified']:,} / {life['sessions_left']:,}",
+            f"({life['jobs']:,} / 0)",
+        )
+    )
+    return rows
 
 
 def _ratio(r: float | None) -> str:

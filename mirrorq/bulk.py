@@ -19,7 +19,7 @@ from mirrorq.dark import Repair, repair_counts
 from mirrorq.inventory import Inventory
 from mirrorq.rules import Rule
 from mirrorq.targets import Health, target_health
-from tasks.contract import NOWHERE, JobKind, Placement, parse_request
+from tasks.contract import NOWHERE, JobKind, JobRequest, Placement, parse_request
 from tasks.errors import UnknownResourceError
 from tasks.producer import Producer
 from worker.errors import STS_OPERATIONS, classify
@@ -272,17 +272,24 @@ def submit_gaps(
     source: str,
     dry_run: bool = False,
     repairs: Sequence[Repair] = (),
+    others: Sequence[planning.SessionJob] = (),
+    noted: dict[str, Any] | None = None,
 ) -> str | None:
     """The plan's jobs as one batch, each submitted only if it claims its gap: a gap whose
     claimed job is still queued or running (planned by another pass or reconcile process
     meanwhile) is counted `pending` in the plan instead. The batch keeps the plan's counts,
-    not its ENIs. None: no job to submit, and no batch stored. Each job runs in the place
-    its ENI was planned in. `repairs` (mirrorq/dark.py) go in the same batch as modify jobs,
-    each claimed per dark session the same way."""
+    not its ENIs, and what `noted` adds. None: no job to submit, and no batch stored. Each
+    job runs in the place its ENI was planned in. `repairs` (mirrorq/dark.py) go in the same
+    batch as modify jobs, and `others` (a prune's deletes: mirrorq/lifecycle.py) as theirs,
+    each claimed per session the same way (another's job on the session is left to it)."""
     jobs = planning.planned_jobs(plan, dry_run=dry_run)
     moves = [r for r in repairs if r.to_target is not None]
-    claims = producer.claim_gaps([j.gap for j in jobs] + [r.gap for r in moves])
-    job_claims, move_claims = claims[: len(jobs)], claims[len(jobs) :]
+    claims = producer.claim_gaps(
+        [j.gap for j in jobs] + [r.gap for r in moves] + [o.gap for o in others]
+    )
+    job_claims = claims[: len(jobs)]
+    move_claims = claims[len(jobs) : len(jobs) + len(moves)]
+    other_claims = claims[len(jobs) + len(moves) :]
     plan.hold(
         {
             (j.rule, j.request["NetworkInterfaceId"]): c.holder
@@ -291,22 +298,35 @@ def submit_gaps(
         }
     )
     taken = [(j, c.job_id) for j, c in zip(jobs, job_claims, strict=True) if c.holder is None]
-    moved = [(r, c.job_id) for r, c in zip(moves, move_claims, strict=True) if c.holder is None]
-    if not taken and not moved:
+    more = [
+        (
+            planning.SessionJob(
+                JobKind.MODIFY, r.request(dry_run=dry_run), r.eni_id, r.rule, r.place
+            ),
+            c,
+        )
+        for r, c in zip(moves, move_claims, strict=True)
+    ]
+    more += list(zip(others, other_claims, strict=True))
+    chosen = [(o, c.job_id) for o, c in more if c.holder is None]
+    if not taken and not chosen:
         return None
-    origins: list[dict[str, str | None] | None] = [{"rule": j.rule} for j, _ in taken]
-    origins += [{"rule": r.rule} for r, _ in moved]
     summary = plan.summary(skipped=False)
     if repairs:
         summary["repairs"] = repair_counts(repairs)
+    requests: list[JobRequest] = [parse_request(j.request) for j, _ in taken]
+    requests += [parse_request(o.request, o.kind) for o, _ in chosen]
     return producer.submit_batch(
-        [parse_request(j.request) for j, _ in taken]
-        + [parse_request(r.request(dry_run=dry_run), JobKind.MODIFY) for r, _ in moved],
+        requests,
         source=source,
-        plan=summary,
-        origins=origins,
-        alternatives=[j.alternatives for j, _ in taken] + [[] for _ in moved],
-        job_ids=[job_id for _, job_id in taken] + [job_id for _, job_id in moved],
-        placements=[j.placement for j, _ in taken] + [r.place for r, _ in moved],
-        network_interface_ids=[None for _ in taken] + [r.eni_id for r, _ in moved],
+        plan={**summary, **(noted or {})},
+        origins=[_origin(j.rule) for j, _ in taken] + [_origin(o.rule) for o, _ in chosen],
+        alternatives=[j.alternatives for j, _ in taken] + [[] for _ in chosen],
+        job_ids=[job_id for _, job_id in taken] + [job_id for _, job_id in chosen],
+        placements=[j.placement for j, _ in taken] + [o.place for o, _ in chosen],
+        network_interface_ids=[None for _ in taken] + [o.eni_id for o, _ in chosen],
     )
+
+
+def _origin(rule: str | None) -> dict[str, str | None] | None:
+    return {"rule": rule} if rule else None

@@ -97,6 +97,8 @@ def rule_json(rule: Rule) -> dict[str, Any]:
     }
     # Where it is planned, from its [[accounts]] (none: the fleet's own account and Region).
     out["places"] = [place_label(p) for p in rule.places]
+    if rule.prune:
+        out["prune"] = True
     return {k: v for k, v in out.items() if v not in (None, [])}
 
 

@@ -104,7 +104,7 @@ def _is_text(value: str) -> bool:
 
 def _state_change(event_id: str, region: str | None, detail: dict[str, Any]) -> Event:
     instance, state = detail.get("instance-id"), detail.get("state")
-    if state != "running" and state not in LEAVING:
+    if not isinstance(state, str) or (state != "running" and state not in LEAVING):
         return Event(event_id, region, ignored=f"instance state {state!r}")
     if not isinstance(instance, str) or not INSTANCE_ID.fullmatch(instance):
         raise NotAnEventError(

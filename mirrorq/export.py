@@ -34,6 +34,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("submitted_at", "record", "submitted_at"),
     ("started_at", "record", "started_at"),
     ("finished_at", "record", "finished_at"),
+    # Last, so the columns before keep their places: what the job did (create, delete,
+    # modify); a record without one is a create's.
+    ("kind", "record", "kind"),
 )
 RESULT_COLUMNS = tuple(name for name, _, _ in COLUMNS)
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -53,7 +56,14 @@ def result_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "session": (record.get("response") or {}).get("TrafficMirrorSession") or {},
         "error": record.get("error") or {},
     }
-    return {name: csv_cell(sources[source].get(key)) for name, source, key in COLUMNS}
+    row = {name: csv_cell(sources[source].get(key)) for name, source, key in COLUMNS}
+    # A delete or a modify names its session in its request, its ENI beside it.
+    row["kind"] = row["kind"] or "create"
+    if row["TrafficMirrorSessionId"] is None:
+        row["TrafficMirrorSessionId"] = csv_cell(sources["request"].get("TrafficMirrorSessionId"))
+    if row["NetworkInterfaceId"] is None:
+        row["NetworkInterfaceId"] = csv_cell(record.get("network_interface_id"))
+    return row
 
 
 def jsonl_lines(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:

@@ -3,8 +3,9 @@ rule's name (in EC2 itself, so ownership survives the loss of Redis and shows in
 
 Prune, unmirror and retarget touch only sessions with that tag, unless an operator names a
 session by its id. `mirrorq mirror` (no policy) tags its sessions with MIRROR_RULE, a name no
-policy rule can have (rule names allow no parentheses: mirrorq/policy.py), so a policy's prune
-never takes them for the sessions of a rule it no longer has.
+policy rule can have (rule names allow no `@`: mirrorq/policy.py), so a policy's prune never
+takes them for the sessions of a rule it no longer has. `@` is among the characters every AWS
+service allows in tags (letters, digits, spaces and `+ - = . _ : / @`; EC2 itself takes any).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from mirrorq.rules import Rule
 
 RULE_TAG = "mirrorq:rule"
-MIRROR_RULE = "(mirror)"  # the rule name of `mirrorq mirror`'s sessions
+MIRROR_RULE = "@mirror"  # the rule name of `mirrorq mirror`'s sessions
 
 
 def rule_tag(rule: str) -> dict[str, str]:

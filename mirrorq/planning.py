@@ -20,7 +20,7 @@ from typing import Any
 from mirrorq.eligibility import unsupported
 from mirrorq.managed import managed_fields
 from mirrorq.rules import Choose, Rule
-from tasks.contract import NOWHERE, Placement
+from tasks.contract import NOWHERE, JobKind, Placement
 from worker.sessions import same_mirror
 
 SESSIONS_PER_INTERFACE = 3  # EC2's quota of sessions per source ENI
@@ -443,3 +443,21 @@ def planned_jobs(plan: Plan, *, dry_run: bool = False) -> list[PlannedJob]:
         others = [t for t in rule.targets if t != item.target_id]
         jobs.append(PlannedJob(request, rule.name, others, item.place))
     return jobs
+
+
+@dataclass(frozen=True)
+class SessionJob:
+    """A delete or modify planned for one session: its request in EC2's syntax, its source
+    ENI (for the job's ENI lease), the rule that made the session, and where it runs."""
+
+    kind: JobKind
+    request: dict[str, Any]
+    eni_id: str
+    rule: str | None = None
+    place: Placement = NOWHERE
+
+    @property
+    def gap(self) -> str:
+        """What a reconcile pass claims for it (tasks/scripts.py CLAIM_GAPS): one job per
+        session and kind while one is pending."""
+        return f"{self.eni_id}:{self.kind.value}:{self.request['TrafficMirrorSessionId']}"

@@ -15,10 +15,12 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from config import Settings
+from mirrorq import lifecycle
 from mirrorq.bulk import pending_mirrors, plan_read, read_live, submit_gaps
 from mirrorq.coverage import Coverage, compute, store_view
 from mirrorq.dark import Repair, after, plan_repairs
@@ -54,6 +56,7 @@ class Pass:
     counts: dict[str, int]  # the batch's jobs by status, once it ended (or as far as it got)
     repairs: list[Repair] = field(default_factory=list)  # dark sessions found, and where to
     coverage: Coverage | None = None  # as the pass found it, before its jobs
+    pruned: lifecycle.Pruned = field(default_factory=lifecycle.Pruned)  # with --prune or `prune`
 
 
 def run_pass(
@@ -65,25 +68,37 @@ def run_pass(
     dry_run: bool = False,
     wait_s: float | None = None,
     keep_empty: bool = False,
+    prune: bool = False,
+    force: bool = False,
 ) -> Pass:
     """Plan every rule now (counting the mirrors of jobs still pending), and the repair of
     every managed session on a dead target (mirrorq/dark.py); submit the gaps and the
     repairs' modifies as one batch; wait up to `wait_s` for it to end. With nothing to
     submit, no batch is stored unless `keep_empty` (`mirrorq reconcile` run once prints a
-    batch id, of its counts). The coverage the pass found is kept for the API's gauges."""
+    batch id, of its counts). The coverage the pass found is kept for the API's gauges.
+    With `prune` (or for the rules that say `prune`), the managed sessions no rule wants are
+    deleted in the same batch (mirrorq/prune.py), unless the share guard refuses (`force`)."""
     pending = pending_mirrors(producer)
     live = asyncio.run(read_live(settings, rules, health=True))
     found = compute(live, pending, region=settings.region)
     store_view(producer.store.client, found)
     repairs = plan_repairs(live)
+    pruned = lifecycle.prune_live(settings, live, everything=prune, force=force)
     # Creates are planned as if the repairs were made: the moved sessions load their targets.
     plan = plan_read(after(live, repairs), pending)
+    noted = {"prune": pruned.summary()} if pruned.plans else None
     batch_id = submit_gaps(
-        producer, plan, source="mirrorq reconcile", dry_run=dry_run, repairs=repairs
+        producer,
+        plan,
+        source="mirrorq reconcile",
+        dry_run=dry_run,
+        repairs=repairs,
+        others=lifecycle.deletion_jobs(pruned.deletions, dry_run=dry_run),
+        noted=noted,
     )
     if batch_id is None and keep_empty:
         batch_id = producer.submit_batch(
-            [], source="mirrorq reconcile", plan=plan.summary(skipped=False)
+            [], source="mirrorq reconcile", plan={**plan.summary(skipped=False), **(noted or {})}
         )
     counts: dict[str, int] = {}
     if batch_id is not None:
@@ -93,7 +108,7 @@ def run_pass(
         if wait_s is not None:
             status = producer.wait_batch(batch_id, timeout=wait_s)
             counts = dict(status["counts"]) if status else {}
-    return Pass(number, plan, batch_id, counts, repairs, found)
+    return Pass(number, plan, batch_id, counts, repairs, found, pruned)
 
 
 def summary(done: Pass) -> str:
@@ -115,6 +130,11 @@ def summary(done: Pass) -> str:
     moving = [r for r in done.repairs if r.to_target is not None]
     if done.repairs:
         line += f"; {len(done.repairs)} dark, {len(moving)} to retarget"
+    if done.pruned.plans:
+        reasons = Counter(d.reason.value for d in done.pruned.planned)
+        line += f"; prune: {len(done.pruned.deletions)} to delete"
+        line += f" ({', '.join(f'{k} {v}' for k, v in reasons.items())})" if reasons else ""
+        line += "".join(f"; {r}" for r in done.pruned.refusals)
     notes = [
         *done.plan.missing,
         *done.plan.unplanned,
@@ -128,6 +148,8 @@ def summary(done: Pass) -> str:
         line += f": created {created}"
         if moving:
             line += f", modified {done.counts.get(JobStatus.MODIFIED, 0)}"
+        if deleted := done.counts.get(JobStatus.DELETED, 0):
+            line += f", deleted {deleted}"
         line += f", failed {done.counts.get(JobStatus.FAILED, 0)}"
     if done.coverage is not None:
         line += f"; coverage {done.coverage.percent:g} %"
@@ -144,6 +166,8 @@ def reconcile_every(
     stop: threading.Event,
     *,
     dry_run: bool = False,
+    prune: bool = False,
+    force: bool = False,
 ) -> None:
     """A pass every `every_s` seconds (each waits for its batch, at most a period) until stop;
     each plans the rules in use when it starts (`rules` may be a watched policy's `current`)."""
@@ -153,7 +177,14 @@ def reconcile_every(
         started = time.monotonic()
         try:
             done = run_pass(
-                settings, rules_now(rules), producer, number=number, dry_run=dry_run, wait_s=every_s
+                settings,
+                rules_now(rules),
+                producer,
+                number=number,
+                dry_run=dry_run,
+                wait_s=every_s,
+                prune=prune,
+                force=force,
             )
             log.info(summary(done))
         except Exception:  # EC2 or Redis away: this pass is lost, the next one tries again

@@ -456,6 +456,35 @@ REMOVABLE_FIELDS = {
     "description": "Description",
     "virtual-network-id": "VirtualNetworkId",
 }
+# What a modify can change: it names at least one of these (not null).
+MODIFY_CHANGES = (
+    "TrafficMirrorTargetId",
+    "TrafficMirrorFilterId",
+    "PacketLength",
+    "SessionNumber",
+    "VirtualNetworkId",
+    "Description",
+    "RemoveFields",
+)
+
+
+def _modify_schema(schema: dict[str, Any]) -> None:
+    """ModifySessionRequest's rules beyond each field's, said in JSON Schema for the OpenAPI
+    document: something to change, and no field both set and removed."""
+    schema["anyOf"] = [
+        {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+        for name in MODIFY_CHANGES
+    ]
+    schema["allOf"] = [
+        {
+            "if": {
+                "required": ["RemoveFields"],
+                "properties": {"RemoveFields": {"type": "array", "contains": {"const": removed}}},
+            },
+            "then": {"properties": {field: {"type": "null"}}},
+        }
+        for removed, field in REMOVABLE_FIELDS.items()
+    ]
 
 
 class ModifySessionRequest(BaseModel):
@@ -464,7 +493,7 @@ class ModifySessionRequest(BaseModel):
     repeated modify sets what the first set (worker/execute.py). A modify changes something
     (names a field to set or to remove), and never sets and removes one field at once."""
 
-    model_config = _Strict
+    model_config = ConfigDict(**_Strict, json_schema_extra=_modify_schema)
     kind: ClassVar[JobKind] = JobKind.MODIFY
 
     TrafficMirrorSessionId: Annotated[str, Field(pattern=SESSION_ID)]
@@ -511,7 +540,7 @@ class ModifySessionRequest(BaseModel):
                     REMOVABLE_FIELDS[name],
                     f"set and removed at once (RemoveFields names {name!r})",
                 )
-        if not removed and not self.model_fields_set - {"TrafficMirrorSessionId", "DryRun"}:
+        if all(getattr(self, name) is None for name in MODIFY_CHANGES):
             raise _AtField(
                 "",
                 "a modify sets or removes at least one field (TrafficMirrorTargetId, "
@@ -709,7 +738,7 @@ def parse_job_entry(raw: Any, defaults: Placement = NOWHERE) -> Job:
             if k not in JOB_ENVELOPE_FIELDS
         ]
         placed = {k: v for k, v in raw.items() if k in PLACEMENT_FIELDS and v is not None}
-        kind = raw.get("kind") or JobKind.CREATE
+        kind = JobKind.CREATE if raw.get("kind") is None else raw["kind"]
         eni = raw.get("network_interface_id")
         raw = raw["request"]
     request: JobRequest | None = None

@@ -16,7 +16,6 @@ style), the HTTP status the API answers it with and the status the CLI exits wit
     ├── JobRevokedError             Revoked              400   1
     ├── WrongScopeError             WrongScope           400   1
     ├── AlreadyMirroredError        AlreadyMirrored      400   1
-    ├── SessionNotFoundError        InvalidTrafficMirrorSessionId.NotFound  400  1
     ├── LeaseLostError              LeaseLost            400   1    (retried)
     └── SupersededError             Superseded           400   1    (the worker yields)
 
@@ -237,15 +236,6 @@ class AlreadyMirroredError(MirrorqError):
     """The ENI is already mirrored to this target through this filter."""
 
     code = "AlreadyMirrored"
-    http_status = 400
-    exit_status = EXIT_FAILED
-
-
-class SessionNotFoundError(MirrorqError):
-    """A delete's or a modify's session was not there when its worker read it to learn its
-    ENI (its sender named none): EC2's own code for a session it does not know."""
-
-    code = "InvalidTrafficMirrorSessionId.NotFound"
     http_status = 400
     exit_status = EXIT_FAILED
 

@@ -206,8 +206,10 @@ class Producer:
                     scope=self.scope,
                     placement=placements[n] if placements else NOWHERE,
                     kind=parsed.kind,
-                    network_interface_id=(
-                        network_interface_ids[n] if network_interface_ids else None
+                    network_interface_id=(  # a create's is in its request
+                        network_interface_ids[n]
+                        if network_interface_ids and parsed.kind is not JobKind.CREATE
+                        else None
                     ),
                 )
                 jobs.append(record)

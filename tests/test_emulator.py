@@ -419,3 +419,80 @@ def test_stats_count_calls_per_action_and_outcome(
         "replayed": 1,
         "InvalidParameterValue": 1,
     }
+
+
+# Deleting and modifying sessions (issue 18) -----------------------------------------------
+
+
+def test_delete_and_modify_answer_as_ec2_with_the_same_faults(
+    emulator: EmulatorProcess, ec2: Any, lab: Lab
+) -> None:
+    mine = ec2.create_traffic_mirror_session(**session_args(lab, PacketLength=100, Description="d"))
+    sid = mine["TrafficMirrorSession"]["TrafficMirrorSessionId"]
+    other = ec2.create_traffic_mirror_session(
+        **session_args(lab, TrafficMirrorTargetId=lab["target_ids"]["nlb"], SessionNumber=2)
+    )["TrafficMirrorSession"]
+    unknown = "tms-0123456789abcdef0"
+    for call, kwargs, code in (
+        (ec2.delete_traffic_mirror_session, {"TrafficMirrorSessionId": unknown}, None),
+        (
+            ec2.modify_traffic_mirror_session,
+            {"TrafficMirrorSessionId": unknown, "SessionNumber": 5},
+            None,
+        ),
+        (
+            ec2.modify_traffic_mirror_session,
+            {"TrafficMirrorSessionId": sid, "SessionNumber": 2},
+            "InvalidParameterValue",
+        ),
+        (
+            ec2.modify_traffic_mirror_session,
+            {"TrafficMirrorSessionId": sid, "PacketLength": 8501},
+            "InvalidParameterValue",
+        ),
+        (
+            ec2.modify_traffic_mirror_session,
+            {"TrafficMirrorSessionId": sid, "TrafficMirrorTargetId": "tmt-0123456789abcdef0"},
+            "InvalidTrafficMirrorTargetNoFound",
+        ),
+        (
+            ec2.modify_traffic_mirror_session,
+            {"TrafficMirrorSessionId": sid, "TrafficMirrorFilterId": "tmf-0123456789abcdef0"},
+            "InvalidTrafficMirrorFilterNotFound",
+        ),
+        (
+            ec2.modify_traffic_mirror_session,
+            {"TrafficMirrorSessionId": sid, "Description": "x", "DryRun": True},
+            "DryRunOperation",
+        ),
+        (
+            ec2.delete_traffic_mirror_session,
+            {"TrafficMirrorSessionId": sid, "DryRun": True},
+            "DryRunOperation",
+        ),
+    ):
+        assert error_of(call, **kwargs)[0] == (code or "InvalidTrafficMirrorSessionId.NotFound")
+    # RemoveFields sets each back to its default; the rest as asked; its own number is fine.
+    modified = ec2.modify_traffic_mirror_session(
+        TrafficMirrorSessionId=sid,
+        SessionNumber=1,
+        RemoveFields=["packet-length", "description"],
+        TrafficMirrorTargetId=lab["target_ids"]["nlb"],
+    )["TrafficMirrorSession"]
+    assert "PacketLength" not in modified
+    assert "Description" not in modified
+    assert modified["TrafficMirrorTargetId"] == lab["target_ids"]["nlb"]
+    assert {s["TrafficMirrorSessionId"] for s in sessions(ec2)} == {
+        sid,
+        other["TrafficMirrorSessionId"],
+    }
+    # A dropped delete did its work: the retry meets NotFound.
+    emulator.set_faults(drop_rate=1.0)
+    with pytest.raises(ConnectionClosedError):
+        ec2.delete_traffic_mirror_session(TrafficMirrorSessionId=sid)
+    emulator.set_faults(drop_rate=0.0)
+    assert error_of(ec2.delete_traffic_mirror_session, TrafficMirrorSessionId=sid)[0] == (
+        "InvalidTrafficMirrorSessionId.NotFound"
+    )
+    assert emulator.stats()["DeleteTrafficMirrorSession"]["dropped"] == 1
+    assert [s["TrafficMirrorSessionId"] for s in sessions(ec2)] == [other["TrafficMirrorSessionId"]]

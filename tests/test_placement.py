@@ -408,7 +408,14 @@ def test_http_doors_take_the_envelope_and_refuse_a_bad_one_with_422_naming_the_f
         ]
         schema = http.get("/openapi.json").json()
         envelope = schema["components"]["schemas"]["JobEnvelope"]
-        assert set(envelope["properties"]) == {"request", "region", "role_arn", "external_id"}
+        assert set(envelope["properties"]) == {
+            "request",
+            "kind",
+            "network_interface_id",
+            "region",
+            "role_arn",
+            "external_id",
+        }
         assert "eu-west-1" in envelope["properties"]["region"]["enum"]
         assert "cn-north-1" not in envelope["properties"]["region"]["enum"]
         assert envelope["properties"]["external_id"]["maxLength"] == 1224

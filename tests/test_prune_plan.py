@@ -158,3 +158,19 @@ def test_planned_sessions_carry_their_rule_and_unsupported_types_are_skipped() -
     assert rule_of({"Tags": spec["Tags"]}) == "prod"
     mirror = managed_fields(replace(PROD, name=""))["TagSpecifications"][0]["Tags"]
     assert mirror == [{"Key": RULE_TAG, "Value": MIRROR_RULE}]
+
+
+def test_a_pass_line_says_what_its_prune_deletes_or_why_it_refused() -> None:
+    from mirrorq.lifecycle import Pruned
+    from mirrorq.planning import Plan
+    from mirrorq.reconcile import Pass, summary
+
+    found = plan_prune(state([PROD], [session(2, "prod")], enis=[eni(2)]), everything=True)
+    place = Placement(role_arn="arn:aws:iam::111111111111:role/m", region="us-east-1")
+    pruned = Pruned([(place, PrunePlan(found.deletions, managed=10))])
+    line = summary(Pass(1, Plan([]), None, {}, pruned=pruned))
+    assert "prune: 1 to delete (eni_not_matched 1)" in line
+    pruned.refusals = guard(pruned.plans, 0.05)
+    line = summary(Pass(1, Plan([]), None, {}, pruned=pruned))
+    assert "prune: 0 to delete (eni_not_matched 1); prune refused" in line
+    assert "account 111111111111" in line

@@ -63,9 +63,8 @@ NOT_FOUND_CODES = frozenset(
 # the one the Terraform AWS provider and AWS's own samples match on), and the one its error
 # code reference lists (`InvalidTrafficMirrorSessionNotFound`). A delete that meets either
 # after an attempt of ours succeeded (worker/execute.py).
-SESSION_NOT_FOUND_CODES = frozenset(
-    {"InvalidTrafficMirrorSessionId.NotFound", "InvalidTrafficMirrorSessionNotFound"}
-)
+SESSION_NOT_FOUND = "InvalidTrafficMirrorSessionId.NotFound"
+SESSION_NOT_FOUND_CODES = frozenset({SESSION_NOT_FOUND, "InvalidTrafficMirrorSessionNotFound"})
 
 # A create whose source ENI is on an instance type that cannot be a traffic mirror source (bare
 # metal, T2, most non-Nitro types, the Nitro types the Traffic Mirroring guide lists). EC2

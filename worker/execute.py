@@ -10,6 +10,9 @@ target and filter never both create.
 
 A delete or a modify (`execute_change`) acts under its session's ENI lease too, so it never
 races a create choosing a SessionNumber there, and sends the same arguments on every attempt.
+A modify that changes the target or the filter reads the ENI's sessions under that lease
+first, and fails `AlreadyMirrored` if another session already mirrors the ENI to what it
+would point at (one mirror per ENI, target and filter, as for creates).
 EC2 takes no ClientToken for either: their effect is what makes a retry safe. A modify sent
 twice sets what it set once. A delete answered `InvalidTrafficMirrorSessionId.NotFound`
 after an attempt of ours that may have landed (an unanswered one, or one by an earlier
@@ -32,12 +35,13 @@ from tenacity import RetryCallState
 from config import Settings
 from tasks import keys, records
 from tasks.contract import JobKind
-from tasks.errors import AlreadyMirroredError, LeaseLostError, SessionNotFoundError
+from tasks.errors import AlreadyMirroredError, LeaseLostError
 from tasks.records import JobResult, kind_of
 from worker.ec2 import Ec2Road
 from worker.errors import (
     DRY_RUN_OK,
     EC2_SAYS_NUMBER_TAKEN,
+    SESSION_NOT_FOUND,
     SESSION_NOT_FOUND_CODES,
     Action,
     Failure,
@@ -86,7 +90,7 @@ class Creates:
         self._action = action
         self._clock = ec2.road.timing.monotonic
         self._landing_by = 0.0  # on the clock; 0: none of ours is on its way
-        self.unanswered = False  # one of ours went unanswered: it may have landed
+        self.unanswered = False  # one of ours went unanswered (not throttled): it may have landed
 
     async def send(self, request: dict[str, Any]) -> dict[str, Any]:
         bound_s = self._ec2.create_bound_s
@@ -94,9 +98,11 @@ class Creates:
         try:
             response = await self._ec2.road.send(self._action, timeout_s=bound_s, **request)
         except Exception as error:
-            if classify(error).retryable:  # unanswered: it may be on its way still
+            failure = classify(error)
+            if failure.retryable:  # unanswered: it may be on its way still
                 self._landing_by = sent_at + bound_s
-                self.unanswered = True
+                # A throttle is EC2 refusing the call: it did nothing.
+                self.unanswered = self.unanswered or not failure.throttled
             raise
         self._landing_by = 0.0  # created: one still on its way is answered from the token
         return response
@@ -200,6 +206,11 @@ async def execute_change(
     session_id = str(request["TrafficMirrorSessionId"])
     holding: Lease | None = None
     calls = Creates(ec2, kind.action)
+    unknown: Failure | None = None  # the session was not there when read for its ENI
+    # A modify that points the session elsewhere reads the ENI's sessions under its lease
+    # first: it never makes a second mirror of the ENI to one target and filter.
+    moves = kind is JobKind.MODIFY and any(request.get(k) for k in _MIRROR)
+    read_under: Lease | None = None
 
     async def on_retry(state: RetryCallState) -> None:
         nonlocal record
@@ -215,10 +226,16 @@ async def execute_change(
                 eni = record.get("network_interface_id")
                 if eni is None:
                     eni = await _source_of(ec2, session_id)
+                    if eni is None:
+                        unknown = _not_found(session_id)
+                        break
                     record = records.located(record, eni)
                     await save(record)
                 if holding is None or holding.lost:
                     holding = await ec2.leases.acquire(_eni_lease(ec2.road, eni))
+                if moves and read_under is not holding:
+                    await _no_twin(ec2, eni, session_id, request)
+                    read_under = holding
                 await ec2.road.slot(kind.action)
                 if not await ec2.leases.fence(holding, ec2.create_bound_s):
                     raise LeaseLostError("the ENI's lease lapsed before the call was sent")
@@ -230,23 +247,60 @@ async def execute_change(
             raise
         if failure.code == DRY_RUN_OK:
             return records.dry_run_ok(record)
-        if (
-            kind is JobKind.DELETE
-            and failure.code in SESSION_NOT_FOUND_CODES
-            and (sent_before or calls.unanswered)
-        ):
-            return records.succeeded(record, _gone(session_id, failure))
-        return records.failed(record, failure.code, failure.message, retryable=failure.retryable)
+        return _outcome(record, failure, sent_before or calls.unanswered)
     finally:
         if holding is not None:
             with contextlib.suppress(RedisError):  # unreleased, it lapses within one TTL
                 await ec2.leases.release(holding, after_s=calls.may_land_for_s())
+    if unknown is not None:
+        return _outcome(record, unknown, sent_before)
     return records.succeeded(record, response)
 
 
-async def _source_of(ec2: Ec2, session_id: str) -> str:
+_MIRROR = ("TrafficMirrorTargetId", "TrafficMirrorFilterId")
+
+
+async def _no_twin(ec2: Ec2, eni: str, session_id: str, request: dict[str, Any]) -> None:
+    """AlreadyMirroredError if the modify would make a second mirror of `eni` to one target
+    and filter (read under the ENI's lease, paid at the Describe limiter)."""
+    twin = _twin(await sessions_on(ec2, eni), session_id, request)
+    if twin is not None:
+        raise AlreadyMirroredError(
+            f"{eni} is already mirrored to {twin[0]} through {twin[1]} by another session: "
+            f"{session_id} is left as it is"
+        )
+
+
+def _twin(
+    existing: list[dict[str, Any]], session_id: str, request: dict[str, Any]
+) -> tuple[str, str] | None:
+    """The (target, filter) the modify would give its session, if another session on the ENI
+    has them already; None otherwise (or when the session is not among them: EC2 says)."""
+    mine = next((s for s in existing if s.get("TrafficMirrorSessionId") == session_id), None)
+    if mine is None:
+        return None
+    target, filter_id = (request.get(k) or mine.get(k) for k in _MIRROR)
+    for other in existing:
+        if other is not mine and (other.get(_MIRROR[0]), other.get(_MIRROR[1])) == (
+            target,
+            filter_id,
+        ):
+            return str(target), str(filter_id)
+    return None
+
+
+def _outcome(record: JobResult, failure: Failure, ours_maybe: bool) -> JobResult:
+    """A delete's or a modify's end on `failure`: a delete's NotFound when a call of ours may
+    have landed (`ours_maybe`) is its success; anything else fails with its code."""
+    request = record["request"] or {}
+    if kind_of(record) is JobKind.DELETE and failure.code in SESSION_NOT_FOUND_CODES and ours_maybe:
+        return records.succeeded(record, _gone(str(request["TrafficMirrorSessionId"]), failure))
+    return records.failed(record, failure.code, failure.message, retryable=failure.retryable)
+
+
+async def _source_of(ec2: Ec2, session_id: str) -> str | None:
     """The source ENI of the session (a sender that named none): one Describe, paid at its
-    limiter. A session not there is EC2's NotFound, as the delete or modify would answer."""
+    limiter; None when it is not there (EC2 answering its NotFound raises it as it is)."""
     found = await ec2.road.paginate(
         DESCRIBE_ACTION,
         "TrafficMirrorSessions",
@@ -256,7 +310,17 @@ async def _source_of(ec2: Ec2, session_id: str) -> str:
     for session in found:
         if session.get("TrafficMirrorSessionId") == session_id:
             return str(session["NetworkInterfaceId"])
-    raise SessionNotFoundError(f"the traffic mirror session {session_id} does not exist")
+    return None
+
+
+def _not_found(session_id: str) -> Failure:
+    """What a delete or a modify of a session not there ends with: EC2's own code for it."""
+    return Failure(
+        SESSION_NOT_FOUND,
+        f"The traffic mirror session '{session_id}' does not exist.",
+        Action.FAIL,
+        DESCRIBE_ACTION,
+    )
 
 
 def _gone(session_id: str, failure: Failure) -> dict[str, Any]:

@@ -25,6 +25,9 @@ from mirrorq.api.schemas import (
     Health,
     JobAccepted,
     Ready,
+    RetargetBody,
+    SessionsPlanned,
+    UnmirrorBody,
     errors,
 )
 from mirrorq.coverage import CoverageCache
@@ -32,15 +35,28 @@ from mirrorq.events import read_event
 from mirrorq.export import export_lines
 from mirrorq.intake import Intake
 from mirrorq.jobfiles import parse_placed_jobs
+from mirrorq.lifecycle import (
+    SessionPlan,
+    plan_retarget_live,
+    plan_unmirror_live,
+    submit_session_jobs,
+)
 from mirrorq.policy_watch import WatchedPolicy
 from tasks.connections import answers
 from tasks.contract import (
     IDEMPOTENCY_KEY_MAX,
     IDEMPOTENCY_KEY_RULE,
+    NOWHERE,
+    JobKind,
     idempotency_key,
-    parse_job,
+    parse_job_entry,
 )
-from tasks.errors import BatchNotFoundError, InvalidJobError, JobNotFoundError
+from tasks.errors import (
+    BatchNotFoundError,
+    InvalidJobError,
+    JobNotFoundError,
+    UnknownResourceError,
+)
 from tasks.producer import Producer
 from tasks.records import JobResult, is_terminal
 
@@ -132,7 +148,8 @@ def idempotency_key_header(
         ),
     },
     openapi_extra=JOB_BODY,
-    summary="Submit one job: the seed's request syntax, or it placed in a JobEnvelope",
+    summary="Submit one job: the seed's request syntax (a create), or a JobEnvelope of any kind "
+    "(create, delete, modify)",
 )
 async def submit_job(
     request: Request,
@@ -140,9 +157,14 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
     wait: Annotated[float, Query(ge=0, le=600, description="seconds to wait for the outcome")] = 0,
 ) -> Response:
-    job, placement = parse_job(await utf8_body(request))
+    job = parse_job_entry(await utf8_body(request))
     accepted = await run_in_threadpool(
-        s.producer.accept, job.to_kwargs(), idempotency_key=idempotency_key, placement=placement
+        s.producer.accept,
+        job.request.to_kwargs(),
+        idempotency_key=idempotency_key,
+        placement=job.placement,
+        kind=job.kind,
+        network_interface_id=None if job.kind is JobKind.CREATE else job.network_interface_id,
     )
     if wait > 0:
         record = await _outcome(s.producer, accepted.job_id, wait)
@@ -203,7 +225,11 @@ async def submit_batch(request: Request, s: Svc) -> JSONResponse:
     fmt = "json" if text.lstrip().startswith("[") else "jsonl"
     jobs = await run_in_threadpool(parse_placed_jobs, text, fmt, "the body")
     batch_id = await run_in_threadpool(
-        s.producer.submit_batch, jobs.requests, source="mirrorq api", placements=jobs.placements
+        s.producer.submit_batch,
+        jobs.requests,
+        source="mirrorq api",
+        placements=jobs.placements,
+        network_interface_ids=jobs.network_interface_ids,
     )
     return JSONResponse({"batch_id": batch_id, "jobs": len(jobs.requests)}, 202)
 
@@ -302,6 +328,71 @@ async def post_event(request: Request, s: Svc) -> JSONResponse:
             "job_ids": outcome.job_ids,
             "duplicates": outcome.duplicates,
             "ignored": outcome.ignored,
+        },
+        202,
+    )
+
+
+SESSIONS_ERRORS = errors(
+    400,
+    422,
+    502,
+    503,
+    s400="A body that is not JSON (HttpError)",
+    s422="A body that is not valid: each bad field named (InvalidRequest)",
+    s502="EC2 refused a read (its code, e.g. UnauthorizedOperation)",
+    s503="Redis does not answer (RedisUnavailable); EC2 does not answer or is throttling "
+    "(Ec2Unavailable, or EC2's code): try again",
+)
+
+
+@v1.post(
+    "/unmirror",
+    status_code=202,
+    response_model=SessionsPlanned,
+    responses=SESSIONS_ERRORS,
+    summary="Delete the managed sessions the body selects (as mirrorq unmirror): planned from "
+    "EC2 now, submitted as one batch of delete jobs",
+)
+async def unmirror(body: UnmirrorBody, s: Svc) -> JSONResponse:
+    selection = body.selection(body.target, body.filter)
+    plan = await plan_unmirror_live(s.producer.settings, selection)
+    return await _submit_sessions(s, plan, "mirrorq api unmirror", body.dry_run)
+
+
+@v1.post(
+    "/retarget",
+    status_code=202,
+    response_model=SessionsPlanned,
+    responses={
+        **SESSIONS_ERRORS,
+        **errors(404, s404="No traffic mirror target `to` (UnknownResource)"),
+    },
+    summary="Move the managed sessions on target `from` to target `to` in place (as mirrorq "
+    "retarget): one modify each, no gap in mirroring",
+)
+async def retarget(body: RetargetBody, s: Svc) -> JSONResponse:
+    selection = body.selection(targets=[body.from_])
+    try:
+        plan = await plan_retarget_live(s.producer.settings, selection, body.to)
+    except UnknownResourceError as error:
+        raise ApiError(404, error.code, str(error)) from None
+    return await _submit_sessions(s, plan, "mirrorq api retarget", body.dry_run)
+
+
+async def _submit_sessions(
+    s: Services, plan: SessionPlan, source: str, dry_run: bool
+) -> JSONResponse:
+    jobs = plan.jobs(dry_run=dry_run, place=NOWHERE)
+    batch_id = await run_in_threadpool(
+        submit_session_jobs, s.producer, jobs, source=source, plan=plan.summary()
+    )
+    return JSONResponse(
+        {
+            "batch_id": batch_id,
+            "jobs": len(jobs),
+            "counts": plan.counts(),
+            "sessions": [i.to_json() for i in plan.items],
         },
         202,
     )

@@ -3,24 +3,35 @@ request syntax itself is the contract's model (tasks/contract.py), not a copy of
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from mirrorq.events import (
     API_CALL,
     INSTANCE_ID_PATTERN,
     JOB,
+    LEAVING,
     MAX_EVENT_BYTES,
     NETWORK_INTERFACE_ID_PATTERN,
     STATE_CHANGE,
 )
+from mirrorq.lifecycle import Selection
+from mirrorq.rules import Selectors
 from tasks.contract import (
+    ENI_ID,
     EXTERNAL_ID_PATTERN,
+    FILTER_ID,
     PARTITIONS,
     ROLE_ARN_MAX,
     ROLE_ARN_PATTERN,
+    SESSION_ID,
+    TARGET_ID,
+    DeleteSessionRequest,
+    JobKind,
+    ModifySessionRequest,
     SessionRequest,
     ec2_regions,
 )
@@ -167,13 +178,28 @@ class Ready(BaseModel):
     )
 
 
+# Each kind's request syntax, by the component that says it (tasks/contract.py JobKind).
+REQUEST_COMPONENTS = {
+    JobKind.CREATE: "SessionRequest",
+    JobKind.DELETE: "DeleteSessionRequest",
+    JobKind.MODIFY: "ModifySessionRequest",
+}
+
+
 def request_syntax_components(fleet_region: str) -> dict[str, Any]:
-    """The request syntax's JSON Schema, as OpenAPI components (SessionRequest and its parts),
-    the envelope that places a job (JobEnvelope) and the event POST /v1/events takes (its
-    rules depend on the fleet's Region: `fleet_region`)."""
-    schema = SessionRequest.model_json_schema(ref_template=REF)
-    components = dict(schema.pop("$defs", {}))
-    components["SessionRequest"] = schema
+    """Each kind's request syntax as OpenAPI components (SessionRequest and its parts,
+    DeleteSessionRequest, ModifySessionRequest), the envelope that names a job's kind and
+    places it (JobEnvelope) and the event POST /v1/events takes (its rules depend on the
+    fleet's Region: `fleet_region`)."""
+    components: dict[str, Any] = {}
+    for model, name in (
+        (SessionRequest, "SessionRequest"),
+        (DeleteSessionRequest, "DeleteSessionRequest"),
+        (ModifySessionRequest, "ModifySessionRequest"),
+    ):
+        schema = model.model_json_schema(ref_template=REF)
+        components.update(schema.pop("$defs", {}))
+        components[name] = schema
     components["JobEnvelope"] = job_envelope_schema()
     components["EventBridgeEvent"] = event_schema(fleet_region)
     return components
@@ -187,22 +213,68 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return nullable
 
 
+def _kind_rules() -> list[dict[str, Any]]:
+    """The envelope's request is its kind's request syntax; a create's names its ENI itself."""
+    create = {
+        "if": {"properties": {"kind": {"enum": [JobKind.CREATE.value, None]}}},
+        "then": {
+            "properties": {
+                "request": {"$ref": REF.format(model=REQUEST_COMPONENTS[JobKind.CREATE])},
+                "network_interface_id": {"type": "null"},
+            }
+        },
+    }
+    others = [
+        {
+            "if": {"required": ["kind"], "properties": {"kind": {"const": kind.value}}},
+            "then": {"properties": {"request": {"$ref": REF.format(model=component)}}},
+        }
+        for kind, component in REQUEST_COMPONENTS.items()
+        if kind is not JobKind.CREATE
+    ]
+    return [create, *others]
+
+
 def job_envelope_schema() -> dict[str, Any]:
-    """A job with its placement: the contract's rules (tasks/contract.py Placement), said in
-    JSON Schema. A placement field sent as null is as if absent (tasks/contract.py parse_job)."""
+    """A job with its kind and placement: the contract's rules (tasks/contract.py JobKind,
+    Placement), said in JSON Schema. A field sent as null is as if absent (tasks/contract.py
+    parse_job_entry)."""
     partitions = ", ".join(PARTITIONS)
     return {
         "type": "object",
         "title": "JobEnvelope",
-        "description": "A job placed beside its request: in `region` (default: the fleet's "
-        "MIRRORQ_REGION), in the account of `role_arn`, assumed by the workers (default: the "
-        f"fleet's own credentials), with `external_id` (only with a role_arn). Partition "
-        f"{partitions} only; a bad value is refused (422) naming the field. A null field is "
-        "as if absent.",
+        "description": "A job beside its request: what it does (`kind`: create, the default, "
+        "delete or modify; `request` is that action's request syntax, SessionRequest, "
+        "DeleteSessionRequest or ModifySessionRequest), for a delete or a modify the "
+        "session's source ENI if known (`network_interface_id`, for the ENI's lease; without "
+        "it the worker reads the session), and where it runs: in `region` (default: the "
+        "fleet's MIRRORQ_REGION), in the account of `role_arn`, assumed by the workers "
+        f"(default: the fleet's own credentials), with `external_id` (only with a role_arn). "
+        f"Partition {partitions} only; a bad value is refused (422) naming the field. A null "
+        "field is as if absent.",
         "required": ["request"],
         "additionalProperties": False,
         "properties": {
-            "request": {"$ref": REF.format(model="SessionRequest")},
+            "request": {
+                "type": "object",
+                "description": "the request syntax of the job's kind (see kind)",
+            },
+            "kind": _nullable(
+                {
+                    "type": "string",
+                    "enum": [k.value for k in JobKind],
+                    "description": "create (CreateTrafficMirrorSession, the default), delete "
+                    "(DeleteTrafficMirrorSession) or modify (ModifyTrafficMirrorSession)",
+                }
+            ),
+            "network_interface_id": _nullable(
+                {
+                    "type": "string",
+                    "pattern": ENI_ID,
+                    "description": "a delete's or a modify's session source ENI (never a "
+                    "create's: its request names it)",
+                }
+            ),
             "region": _nullable(
                 {
                     "type": "string",
@@ -228,9 +300,17 @@ def job_envelope_schema() -> dict[str, Any]:
                 }
             ),
         },
-        # An external_id (not null) only beside a role_arn (not null).
-        "if": {"required": ["external_id"], "properties": {"external_id": {"type": "string"}}},
-        "then": {"required": ["role_arn"], "properties": {"role_arn": {"type": "string"}}},
+        "allOf": [
+            # An external_id (not null) only beside a role_arn (not null).
+            {
+                "if": {
+                    "required": ["external_id"],
+                    "properties": {"external_id": {"type": "string"}},
+                },
+                "then": {"required": ["role_arn"], "properties": {"role_arn": {"type": "string"}}},
+            },
+            *_kind_rules(),
+        ],
     }
 
 
@@ -276,18 +356,19 @@ def event_schema(fleet_region: str) -> dict[str, Any]:
     kinds = [STATE_CHANGE, API_CALL, JOB]
     state_change = _kind(
         STATE_CHANGE,
-        "An instance's state change: running names its instance",
+        "An instance's state change: running, or leaving it, names its instance",
         detail={
             "anyOf": [
                 {
-                    "title": "not running",
-                    "properties": {"state": {"not": {"const": "running"}}},
+                    "title": "another state",
+                    "properties": {"state": {"not": {"enum": ["running", *sorted(LEAVING)]}}},
                 },
                 {
-                    "title": "running",
+                    "title": "running (its ENIs mirrored), or leaving it (its place's dark "
+                    "sessions repaired, should it be a sensor)",
                     "required": ["state", "instance-id"],
                     "properties": {
-                        "state": {"const": "running"},
+                        "state": {"enum": ["running", *sorted(LEAVING)]},
                         "instance-id": {"type": "string", "pattern": INSTANCE_ID_PATTERN},
                     },
                 },
@@ -354,6 +435,9 @@ def event_schema(fleet_region: str) -> dict[str, Any]:
         f"detail-types make jobs: `{STATE_CHANGE}` (state running: every ENI of its "
         f"instance), `{API_CALL}` (a CreateNetworkInterface or AttachNetworkInterface record "
         f"that did not fail: its ENI), and `{JOB}` (detail: one job in the request syntax); "
+        "an instance leaving running (stopping, stopped, shutting-down, terminated) and a "
+        "DeleteTrafficMirrorTarget or DeleteNetworkInterface record that did not fail make "
+        "the modifies that repair their place's dark sessions, if any; "
         "any other event is answered 202 with why it is `ignored`. A body that is not such an "
         "event is 400 InvalidEvent. Events are planned through the policy in their place: "
         f"an event whose region is absent, null or this fleet's ({fleet_region}) is the "
@@ -402,9 +486,24 @@ _ENVELOPE = {
     "role_arn": "arn:aws:iam::111122223333:role/mirrorq-worker",
     "external_id": "mirrorq-7f3a",
 }
+_DELETE = {
+    "kind": "delete",
+    "request": {"TrafficMirrorSessionId": "tms-0e1d2c3b4a5968778"},
+    "network_interface_id": "eni-0a1b2c3d4e5f60718",
+}
+_MODIFY = {
+    "kind": "modify",
+    "request": {
+        "TrafficMirrorSessionId": "tms-0e1d2c3b4a5968778",
+        "TrafficMirrorTargetId": "tmt-07f75d8fee0a1b2c4",
+        "RemoveFields": ["packet-length"],
+    },
+}
 _JOB_EXAMPLES = {
-    "request": {"summary": "The request syntax", "value": _REQUEST},
+    "request": {"summary": "The request syntax (a create)", "value": _REQUEST},
     "envelope": {"summary": "A JobEnvelope: in a Region, through a role", "value": _ENVELOPE},
+    "delete": {"summary": "A delete, its session's ENI named for the lease", "value": _DELETE},
+    "modify": {"summary": "A modify: another target, whole packets", "value": _MODIFY},
 }
 _EVENT = {"version": "0", "source": "aws.ec2", "account": "111122223333", "resources": []}
 _EVENT_EXAMPLES = {
@@ -451,12 +550,13 @@ BATCH_BODY = body(
         "application/json": {
             "schema": {
                 **_JOBS,
-                "description": "a JSON array of jobs, each a SessionRequest or a JobEnvelope. "
+                "description": "a JSON array of jobs, each a SessionRequest or a JobEnvelope "
+                "(any kind). "
                 "The body is read as a JSON array when it starts with `[` (after white space), "
                 "else as JSON Lines, whatever its Content-Type.",
             },
             "examples": {
-                "jobs": {"summary": "Two jobs", "value": [_REQUEST, _ENVELOPE]},
+                "jobs": {"summary": "Jobs of each kind", "value": [_REQUEST, _ENVELOPE, _DELETE]},
             },
         },
         "application/x-ndjson": {
@@ -500,3 +600,94 @@ def errors(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
     return {
         s: {"model": ErrorBody, "description": described.get(f"s{s}", ANSWERS[s])} for s in statuses
     }
+
+
+# Unmirror and retarget (mirrorq/lifecycle.py): their bodies, as the CLI's options --------------
+
+_IdList = Field(min_length=1, max_length=200)  # EC2 takes 200 values a filter
+VpcIds = Annotated[list[Annotated[str, Field(pattern=r"^vpc-[0-9a-f]{8,17}$")]], _IdList]
+SubnetIds = Annotated[list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]], _IdList]
+InstanceIds = Annotated[list[Annotated[str, Field(pattern=r"^i-[0-9a-f]{8,17}$")]], _IdList]
+EniIds = Annotated[list[Annotated[str, Field(pattern=ENI_ID)]], _IdList]
+TargetIds = Annotated[list[Annotated[str, Field(pattern=TARGET_ID)]], _IdList]
+FilterIds = Annotated[list[Annotated[str, Field(pattern=FILTER_ID)]], _IdList]
+SessionIds = Annotated[list[Annotated[str, Field(pattern=SESSION_ID)]], _IdList]
+RuleNames = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], _IdList]
+Tags = Annotated[
+    list[Annotated[str, Field(pattern=r"^[^=]+=[\s\S]*$", description="Key=Value")]], _IdList
+]
+_SELECTORS = ("vpc", "subnet", "tag", "instance", "eni", "target", "filter", "rule", "session_id")
+
+
+class _SessionSelection(BaseModel):
+    """Which sessions: kinds given must all match, values of one kind are alternatives;
+    only sessions mirrorq manages (tag mirrorq:rule), unless named by `session_id`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    vpc: VpcIds = []
+    subnet: SubnetIds = []
+    tag: Tags = []
+    instance: InstanceIds = []
+    eni: EniIds = []
+    rule: RuleNames = Field(default=[], description="the sessions' mirrorq:rule tag")
+    session_id: SessionIds = Field(default=[], description="these sessions, managed or not")
+    dry_run: bool = Field(default=False, description="DryRun jobs: nothing is changed")
+
+    def selection(self, targets: Sequence[str] = (), filters: Sequence[str] = ()) -> Selection:
+        return Selection(
+            Selectors(
+                tuple(self.vpc),
+                tuple(self.subnet),
+                tuple((k, v) for k, _, v in (t.partition("=") for t in self.tag)),
+                tuple(self.instance),
+                tuple(self.eni),
+            ),
+            target_ids=tuple(targets),
+            filter_ids=tuple(filters),
+            rules=tuple(self.rule),
+            session_ids=tuple(self.session_id),
+        )
+
+
+class UnmirrorBody(_SessionSelection):
+    """`mirrorq unmirror`: at least one selector (none would select every managed session)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"anyOf": [{"required": [name]} for name in _SELECTORS]},
+    )
+
+    target: TargetIds = []
+    filter: FilterIds = []
+
+    @model_validator(mode="after")
+    def _named(self) -> UnmirrorBody:
+        if not any(getattr(self, name) for name in _SELECTORS):
+            raise ValueError(f"name the sessions: one of {', '.join(_SELECTORS)}")
+        return self
+
+
+class RetargetBody(_SessionSelection):
+    """`mirrorq retarget`: the managed sessions on `from` moved to `to` in place (a modify of
+    each: its SessionNumber and filter kept)."""
+
+    from_: str = Field(alias="from", pattern=TARGET_ID, description="the target they leave")
+    to: str = Field(pattern=TARGET_ID, description="the target they move to")
+
+
+class SessionItem(BaseModel):
+    session_id: str
+    network_interface_id: str
+    rule: str | None = Field(description="its mirrorq:rule tag (null: not mirrorq's)")
+    action: Literal["delete", "modify", "unmanaged", "already_mirrored", "target_full"]
+    target_id: str
+    to_target_id: str | None
+
+
+class SessionsPlanned(BaseModel):
+    batch_id: str
+    jobs: int = Field(description="the deletes or modifies submitted")
+    counts: dict[str, int] = Field(description="the sessions selected, by action")
+    sessions: list[SessionItem]

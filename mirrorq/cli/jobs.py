@@ -7,6 +7,7 @@ import sys
 import click
 
 from mirrorq.cli.base import ID, exit_for, fail, main, placement_options
+from tasks.contract import JobKind
 from tasks.errors import EXIT_FAILED, JobNotFoundError, MirrorqError
 
 
@@ -23,12 +24,28 @@ from tasks.errors import EXIT_FAILED, JobNotFoundError, MirrorqError
     show_default=True,
     help="Seconds --wait waits.",
 )
+@click.option(
+    "--kind",
+    type=click.Choice([k.value for k in JobKind]),
+    default=JobKind.CREATE.value,
+    show_default=True,
+    help="What the job does: JOB is CreateTrafficMirrorSession's, DeleteTrafficMirrorSession's "
+    "or ModifyTrafficMirrorSession's request syntax.",
+)
+@click.option(
+    "--network-interface-id",
+    default=None,
+    help="A delete's or a modify's session source ENI, for its lease (else the worker reads "
+    "the session).",
+)
 @placement_options
 def submit(
     job: str,
     wait: bool,
     idempotency_key: str | None,
     timeout: float,
+    kind: str,
+    network_interface_id: str | None,
     region: str | None,
     role_arn: str | None,
     external_id: str | None,
@@ -44,6 +61,8 @@ def submit(
         job_id = producer.submit(
             sys.stdin.read() if job == "-" else job,
             idempotency_key=idempotency_key,
+            kind=kind,
+            network_interface_id=network_interface_id,
             region=region,
             role_arn=role_arn,
             external_id=external_id,

@@ -13,8 +13,11 @@ from mirrorq.cli.base import echo_json, exit_for_batch, fail, main
 from tasks.errors import EXIT_FAILED, PolicyError, QueueError, UnknownResourceError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from mirrorq.planning import Plan
     from mirrorq.policy_watch import WatchedPolicy
+    from mirrorq.reconcile import Pass
     from mirrorq.rules import Rule
 
 policy_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -78,33 +81,51 @@ def policy_check(file: Path, as_json: bool) -> None:
 @policy.command("plan")
 @click.argument("file", type=policy_file)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def policy_plan(file: Path, as_json: bool) -> None:
-    """What each rule of FILE would create and skip against live EC2, with reasons.
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Also list every managed session no rule wants, as reconcile --prune would delete.",
+)
+def policy_plan(file: Path, as_json: bool, prune: bool) -> None:
+    """What each rule of FILE would create and skip against live EC2, with reasons; and,
+    with --prune or for the rules that say `prune`, the sessions it would delete, and why.
 
-    Creates nothing.
+    Creates and deletes nothing.
     """
     import asyncio
 
     from rich.console import Console
 
     from config import get_settings
-    from mirrorq import display
-    from mirrorq.bulk import plan_live
+    from mirrorq import display, lifecycle
+    from mirrorq.bulk import plan_live, plan_read, read_live
+    from mirrorq.cli.sessions import pruned_json, pruned_table, say_refusals
 
     rules = _rules(file)
+    settings = get_settings()
+    pruned = lifecycle.Pruned()
     try:
-        plan = asyncio.run(plan_live(get_settings(), rules))
+        if lifecycle.pruning(rules, prune):
+            live = asyncio.run(read_live(settings, rules, health=True))
+            plan = plan_read(live)
+            pruned = lifecycle.prune_live(settings, live, everything=prune)
+        else:
+            plan = asyncio.run(plan_live(settings, rules))
     except UnknownResourceError as error:
         fail(error, str(file))
     if as_json:
-        echo_json({**plan.summary(), "jobs": display.plan_jobs_json(plan)})
+        shown = {**plan.summary(), "jobs": display.plan_jobs_json(plan)}
+        echo_json({**shown, **({"prune": pruned_json(pruned)} if pruned.plans else {})})
     else:
         console = Console()
         console.print(display.plan_table(plan))
         places = display.places_table(plan)
         if places is not None:
             console.print(places)
+        if pruned.plans:
+            console.print(pruned_table(pruned))
     _say_where_not(plan)
+    say_refusals(pruned)
     if plan.unplanned:
         sys.exit(EXIT_FAILED)
 
@@ -119,16 +140,42 @@ def policy_plan(file: Path, as_json: bool) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Plan, and send DryRun jobs: nothing is created.")
 @click.option("--wait", is_flag=True, help="Follow the pass's batch with a progress bar.")
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Also delete the managed sessions no rule wants (as every rule said `prune`).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Prune even more than MIRRORQ_PRUNE_MAX_SHARE of an account's managed sessions.",
+)
 @metrics_port
 def reconcile(
-    policy_path: Path, every: str | None, dry_run: bool, wait: bool, metrics_port: int | None
+    policy_path: Path,
+    every: str | None,
+    dry_run: bool,
+    wait: bool,
+    prune: bool,
+    force: bool,
+    metrics_port: int | None,
 ) -> None:
     """Mirror every rule's gaps: plan from live EC2, submit them as one batch.
 
+    Every managed session on a dead target (its sensor instance stopped or terminated, its
+    ENI deleted) is moved to a live target of its rule by a modify in the same batch; one no
+    live target can take is left, and said.
+
     Prints the batch id. With --every, a pass runs each DURATION until stopped (Ctrl-C or
-    SIGTERM), each logging one line: what it planned, skipped by reason, created, failed.
+    SIGTERM), each logging one line: what it planned, skipped by reason, created, modified,
+    failed, and the coverage it found.
     Each pass plans the policy as the file is then: an edit applies from the next pass, an
     invalid one is logged and the last good policy kept; SIGHUP reads the file at once.
+
+    With --prune (or for the rules that say `prune`), the pass also deletes the managed
+    sessions no rule wants, in the same batch, listed with the reason; one that would delete
+    more than MIRRORQ_PRUNE_MAX_SHARE of an account's managed sessions deletes nothing, says
+    why and exits 1, unless --force. Sessions on a dead target are repaired, never pruned.
     """
     import logging
     import signal
@@ -138,6 +185,7 @@ def reconcile(
 
     from config import get_settings
     from mirrorq import display
+    from mirrorq.cli.sessions import exit_if_refused
     from mirrorq.reconcile import parse_duration, reconcile_every, run_pass
     from tasks.producer import Producer
 
@@ -153,7 +201,16 @@ def reconcile(
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGHUP, lambda *_: watched.hangup())
         try:
-            reconcile_every(settings, watched.current, producer, period, stop, dry_run=dry_run)
+            reconcile_every(
+                settings,
+                watched.current,
+                producer,
+                period,
+                stop,
+                dry_run=dry_run,
+                prune=prune,
+                force=force,
+            )
         except KeyboardInterrupt:
             stop.set()
         return
@@ -164,26 +221,46 @@ def reconcile(
     rules = _rules(policy_path)
     console = Console(stderr=True)
     try:
-        done = run_pass(settings, rules, producer, dry_run=dry_run, keep_empty=True)
+        done = run_pass(
+            settings,
+            rules,
+            producer,
+            dry_run=dry_run,
+            keep_empty=True,
+            prune=prune,
+            force=force,
+        )
     except UnknownResourceError as error:
         fail(error, str(policy_path))
-    console.print(display.plan_table(done.plan))
-    places = display.places_table(done.plan)
-    if places is not None:
-        console.print(places)
-    _say_where_not(done.plan)
-    for repair in done.repairs:  # each dark session: where it moves, or why it stays
-        click.echo(f"mirrorq: {repair}", err=True)
+    _show_pass(done, console)
     assert done.batch_id is not None  # keep_empty
     click.echo(done.batch_id)
     if wait:
         status = display.watch(producer, done.batch_id, console)
         if status is not None:
             console.print(display.counts_table(status))
-            if not done.plan.unplanned:
+            if not done.plan.unplanned and not done.pruned.refusals:
                 exit_for_batch(status)
     if done.plan.unplanned:
         sys.exit(EXIT_FAILED)
+    exit_if_refused(done.pruned)
+
+
+def _show_pass(done: Pass, console: Console) -> None:
+    """A pass's plan (and prune) as tables, and the notes and refusals on stderr."""
+    from mirrorq import display
+    from mirrorq.cli.sessions import pruned_table, say_refusals
+
+    console.print(display.plan_table(done.plan))
+    places = display.places_table(done.plan)
+    if places is not None:
+        console.print(places)
+    if done.pruned.plans:
+        console.print(pruned_table(done.pruned))
+    _say_where_not(done.plan)
+    for repair in done.repairs:  # each dark session: where it moves, or why it stays
+        click.echo(f"mirrorq: {repair}", err=True)
+    say_refusals(done.pruned)
 
 
 @main.command()
@@ -212,9 +289,12 @@ def listen(
 
     Instances reaching running (every ENI attached), CloudTrail's CreateNetworkInterface and
     AttachNetworkInterface (that ENI), and mirrorq.CreateTrafficMirrorSession events (their
-    detail is one job). A message is deleted once its jobs are accepted; one that is not an
-    event is left for the queue's dead-letter queue. Stops on Ctrl-C or SIGTERM; exits 2 if a
-    queue cannot be used at start (no such queue, access denied), 1 if one stops being usable.
+    detail is one job). An instance leaving running, DeleteTrafficMirrorTarget and
+    DeleteNetworkInterface repair their place's dark sessions (each managed session on a dead
+    target moved to a live target of its rule), as reconcile does. A message is deleted once
+    its jobs are accepted; one that is not an event is left for the queue's dead-letter queue.
+    Stops on Ctrl-C or SIGTERM; exits 2 if a queue cannot be used at start (no such queue,
+    access denied), 1 if one stops being usable.
 
     Each receive's events go through the policy as the file is then: an edit applies from the
     next receive, an invalid one is logged and the last good policy kept; SIGHUP reads the

@@ -1,0 +1,261 @@
+"""`mirrorq unmirror` and `mirrorq retarget`: managed sessions deleted, or moved to another
+target in place, planned and shown first, submitted as one batch as `mirror` submits creates;
+and the tables that show a prune's deletions (`policy plan`, `reconcile`)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from mirrorq.cli.base import (
+    echo_json,
+    exit_for_batch,
+    fail,
+    fail_input,
+    key_values,
+    main,
+    placement_options,
+    placement_or_exit,
+)
+from tasks.errors import MirrorqError, UnknownResourceError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from mirrorq.lifecycle import Pruned, Selection, SessionPlan
+    from tasks.contract import Placement
+
+NO_SELECTOR = (
+    "name the sessions: --vpc, --subnet, --tag, --instance, --eni, --target, --filter, "
+    "--rule or --session-id (refused without one: it would select every managed session)"
+)
+
+
+def pruned_table(pruned: Pruned) -> Table:
+    """Each session a prune would delete: its rule, ENI, reason and why."""
+    from rich.table import Table
+
+    deletions = pruned.planned
+    title = f"prune: {len(deletions)} managed session(s) no rule wants"
+    if pruned.refusals:
+        title += " (refused: nothing is deleted)"
+    table = Table(title=title, title_justify="left")
+    for column in ("rule", "session", "ENI", "reason", "detail"):
+        table.add_column(column)
+    for d in deletions:
+        table.add_row(d.rule, d.session_id, d.eni_id, d.reason.value, d.detail)
+    return table
+
+
+def pruned_json(pruned: Pruned) -> dict[str, Any]:
+    return {**pruned.summary(), "sessions": [d.to_json() for d in pruned.planned]}
+
+
+def say_refusals(pruned: Pruned) -> None:
+    for refusal in pruned.refusals:
+        click.echo(f"mirrorq: {refusal}", err=True)
+
+
+def session_plan_table(plan: SessionPlan) -> Table:
+    """Sessions selected, by rule and what is done to each (or why nothing is)."""
+    from collections import Counter
+
+    from rich.table import Table
+
+    table = Table(title=f"plan: {plan.title}", title_justify="left")
+    for column in ("rule", "action", "sessions"):
+        table.add_column(column)
+    counted = Counter((i.rule or "(unmanaged)", i.action.value) for i in plan.items)
+    for (rule, action), n in sorted(counted.items()):
+        table.add_row(rule, action, str(n))
+    table.add_row("[bold]selected", "", f"[bold]{len(plan.items)}")
+    return table
+
+
+def _selectors(
+    vpc: tuple[str, ...],
+    subnet: tuple[str, ...],
+    tag: tuple[str, ...],
+    instance: tuple[str, ...],
+    eni: tuple[str, ...],
+    **named: tuple[str, ...],
+) -> Selection:
+    from mirrorq.lifecycle import Selection
+    from mirrorq.rules import Selectors
+
+    return Selection(
+        Selectors(vpc, subnet, key_values(tag, "--tag"), instance, eni),
+        target_ids=named.get("target", ()),
+        filter_ids=named.get("filter", ()),
+        rules=named.get("rule", ()),
+        session_ids=named.get("session_id", ()),
+    )
+
+
+def selector_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option("--vpc", multiple=True, help="Sessions on ENIs in this VPC (repeatable)."),
+            click.option("--subnet", multiple=True, help="... in this subnet (repeatable)."),
+            click.option(
+                "--tag", multiple=True, metavar="KEY=VALUE", help="... with this tag (repeatable)."
+            ),
+            click.option("--instance", multiple=True, help="... of this instance (repeatable)."),
+            click.option("--eni", multiple=True, help="Sessions on this ENI (repeatable)."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _run(
+    plan: SessionPlan, placement: Placement, *, source: str, dry_run: bool, wait: bool
+) -> None:
+    """Show the plan, submit its jobs as one batch, print its id; with --wait follow it."""
+    from rich.console import Console
+
+    from mirrorq import display
+    from mirrorq.lifecycle import submit_session_jobs
+    from tasks.producer import Producer
+
+    console: Console = Console(stderr=True)
+    console.print(session_plan_table(plan))
+    producer = Producer()
+    try:
+        batch_id = submit_session_jobs(
+            producer,
+            plan.jobs(dry_run=dry_run, place=placement),
+            source=source,
+            plan=plan.summary(),
+        )
+    except MirrorqError as error:
+        fail(error)
+    click.echo(batch_id)
+    if wait:
+        status = display.watch(producer, batch_id, console)
+        if status is not None:
+            console.print(display.counts_table(status))
+            exit_for_batch(status)
+
+
+@main.command()
+@selector_options
+@click.option("--target", multiple=True, help="Sessions to this target (repeatable).")
+@click.option("--filter", "filter_", multiple=True, help="... through this filter (repeatable).")
+@click.option("--rule", multiple=True, help="... made by this rule (its mirrorq:rule tag).")
+@click.option(
+    "--session-id",
+    multiple=True,
+    help="This session (repeatable); the one way to delete a session mirrorq does not manage.",
+)
+@click.option("--dry-run", is_flag=True, help="Plan, and send DryRun jobs: nothing is deleted.")
+@click.option("--wait", is_flag=True, help="Follow the batch with a progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON; submit nothing.")
+@placement_options
+def unmirror(
+    vpc: tuple[str, ...],
+    subnet: tuple[str, ...],
+    tag: tuple[str, ...],
+    instance: tuple[str, ...],
+    eni: tuple[str, ...],
+    target: tuple[str, ...],
+    filter_: tuple[str, ...],
+    rule: tuple[str, ...],
+    session_id: tuple[str, ...],
+    dry_run: bool,
+    wait: bool,
+    as_json: bool,
+    region: str | None,
+    role_arn: str | None,
+    external_id: str | None,
+) -> None:
+    """Delete the managed sessions the selectors name: plan, show, submit as a batch.
+
+    Selectors of different kinds must all match; repeated ones are alternatives. Only
+    sessions mirrorq manages (tagged mirrorq:rule) are deleted, unless named by
+    --session-id; the others selected are shown as `unmanaged`. No selector: refused (exit 2).
+    """
+    import asyncio
+
+    from config import get_settings
+    from mirrorq.lifecycle import plan_unmirror_live
+
+    selection = _selectors(
+        vpc, subnet, tag, instance, eni, target=target, filter=filter_, rule=rule,
+        session_id=session_id,
+    )  # fmt: skip
+    if not selection:
+        fail_input(NO_SELECTOR)
+    placement = placement_or_exit(region, role_arn, external_id)
+    plan = asyncio.run(plan_unmirror_live(get_settings(), selection, placement))
+    if as_json:
+        echo_json({**plan.summary(), "sessions": [i.to_json() for i in plan.items]})
+        return
+    _run(plan, placement, source="mirrorq unmirror", dry_run=dry_run, wait=wait)
+
+
+@main.command()
+@click.option("--from", "from_target", required=True, help="The target the sessions leave.")
+@click.option("--to", "to_target", required=True, help="The target they move to.")
+@selector_options
+@click.option("--rule", multiple=True, help="Sessions made by this rule (its mirrorq:rule tag).")
+@click.option("--session-id", multiple=True, help="This session (repeatable), managed or not.")
+@click.option("--dry-run", is_flag=True, help="Plan, and send DryRun jobs: nothing is changed.")
+@click.option("--wait", is_flag=True, help="Follow the batch with a progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON; submit nothing.")
+@placement_options
+def retarget(
+    from_target: str,
+    to_target: str,
+    vpc: tuple[str, ...],
+    subnet: tuple[str, ...],
+    tag: tuple[str, ...],
+    instance: tuple[str, ...],
+    eni: tuple[str, ...],
+    rule: tuple[str, ...],
+    session_id: tuple[str, ...],
+    dry_run: bool,
+    wait: bool,
+    as_json: bool,
+    region: str | None,
+    role_arn: str | None,
+    external_id: str | None,
+) -> None:
+    """Move the managed sessions on target FROM to target TO, in place: one modify each
+    (ModifyTrafficMirrorSession: its SessionNumber and filter kept, mirroring without a gap).
+
+    An ENI that mirrors to TO through the same filter already is skipped
+    (`already_mirrored`), as is one TO has no room for (`target_full`).
+    """
+    import asyncio
+
+    from config import get_settings
+    from mirrorq.lifecycle import plan_retarget_live
+
+    if from_target == to_target:
+        fail_input("--to: the sessions are on that target already (it is --from)")
+    selection = _selectors(
+        vpc, subnet, tag, instance, eni, target=(from_target,), rule=rule, session_id=session_id
+    )
+    placement = placement_or_exit(region, role_arn, external_id)
+    try:
+        plan = asyncio.run(plan_retarget_live(get_settings(), selection, to_target, placement))
+    except UnknownResourceError as error:
+        fail(error, "--to")
+    if as_json:
+        echo_json({**plan.summary(), "sessions": [i.to_json() for i in plan.items]})
+        return
+    _run(plan, placement, source="mirrorq retarget", dry_run=dry_run, wait=wait)
+
+
+def exit_if_refused(pruned: Pruned) -> None:
+    """A pass whose prune was refused ends with exit 1 once it printed what it did."""
+    from tasks.errors import EXIT_FAILED
+
+    if pruned.refusals:
+        sys.exit(EXIT_FAILED)

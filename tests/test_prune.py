@@ -1,0 +1,193 @@
+"""Prune, unmirror and retarget end to end: real `mirrorq` commands, a real worker, real Redis,
+the emulator over HTTP. One lab, one policy, every step checked on the sessions EC2 lists."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from emulator.lab import LAB_IMAGE_ID, lab_client, seed_lab
+from mirrorq.managed import RULE_TAG
+from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+from tests.helpers import sessions
+from tests.test_api import AUTH, TOKENS, start_api
+
+ENIS = 60  # half of them Env=prod (emulator/lab.py's tag variants)
+GONE = 20  # the prod ENIs that lose their tag
+
+
+def mirrorq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MIRRORQ, *args], env=env, capture_output=True, text=True, check=False, timeout=300
+    )
+
+
+def batch(env: dict[str, str], batch_id: str) -> dict[str, Any]:
+    status: dict[str, Any] = json.loads(mirrorq(env, "batch", "status", batch_id, "--json").stdout)
+    return status
+
+
+def by_id(endpoint: str) -> dict[str, dict[str, Any]]:
+    return {s["TrafficMirrorSessionId"]: s for s in sessions(endpoint)}
+
+
+def rule_of(session: dict[str, Any]) -> str | None:
+    return next((t["Value"] for t in session.get("Tags", []) if t["Key"] == RULE_TAG), None)
+
+
+def test_prune_unmirror_and_retarget_touch_only_what_mirrorq_manages_and_means(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    ec2 = lab_client(emulator.url)
+    lab = seed_lab(emulator.url, ENIS)
+    other = seed_lab(emulator.url, 4)  # another VPC, its prod ENIs mirrored by the same rule
+    # A mixed fleet in the other VPC: t2 and bare metal cannot be sources, m5 and m4 can.
+    mixed = {}
+    for instance_type in ("t2.micro", "m5.large", "c5.metal", "m4.large"):
+        instance = ec2.run_instances(
+            ImageId=LAB_IMAGE_ID,
+            MinCount=1,
+            MaxCount=1,
+            SubnetId=other["subnet_ids"][0],
+            InstanceType=instance_type,
+        )["Instances"][0]
+        eni_id = instance["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        ec2.create_tags(Resources=[eni_id], Tags=[{"Key": "Env", "Value": "prod"}])
+        mixed[instance_type] = eni_id
+    flt, nlb = lab["filter_id"], lab["target_ids"]["nlb"]
+    gwlb_a, gwlb_b = (
+        ec2.create_traffic_mirror_target(GatewayLoadBalancerEndpointId=f"vpce-0123456789abcdef{n}")[
+            "TrafficMirrorTarget"
+        ]["TrafficMirrorTargetId"]
+        for n in (1, 2)
+    )
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f"""
+[[rules]]
+name = "prod"
+tag = ["Env=prod"]
+target = "{gwlb_a}"
+filter = "{flt}"
+session_tags = ["team=sec"]
+
+[[rules]]
+name = "staging"
+tag = ["Env=staging"]
+target = "{nlb}"
+filter = "{flt}"
+"""
+    )
+    prod = [
+        e["NetworkInterfaceId"]
+        for e in ec2.describe_network_interfaces(
+            Filters=[
+                {"Name": "vpc-id", "Values": [lab["vpc_id"]]},
+                {"Name": "tag:Env", "Values": ["prod"]},
+            ]
+        )["NetworkInterfaces"]
+    ]
+    losing = sorted(prod)[:GONE]
+    # Sessions made outside mirrorq on the ENIs that will lose their tag: never mirrorq's.
+    outside = {
+        ec2.create_traffic_mirror_session(
+            NetworkInterfaceId=e, TrafficMirrorTargetId=nlb, TrafficMirrorFilterId=flt,
+            SessionNumber=9,
+        )["TrafficMirrorSession"]["TrafficMirrorSessionId"]
+        for e in losing
+    }  # fmt: skip
+    start_worker(MIRRORQ_CONCURRENCY="16")
+    env = {**env, "COLUMNS": "200"}
+
+    # Every rule's ENIs mirrored, each session tagged with its rule; the mixed fleet's
+    # unsupported types skipped with the reason, and nothing failed.
+    first = mirrorq(env, "reconcile", "--policy", str(policy), "--wait")
+    assert first.returncode == 0, first.stderr[-3000:]
+    made = by_id(emulator.url)
+    managed = {i: s for i, s in made.items() if rule_of(s)}
+    assert batch(env, first.stdout.strip())["counts"] == {"created": len(managed)}
+    assert {rule_of(s) for s in managed.values()} == {"prod", "staging"}
+    assert all(
+        {"Key": "team", "Value": "sec"} in s["Tags"]
+        for s in managed.values()
+        if rule_of(s) == "prod"
+    )
+    on = {s["NetworkInterfaceId"] for s in managed.values()}
+    assert mixed["m5.large"] in on
+    assert mixed["m4.large"] in on
+    assert mixed["t2.micro"] not in on
+    assert mixed["c5.metal"] not in on
+    plan = json.loads(mirrorq(env, "policy", "plan", str(policy), "--json").stdout)
+    unsupported = plan["rules"]["prod"]["skipped"]["unsupported_instance_type"]
+    assert sorted(unsupported) == sorted([mixed["t2.micro"], mixed["c5.metal"]])
+
+    # 20 prod ENIs lose their tag: policy plan --prune lists their 20 sessions, and why.
+    ec2.delete_tags(Resources=losing, Tags=[{"Key": "Env"}])
+    doomed = {i for i, s in managed.items() if s["NetworkInterfaceId"] in losing}
+    assert len(doomed) == GONE
+    shown = mirrorq(env, "policy", "plan", str(policy), "--prune", "--json")
+    pruning = json.loads(shown.stdout)["prune"]
+    assert {d["session_id"] for d in pruning["sessions"]} == doomed
+    assert {d["reason"] for d in pruning["sessions"]} == {"eni_not_matched"}
+    assert pruning["by_reason"] == {"eni_not_matched": GONE}
+    # 20 of the account's managed sessions is more than 20 %: refused, nothing deleted.
+    assert len(managed) > GONE
+    refused = mirrorq(env, "reconcile", "--policy", str(policy), "--prune", "--wait")
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "prune refused" in refused.stderr
+    assert "--force" in refused.stderr
+    assert set(by_id(emulator.url)) == set(made)
+    # --force: exactly those 20 go; outside sessions on the same ENIs and other rules' stay.
+    forced = mirrorq(env, "reconcile", "--policy", str(policy), "--prune", "--force", "--wait")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert batch(env, forced.stdout.strip())["counts"] == {"deleted": GONE}
+    assert set(by_id(emulator.url)) == set(made) - doomed
+    assert outside <= set(by_id(emulator.url))
+
+    # retarget: staging's sessions move from the NLB to B in place (same ids and numbers);
+    # the sessions made outside mirrorq on the NLB stay where they are.
+    before = by_id(emulator.url)
+    staging = {i for i, s in before.items() if rule_of(s) == "staging"}
+    moved = mirrorq(env, "retarget", "--from", nlb, "--to", gwlb_b, "--wait")
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert batch(env, moved.stdout.strip())["counts"] == {"modified": len(staging)}
+    after = by_id(emulator.url)
+    assert set(after) == set(before)  # none deleted, none created
+    for session_id, session in after.items():
+        expected = gwlb_b if session_id in staging else before[session_id]["TrafficMirrorTargetId"]
+        assert session["TrafficMirrorTargetId"] == expected
+        assert session["SessionNumber"] == before[session_id]["SessionNumber"]
+
+    # unmirror --vpc: every managed session in the lab's VPC, nothing else; then nothing to do.
+    lab_enis = set(lab["eni_ids"])
+    in_vpc = {i for i, s in after.items() if rule_of(s) and s["NetworkInterfaceId"] in lab_enis}
+    gone = mirrorq(env, "unmirror", "--vpc", lab["vpc_id"], "--wait")
+    assert gone.returncode == 0, gone.stderr[-3000:]
+    assert batch(env, gone.stdout.strip())["counts"] == {"deleted": len(in_vpc)}
+    assert set(by_id(emulator.url)) == set(after) - in_vpc
+    # The second run, over HTTP (POST /v1/unmirror, as the CLI): nothing left to delete.
+    api = start_api({**env, "MIRRORQ_API_TOKENS": ",".join(TOKENS)}, tmp_path)
+    try:
+        url = f"{api.url}/v1/unmirror"  # type: ignore[attr-defined]
+        again = httpx.post(url, json={"vpc": [lab["vpc_id"]]}, headers=AUTH, timeout=60)
+        assert again.status_code == 202, again.text
+        assert again.json()["jobs"] == 0
+        assert again.json()["counts"] == {"unmanaged": len(outside)}
+        assert httpx.post(url, json={"vpc": [lab["vpc_id"]]}, timeout=60).status_code == 401
+        bare = httpx.post(url, json={"dry_run": True}, headers=AUTH, timeout=60)
+        assert bare.status_code == 422, bare.text
+    finally:
+        api.stop()
+    assert set(by_id(emulator.url)) == set(after) - in_vpc
+    # No selector at all: refused, naming the selectors.
+    refused = mirrorq(env, "unmirror")
+    assert refused.returncode == 2
+    assert "--session-id" in refused.stderr
