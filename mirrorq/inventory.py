@@ -21,6 +21,10 @@ from worker.errors import classify
 
 PAGE_SIZE = 1000  # EC2's maximum for the paginated Describe calls
 FILTER_VALUES = 200  # values per filter in one call: more go in several calls
+# Instances per DescribeInstances call: an instance's description is long (a hundred fields),
+# so a call of 200 can take seconds to answer (moto's emulator: 2 s unloaded); 50 keep each
+# answer well inside a read timeout.
+INSTANCES_PER_CALL = 50
 SOURCES_PER_TARGET = 10  # EC2: a network-interface target takes 10 sources...
 SOURCES_PER_LARGEST_TARGET = 100  # ...or 100 on the largest size of its instance family
 ALL_ZONES = frozenset({"network-load-balancer", "gateway-load-balancer-endpoint"})
@@ -68,11 +72,12 @@ class Inventory:
         }
         ids = sorted(set(instance_of.values()))
         types: dict[str, str] = {}
-        for start in range(0, len(ids), FILTER_VALUES):
+        for start in range(0, len(ids), INSTANCES_PER_CALL):
+            chunk = ids[start : start + INSTANCES_PER_CALL]
             reservations = await self._road.paginate(
                 "DescribeInstances",
                 "Reservations",
-                Filters=[{"Name": "instance-id", "Values": ids[start : start + FILTER_VALUES]}],
+                Filters=[{"Name": "instance-id", "Values": chunk}],
                 MaxResults=PAGE_SIZE,
             )
             types |= {

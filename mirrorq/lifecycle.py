@@ -25,6 +25,7 @@ from mirrorq.inventory import Inventory
 from mirrorq.managed import rule_of
 from mirrorq.planning import SessionJob, Target
 from mirrorq.rules import Rule, Selectors
+from mirrorq.targets import target_health
 from tasks.contract import NOWHERE, JobKind, Placement, parse_request
 from tasks.producer import Producer
 from worker.roads import place_at, planner_roads
@@ -177,6 +178,16 @@ def submit_session_jobs(
         network_interface_ids=[j.eni_id for j in jobs],
         job_ids=job_ids,
     )
+
+
+class DeadTargetError(Exception):
+    """A retarget to a target whose resource is gone (mirrorq/targets.py): refused."""
+
+    def __init__(self, target_id: str, reason: str) -> None:
+        super().__init__(
+            f"target {target_id} is dead ({reason}): sessions moved to it would mirror nothing"
+        )
+        self.target_id, self.reason = target_id, reason
 
 
 # Unmirror and retarget ------------------------------------------------------------------------
@@ -365,13 +376,17 @@ async def plan_retarget_live(
     placement: Placement = NOWHERE,
 ) -> SessionPlan:
     """The selection's sessions (those on its `--from` target) read in `placement` and planned
-    to move to `to_target`: UnknownResourceError if that target does not exist there."""
+    to move to `to_target`: UnknownResourceError if that target does not exist there,
+    DeadTargetError if it is dead (its sensor gone: the sessions would mirror nothing)."""
     async with (
         planner_roads(settings) as roads,
         roads.use(place_at(placement, settings.region)) as road,
     ):
         inventory = Inventory(road)
         to = (await inventory.targets([to_target]))[to_target]
+        health = (await target_health(road, [to_target]))[to_target]
+        if not health.live:
+            raise DeadTargetError(to_target, health.reason)
         sessions = await selected_sessions(inventory, selection)
         on_target = await inventory.sessions(
             [{"Name": "traffic-mirror-target-id", "Values": [to_target]}]

@@ -37,7 +37,7 @@ from tasks.contract import (
     recordable_job_id,
 )
 from tasks.errors import InvalidJobError, JobExpiredError, JobRevokedError, MirrorqError
-from tasks.records import StepVerdict, accepted, failed, is_terminal, may_have_sent
+from tasks.records import StepVerdict, accepted, failed, is_terminal, kind_of, may_have_sent
 from tasks.store import ResultStore
 
 log = logging.getLogger("mirrorq.jobs")
@@ -83,11 +83,17 @@ def refuse(job_id: str, code: str, message: str, *, unless_started: bool = False
                 code,
             )
             return
-        if may_have_sent(current):
+        if current is not None and may_have_sent(current) and kind_of(current) is JobKind.CREATE:
             message += (
                 "; an earlier delivery started the job and may have sent a create with its "
                 "ClientToken, which may have made a session: submit the request again with "
                 "that ClientToken to learn which"
+            )
+        elif current is not None and may_have_sent(current):
+            message += (
+                f"; an earlier delivery started the job and may have sent its "
+                f"{kind_of(current).action}: describe the session to learn whether it took "
+                "effect"
             )
         record = current or accepted(job_id, None, scope=fleet_scope(get_settings()))
         verdict = store().step("finish", failed(record, code, message))

@@ -191,3 +191,9 @@ filter = "{flt}"
     refused = mirrorq(env, "unmirror")
     assert refused.returncode == 2
     assert "--session-id" in refused.stderr
+    # A retarget to a dead sensor (its instance stopped) is refused: nothing would be mirrored.
+    sensor = ec2.describe_network_interfaces(NetworkInterfaceIds=[lab["sensor_eni_id"]])
+    ec2.stop_instances(InstanceIds=[sensor["NetworkInterfaces"][0]["Attachment"]["InstanceId"]])
+    dead = mirrorq(env, "retarget", "--from", gwlb_b, "--to", lab["target_ids"]["eni"])
+    assert dead.returncode == 2, dead.stderr[-3000:]
+    assert "is dead (instance_stopped)" in dead.stderr

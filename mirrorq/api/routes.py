@@ -36,6 +36,7 @@ from mirrorq.export import export_lines
 from mirrorq.intake import Intake
 from mirrorq.jobfiles import parse_placed_jobs
 from mirrorq.lifecycle import (
+    DeadTargetError,
     SessionPlan,
     plan_retarget_live,
     plan_unmirror_live,
@@ -366,7 +367,12 @@ async def unmirror(body: UnmirrorBody, s: Svc) -> JSONResponse:
     response_model=SessionsPlanned,
     responses={
         **SESSIONS_ERRORS,
-        **errors(404, s404="No traffic mirror target `to` (UnknownResource)"),
+        **errors(
+            404,
+            409,
+            s404="No traffic mirror target `to` (UnknownResource)",
+            s409="Target `to` is dead: its sensor is gone (DeadTarget)",
+        ),
     },
     summary="Move the managed sessions on target `from` to target `to` in place (as mirrorq "
     "retarget): one modify each, no gap in mirroring",
@@ -377,6 +383,8 @@ async def retarget(body: RetargetBody, s: Svc) -> JSONResponse:
         plan = await plan_retarget_live(s.producer.settings, selection, body.to)
     except UnknownResourceError as error:
         raise ApiError(404, error.code, str(error)) from None
+    except DeadTargetError as error:
+        raise ApiError(409, "DeadTarget", str(error)) from None
     return await _submit_sessions(s, plan, "mirrorq api retarget", body.dry_run)
 
 

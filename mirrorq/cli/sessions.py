@@ -230,12 +230,13 @@ def retarget(
     (ModifyTrafficMirrorSession: its SessionNumber and filter kept, mirroring without a gap).
 
     An ENI that mirrors to TO through the same filter already is skipped
-    (`already_mirrored`), as is one TO has no room for (`target_full`).
+    (`already_mirrored`), as is one TO has no room for (`target_full`). A TO whose sensor is
+    gone (a dead target) is refused, exit 2.
     """
     import asyncio
 
     from config import get_settings
-    from mirrorq.lifecycle import plan_retarget_live
+    from mirrorq.lifecycle import DeadTargetError, plan_retarget_live
 
     if from_target == to_target:
         fail_input("--to: the sessions are on that target already (it is --from)")
@@ -247,6 +248,8 @@ def retarget(
         plan = asyncio.run(plan_retarget_live(get_settings(), selection, to_target, placement))
     except UnknownResourceError as error:
         fail(error, "--to")
+    except DeadTargetError as error:
+        fail_input(f"--to: {error}")
     if as_json:
         echo_json({**plan.summary(), "sessions": [i.to_json() for i in plan.items]})
         return
