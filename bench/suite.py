@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,25 +65,23 @@ def main(argv: list[str] | None = None) -> None:
             "events-accounts",
             "lifecycle",
             "replication",
+            "dashboard",
         ],
-        help="run only this benchmark (printed; accounts and replication also write "
-        "bench/results/accounts.json, replication.json)",
+        help="run only this benchmark (printed; accounts, replication and dashboard also write "
+        "their bench/results/*.json)",
     )
     args = parser.parse_args(argv)
-    if args.only == "accounts":
-        only_accounts(args.account_jobs)
-        return
-    if args.only == "events-accounts":
-        only_events_accounts()
-        return
-    if args.only == "lifecycle":
-        only_lifecycle(args.ride_jobs)
-        return
-    if args.only == "replication":
-        only_replication(args.output.parent)
-        return
-    if args.only in ("events", "api"):
-        console.print_json(json.dumps(bench_events() if args.only == "events" else bench_api()))
+    alone: dict[str, Callable[[], None]] = {
+        "accounts": lambda: only_accounts(args.account_jobs),
+        "dashboard": only_dashboard,
+        "events-accounts": only_events_accounts,
+        "lifecycle": lambda: only_lifecycle(args.ride_jobs),
+        "replication": lambda: only_replication(args.output.parent),
+        "events": lambda: console.print_json(json.dumps(bench_events())),
+        "api": lambda: console.print_json(json.dumps(bench_api())),
+    }
+    if args.only in alone:
+        alone[args.only]()
         return
 
     results: dict[str, Any] = {
@@ -369,3 +368,10 @@ def only_replication(folder: Path) -> None:
     for row in replication_rows(replication):
         table.add_row(*row)
     console.print(table)
+
+
+def only_dashboard() -> None:
+    """The dashboard's first paint and update times (bench/dashboard.py, with Chromium)."""
+    from bench.dashboard import main as dashboard
+
+    dashboard()

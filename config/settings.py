@@ -137,6 +137,15 @@ class Settings(BaseSettings):
     # connection opened or its previous answer ended closes the connection: uvicorn has no
     # such bound, so partial heads (slowloris) would be held open forever.
     api_header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    # The dashboard (/ui/): how long a login lasts; how often coverage is computed again
+    # (live EC2 reads: however many browsers watch, once per period); how often, and over how
+    # long, the fleet is sampled for its charts while a page is open; after how long without
+    # a reconcile pass its figures are called stale.
+    ui_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
+    ui_coverage_refresh_s: float = Field(default=30.0, ge=0.5)
+    ui_sample_s: float = Field(default=5.0, ge=0.5, le=300)
+    ui_history_s: float = Field(default=600.0, ge=60, le=24 * 3600)
+    ui_reconcile_stale_s: float = Field(default=900.0, ge=1)
 
     # How the long-running commands (worker, listen, api, reconcile --every, emulator) log:
     # `text` lines for people, or `json`, one object a line for a log search engine (Loki,

@@ -11,6 +11,12 @@ fi
 # CLI process would otherwise compile celery, botocore and redis from source as it starts.
 uv sync --frozen --quiet --compile-bytecode
 
+# The dashboard's browser tests (tests/test_dashboard.py) drive Debian's headless Chromium
+# through its chromedriver; nothing is downloaded at test time.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 redis_url="${MIRRORQ_BROKER_URL:-redis://127.0.0.1:6379/0}"
 if ! uv run --frozen python - "$redis_url" <<'PY' >/dev/null 2>&1
 import sys, redis

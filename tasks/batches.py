@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -66,6 +67,8 @@ class BatchStore:
                     pipe.hset(batch.placements, mapping=dict(zip(ids, where, strict=True)))
         else:
             pipe.hset(batch.record, "finished_at", submitted_at)
+        pipe.zadd(keys.RECENT_BATCHES, {batch_id: time.time()})
+        pipe.zremrangebyrank(keys.RECENT_BATCHES, 0, -keys.RECENT_BATCHES_KEPT - 1)
         for key in batch.all():
             pipe.expire(key, self.ttl_s)
 

@@ -102,6 +102,10 @@ STATS_PLACED = f"{STATS_STATUS}:placed"
 STATS_FAILED = _key("stats", "failed")  # hash: error code -> jobs that failed with it
 STATS_DURATION = _key("stats", "duration")  # hash: submission-to-outcome bucket -> jobs, sum
 RUNNING_BATCHES = _key("batches", "running")  # set: batches not finished yet
+# sorted set: batches by submission time (Unix), the newest RECENT_BATCHES_KEPT kept, so the
+# dashboard lists recent ones without scanning keys (tasks/batches.py create)
+RECENT_BATCHES = _key("batches", "recent")
+RECENT_BATCHES_KEPT = 200
 # sorted set: reconcile's pass batches by submission time, the finished ones past the newest
 # few deleted (tasks/batches.py keep_latest)
 RECONCILE_PASSES = _key("reconcile", "passes")

@@ -1,5 +1,6 @@
 """`mirrorq api`: the HTTP API for services that don't speak Celery: jobs, batches and events
-with the CLI's contract, guarantees and records; health and the fleet's metrics.
+with the CLI's contract, guarantees and records; health and the fleet's metrics; and the
+read-only dashboard at /ui/ (mirrorq/api/ui/).
 
 One ASGI app (FastAPI); the producer, contract, policy, intake and export code are the CLI's.
 """
@@ -15,12 +16,13 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from mirrorq.api import errors
+from mirrorq.api import errors, ui
 from mirrorq.api.auth import Tokens
 from mirrorq.api.limits import BodyLimit
 from mirrorq.api.metrics import FleetCollector
 from mirrorq.api.routes import Services, probes, v1
 from mirrorq.api.schemas import REF, request_syntax_components
+from mirrorq.api.ui import CoverageSource, Dashboard
 from mirrorq.coverage import CoverageCache
 from mirrorq.policy_watch import PolicyCollector, RulesSource, WatchedPolicy
 from mirrorq.rules import Rule
@@ -44,6 +46,13 @@ def create_app(settings: Settings, policy: WatchedPolicy | Sequence[Rule] = ()) 
     if isinstance(policy, WatchedPolicy):
         services.policy = policy
         registry.register(PolicyCollector(policy))
+    dashboard = Dashboard(
+        settings,
+        producer,
+        tokens,
+        coverage=_coverage_source(services) if rules else None,
+        has_policy=bool(rules),
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -51,6 +60,7 @@ def create_app(settings: Settings, policy: WatchedPolicy | Sequence[Rule] = ()) 
             if rules:
                 services.intake = await _intake(stack, settings, rules, producer)
                 services.coverage = CoverageCache(settings, rules, producer, COVERAGE_FRESH_S)
+            await stack.enter_async_context(dashboard.running())
             yield
 
     app = FastAPI(
@@ -60,8 +70,10 @@ def create_app(settings: Settings, policy: WatchedPolicy | Sequence[Rule] = ()) 
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.dashboard = dashboard
     app.include_router(v1)
     app.include_router(probes)
+    ui.install(app)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
@@ -76,6 +88,18 @@ async def _intake(
 
     roads = await stack.enter_async_context(planner_roads(settings))
     return Intake(rules, settings, producer, roads)
+
+
+def _coverage_source(services: Services) -> CoverageSource:
+    """The dashboard's coverage: the same cached read as GET /v1/coverage (one EC2 read
+    serves both), made once the app has started."""
+
+    async def read() -> dict[str, Any]:
+        if services.coverage is None:
+            raise RuntimeError("the API has not started")
+        return await services.coverage.get()
+
+    return read
 
 
 def _our_error_shape(operation: dict[str, Any]) -> None:
