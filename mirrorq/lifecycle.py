@@ -340,10 +340,12 @@ def _item(s: Mapping[str, Any], action: Action, to: str | None = None) -> Sessio
 async def selected_sessions(inventory: Inventory, selection: Selection) -> list[dict[str, Any]]:
     """The sessions the selection's kinds could match, as listed: those on the ENIs its
     selectors match (when it has any), else every session of the place (narrowed by EC2's
-    filters for the targets, filters and ids named); `Selection.wants` decides."""
+    filters for the targets, filters and ids named); `Selection.wants` decides. EC2 takes `*`
+    and `?` in a filter's values as wildcards: the ENIs listed are kept only if the selectors
+    match them as written (`Selectors.matches`), so `Env=*` never widens an unmirror."""
     if selection.selectors:
         enis = await inventory.enis(selection.selectors.filters())
-        ids = [e["NetworkInterfaceId"] for e in enis]
+        ids = [e["NetworkInterfaceId"] for e in enis if selection.selectors.matches(e)]
         return await inventory.sessions_touching(ids, []) if ids else []
     filters = [
         {"Name": name, "Values": list(values)}

@@ -64,6 +64,9 @@ ENI_ID = r"^eni-[0-9a-f]{8,17}$"
 TARGET_ID = r"^(tmt|traf-mir-tar)-[0-9a-f]{8,17}$"
 FILTER_ID = r"^(tmf|traf-mir-fil)-[0-9a-f]{8,17}$"
 SESSION_ID = r"^tms-[0-9a-f]{8,17}$"
+VPC_ID = r"^vpc-[0-9a-f]{8,17}$"
+SUBNET_ID = r"^subnet-[0-9a-f]{8,17}$"
+INSTANCE_ID = r"^i-[0-9a-f]{8,17}$"
 
 
 class JobKind(StrEnum):

@@ -21,7 +21,7 @@ from tasks.contract import DELETE_TASK_NAME, JobKind, parse_request
 from tasks.producer import Producer
 from tests.helpers import Lab, job, sessions, wait_all, wait_until
 from worker.errors import classify
-from worker.execute import _outcome, _twin
+from worker.execute import _already_modified, _outcome, _twin
 
 # A dead worker's messages come back within seconds, and a lost one is published again.
 QUICK = {
@@ -241,6 +241,90 @@ def test_a_create_from_a_source_ec2_refuses_fails_at_once_with_ec2s_code(
     assert after.get("UnsupportedOperation", 0) - before.get("UnsupportedOperation", 0) == 2
 
 
+def test_a_change_given_up_ends_as_its_session_shows_and_a_wrong_eni_is_refused(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A delete's and a modify's first answers dropped after their effect, every later attempt
+    failing retryably until the job's deadline: one read of the session when the job gives up
+    finds the effect, and the jobs succeed. A modify naming
+    another ENI than its session's is refused before anything is sent, naming the field."""
+    gone, moved, other = mirrored(emulator, lab, range(3))
+    eni_target = lab["target_ids"]["eni"]
+    start_worker(**{**QUICK, "MIRRORQ_JOB_DEADLINE_S": "8", "MIRRORQ_VISIBILITY_TIMEOUT_S": "12"})
+    before = (
+        calls(emulator, "DeleteTrafficMirrorSession"),
+        calls(emulator, "ModifyTrafficMirrorSession"),
+    )
+    emulator.set_faults(drop_rate=1.0)  # the first attempts take effect, unanswered
+    delete = producer.submit(
+        {"TrafficMirrorSessionId": gone}, kind="delete", network_interface_id=lab["eni_ids"][0]
+    )
+    modify = producer.submit(
+        {"TrafficMirrorSessionId": moved, "TrafficMirrorTargetId": eni_target, "PacketLength": 99},
+        kind="modify",
+        network_interface_id=lab["eni_ids"][1],
+    )
+    wrong = producer.submit(  # `other` is on ENI 2; the ENI named is 1's, well-formed
+        {"TrafficMirrorSessionId": other, "TrafficMirrorTargetId": eni_target},
+        kind="modify",
+        network_interface_id=lab["eni_ids"][1],
+    )
+
+    def dropped(action: str, n: int) -> int:
+        return calls(emulator, action).get("dropped", 0) - before[n].get("dropped", 0)
+
+    wait_until(
+        lambda: (
+            dropped("DeleteTrafficMirrorSession", 0) and dropped("ModifyTrafficMirrorSession", 1)
+        ),
+        timeout=30,
+        what="a delete and a modify dropped",
+    )
+    # Then every later attempt fails retryably (the delete's would otherwise meet NotFound)
+    # until the job's deadline: each job gives up on a retryable failure.
+    emulator.set_faults(drop_rate=0.0, error_rate=1.0)
+    deleted, modified, refused = wait_all(producer, [delete, modify, wrong])
+    emulator.set_faults(error_rate=0.0)
+    assert deleted["status"] == "deleted", deleted["error"]
+    assert deleted["attempts"] >= 1
+    assert (deleted["response"] or {})["AlreadyDeleted"][
+        "Code"
+    ] == "InvalidTrafficMirrorSessionId.NotFound"
+    assert modified["status"] == "modified", modified["error"]
+    assert modified["attempts"] >= 1
+    assert (modified["response"] or {})["TrafficMirrorSession"]["PacketLength"] == 99
+    assert (refused["status"], refused["error"]["code"]) == ("failed", "InvalidJob")
+    assert f"session {other} is not on network_interface_id" in refused["error"]["message"]
+    assert not refused["error"]["retryable"]
+    assert refused["attempts"] == 0  # nothing sent under the wrong ENI's lease
+    now = by_id(emulator)
+    assert gone not in now
+    assert (now[moved]["TrafficMirrorTargetId"], now[moved]["PacketLength"]) == (eni_target, 99)
+    assert now[other]["TrafficMirrorTargetId"] != eni_target
+
+
+def test_a_modify_is_taken_as_done_only_when_the_session_shows_all_it_asked() -> None:
+    session = {
+        "TrafficMirrorSessionId": "tms-1",
+        "TrafficMirrorTargetId": "B",
+        "TrafficMirrorFilterId": "F",
+        "SessionNumber": 3,
+        "VirtualNetworkId": 7,
+        "Description": "d",
+    }
+    ask = {"TrafficMirrorSessionId": "tms-1", "TrafficMirrorTargetId": "B", "SessionNumber": 3}
+    assert _already_modified(session, ask)
+    assert not _already_modified(session, {**ask, "TrafficMirrorTargetId": "A"})
+    assert not _already_modified(session, {**ask, "PacketLength": 100})
+    assert _already_modified(session, {**ask, "RemoveFields": ["packet-length"]})
+    assert not _already_modified(session, {**ask, "RemoveFields": ["description"]})
+    # EC2 picks a new VNI for a removed one: a read cannot tell it was ours.
+    assert not _already_modified(session, {**ask, "RemoveFields": ["virtual-network-id"]})
+
+
 # The pure parts of a delete's or a modify's end ------------------------------------------
 
 
@@ -274,7 +358,7 @@ def test_a_deletes_notfound_is_its_success_only_after_an_attempt_of_ours() -> No
     move = {"TrafficMirrorSessionId": session, "TrafficMirrorTargetId": "B"}
     assert _twin([here, there], session, move) == ("B", "F")
     assert _twin([here], session, move) is None
-    assert _twin([there], session, move) is None  # not there: EC2 answers for it
+    assert _twin([there], session, move) is None  # not there: _no_twin refuses the job
     assert _twin([here, there], session, {**move, "TrafficMirrorFilterId": "G"}) is None
 
 

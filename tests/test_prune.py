@@ -197,3 +197,42 @@ filter = "{flt}"
     dead = mirrorq(env, "retarget", "--from", gwlb_b, "--to", lab["target_ids"]["eni"])
     assert dead.returncode == 2, dead.stderr[-3000:]
     assert "is dead (instance_stopped)" in dead.stderr
+
+
+def test_unmirror_selects_what_its_values_say_never_what_ec2s_wildcards_match(
+    emulator: EmulatorProcess, env: dict[str, str]
+) -> None:
+    """EC2 takes `*` and `?` in a filter's values as wildcards: a selector's values are
+    re-checked on the ENIs listed, and the CLI's id options take ids only."""
+    ec2 = lab_client(emulator.url)
+    lab = seed_lab(emulator.url, 6)
+    made = {
+        ec2.create_traffic_mirror_session(
+            NetworkInterfaceId=e, TrafficMirrorTargetId=lab["target_ids"]["nlb"],
+            TrafficMirrorFilterId=lab["filter_id"], SessionNumber=1,
+            TagSpecifications=[{"ResourceType": "traffic-mirror-session",
+                                "Tags": [{"Key": RULE_TAG, "Value": "r"}]}],
+        )["TrafficMirrorSession"]["TrafficMirrorSessionId"]: e
+        for e in lab["eni_ids"]
+    }  # fmt: skip
+    prod = {
+        e["NetworkInterfaceId"]
+        for e in ec2.describe_network_interfaces(Filters=[{"Name": "tag:Env", "Values": ["prod"]}])[
+            "NetworkInterfaces"
+        ]
+    }
+
+    def planned(*selectors: str) -> set[str]:
+        shown = mirrorq(env, "unmirror", *selectors, "--json")
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        return {s["session_id"] for s in json.loads(shown.stdout)["sessions"]}
+
+    assert prod  # the control: a literal value selects exactly its ENIs' sessions
+    assert planned("--tag", "Env=prod") == {s for s, e in made.items() if e in prod}
+    assert planned("--tag", "Env=*") == set()  # no ENI is tagged Env=* literally
+    assert planned("--tag", "Env=pro?") == set()
+    for option, value in (("--eni", "eni-*"), ("--vpc", "vpc-*"), ("--subnet", "subnet-?")):
+        refused = mirrorq(env, "unmirror", option, value, "--json")
+        assert refused.returncode == 2, refused.stdout[-3000:]
+        assert option in refused.stderr
+    assert set(by_id(emulator.url)) == set(made)  # nothing was deleted on the way

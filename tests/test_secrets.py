@@ -152,3 +152,38 @@ def test_an_assumed_role_job_at_debug_logs_none_of_the_assumed_credentials(
     assert set(TOKEN_VALUES.findall(log)) == {"***"}
     assert not ISSUED_KEY_ID.search(log), ISSUED_KEY_ID.search(log)
     assert not SIGNATURE.search(log), SIGNATURE.search(log)
+
+
+def test_redis_and_sentinel_passwords_never_show_quoted_short_or_in_any_url() -> None:
+    """The configured passwords, as configured (%-quoted in a URL) and decoded, however short,
+    and any URL's userinfo password: kombu prints failover URLs with the password as quoted."""
+    from pydantic import SecretStr
+
+    from config import Settings
+    from worker.redaction import RedactSecrets, redact_redis_passwords
+
+    secrets = RedactSecrets()
+    settings = Settings(
+        broker_url="sentinel://:p%40ss%2Fw0rd@sentinel-1:26379/0;sentinel://sentinel-2:26379",
+        result_backend="redis://:k9@redis:6379/1",
+        sentinel_password=SecretStr("s!"),
+    )
+    redact_redis_passwords(settings, secrets)
+    lines = {
+        "failover to redis://:p%40ss%2Fw0rd@10.0.0.7:6379/0": ("p%40ss%2Fw0rd", "p@ss/w0rd"),
+        "connection options {'password': 'p@ss/w0rd', 'db': 0}": ("p@ss/w0rd",),
+        "result backend redis://:k9@redis:6379/1 unreachable": ("k9",),
+        "sentinel AUTH with 's!' failed": ("s!",),
+        # Not configured here (another process's URL): its userinfo password still goes.
+        "Cannot connect to redis://mirrorq:0ther-Secret@cache:6379//": ("0ther-Secret",),
+        "rediss://:tls-pw@h:6380/0 and amqp://u:v@mq:5672/": ("tls-pw", ":v@"),
+    }
+    for line, hidden in lines.items():
+        record = logging.LogRecord("kombu", logging.ERROR, __file__, 1, "%s", (line,), None)
+        assert secrets.filter(record)
+        text = record.getMessage()
+        for secret in hidden:
+            assert secret not in text, text
+    # What is not a password stays readable.
+    assert secrets.redact("redis://redis:6379/0 at 12:30:45") == "redis://redis:6379/0 at 12:30:45"
+    assert "mirrorq:***@cache" in secrets.redact("redis://mirrorq:hunter2@cache:6379")

@@ -10,16 +10,20 @@ target and filter never both create.
 
 A delete or a modify (`execute_change`) acts under its session's ENI lease too, so it never
 races a create choosing a SessionNumber there, and sends the same arguments on every attempt.
-A modify that changes the target or the filter reads the ENI's sessions under that lease
-first, and fails `AlreadyMirrored` if another session already mirrors the ENI to what it
-would point at (one mirror per ENI, target and filter, as for creates).
+A modify that changes the target, the filter or the SessionNumber reads the ENI's sessions
+under that lease first: it fails `InvalidJob` (field `network_interface_id`) if its session is
+not among them (a sender's wrong ENI: the lease held is not the session's), and, moving the
+session, `AlreadyMirrored` if another session already mirrors the ENI to what it would point
+at (one mirror per ENI, target and filter, as for creates).
 EC2 takes no ClientToken for either: their effect is what makes a retry safe. A modify sent
 twice sets what it set once. A delete answered `InvalidTrafficMirrorSessionId.NotFound`
 after an attempt of ours that may have landed (an unanswered one, or one by an earlier
 delivery of the job) is the job's success: that attempt deleted the session. On a first
 attempt the same answer fails the job with EC2's code: nothing of ours was sent, so the job
 cannot tell a session someone else deleted (EC2 deletes an ENI's sessions with it) from an
-id that never existed, and its sender, who can, is told.
+id that never existed, and its sender, who can, is told. A job giving up on a retryable
+failure after such an attempt reads the session once: gone (a delete) or already as asked (a
+modify), one of its unanswered calls took effect, and the job succeeded.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from tenacity import RetryCallState
 from config import Settings
 from tasks import keys, records
 from tasks.contract import JobKind
-from tasks.errors import AlreadyMirroredError, LeaseLostError
+from tasks.errors import AlreadyMirroredError, InvalidJobError, LeaseLostError
 from tasks.records import JobResult, kind_of
 from worker.ec2 import Ec2Road
 from worker.errors import (
@@ -223,6 +227,9 @@ async def execute_change(
     # A modify that points the session elsewhere reads the ENI's sessions under its lease
     # first: it never makes a second mirror of the ENI to one target and filter.
     moves = kind is JobKind.MODIFY and any(request.get(k) for k in _MIRROR)
+    # ... and so does one that changes its SessionNumber (a create on the ENI chooses one under
+    # the same lease): both check first that the session is on the ENI whose lease they hold.
+    reads = moves or (kind is JobKind.MODIFY and request.get("SessionNumber") is not None)
     read_under: Lease | None = None
 
     async def on_retry(state: RetryCallState) -> None:
@@ -246,8 +253,8 @@ async def execute_change(
                     await save(record)
                 if holding is None or holding.lost:
                     holding = await ec2.leases.acquire(_eni_lease(ec2.road, eni))
-                if moves and read_under is not holding:
-                    await _no_twin(ec2, eni, session_id, request)
+                if reads and read_under is not holding:
+                    await _no_twin(ec2, eni, session_id, request, moves=moves)
                     read_under = holding
                 await ec2.road.slot(kind.action)
                 if not await ec2.leases.fence(holding, ec2.create_bound_s):
@@ -260,7 +267,7 @@ async def execute_change(
             raise
         if failure.code == DRY_RUN_OK:
             return records.dry_run_ok(record)
-        return _outcome(record, failure, sent_before or calls.unanswered)
+        return await _given_up(ec2, record, failure, sent_before or calls.unanswered)
     finally:
         if holding is not None:
             with contextlib.suppress(RedisError):  # unreleased, it lapses within one TTL
@@ -273,10 +280,24 @@ async def execute_change(
 _MIRROR = ("TrafficMirrorTargetId", "TrafficMirrorFilterId")
 
 
-async def _no_twin(ec2: Ec2, eni: str, session_id: str, request: dict[str, Any]) -> None:
-    """AlreadyMirroredError if the modify would make a second mirror of `eni` to one target
-    and filter (read under the ENI's lease, paid at the Describe limiter)."""
-    twin = _twin(await sessions_on(ec2, eni), session_id, request)
+async def _no_twin(
+    ec2: Ec2, eni: str, session_id: str, request: dict[str, Any], *, moves: bool = True
+) -> None:
+    """Read `eni`'s sessions under its lease (paid at the Describe limiter): InvalidJobError
+    naming `network_interface_id` if the session is not among them (the lease held would be
+    another ENI's), and, for a modify that moves the session (`moves`), AlreadyMirroredError
+    if it would make a second mirror of `eni` to one target and filter."""
+    existing = await sessions_on(ec2, eni)
+    if _mine(existing, session_id) is None:
+        raise InvalidJobError(
+            [
+                {
+                    "field": "network_interface_id",
+                    "message": f"session {session_id} is not on network_interface_id {eni}",
+                }
+            ]
+        )
+    twin = _twin(existing, session_id, request) if moves else None
     if twin is not None:
         raise AlreadyMirroredError(
             f"{eni} is already mirrored to {twin[0]} through {twin[1]} by another session: "
@@ -284,12 +305,16 @@ async def _no_twin(ec2: Ec2, eni: str, session_id: str, request: dict[str, Any])
         )
 
 
+def _mine(existing: list[dict[str, Any]], session_id: str) -> dict[str, Any] | None:
+    return next((s for s in existing if s.get("TrafficMirrorSessionId") == session_id), None)
+
+
 def _twin(
     existing: list[dict[str, Any]], session_id: str, request: dict[str, Any]
 ) -> tuple[str, str] | None:
     """The (target, filter) the modify would give its session, if another session on the ENI
-    has them already; None otherwise (or when the session is not among them: EC2 says)."""
-    mine = next((s for s in existing if s.get("TrafficMirrorSessionId") == session_id), None)
+    has them already; None otherwise (or when the session is not among them: _no_twin says)."""
+    mine = _mine(existing, session_id)
     if mine is None:
         return None
     target, filter_id = (request.get(k) or mine.get(k) for k in _MIRROR)
@@ -300,6 +325,65 @@ def _twin(
         ):
             return str(target), str(filter_id)
     return None
+
+
+# A modify's fields as Describe shows them, and what RemoveFields clears.
+_SET_FIELDS = (
+    "TrafficMirrorTargetId",
+    "TrafficMirrorFilterId",
+    "PacketLength",
+    "SessionNumber",
+    "VirtualNetworkId",
+    "Description",
+)
+_REMOVED = {"packet-length": "PacketLength", "description": "Description"}
+
+
+def _already_modified(session: dict[str, Any], request: dict[str, Any]) -> bool:
+    """The session already has every field the modify sets, and none it removes. A removed
+    virtual-network-id is given a new one by EC2: no read can tell it was ours, so never."""
+    removed = list(request.get("RemoveFields") or [])
+    if any(field not in _REMOVED for field in removed):
+        return False
+    if any(session.get(_REMOVED[field]) not in (None, "") for field in removed):
+        return False
+    return all(
+        session.get(key) == request[key] for key in _SET_FIELDS if request.get(key) is not None
+    )
+
+
+async def _took_effect(ec2: Ec2, kind: JobKind, request: dict[str, Any]) -> dict[str, Any] | None:
+    """After unanswered calls, the job's success if one of them took effect, by one read of
+    the session (no retry, paid at the Describe limiter): a delete's session absent, or a
+    modify's already as asked. None when it did not, or when the read itself failed (Redis's
+    trouble is raised, as for any call)."""
+    session_id = str(request["TrafficMirrorSessionId"])
+    try:
+        session = await _session(ec2, session_id)
+    except Exception as error:
+        if classify(error).action in (Action.RESUME, Action.YIELD):
+            raise
+        found = classify(error)
+        if kind is JobKind.DELETE and found.code in SESSION_NOT_FOUND_CODES:
+            return _gone(session_id, found)
+        return None
+    if kind is JobKind.DELETE:
+        return None if session is not None else _gone(session_id, _not_found(session_id))
+    if session is not None and _already_modified(session, request):
+        return {"TrafficMirrorSession": session}
+    return None
+
+
+async def _given_up(ec2: Ec2, record: JobResult, failure: Failure, ours_maybe: bool) -> JobResult:
+    """A delete's or a modify's end on `failure`. Giving up on a retryable one after calls of
+    ours that may have landed (`ours_maybe`), one read of the session says whether one of them
+    took effect: then the job succeeded."""
+    request = record["request"] or {}
+    if failure.retryable and ours_maybe and not request.get("DryRun"):
+        done = await _took_effect(ec2, kind_of(record), request)
+        if done is not None:
+            return records.succeeded(record, done)
+    return _outcome(record, failure, ours_maybe)
 
 
 def _outcome(record: JobResult, failure: Failure, ours_maybe: bool) -> JobResult:
@@ -314,16 +398,20 @@ def _outcome(record: JobResult, failure: Failure, ours_maybe: bool) -> JobResult
 async def _source_of(ec2: Ec2, session_id: str) -> str | None:
     """The source ENI of the session (a sender that named none): one Describe, paid at its
     limiter; None when it is not there (EC2 answering its NotFound raises it as it is)."""
+    session = await _session(ec2, session_id)
+    return None if session is None else str(session["NetworkInterfaceId"])
+
+
+async def _session(ec2: Ec2, session_id: str) -> dict[str, Any] | None:
+    """The session as Describe shows it: one call, no retry, paid at the Describe limiter;
+    None when it is not there (EC2 answering its NotFound raises it as it is)."""
     found = await ec2.road.paginate(
         DESCRIBE_ACTION,
         "TrafficMirrorSessions",
         retry=False,
         TrafficMirrorSessionIds=[session_id],
     )
-    for session in found:
-        if session.get("TrafficMirrorSessionId") == session_id:
-            return str(session["NetworkInterfaceId"])
-    return None
+    return next((s for s in found if s.get("TrafficMirrorSessionId") == session_id), None)
 
 
 def _not_found(session_id: str) -> Failure:

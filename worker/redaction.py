@@ -4,8 +4,9 @@ botocore at DEBUG prints each request's headers (the access key id inside `Autho
 `X-Amz-Security-Token`), the canonical request and the signature. Every log record made in
 a mirrorq process passes through `RedactSecrets` (installed as the record factory, so no
 handler or logger can be missed): the patterns below, and the process's own credentials by
-value (its default ones, and every set of a role it assumes, as each arrives: worker/roads.py),
-wherever they appear, become `***`.
+value (its default ones, and every set of a role it assumes, as each arrives: worker/roads.py;
+its Redis and Sentinel passwords, however short, quoted and decoded), and any URL's userinfo
+password, wherever they appear, become `***`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import re
 import threading
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from config import Settings
 
@@ -36,6 +37,9 @@ _PATTERNS = [
     # STS's answer to AssumeRole, as botocore prints its body at DEBUG (before the set is
     # remembered by value).
     re.compile(r"(<(?:AccessKeyId|SecretAccessKey|SessionToken)>)[^<]+"),
+    # A URL's userinfo password (redis://user:password@host, as kombu prints its failover
+    # URLs), whatever the scheme, configured here or not.
+    re.compile(r"(://[^:/@\s]*:)[^@\s]+(?=@)"),
     # Access key ids, wherever they turn up.
     re.compile(r"()\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|APKA)[A-Z0-9]{12,}\b"),
 ]
@@ -48,9 +52,11 @@ class RedactSecrets:
         self._known: set[str] = set()
         self._lock = threading.Lock()
 
-    def remember(self, *secrets: str | None) -> None:
+    def remember(self, *secrets: str | None, shortest: int = 4) -> None:
+        """Mask these values wherever they appear; those under `shortest` characters are not
+        remembered (0 for a value configured as a secret, which is masked however short)."""
         with self._lock:
-            self._known |= {s for s in secrets if s and len(s) >= 4}
+            self._known |= {s for s in secrets if s and len(s) >= max(shortest, 1)}
 
     def redact(self, text: str) -> str:
         for secret in sorted(self._known, key=len, reverse=True):
@@ -123,15 +129,18 @@ async def redact_credentials(credentials: Any) -> None:
     REDACTOR.remember(frozen.access_key, frozen.secret_key, frozen.token)
 
 
-def redact_redis_passwords(settings: Settings) -> None:
+def redact_redis_passwords(settings: Settings, redactor: RedactSecrets = REDACTOR) -> None:
     """Remember the Redis and Sentinel passwords of this process's settings by value (a URL's
-    password, MIRRORQ_SENTINEL_PASSWORD): kombu and redis-py may print a URL or their
-    connection options in an error."""
-    secrets = [
-        settings.sentinel_password.get_secret_value() if settings.sentinel_password else None
-    ]
+    password, MIRRORQ_SENTINEL_PASSWORD), however short, each as configured and %-decoded and
+    the Sentinel one %-quoted too: kombu and redis-py may print a URL (kombu's failover URLs
+    carry the password as quoted) or their connection options (decoded) in an error."""
+    secrets: list[str] = []
+    if settings.sentinel_password:
+        password = settings.sentinel_password.get_secret_value()
+        secrets += [password, quote(password, safe="")]
     for url in (settings.broker_url, settings.result_backend):
         for part in url.split(";"):
             with contextlib.suppress(ValueError):
-                secrets.append(unquote(urlsplit(part.strip()).password or "") or None)
-    REDACTOR.remember(*secrets)
+                quoted = urlsplit(part.strip()).password or ""
+                secrets += [quoted, unquote(quoted)]
+    redactor.remember(*secrets, shortest=0)

@@ -24,11 +24,14 @@ from tasks.contract import (
     ENI_ID,
     EXTERNAL_ID_PATTERN,
     FILTER_ID,
+    INSTANCE_ID,
     PARTITIONS,
     ROLE_ARN_MAX,
     ROLE_ARN_PATTERN,
     SESSION_ID,
+    SUBNET_ID,
     TARGET_ID,
+    VPC_ID,
     DeleteSessionRequest,
     JobKind,
     ModifySessionRequest,
@@ -607,9 +610,9 @@ def errors(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
 # Unmirror and retarget (mirrorq/lifecycle.py): their bodies, as the CLI's options --------------
 
 _IdList = Field(min_length=1, max_length=200)  # EC2 takes 200 values a filter
-VpcIds = Annotated[list[Annotated[str, Field(pattern=r"^vpc-[0-9a-f]{8,17}$")]], _IdList]
-SubnetIds = Annotated[list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]], _IdList]
-InstanceIds = Annotated[list[Annotated[str, Field(pattern=r"^i-[0-9a-f]{8,17}$")]], _IdList]
+VpcIds = Annotated[list[Annotated[str, Field(pattern=VPC_ID)]], _IdList]
+SubnetIds = Annotated[list[Annotated[str, Field(pattern=SUBNET_ID)]], _IdList]
+InstanceIds = Annotated[list[Annotated[str, Field(pattern=INSTANCE_ID)]], _IdList]
 EniIds = Annotated[list[Annotated[str, Field(pattern=ENI_ID)]], _IdList]
 TargetIds = Annotated[list[Annotated[str, Field(pattern=TARGET_ID)]], _IdList]
 FilterIds = Annotated[list[Annotated[str, Field(pattern=FILTER_ID)]], _IdList]

@@ -97,16 +97,54 @@ def _selectors(
     )
 
 
+def _ids(pattern: str, kind: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback: each value an id of `kind` (as the API's bodies take them), never an
+    EC2 filter wildcard (`*`, `?`) that would widen the selection; else exit 2 naming it."""
+    import re
+
+    shape = re.compile(pattern)
+
+    def check(_: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+        for value in values:
+            if not shape.match(value):
+                raise click.BadParameter(f"{value!r} is not {kind} ({pattern})", param=param)
+        return values
+
+    return check
+
+
 def selector_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    from tasks.contract import ENI_ID, INSTANCE_ID, SUBNET_ID, VPC_ID
+
     for option in reversed(
         [
-            click.option("--vpc", multiple=True, help="Sessions on ENIs in this VPC (repeatable)."),
-            click.option("--subnet", multiple=True, help="... in this subnet (repeatable)."),
+            click.option(
+                "--vpc",
+                multiple=True,
+                callback=_ids(VPC_ID, "a VPC id"),
+                help="Sessions on ENIs in this VPC (repeatable).",
+            ),
+            click.option(
+                "--subnet",
+                multiple=True,
+                callback=_ids(SUBNET_ID, "a subnet id"),
+                help="... in this subnet (repeatable).",
+            ),
             click.option(
                 "--tag", multiple=True, metavar="KEY=VALUE", help="... with this tag (repeatable)."
             ),
-            click.option("--instance", multiple=True, help="... of this instance (repeatable)."),
-            click.option("--eni", multiple=True, help="Sessions on this ENI (repeatable)."),
+            click.option(
+                "--instance",
+                multiple=True,
+                callback=_ids(INSTANCE_ID, "an instance id"),
+                help="... of this instance (repeatable).",
+            ),
+            click.option(
+                "--eni",
+                multiple=True,
+                callback=_ids(ENI_ID, "an ENI id"),
+                help="Sessions on this ENI (repeatable).",
+            ),
         ]
     ):
         command = option(command)
