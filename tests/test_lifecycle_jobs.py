@@ -189,14 +189,14 @@ def test_a_worker_killed_mid_batch_of_deletes_loses_nothing(
     the dead worker's that landed is one of ours)."""
     targets = mirrored(emulator, lab, range(30))
     survivor = mirrored(emulator, lab, range(30, 31))[0]  # not in the batch: must stay
-    emulator.set_faults(latency_ms=150)  # deletes slow enough to be caught mid-batch
+    emulator.set_faults(latency_ms=600)  # deletes slow enough to be caught mid-batch, even under load
     doomed = start_worker("doomed", **QUICK)
     batch = producer.submit_batch(
         [parse_request({"TrafficMirrorSessionId": t}, JobKind.DELETE) for t in targets],
         network_interface_ids=lab["eni_ids"][:30],
     )
     wait_until(
-        lambda: (producer.batch_status(batch) or {"done": 0})["done"] >= 5,
+        lambda: (producer.batch_status(batch) or {"done": 0})["done"] >= 2,
         timeout=60,
         what="some deletes done",
     )
