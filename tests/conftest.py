@@ -39,6 +39,7 @@ FILE_SECONDS = {
     "test_moto_compat": 22, "test_secrets": 21, "test_policy_accounts": 14, "test_cli": 12,
     "test_contract": 2, "test_shared_targets": 1, "test_batch_messages": 1, "test_records": 1,
     "test_policy": 0, "test_retry": 0, "test_errors": 0, "test_compose": 0, "test_intake": 0,
+    "test_emulator_reads": 1,
 }  # fmt: skip
 UNMEASURED = 50
 LONGEST = frozenset({
