@@ -121,8 +121,12 @@ def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[st
     # k instances with one primary ENI each, plus one extra ENI on every 5th: k + ceil(k/5) >= n.
     instances = math.ceil(enis * EXTRA_ENI_EVERY / (EXTRA_ENI_EVERY + 1))
     extras = enis - instances
-    instance_ids = [i["InstanceId"] for i in launch_across(ec2, subnet_ids, instances)]
-    eni_ids, subnet_of = _primary_enis(ec2, instance_ids)
+    launched = launch_across(ec2, subnet_ids, instances)
+    instance_ids = [i["InstanceId"] for i in launched]
+    # Each instance's ENI and subnet as RunInstances answered them (describing every instance
+    # again cost the emulator about as much as launching them).
+    eni_ids = [eni["NetworkInterfaceId"] for i in launched for eni in i["NetworkInterfaces"]]
+    subnet_of = {i["InstanceId"]: i["SubnetId"] for i in launched}
     for instance_id in instance_ids[::EXTRA_ENI_EVERY][:extras]:
         eni_id = ec2.create_network_interface(SubnetId=subnet_of[instance_id])["NetworkInterface"][
             "NetworkInterfaceId"
@@ -160,19 +164,3 @@ def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[st
         "target_ids": {"eni": eni_target, "nlb": nlb_target},
         "filter_id": filter_id,
     }
-
-
-def _primary_enis(ec2: Any, instance_ids: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The instances' ENIs in launch order, and each instance's subnet."""
-    wanted = set(instance_ids)
-    enis: dict[str, list[str]] = {}
-    subnet_of: dict[str, str] = {}
-    for page in ec2.get_paginator("describe_instances").paginate():
-        for reservation in page["Reservations"]:
-            for inst in reservation["Instances"]:
-                if inst["InstanceId"] in wanted:
-                    enis[inst["InstanceId"]] = [
-                        e["NetworkInterfaceId"] for e in inst["NetworkInterfaces"]
-                    ]
-                    subnet_of[inst["InstanceId"]] = inst["SubnetId"]
-    return [eni for i in instance_ids for eni in enis[i]], subnet_of

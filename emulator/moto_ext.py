@@ -8,6 +8,10 @@
   EC2 does (moto drops them), before it answers (and so before any event about them).
 - Traffic Mirror sessions are indexed by source ENI, target and VXLAN id
   (`emulator.session_index`), so the create checks need no scan.
+- A resource's own tags are read from its entry in the tag store, and a launch's AMI by its
+  id, where moto scanned every tag of the Region for each resource it answered with (a
+  Describe of N ENIs read N times every tag) and every AMI for each instance it launched;
+  the answers are the same.
 - Targets shared through the emulator's RAM stand-in show in the accounts they are shared
   with, and their owner sees the sessions made on them (`emulator.sharing`).
 - SQS runs under one lock of its own (`SQS_LOCK`) that a long poll releases while it waits,
@@ -29,6 +33,8 @@ from moto.core.responses import ActionResult
 from moto.core.utils import unix_time, unix_time_millis
 from moto.ec2 import utils as ec2_utils
 from moto.ec2.exceptions import EC2ClientError, InvalidNextToken
+from moto.ec2.models.amis import Ami, AmiBackend
+from moto.ec2.models.core import TaggedEC2Resource
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.traffic_mirrors import TrafficMirrors
@@ -206,6 +212,48 @@ def _run_instances_tagging_enis(self: Any) -> ActionResult:
     return result
 
 
+# What makes an EC2 filter value a pattern (fnmatch's, with moto's escapes): a value without
+# these matches one id exactly.
+_PATTERN_CHARACTERS = frozenset("*?[\\")
+_get_tags = TaggedEC2Resource.get_tags
+
+
+def _own_tags(self: Any) -> list[dict[str, str]]:
+    """moto's `get_tags`, read from the resource's own entry: moto asks `describe_tags` with a
+    `resource-id` filter, which tests every tag of every resource in the Region against it."""
+    resource_id = self.id
+    if not isinstance(resource_id, str) or _PATTERN_CHARACTERS & set(resource_id):
+        return _get_tags(self)
+    tags = self.ec2_backend.tags.get(resource_id)  # never adds an entry (a defaultdict)
+    if not tags:
+        return []
+    kind = ec2_utils.EC2_PREFIX_TO_RESOURCE.get(ec2_utils.get_prefix(resource_id), "")
+    return [
+        {"resource_id": resource_id, "key": key, "value": value, "resource_type": kind}
+        for key, value in tags.items()
+    ]
+
+
+_describe_images = AmiBackend.describe_images
+
+
+def _describe_images_by_id(
+    self: Any,
+    ami_ids: list[str] | None = None,
+    filters: dict[str, Any] | None = None,
+    exec_users: list[str] | None = None,
+    owners: list[str] | None = None,
+) -> list[Ami]:
+    """moto's `describe_images`, with the one lookup every launch makes (an `image-id` filter
+    naming one id) answered from the AMIs by id instead of matching all of them."""
+    if not (ami_ids or exec_users or owners) and filters is not None and len(filters) == 1:
+        image_id = filters.get("image-id")
+        if isinstance(image_id, str) and not _PATTERN_CHARACTERS & set(image_id):
+            ami = self.amis.get(image_id)
+            return [] if ami is None else [ami]
+    return _describe_images(self, ami_ids, filters, exec_users, owners)
+
+
 def install() -> None:
     session_index.install()
     sharing.install()
@@ -216,6 +264,8 @@ def install() -> None:
     TrafficMirrors.describe_traffic_mirror_sessions = _describe_traffic_mirror_sessions  # type: ignore[method-assign]
     ElasticNetworkInterfaces.create_network_interface = _create_typed_network_interface  # type: ignore[method-assign]
     InstanceResponse.run_instances = _run_instances_tagging_enis  # type: ignore[method-assign]
+    TaggedEC2Resource.get_tags = _own_tags  # type: ignore[method-assign]
+    AmiBackend.describe_images = _describe_images_by_id  # type: ignore[method-assign]
     Queue.__init__ = _queue_init_on_sqs_lock  # type: ignore[method-assign]
     Queue.wait_for_messages = _wait_for_messages  # type: ignore[method-assign]
     SQSBackend.receive_message = _receive_message_until_deadline  # type: ignore[method-assign]

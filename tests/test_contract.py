@@ -191,20 +191,21 @@ def test_the_regions_are_read_once_however_many_threads_ask_at_once(
     starved every job."""
     import threading
 
-    import botocore.session
+    import botocore.regions
 
     from tasks import contract
 
     reads = []
-    real = botocore.session.Session.get_available_regions
+    real = botocore.regions.EndpointResolver.get_available_endpoints
 
     def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
         reads.append(1)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(botocore.session.Session, "get_available_regions", counted)
+    monkeypatch.setattr(botocore.regions.EndpointResolver, "get_available_endpoints", counted)
     contract.ec2_regions.cache_clear()
     contract._read_regions.cache_clear()
+    contract._endpoints.cache_clear()
     start = threading.Barrier(16)
 
     def validate() -> None:

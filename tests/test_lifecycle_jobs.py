@@ -189,7 +189,7 @@ def test_a_worker_killed_mid_batch_of_deletes_loses_nothing(
     the dead worker's that landed is one of ours)."""
     targets = mirrored(emulator, lab, range(30))
     survivor = mirrored(emulator, lab, range(30, 31))[0]  # not in the batch: must stay
-    emulator.set_faults(latency_ms=600)  # deletes slow enough to be caught mid-batch, even under load
+    emulator.set_faults(latency_ms=600)  # slow enough to be caught mid-batch under load
     doomed = start_worker("doomed", **QUICK)
     batch = producer.submit_batch(
         [parse_request({"TrafficMirrorSessionId": t}, JobKind.DELETE) for t in targets],

@@ -23,8 +23,11 @@ from tests.helpers import sessions as sessions_at
 
 
 @pytest.fixture
-def lab(emulator: EmulatorProcess) -> Lab:
-    return seed_lab(emulator.url, 300)
+def lab(emulator: EmulatorProcess, request: pytest.FixtureRequest) -> Lab:
+    """20 ENIs, or as many as the test's `enis` mark asks: seeding takes seconds a hundred,
+    and most tests here use a few."""
+    mark = request.node.get_closest_marker("enis")
+    return seed_lab(emulator.url, mark.args[0] if mark else 20)
 
 
 def sessions(emulator: EmulatorProcess) -> list[dict[str, Any]]:
@@ -48,6 +51,7 @@ def assert_exactly_one_session_per_job(emulator: EmulatorProcess, results: list[
 # 1 and 2: exactly one session per job, with and without faults -------------------------
 
 
+@pytest.mark.enis(300)
 def test_300_jobs_make_exactly_300_sessions(
     emulator: EmulatorProcess,
     lab: Lab,
@@ -65,6 +69,7 @@ def test_300_jobs_make_exactly_300_sessions(
     assert None not in (first["started_at"], first["finished_at"], first["submitted_at"])
 
 
+@pytest.mark.enis(300)
 def test_300_jobs_under_faults_still_make_exactly_300_sessions(
     emulator: EmulatorProcess,
     lab: Lab,
@@ -121,6 +126,7 @@ def test_permanent_errors_fail_after_one_attempt_with_ec2s_code(
 # 4: a worker killed mid-run -------------------------------------------------------------
 
 
+@pytest.mark.enis(300)
 @pytest.mark.parametrize("sent", ["one job per message", "as a batch"])
 def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(
     emulator: EmulatorProcess,
@@ -247,6 +253,7 @@ def test_malformed_batch_messages_record_what_they_can_and_the_worker_goes_on(
     }
 
 
+@pytest.mark.enis(250)
 def test_a_message_of_any_size_runs_within_the_workers_concurrency(
     emulator: EmulatorProcess,
     lab: Lab,
