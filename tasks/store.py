@@ -173,6 +173,7 @@ class ResultStore:
                 pipe.hincrby(keys.STATS_PLACED, field, -count)
             pipe.delete(*keys.batch(batch_id).all())
             pipe.srem(keys.RUNNING_BATCHES, batch_id)
+            pipe.zrem(keys.RECENT_BATCHES, batch_id)  # the dashboard's index: no batch to show
             pipe.execute()
 
     def accept_on(self, pipe: Any, records: Sequence[JobResult]) -> None:
