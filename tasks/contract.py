@@ -382,6 +382,15 @@ _INTEGER = (
     'A JSON integer, written without a fraction or exponent: 7.0, 7e0, "7" and true are refused.'
 )
 
+# The session properties a create and a modify both set, constrained alike.
+PacketLengthField = Annotated[
+    Annotated[int, Field(ge=1, le=PACKET_LENGTH_MAX)] | None, Field(description=_INTEGER)
+]
+VirtualNetworkIdField = Annotated[
+    Annotated[int, Field(ge=0, le=VIRTUAL_NETWORK_ID_MAX)] | None, Field(description=_INTEGER)
+]
+DescriptionField = Annotated[str, Field(max_length=255)] | None
+
 
 class SessionRequest(BaseModel):
     """CreateTrafficMirrorSession's keyword arguments, with the seed's constraints."""
@@ -399,15 +408,9 @@ class SessionRequest(BaseModel):
             f"when the job runs. {_INTEGER}"
         ),
     ]
-    PacketLength: Annotated[
-        Annotated[int, Field(ge=1, le=PACKET_LENGTH_MAX)] | None,
-        Field(description=_INTEGER),
-    ] = None
-    VirtualNetworkId: Annotated[
-        Annotated[int, Field(ge=0, le=VIRTUAL_NETWORK_ID_MAX)] | None,
-        Field(description=_INTEGER),
-    ] = None
-    Description: Annotated[str, Field(max_length=255)] | None = None
+    PacketLength: PacketLengthField = None
+    VirtualNetworkId: VirtualNetworkIdField = None
+    Description: DescriptionField = None
     # EC2 takes one specification per resource type, and this call tags one type.
     TagSpecifications: Annotated[
         Annotated[list[TagSpecification], Field(max_length=1)] | None,
@@ -512,19 +515,13 @@ class ModifySessionRequest(BaseModel):
     TrafficMirrorSessionId: Annotated[str, Field(pattern=SESSION_ID)]
     TrafficMirrorTargetId: Annotated[str, Field(pattern=TARGET_ID)] | None = None
     TrafficMirrorFilterId: Annotated[str, Field(pattern=FILTER_ID)] | None = None
-    PacketLength: Annotated[
-        Annotated[int, Field(ge=1, le=PACKET_LENGTH_MAX)] | None,
-        Field(description=_INTEGER),
-    ] = None
+    PacketLength: PacketLengthField = None
     SessionNumber: Annotated[
         Annotated[int, Field(ge=1, le=SESSION_NUMBER_MAX)] | None,
         Field(description=f"1 to {SESSION_NUMBER_MAX} (no `auto`). {_INTEGER}"),
     ] = None
-    VirtualNetworkId: Annotated[
-        Annotated[int, Field(ge=0, le=VIRTUAL_NETWORK_ID_MAX)] | None,
-        Field(description=_INTEGER),
-    ] = None
-    Description: Annotated[str, Field(max_length=255)] | None = None
+    VirtualNetworkId: VirtualNetworkIdField = None
+    Description: DescriptionField = None
     RemoveFields: Annotated[
         Annotated[
             list[Literal["packet-length", "description", "virtual-network-id"]],

@@ -15,7 +15,10 @@ from tasks.errors import EXIT_FAILED, EXIT_USAGE, MirrorqError, describe
 from tasks.records import JobStatus
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from tasks.contract import Placement
+    from tasks.producer import Producer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -117,6 +120,17 @@ def exit_for_batch(status: Mapping[str, Any]) -> NoReturn:
     """Exit 1 once a batch ended with failures."""
     failures = status["finished_at"] and status["counts"].get(JobStatus.FAILED)
     sys.exit(EXIT_FAILED if failures else 0)
+
+
+def follow_batch(producer: Producer, batch_id: str, console: Console) -> None:
+    """`--wait`: a batch followed with a progress bar, its counts printed, exit 1 on failures
+    (`mirror`, `unmirror`, `retarget`); returns only when the watch was interrupted."""
+    from mirrorq import display
+
+    status = display.watch(producer, batch_id, console)
+    if status is not None:
+        console.print(display.counts_table(status))
+        exit_for_batch(status)
 
 
 def key_values(values: tuple[str, ...], option: str) -> tuple[tuple[str, str], ...]:

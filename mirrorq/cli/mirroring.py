@@ -10,9 +10,9 @@ from typing import Any
 import click
 
 from mirrorq.cli.base import (
-    exit_for_batch,
     fail,
     fail_input,
+    follow_batch,
     main,
     placement_options,
     placement_or_exit,
@@ -164,7 +164,4 @@ def mirror(
         fail(error)
     click.echo(batch_id)
     if wait:
-        status = display.watch(producer, batch_id, console)
-        if status is not None:
-            console.print(display.counts_table(status))
-            exit_for_batch(status)
+        follow_batch(producer, batch_id, console)

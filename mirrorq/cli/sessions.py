@@ -11,9 +11,9 @@ import click
 
 from mirrorq.cli.base import (
     echo_json,
-    exit_for_batch,
     fail,
     fail_input,
+    follow_batch,
     key_values,
     main,
     placement_options,
@@ -157,7 +157,6 @@ def _run(
     """Show the plan, submit its jobs as one batch, print its id; with --wait follow it."""
     from rich.console import Console
 
-    from mirrorq import display
     from mirrorq.lifecycle import submit_session_jobs
     from tasks.producer import Producer
 
@@ -175,10 +174,7 @@ def _run(
         fail(error)
     click.echo(batch_id)
     if wait:
-        status = display.watch(producer, batch_id, console)
-        if status is not None:
-            console.print(display.counts_table(status))
-            exit_for_batch(status)
+        follow_batch(producer, batch_id, console)
 
 
 @main.command()
