@@ -22,12 +22,13 @@ from mirrorq.cli.base import (
 from tasks.errors import MirrorqError, UnknownResourceError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
     from rich.console import Console
     from rich.table import Table
 
-    from mirrorq.lifecycle import Pruned, Selection, SessionPlan
+    from mirrorq.lifecycle import Pruned, SessionPlan
+    from mirrorq.rules import Selectors
     from tasks.contract import Placement
 
 NO_SELECTOR = (
@@ -77,26 +78,6 @@ def session_plan_table(plan: SessionPlan) -> Table:
     return table
 
 
-def _selectors(
-    vpc: tuple[str, ...],
-    subnet: tuple[str, ...],
-    tag: tuple[str, ...],
-    instance: tuple[str, ...],
-    eni: tuple[str, ...],
-    **named: tuple[str, ...],
-) -> Selection:
-    from mirrorq.lifecycle import Selection
-    from mirrorq.rules import Selectors
-
-    return Selection(
-        Selectors(vpc, subnet, key_values(tag, "--tag"), instance, eni),
-        target_ids=named.get("target", ()),
-        filter_ids=named.get("filter", ()),
-        rules=named.get("rule", ()),
-        session_ids=named.get("session_id", ()),
-    )
-
-
 def _ids(pattern: str, kind: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     """A click callback: each value an id of `kind` (as the API's bodies take them), never an
     EC2 filter wildcard (`*`, `?`) that would widen the selection; else exit 2 naming it."""
@@ -114,8 +95,22 @@ def _ids(pattern: str, kind: str) -> Callable[[click.Context, click.Parameter, A
 
 
 def selector_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--vpc, --subnet, --tag, --instance and --eni, handed to `command` as one
+    `selectors` (mirrorq.rules.Selectors)."""
+    import functools
+
     from tasks.contract import ENI_ID, INSTANCE_ID, SUBNET_ID, VPC_ID
 
+    @functools.wraps(command)
+    def with_selectors(**given: Any) -> Any:
+        from mirrorq.rules import Selectors
+
+        names = ("vpc", "subnet", "tag", "instance", "eni")
+        vpc, subnet, tag, instance, eni = (given.pop(name) for name in names)
+        selectors = Selectors(vpc, subnet, key_values(tag, "--tag"), instance, eni)
+        return command(selectors=selectors, **given)
+
+    wrapped: Callable[..., Any] = with_selectors
     for option in reversed(
         [
             click.option(
@@ -147,19 +142,73 @@ def selector_options(command: Callable[..., Any]) -> Callable[..., Any]:
             ),
         ]
     ):
-        command = option(command)
-    return command
+        wrapped = option(wrapped)
+    return wrapped
 
 
-def _run(
-    plan: SessionPlan, placement: Placement, *, source: str, dry_run: bool, wait: bool
+def plan_options(changed: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--dry-run, --wait, --json and the placement options: what every planned change takes."""
+
+    def add(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(
+            [
+                click.option(
+                    "--dry-run",
+                    is_flag=True,
+                    help=f"Plan, and send DryRun jobs: nothing is {changed}.",
+                ),
+                click.option("--wait", is_flag=True, help="Follow the batch with a progress bar."),
+                click.option(
+                    "--json",
+                    "as_json",
+                    is_flag=True,
+                    help="Print the plan as JSON; submit nothing.",
+                ),
+                placement_options,
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return add
+
+
+def _show_and_submit(
+    plan_of: Callable[[Placement], Coroutine[Any, Any, SessionPlan]],
+    *,
+    source: str,
+    target_option: str | None = None,
+    dry_run: bool,
+    wait: bool,
+    as_json: bool,
+    region: str | None,
+    role_arn: str | None,
+    external_id: str | None,
 ) -> None:
-    """Show the plan, submit its jobs as one batch, print its id; with --wait follow it."""
+    """Plan in the placement given; print the plan as JSON (--json), or show it, submit its
+    jobs as one batch and print the batch's id; with --wait follow it. A target the plan
+    cannot use (unknown, or dead) is refused naming `target_option`, exit 2."""
+    import asyncio
+
     from rich.console import Console
 
-    from mirrorq.lifecycle import submit_session_jobs
+    from mirrorq.lifecycle import DeadTargetError, submit_session_jobs
     from tasks.producer import Producer
 
+    placement = placement_or_exit(region, role_arn, external_id)
+    try:
+        plan = asyncio.run(plan_of(placement))
+    except UnknownResourceError as error:
+        if target_option is None:
+            raise
+        fail(error, target_option)
+    except DeadTargetError as error:
+        if target_option is None:
+            raise
+        fail_input(f"{target_option}: {error}")
+    if as_json:
+        echo_json({**plan.summary(), "sessions": [i.to_json() for i in plan.items]})
+        return
     console: Console = Console(stderr=True)
     console.print(session_plan_table(plan))
     producer = Producer()
@@ -187,26 +236,14 @@ def _run(
     multiple=True,
     help="This session (repeatable); the one way to delete a session mirrorq does not manage.",
 )
-@click.option("--dry-run", is_flag=True, help="Plan, and send DryRun jobs: nothing is deleted.")
-@click.option("--wait", is_flag=True, help="Follow the batch with a progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON; submit nothing.")
-@placement_options
+@plan_options("deleted")
 def unmirror(
-    vpc: tuple[str, ...],
-    subnet: tuple[str, ...],
-    tag: tuple[str, ...],
-    instance: tuple[str, ...],
-    eni: tuple[str, ...],
+    selectors: Selectors,
     target: tuple[str, ...],
     filter_: tuple[str, ...],
     rule: tuple[str, ...],
     session_id: tuple[str, ...],
-    dry_run: bool,
-    wait: bool,
-    as_json: bool,
-    region: str | None,
-    role_arn: str | None,
-    external_id: str | None,
+    **run: Any,
 ) -> None:
     """Delete the managed sessions the selectors name: plan, show, submit as a batch.
 
@@ -214,23 +251,19 @@ def unmirror(
     sessions mirrorq manages (tagged mirrorq:rule) are deleted, unless named by
     --session-id; the others selected are shown as `unmanaged`. No selector: refused (exit 2).
     """
-    import asyncio
-
     from config import get_settings
-    from mirrorq.lifecycle import plan_unmirror_live
+    from mirrorq.lifecycle import Selection, plan_unmirror_live
 
-    selection = _selectors(
-        vpc, subnet, tag, instance, eni, target=target, filter=filter_, rule=rule,
-        session_id=session_id,
-    )  # fmt: skip
+    selection = Selection(
+        selectors, target_ids=target, filter_ids=filter_, rules=rule, session_ids=session_id
+    )
     if not selection:
         fail_input(NO_SELECTOR)
-    placement = placement_or_exit(region, role_arn, external_id)
-    plan = asyncio.run(plan_unmirror_live(get_settings(), selection, placement))
-    if as_json:
-        echo_json({**plan.summary(), "sessions": [i.to_json() for i in plan.items]})
-        return
-    _run(plan, placement, source="mirrorq unmirror", dry_run=dry_run, wait=wait)
+    _show_and_submit(
+        lambda placement: plan_unmirror_live(get_settings(), selection, placement),
+        source="mirrorq unmirror",
+        **run,
+    )
 
 
 @main.command()
@@ -239,26 +272,14 @@ def unmirror(
 @selector_options
 @click.option("--rule", multiple=True, help="Sessions made by this rule (its mirrorq:rule tag).")
 @click.option("--session-id", multiple=True, help="This session (repeatable), managed or not.")
-@click.option("--dry-run", is_flag=True, help="Plan, and send DryRun jobs: nothing is changed.")
-@click.option("--wait", is_flag=True, help="Follow the batch with a progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON; submit nothing.")
-@placement_options
+@plan_options("changed")
 def retarget(
     from_target: str,
     to_target: str,
-    vpc: tuple[str, ...],
-    subnet: tuple[str, ...],
-    tag: tuple[str, ...],
-    instance: tuple[str, ...],
-    eni: tuple[str, ...],
+    selectors: Selectors,
     rule: tuple[str, ...],
     session_id: tuple[str, ...],
-    dry_run: bool,
-    wait: bool,
-    as_json: bool,
-    region: str | None,
-    role_arn: str | None,
-    external_id: str | None,
+    **run: Any,
 ) -> None:
     """Move the managed sessions on target FROM to target TO, in place: one modify each
     (ModifyTrafficMirrorSession: its SessionNumber and filter kept, mirroring without a gap).
@@ -267,27 +288,18 @@ def retarget(
     (`already_mirrored`), as is one TO has no room for (`target_full`). A TO whose sensor is
     gone (a dead target) is refused, exit 2.
     """
-    import asyncio
-
     from config import get_settings
-    from mirrorq.lifecycle import DeadTargetError, plan_retarget_live
+    from mirrorq.lifecycle import Selection, plan_retarget_live
 
     if from_target == to_target:
         fail_input("--to: the sessions are on that target already (it is --from)")
-    selection = _selectors(
-        vpc, subnet, tag, instance, eni, target=(from_target,), rule=rule, session_id=session_id
+    selection = Selection(selectors, target_ids=(from_target,), rules=rule, session_ids=session_id)
+    _show_and_submit(
+        lambda placement: plan_retarget_live(get_settings(), selection, to_target, placement),
+        source="mirrorq retarget",
+        target_option="--to",
+        **run,
     )
-    placement = placement_or_exit(region, role_arn, external_id)
-    try:
-        plan = asyncio.run(plan_retarget_live(get_settings(), selection, to_target, placement))
-    except UnknownResourceError as error:
-        fail(error, "--to")
-    except DeadTargetError as error:
-        fail_input(f"--to: {error}")
-    if as_json:
-        echo_json({**plan.summary(), "sessions": [i.to_json() for i in plan.items]})
-        return
-    _run(plan, placement, source="mirrorq retarget", dry_run=dry_run, wait=wait)
 
 
 def exit_if_refused(pruned: Pruned) -> None:
