@@ -33,6 +33,9 @@ from emulator.stats import Stats, outcome_of
 from emulator.sts import AWS_MIN_DURATION, SecurityTokens
 from emulator.wsgi import Environ, Reply, StartResponse, call_app, read_body
 
+ELB_SERVICE = "elasticloadbalancing"  # both ELB APIs' SigV4 service name
+ELBV2_VERSION = "2015-12-01"  # Elastic Load Balancing v2's API version (classic's: 2012-06-01)
+
 
 class EmulatorApp:
     """Control paths (`/_mirrorq/...`), else the service the SigV4 scope (or X-Amz-Target) names.
@@ -68,6 +71,7 @@ class EmulatorApp:
         self._ec2 = create_backend_app("ec2")
         self._sqs = create_backend_app("sqs")
         self._sts = create_backend_app("sts")
+        self._elbv2 = create_backend_app("elbv2")
         # moto's backends are plain dicts with no locking; one lock makes every EC2
         # check-then-create (per-ENI limits, token records) atomic, as EC2 is. SQS has its
         # own (moto_ext.SQS_LOCK), which a long poll releases while it waits.
@@ -92,6 +96,9 @@ class EmulatorApp:
         action = params.get("Action")
         if service == "sts":
             return self._sts_call(action, key, params, expired, environ, start_response)
+        if service == ELB_SERVICE and params.get("Version") == ELBV2_VERSION:
+            # Elastic Load Balancing v2 (botocore signs it `elasticloadbalancing`), counted.
+            return self._counted(action, self._call_moto(environ, self._elbv2), start_response)
         if action is None or service not in (None, "ec2"):
             # Anything else moto serves (its /moto-api, other services) through its dispatcher.
             return self._counted(None, self._call_moto(environ), start_response)
