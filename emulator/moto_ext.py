@@ -313,7 +313,7 @@ def hold_state(account: str, region: str, arn: str, state: str) -> dict[str, Any
     if balancer is None:
         raise ValueError(f"no load balancer {arn} in {account}/{region}")
     balancer.state = state
-    balancer.mirrorq_held = True
+    balancer.mirrorq_held = True  # type: ignore[attr-defined]
     return {"arn": arn, "state": state}
 
 

@@ -193,3 +193,34 @@ def test_a_target_s_health_from_what_was_read() -> None:
     assert health_of(A, target, detached, {}, None).reason == "eni_detached"
     nlb = {"TrafficMirrorTargetId": B, "Type": "network-load-balancer"}
     assert health_of(B, nlb, {}, {}, None).live
+
+
+def test_a_load_balancer_target_s_health_from_what_was_read() -> None:
+    own, other = "111111111111", "222222222222"
+    arn = f"arn:aws:elasticloadbalancing:us-east-1:{own}:loadbalancer/net/sensors/0123456789abcdef"
+    nlb = {"TrafficMirrorTargetId": B, "NetworkLoadBalancerArn": arn, "OwnerId": own}
+
+    def of_nlb(states: dict[str, str] | None, account: str | None = own) -> Health:
+        return health_of(B, nlb, {}, {}, account, balancers=states)
+
+    assert of_nlb({}) == Health(B, False, "load_balancer_gone")
+    assert of_nlb({arn: "failed"}) == Health(B, False, "load_balancer_failed")
+    assert of_nlb({arn: "active"}) == Health(B, True)
+    assert of_nlb({arn: "active_impaired"}).live  # routing traffic, short of capacity
+    # A new balancer becomes active by itself: its sessions are not moved away.
+    assert of_nlb({arn: "provisioning"}) == Health(B, True, "load_balancer_provisioning")
+    assert of_nlb(None).live  # not read: not judged
+    assert of_nlb({}, None).live  # whose it is cannot be told
+    shared = {**nlb, "OwnerId": other}  # another account's, shared with this one
+    assert health_of(B, shared, {}, {}, own, balancers={}).live
+
+    gwlbe = {"TrafficMirrorTargetId": C, "GatewayLoadBalancerEndpointId": "vpce-1", "OwnerId": own}
+
+    def of_endpoint(states: dict[str, str]) -> Health:
+        return health_of(C, gwlbe, {}, {}, own, endpoints=states)
+
+    assert of_endpoint({}) == Health(C, False, "endpoint_gone")
+    for state in ("deleting", "deleted", "failed", "rejected", "expired"):
+        assert of_endpoint({"vpce-1": state}) == Health(C, False, f"endpoint_{state}")
+    assert of_endpoint({"vpce-1": "available"}) == Health(C, True)
+    assert of_endpoint({"vpce-1": "pending"}).live
