@@ -17,6 +17,7 @@ from emulator import moto_ext
 from emulator.control import CONTROL_PREFIX, ControlEndpoints
 from emulator.create_path import CreatePath
 from emulator.errors import EC2Error, expired_token, request_expired, throttled
+from emulator.event_shapes import load_balancer_deleted
 from emulator.events import EventFeed
 from emulator.faults import Faults
 from emulator.mirroring import MIRRORING_ACTIONS, TrafficMirroring
@@ -97,8 +98,7 @@ class EmulatorApp:
         if service == "sts":
             return self._sts_call(action, key, params, expired, environ, start_response)
         if service == ELB_SERVICE and params.get("Version") == ELBV2_VERSION:
-            # Elastic Load Balancing v2 (botocore signs it `elasticloadbalancing`), counted.
-            return self._counted(action, self._call_moto(environ, self._elbv2), start_response)
+            return self._elbv2_call(action, params, environ, start_response)
         if action is None or service not in (None, "ec2"):
             # Anything else moto serves (its /moto-api, other services) through its dispatcher.
             return self._counted(None, self._call_moto(environ), start_response)
@@ -135,6 +135,28 @@ class EmulatorApp:
         reply = call_app(self._sts, environ)
         if action == "AssumeRole" and reply[0].startswith("2"):
             self.tokens.record(key, params, reply[2])
+        return self._counted(action, reply, start_response)
+
+    def _elbv2_call(
+        self,
+        action: str | None,
+        params: dict[str, str],
+        environ: Environ,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        """Elastic Load Balancing v2 (botocore signs it `elasticloadbalancing`), counted; a
+        DeleteLoadBalancer's CloudTrail event sent when the events queue is on."""
+        reply = self._call_moto(environ, self._elbv2)
+        if action == "DeleteLoadBalancer" and reply[0].startswith("2") and self.events.enabled:
+            region = region_of(environ)
+            event = load_balancer_deleted(
+                account_of(environ),
+                region,
+                params.get("LoadBalancerArn", ""),
+                source_ip=environ.get("REMOTE_ADDR", "127.0.0.1"),
+                user_agent=environ.get("HTTP_USER_AGENT", ""),
+            )
+            self.events.publish(region, [event])
         return self._counted(action, reply, start_response)
 
     def _ec2_call(

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from emulator.lab import create_nlb, lab_client, seed_lab
+from emulator.lab import create_nlb, lab_client, lab_sqs_client, seed_lab
 from emulator.org_lab import control
-from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.fault_proxy import Answer, FaultProxy
-from tests.helpers import sessions
+from tests.helpers import sessions, wait_until
+from tests.test_events import records
 
 ACCESS_DENIED = (
     b'<ErrorResponse xmlns="http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/">'
@@ -200,3 +201,61 @@ def test_a_failed_or_provisioning_nlb_as_the_emulator_holds_it(emulator: Emulato
         control(url, "load-balancer", {"arn": arn, "state": state})
         (described,) = elbv2.describe_load_balancers(LoadBalancerArns=[arn])["LoadBalancers"]
         assert described["State"]["Code"] == state
+
+
+@pytest.fixture(scope="module")
+def events_emulator() -> Iterator[EmulatorProcess]:
+    emulator = EmulatorProcess("--seed", "19", "--events-queue", "events")
+    yield emulator
+    emulator.stop()
+
+
+def test_a_deleted_nlb_s_cloudtrail_event_repairs_its_sessions_through_the_listener(
+    events_emulator: EmulatorProcess,
+    env: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    emulator = events_emulator
+    emulator.reset()
+    url = emulator.url
+    env = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
+    lab = seed_lab(url, 30)  # 10 Role=web ENIs
+    found = targets(url, lab)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text(lab, found, ("web",)))
+    start_worker(**env)
+    made = run(env, "reconcile", "--policy", str(policy), "--wait")
+    assert made.returncode == 0, made.stderr[-3000:]
+    first = by_id(url)
+    web_gone, web_live = found["web"]
+    on_gone = {s for s, v in first.items() if v[1] == web_gone}
+    assert len(first) == 10
+    assert len(on_gone) == 5
+
+    queue = emulator.ready["events_queue_url"]
+    lab_sqs_client(url).purge_queue(QueueUrl=queue)
+    listener = ListenerProcess("listener", env, "--sqs-queue-url", queue, "--policy", str(policy))
+    trail = "AWS API Call via CloudTrail"
+    try:
+        listener.wait_ready()
+        sent = emulator.events()["sent"].get(trail, 0)
+        lab_client(url, service="elbv2").delete_load_balancer(LoadBalancerArn=found["nlbs"][0])
+        wait_until(
+            lambda: all(by_id(url)[s][1] == web_live for s in on_gone),
+            timeout=120,
+            interval=0.5,
+            what="the listener's modifies",
+        )
+        assert listener.proc.poll() is None, "the listener stopped"
+    finally:
+        listener.stop()
+    assert emulator.events()["sent"][trail] == sent + 1  # the DeleteLoadBalancer record
+    modifies = [r for r in records(redis_url) if r.get("kind") == "modify"]
+    assert len(modifies) == 5
+    assert all(r["status"] == "modified" and r.get("event_id") for r in modifies)
+    after = by_id(url)
+    assert after.keys() == first.keys()
+    assert {s: v[2] for s, v in after.items()} == {s: v[2] for s, v in first.items()}
+    assert emulator.stats()["ModifyTrafficMirrorSession"] == {"ok": 5}
