@@ -146,11 +146,20 @@ def plan_pruned(
 # Jobs on sessions -----------------------------------------------------------------------------
 
 
+# The planner's deletes: it has just read each session, so their goal is its absence, and
+# EC2 having removed it meanwhile (with its ENI) ends the job `deleted` (tasks/contract.py).
+PLANNED_DELETE = {"missing_ok": True}
+
+
 def deletion_jobs(deletions: Iterable[prune.Deletion], *, dry_run: bool) -> list[SessionJob]:
     return [
         SessionJob(
             JobKind.DELETE,
-            {"TrafficMirrorSessionId": d.session_id, **({"DryRun": True} if dry_run else {})},
+            {
+                "TrafficMirrorSessionId": d.session_id,
+                **PLANNED_DELETE,
+                **({"DryRun": True} if dry_run else {}),
+            },
             d.eni_id,
             d.rule,
             d.place,
@@ -266,7 +275,7 @@ class SessionPlan:
         jobs = []
         for item in self.items:
             if item.action is Action.DELETE:
-                request = {"TrafficMirrorSessionId": item.session_id, **dry}
+                request = {"TrafficMirrorSessionId": item.session_id, **PLANNED_DELETE, **dry}
                 jobs.append(SessionJob(JobKind.DELETE, request, item.eni_id, item.rule, place))
             elif item.action is Action.MODIFY:
                 request = {

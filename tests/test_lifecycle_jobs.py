@@ -17,7 +17,7 @@ from emulator.lab import LAB_IMAGE_ID, lab_client, seed_lab
 from mirrorq.export import result_row
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks import records
-from tasks.contract import DELETE_TASK_NAME, JobKind, parse_request
+from tasks.contract import DELETE_TASK_NAME, JobKind, ec2_request, parse_request
 from tasks.producer import Producer
 from tests.helpers import Lab, job, sessions, wait_all, wait_until
 from worker.errors import classify
@@ -425,10 +425,7 @@ def test_a_delete_the_planner_made_ends_deleted_when_ec2_removed_the_session_fir
         # named's and plain's: the others name no ENI, and read the session's first
         "InvalidTrafficMirrorSessionId.NotFound": 2,
     }
-    # mirrorq's field, never EC2's: a request with it is refused nowhere, sent nowhere.
-    assert parse_request({"TrafficMirrorSessionId": gone}, JobKind.DELETE).to_kwargs() == {
-        "TrafficMirrorSessionId": gone
-    }
-    assert parse_request(
-        {"TrafficMirrorSessionId": gone, "missing_ok": True}, JobKind.DELETE
-    ).to_kwargs() == {"TrafficMirrorSessionId": gone}
+    # mirrorq's field, never EC2's: kept in the record, left out of what EC2 is sent.
+    assert done[0]["request"] == {"TrafficMirrorSessionId": gone, "missing_ok": True}
+    asked = parse_request({"TrafficMirrorSessionId": gone, "missing_ok": True}, JobKind.DELETE)
+    assert ec2_request(asked.to_kwargs()) == {"TrafficMirrorSessionId": gone}
