@@ -81,6 +81,7 @@ def test_coverage_counts_each_eni_by_state_and_the_percentage_only_what_can_be_m
         "eligible": 3,
         "live": 1,
         "dark": 1,
+        "repairing": 0,
         "missing": 1,
         "unsupported": 1,
         "unwanted": 2,
@@ -224,3 +225,18 @@ def test_a_load_balancer_target_s_health_from_what_was_read() -> None:
         assert of_endpoint({"vpce-1": state}) == Health(C, False, f"endpoint_{state}")
     assert of_endpoint({"vpce-1": "available"}) == Health(C, True)
     assert of_endpoint({"vpce-1": "pending"}).live
+
+
+def test_a_dark_eni_whose_repair_is_pending_says_so_and_stays_dark() -> None:
+    targets = {A: Target(A), B: Target(B)}
+    live = live_of(web(A, B), [eni(1), eni(2)], [session(1, A), session(2, A)], targets, A_DEAD)
+    found = compute(live, repairs={"tms-00000000000000001": "job-1"})
+    (row,) = found.rules
+    assert {e.session_id: (e.state, e.reason, e.repair_job) for e in row.enis} == {
+        "tms-00000000000000001": ("dark", "eni_gone", "job-1"),
+        "tms-00000000000000002": ("dark", "eni_gone", None),
+    }
+    body = found.to_json()
+    assert (body["totals"]["dark"], body["totals"]["repairing"]) == (2, 1)
+    assert body["rules"][0]["repairing"] == 1
+    assert found.percent == 0.0  # nothing mirrors until the modify lands

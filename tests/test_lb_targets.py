@@ -21,7 +21,7 @@ from emulator.lab import create_nlb, lab_client, lab_sqs_client, seed_lab
 from emulator.org_lab import control
 from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.fault_proxy import Answer, FaultProxy
-from tests.helpers import sessions, wait_until
+from tests.helpers import producer_for, sessions, wait_until
 from tests.test_events import records
 
 ACCESS_DENIED = (
@@ -108,6 +108,7 @@ filter = "{lab["filter_id"]}"
 def test_sessions_on_a_deleted_nlb_or_gwlb_endpoint_are_dark_and_moved_a_live_nlb_kept(
     emulator: EmulatorProcess,
     env: dict[str, str],
+    redis_url: str,
     tmp_path: Path,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
@@ -116,10 +117,11 @@ def test_sessions_on_a_deleted_nlb_or_gwlb_endpoint_are_dark_and_moved_a_live_nl
     found = targets(url, lab)
     policy = tmp_path / "policy.toml"
     policy.write_text(policy_text(lab, found, ("web", "db", "cache")))
-    start_worker(**env)
+    worker = start_worker(**env)
 
     made = run(env, "reconcile", "--policy", str(policy), "--wait")
     assert made.returncode == 0, made.stderr[-3000:]
+    worker.stop()  # the repairs below wait in the queue until a worker is back
     first = by_id(url)
     assert len(first) == 60
     status, seen = coverage(env, policy)
@@ -169,8 +171,22 @@ def test_sessions_on_a_deleted_nlb_or_gwlb_endpoint_are_dark_and_moved_a_live_nl
     assert "ModifyTrafficMirrorSession" not in stats
     assert "DeleteTrafficMirrorSession" not in stats
 
-    repaired = run(env, "reconcile", "--policy", str(policy), "--wait")
+    repaired = run(env, "reconcile", "--policy", str(policy))
     assert repaired.returncode == 0, repaired.stderr[-3000:]
+    # The modifies are queued: coverage says which dark sessions are being repaired.
+    status, seen = coverage(env, policy)
+    assert (status, seen["totals"]["dark"], seen["totals"]["repairing"]) == (1, 20, 20)
+    repairing = {
+        e["session_id"]
+        for rule in seen["rules"]
+        for e in rule["enis"]
+        if e["state"] == "dark" and e["repair_job"]
+    }
+    assert repairing == on_web_gone | on_db_gone
+    start_worker(**env)
+    done = producer_for(redis_url).wait_batch(repaired.stdout.strip(), timeout=120)
+    assert done is not None
+    assert done["counts"] == {"modified": 20}, done
     after = by_id(url)
     assert after.keys() == first.keys()  # nothing deleted or created
     for session_id, (eni, target, number) in first.items():
@@ -182,6 +198,7 @@ def test_sessions_on_a_deleted_nlb_or_gwlb_endpoint_are_dark_and_moved_a_live_nl
     assert stats["DescribeLoadBalancers"].get("ok", 0) >= 1
     status, seen = coverage(env, policy)
     assert (status, seen["percent"], seen["totals"]["dark"]) == (0, 100.0, 0)
+    assert seen["totals"]["repairing"] == 0
 
 
 def test_a_failed_or_provisioning_nlb_as_the_emulator_holds_it(emulator: EmulatorProcess) -> None:
