@@ -49,6 +49,26 @@ def lab_sqs_client(endpoint_url: str, region: str = "us-east-1") -> Any:
 TAG_VARIANTS = 6  # Env x Role combinations
 
 
+def create_gwlb_endpoint(
+    endpoint_url: str, vpc_id: str, subnet_ids: list[str], name: str, region: str = "us-east-1"
+) -> str:
+    """A Gateway Load Balancer, its endpoint service and a GatewayLoadBalancer endpoint in
+    `vpc_id`, made in moto through the emulator: the endpoint's id (`vpce-…`), what a
+    gateway-load-balancer-endpoint traffic mirror target names."""
+    ec2, elbv2 = lab_client(endpoint_url, region), lab_client(endpoint_url, region, "elbv2")
+    gwlb = elbv2.create_load_balancer(Name=name, Subnets=subnet_ids[:1], Type="gateway")
+    service = ec2.create_vpc_endpoint_service_configuration(
+        GatewayLoadBalancerArns=[gwlb["LoadBalancers"][0]["LoadBalancerArn"]]
+    )
+    endpoint = ec2.create_vpc_endpoint(
+        VpcEndpointType="GatewayLoadBalancer",
+        VpcId=vpc_id,
+        ServiceName=service["ServiceConfiguration"]["ServiceName"],
+        SubnetIds=subnet_ids[:1],
+    )
+    return str(endpoint["VpcEndpoint"]["VpcEndpointId"])
+
+
 def create_nlb(elbv2: Any, name: str, subnet_ids: list[str]) -> str:
     """A Network Load Balancer (internal) in these subnets, made in moto's elbv2 through the
     emulator, as a sensor fleet's front: its ARN (`.../loadbalancer/net/NAME/...`)."""

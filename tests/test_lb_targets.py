@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from emulator.lab import create_nlb, lab_client, lab_sqs_client, seed_lab
+from emulator.lab import create_gwlb_endpoint, create_nlb, lab_client, lab_sqs_client, seed_lab
 from emulator.org_lab import control
 from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.fault_proxy import Answer, FaultProxy
@@ -55,28 +55,14 @@ def by_id(url: str) -> dict[str, tuple[str, str, int]]:
     }
 
 
-def gwlb_endpoint(url: str, lab: dict[str, Any], name: str) -> str:
-    """A Gateway Load Balancer, its endpoint service and an endpoint in the lab's VPC: the
-    endpoint's id."""
-    ec2, elbv2 = lab_client(url), lab_client(url, service="elbv2")
-    gwlb = elbv2.create_load_balancer(Name=name, Subnets=lab["subnet_ids"][:1], Type="gateway")
-    arn = gwlb["LoadBalancers"][0]["LoadBalancerArn"]
-    assert ":loadbalancer/gwy/" in arn
-    service = ec2.create_vpc_endpoint_service_configuration(GatewayLoadBalancerArns=[arn])
-    endpoint = ec2.create_vpc_endpoint(
-        VpcEndpointType="GatewayLoadBalancer",
-        VpcId=lab["vpc_id"],
-        ServiceName=service["ServiceConfiguration"]["ServiceName"],
-        SubnetIds=lab["subnet_ids"][:1],
-    )
-    return str(endpoint["VpcEndpoint"]["VpcEndpointId"])
-
-
 def targets(url: str, lab: dict[str, Any]) -> dict[str, Any]:
     ec2, elbv2 = lab_client(url), lab_client(url, service="elbv2")
     nlbs = [create_nlb(elbv2, f"sensors-{n}", lab["subnet_ids"]) for n in range(3)]
     assert all(":loadbalancer/net/" in arn for arn in nlbs)
-    endpoints = [gwlb_endpoint(url, lab, f"inspect-{n}") for n in range(2)]
+    endpoints = [
+        create_gwlb_endpoint(url, lab["vpc_id"], lab["subnet_ids"], f"inspect-{n}")
+        for n in range(2)
+    ]
 
     def target(**kind: str) -> str:
         made = ec2.create_traffic_mirror_target(**kind)["TrafficMirrorTarget"]
