@@ -395,7 +395,8 @@ async def plan_retarget_live(
     ):
         inventory = Inventory(road)
         to = (await inventory.targets([to_target]))[to_target]
-        health = (await target_health(road, [to_target]))[to_target]
+        own = placement.account_id or await roads.default_account()
+        health = (await target_health(road, [to_target], own))[to_target]
         if not health.live:
             raise DeadTargetError(to_target, health.reason)
         sessions = await selected_sessions(inventory, selection)

@@ -185,6 +185,10 @@ def test_sessions_on_a_deleted_nlb_or_gwlb_endpoint_are_dark_and_moved_a_live_nl
     status, seen = coverage(env, policy)
     assert (status, seen["percent"], seen["totals"]["dark"]) == (0, 100.0, 0)
     assert seen["totals"]["repairing"] == 0
+    # Nor is anything moved by hand to the deleted NLB's target: it would mirror nothing.
+    refused = run(env, "retarget", "--from", web_live, "--to", web_gone)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "load_balancer_gone" in refused.stderr
 
 
 def test_a_failed_or_provisioning_nlb_as_the_emulator_holds_it(emulator: EmulatorProcess) -> None:
