@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # Where roles are assumed (STS AssumeRole, GetCallerIdentity); unset means the EC2
     # endpoint's (the emulator serves STS too), or AWS's regional STS when that is unset too.
     sts_endpoint_url: str | None = None
+    # Where Elastic Load Balancing (v2) is read (DescribeLoadBalancers: whether an NLB
+    # target's load balancer is alive); unset means the EC2 endpoint's (the emulator serves
+    # elbv2 too), or AWS's regional endpoint when that is unset too.
+    elbv2_endpoint_url: str | None = None
     region: str = Field(
         default="us-east-1",
         validation_alias=AliasChoices("MIRRORQ_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),

@@ -17,6 +17,7 @@ from emulator import moto_ext
 from emulator.control import CONTROL_PREFIX, ControlEndpoints
 from emulator.create_path import CreatePath
 from emulator.errors import EC2Error, expired_token, request_expired, throttled
+from emulator.event_shapes import load_balancer_deleted
 from emulator.events import EventFeed
 from emulator.faults import Faults
 from emulator.mirroring import MIRRORING_ACTIONS, TrafficMirroring
@@ -32,6 +33,9 @@ from emulator.sharing import SHARES
 from emulator.stats import Stats, outcome_of
 from emulator.sts import AWS_MIN_DURATION, SecurityTokens
 from emulator.wsgi import Environ, Reply, StartResponse, call_app, read_body
+
+ELB_SERVICE = "elasticloadbalancing"  # both ELB APIs' SigV4 service name
+ELBV2_VERSION = "2015-12-01"  # Elastic Load Balancing v2's API version (classic's: 2012-06-01)
 
 
 class EmulatorApp:
@@ -68,6 +72,7 @@ class EmulatorApp:
         self._ec2 = create_backend_app("ec2")
         self._sqs = create_backend_app("sqs")
         self._sts = create_backend_app("sts")
+        self._elbv2 = create_backend_app("elbv2")
         # moto's backends are plain dicts with no locking; one lock makes every EC2
         # check-then-create (per-ENI limits, token records) atomic, as EC2 is. SQS has its
         # own (moto_ext.SQS_LOCK), which a long poll releases while it waits.
@@ -92,6 +97,8 @@ class EmulatorApp:
         action = params.get("Action")
         if service == "sts":
             return self._sts_call(action, key, params, expired, environ, start_response)
+        if service == ELB_SERVICE and params.get("Version") == ELBV2_VERSION:
+            return self._elbv2_call(action, params, environ, start_response)
         if action is None or service not in (None, "ec2"):
             # Anything else moto serves (its /moto-api, other services) through its dispatcher.
             return self._counted(None, self._call_moto(environ), start_response)
@@ -128,6 +135,28 @@ class EmulatorApp:
         reply = call_app(self._sts, environ)
         if action == "AssumeRole" and reply[0].startswith("2"):
             self.tokens.record(key, params, reply[2])
+        return self._counted(action, reply, start_response)
+
+    def _elbv2_call(
+        self,
+        action: str | None,
+        params: dict[str, str],
+        environ: Environ,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        """Elastic Load Balancing v2 (botocore signs it `elasticloadbalancing`), counted; a
+        DeleteLoadBalancer's CloudTrail event sent when the events queue is on."""
+        reply = self._call_moto(environ, self._elbv2)
+        if action == "DeleteLoadBalancer" and reply[0].startswith("2") and self.events.enabled:
+            region = region_of(environ)
+            event = load_balancer_deleted(
+                account_of(environ),
+                region,
+                params.get("LoadBalancerArn", ""),
+                source_ip=environ.get("REMOTE_ADDR", "127.0.0.1"),
+                user_agent=environ.get("HTTP_USER_AGENT", ""),
+            )
+            self.events.publish(region, [event])
         return self._counted(action, reply, start_response)
 
     def _ec2_call(

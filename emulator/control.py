@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from emulator import moto_ext
 from emulator.events import EventFeed
 from emulator.faults import Faults
 from emulator.sharing import SharedTargets
@@ -54,6 +55,7 @@ class ControlEndpoints:
             "/_mirrorq/share-target": self._share,
             "/_mirrorq/unshare-target": self._unshare,
             "/_mirrorq/reset": self._do_reset,
+            "/_mirrorq/load-balancer": _hold_load_balancer_state,
         }
 
     def __call__(self, path: str, environ: Environ, start_response: StartResponse) -> list[bytes]:
@@ -98,6 +100,16 @@ class ControlEndpoints:
     def _do_reset(self, _: dict[str, Any]) -> dict[str, Any]:
         self._reset()
         return {"reset": True}
+
+
+def _hold_load_balancer_state(body: dict[str, Any]) -> dict[str, Any]:
+    """`{"arn": ..., "state": "failed"}`: the load balancer's State.Code, held (the ARN names
+    its account and Region)."""
+    arn = body["arn"]
+    if not isinstance(arn, str) or arn.count(":") < 5:
+        raise ValueError("arn must be a load balancer's ARN")
+    _, _, _, region, account, _ = arn.split(":", 5)
+    return moto_ext.hold_state(account, region, arn, str(body["state"]))
 
 
 def _json(start_response: StartResponse, status: str, payload: Any) -> list[bytes]:

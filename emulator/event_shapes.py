@@ -44,13 +44,14 @@ def envelope(
     resources: list[str],
     detail: dict[str, Any],
     time: str,
+    source: str = "aws.ec2",
 ) -> dict[str, Any]:
-    """An EventBridge event from `aws.ec2`, as a rule's target receives it."""
+    """An EventBridge event from `source` (EC2's unless said), as a rule's target receives it."""
     return {
         "version": "0",
         "id": str(uuid.uuid4()),
         "detail-type": detail_type,
-        "source": "aws.ec2",
+        "source": source,
         "account": account,
         "time": time,
         "region": region,
@@ -73,25 +74,30 @@ def api_call(
     account: str,
     region: str,
     request_parameters: dict[str, Any],
-    response_elements: dict[str, Any],
+    response_elements: dict[str, Any] | None,
     *,
     time: str,
     source_ip: str,
     user_agent: str,
+    service: str = "ec2",
 ) -> dict[str, Any]:
-    """An `AWS API Call via CloudTrail` event for a successful EC2 call."""
+    """An `AWS API Call via CloudTrail` event for a successful call of `service` (EC2's
+    unless said; `elasticloadbalancing` for ELB's). `response_elements` None: the call
+    answers none (CloudTrail writes null)."""
     request_id = str(uuid.uuid4())
     detail = {
         "eventVersion": CLOUDTRAIL_EVENT_VERSION,
         "userIdentity": {"type": "IAMUser", "accountId": account},
         "eventTime": time,
-        "eventSource": "ec2.amazonaws.com",
+        "eventSource": f"{service}.amazonaws.com",
         "eventName": event_name,
         "awsRegion": region,
         "sourceIPAddress": source_ip,
         "userAgent": user_agent,
         "requestParameters": request_parameters,
-        "responseElements": {"requestId": request_id, **response_elements},
+        "responseElements": (
+            None if response_elements is None else {"requestId": request_id, **response_elements}
+        ),
         "requestID": request_id,
         "eventID": str(uuid.uuid4()),
         "readOnly": False,
@@ -99,7 +105,25 @@ def api_call(
         "managementEvent": True,
         "recipientAccountId": account,
     }
-    return envelope(API_CALL, account, region, [], detail, time)
+    return envelope(API_CALL, account, region, [], detail, time, f"aws.{service}")
+
+
+def load_balancer_deleted(
+    account: str, region: str, arn: str, *, source_ip: str, user_agent: str
+) -> dict[str, Any]:
+    """CloudTrail's record of an Elastic Load Balancing v2 DeleteLoadBalancer, as EventBridge
+    sends it (`aws.elasticloadbalancing`; the request's ARN, no response elements)."""
+    return api_call(
+        "DeleteLoadBalancer",
+        account,
+        region,
+        {"loadBalancerArn": arn},
+        None,
+        time=event_time(),
+        source_ip=source_ip,
+        user_agent=user_agent,
+        service="elasticloadbalancing",
+    )
 
 
 # From the EC2 call to its events ----------------------------------------------------------

@@ -18,10 +18,7 @@ SUBNET_COUNT = 4
 # moto launches any AMI id; listing its 1,300 real ones would cost more than the whole lab.
 LAB_IMAGE_ID = "ami-0a1b2c3d4e5f60718"
 EXTRA_ENI_EVERY = 5  # every 5th instance gets a second ENI, as multi-homed hosts do
-NLB_ARN = (
-    "arn:aws:elasticloadbalancing:{region}:123456789012:loadbalancer/net/mirrorq-lab/"
-    "50dc6c495c0c9188"
-)
+LAB_NLB_NAME = "mirrorq-lab"
 # Lab credentials are not secrets: the emulator accepts any.
 LAB_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
@@ -50,6 +47,36 @@ def lab_sqs_client(endpoint_url: str, region: str = "us-east-1") -> Any:
 
 
 TAG_VARIANTS = 6  # Env x Role combinations
+
+
+def create_gwlb_endpoint(
+    endpoint_url: str, vpc_id: str, subnet_ids: list[str], name: str, region: str = "us-east-1"
+) -> str:
+    """A Gateway Load Balancer, its endpoint service and a GatewayLoadBalancer endpoint in
+    `vpc_id`, made in moto through the emulator: the endpoint's id (`vpce-…`), what a
+    gateway-load-balancer-endpoint traffic mirror target names."""
+    ec2, elbv2 = lab_client(endpoint_url, region), lab_client(endpoint_url, region, "elbv2")
+    gwlb = elbv2.create_load_balancer(Name=name, Subnets=subnet_ids[:1], Type="gateway")
+    service = ec2.create_vpc_endpoint_service_configuration(
+        GatewayLoadBalancerArns=[gwlb["LoadBalancers"][0]["LoadBalancerArn"]]
+    )
+    endpoint = ec2.create_vpc_endpoint(
+        VpcEndpointType="GatewayLoadBalancer",
+        VpcId=vpc_id,
+        ServiceName=service["ServiceConfiguration"]["ServiceName"],
+        SubnetIds=subnet_ids[:1],
+    )
+    return str(endpoint["VpcEndpoint"]["VpcEndpointId"])
+
+
+def create_nlb(elbv2: Any, name: str, subnet_ids: list[str]) -> str:
+    """A Network Load Balancer (internal) in these subnets, made in moto's elbv2 through the
+    emulator, as a sensor fleet's front: its ARN (`.../loadbalancer/net/NAME/...`)."""
+    created = elbv2.create_load_balancer(
+        Name=name, Subnets=subnet_ids, Type="network", Scheme="internal"
+    )
+    arn: str = created["LoadBalancers"][0]["LoadBalancerArn"]
+    return arn
 
 
 def aio_lab_client(
@@ -148,8 +175,9 @@ def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[st
     eni_target = ec2.create_traffic_mirror_target(
         NetworkInterfaceId=sensor_eni, Description="mirrorq lab sensor"
     )["TrafficMirrorTarget"]["TrafficMirrorTargetId"]
+    nlb_arn = create_nlb(lab_client(endpoint_url, region, "elbv2"), LAB_NLB_NAME, subnet_ids)
     nlb_target = ec2.create_traffic_mirror_target(
-        NetworkLoadBalancerArn=NLB_ARN.format(region=region), Description="mirrorq lab NLB"
+        NetworkLoadBalancerArn=nlb_arn, Description="mirrorq lab NLB"
     )["TrafficMirrorTarget"]["TrafficMirrorTargetId"]
     filter_id = ec2.create_traffic_mirror_filter(Description="mirrorq lab: all traffic")[
         "TrafficMirrorFilter"
@@ -162,5 +190,6 @@ def seed_lab(endpoint_url: str, enis: int, region: str = "us-east-1") -> dict[st
         "eni_ids": eni_ids,
         "sensor_eni_id": sensor_eni,
         "target_ids": {"eni": eni_target, "nlb": nlb_target},
+        "nlb_arn": nlb_arn,
         "filter_id": filter_id,
     }

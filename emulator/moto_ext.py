@@ -14,6 +14,12 @@
   the answers are the same.
 - Targets shared through the emulator's RAM stand-in show in the accounts they are shared
   with, and their owner sees the sessions made on them (`emulator.sharing`).
+- Elastic Load Balancing v2: a `network` balancer's ARN reads `loadbalancer/net/...` and a
+  `gateway` one's `loadbalancer/gwy/...`, as AWS makes them (moto makes every one
+  `loadbalancer/app/...`); DescribeLoadBalancers by ARN answers `LoadBalancerNotFound` for
+  any ARN that does not exist (moto answers it only when the first one is missing); a state
+  set through the control endpoint (`hold_state`) stays (moto turns `provisioning` into
+  `active` on any Describe).
 - SQS runs under one lock of its own (`SQS_LOCK`) that a long poll releases while it waits,
   and a poll wakes when a message becomes visible again or its WaitTimeSeconds is up, not
   only on its 1 s tick.
@@ -38,6 +44,8 @@ from moto.ec2.models.core import TaggedEC2Resource
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.traffic_mirrors import TrafficMirrors
+from moto.elbv2.exceptions import LoadBalancerNotFoundError
+from moto.elbv2.models import ELBv2Backend, FakeLoadBalancer, elbv2_backends
 from moto.sqs.models import Queue, SQSBackend
 
 from emulator import session_index, sharing
@@ -254,6 +262,61 @@ def _describe_images_by_id(
     return _describe_images(self, ami_ids, filters, exec_users, owners)
 
 
+ARN_KINDS = {"network": "net", "gateway": "gwy"}  # AWS's ARN part of each balancer type
+_moto_create_load_balancer = ELBv2Backend.create_load_balancer
+_moto_activate = FakeLoadBalancer.activate
+
+
+def _create_load_balancer_typed(self: Any, *args: Any, **kwargs: Any) -> Any:
+    balancer = _moto_create_load_balancer(self, *args, **kwargs)
+    kind = ARN_KINDS.get(balancer.type)
+    if kind is not None:
+        old = balancer.arn
+        balancer.arn = old.replace(":loadbalancer/app/", f":loadbalancer/{kind}/", 1)
+        self.load_balancers[balancer.arn] = self.load_balancers.pop(old)
+        tags = self.tagging_service.tags
+        if old in tags:
+            tags[balancer.arn] = tags.pop(old)
+    return balancer
+
+
+def _describe_load_balancers_each(
+    self: Any, arns: list[str] | None, names: list[str] | None
+) -> list[Any]:
+    balancers = list(self.load_balancers.values())
+    for balancer in balancers:
+        balancer.activate()
+    if not arns and not names:
+        return balancers
+    matched: list[Any] = []
+    for wanted, attribute in ((arns or [], "arn"), (names or [], "name")):
+        for value in wanted:
+            found = next((b for b in balancers if getattr(b, attribute) == value), None)
+            if found is None:
+                raise LoadBalancerNotFoundError()
+            if found not in matched:
+                matched.append(found)
+    return matched
+
+
+def _activate_unless_held(self: Any) -> None:
+    if not getattr(self, "mirrorq_held", False):
+        _moto_activate(self)
+
+
+def hold_state(account: str, region: str, arn: str, state: str) -> dict[str, Any]:
+    """Set a load balancer's State.Code (`provisioning`, `active`, `active_impaired`,
+    `failed`) and keep it so: the emulator's control endpoint, for tests."""
+    if state not in ("provisioning", "active", "active_impaired", "failed"):
+        raise ValueError(f"not a load balancer state: {state}")
+    balancer = elbv2_backends[account][region].load_balancers.get(arn)
+    if balancer is None:
+        raise ValueError(f"no load balancer {arn} in {account}/{region}")
+    balancer.state = state
+    balancer.mirrorq_held = True  # type: ignore[attr-defined]
+    return {"arn": arn, "state": state}
+
+
 def install() -> None:
     session_index.install()
     sharing.install()
@@ -266,6 +329,9 @@ def install() -> None:
     InstanceResponse.run_instances = _run_instances_tagging_enis  # type: ignore[method-assign]
     TaggedEC2Resource.get_tags = _own_tags  # type: ignore[method-assign]
     AmiBackend.describe_images = _describe_images_by_id  # type: ignore[method-assign]
+    ELBv2Backend.create_load_balancer = _create_load_balancer_typed  # type: ignore[method-assign]
+    ELBv2Backend.describe_load_balancers = _describe_load_balancers_each  # type: ignore[method-assign]
+    FakeLoadBalancer.activate = _activate_unless_held  # type: ignore[method-assign]
     Queue.__init__ = _queue_init_on_sqs_lock  # type: ignore[method-assign]
     Queue.wait_for_messages = _wait_for_messages  # type: ignore[method-assign]
     SQSBackend.receive_message = _receive_message_until_deadline  # type: ignore[method-assign]

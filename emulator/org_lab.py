@@ -18,13 +18,12 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from emulator.lab import LAB_CREDENTIALS, LAB_IMAGE_ID, launch_across, tag_variants
+from emulator.lab import LAB_CREDENTIALS, LAB_IMAGE_ID, create_nlb, launch_across, tag_variants
 
 SECURITY_ACCOUNT = "999999999999"
 ROLE_NAME = "mirrorq"
 DEFAULT_REGIONS = ("us-east-1", "eu-west-1")
 FILTER_TAG = {"Key": "mirrorq-filter", "Value": "default"}
-NLB_ARN = "arn:aws:elasticloadbalancing:{region}:{account}:loadbalancer/net/sensor-{n}/{n:016x}"
 OrgLab = dict[str, Any]
 
 
@@ -125,9 +124,12 @@ def seed_org_lab(
     }
     for region in regions:
         ec2 = account_client(endpoint_url, security_account, region)
+        elbv2 = account_client(endpoint_url, security_account, region, "elbv2")
+        vpc_id = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.30.0.0/20")["Subnet"]["SubnetId"]
         targets = [
             ec2.create_traffic_mirror_target(
-                NetworkLoadBalancerArn=NLB_ARN.format(region=region, account=security_account, n=n),
+                NetworkLoadBalancerArn=create_nlb(elbv2, f"sensor-{n}", [subnet]),
                 Description=f"sensor {n} ({region})",
             )["TrafficMirrorTarget"]["TrafficMirrorTargetId"]
             for n in range(sensors)

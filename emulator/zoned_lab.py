@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.lab import LAB_IMAGE_ID, NLB_ARN, lab_client
+from emulator.lab import LAB_IMAGE_ID, LAB_NLB_NAME, create_nlb, lab_client
 
 ZonedLab = dict[str, Any]
 Enis = dict[str, tuple[str, dict[str, str]]]  # ENI -> (zone, tags)
@@ -37,7 +37,10 @@ def seed_zoned_lab(endpoint_url: str, region: str = "us-east-1") -> ZonedLab:
         eni = sensor["NetworkInterfaces"][0]["NetworkInterfaceId"]
         target = ec2.create_traffic_mirror_target(NetworkInterfaceId=eni, Description=zone)
         sensors[zone] = target["TrafficMirrorTarget"]["TrafficMirrorTargetId"]
-    nlb = ec2.create_traffic_mirror_target(NetworkLoadBalancerArn=NLB_ARN.format(region=region))
+    nlb_arn = create_nlb(
+        lab_client(endpoint_url, region, "elbv2"), LAB_NLB_NAME, list(subnets.values())
+    )
+    nlb = ec2.create_traffic_mirror_target(NetworkLoadBalancerArn=nlb_arn)
     filters = [
         ec2.create_traffic_mirror_filter(Description=name)["TrafficMirrorFilter"][
             "TrafficMirrorFilterId"
@@ -50,6 +53,7 @@ def seed_zoned_lab(endpoint_url: str, region: str = "us-east-1") -> ZonedLab:
         "subnets": subnets,
         "sensors": sensors,
         "nlb": nlb["TrafficMirrorTarget"]["TrafficMirrorTargetId"],
+        "nlb_arn": nlb_arn,
         "f_web": filters[0],
         "f_db": filters[1],
         "f_own": filters[2],

@@ -248,11 +248,25 @@ def _require_somewhere(
                 raise UnknownResourceError(kind, nowhere)
 
 
-def pending_mirrors(producer: Producer) -> list[planning.Pending]:
-    """The mirrors mirrorq's queued and running jobs will make, whoever submitted them (a
-    pass, the listener, the API): one read of every pending job's record, O(pending)."""
-    found = (planning.Pending.of(r) for r in producer.store.pending_records())
-    return [p for p in found if p is not None]
+def pending_work(producer: Producer) -> tuple[list[planning.Pending], dict[str, str]]:
+    """From one read of every pending job's record (O(pending)): the mirrors mirrorq's queued
+    and running jobs will make, whoever submitted them (a pass, the listener, the API), and
+    the sessions a pending modify points at another target (a dark session's repair under
+    way), each with its job's id."""
+    mirrors: list[planning.Pending] = []
+    repairs: dict[str, str] = {}
+    for record in producer.store.pending_records():
+        found = planning.Pending.of(record)
+        if found is not None:
+            mirrors.append(found)
+        request = record.get("request") or {}
+        if (
+            record.get("kind") == JobKind.MODIFY
+            and request.get("TrafficMirrorTargetId")
+            and not request.get("DryRun")
+        ):
+            repairs[str(request.get("TrafficMirrorSessionId"))] = str(record["job_id"])
+    return mirrors, repairs
 
 
 def submit_plan(

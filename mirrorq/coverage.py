@@ -8,6 +8,12 @@ session and mirrors nothing), `missing` (not mirrored, with the planner's reason
 not an `interface` ENI; listed, not counted). The percentage is live over the ENIs that can
 be mirrored. Managed sessions (tag `mirrorq:rule`) that no rule wants are `unwanted`.
 
+A dark ENI whose session a pending modify is pointing at another target (a repair queued or
+running: its record in Redis, read with the pending creates) says so: `repair_job` names the
+job, and each rule and the totals count them as `repairing`. Its state stays `dark`, and it
+stays out of the percentage: EC2 mirrors nothing for it until the modify lands, so a
+deployment gate (`--fail-under`) and the `state="dark"` gauge keep telling the truth.
+
 `compute` is pure (what bulk.py `read_live(health=True)` read, in); `read_coverage` reads a
 policy's places and computes it, for `mirrorq coverage`, `GET /v1/coverage`, reconcile's
 passes (which store the view for `/metrics`: `store_view`) and the dashboard.
@@ -19,12 +25,12 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from mirrorq.bulk import Live, pending_mirrors, plan_read, read_live
+from mirrorq.bulk import Live, pending_work, plan_read, read_live
 from mirrorq.managed import MIRROR_RULE, rule_of
 from mirrorq.planning import Outcome, Pending
 from mirrorq.policy_watch import RulesSource, rules_now
@@ -60,6 +66,7 @@ class EniCoverage:
     reason: str = ""  # dark: why its target is dead; missing, unsupported: why
     session_id: str | None = None  # live, dark: the rule's session
     target: str | None = None  # live, dark: the session's target
+    repair_job: str | None = None  # dark: the pending modify moving its session, if any
 
 
 @dataclass
@@ -71,6 +78,11 @@ class RuleCoverage:
 
     def count(self, state: str) -> int:
         return sum(1 for e in self.enis if e.state == state)
+
+    @property
+    def repairing(self) -> int:
+        """Dark ENIs whose session a pending modify is moving."""
+        return sum(1 for e in self.enis if e.state == DARK and e.repair_job)
 
     @property
     def missing(self) -> dict[str, int]:
@@ -89,6 +101,7 @@ class RuleCoverage:
             "eligible": self.eligible,
             "live": self.count(LIVE),
             "dark": self.count(DARK),
+            "repairing": self.repairing,
             "missing": self.missing,
             "unsupported": self.count(UNSUPPORTED),
             "percent": percent(self.count(LIVE), self.eligible),
@@ -125,6 +138,7 @@ class Coverage:
             "eligible": sum(r.eligible for r in self.rules),
             "live": sum(r.count(LIVE) for r in self.rules),
             "dark": sum(r.count(DARK) for r in self.rules),
+            "repairing": sum(r.repairing for r in self.rules),
             "missing": sum(r.count(MISSING) for r in self.rules),
             "unsupported": sum(r.count(UNSUPPORTED) for r in self.rules),
             "unwanted": len(self.unwanted),
@@ -159,9 +173,11 @@ def compute(
     *,
     region: str | None = None,
     now: datetime | None = None,
+    repairs: Mapping[str, str] | None = None,
 ) -> Coverage:
     """The coverage of what was read (`live`, read with health) and the mirrors pending jobs
-    will make; `region` names the fleet's own Region in the rows of its default place."""
+    will make; `region` names the fleet's own Region in the rows of its default place;
+    `repairs`: the sessions pending modifies are moving, each with its job's id."""
     plan = plan_read(live, pending)
     health: dict[str, Health] = {}
     enis: dict[str, dict[str, Any]] = {}
@@ -194,7 +210,11 @@ def compute(
             made = same_mirror(on_eni.get(item.eni_id, []), planned.targets, planned.filter_id)
             made.sort(key=lambda s: not health.get(s["TrafficMirrorTargetId"], _LIVE).live)
             detail = made[0]["TrafficMirrorSessionId"] if made else detail
-        row.enis.append(_eni(item.eni_id, item.outcome, detail, enis, sessions, health))
+        found = _eni(item.eni_id, item.outcome, detail, enis, sessions, health)
+        job = (repairs or {}).get(found.session_id or "")
+        if found.state == DARK and job:
+            found = replace(found, repair_job=job)
+        row.enis.append(found)
     unwanted = [u for place, read in live.views() for u in _unwanted(live.rules, place, read)]
     stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z")
     notes = [str(n) for n in (*plan.missing, *plan.unplanned)]
@@ -254,9 +274,9 @@ def _unwanted(rules: Sequence[Rule], place: Placement, read: Any) -> list[Unwant
 async def read_coverage(settings: Settings, rules: Sequence[Rule], producer: Producer) -> Coverage:
     """A policy's coverage now: its places read on their roads (with their targets' health),
     and the mirrors of mirrorq's pending jobs, as `reconcile` counts them."""
-    pending = await asyncio.to_thread(pending_mirrors, producer)
+    pending, repairs = await asyncio.to_thread(pending_work, producer)
     live = await read_live(settings, rules, health=True)
-    return compute(live, pending, region=settings.region)
+    return compute(live, pending, region=settings.region, repairs=repairs)
 
 
 def store_view(client: redis.Redis, coverage: Coverage) -> None:

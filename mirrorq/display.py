@@ -261,9 +261,10 @@ def coverage_table(coverage: Coverage) -> Table:
         if missing:
             text += " (" + ", ".join(f"{k} {v}" for k, v in missing.items()) + ")"
         place = [f"{row.account_id or 'default'}/{row.region or 'default'}"] if several else []
-        counts = (len(row.enis), row.eligible, row.count("live"), row.count("dark"))
+        counts = (len(row.enis), row.eligible, row.count("live"))
+        dark = str(row.count("dark")) + (f" ({row.repairing} repairing)" if row.repairing else "")
         table.add_row(
-            row.rule, *place, *map(str, counts), text, str(row.count("unsupported")),
+            row.rule, *place, *map(str, counts), dark, text, str(row.count("unsupported")),
             f"{percent(row.count('live'), row.eligible):g}",
         )  # fmt: skip
     totals = coverage.totals

@@ -6,8 +6,10 @@ service made it: ECS, EKS, Lambda...), and a service's own `mirrorq.CreateTraffi
 event whose `detail` is one job in the request syntax. Three say a sensor may have gone, and
 ask for the dark-session repair of their place (mirrorq/dark.py): an instance leaving
 `running` (stopping, stopped, shutting-down, terminated), and CloudTrail records of
-DeleteTrafficMirrorTarget and DeleteNetworkInterface. Any other event is ignored, with the
-reason; a body that is not an event at all is NotAnEventError.
+DeleteTrafficMirrorTarget, DeleteNetworkInterface, DeleteVpcEndpoints (a Gateway Load
+Balancer endpoint target's) and Elastic Load Balancing's DeleteLoadBalancer (a Network Load
+Balancer target's). Any other event is ignored, with the reason; a body that is not an event
+at all is NotAnEventError.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ STATE_CHANGE = "EC2 Instance State-change Notification"
 API_CALL = "AWS API Call via CloudTrail"
 JOB = "mirrorq.CreateTrafficMirrorSession"
 LEAVING = frozenset({"stopping", "stopped", "shutting-down", "terminated"})  # not running
-GONE_CALLS = frozenset({"DeleteTrafficMirrorTarget", "DeleteNetworkInterface"})
+GONE_CALLS = frozenset(
+    {
+        "DeleteTrafficMirrorTarget",
+        "DeleteNetworkInterface",
+        "DeleteVpcEndpoints",
+        "DeleteLoadBalancer",  # elasticloadbalancing.amazonaws.com's
+    }
+)
 MAX_EVENT_BYTES = 256 * 1024  # EventBridge's own limit on an event
 # An id as EC2 writes one (AWS's own samples write `i-0abcd1111example0`): a value such as
 # `i-*` would be a wildcard in the Describe filters the listener reads ENIs with, and name
@@ -146,6 +155,7 @@ def _gone_id(name: str, detail: dict[str, Any]) -> str:
     found = (
         params.get("networkInterfaceId")
         or params.get("trafficMirrorTargetId")
+        or params.get("loadBalancerArn")
         or (nested.get("TrafficMirrorTargetId") if isinstance(nested, dict) else None)
     )
     return found if isinstance(found, str) and _is_text(found) else name

@@ -146,11 +146,20 @@ def plan_pruned(
 # Jobs on sessions -----------------------------------------------------------------------------
 
 
+# The planner's deletes: it has just read each session, so their goal is its absence, and
+# EC2 having removed it meanwhile (with its ENI) ends the job `deleted` (tasks/contract.py).
+PLANNED_DELETE = {"missing_ok": True}
+
+
 def deletion_jobs(deletions: Iterable[prune.Deletion], *, dry_run: bool) -> list[SessionJob]:
     return [
         SessionJob(
             JobKind.DELETE,
-            {"TrafficMirrorSessionId": d.session_id, **({"DryRun": True} if dry_run else {})},
+            {
+                "TrafficMirrorSessionId": d.session_id,
+                **PLANNED_DELETE,
+                **({"DryRun": True} if dry_run else {}),
+            },
             d.eni_id,
             d.rule,
             d.place,
@@ -266,7 +275,7 @@ class SessionPlan:
         jobs = []
         for item in self.items:
             if item.action is Action.DELETE:
-                request = {"TrafficMirrorSessionId": item.session_id, **dry}
+                request = {"TrafficMirrorSessionId": item.session_id, **PLANNED_DELETE, **dry}
                 jobs.append(SessionJob(JobKind.DELETE, request, item.eni_id, item.rule, place))
             elif item.action is Action.MODIFY:
                 request = {
@@ -386,7 +395,8 @@ async def plan_retarget_live(
     ):
         inventory = Inventory(road)
         to = (await inventory.targets([to_target]))[to_target]
-        health = (await target_health(road, [to_target]))[to_target]
+        own = placement.account_id or await roads.default_account()
+        health = (await target_health(road, [to_target], own))[to_target]
         if not health.live:
             raise DeadTargetError(to_target, health.reason)
         sessions = await selected_sessions(inventory, selection)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from config import Settings
 from mirrorq import lifecycle
-from mirrorq.bulk import pending_mirrors, plan_read, read_live, submit_gaps
+from mirrorq.bulk import pending_work, plan_read, read_live, submit_gaps
 from mirrorq.coverage import Coverage, compute, store_view
 from mirrorq.dark import Repair, after, plan_repairs
 from mirrorq.planning import Outcome, Plan
@@ -78,9 +78,9 @@ def run_pass(
     batch id, of its counts). The coverage the pass found is kept for the API's gauges.
     With `prune` (or for the rules that say `prune`), the managed sessions no rule wants are
     deleted in the same batch (mirrorq/prune.py), unless the share guard refuses (`force`)."""
-    pending = pending_mirrors(producer)
+    pending, repairing = pending_work(producer)
     live = asyncio.run(read_live(settings, rules, health=True))
-    found = compute(live, pending, region=settings.region)
+    found = compute(live, pending, region=settings.region, repairs=repairing)
     store_view(producer.store.client, found)
     repairs = plan_repairs(live)
     pruned = lifecycle.prune_live(settings, live, everything=prune, force=force)

@@ -1,20 +1,30 @@
 """Whether a traffic mirror target is alive: what its sessions mirror into still exists.
 
 EC2 keeps a session whose target's resource went away (the sensor instance terminated or
-stopped, its ENI deleted) and silently stops mirroring it: the session is *dark*. This reads
-each target's resource on the road every EC2 call takes (worker/ec2.py): the targets
-(DescribeTrafficMirrorTargets), a network-interface target's ENI (DescribeNetworkInterfaces)
-and the instance it is attached to (DescribeInstances, by filter, so one gone is no error).
+stopped, its ENI deleted, its Network Load Balancer or Gateway Load Balancer endpoint
+deleted) and silently stops mirroring it: the session is *dark*. This reads each target's
+resource on the road every EC2 call takes (worker/ec2.py): the targets
+(DescribeTrafficMirrorTargets), and by the target's type
 
-Not read (said in each answer's `reason`, counted live): a Network Load Balancer target's load
-balancer (elbv2 DescribeLoadBalancers: the road holds an EC2 client only, so reading it needs
-an elbv2 client, with its own limiter, per road in worker/aws.py and worker/roads.py; the
-emulator does answer elbv2, through moto's dispatcher, uncounted in its stats, but its labs'
-NLB targets name made-up ARNs, which DescribeLoadBalancers answers LoadBalancerNotFound, and
-moto 5.2.5 makes a `Type=network` balancer with an `.../app/...` ARN, `provisioning`), a
-Gateway Load Balancer endpoint's endpoint (DescribeVpcEndpoints), and another account's
-sensor ENI shared with this one (RAM), which this account cannot describe (its owner's place,
-when a pass reads it, says); an ENI not visible when this place's account is not known.
+- a network-interface target's ENI (DescribeNetworkInterfaces) and the instance it is
+  attached to (DescribeInstances, by filter, so one gone is no error): gone, detached, or
+  not `running` is dead;
+- a network-load-balancer target's load balancer (Elastic Load Balancing v2
+  DescribeLoadBalancers, by ARN, 20 a call, on the road's elbv2 client): gone
+  (`LoadBalancerNotFound`, or not in the answer) or `failed` is dead; `active` and
+  `active_impaired` (routing traffic, short of capacity) are live; `provisioning` is live
+  too (a new balancer becomes `active` by itself, and its sessions with it: moving them
+  away would undo what was just set up), its reason says so;
+- a gateway-load-balancer-endpoint target's endpoint (DescribeVpcEndpoints, every
+  GatewayLoadBalancer endpoint of the account: EC2 fails the whole call for one unknown
+  id): gone, or `deleting`, `deleted`, `failed`, `rejected` or `expired` is dead; `pending`
+  and `pendingAcceptance` are live, said in the reason.
+
+A read that fails fails the whole reading (and with it the pass: nothing is repaired or
+pruned on a partial view). Not judged (counted live, the reason says so): another account's
+target shared with this one (RAM), whose ENI, endpoint or load balancer this account cannot
+describe (its owner's place, when a pass reads it, says), and any of them when this place's
+account is not known.
 """
 
 from __future__ import annotations
@@ -23,10 +33,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from mirrorq.inventory import FILTER_VALUES, PAGE_SIZE
 from worker.ec2 import Ec2Road
 
 RUNNING = "running"
+LB_ARNS_PER_CALL = 20  # DescribeLoadBalancers' LoadBalancerArns: "up to 20 ... in a single call"
+LB_NOT_FOUND = "LoadBalancerNotFound"
+# Elastic Load Balancing v2's LoadBalancerStateEnum (botocore's elbv2 model).
+LB_LIVE = frozenset({"active", "active_impaired", "provisioning"})
+# A VPC endpoint's states (EC2 API reference, VpcEndpoint.State), lowercased.
+ENDPOINT_DEAD = frozenset({"deleting", "deleted", "failed", "rejected", "expired"})
 
 
 @dataclass(frozen=True)
@@ -61,7 +79,25 @@ async def target_health(
         if (e.get("Attachment") or {}).get("InstanceId")
     ]
     states = await _instance_states(road, [i for i in instance_ids if i])
-    return {t: health_of(t, described.get(t), enis, states, own_account) for t in wanted}
+    ours = [t for t in described.values() if own_account is not None and _owned(t, own_account)]
+    arns = [t["NetworkLoadBalancerArn"] for t in ours if t.get("NetworkLoadBalancerArn")]
+    balancers = await load_balancer_states(road, arns) if arns else {}
+    endpoint_ids = [
+        t["GatewayLoadBalancerEndpointId"] for t in ours if t.get("GatewayLoadBalancerEndpointId")
+    ]
+    endpoints = await endpoint_states(road) if endpoint_ids else {}
+    return {
+        t: health_of(
+            t, described.get(t), enis, states, own_account, balancers=balancers, endpoints=endpoints
+        )
+        for t in wanted
+    }
+
+
+def _owned(target: dict[str, Any], own_account: str) -> bool:
+    """The target is this account's own: its load balancer or endpoint is this account's to
+    describe (a target shared through RAM is its owner's, and so are they)."""
+    return target.get("OwnerId") in (None, own_account)
 
 
 def health_of(  # noqa: PLR0911 - a return per state
@@ -70,14 +106,18 @@ def health_of(  # noqa: PLR0911 - a return per state
     enis: dict[str, dict[str, Any]],
     states: dict[str, str],
     own_account: str | None,
+    *,
+    balancers: dict[str, str] | None = None,
+    endpoints: dict[str, str] | None = None,
 ) -> Health:
-    """One target's health from what was read (pure)."""
+    """One target's health from what was read (pure). `balancers`: the state of each load
+    balancer read, by ARN (one not there is gone); `endpoints`: each Gateway Load Balancer
+    endpoint's, by id (likewise); None: not read, so not judged."""
     if target is None:
         return Health(target_id, False, "target_gone")
     eni_id = target.get("NetworkInterfaceId")
     if not eni_id:
-        kind = target.get("Type") or "load balancer"
-        return Health(target_id, True, f"{kind}: not checked")
+        return _balancer_health(target_id, target, own_account, balancers, endpoints)
     eni = enis.get(eni_id)
     if eni is None:
         owner = target.get("OwnerId")
@@ -96,6 +136,81 @@ def health_of(  # noqa: PLR0911 - a return per state
     if state != RUNNING:
         return Health(target_id, False, f"instance_{state}", instance)
     return Health(target_id, True, "", instance)
+
+
+def _balancer_health(  # noqa: PLR0911 - a return per state
+    target_id: str,
+    target: dict[str, Any],
+    own_account: str | None,
+    balancers: dict[str, str] | None,
+    endpoints: dict[str, str] | None,
+) -> Health:
+    """A network-load-balancer or gateway-load-balancer-endpoint target's health."""
+    arn = target.get("NetworkLoadBalancerArn")
+    endpoint = target.get("GatewayLoadBalancerEndpointId")
+    found = balancers if arn else endpoints
+    if not (arn or endpoint):
+        return Health(target_id, True, f"{target.get('Type') or 'target'}: not checked")
+    if own_account is None:
+        return Health(target_id, True, "owner unknown: not checked")
+    if not _owned(target, own_account):
+        return Health(target_id, True, "shared from another account: not checked")
+    if found is None:
+        return Health(target_id, True, f"{target.get('Type') or 'target'}: not read")
+    if arn:
+        state = found.get(arn)
+        if state is None:
+            return Health(target_id, False, "load_balancer_gone")
+        if state not in LB_LIVE:
+            return Health(target_id, False, f"load_balancer_{state}")
+        return Health(
+            target_id, True, "load_balancer_provisioning" if state == "provisioning" else ""
+        )
+    state = found.get(str(endpoint))
+    if state is None:
+        return Health(target_id, False, "endpoint_gone")
+    if state in ENDPOINT_DEAD:
+        return Health(target_id, False, f"endpoint_{state}")
+    return Health(target_id, True, "" if state == "available" else f"endpoint_{state}")
+
+
+async def load_balancer_states(road: Ec2Road, arns: Iterable[str]) -> dict[str, str]:
+    """Each load balancer's State.Code, by ARN; one that does not exist is left out.
+
+    DescribeLoadBalancers by ARN fails the whole call (`LoadBalancerNotFound`) for one ARN
+    that does not exist: such a group of ARNs is read again in halves, down to the one gone.
+    Any other failure is raised."""
+    states: dict[str, str] = {}
+    wanted = sorted(set(arns))
+    groups = [wanted[i : i + LB_ARNS_PER_CALL] for i in range(0, len(wanted), LB_ARNS_PER_CALL)]
+    while groups:
+        group = groups.pop()
+        try:
+            found = await road.elbv2_pages(
+                "DescribeLoadBalancers", "LoadBalancers", LoadBalancerArns=group
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != LB_NOT_FOUND:
+                raise
+            if len(group) > 1:
+                half = len(group) // 2
+                groups += [group[:half], group[half:]]
+            continue
+        for balancer in found:
+            states[balancer["LoadBalancerArn"]] = (balancer.get("State") or {}).get("Code", "")
+    return states
+
+
+async def endpoint_states(road: Ec2Road) -> dict[str, str]:
+    """Each Gateway Load Balancer endpoint of the place's account, its state lowercased, by
+    id (EC2 answers `Available`, its docs say `available`)."""
+    found = await road.paginate(
+        "DescribeVpcEndpoints",
+        "VpcEndpoints",
+        Filters=[{"Name": "vpc-endpoint-type", "Values": ["GatewayLoadBalancer"]}],
+        MaxResults=PAGE_SIZE,
+    )
+    return {e["VpcEndpointId"]: str(e.get("State", "")).lower() for e in found}
 
 
 async def _described(road: Ec2Road, eni_ids: list[str]) -> list[dict[str, Any]]:

@@ -447,6 +447,24 @@ class SessionRequest(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+MISSING_OK_DOC = (
+    "mirrorq's, not EC2's (never sent to it): true when the job's goal is that the session "
+    "not exist, so EC2's InvalidTrafficMirrorSessionId.NotFound on any attempt ends the job "
+    "`deleted` (its response's AlreadyDeleted says so), as the planner's own deletes (prune, "
+    "unmirror) ask: they have just read the session, and EC2 deletes an ENI's sessions with "
+    "it. Default false: a first attempt's NotFound fails the job with EC2's code, since a "
+    "session someone else deleted and an id that never existed cannot be told apart. A "
+    "DryRun is never taken as deleted."
+)
+# A delete's request fields that are mirrorq's own: kept in the job's record, never sent.
+MIRRORQ_REQUEST_FIELDS = frozenset({"missing_ok"})
+
+
+def ec2_request(request: dict[str, Any]) -> dict[str, Any]:
+    """A job's request as EC2 is sent it: mirrorq's own fields (`missing_ok`) left out."""
+    return {k: v for k, v in request.items() if k not in MIRRORQ_REQUEST_FIELDS}
+
+
 class DeleteSessionRequest(BaseModel):
     """DeleteTrafficMirrorSession's keyword arguments. EC2 takes no ClientToken for it: a
     delete is idempotent by its effect (worker/execute.py: a session already gone after an
@@ -457,12 +475,17 @@ class DeleteSessionRequest(BaseModel):
 
     TrafficMirrorSessionId: Annotated[str, Field(pattern=SESSION_ID)]
     DryRun: bool | None = None
+    missing_ok: bool | None = Field(
+        default=None,
+        description=MISSING_OK_DOC,
+    )
 
     auto_session_number: ClassVar[bool] = False
     network_interface_id: ClassVar[str | None] = None
 
     def to_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for `delete_traffic_mirror_session`, unset fields left out."""
+        """The job's request as recorded, unset fields left out (`missing_ok` with them:
+        mirrorq's own, never sent to EC2, see `ec2_request`)."""
         return self.model_dump(mode="json", exclude_none=True)
 
 

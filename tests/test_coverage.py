@@ -81,6 +81,7 @@ def test_coverage_counts_each_eni_by_state_and_the_percentage_only_what_can_be_m
         "eligible": 3,
         "live": 1,
         "dark": 1,
+        "repairing": 0,
         "missing": 1,
         "unsupported": 1,
         "unwanted": 2,
@@ -193,3 +194,49 @@ def test_a_target_s_health_from_what_was_read() -> None:
     assert health_of(A, target, detached, {}, None).reason == "eni_detached"
     nlb = {"TrafficMirrorTargetId": B, "Type": "network-load-balancer"}
     assert health_of(B, nlb, {}, {}, None).live
+
+
+def test_a_load_balancer_target_s_health_from_what_was_read() -> None:
+    own, other = "111111111111", "222222222222"
+    arn = f"arn:aws:elasticloadbalancing:us-east-1:{own}:loadbalancer/net/sensors/0123456789abcdef"
+    nlb = {"TrafficMirrorTargetId": B, "NetworkLoadBalancerArn": arn, "OwnerId": own}
+
+    def of_nlb(states: dict[str, str] | None, account: str | None = own) -> Health:
+        return health_of(B, nlb, {}, {}, account, balancers=states)
+
+    assert of_nlb({}) == Health(B, False, "load_balancer_gone")
+    assert of_nlb({arn: "failed"}) == Health(B, False, "load_balancer_failed")
+    assert of_nlb({arn: "active"}) == Health(B, True)
+    assert of_nlb({arn: "active_impaired"}).live  # routing traffic, short of capacity
+    # A new balancer becomes active by itself: its sessions are not moved away.
+    assert of_nlb({arn: "provisioning"}) == Health(B, True, "load_balancer_provisioning")
+    assert of_nlb(None).live  # not read: not judged
+    assert of_nlb({}, None).live  # whose it is cannot be told
+    shared = {**nlb, "OwnerId": other}  # another account's, shared with this one
+    assert health_of(B, shared, {}, {}, own, balancers={}).live
+
+    gwlbe = {"TrafficMirrorTargetId": C, "GatewayLoadBalancerEndpointId": "vpce-1", "OwnerId": own}
+
+    def of_endpoint(states: dict[str, str]) -> Health:
+        return health_of(C, gwlbe, {}, {}, own, endpoints=states)
+
+    assert of_endpoint({}) == Health(C, False, "endpoint_gone")
+    for state in ("deleting", "deleted", "failed", "rejected", "expired"):
+        assert of_endpoint({"vpce-1": state}) == Health(C, False, f"endpoint_{state}")
+    assert of_endpoint({"vpce-1": "available"}) == Health(C, True)
+    assert of_endpoint({"vpce-1": "pending"}).live
+
+
+def test_a_dark_eni_whose_repair_is_pending_says_so_and_stays_dark() -> None:
+    targets = {A: Target(A), B: Target(B)}
+    live = live_of(web(A, B), [eni(1), eni(2)], [session(1, A), session(2, A)], targets, A_DEAD)
+    found = compute(live, repairs={"tms-00000000000000001": "job-1"})
+    (row,) = found.rules
+    assert {e.session_id: (e.state, e.reason, e.repair_job) for e in row.enis} == {
+        "tms-00000000000000001": ("dark", "eni_gone", "job-1"),
+        "tms-00000000000000002": ("dark", "eni_gone", None),
+    }
+    body = found.to_json()
+    assert (body["totals"]["dark"], body["totals"]["repairing"]) == (2, 1)
+    assert body["rules"][0]["repairing"] == 1
+    assert found.percent == 0.0  # nothing mirrors until the modify lands

@@ -17,7 +17,7 @@ from emulator.lab import LAB_IMAGE_ID, lab_client, seed_lab
 from mirrorq.export import result_row
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks import records
-from tasks.contract import DELETE_TASK_NAME, JobKind, parse_request
+from tasks.contract import DELETE_TASK_NAME, JobKind, ec2_request, parse_request
 from tasks.producer import Producer
 from tests.helpers import Lab, job, sessions, wait_all, wait_until
 from worker.errors import classify
@@ -343,6 +343,17 @@ def test_a_deletes_notfound_is_its_success_only_after_an_attempt_of_ours() -> No
         "AlreadyDeleted": {"Code": gone.code, "Message": gone.message},
     }
     assert _outcome(running(JobKind.DELETE), gone, ours_maybe=False)["status"] == "failed"
+    # A delete the planner made (`missing_ok`): the session gone is the goal met, said so.
+    planned = records.accepted(
+        "j", {"TrafficMirrorSessionId": session, "missing_ok": True}, kind=JobKind.DELETE
+    )
+    planned = records.started(planned, planned["request"] or {})
+    met = _outcome(planned, gone, ours_maybe=False)
+    assert met["status"] == "deleted"
+    assert met["response"] == {
+        "TrafficMirrorSessionId": session,
+        "AlreadyDeleted": {"Code": gone.code, "Message": gone.message},
+    }
     assert _outcome(running(JobKind.MODIFY), gone, ours_maybe=True)["status"] == "failed"
     # Another session of the ENI with the target and filter the modify would give: a twin.
     here = {
@@ -368,3 +379,53 @@ def not_found() -> Exception:
         "ResponseMetadata": {"HTTPStatusCode": 400},
     }
     return ClientError(answer, "DeleteTrafficMirrorSession")
+
+
+def test_a_delete_the_planner_made_ends_deleted_when_ec2_removed_the_session_first(
+    emulator: EmulatorProcess,
+    lab: Lab,
+    other: Celery,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """`missing_ok`: the job's goal is "this session does not exist", so a first attempt's
+    NotFound meets it (the planner, which just read the session, sets it); without it an
+    API or send_task delete keeps telling its sender."""
+    start_worker()
+    (gone,) = mirrored(emulator, lab, range(1))
+    lab_client(emulator.url).delete_traffic_mirror_session(TrafficMirrorSessionId=gone)
+    named = producer.submit(
+        {"TrafficMirrorSessionId": gone, "missing_ok": True},
+        kind="delete",
+        network_interface_id=lab["eni_ids"][0],  # so the delete itself is sent
+    )
+    unnamed = producer.submit({"TrafficMirrorSessionId": gone, "missing_ok": True}, kind="delete")
+    sent = str(uuid.uuid4())
+    other.send_task(
+        DELETE_TASK_NAME,
+        task_id=sent,
+        kwargs={"request": {"TrafficMirrorSessionId": gone, "missing_ok": True}},
+    )
+    plain = producer.submit(
+        {"TrafficMirrorSessionId": gone}, kind="delete", network_interface_id=lab["eni_ids"][0]
+    )
+    done = wait_all(producer, [named, unnamed, sent, plain])
+    for record in done[:3]:
+        assert record["status"] == "deleted", record["error"]
+        assert (record["response"] or {})["AlreadyDeleted"][
+            "Code"
+        ] == "InvalidTrafficMirrorSessionId.NotFound"
+    assert done[0]["attempts"] == 1
+    assert (done[3]["status"], done[3]["error"]["code"]) == (
+        "failed",
+        "InvalidTrafficMirrorSessionId.NotFound",
+    )
+    assert calls(emulator, "DeleteTrafficMirrorSession") == {
+        "ok": 1,  # the test's own, in EC2
+        # named's and plain's: the others name no ENI, and read the session's first
+        "InvalidTrafficMirrorSessionId.NotFound": 2,
+    }
+    # mirrorq's field, never EC2's: kept in the record, left out of what EC2 is sent.
+    assert done[0]["request"] == {"TrafficMirrorSessionId": gone, "missing_ok": True}
+    asked = parse_request({"TrafficMirrorSessionId": gone, "missing_ok": True}, JobKind.DELETE)
+    assert ec2_request(asked.to_kwargs()) == {"TrafficMirrorSessionId": gone}

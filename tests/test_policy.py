@@ -269,6 +269,17 @@ def test_a_sensor_leaving_asks_for_the_dark_session_repair() -> None:
         "DeleteTrafficMirrorTargetRequest": {"TrafficMirrorTargetId": "tmt-0123456789abcdef0"}
     }
     assert read_event(target).gone == ("tmt-0123456789abcdef0",)
+    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/s/0123456789abcdef"
+    balancer = sample("cloudtrail-create-network-interface.json")
+    balancer["source"] = "aws.elasticloadbalancing"
+    balancer["detail"]["eventSource"] = "elasticloadbalancing.amazonaws.com"
+    balancer["detail"]["eventName"] = "DeleteLoadBalancer"
+    balancer["detail"]["requestParameters"] = {"loadBalancerArn": arn}
+    balancer["detail"]["responseElements"] = None
+    assert read_event(balancer).gone == (arn,)
+    endpoint = sample("cloudtrail-create-network-interface.json")
+    endpoint["detail"]["eventName"] = "DeleteVpcEndpoints"
+    assert read_event(endpoint).gone  # the repair reads every target of the place
     assert (
         "Scheduled Event"
         in read_event({"id": "x", "detail-type": "Scheduled Event", "detail": {}}).ignored

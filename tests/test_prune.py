@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from emulator.lab import LAB_IMAGE_ID, lab_client, seed_lab
+from emulator.lab import LAB_IMAGE_ID, create_gwlb_endpoint, lab_client, seed_lab
 from mirrorq.managed import RULE_TAG
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tests.helpers import sessions
@@ -63,10 +63,13 @@ def test_prune_unmirror_and_retarget_touch_only_what_mirrorq_manages_and_means(
         ec2.create_tags(Resources=[eni_id], Tags=[{"Key": "Env", "Value": "prod"}])
         mixed[instance_type] = eni_id
     flt, nlb = lab["filter_id"], lab["target_ids"]["nlb"]
+    # Gateway Load Balancer endpoints that exist: a target's is read, and one gone is dead.
     gwlb_a, gwlb_b = (
-        ec2.create_traffic_mirror_target(GatewayLoadBalancerEndpointId=f"vpce-0123456789abcdef{n}")[
-            "TrafficMirrorTarget"
-        ]["TrafficMirrorTargetId"]
+        ec2.create_traffic_mirror_target(
+            GatewayLoadBalancerEndpointId=create_gwlb_endpoint(
+                emulator.url, lab["vpc_id"], lab["subnet_ids"], f"inspect-{n}"
+            )
+        )["TrafficMirrorTarget"]["TrafficMirrorTargetId"]
         for n in (1, 2)
     )
     policy = tmp_path / "policy.toml"

@@ -174,3 +174,27 @@ def test_a_pass_line_says_what_its_prune_deletes_or_why_it_refused() -> None:
     line = summary(Pass(1, Plan([]), None, {}, pruned=pruned))
     assert "prune: 0 to delete (eni_not_matched 1); prune refused" in line
     assert "account 111111111111" in line
+
+
+def test_the_planner_s_deletes_are_met_by_a_session_already_gone() -> None:
+    """prune's and unmirror's deletes read the session first: `missing_ok`, so EC2 having
+    removed it meanwhile (its ENI deleted) ends the job `deleted`, not `failed`."""
+    from mirrorq.lifecycle import Action, SessionItem, SessionPlan, deletion_jobs
+    from mirrorq.prune import Deletion, Reason
+    from tasks.contract import JobKind, parse_request
+
+    session = "tms-0123456789abcdef0"
+    pruned = Deletion(session, "eni-0123456789abcdef0", "web", Reason.RULE_GONE)
+    unmirrored = SessionPlan(
+        "unmirror",
+        [SessionItem(session, "eni-0123456789abcdef0", "web", Action.DELETE, "tmt-a")],
+    )
+    for dry_run in (False, True):
+        jobs = [
+            *deletion_jobs([pruned], dry_run=dry_run),
+            *unmirrored.jobs(dry_run=dry_run, place=Placement()),
+        ]
+        for job in jobs:
+            assert job.kind is JobKind.DELETE
+            assert job.request["missing_ok"] is True
+            parse_request(job.request, JobKind.DELETE)  # a valid delete request

@@ -1,12 +1,13 @@
-"""aiobotocore clients for EC2 and SQS, configured once: the endpoint, the timeouts, and
-botocore's own retries off (worker/retry.py is the one retry layer)."""
+"""aiobotocore clients for EC2, SQS and Elastic Load Balancing v2, configured once: the
+endpoint, the timeouts, and botocore's own retries off (worker/retry.py is the one retry
+layer)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from aiobotocore.config import AioConfig
-from aiobotocore.session import ClientCreatorContext, get_session
+from aiobotocore.session import AioSession, ClientCreatorContext, get_session
 
 from config import Settings
 
@@ -44,4 +45,24 @@ def sqs_client(settings: Settings, region: str | None = None) -> ClientCreatorCo
         region_name=region or settings.region,
         endpoint_url=settings.sqs_endpoint_url or settings.ec2_endpoint_url,
         config=config,
+    )
+
+
+def elbv2_endpoint(settings: Settings) -> str | None:
+    """MIRRORQ_ELBV2_ENDPOINT_URL, else the EC2 endpoint's (the emulator serves elbv2 too),
+    else None: AWS's regional Elastic Load Balancing endpoint."""
+    return settings.elbv2_endpoint_url or settings.ec2_endpoint_url
+
+
+def elbv2_client(
+    settings: Settings, session: AioSession | None = None, region: str | None = None
+) -> ClientCreatorContext[Any]:
+    """Elastic Load Balancing v2 (botocore's `elbv2`, signed as `elasticloadbalancing`) with
+    the same credentials (`session`'s: a place's assumed role), timeouts and retry rules as
+    EC2, in `region` (the place's) or MIRRORQ_REGION."""
+    return (session or get_session()).create_client(
+        "elbv2",
+        region_name=region or settings.region,
+        endpoint_url=elbv2_endpoint(settings),
+        config=client_config(settings),
     )

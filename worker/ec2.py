@@ -12,6 +12,11 @@ A job's creates and its `auto` reads (worker/execute.py), the planner's Describe
 - the retry policy and the error table (worker/retry.py, worker/errors.py);
 - pagination, each page a call paid for at the limiter.
 
+The few Elastic Load Balancing v2 reads (DescribeLoadBalancers: is an NLB target's load
+balancer alive, mirrorq/targets.py) take the same steps on the road's elbv2 client, opened
+with the road's credentials and Region on first use (`road.elbv2_pages`), and paid at a
+limiter of their own in the road's account bucket (seeded as a Describe action).
+
 A road is one account and Region: its client and its limiters are that bucket's. Serving
 many is a cache of roads keyed by place (role, Region), each built the same way
 (worker/roads.py).
@@ -21,16 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from aiobotocore.session import ClientCreatorContext
 from botocore import xform_name
 from tenacity import AsyncRetrying
 
 from config import Settings
 from tasks.connections import async_pool
-from worker.aws import ec2_client
+from worker.aws import ec2_client, elbv2_client
 from worker.errors import classify
 from worker.metrics import ec2_call
 from worker.ratelimit import Limiters
@@ -44,6 +50,23 @@ log = logging.getLogger(__name__)
 SLOW_SLOT_WARNING_EVERY_S = 60.0
 _last_slow_slot_warning = -SLOW_SLOT_WARNING_EVERY_S
 PLANNER_REDIS_CONNECTIONS = 4  # a planner's calls run a few at a time
+
+
+class LazyClient:
+    """A client opened on its first use (most roads never read a load balancer) and closed
+    with the stack that owns the road."""
+
+    def __init__(self, opener: Callable[[], ClientCreatorContext[Any]], stack: AsyncExitStack):
+        self._opener = opener
+        self._stack = stack
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Any:
+        async with self._lock:
+            if self._client is None:
+                self._client = await self._stack.enter_async_context(self._opener())
+        return self._client
 
 
 class Ec2Road:
@@ -63,11 +86,14 @@ class Ec2Road:
         timing: Timing,
         *,
         own: bool = True,
+        elbv2: LazyClient | None = None,
     ) -> None:
         """`timing`: how the road's retries wait and its calls are timed. `own`: the road is
         to the fleet's own account and Region, whose ENI leases keep the keys they had before
-        other places (tasks/keys.py eni_lease)."""
+        other places (tasks/keys.py eni_lease). `elbv2`: the place's Elastic Load Balancing
+        client (None: the road reads no load balancer)."""
         self.client = client
+        self.elbv2 = elbv2
         self.limiters = limiters
         self.settings = settings
         self.timing = timing
@@ -100,6 +126,25 @@ class Ec2Road:
                 return items
             token = {"NextToken": page["NextToken"]}
 
+    async def elbv2_pages(self, action: str, key: str, **params: Any) -> list[dict[str, Any]]:
+        """Every item under `key` of an Elastic Load Balancing v2 call, page by page (its
+        Marker/NextMarker), each page retried and paid for as an EC2 call is."""
+        if self.elbv2 is None:
+            raise RuntimeError("this road has no Elastic Load Balancing client")
+        client = await self.elbv2.get()
+        items: list[dict[str, Any]] = []
+        marker: dict[str, Any] = {}
+        while True:
+            page: dict[str, Any] = {}
+            async for attempt in self.retrying():
+                with attempt:
+                    await self.slot(action)
+                    page = await self.send(action, _client=client, **params, **marker)
+            items += [dict(item) for item in page.get(key, [])]
+            if not page.get("NextMarker"):
+                return items
+            marker = {"Marker": page["NextMarker"]}
+
     def retrying(self, before_sleep: OnRetry | None = None) -> AsyncRetrying:
         """The retry policy, as every EC2 call is retried, within the job's deadline."""
         return retry_policy(
@@ -123,14 +168,20 @@ class Ec2Road:
             log.warning(warning)
 
     async def send(
-        self, action: str, *, timeout_s: float | None = None, **params: Any
+        self,
+        action: str,
+        *,
+        timeout_s: float | None = None,
+        _client: Any = None,
+        **params: Any,
     ) -> dict[str, Any]:
         """One attempt, its slot already taken: timed, and a throttle told to the limiter.
 
         `timeout_s` bounds the whole call (botocore's timeouts bound each read), for a caller
-        that must know when an unanswered call can no longer land.
+        that must know when an unanswered call can no longer land. `_client`: another
+        service's client of the road (elbv2), else EC2's.
         """
-        method = getattr(self.client, xform_name(action))
+        method = getattr(_client or self.client, xform_name(action))
         try:
             async with ec2_call(action, self.timing.monotonic):
                 answer = await asyncio.wait_for(method(**params), timeout_s)
@@ -169,4 +220,5 @@ async def open_road(settings: Settings) -> AsyncIterator[Ec2Road]:
         client = await stack.enter_async_context(ec2_client(settings))
         redis = async_pool(settings.broker_url, settings, max_connections=PLANNER_REDIS_CONNECTIONS)
         stack.push_async_callback(redis.aclose)
-        yield Ec2Road(client, Limiters(redis, settings, REAL), settings, REAL)
+        elbv2 = LazyClient(lambda: elbv2_client(settings), stack)
+        yield Ec2Road(client, Limiters(redis, settings, REAL), settings, REAL, elbv2=elbv2)

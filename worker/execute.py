@@ -21,9 +21,13 @@ after an attempt of ours that may have landed (an unanswered one, or one by an e
 delivery of the job) is the job's success: that attempt deleted the session. On a first
 attempt the same answer fails the job with EC2's code: nothing of ours was sent, so the job
 cannot tell a session someone else deleted (EC2 deletes an ENI's sessions with it) from an
-id that never existed, and its sender, who can, is told. A job giving up on a retryable
-failure after such an attempt reads the session once: gone (a delete) or already as asked (a
-modify), one of its unanswered calls took effect, and the job succeeded.
+id that never existed, and its sender, who can, is told; unless the request says
+`missing_ok` (the planner's prune and unmirror deletes, which just read the session: their
+goal is its absence), when the job ends `deleted` too, its response's AlreadyDeleted saying
+so. `missing_ok` is mirrorq's and never sent to EC2 (tasks/contract.py `ec2_request`). A job
+giving up on a retryable failure after such an attempt reads the session once: gone (a
+delete) or already as asked (a modify), one of its unanswered calls took effect, and the job
+succeeded.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from tenacity import RetryCallState
 
 from config import Settings
 from tasks import keys, records
-from tasks.contract import JobKind
+from tasks.contract import JobKind, ec2_request
 from tasks.errors import AlreadyMirroredError, InvalidJobError, LeaseLostError
 from tasks.records import JobResult, kind_of
 from worker.ec2 import Ec2Road
@@ -219,7 +223,7 @@ async def execute_change(
     the job over, as execute_job does.
     """
     kind = kind_of(record)
-    request = dict(record["request"] or {})
+    request = ec2_request(dict(record["request"] or {}))  # exactly what EC2 is sent
     session_id = str(request["TrafficMirrorSessionId"])
     holding: Lease | None = None
     calls = Creates(ec2, kind.action)
@@ -387,10 +391,13 @@ async def _given_up(ec2: Ec2, record: JobResult, failure: Failure, ours_maybe: b
 
 
 def _outcome(record: JobResult, failure: Failure, ours_maybe: bool) -> JobResult:
-    """A delete's or a modify's end on `failure`: a delete's NotFound when a call of ours may
-    have landed (`ours_maybe`) is its success; anything else fails with its code."""
+    """A delete's or a modify's end on `failure`: a delete's NotFound is its success when a
+    call of ours may have landed (`ours_maybe`), or when its request says `missing_ok` (the
+    session's absence is the goal: the planner's deletes) and it is no DryRun; anything else
+    fails with its code."""
     request = record["request"] or {}
-    if kind_of(record) is JobKind.DELETE and failure.code in SESSION_NOT_FOUND_CODES and ours_maybe:
+    met = ours_maybe or (bool(request.get("missing_ok")) and not request.get("DryRun"))
+    if kind_of(record) is JobKind.DELETE and failure.code in SESSION_NOT_FOUND_CODES and met:
         return records.succeeded(record, _gone(str(request["TrafficMirrorSessionId"]), failure))
     return records.failed(record, failure.code, failure.message, retryable=failure.retryable)
 

@@ -452,6 +452,9 @@ DESCRIBE_ACTIONS = (
     "DescribeTrafficMirrorFilters",
     "DescribeTrafficMirrorSessions",
     "DescribeTrafficMirrorTargets",
+    "DescribeVpcEndpoints",
+    # Elastic Load Balancing's, not EC2's (mirrorq/targets.py): a bucket of its own too.
+    "DescribeLoadBalancers",
 )
 
 

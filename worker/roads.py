@@ -46,8 +46,8 @@ from config import Settings
 from tasks.connections import async_pool
 from tasks.contract import DEFAULT_ACCOUNT, Envelope, Placement
 from tasks.records import JobResult
-from worker.aws import client_config
-from worker.ec2 import PLANNER_REDIS_CONNECTIONS, Ec2Road
+from worker.aws import client_config, elbv2_client
+from worker.ec2 import PLANNER_REDIS_CONNECTIONS, Ec2Road, LazyClient
 from worker.ratelimit import Limiters
 from worker.redaction import REDACTOR
 from worker.timing import REAL
@@ -265,7 +265,10 @@ class Roads:
             self._redis, settings, self.timing, account=account, region=place.region
         )
         log.info("EC2 client opened for %s (%d open)", place.describe(), len(self._open) + 1)
-        return _Open(Ec2Road(client, limiters, settings, self.timing, own=own), stack, credentials)
+        # The place's load balancers are read with the same credentials, in its Region.
+        elbv2 = LazyClient(functools.partial(elbv2_client, settings, session, place.region), stack)
+        road = Ec2Road(client, limiters, settings, self.timing, own=own, elbv2=elbv2)
+        return _Open(road, stack, credentials)
 
     async def _bucket_account(self, place: Place) -> str:
         """The account whose EC2 buckets the place's calls spend, as the limiters' and leases'
@@ -330,7 +333,8 @@ async def planner_roads(settings: Settings) -> AsyncIterator[Roads]:
         )
         redis = async_pool(settings.broker_url, settings, max_connections=PLANNER_REDIS_CONNECTIONS)
         stack.push_async_callback(redis.aclose)
-        default = Ec2Road(client, Limiters(redis, settings, REAL), settings, REAL)
+        elbv2 = LazyClient(functools.partial(elbv2_client, settings, session), stack)
+        default = Ec2Road(client, Limiters(redis, settings, REAL), settings, REAL, elbv2=elbv2)
         roads = Roads(session, default, redis, settings)
         stack.push_async_callback(roads.close)
         yield roads

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import logging
 import os
 import threading
@@ -26,8 +27,8 @@ from config import Settings
 from tasks.connections import async_pool
 from tasks.contract import fleet_scope
 from tasks.store import AsyncResultStore, ResultStore
-from worker.aws import client_config
-from worker.ec2 import Ec2Road
+from worker.aws import client_config, elbv2_client
+from worker.ec2 import Ec2Road, LazyClient
 from worker.execute import Ec2
 from worker.leases import Leases
 from worker.ratelimit import Limiters, SharedRateLimiter
@@ -93,7 +94,8 @@ class Ec2Runtime:
         )
         leases = Leases(results, settings.lease_s, timing, settings)
         self._stack.push_async_callback(leases.close)
-        road = Ec2Road(client, Limiters(broker, settings, timing), settings, timing)
+        elbv2 = LazyClient(functools.partial(elbv2_client, settings, session), self._stack)
+        road = Ec2Road(client, Limiters(broker, settings, timing), settings, timing, elbv2=elbv2)
         ec2 = Ec2(road, leases, settings)
         roads = Roads(session, road, broker, settings)
         self._stack.push_async_callback(roads.close)

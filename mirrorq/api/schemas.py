@@ -85,6 +85,7 @@ class CoverageTotals(BaseModel):
     eligible: int = Field(description="of those, the ENIs that can be mirrored")
     live: int = Field(description="mirrored to a live target")
     dark: int = Field(description="mirrored to a dead target: EC2 mirrors nothing")
+    repairing: int = Field(description="of the dark ones, those a pending modify is moving")
     missing: int = Field(description="not mirrored")
     unsupported: int = Field(description="cannot be a source (listed, not counted)")
     unwanted: int = Field(description="managed sessions no rule wants")
@@ -96,12 +97,18 @@ class CoverageEni(BaseModel):
     zone: str | None
     state: Literal["live", "dark", "missing", "unsupported"]
     reason: str = Field(
-        description="dark: why its target is dead (eni_gone, instance_stopped, ...); missing: "
+        description="dark: why its target is dead (eni_gone, instance_stopped, "
+        "load_balancer_gone, load_balancer_failed, endpoint_gone, endpoint_deleted, ...); missing: "
         "not_mirrored, pending, session_limit, targets_full, no_target_in_zone, no_target; "
         "unsupported: unsupported_instance_type, is_mirror_target, not_interface_type"
     )
     session_id: str | None = Field(description="live, dark: the rule's session")
     target: str | None = Field(description="live, dark: its target")
+    repair_job: str | None = Field(
+        default=None,
+        description="dark: the id of the queued or running modify moving its session to a "
+        "live target, if any (the ENI stays dark until it lands)",
+    )
 
 
 class CoverageRule(BaseModel):
@@ -112,6 +119,7 @@ class CoverageRule(BaseModel):
     eligible: int
     live: int
     dark: int
+    repairing: int = Field(description="of the dark ones, those a pending modify is moving")
     missing: dict[str, int] = Field(description="ENIs not mirrored, by reason")
     unsupported: int
     percent: float = Field(ge=0, le=100, description="live over eligible (100 with none)")
@@ -439,7 +447,8 @@ def event_schema(fleet_region: str) -> dict[str, Any]:
         f"instance), `{API_CALL}` (a CreateNetworkInterface or AttachNetworkInterface record "
         f"that did not fail: its ENI), and `{JOB}` (detail: one job in the request syntax); "
         "an instance leaving running (stopping, stopped, shutting-down, terminated) and a "
-        "DeleteTrafficMirrorTarget or DeleteNetworkInterface record that did not fail make "
+        "DeleteTrafficMirrorTarget, DeleteNetworkInterface, DeleteVpcEndpoints or (Elastic "
+        "Load Balancing's) DeleteLoadBalancer record that did not fail make "
         "the modifies that repair their place's dark sessions, if any; "
         "any other event is answered 202 with why it is `ignored`. A body that is not such an "
         "event is 400 InvalidEvent. Events are planned through the policy in their place: "

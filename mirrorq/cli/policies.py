@@ -298,8 +298,9 @@ def listen(
 
     Instances reaching running (every ENI attached), CloudTrail's CreateNetworkInterface and
     AttachNetworkInterface (that ENI), and mirrorq.CreateTrafficMirrorSession events (their
-    detail is one job). An instance leaving running, DeleteTrafficMirrorTarget and
-    DeleteNetworkInterface repair their place's dark sessions (each managed session on a dead
+    detail is one job). An instance leaving running, DeleteTrafficMirrorTarget,
+    DeleteNetworkInterface, DeleteVpcEndpoints and ELB's DeleteLoadBalancer repair their
+    place's dark sessions (each managed session on a dead
     target moved to a live target of its rule), as reconcile does. A message is deleted once
     its jobs are accepted; one that is not an event is left for the queue's dead-letter queue.
     Stops on Ctrl-C or SIGTERM; exits 2 if a queue cannot be used at start (no such queue,

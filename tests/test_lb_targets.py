@@ -1,0 +1,268 @@
+"""Load-balancer targets found dead and their sessions repaired end to end (issue 18): rules
+whose targets are Network Load Balancers and Gateway Load Balancer endpoints, made for real
+in the emulator (moto's elbv2 and VPC endpoints). The NLB of one target is deleted, the
+endpoint of another: `coverage` shows their sessions dark, a `reconcile` that cannot read the
+load balancers (DescribeLoadBalancers refused) changes nothing, not even with `--prune`, and
+one that can moves each dark session to its rule's other target by modify; a rule whose NLB
+lives is left alone. Real Redis, real worker processes, the emulator over HTTP (and a proxy in
+front of its elbv2 for the refusal)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from emulator.lab import create_gwlb_endpoint, create_nlb, lab_client, lab_sqs_client, seed_lab
+from emulator.org_lab import control
+from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
+from tests.fault_proxy import Answer, FaultProxy
+from tests.helpers import producer_for, sessions, wait_until
+from tests.test_events import records
+
+ACCESS_DENIED = (
+    b'<ErrorResponse xmlns="http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/">'
+    b"<Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User is not authorized to "
+    b"perform: elasticloadbalancing:DescribeLoadBalancers</Message></Error>"
+    b"<RequestId>0</RequestId></ErrorResponse>"
+)
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MIRRORQ, *args], env=env, capture_output=True, text=True, check=False, timeout=300
+    )
+
+
+def coverage(env: dict[str, str], policy: Path) -> tuple[int, dict[str, Any]]:
+    done = run(env, "coverage", "--policy", str(policy), "--json", "--fail-under", "100")
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    return done.returncode, json.loads(done.stdout)
+
+
+def by_id(url: str) -> dict[str, tuple[str, str, int]]:
+    return {
+        s["TrafficMirrorSessionId"]: (
+            s["NetworkInterfaceId"],
+            s["TrafficMirrorTargetId"],
+            s["SessionNumber"],
+        )
+        for s in sessions(url)
+    }
+
+
+def targets(url: str, lab: dict[str, Any]) -> dict[str, Any]:
+    ec2, elbv2 = lab_client(url), lab_client(url, service="elbv2")
+    nlbs = [create_nlb(elbv2, f"sensors-{n}", lab["subnet_ids"]) for n in range(3)]
+    assert all(":loadbalancer/net/" in arn for arn in nlbs)
+    endpoints = [
+        create_gwlb_endpoint(url, lab["vpc_id"], lab["subnet_ids"], f"inspect-{n}")
+        for n in range(2)
+    ]
+
+    def target(**kind: str) -> str:
+        made = ec2.create_traffic_mirror_target(**kind)["TrafficMirrorTarget"]
+        return str(made["TrafficMirrorTargetId"])
+
+    return {
+        "nlbs": nlbs,
+        "endpoints": endpoints,
+        "web": [target(NetworkLoadBalancerArn=arn) for arn in nlbs[:2]],
+        "db": [target(GatewayLoadBalancerEndpointId=e) for e in endpoints],
+        "cache": [target(NetworkLoadBalancerArn=nlbs[2])],
+    }
+
+
+def policy_text(lab: dict[str, Any], found: dict[str, Any], roles: tuple[str, ...]) -> str:
+    return "".join(
+        f"""
+[[rules]]
+name = "{role}"
+tag = ["Role={role}", "mirrorq-lab=1"]
+targets = {json.dumps(found[role])}
+choose = "least-loaded"
+filter = "{lab["filter_id"]}"
+"""
+        for role in roles
+    )
+
+
+def test_sessions_on_a_deleted_nlb_or_gwlb_endpoint_are_dark_and_moved_a_live_nlb_kept(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    url = emulator.url
+    lab = seed_lab(url, 60)  # Role=web/db/cache in turn: 20 ENIs each
+    found = targets(url, lab)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text(lab, found, ("web", "db", "cache")))
+    worker = start_worker(**env)
+
+    made = run(env, "reconcile", "--policy", str(policy), "--wait")
+    assert made.returncode == 0, made.stderr[-3000:]
+    worker.stop()  # the repairs below wait in the queue until a worker is back
+    first = by_id(url)
+    assert len(first) == 60
+    status, seen = coverage(env, policy)
+    assert (status, seen["percent"], seen["totals"]["dark"]) == (0, 100.0, 0)
+
+    # The first web NLB is deleted, the first db endpoint too (EC2 keeps their sessions).
+    (web_gone, web_live), (db_gone, db_live) = found["web"], found["db"]
+    lab_client(url, service="elbv2").delete_load_balancer(LoadBalancerArn=found["nlbs"][0])
+    lab_client(url).delete_vpc_endpoints(VpcEndpointIds=[found["endpoints"][0]])
+    on_web_gone = {s for s, v in first.items() if v[1] == web_gone}
+    on_db_gone = {s for s, v in first.items() if v[1] == db_gone}
+    assert len(on_web_gone) == len(on_db_gone) == 10  # least-loaded: half of each rule's 20
+
+    status, seen = coverage(env, policy)
+    assert status == 1
+    assert seen["totals"]["dark"] == 20
+    rules = {r["rule"]: r for r in seen["rules"]}
+    dark = {
+        e["session_id"]: (e["target"], e["reason"])
+        for rule in ("web", "db")
+        for e in rules[rule]["enis"]
+        if e["state"] == "dark"
+    }
+    assert dark == {
+        **{s: (web_gone, "load_balancer_gone") for s in on_web_gone},
+        **{s: (db_gone, "endpoint_deleted") for s in on_db_gone},
+    }
+    assert (rules["cache"]["live"], rules["cache"]["dark"]) == (20, 0)
+
+    # A pass that cannot read the load balancers repairs nothing and prunes nothing, even
+    # with --prune --force against a policy that no longer wants the cache rule's sessions.
+    def refuse(action: str, _: dict[str, str], __: int) -> Answer | None:
+        if action == "DescribeLoadBalancers":
+            return Answer(403, ACCESS_DENIED, "text/xml", forward="instead")
+        return None
+
+    shrunk = tmp_path / "shrunk.toml"
+    shrunk.write_text(policy_text(lab, found, ("web", "db")))
+    with FaultProxy(url, refuse) as proxy:
+        refused_env = {**env, "MIRRORQ_ELBV2_ENDPOINT_URL": proxy.url}
+        refused = run(refused_env, "reconcile", "--policy", str(shrunk), "--prune", "--force")
+        assert proxy.mangled["DescribeLoadBalancers"] >= 1
+    assert refused.returncode != 0
+    assert "AccessDenied" in refused.stderr
+    assert by_id(url) == first
+    stats = emulator.stats()
+    assert "ModifyTrafficMirrorSession" not in stats
+    assert "DeleteTrafficMirrorSession" not in stats
+
+    repaired = run(env, "reconcile", "--policy", str(policy))
+    assert repaired.returncode == 0, repaired.stderr[-3000:]
+    # The modifies are queued: coverage says which dark sessions are being repaired.
+    status, seen = coverage(env, policy)
+    assert (status, seen["totals"]["dark"], seen["totals"]["repairing"]) == (1, 20, 20)
+    repairing = {
+        e["session_id"]
+        for rule in seen["rules"]
+        for e in rule["enis"]
+        if e["state"] == "dark" and e["repair_job"]
+    }
+    assert repairing == on_web_gone | on_db_gone
+    start_worker(**env)
+    done = producer_for(redis_url).wait_batch(repaired.stdout.strip(), timeout=120)
+    assert done is not None
+    assert done["counts"] == {"modified": 20}, done
+    after = by_id(url)
+    assert after.keys() == first.keys()  # nothing deleted or created
+    for session_id, (eni, target, number) in first.items():
+        moved = {web_gone: web_live, db_gone: db_live}.get(target, target)
+        assert after[session_id] == (eni, moved, number)
+    stats = emulator.stats()
+    assert stats["ModifyTrafficMirrorSession"] == {"ok": 20}
+    assert "DeleteTrafficMirrorSession" not in stats
+    assert stats["DescribeLoadBalancers"].get("ok", 0) >= 1
+    status, seen = coverage(env, policy)
+    assert (status, seen["percent"], seen["totals"]["dark"]) == (0, 100.0, 0)
+    assert seen["totals"]["repairing"] == 0
+    # Nor is anything moved by hand to the deleted NLB's target: it would mirror nothing.
+    refused = run(env, "retarget", "--from", web_live, "--to", web_gone)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "load_balancer_gone" in refused.stderr
+
+
+def test_a_failed_or_provisioning_nlb_as_the_emulator_holds_it(emulator: EmulatorProcess) -> None:
+    """The emulator's elbv2: AWS's ARNs and errors, and a state the tests can hold."""
+    url = emulator.url
+    lab = seed_lab(url, 1)
+    elbv2 = lab_client(url, service="elbv2")
+    arn = lab["nlb_arn"]
+    assert ":loadbalancer/net/mirrorq-lab/" in arn
+    (described,) = elbv2.describe_load_balancers(LoadBalancerArns=[arn])["LoadBalancers"]
+    assert (described["Type"], described["State"]["Code"]) == ("network", "active")
+    gone = arn[:-4] + "0000"
+    with pytest.raises(elbv2.exceptions.LoadBalancerNotFoundException) as refused:
+        elbv2.describe_load_balancers(LoadBalancerArns=[arn, gone])  # AWS: any one missing
+    assert refused.value.response["Error"]["Code"] == "LoadBalancerNotFound"
+    for state in ("failed", "provisioning"):
+        control(url, "load-balancer", {"arn": arn, "state": state})
+        (described,) = elbv2.describe_load_balancers(LoadBalancerArns=[arn])["LoadBalancers"]
+        assert described["State"]["Code"] == state
+
+
+@pytest.fixture(scope="module")
+def events_emulator() -> Iterator[EmulatorProcess]:
+    emulator = EmulatorProcess("--seed", "19", "--events-queue", "events")
+    yield emulator
+    emulator.stop()
+
+
+def test_a_deleted_nlb_s_cloudtrail_event_repairs_its_sessions_through_the_listener(
+    events_emulator: EmulatorProcess,
+    env: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    emulator = events_emulator
+    emulator.reset()
+    url = emulator.url
+    env = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
+    lab = seed_lab(url, 30)  # 10 Role=web ENIs
+    found = targets(url, lab)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text(lab, found, ("web",)))
+    start_worker(**env)
+    made = run(env, "reconcile", "--policy", str(policy), "--wait")
+    assert made.returncode == 0, made.stderr[-3000:]
+    first = by_id(url)
+    web_gone, web_live = found["web"]
+    on_gone = {s for s, v in first.items() if v[1] == web_gone}
+    assert len(first) == 10
+    assert len(on_gone) == 5
+
+    queue = emulator.ready["events_queue_url"]
+    lab_sqs_client(url).purge_queue(QueueUrl=queue)
+    listener = ListenerProcess("listener", env, "--sqs-queue-url", queue, "--policy", str(policy))
+    trail = "AWS API Call via CloudTrail"
+    try:
+        listener.wait_ready()
+        sent = emulator.events()["sent"].get(trail, 0)
+        lab_client(url, service="elbv2").delete_load_balancer(LoadBalancerArn=found["nlbs"][0])
+        wait_until(
+            lambda: all(by_id(url)[s][1] == web_live for s in on_gone),
+            timeout=120,
+            interval=0.5,
+            what="the listener's modifies",
+        )
+        assert listener.proc.poll() is None, "the listener stopped"
+    finally:
+        listener.stop()
+    assert emulator.events()["sent"][trail] == sent + 1  # the DeleteLoadBalancer record
+    modifies = [r for r in records(redis_url) if r.get("kind") == "modify"]
+    assert len(modifies) == 5
+    assert all(r["status"] == "modified" and r.get("event_id") for r in modifies)
+    after = by_id(url)
+    assert after.keys() == first.keys()
+    assert {s: v[2] for s, v in after.items()} == {s: v[2] for s, v in first.items()}
+    assert emulator.stats()["ModifyTrafficMirrorSession"] == {"ok": 5}
