@@ -332,3 +332,70 @@ def _fences_wait_for_the_replica(sentinel_set: SentinelSet, producer: Producer) 
             asyncio.run(fence())
     finally:
         os.kill(sentinel_set.replica.proc.pid, signal.SIGCONT)
+
+
+# The default (no replica required), a graceful failover only: a batch that outlasts it (the
+# sentinels reconfigure the old primary about 10 s after the hand-over) through 2 workers.
+GRACEFUL_BATCH, GRACEFUL_RATE = 240, 12
+
+
+@pytest.mark.timeout(240)
+def test_a_graceful_failover_loses_nothing_by_default(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    sentinel_set: SentinelSet,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """MIRRORQ_REDIS_MIN_REPLICAS=0 (the default): a `SENTINEL FAILOVER` in the middle of a
+    batch while two producers submit single jobs, each retried with its idempotency key on an
+    error. The old primary stays writable for seconds after the replica is promoted, and what
+    it takes meanwhile is thrown away when it becomes the new primary's replica: an
+    acceptance counts only once it is known to be on the primary that survives
+    (tasks/replication.py), so every id a producer was given ends with one session, every
+    batch job too, none twice, none failed."""
+    first_single = batch_enis(GRACEFUL_BATCH)
+    lab = seed_lab(emulator.url, first_single + 2 * SINGLES)
+    emulator.set_faults(latency_ms=20)
+    renv = {**sentinel_env(env, sentinel_set, 0), "MIRRORQ_EC2_RATE": str(GRACEFUL_RATE)}
+    renv["MIRRORQ_EC2_BURST"] = str(GRACEFUL_RATE)
+    del renv["MIRRORQ_REDIS_MIN_REPLICAS"]  # the default
+    workers = [start_worker(**renv), start_worker(**renv)]
+    producer = producer_for(sentinel_set.url(0), sentinel_master=sentinel_set.MASTER)
+    requests = [parse_request(batch_job(lab, i)) for i in range(GRACEFUL_BATCH)]
+    batch_id = producer.submit_batch(requests)
+    batch_ids = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
+    wait_until(lambda: _done(producer, batch_id) >= 12, what="the batch to be under way")
+    submitters = [
+        Submitter(
+            producer_for(sentinel_set.url(0), sentinel_master=sentinel_set.MASTER),
+            lab,
+            range(first_single + n * SINGLES, first_single + (n + 1) * SINGLES),
+        )
+        for n in range(2)
+    ]
+    threads = [submitter.start() for submitter in submitters]
+    time.sleep(0.5)
+    sentinel_set.failover()  # returns once the old primary is the new one's replica
+    for submitter in submitters:
+        submitter.stop.set()
+    for thread in threads:
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "a submitter never got its job accepted"
+    assert _done(producer, batch_id) < GRACEFUL_BATCH, "the batch ended before the failover"
+
+    lost = {j for submitter in submitters for j in _lost(producer, submitter)}
+    singles = {j: eni for s in submitters for j, eni in zip(s.accepted, s.enis, strict=False)}
+    assert len(singles) >= 20, "too few jobs submitted during the failover"
+    assert not lost, f"{len(lost)} of the {len(singles)} accepted single jobs lost"
+    results = wait_all(producer, [*batch_ids, *singles], timeout=120)
+    assert {r["status"] for r in results} == {"created"}, [
+        r["error"] for r in results if r["status"] != "created"
+    ]
+    assert all(w.proc.poll() is None for w in workers), "a worker died"
+    found = slots(emulator.url, lab)
+    assert max(found.values()) == 1, "a duplicate session"
+    expected = {(lab["eni_ids"][n // PER_ENI], n % PER_ENI + 1) for n in range(GRACEFUL_BATCH)}
+    expected |= {(lab["eni_ids"][eni], 1) for eni in singles.values()}
+    assert set(found) == expected
+    refusals = Counter(r for s in submitters for r in s.refused)
+    print(f"graceful, default: {len(singles)} single jobs accepted, 0 lost; refusals {refusals}")
