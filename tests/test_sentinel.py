@@ -42,7 +42,7 @@ from tasks.errors import NotReplicatedError
 from tasks.producer import Producer
 from tests.helpers import Lab, job, producer_for, sessions, wait_all, wait_until
 from tests.redis_server import RedisServer, SentinelSet
-from tests.test_events import drain, intake_queue, mirrors_made, queue_depth, send
+from tests.test_events import drain, intake_queue, queue_depth, records, send
 from worker.leases import Leases
 from worker.timing import REAL
 
@@ -407,17 +407,15 @@ def test_a_graceful_failover_loses_nothing_by_default(
     print(f"graceful, default: {len(singles)} single jobs accepted, 0 lost; refusals {refusals}")
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(180)
 def test_the_listener_follows_a_graceful_failover_unrestarted(
-    env: dict[str, str],
-    sentinel_set: SentinelSet,
-    tmp_path: Path,
-    start_worker: Callable[..., WorkerProcess],
+    env: dict[str, str], sentinel_set: SentinelSet, tmp_path: Path
 ) -> None:
     """`mirrorq listen` pointed at the sentinels (default settings), EC2's events arriving
-    before, during and after a `SENTINEL FAILOVER`: the listener, never restarted, turns
-    each into its jobs, which a worker runs: every mirror the policy asks for, once each,
-    every message handled and deleted."""
+    before, during and after a `SENTINEL FAILOVER`: the listener, never restarted, handles
+    and deletes every message, and every mirror the policy asks for has its job accepted
+    where jobs are kept now (no worker runs them: the listener's acceptances alone are
+    looked at; one accepted by the old primary after the hand-over would be thrown away)."""
     emulator = EmulatorProcess("--seed", "11", "--events-queue", "events")
     listener = None
     try:
@@ -429,7 +427,6 @@ def test_the_listener_follows_a_graceful_failover_unrestarted(
         queue = intake_queue(url)
         lenv = {**sentinel_env(env, sentinel_set, 0), "MIRRORQ_EC2_ENDPOINT_URL": url}
         del lenv["MIRRORQ_REDIS_MIN_REPLICAS"]  # the default
-        start_worker(**lenv)
         listener = ListenerProcess(
             "listener", lenv, "--sqs-queue-url", queue, "--policy", str(policy)
         )
@@ -448,13 +445,6 @@ def test_the_listener_follows_a_graceful_failover_unrestarted(
         sentinel_set.failover()  # returns once the old primary is the new one's replica
         during.join(timeout=60)
         arrive(16, 4)
-        wanted = expected_mirrors(lab, enis)
-        wait_until(
-            lambda: set(mirrors_made(url)) >= wanted,
-            timeout=120,
-            interval=0.5,
-            what="every mirror the policy asks for",
-        )
         wait_until(
             lambda: queue_depth(url, queue) == 0,
             timeout=60,
@@ -462,7 +452,13 @@ def test_the_listener_follows_a_graceful_failover_unrestarted(
             what="the listener to delete what it handled",
         )
         assert listener.proc.poll() is None, "the listener stopped"
-        assert mirrors_made(url) == sorted(wanted)  # once each
+        accepted = {
+            (r["request"]["NetworkInterfaceId"], target)
+            for r in records(sentinel_set.primary.url(0))
+            for target in [r["request"]["TrafficMirrorTargetId"], *r.get("alternatives", [])]
+        }
+        wanted = {(eni, target) for eni, target, _ in expected_mirrors(lab, enis)}
+        assert wanted <= accepted, f"{len(wanted - accepted)} of {len(wanted)} mirrors' jobs lost"
     finally:
         if listener is not None:
             listener.stop()
