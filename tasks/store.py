@@ -129,9 +129,9 @@ class ResultStore:
         """Write a new job's `queued` record and pending entry, with its idempotency claim
         (the claim's Redis key, claim JSON) if any, atomically. Returns the earlier claim if
         the key was taken."""
-        script_keys, args = self._accept_arguments(record, claim)
         if self.on_primary is not None:
             return self._accept_on_primary(self.on_primary, record, claim)
+        script_keys, args = self._accept_arguments(record, claim)
         if not replication.wanted(self.settings):
             answer = self._accept(keys=script_keys, args=args)
             return answer.decode() if isinstance(answer, bytes) else answer
