@@ -211,18 +211,25 @@ class NotReplicatedError(MirrorqError):
     """A write that must reach MIRRORQ_REDIS_MIN_REPLICAS replicas did not within
     MIRRORQ_REDIS_REPLICA_TIMEOUT_S (a failover, a replica down or behind). A producer's
     job or batch was not accepted (its acceptance is undone; retry with the same idempotency
-    key); a worker's fenced create is not sent yet, and its attempt is retried."""
+    key); a worker's fenced create is not sent yet, and its attempt is retried. With Sentinel
+    and no replica required: an acceptance that could not be confirmed on the primary the
+    sentinels name within MIRRORQ_REDIS_RETRY_S (a failover that does not settle), undone
+    likewise (tasks/replication.py `OnPrimary`)."""
 
     code = "NotReplicated"
     http_status = 503
     exit_status = EXIT_FAILED
     retryable = True
 
-    def __init__(self, what: str, acked: int, wanted: int, timeout_s: float) -> None:
+    def __init__(
+        self, what: str, acked: int, wanted: int, timeout_s: float, *, reason: str | None = None
+    ) -> None:
+        said = reason or (
+            f"reached {acked} of the {wanted} Redis replica(s) required "
+            "(MIRRORQ_REDIS_MIN_REPLICAS)"
+        )
         super().__init__(
-            f"{what} reached {acked} of the {wanted} Redis replica(s) required "
-            f"(MIRRORQ_REDIS_MIN_REPLICAS) within {timeout_s:g} s; retry with the same "
-            "idempotency key"
+            f"{what} {said} within {timeout_s:g} s; retry with the same idempotency key"
         )
         self.acked, self.wanted = acked, wanted
 

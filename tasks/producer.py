@@ -194,29 +194,30 @@ class Producer:
         batch_id = str(uuid.uuid4())
         submitted_at = utcnow()
         jobs: list[JobResult] = []
-        with self.store.client.pipeline(transaction=False) as pipe:
-            for n, parsed in enumerate(requests):
-                job_id = job_ids[n] if job_ids else str(uuid.uuid4())
-                kwargs = parsed.to_kwargs()
-                if parsed.kind is JobKind.CREATE:
-                    kwargs.setdefault("ClientToken", job_id)
-                record = accepted(
-                    job_id,
-                    kwargs,
-                    batch_id=batch_id,
-                    submitted_at=submitted_at,
-                    origin=origins[n] if origins else None,
-                    alternatives=alternatives[n] if alternatives else (),
-                    scope=self.scope,
-                    placement=placements[n] if placements else NOWHERE,
-                    kind=parsed.kind,
-                    network_interface_id=(  # a create's is in its request
-                        network_interface_ids[n]
-                        if network_interface_ids and parsed.kind is not JobKind.CREATE
-                        else None
-                    ),
-                )
-                jobs.append(record)
+        for n, parsed in enumerate(requests):
+            job_id = job_ids[n] if job_ids else str(uuid.uuid4())
+            kwargs = parsed.to_kwargs()
+            if parsed.kind is JobKind.CREATE:
+                kwargs.setdefault("ClientToken", job_id)
+            record = accepted(
+                job_id,
+                kwargs,
+                batch_id=batch_id,
+                submitted_at=submitted_at,
+                origin=origins[n] if origins else None,
+                alternatives=alternatives[n] if alternatives else (),
+                scope=self.scope,
+                placement=placements[n] if placements else NOWHERE,
+                kind=parsed.kind,
+                network_interface_id=(  # a create's is in its request
+                    network_interface_ids[n]
+                    if network_interface_ids and parsed.kind is not JobKind.CREATE
+                    else None
+                ),
+            )
+            jobs.append(record)
+
+        def write(pipe: Any) -> None:
             self.store.accept_on(pipe, jobs)
             self.store.batches.create(
                 pipe,
@@ -227,18 +228,32 @@ class Producer:
                 plan,
                 places=[place_of_record(r) for r in jobs],
             )
+
+        on_primary = self.store.on_primary
+        if on_primary is not None:
+            # Sentinel: confirmed on the primary that survives a failover, else undone where
+            # it was written and made again (tasks/replication.py).
+            on_primary.write(
+                self.store.client,
+                write,
+                lambda _: self.store.unaccept_batch(batch_id, jobs),
+                f"batch {batch_id}'s acceptance",
+            )
+        else:
+            with self.store.client.pipeline(transaction=False) as pipe:
+                write(pipe)
+                if replication.wanted(self.settings):
+                    # Accepted means replicated: the pipeline's writes, then the WAIT, on one
+                    # connection; short of it, the batch is undone before anything is published.
+                    replication.queue_wait(pipe, self.settings)
+                written = pipe.execute()
             if replication.wanted(self.settings):
-                # Accepted means replicated: the pipeline's writes, then the WAIT, on one
-                # connection; short of it, the batch is undone before anything is published.
-                replication.queue_wait(pipe, self.settings)
-            written = pipe.execute()
-        if replication.wanted(self.settings):
-            try:
-                replication.check(written[-1], self.settings, f"batch {batch_id}'s acceptance")
-            except NotReplicatedError:
-                with contextlib.suppress(RedisError):
-                    self.store.unaccept_batch(batch_id, jobs)
-                raise
+                try:
+                    replication.check(written[-1], self.settings, f"batch {batch_id}'s acceptance")
+                except NotReplicatedError:
+                    with contextlib.suppress(RedisError):
+                        self.store.unaccept_batch(batch_id, jobs)
+                    raise
         with self.app.producer_or_acquire() as producer, producer.batch():
             declared: set[str] = set()
             for message in messages_of(jobs, self.settings.jobs_per_message):

@@ -7,15 +7,48 @@ acknowledged every write of its connection; so the writes that need it are sent 
 connection (a pipeline), followed by a write of the fence key (so the WAIT also covers
 writes made before on other connections: replication is one ordered stream) and the WAIT.
 Which writes wait, and what each costs, is in README.md ("Redis Sentinel").
+
+On the primary that survives: with Sentinel and no replica required, an acceptance (a job's,
+a batch's) is confirmed only once it is known to be on the primary that survives a graceful
+failover (`OnPrimary`). In one (`SENTINEL FAILOVER`) the sentinels promote the replica, and
+only about a second later name it; the old primary stays writable (role master) until they
+make it a replica about ten seconds later, and whatever it took meanwhile is thrown away when
+it resyncs. redis-py's Sentinel pool asks the sentinels for the primary only when a
+connection connects (redis/sentinel.py `SentinelManagedConnection._connect_retry`,
+`SentinelConnectionPoolProxy.get_master_address`): its idle connections keep writing to the
+old primary all that time. So each acceptance is followed, on its connection and in the same
+round trip, by `ROLE` (the replicas connected) and `WAIT` for them (bounded by
+`CONFIRM_WAIT_S`): if every connected replica acknowledged it, any replica promoted has it.
+Otherwise (no replica connected, or one promoted away, or one slow) every sentinel is asked:
+the acceptance is confirmed only if a majority answer, and each names the primary the write
+went to with no failover in progress. If not, it is undone where it was written, the pool is
+pointed at the primary the sentinels name (its idle connections to the old one dropped) and
+the acceptance made again, with the same ids and idempotency claim, until it is confirmed or
+`Settings.redis_retry_s` passes (then NotReplicatedError: retry with the same key). Plain
+`redis://` URLs are not checked: nothing extra is sent.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
+
+import redis
+import redis.sentinel
 
 from config import Settings
 from tasks import keys
 from tasks.errors import NotReplicatedError
+
+log = logging.getLogger(__name__)
+
+# How long an acceptance waits for the primary's connected replicas to acknowledge it before
+# the sentinels are asked instead (a replica promoted away never answers).
+CONFIRM_WAIT_S = 0.1
+RETRY_FIRST_S, RETRY_CAP_S = 0.05, 0.5  # between attempts while a failover settles
 
 
 def wanted(settings: Settings) -> int:
@@ -38,3 +71,102 @@ def check(acked: Any, settings: Settings, what: str) -> None:
         raise NotReplicatedError(
             what, int(acked), settings.redis_min_replicas, settings.redis_replica_timeout_s
         )
+
+
+class OnPrimary:
+    """Confirms acceptances written through a Sentinel client with no replica required (see
+    the module's docstring); `of` gives None for any other client (nothing to check)."""
+
+    def __init__(self, pool: Any, settings: Settings) -> None:
+        self.pool = pool  # redis-py's SentinelConnectionPool (untyped)
+        self.settings = settings
+        self.replicas = 1  # the primary's connected replicas when last asked: what WAIT awaits
+
+    @classmethod
+    def of(cls, client: redis.Redis, settings: Settings) -> OnPrimary | None:
+        pool = client.connection_pool
+        if wanted(settings) or not isinstance(pool, redis.sentinel.SentinelConnectionPool):
+            return None
+        return cls(pool, settings)
+
+    def write(
+        self,
+        client: redis.Redis,
+        queue: Callable[[Any], None],
+        undo: Callable[[list[Any]], None],
+        what: str,
+    ) -> list[Any]:
+        """Send the writes `queue` puts on a pipeline, with the check, until confirmed; their
+        answers. `undo(answers)` takes back an unconfirmed one where it was written."""
+        deadline = time.monotonic() + self.settings.redis_retry_s
+        pause = RETRY_FIRST_S
+        while True:
+            connection = self.pool.get_connection()
+            try:
+                with client.pipeline(transaction=False) as pipeline:
+                    pipe: Any = pipeline
+                    pipe.connection = connection  # released by the pipeline, kept to be read
+                    queue(pipe)
+                    pipe.execute_command("ROLE")
+                    pipe.execute_command("WAIT", self.replicas, int(CONFIRM_WAIT_S * 1000))
+                    *written, role, acked = pipe.execute()
+            except redis.exceptions.NoScriptError:
+                # Sent again through a failover to a primary that had not seen the script:
+                # the next pipeline loads it first.
+                written, role, acked = [], None, 0
+            else:
+                where = (connection.host, connection.port)
+                if self._confirmed(where, role, int(acked)):
+                    return list(written)
+                log.info(
+                    "%s not confirmed on the primary at %s:%s (a failover under way?): undone "
+                    "there, made again on the primary the sentinels name",
+                    what,
+                    *where,
+                )
+                with contextlib.suppress(redis.RedisError):
+                    undo(written)
+            if time.monotonic() > deadline:
+                raise NotReplicatedError(
+                    what,
+                    0,
+                    0,
+                    self.settings.redis_retry_s,
+                    reason="could not be confirmed on the primary the sentinels name (a "
+                    "failover under way?)",
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, RETRY_CAP_S)
+            with contextlib.suppress(redis.RedisError):
+                # Asks the sentinels; if they name another primary now, the pool's idle
+                # connections to the old one are dropped (and the one just used, on release).
+                self.pool.get_master_address()
+
+    def _confirmed(self, where: tuple[str, int], role: Any, acked: int) -> bool:
+        connected = len(role[2]) if role and role[0] in (b"master", "master") else 0
+        self.replicas = connected
+        if connected and acked >= connected:
+            return True  # every connected replica has it: one promoted would too
+        return self._named_by_the_sentinels(where)
+
+    def _named_by_the_sentinels(self, where: tuple[str, int]) -> bool:
+        """Whether a majority of the sentinels answer, and each names `where` the primary,
+        up, with no failover in progress (only the sentinel leading one knows it, from
+        before the replica is promoted until it names the new primary)."""
+        sentinels = self.pool.sentinel_manager.sentinels
+        answered = 0
+        for sentinel in sentinels:
+            try:
+                state = sentinel.sentinel_master(self.pool.service_name)
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+            except redis.ResponseError:  # it does not know the master
+                return False
+            answered += 1
+            named = (str(state["ip"]), int(state["port"]))
+            flags = str(state["flags"])
+            if named != (str(where[0]), int(where[1])) or "failover_in_progress" in flags:
+                return False
+            if state["is_sdown"] or state["is_odown"]:
+                return False
+        return answered > len(sentinels) // 2

@@ -99,6 +99,9 @@ class ResultStore:
         self._accept = self.client.register_script(ACCEPT)
         self._unaccept = self.client.register_script(UNACCEPT)
         self._claim_gaps = self.client.register_script(CLAIM_GAPS)
+        # With Sentinel and no replica required, acceptances are confirmed on the primary
+        # that survives a failover (tasks/replication.py); None: nothing to check.
+        self.on_primary = replication.OnPrimary.of(self.client, settings)
 
     def load(self, job_id: str) -> JobResult | None:
         return self.load_many([job_id])[0]
@@ -126,6 +129,8 @@ class ResultStore:
         """Write a new job's `queued` record and pending entry, with its idempotency claim
         (the claim's Redis key, claim JSON) if any, atomically. Returns the earlier claim if
         the key was taken."""
+        if self.on_primary is not None:
+            return self._accept_on_primary(self.on_primary, record, claim)
         script_keys, args = self._accept_arguments(record, claim)
         if not replication.wanted(self.settings):
             answer = self._accept(keys=script_keys, args=args)
@@ -158,6 +163,29 @@ class ResultStore:
                     self.unaccept(record, claim)
             raise
         return earlier
+
+    def _accept_on_primary(
+        self, on_primary: replication.OnPrimary, record: JobResult, claim: tuple[str, str] | None
+    ) -> str | None:
+        """`accept`, confirmed on the primary that survives a failover (Sentinel)."""
+        script_keys, args = self._accept_arguments(record, claim)
+
+        def earlier_of(written: list[Any]) -> str | None:
+            answer = written[0]
+            earlier: str | None = answer.decode() if isinstance(answer, bytes) else answer
+            if earlier is not None and json.loads(earlier)["job_id"] == record["job_id"]:
+                return None  # this job's own claim, from an attempt before (not undone)
+            return earlier
+
+        def queue(pipe: Any) -> None:
+            self._accept(keys=script_keys, args=args, client=pipe)
+
+        def undo(written: list[Any]) -> None:
+            if earlier_of(written) is None:  # this job's acceptance, not another's claim
+                self.unaccept(record, claim)
+
+        what = f"job {record['job_id']}'s acceptance"
+        return earlier_of(on_primary.write(self.client, queue, undo, what))
 
     def unaccept_batch(self, batch_id: str, records: Sequence[JobResult]) -> None:
         """Undo `accept_on` and `BatchStore.create` (nothing of the batch was published)."""
