@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,8 +14,9 @@ import redis
 from celery import Celery
 
 from emulator.lab import LAB_CREDENTIALS, lab_client
-from mirrorq.processes import EmulatorProcess, WorkerProcess
+from mirrorq.processes import EmulatorProcess, ServiceProcess, WorkerProcess
 from tasks.producer import Producer
+from tests.forkserver import ForkServer
 from tests.helpers import FAST, producer_for
 from tests.redis_server import RedisServer
 
@@ -90,6 +92,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return -FILE_SECONDS.get(item.path.stem, UNMEASURED), name not in LONGEST
 
     items.sort(key=weight)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_server() -> Iterator[None]:
+    """Workers, listeners and APIs forked from a process that has imported them already
+    (tests/forkserver.py), unless MIRRORQ_TESTS_SPAWN=1: then each is a fresh `python -m
+    mirrorq` as outside the tests."""
+    if os.environ.get("MIRRORQ_TESTS_SPAWN") == "1":
+        yield
+        return
+    server = ForkServer()
+    ServiceProcess.launcher = server.launch
+    yield
+    ServiceProcess.launcher = subprocess.Popen
+    server.close()
 
 
 @pytest.fixture(autouse=True)
