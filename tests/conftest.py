@@ -16,6 +16,7 @@ from celery import Celery
 from emulator.lab import LAB_CREDENTIALS, lab_client
 from mirrorq.processes import EmulatorProcess, ServiceProcess, WorkerProcess
 from tasks.producer import Producer
+from tests import forkserver
 from tests.forkserver import ForkServer
 from tests.helpers import FAST, producer_for
 from tests.redis_server import RedisServer
@@ -96,16 +97,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _fork_server() -> Iterator[None]:
-    """Workers, listeners and APIs forked from a process that has imported them already
-    (tests/forkserver.py), unless MIRRORQ_TESTS_SPAWN=1: then each is a fresh `python -m
-    mirrorq` as outside the tests."""
+    """Workers, listeners, APIs and the CLI commands run by `run_mirrorq` forked from a
+    process that has imported them already (tests/forkserver.py), unless
+    MIRRORQ_TESTS_SPAWN=1: then each is a fresh `python -m mirrorq` as outside the tests."""
     if os.environ.get("MIRRORQ_TESTS_SPAWN") == "1":
         yield
         return
-    server = ForkServer()
+    server = forkserver.current = ForkServer()
     ServiceProcess.launcher = server.launch
     yield
     ServiceProcess.launcher = subprocess.Popen
+    forkserver.current = None
     server.close()
 
 

@@ -19,7 +19,9 @@ import contextlib
 import ctypes
 import importlib
 import json
+import locale
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -221,21 +223,72 @@ class ForkServer:
         env: dict[str, str] | None = None,
         start_new_session: bool = False,
     ) -> subprocess.Popen[bytes]:
+        """What `subprocess.Popen(args, stdout=, stderr=, env=, start_new_session=)` starts
+        (stdin /dev/null): `mirrorq.processes.ServiceProcess.launcher`."""
+        out = stdout.fileno()
+        err = out if stderr == subprocess.STDOUT else stderr.fileno()
+        with open(os.devnull, "rb") as stdin:
+            return self._fork(args, env, [stdin.fileno(), out, err], start_new_session)
+
+    def run(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str],
+        input: str | None = None,
+        timeout: float | None = None,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        """What `subprocess.run(args, env=, input=, timeout=, check=, capture_output=True,
+        text=True)` does."""
+        fds = [os.pipe(), os.pipe(), os.pipe()]
+        try:
+            process = self._fork(args, env, [fds[0][0], fds[1][1], fds[2][1]], False)
+        finally:
+            for end in (fds[0][0], fds[1][1], fds[2][1]):
+                os.close(end)
+        feed, outputs = fds[0][1], {fds[1][0]: bytearray(), fds[2][0]: bytearray()}
+        threading.Thread(target=_feed, args=(feed, (input or "").encode()), daemon=True).start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            for fd in outputs:
+                selector.register(fd, selectors.EVENT_READ)
+            while selector.get_map():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    process.kill()
+                    process.wait()
+                    for fd in outputs:
+                        os.close(fd)
+                    raise subprocess.TimeoutExpired(args, timeout or 0)
+                for key, _ in selector.select(left):
+                    chunk = os.read(key.fd, 65536)
+                    if chunk:
+                        outputs[key.fd] += chunk
+                    else:
+                        selector.unregister(key.fd)
+                        os.close(key.fd)
+        code = process.wait()
+        stdout, stderr = (_text(bytes(data)) for data in outputs.values())
+        if check and code:
+            raise subprocess.CalledProcessError(code, args, stdout, stderr)
+        return subprocess.CompletedProcess(args, code, stdout, stderr)
+
+    def _fork(
+        self, args: list[str], env: dict[str, str] | None, fds: list[int], new_session: bool
+    ) -> ForkedProcess:
         if args[:3] != [sys.executable, "-m", "mirrorq"]:
             raise ValueError(f"the fork server starts `python -m mirrorq` only: {args}")
-        with open(os.devnull, "rb") as stdin:
-            out = stdout.fileno()
-            err = out if stderr == subprocess.STDOUT else stderr.fileno()
-            request = {
-                "args": args[3:],
-                "env": dict(os.environ if env is None else env),
-                "cwd": os.getcwd(),
-                "new_session": start_new_session,
-            }
-            with self._lock:
-                sock = self._sock or self._start()
-                socket.send_fds(sock, [json.dumps(request).encode()], [stdin.fileno(), out, err])
-                pid = int(sock.recv(32))
+        request = {
+            "args": args[3:],
+            "env": dict(os.environ if env is None else env),
+            "cwd": os.getcwd(),
+            "new_session": new_session,
+        }
+        with self._lock:
+            sock = self._sock or self._start()
+            socket.send_fds(sock, [json.dumps(request).encode()], fds)
+            pid = int(sock.recv(32))
         if not pid:
             raise RuntimeError(f"the fork server could not start {args[3:]}")
         return ForkedProcess(args, pid)
@@ -252,6 +305,38 @@ class ForkServer:
                     self._server.kill()
                     self._server.wait()
                 self._server = None
+
+
+def _feed(fd: int, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError), os.fdopen(fd, "wb") as stdin:
+        stdin.write(data)
+
+
+def _text(data: bytes) -> str:
+    """As `subprocess.run(text=True)` decodes: the locale's encoding, universal newlines."""
+    text = data.decode(locale.getpreferredencoding(False))
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+# The server of this test process, while the session's fixture has one up.
+current: ForkServer | None = None
+
+
+def run_mirrorq(
+    args: list[str],
+    *,
+    env: dict[str, str],
+    input: str | None = None,
+    timeout: float | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(args, capture_output=True, text=True, ...)` for a `python -m mirrorq`
+    command, forked from the session's server when it has one."""
+    if current is None:
+        return subprocess.run(
+            args, env=env, input=input, timeout=timeout, check=check, capture_output=True, text=True
+        )
+    return current.run(args, env=env, input=input, timeout=timeout, check=check)
 
 
 if __name__ == "__main__":

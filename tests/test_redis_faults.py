@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from emulator.lab import seed_lab
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess, free_port
 from tasks.app import app
+from tests.forkserver import run_mirrorq
 from tests.helpers import job, mirrors, producer_for, status_of, wait_all, wait_until
 from tests.redis_server import RedisServer
 from tests.timing import VirtualTime
@@ -112,11 +113,9 @@ def test_a_redis_restart_mid_batch_loses_and_duplicates_nothing(
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text("".join(json.dumps(job(lab, i)) + "\n" for i in range(200)))
     producer = producer_for(private_redis.url(0))  # a long-lived producer, made before
-    submitted = subprocess.run(
+    submitted = run_mirrorq(
         [*MIRRORQ, "batch", "submit", str(jobs)],
         env=renv,
-        capture_output=True,
-        text=True,
         check=True,
     )
     batch_id = submitted.stdout.strip()
