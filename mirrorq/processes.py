@@ -18,8 +18,9 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import IO, Any, ClassVar, Self
 
 MIRRORQ = [sys.executable, "-m", "mirrorq"]
 LOG_DIR = Path(tempfile.gettempdir()) / "mirrorq-logs"
@@ -130,6 +131,9 @@ class ServiceProcess:
 
     command: tuple[str, ...] = ()
     ready_marker = b""  # what it logs once it serves
+    # What starts it: subprocess.Popen, or what takes Popen's arguments and returns a Popen
+    # (the tests' fork server, tests/forkserver.py, with every module imported already).
+    launcher: ClassVar[Callable[..., subprocess.Popen[bytes]]] = subprocess.Popen
 
     def __init__(self, name: str, env: dict[str, str], *args: str, log_dir: Path = LOG_DIR) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +141,7 @@ class ServiceProcess:
         # Its own file, whatever else runs under the same name (other test processes, demos).
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:8]}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
+        self.proc = ServiceProcess.launcher(
             [*MIRRORQ, *self.command, *self.arguments(name), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -24,15 +24,14 @@ from emulator.org_lab import (
     share_sensor_eni,
 )
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+from tests.forkserver import run_mirrorq
 
 EAST, WEST, EMPTY = "us-east-1", "eu-west-1", "ap-southeast-2"
 ENIS = 20
 
 
 def mirrorq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MIRRORQ, *args], env=env, capture_output=True, text=True, check=False, timeout=300
-    )
+    return run_mirrorq([*MIRRORQ, *args], env=env, check=False, timeout=300)
 
 
 def org_policy(lab: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from emulator.lab import lab_client, seed_lab
 from mirrorq.jobfiles import read_jobs
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tasks.errors import BatchFileError
+from tests.forkserver import run_mirrorq
 
 GOOD = {
     "NetworkInterfaceId": "eni-0123456789abcdef0",
@@ -105,9 +106,7 @@ def lab(emulator: EmulatorProcess) -> dict[str, Any]:
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MIRRORQ, *args], env=env, capture_output=True, text=True, check=False, timeout=300
-    )
+    return run_mirrorq([*MIRRORQ, *args], env=env, check=False, timeout=300)
 
 
 def test_a_2000_job_batch_runs_and_exports_what_exists(

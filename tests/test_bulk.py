@@ -14,6 +14,7 @@ from emulator.lab import lab_client, seed_lab
 from mirrorq.planning import Outcome, Plan, Target, plan
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from mirrorq.rules import Rule, Selectors
+from tests.forkserver import run_mirrorq
 from worker.sessions import lowest_free_session_number
 
 T, F = "tmt-00000000000000001", "tmf-00000000000000001"
@@ -112,7 +113,7 @@ def env(env: dict[str, str]) -> dict[str, str]:
 def mirror(
     env: dict[str, str], lab: dict[str, Any], *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run_mirrorq(
         [
             *MIRRORQ,
             "mirror",
@@ -125,19 +126,15 @@ def mirror(
             *extra,
         ],
         env=env,
-        capture_output=True,
-        text=True,
         check=False,
         timeout=300,
     )
 
 
 def batch_status(env: dict[str, str], batch_id: str) -> dict[str, Any]:
-    done = subprocess.run(
+    done = run_mirrorq(
         [*MIRRORQ, "batch", "status", batch_id, "--json"],
         env=env,
-        capture_output=True,
-        text=True,
         check=False,
     )
     status: dict[str, Any] = json.loads(done.stdout)
@@ -272,11 +269,9 @@ def test_overlapping_runs_never_mirror_an_eni_twice_and_deleted_sessions_come_ba
     assert created == 150
     assert created + refused == sum(s["total"] for s in statuses)
     for out, _ in outputs:
-        lines = subprocess.run(
+        lines = run_mirrorq(
             [*MIRRORQ, "batch", "results", out.strip()],
             env=env,
-            capture_output=True,
-            text=True,
             check=True,
         ).stdout.splitlines()
         codes = {
@@ -291,11 +286,9 @@ def test_overlapping_runs_never_mirror_an_eni_twice_and_deleted_sessions_come_ba
     ec2.delete_traffic_mirror_session(TrafficMirrorSessionId=victim["TrafficMirrorSessionId"])
     rerun = mirror(env, lab, "--wait")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    results = subprocess.run(
+    results = run_mirrorq(
         [*MIRRORQ, "batch", "results", rerun.stdout.strip()],
         env=env,
-        capture_output=True,
-        text=True,
         check=True,
     ).stdout.splitlines()
     (record,) = [json.loads(line) for line in results]
@@ -319,7 +312,7 @@ def test_dry_run_plans_and_creates_nothing(
     assert batch_status(env, done.stdout.strip())["counts"] == {"dry_run_ok": 30}
     assert sessions(emulator) == []
     # Every ENI of an instance, not only its primary one.
-    two_enis = subprocess.run(
+    two_enis = run_mirrorq(
         [
             *MIRRORQ,
             "mirror",
@@ -332,8 +325,6 @@ def test_dry_run_plans_and_creates_nothing(
             "--dry-run",
         ],
         env=env,
-        capture_output=True,
-        text=True,
         check=True,
     )
     planned = batch_status(env, two_enis.stdout.strip())["plan"]["counts"]
@@ -341,17 +332,15 @@ def test_dry_run_plans_and_creates_nothing(
 
 
 def test_mirror_needs_a_selector_and_real_target(env: dict[str, str]) -> None:
-    no_selector = subprocess.run(
+    no_selector = run_mirrorq(
         [*MIRRORQ, "mirror", "--target", "tmt-1", "--filter", "tmf-1"],
         env=env,
-        capture_output=True,
-        text=True,
         check=False,
     )
     assert no_selector.returncode == 2
     assert "--vpc" in no_selector.stderr
     assert "--target" in no_selector.stderr  # every problem is named at once
-    unknown = subprocess.run(
+    unknown = run_mirrorq(
         [
             *MIRRORQ,
             "mirror",
@@ -363,8 +352,6 @@ def test_mirror_needs_a_selector_and_real_target(env: dict[str, str]) -> None:
             "tmf-0123456789abcdef0",
         ],
         env=env,
-        capture_output=True,
-        text=True,
         check=False,
     )
     assert unknown.returncode == 2

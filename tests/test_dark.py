@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from emulator.lab import LAB_IMAGE_ID, lab_client, lab_sqs_client, seed_lab
 from mirrorq.api.metrics import FleetCollector
 from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
+from tests.forkserver import run_mirrorq
 from tests.helpers import producer_for, sessions, wait_until
 from tests.test_events import records
 
@@ -67,9 +68,7 @@ filter = "{lab["filter_id"]}"
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MIRRORQ, *args], env=env, capture_output=True, text=True, check=False, timeout=300
-    )
+    return run_mirrorq([*MIRRORQ, *args], env=env, check=False, timeout=300)
 
 
 def coverage(env: dict[str, str], policy: Path) -> tuple[int, dict[str, Any]]:

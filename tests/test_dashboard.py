@@ -27,6 +27,7 @@ from selenium.webdriver.common.by import By
 from emulator.lab import LAB_IMAGE_ID, lab_client, seed_lab
 from emulator.zoned_lab import launch, seed_zoned_lab
 from mirrorq.processes import MIRRORQ, ApiProcess, EmulatorProcess, WorkerProcess, free_port
+from tests.forkserver import run_mirrorq
 from tests.helpers import wait_until
 from tests.redis_server import RedisServer
 
@@ -260,9 +261,7 @@ def test_without_a_session_every_route_is_refused_and_a_session_is_a_signed_cook
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MIRRORQ, *args], env=env, capture_output=True, text=True, check=False, timeout=300
-    )
+    return run_mirrorq([*MIRRORQ, *args], env=env, check=False, timeout=300)
 
 
 def batch_bar_advances(ui: Dashboard, lab: dict[str, Any], screenshots: Path) -> None:

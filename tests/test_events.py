@@ -19,6 +19,7 @@ from emulator.lab import lab_client, lab_sqs_client
 from emulator.zoned_lab import expected_mirrors, launch, policy_text, seed_zoned_lab
 from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.fault_proxy import Answer, FaultProxy
+from tests.forkserver import run_mirrorq
 from tests.helpers import sessions, wait_until
 
 Lab = dict[str, Any]
@@ -174,20 +175,16 @@ def test_events_mirror_every_matching_eni_once_per_rule_and_reconcile_repairs(
 
     # A reconcile pass after the listener creates nothing...
     def reconcile() -> dict[str, Any]:
-        done = subprocess.run(
+        done = run_mirrorq(
             [*MIRRORQ, "reconcile", "--policy", str(policy), "--wait"],
             env=lenv,
-            capture_output=True,
-            text=True,
             check=False,
             timeout=180,
         )
         assert done.returncode == 0, done.stderr[-3000:]
-        status = subprocess.run(
+        status = run_mirrorq(
             [*MIRRORQ, "batch", "status", done.stdout.strip(), "--json"],
             env=lenv,
-            capture_output=True,
-            text=True,
             check=True,
         )
         result: dict[str, Any] = json.loads(status.stdout)
@@ -274,19 +271,15 @@ def test_policy_check_and_plan_from_the_command_line(
     policy = write_policy(tmp_path, lab)
     launch(url, lab, 8)
     lenv = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
-    checked = subprocess.run(
+    checked = run_mirrorq(
         [*MIRRORQ, "policy", "check", str(policy), "--json"],
         env=lenv,
-        capture_output=True,
-        text=True,
         check=True,
     )
     assert [r["name"] for r in json.loads(checked.stdout)] == ["prod-web", "db"]
-    planned = subprocess.run(
+    planned = run_mirrorq(
         [*MIRRORQ, "policy", "plan", str(policy), "--json"],
         env=lenv,
-        capture_output=True,
-        text=True,
         check=True,
     )
     plan = json.loads(planned.stdout)
@@ -297,11 +290,9 @@ def test_policy_check_and_plan_from_the_command_line(
     assert sessions(url) == []  # planning creates nothing
     broken = tmp_path / "broken.toml"
     broken.write_text(policy.read_text().replace('choose = "same-az"', 'choose = "nearest"'))
-    refused = subprocess.run(
+    refused = run_mirrorq(
         [*MIRRORQ, "policy", "check", str(broken)],
         env=lenv,
-        capture_output=True,
-        text=True,
         check=False,
     )
     assert refused.returncode == 2

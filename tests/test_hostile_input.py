@@ -26,6 +26,7 @@ from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
 from tasks.contract import TASK_NAME, SessionRequest, parse_request
 from tasks.errors import BatchFileError, InvalidJobError
 from tasks.producer import Producer
+from tests.forkserver import run_mirrorq
 from tests.helpers import job, raw_message, wait_all
 
 VALID: dict[str, Any] = {
@@ -189,9 +190,7 @@ def test_job_files_refuse_what_they_cannot_read(tmp_path: Path) -> None:
 def test_the_cli_refuses_deep_nesting_with_exit_2_and_no_traceback(
     env: dict[str, str], redis_url: str
 ) -> None:
-    done = subprocess.run(
-        [*MIRRORQ, "submit", "-"], input=DEEP, env=env, capture_output=True, text=True, check=False
-    )
+    done = run_mirrorq([*MIRRORQ, "submit", "-"], input=DEEP, env=env, check=False)
     assert done.returncode == 2
     assert "(job)" in done.stderr
     assert "Traceback" not in done.stderr
@@ -318,11 +317,9 @@ def test_csv_exports_neutralise_spreadsheet_formulas(
     jobs.write_text(
         "".join(json.dumps(job(lab, i, ClientToken=t)) + "\n" for i, t in enumerate(tokens))
     )
-    batch_id = subprocess.run(
+    batch_id = run_mirrorq(
         [*MIRRORQ, "batch", "submit", str(jobs)],
         env=env,
-        capture_output=True,
-        text=True,
         check=True,
     ).stdout.strip()
     start_worker()
@@ -333,11 +330,9 @@ def test_csv_exports_neutralise_spreadsheet_formulas(
         check=True,
         timeout=120,
     )
-    exported = subprocess.run(
+    exported = run_mirrorq(
         [*MIRRORQ, "batch", "results", batch_id, "--format", "csv"],
         env=env,
-        capture_output=True,
-        text=True,
         check=True,
     ).stdout
     rows = list(csv.DictReader(io.StringIO(exported, newline="")))

@@ -102,7 +102,12 @@ def test_a_json_line_carries_its_context_and_no_secret_in_any_field() -> None:
     )
 
 
-def test_configure_sends_every_logger_to_one_handler_and_is_undone_cleanly() -> None:
+def test_configure_sends_every_logger_to_one_handler_and_is_undone_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The format it records for this process too (the CLI's errors became log lines for the
+    # tests this process ran next, test_errors' among them).
+    monkeypatch.setattr("worker.logs._chosen", None)
     root = logging.getLogger()
     saved = root.handlers[:], root.level, sys.excepthook, threading.excepthook
     root.handlers = []  # pytest's own: configure() would close them

@@ -35,6 +35,7 @@ from tasks.contract import (
 from tasks.errors import BatchFileError, InvalidJobError
 from tasks.records import JobStatus, StepVerdict, started
 from tasks.store import StepResult
+from tests.forkserver import run_mirrorq
 from tests.helpers import job, producer_for, wait_all, wait_until
 from tests.test_api import AUTH, start_api
 from worker.repair import queued_job_ids, repair_lost_jobs
@@ -284,11 +285,9 @@ def test_the_start_check_lets_any_worker_of_the_queue_act_for_a_role(redis_url: 
 def mirrorq(
     env: dict[str, str], *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run_mirrorq(
         [*MIRRORQ, *args],
         env=env,
-        capture_output=True,
-        text=True,
         check=False,
         timeout=300,
         input=stdin,

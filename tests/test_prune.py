@@ -14,6 +14,7 @@ import httpx
 from emulator.lab import LAB_IMAGE_ID, create_gwlb_endpoint, lab_client, seed_lab
 from mirrorq.managed import RULE_TAG
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+from tests.forkserver import run_mirrorq
 from tests.helpers import sessions
 from tests.test_api import AUTH, TOKENS, start_api
 
@@ -22,9 +23,7 @@ GONE = 20  # the prod ENIs that lose their tag
 
 
 def mirrorq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MIRRORQ, *args], env=env, capture_output=True, text=True, check=False, timeout=300
-    )
+    return run_mirrorq([*MIRRORQ, *args], env=env, check=False, timeout=300)
 
 
 def batch(env: dict[str, str], batch_id: str) -> dict[str, Any]:

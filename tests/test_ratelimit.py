@@ -286,20 +286,18 @@ def test_what_a_disagreeing_process_says(
 def test_mirrorq_rate_set_and_show(redis_url: str) -> None:
     import json
     import os
-    import subprocess
 
     from mirrorq.processes import MIRRORQ
+    from tests.forkserver import run_mirrorq
     from worker.ratelimit import DESCRIBE_ACTIONS
 
     env = {**os.environ, "MIRRORQ_BROKER_URL": redis_url, "MIRRORQ_EC2_DESCRIBE_BURST": "70"}
     env["COLUMNS"] = "160"  # rich wraps a table to the terminal
 
     def mirrorq(*args: str) -> list[dict[str, Any]]:
-        done = subprocess.run(
+        done = run_mirrorq(
             [*MIRRORQ, "rate", *args],
             env=env,
-            capture_output=True,
-            text=True,
             timeout=60,
             check=False,
         )
@@ -342,9 +340,7 @@ def test_mirrorq_rate_set_and_show(redis_url: str) -> None:
     assert {row["account"] for row in mirrorq("show", "--json", "--region", "eu-west-1")} == {
         "default"
     }
-    table = subprocess.run(
-        [*MIRRORQ, "rate", "show"], env=env, capture_output=True, text=True, timeout=60, check=True
-    )
+    table = run_mirrorq([*MIRRORQ, "rate", "show"], env=env, timeout=60, check=True)
     assert "CreateTrafficMirrorSession" in table.stdout
     assert fleet_seen_by((5.0, 30)) == FleetRate(12.0, 30)
 
