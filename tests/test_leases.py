@@ -213,6 +213,56 @@ def test_a_lost_auto_job_that_had_planned_still_mirrors_its_eni_once_per_rule(
     assert len(rule_mirrors) == 1
 
 
+def test_an_auto_job_whose_outcome_was_lost_finds_its_own_session_and_ends_created(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Found in a graceful Sentinel failover (and as after a Redis restart that lost the last
+    second of AOF): an `auto` job's record (its planned number, then `created`) was written on
+    the primary that was thrown away, its message came back, and the job ran again from its
+    record as the producer wrote it: it found its own session on the ENI and ended `failed`
+    AlreadyMirrored. Resending its create with its token and that session's number tells:
+    EC2 answers from the token (the job's own: `created`, one session), while another job's
+    token is refused the number (AlreadyMirrored, as before)."""
+    eni, nlb, other, flt = one_eni_lab(emulator)
+    job_id = producer.submit(auto_job(eni, nlb, flt), alternatives=[other])
+    client = redis.Redis.from_url(redis_url)
+    # What the producer wrote (the record, its indexes, the message), before any worker ran it.
+    accepted = {key: client.dump(key) for key in client.keys("*")}
+    worker = start_worker()
+    (first,) = wait_all(producer, [job_id], timeout=60)
+    assert first["status"] == "created", first
+    session_id = first["response"]["TrafficMirrorSession"]["TrafficMirrorSessionId"]
+
+    # As after a failover: everything the worker wrote is gone, the message is back.
+    for key, value in accepted.items():
+        assert value is not None
+        client.restore(key, 0, value, replace=True)
+    wait_until(
+        lambda: client.llen("mirrorq") == 0
+        and status_of(producer, job_id) in ("created", "failed"),
+        timeout=60,
+        what="the job run again to its end",
+    )
+    (again,) = wait_all(producer, [job_id], timeout=60)
+    assert (again["status"], again["error"]) == ("created", None), again
+    assert again["response"]["TrafficMirrorSession"]["TrafficMirrorSessionId"] == session_id
+    assert again["request"]["SessionNumber"] == first["request"]["SessionNumber"]
+
+    # Another job to the same mirror is still refused, and nothing was made twice.
+    other_job = producer.submit(auto_job(eni, nlb, flt), alternatives=[other])
+    (refused,) = wait_all(producer, [other_job], timeout=60)
+    assert (refused["status"], (refused["error"] or {}).get("code")) == (
+        "failed",
+        "AlreadyMirrored",
+    )
+    on_eni = [s for s in sessions(emulator.url) if s["NetworkInterfaceId"] == eni]
+    assert [s["TrafficMirrorSessionId"] for s in on_eni] == [session_id]
+    assert "Traceback" not in worker.log_path.read_text()
+
+
 def test_a_job_that_gave_up_holds_its_eni_until_its_last_create_can_no_longer_land(
     emulator: EmulatorProcess,
     producer: Producer,
