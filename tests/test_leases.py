@@ -241,8 +241,9 @@ def test_an_auto_job_whose_outcome_was_lost_finds_its_own_session_and_ends_creat
         assert value is not None
         client.restore(key, 0, value, replace=True)
     wait_until(
-        lambda: client.llen("mirrorq") == 0
-        and status_of(producer, job_id) in ("created", "failed"),
+        lambda: (
+            client.llen("mirrorq") == 0 and status_of(producer, job_id) in ("created", "failed")
+        ),
         timeout=60,
         what="the job run again to its end",
     )

@@ -50,6 +50,7 @@ from worker.ec2 import Ec2Road
 from worker.errors import (
     DRY_RUN_OK,
     EC2_SAYS_NUMBER_TAKEN,
+    EC2_SAYS_PARAMETERS_DIFFER,
     SESSION_NOT_FOUND,
     SESSION_NOT_FOUND_CODES,
     Action,
@@ -193,9 +194,10 @@ async def execute_job(
             raise
         if failure.code == DRY_RUN_OK:
             return records.dry_run_ok(record)
-        if ours_maybe and failure.code == EC2_SAYS_NUMBER_TAKEN:
-            # A session to this mirror holds our number, and EC2 did not know our token: it
-            # is another job's. (Had it been ours, EC2 would have answered from the token.)
+        if ours_maybe and failure.code in (EC2_SAYS_NUMBER_TAKEN, EC2_SAYS_PARAMETERS_DIFFER):
+            # A session to this mirror holds the number we sent, and EC2 did not answer from
+            # our token: it is another job's. (Had it been ours, EC2 would have answered from
+            # the token; a token it knew with another number made another session.)
             failure = classify(AlreadyMirroredError(_already(record)))
         return records.failed(record, failure.code, failure.message, retryable=failure.retryable)
     finally:
