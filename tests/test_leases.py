@@ -378,6 +378,45 @@ def test_a_lease_another_worker_took_is_found_lost_and_fences_nothing(redis_url:
     asyncio.run(run())
 
 
+def test_a_lease_found_lost_is_renewed_no_more_and_its_holder_gives_it_up(
+    redis_url: str,
+) -> None:
+    """Found in a graceful Sentinel failover: a worker's connections reached both primaries
+    for a while, so a lease was found lost on one (another token there, or none) while the
+    other still held its token. Its holder went on renewing it there, and then waited for the
+    ENI to be free to take it again: for itself, the job left `retrying` (LeaseLost) for as
+    long as it ran. A lease found lost is no longer renewed, and its holder's release gives
+    it up wherever it still holds it (and leaves another's alone)."""
+
+    async def run() -> None:
+        clock = VirtualTime()
+        client = aioredis.Redis.from_url(redis_url)
+        leases = Leases(client, 3.0, clock.stepped)
+        lease = await leases.try_acquire(LEASE)
+        assert lease is not None
+        await client.delete(LEASE)  # not on the primary its renewal reached
+        await clock.advance(1.0)  # the next renewal
+        assert lease.lost
+        await client.set(LEASE, lease.token, px=3000)  # the primary that still has it
+        for _ in range(16):  # four seconds: more than its TTL
+            await clock.advance(0.25)
+            await age(client, LEASE, 0.25)
+        assert await client.get(LEASE) is None, "a lost lease was renewed"
+
+        await client.set(LEASE, lease.token, px=3000)
+        await leases.release(lease)  # before the holder takes the ENI again
+        again = await leases.try_acquire(LEASE)
+        assert again is not None, "the holder's lost lease kept the ENI from it"
+        await client.set(LEASE, "another's", px=3000)
+        await leases.release(lease)
+        assert await client.get(LEASE) == b"another's"
+        leases.forget(again)
+        await leases.close()
+        await client.aclose()
+
+    asyncio.run(run())
+
+
 def test_a_job_waits_for_its_enis_lease_for_as_long_as_its_holder_holds_it(
     redis_url: str,
 ) -> None:

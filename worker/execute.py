@@ -171,7 +171,7 @@ async def execute_job(
             with attempt:
                 if auto:
                     if holding is None or holding.lost:
-                        holding = await ec2.leases.acquire(eni_lease)
+                        holding = await _take_again(ec2, eni_lease, holding, creates)
                     if read_under is not holding:
                         request = dict(record["request"] or {})
                         existing = await sessions_on(ec2, request["NetworkInterfaceId"])
@@ -258,7 +258,7 @@ async def execute_change(
                     record = records.located(record, eni)
                     await save(record)
                 if holding is None or holding.lost:
-                    holding = await ec2.leases.acquire(_eni_lease(ec2.road, eni))
+                    holding = await _take_again(ec2, _eni_lease(ec2.road, eni), holding, calls)
                 if reads and read_under is not holding:
                     await _no_twin(ec2, eni, session_id, request, moves=moves)
                     read_under = holding
@@ -281,6 +281,15 @@ async def execute_change(
     if unknown is not None:
         return _outcome(record, unknown, sent_before)
     return records.succeeded(record, response)
+
+
+async def _take_again(ec2: Ec2, key: str, lost: Lease | None, calls: Creates) -> Lease:
+    """The ENI's lease, taken (again). One found lost is given up first where it is still
+    ours (a Sentinel failover: the other primary may hold it), kept no longer than a call of
+    ours may still land: else the job would wait for its own lease."""
+    if lost is not None and lost.key == key:
+        await ec2.leases.release(lost, after_s=calls.may_land_for_s())
+    return await ec2.leases.acquire(key)
 
 
 _MIRROR = ("TrafficMirrorTargetId", "TrafficMirrorFilterId")
