@@ -264,6 +264,29 @@ def test_an_auto_job_whose_outcome_was_lost_finds_its_own_session_and_ends_creat
     assert "Traceback" not in worker.log_path.read_text()
 
 
+def test_an_auto_job_finding_its_mirror_on_a_full_eni_ends_already_mirrored(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """An `auto` job that finds a session to its target through its filter resends with its
+    token and that session's number (it may be its own); on an ENI with EC2's 3 sessions,
+    another's, EC2 refuses it for the limit before the number: still AlreadyMirrored."""
+    eni, nlb, other, flt = one_eni_lab(emulator)
+    ec2 = lab_client(emulator.url)
+    for number, target in ((1, other), (2, other), (3, nlb)):
+        ec2.create_traffic_mirror_session(
+            NetworkInterfaceId=eni,
+            TrafficMirrorTargetId=target,
+            TrafficMirrorFilterId=flt,
+            SessionNumber=number,
+        )
+    start_worker()
+    (result,) = wait_all(producer, [producer.submit(auto_job(eni, nlb, flt))], timeout=60)
+    assert (result["status"], (result["error"] or {}).get("code")) == ("failed", "AlreadyMirrored")
+    assert len([s for s in sessions(emulator.url) if s["NetworkInterfaceId"] == eni]) == 3
+
+
 def test_a_job_that_gave_up_holds_its_eni_until_its_last_create_can_no_longer_land(
     emulator: EmulatorProcess,
     producer: Producer,

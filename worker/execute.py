@@ -49,6 +49,7 @@ from tasks.records import JobResult, kind_of
 from worker.ec2 import Ec2Road
 from worker.errors import (
     DRY_RUN_OK,
+    EC2_SAYS_ENI_FULL,
     EC2_SAYS_NUMBER_TAKEN,
     EC2_SAYS_PARAMETERS_DIFFER,
     SESSION_NOT_FOUND,
@@ -194,7 +195,7 @@ async def execute_job(
             raise
         if failure.code == DRY_RUN_OK:
             return records.dry_run_ok(record)
-        if ours_maybe and failure.code in (EC2_SAYS_NUMBER_TAKEN, EC2_SAYS_PARAMETERS_DIFFER):
+        if ours_maybe and failure.code in _NOT_OUR_TOKEN:
             # A session to this mirror holds the number we sent, and EC2 did not answer from
             # our token: it is another job's. (Had it been ours, EC2 would have answered from
             # the token; a token it knew with another number made another session.)
@@ -292,6 +293,9 @@ async def _take_again(ec2: Ec2, key: str, lost: Lease | None, calls: Creates) ->
     return await ec2.leases.acquire(key)
 
 
+# What EC2 answers a create whose token it does not know for the number a session holds (or
+# knows with other parameters): the ENI's number taken, its sessions at EC2's limit.
+_NOT_OUR_TOKEN = (EC2_SAYS_NUMBER_TAKEN, EC2_SAYS_PARAMETERS_DIFFER, EC2_SAYS_ENI_FULL)
 _MIRROR = ("TrafficMirrorTargetId", "TrafficMirrorFilterId")
 
 
