@@ -11,11 +11,24 @@ sentinels instead of Redis: the client asks them for the primary of
 demoted (READONLY) or died is dropped and retried like a restart, so every process follows
 a failover without being restarted. Lua scripts are sent by SHA and, when the new primary
 has not seen one (NOSCRIPT), loaded again by redis-py's `Script`.
+
+redis-py's Sentinel pool asks the sentinels only when one of its connections connects, and
+drops its idle connections to an old primary only then: in a graceful failover the old
+primary stays writable for about ten seconds after the sentinels name the new one, and a
+pool kept writing to both meanwhile (a worker's ENI lease taken on one and fenced on the
+other: lost, again and again). A worker's pools are followed (`primary_followed`): every
+`FOLLOW_EVERY_S` the sentinels are asked, and every connection to any other Redis than the
+primary they name is dropped, an idle one at once, one in use when it is released.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -39,6 +52,8 @@ _SyncSentinel: Any = redis.sentinel.Sentinel
 _AsyncSentinel: Any = aiosentinel.Sentinel
 BACKOFF_CAP_S = 1.0  # a restart takes seconds: poll about once a second once it is slow
 BACKOFF_BASE_S = 0.05
+FOLLOW_EVERY_S = 0.5  # how often a followed pool asks the sentinels for the primary
+log = logging.getLogger(__name__)
 
 
 def _retries(settings: Settings) -> int:
@@ -150,6 +165,63 @@ def async_pool(url: str, settings: Settings, *, max_connections: int) -> aioredi
         **options,
     )
     return client
+
+
+async def leave_old_primaries(client: aioredis.Redis) -> int:
+    """Ask the sentinels for the primary, and drop every connection of `client`'s Sentinel
+    pool to another Redis: an idle one now, one in use when it is released (its command
+    answered: the next connects to the primary named). How many were dropped; 0 for a
+    client of a plain Redis URL."""
+    if not isinstance(client.connection_pool, aiosentinel.SentinelConnectionPool):
+        return 0
+    pool: Any = client.connection_pool  # redis-py's Sentinel classes are untyped
+    # redis-py drops the idle ones itself when the answer is not the primary it last named.
+    host, port = await pool.get_master_address()
+    primary = (str(host), int(port))
+    dropped = 0
+    for connection in list(pool._get_free_connections()):
+        if connection.is_connected and (str(connection.host), int(connection.port)) != primary:
+            await connection.disconnect()
+            dropped += 1
+    for connection in list(pool._get_in_use_connections()):
+        if connection.is_connected and (str(connection.host), int(connection.port)) != primary:
+            connection.mark_for_reconnect()
+            dropped += 1
+    if dropped:
+        log.info(
+            "the sentinels name %s:%s the primary: %d connection(s) to another Redis dropped",
+            *primary,
+            dropped,
+        )
+    return dropped
+
+
+@asynccontextmanager
+async def primary_followed(
+    client: aioredis.Redis, every_s: float = FOLLOW_EVERY_S
+) -> AsyncIterator[None]:
+    """While in it, `client`'s connections follow the primary the sentinels name
+    (`leave_old_primaries` every `every_s`); nothing for a plain Redis URL."""
+    if not isinstance(client.connection_pool, aiosentinel.SentinelConnectionPool):
+        yield
+        return
+
+    async def follow() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await leave_old_primaries(client)
+            except (redis.RedisError, OSError) as error:  # no sentinel answers: next time
+                log.debug("could not ask the sentinels for the primary: %r", error)
+
+    # Its own (empty) context: its lines are no job's (worker/logs.py).
+    task = asyncio.get_running_loop().create_task(follow(), context=contextvars.Context())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def answers(url: str, timeout_s: float, settings: Settings) -> bool:

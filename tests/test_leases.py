@@ -213,6 +213,80 @@ def test_a_lost_auto_job_that_had_planned_still_mirrors_its_eni_once_per_rule(
     assert len(rule_mirrors) == 1
 
 
+def test_an_auto_job_whose_outcome_was_lost_finds_its_own_session_and_ends_created(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Found in a graceful Sentinel failover (and as after a Redis restart that lost the last
+    second of AOF): an `auto` job's record (its planned number, then `created`) was written on
+    the primary that was thrown away, its message came back, and the job ran again from its
+    record as the producer wrote it: it found its own session on the ENI and ended `failed`
+    AlreadyMirrored. Resending its create with its token and that session's number tells:
+    EC2 answers from the token (the job's own: `created`, one session), while another job's
+    token is refused the number (AlreadyMirrored, as before)."""
+    eni, nlb, other, flt = one_eni_lab(emulator)
+    job_id = producer.submit(auto_job(eni, nlb, flt), alternatives=[other])
+    client = redis.Redis.from_url(redis_url)
+    # What the producer wrote (the record, its indexes, the message), before any worker ran it.
+    accepted = {key: client.dump(key) for key in client.keys("*")}
+    worker = start_worker()
+    (first,) = wait_all(producer, [job_id], timeout=60)
+    assert first["status"] == "created", first
+    session_id = first["response"]["TrafficMirrorSession"]["TrafficMirrorSessionId"]
+
+    # As after a failover: everything the worker wrote is gone, the message is back.
+    for key, value in accepted.items():
+        assert value is not None
+        client.restore(key, 0, value, replace=True)
+    wait_until(
+        lambda: (
+            client.llen("mirrorq") == 0 and status_of(producer, job_id) in ("created", "failed")
+        ),
+        timeout=60,
+        what="the job run again to its end",
+    )
+    (again,) = wait_all(producer, [job_id], timeout=60)
+    assert (again["status"], again["error"]) == ("created", None), again
+    assert again["response"]["TrafficMirrorSession"]["TrafficMirrorSessionId"] == session_id
+    assert again["request"]["SessionNumber"] == first["request"]["SessionNumber"]
+
+    # Another job to the same mirror is still refused, and nothing was made twice.
+    other_job = producer.submit(auto_job(eni, nlb, flt), alternatives=[other])
+    (refused,) = wait_all(producer, [other_job], timeout=60)
+    assert (refused["status"], (refused["error"] or {}).get("code")) == (
+        "failed",
+        "AlreadyMirrored",
+    )
+    on_eni = [s for s in sessions(emulator.url) if s["NetworkInterfaceId"] == eni]
+    assert [s["TrafficMirrorSessionId"] for s in on_eni] == [session_id]
+    assert "Traceback" not in worker.log_path.read_text()
+
+
+def test_an_auto_job_finding_its_mirror_on_a_full_eni_ends_already_mirrored(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """An `auto` job that finds a session to its target through its filter resends with its
+    token and that session's number (it may be its own); on an ENI with EC2's 3 sessions,
+    another's, EC2 refuses it for the limit before the number: still AlreadyMirrored."""
+    eni, nlb, other, flt = one_eni_lab(emulator)
+    ec2 = lab_client(emulator.url)
+    for number, target in ((1, other), (2, other), (3, nlb)):
+        ec2.create_traffic_mirror_session(
+            NetworkInterfaceId=eni,
+            TrafficMirrorTargetId=target,
+            TrafficMirrorFilterId=flt,
+            SessionNumber=number,
+        )
+    start_worker()
+    (result,) = wait_all(producer, [producer.submit(auto_job(eni, nlb, flt))], timeout=60)
+    assert (result["status"], (result["error"] or {}).get("code")) == ("failed", "AlreadyMirrored")
+    assert len([s for s in sessions(emulator.url) if s["NetworkInterfaceId"] == eni]) == 3
+
+
 def test_a_job_that_gave_up_holds_its_eni_until_its_last_create_can_no_longer_land(
     emulator: EmulatorProcess,
     producer: Producer,
@@ -321,6 +395,45 @@ def test_a_lease_another_worker_took_is_found_lost_and_fences_nothing(redis_url:
         assert not await leases.fence(lease, 10.0)
         await leases.release(lease)
         assert await client.get(LEASE) == b"another's"
+        await leases.close()
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_lease_found_lost_is_renewed_no_more_and_its_holder_gives_it_up(
+    redis_url: str,
+) -> None:
+    """Found in a graceful Sentinel failover: a worker's connections reached both primaries
+    for a while, so a lease was found lost on one (another token there, or none) while the
+    other still held its token. Its holder went on renewing it there, and then waited for the
+    ENI to be free to take it again: for itself, the job left `retrying` (LeaseLost) for as
+    long as it ran. A lease found lost is no longer renewed, and its holder's release gives
+    it up wherever it still holds it (and leaves another's alone)."""
+
+    async def run() -> None:
+        clock = VirtualTime()
+        client = aioredis.Redis.from_url(redis_url)
+        leases = Leases(client, 3.0, clock.stepped)
+        lease = await leases.try_acquire(LEASE)
+        assert lease is not None
+        await client.delete(LEASE)  # not on the primary its renewal reached
+        await clock.advance(1.0)  # the next renewal
+        assert lease.lost
+        await client.set(LEASE, lease.token, px=3000)  # the primary that still has it
+        for _ in range(16):  # four seconds: more than its TTL
+            await clock.advance(0.25)
+            await age(client, LEASE, 0.25)
+        assert await client.get(LEASE) is None, "a lost lease was renewed"
+
+        await client.set(LEASE, lease.token, px=3000)
+        await leases.release(lease)  # before the holder takes the ENI again
+        again = await leases.try_acquire(LEASE)
+        assert again is not None, "the holder's lost lease kept the ENI from it"
+        await client.set(LEASE, "another's", px=3000)
+        await leases.release(lease)
+        assert await client.get(LEASE) == b"another's"
+        leases.forget(again)
         await leases.close()
         await client.aclose()
 

@@ -9,6 +9,7 @@ import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 from tenacity import RetryCallState
 
+from tasks.errors import LeaseLostError
 from tests.timing import VirtualTime
 from worker.errors import classify, is_transient
 from worker.retry import retry_policy
@@ -101,6 +102,21 @@ def test_backoff_is_full_jitter_exponential_and_capped() -> None:
         assert 0 <= slept <= min(2.0, 0.1 * 2**n)
     assert max(clock.slept[10:]) <= 2.0
     assert len(set(clock.slept)) > 20  # jittered, not a fixed ladder
+
+
+def test_a_lost_lease_is_taken_again_soon_whatever_came_before() -> None:
+    """Found in a graceful Sentinel failover: a job whose ENI lease was found lost, again and
+    again while its worker's connections reached both primaries, backed off like a throttled
+    EC2 call, seconds more each time. Nothing was sent to EC2: a LeaseLost attempt is retried
+    within the backoff's base, however many failures came before; EC2's failures after it
+    back off as before."""
+    clock = VirtualTime()
+    p = retry_policy(deadline_s=10_000, backoff_base_s=0.1, backoff_cap_s=10.0, timing=clock.timing)
+    throttled: list[BaseException | str] = [client_error("Throttling", 400) for _ in range(8)]
+    lost: list[BaseException | str] = [LeaseLostError("lost") for _ in range(8)]
+    asyncio.run(run(p, [*throttled, *lost, client_error("Throttling", 400), "created"]))
+    assert all(0 <= slept <= 0.1 for slept in clock.slept[8:16])
+    assert len(clock.slept) == 17
 
 
 def test_retries_stop_at_the_deadline_on_the_workers_clock() -> None:

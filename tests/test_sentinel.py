@@ -37,7 +37,7 @@ from mirrorq.processes import (
     WorkerProcess,
     free_port,
 )
-from tasks.connections import async_pool
+from tasks.connections import async_pool, primary_followed
 from tasks.contract import parse_request
 from tasks.errors import NotReplicatedError
 from tasks.producer import Producer
@@ -110,7 +110,8 @@ class Submitter:
 
     producer: Producer
     lab: Lab
-    enis: range  # one job each, SessionNumber 1
+    enis: range  # one job each, SessionNumber 1 (or `auto`: the ENI's first free number, 1)
+    session_number: int | str = 1
     accepted: dict[str, tuple[float, float]] = field(default_factory=dict)  # id: (began, done)
     refused: list[str] = field(default_factory=list)  # each error's code or class
     stop: threading.Event = field(default_factory=threading.Event)
@@ -120,7 +121,8 @@ class Submitter:
             while True:
                 began = time.monotonic()
                 try:
-                    job_id = self.producer.submit(job(self.lab, eni), idempotency_key=f"k{eni}")
+                    request = job(self.lab, eni, SessionNumber=self.session_number)
+                    job_id = self.producer.submit(request, idempotency_key=f"k{eni}")
                 except (NotReplicatedError, redis.RedisError, OSError) as error:
                     self.refused.append(getattr(error, "code", type(error).__name__))
                     time.sleep(0.2)
@@ -346,9 +348,55 @@ def _fences_wait_for_the_replica(sentinel_set: SentinelSet, producer: Producer) 
         os.kill(sentinel_set.replica.proc.pid, signal.SIGCONT)
 
 
+@pytest.mark.timeout(120)
+def test_a_workers_connections_leave_the_old_primary_once_the_sentinels_name_the_new(
+    sentinel_set: SentinelSet,
+) -> None:
+    """Found in a graceful failover: a worker's Redis pool (redis-py's Sentinel pool) asks
+    the sentinels only when a connection connects, so its connections went on writing to the
+    old primary, writable for seconds after the sentinels named the new one (what it took
+    then thrown away): an ENI lease taken on one primary was found lost on the other, again
+    and again. Followed (tasks/connections.py `primary_followed`, as every worker's pools
+    are), every connection leaves the old primary within a second of the sentinels naming
+    the new one: an idle one at once, one in use once released; every write then lands on
+    the primary that survives."""
+    settings = sentinel_producer(sentinel_set, 0).settings
+    old = sentinel_set.primary.port
+    every_s = 0.2
+
+    async def run() -> None:
+        client = async_pool(sentinel_set.url(0), settings, max_connections=4)
+        pool: Any = client.connection_pool
+        async with primary_followed(client, every_s=every_s):
+            held = await pool.get_connection()  # in use all along (a job's, say)
+            await asyncio.gather(*(client.ping() for _ in range(3)))  # idle ones, connected
+            assert {c.port for c in [*pool._get_free_connections(), held]} == {old}
+            ask = sentinel_set.sentinel().execute_command
+            await asyncio.to_thread(ask, "SENTINEL", "FAILOVER", sentinel_set.MASTER)
+            while await asyncio.to_thread(sentinel_set.master_port) == old:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.7)  # more than every_s
+            assert sentinel_set.role(old)[0] == "master", "the old primary was demoted already"
+            connected = [c.port for c in pool._get_free_connections() if c.is_connected]
+            assert old not in connected, "an idle connection to the old primary kept"
+            assert held.should_reconnect(), "a connection in use to the old primary kept"
+            await pool.release(held)
+            assert not held.is_connected
+            for n in range(8):  # jobs' writes, some on a connection of their own
+                await asyncio.gather(*(client.set(f"after-{n}-{m}", m) for m in range(3)))
+        await client.aclose()
+        new = redis.Redis(port=sentinel_set.replica.port)
+        assert new.exists(*(f"after-{n}-{m}" for n in range(8) for m in range(3))) == 24
+
+    asyncio.run(run())
+
+
 # The default (no replica required), a graceful failover only: a batch that outlasts it (the
 # sentinels reconfigure the old primary about 10 s after the hand-over) through 2 workers.
 GRACEFUL_BATCH, GRACEFUL_RATE = 240, 12
+# ... with `auto` jobs among its jobs, one every AUTO_EVERY, each on an ENI of its own: they
+# hold their ENI's lease from their read until their create (waiting for a slot meanwhile).
+AUTO_EVERY = 4
 
 
 @pytest.mark.timeout(240)
@@ -359,14 +407,20 @@ def test_a_graceful_failover_loses_nothing_by_default(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """MIRRORQ_REDIS_MIN_REPLICAS=0 (the default): a `SENTINEL FAILOVER` in the middle of a
-    batch while two producers submit single jobs, each retried with its idempotency key on an
-    error. The old primary stays writable for seconds after the replica is promoted, and what
-    it takes meanwhile is thrown away when it becomes the new primary's replica: an
-    acceptance counts only once it is known to be on the primary that survives
-    (tasks/replication.py), so every id a producer was given ends with one session, every
-    batch job too, none twice, none failed."""
+    batch (SessionNumber `auto` jobs among its jobs) while two producers submit single jobs
+    (one producer's `auto`), each retried with its idempotency key on an error. The old
+    primary stays writable for seconds after the replica is promoted, and what it takes
+    meanwhile is thrown away when it becomes the new primary's replica: an acceptance counts
+    only once it is known to be on the primary that survives (tasks/replication.py), so
+    every id a producer was given ends with one session, every batch job too, none twice,
+    none failed. Found so: `auto` jobs whose outcome the old
+    primary took re-ran and found their own session (AlreadyMirrored); one whose ENI lease
+    was found lost on one primary while the other still held it waited for itself, left
+    `retrying` (LeaseLost), its mirror never made."""
     first_single = batch_enis(GRACEFUL_BATCH)
-    lab = seed_lab(emulator.url, first_single + 2 * SINGLES)
+    first_auto = first_single + 2 * SINGLES
+    autos = GRACEFUL_BATCH // AUTO_EVERY
+    lab = seed_lab(emulator.url, first_auto + autos)
     emulator.set_faults(latency_ms=20)
     renv = {**sentinel_env(env, sentinel_set, 0), "MIRRORQ_EC2_RATE": str(GRACEFUL_RATE)}
     renv["MIRRORQ_EC2_BURST"] = str(GRACEFUL_RATE)
@@ -374,6 +428,9 @@ def test_a_graceful_failover_loses_nothing_by_default(
     workers = [start_worker(**renv), start_worker(**renv)]
     producer = producer_for(sentinel_set.url(0), sentinel_master=sentinel_set.MASTER)
     requests = [parse_request(batch_job(lab, i)) for i in range(GRACEFUL_BATCH)]
+    for n in reversed(range(autos)):  # one `auto` job every AUTO_EVERY
+        auto = job(lab, first_auto + n, SessionNumber="auto")
+        requests.insert(n * AUTO_EVERY, parse_request(auto))
     batch_id = producer.submit_batch(requests)
     batch_ids = [j for chunk in producer.store.batches.job_ids(batch_id) for j in chunk]
     wait_until(lambda: _done(producer, batch_id) >= 12, what="the batch to be under way")
@@ -382,6 +439,7 @@ def test_a_graceful_failover_loses_nothing_by_default(
             producer_for(sentinel_set.url(0), sentinel_master=sentinel_set.MASTER),
             lab,
             range(first_single + n * SINGLES, first_single + (n + 1) * SINGLES),
+            session_number="auto" if n else 1,
         )
         for n in range(2)
     ]
@@ -393,7 +451,7 @@ def test_a_graceful_failover_loses_nothing_by_default(
     for thread in threads:
         thread.join(timeout=120)
         assert not thread.is_alive(), "a submitter never got its job accepted"
-    assert _done(producer, batch_id) < GRACEFUL_BATCH, "the batch ended before the failover"
+    assert _done(producer, batch_id) < len(requests), "the batch ended before the failover"
 
     lost = {j for submitter in submitters for j in _lost(producer, submitter)}
     singles = {j: eni for s in submitters for j, eni in zip(s.accepted, s.enis, strict=False)}
@@ -408,6 +466,7 @@ def test_a_graceful_failover_loses_nothing_by_default(
     assert max(found.values()) == 1, "a duplicate session"
     expected = {(lab["eni_ids"][n // PER_ENI], n % PER_ENI + 1) for n in range(GRACEFUL_BATCH)}
     expected |= {(lab["eni_ids"][eni], 1) for eni in singles.values()}
+    expected |= {(lab["eni_ids"][first_auto + n], 1) for n in range(autos)}
     assert set(found) == expected
     refusals = Counter(r for s in submitters for r in s.refused)
     print(f"graceful, default: {len(singles)} single jobs accepted, 0 lost; refusals {refusals}")

@@ -35,7 +35,7 @@ from botocore import xform_name
 from tenacity import AsyncRetrying
 
 from config import Settings
-from tasks.connections import async_pool
+from tasks.connections import async_pool, primary_followed
 from worker.aws import ec2_client, elbv2_client
 from worker.errors import classify
 from worker.metrics import ec2_call
@@ -220,5 +220,6 @@ async def open_road(settings: Settings) -> AsyncIterator[Ec2Road]:
         client = await stack.enter_async_context(ec2_client(settings))
         redis = async_pool(settings.broker_url, settings, max_connections=PLANNER_REDIS_CONNECTIONS)
         stack.push_async_callback(redis.aclose)
+        await stack.enter_async_context(primary_followed(redis))  # Sentinel: a failover
         elbv2 = LazyClient(lambda: elbv2_client(settings), stack)
         yield Ec2Road(client, Limiters(redis, settings, REAL), settings, REAL, elbv2=elbv2)

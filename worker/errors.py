@@ -76,6 +76,8 @@ PERMANENT_CODES = frozenset({UNSUPPORTED_SOURCE_CODE})
 
 DRY_RUN_OK = "DryRunOperation"
 EC2_SAYS_NUMBER_TAKEN = "InvalidParameterValue"  # among other things; read with the describe
+EC2_SAYS_PARAMETERS_DIFFER = "IdempotentParameterMismatch"  # our ClientToken, other parameters
+EC2_SAYS_ENI_FULL = "TrafficMirrorSessionsPerInterfaceLimitExceeded"  # 3 sessions already
 
 
 class Action(StrEnum):

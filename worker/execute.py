@@ -49,7 +49,9 @@ from tasks.records import JobResult, kind_of
 from worker.ec2 import Ec2Road
 from worker.errors import (
     DRY_RUN_OK,
+    EC2_SAYS_ENI_FULL,
     EC2_SAYS_NUMBER_TAKEN,
+    EC2_SAYS_PARAMETERS_DIFFER,
     SESSION_NOT_FOUND,
     SESSION_NOT_FOUND_CODES,
     Action,
@@ -170,7 +172,7 @@ async def execute_job(
             with attempt:
                 if auto:
                     if holding is None or holding.lost:
-                        holding = await ec2.leases.acquire(eni_lease)
+                        holding = await _take_again(ec2, eni_lease, holding, creates)
                     if read_under is not holding:
                         request = dict(record["request"] or {})
                         existing = await sessions_on(ec2, request["NetworkInterfaceId"])
@@ -193,9 +195,10 @@ async def execute_job(
             raise
         if failure.code == DRY_RUN_OK:
             return records.dry_run_ok(record)
-        if ours_maybe and failure.code == EC2_SAYS_NUMBER_TAKEN:
-            # A session to this mirror holds our number, and EC2 did not know our token: it
-            # is another job's. (Had it been ours, EC2 would have answered from the token.)
+        if ours_maybe and failure.code in _NOT_OUR_TOKEN:
+            # A session to this mirror holds the number we sent, and EC2 did not answer from
+            # our token: it is another job's. (Had it been ours, EC2 would have answered from
+            # the token; a token it knew with another number made another session.)
             failure = classify(AlreadyMirroredError(_already(record)))
         return records.failed(record, failure.code, failure.message, retryable=failure.retryable)
     finally:
@@ -256,7 +259,7 @@ async def execute_change(
                     record = records.located(record, eni)
                     await save(record)
                 if holding is None or holding.lost:
-                    holding = await ec2.leases.acquire(_eni_lease(ec2.road, eni))
+                    holding = await _take_again(ec2, _eni_lease(ec2.road, eni), holding, calls)
                 if reads and read_under is not holding:
                     await _no_twin(ec2, eni, session_id, request, moves=moves)
                     read_under = holding
@@ -281,6 +284,18 @@ async def execute_change(
     return records.succeeded(record, response)
 
 
+async def _take_again(ec2: Ec2, key: str, lost: Lease | None, calls: Creates) -> Lease:
+    """The ENI's lease, taken (again). One found lost is given up first where it is still
+    ours (a Sentinel failover: the other primary may hold it), kept no longer than a call of
+    ours may still land: else the job would wait for its own lease."""
+    if lost is not None and lost.key == key:
+        await ec2.leases.release(lost, after_s=calls.may_land_for_s())
+    return await ec2.leases.acquire(key)
+
+
+# What EC2 answers a create whose token it does not know for the number a session holds (or
+# knows with other parameters): the ENI's number taken, its sessions at EC2's limit.
+_NOT_OUR_TOKEN = (EC2_SAYS_NUMBER_TAKEN, EC2_SAYS_PARAMETERS_DIFFER, EC2_SAYS_ENI_FULL)
 _MIRROR = ("TrafficMirrorTargetId", "TrafficMirrorFilterId")
 
 

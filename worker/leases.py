@@ -7,6 +7,10 @@ retry); a holder that dies or is cut off loses it one TTL after its last renewal
 create is sent, the holder *fences* the call: it checks, atomically, that the lease is still
 its own and extends it to outlast the call. A lease found lost means somebody else may have
 read and created meanwhile: the holder reads again under a new lease before it creates.
+A lease found lost is renewed no more, and its holder releases it before it takes the ENI
+again: through a Sentinel failover a worker's connections may reach both primaries for a
+while, and one may still hold the token the other lost (renewed there, it would keep the
+ENI from its own holder, waiting for it for ever).
 With `Settings.redis_min_replicas`, a fence counts only once that many replicas have the
 lease (tasks/replication.py): a lease only the primary held would be gone after a failover,
 and a second job could read the ENI and create while this job's create is on its way.
@@ -112,7 +116,8 @@ class Leases:
             return False
         ms = max(self.ttl_ms, int(hold_s * 1000))
         if self._replicated is None:
-            lease.lost = not await self._extend(keys=[lease.key], args=[lease.token, ms])
+            if not await self._extend(keys=[lease.key], args=[lease.token, ms]):
+                self._lost(lease)
             return not lease.lost
         for last in (False, True):  # NOSCRIPT from a new primary: loaded, sent once more
             try:
@@ -124,17 +129,23 @@ class Leases:
             except NoScriptError:
                 if last:
                     raise
-        lease.lost = not held
-        if held:
-            replication.check(acked, self._replicated, f"the lease {lease.key}")
-        return not lease.lost
+        if not held:
+            self._lost(lease)
+            return False
+        replication.check(acked, self._replicated, f"the lease {lease.key}")
+        return True
 
     async def release(self, lease: Lease, after_s: float = 0.0) -> None:
         """Stop renewing the lease and give it up: now, or once `after_s` have passed (a
-        create of the holder's may still be on its way to EC2 until then)."""
+        create of the holder's may still be on its way to EC2 until then). A lease found lost
+        is given up too wherever it is still the holder's (after a failover, the primary
+        that has it); another's is left alone."""
         self._held.discard(lease)
-        if not lease.lost:
-            await self._release(keys=[lease.key], args=[lease.token, int(max(0.0, after_s) * 1000)])
+        await self._release(keys=[lease.key], args=[lease.token, int(max(0.0, after_s) * 1000)])
+
+    def _lost(self, lease: Lease) -> None:
+        lease.lost = True
+        self._held.discard(lease)  # renewed no more: where it is still ours, it lapses
 
     def forget(self, lease: Lease) -> None:
         """Stop renewing a lease that was released elsewhere (by a store script)."""
@@ -158,7 +169,7 @@ class Leases:
                 continue
             for lease, held_still in zip(held, answers, strict=True):
                 if not held_still:
-                    lease.lost = True
+                    self._lost(lease)
 
     async def close(self) -> None:
         if self._renewer is not None:

@@ -43,7 +43,7 @@ from aiobotocore.credentials import (
 from aiobotocore.session import AioSession, get_session
 
 from config import Settings
-from tasks.connections import async_pool
+from tasks.connections import async_pool, primary_followed
 from tasks.contract import DEFAULT_ACCOUNT, Envelope, Placement
 from tasks.records import JobResult
 from worker.aws import client_config, elbv2_client
@@ -333,6 +333,7 @@ async def planner_roads(settings: Settings) -> AsyncIterator[Roads]:
         )
         redis = async_pool(settings.broker_url, settings, max_connections=PLANNER_REDIS_CONNECTIONS)
         stack.push_async_callback(redis.aclose)
+        await stack.enter_async_context(primary_followed(redis))  # Sentinel: a failover
         elbv2 = LazyClient(functools.partial(elbv2_client, settings, session), stack)
         default = Ec2Road(client, Limiters(redis, settings, REAL), settings, REAL, elbv2=elbv2)
         roads = Roads(session, default, redis, settings)

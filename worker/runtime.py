@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from aiobotocore.session import get_session
 
 from config import Settings
-from tasks.connections import async_pool
+from tasks.connections import async_pool, primary_followed
 from tasks.contract import fleet_scope
 from tasks.store import AsyncResultStore, ResultStore
 from worker.aws import client_config, elbv2_client
@@ -86,11 +86,11 @@ class Ec2Runtime:
         credentials = await session.get_credentials()
         if credentials is not None:
             await redact_credentials(credentials)
-        broker = self._redis(settings.broker_url)
+        broker = await self._redis(settings.broker_url)
         results = (
             broker
             if settings.result_backend == settings.broker_url
-            else self._redis(settings.result_backend)
+            else await self._redis(settings.result_backend)
         )
         leases = Leases(results, settings.lease_s, timing, settings)
         self._stack.push_async_callback(leases.close)
@@ -110,12 +110,15 @@ class Ec2Runtime:
             timing=timing,
         )
 
-    def _redis(self, url: str) -> aioredis.Redis:
+    async def _redis(self, url: str) -> aioredis.Redis:
         # A job holds at most one connection at a time, and `slots` admits `concurrency` jobs.
         client = async_pool(
             url, self.settings, max_connections=self.settings.concurrency + SPARE_REDIS_CONNECTIONS
         )
         self._stack.push_async_callback(client.aclose)
+        # With Sentinel: every connection follows a failover within a second (leases, records
+        # and the limiter never write to two primaries for long; tasks/connections.py).
+        await self._stack.enter_async_context(primary_followed(client))
         return client
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -34,18 +34,29 @@ def plan_session_number(
 ) -> tuple[dict[str, Any], bool]:
     """The request to send, and whether a session found may be this job's own.
 
-    A job that chose no number yet has sent nothing: any session to its mirror (its target,
-    or one of the rule's `alternatives`, through its filter) is another's, and the job is
-    refused (AlreadyMirrored). A job that chose a number before (a redelivery, or a lease
-    lost) may have created its session with it: a session to its target with that number
-    may be its own, and resending with its token tells (EC2 answers from the token's record,
-    or refuses the number). A session to the mirror with any other number is not its own.
+    A job that chose a number before (a redelivery, or a lease lost) may have created its
+    session with it: a session to its target with that number may be its own, and resending
+    with its token tells (EC2 answers from the token's record, or refuses the number). A
+    session to the mirror with any other number is not its own.
+
+    A job whose request still says `auto` may have chosen a number and created its session
+    too, the record of it lost (written on a Redis primary a failover threw away, or in the
+    last second of writes a crash lost): a session to its own target through its filter may
+    be its own, and the job resends with its token and that session's number. EC2 answers
+    from the token's record if the job made it, and otherwise refuses the number (it is the
+    session's) or the token (used with another number: IdempotentParameterMismatch); never a
+    second session. A session to one of the rule's `alternatives` is another's: the job is
+    refused (AlreadyMirrored).
     """
     target, filter_id = request["TrafficMirrorTargetId"], request["TrafficMirrorFilterId"]
     same = same_mirror(sessions, [target, *alternatives], filter_id)
     number = request["SessionNumber"]
     used = [int(s["SessionNumber"]) for s in sessions]
-    if number != AUTO:
+    if number == AUTO:
+        mine = next((s for s in same if s["TrafficMirrorTargetId"] == target), None)
+        if mine is not None:
+            return {**request, "SessionNumber": int(mine["SessionNumber"])}, True
+    else:
         if any(s["SessionNumber"] == number and s["TrafficMirrorTargetId"] == target for s in same):
             return request, True
         if not same and number not in used:
