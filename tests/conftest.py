@@ -33,7 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
 FILE_SECONDS = {
     "test_sentinel": 300, "test_api": 163, "test_pipeline": 149, "test_redis_faults": 140,
     "test_places": 129, "test_accounts_reconcile": 129, "test_bulk": 127, "test_events": 102,
-    "test_dashboard": 97, "test_dark": 80, "test_lb_targets": 75, "test_openapi": 75, "test_leases": 60,
+    "test_dashboard": 97, "test_dark": 80, "test_lb_targets": 75, "test_openapi": 75,
+    "test_leases": 60,
     "test_ratelimit": 59, "test_events_accounts": 54, "test_hostile_messages": 53,
     "test_batches": 46, "test_placement": 41, "test_admission_turns": 38, "test_demo": 34,
     "test_reconcile_churn": 33, "test_emulator_accounts": 33, "test_emulator": 32,
