@@ -624,6 +624,7 @@ class _AtIndex(ValueError):
 _FIELDS = frozenset(
     {
         *SessionRequest.model_fields,
+        *DeleteSessionRequest.model_fields,
         *ModifySessionRequest.model_fields,
         *TagSpecification.model_fields,
         *Tag.model_fields,

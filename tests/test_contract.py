@@ -258,6 +258,10 @@ def test_every_bad_field_of_a_delete_or_a_modify_is_named() -> None:
     assert kind_errors({"TrafficMirrorSessionId": SESSION, "ClientToken": "t"}, "delete") == {
         "ClientToken": "not a parameter of DeleteTrafficMirrorSession"
     }
+    # mirrorq's own field of a delete is named as EC2's are (it was reported as "(job)").
+    assert set(
+        kind_errors({"TrafficMirrorSessionId": SESSION, "missing_ok": "true"}, "delete")
+    ) == {"missing_ok"}
     bad = kind_errors(
         {
             "TrafficMirrorSessionId": SESSION,
