@@ -130,7 +130,9 @@ def test_throttled_describes_spend_no_create_slots(
         took = time.monotonic() - started
         throttling.clear()
         auto_results = wait_all(producer, auto)
-    # 10 creates at 4/s take 2.25 s; with a create slot spent on every throttled read, 15 s.
-    assert took < 2 * (len(explicit) - 1) / rate + 1.5, f"{took:.1f} s for 10 creates"
+    # 10 creates at 4/s take 2.25 s; with a create slot spent on every throttled read, the 50
+    # auto jobs' retries take their turns too: 60 slots, 15 s. The bound lies between, well
+    # clear of both (6.2 s was seen on a loaded machine with four test processes on 2 cores).
+    assert took < 0.6 * (len(explicit) + len(auto)) / rate, f"{took:.1f} s for 10 creates"
     assert {r["status"] for r in explicit_results + auto_results} == {"created"}
     assert Counter(r["attempts"] for r in explicit_results) == {1: 10}
