@@ -16,7 +16,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 from emulator import moto_ext
 from emulator.control import CONTROL_PREFIX, ControlEndpoints
 from emulator.create_path import CreatePath
-from emulator.errors import EC2Error, expired_token, request_expired, throttled
+from emulator.errors import ELBV2_NAMESPACE, EC2Error, expired_token, request_expired, throttled
 from emulator.event_shapes import load_balancer_deleted
 from emulator.events import EventFeed
 from emulator.faults import Faults
@@ -98,7 +98,7 @@ class EmulatorApp:
         if service == "sts":
             return self._sts_call(action, key, params, expired, environ, start_response)
         if service == ELB_SERVICE and params.get("Version") == ELBV2_VERSION:
-            return self._elbv2_call(action, params, environ, start_response)
+            return self._elbv2_call(action, params, expired, environ, start_response)
         if action is None or service not in (None, "ec2"):
             # Anything else moto serves (its /moto-api, other services) through its dispatcher.
             return self._counted(None, self._call_moto(environ), start_response)
@@ -141,11 +141,16 @@ class EmulatorApp:
         self,
         action: str | None,
         params: dict[str, str],
+        expired: bool,
         environ: Environ,
         start_response: StartResponse,
     ) -> Iterable[bytes]:
         """Elastic Load Balancing v2 (botocore signs it `elasticloadbalancing`), counted; a
-        DeleteLoadBalancer's CloudTrail event sent when the events queue is on."""
+        call signed with expired credentials refused as elbv2 refuses it (`ExpiredToken`, in
+        its `ErrorResponse`); a DeleteLoadBalancer's CloudTrail event sent when the events
+        queue is on."""
+        if expired:
+            return self._error(action or "ELBv2", expired_token(ELBV2_NAMESPACE), start_response)
         reply = self._call_moto(environ, self._elbv2)
         if action == "DeleteLoadBalancer" and reply[0].startswith("2") and self.events.enabled:
             region = region_of(environ)

@@ -49,22 +49,37 @@ def dry_run_ok() -> EC2Error:
     return EC2Error("DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412)
 
 
+STS_NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
+ELBV2_NAMESPACE = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/"
+
+
 class QueryError(EC2Error):
-    """An error from a Query-protocol service other than EC2 (STS): AWS's `ErrorResponse`."""
+    """An error from a Query-protocol service other than EC2 (STS, Elastic Load Balancing v2):
+    AWS's `ErrorResponse`, in that service's XML namespace (STS's unless said)."""
+
+    def __init__(
+        self, code: str, message: str, status: int = 400, namespace: str = STS_NAMESPACE
+    ) -> None:
+        super().__init__(code, message, status)
+        self.namespace = namespace
 
     def to_xml(self) -> bytes:
         kind = "Receiver" if self.status >= 500 else "Sender"
         return (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+            f'<ErrorResponse xmlns="{escape(self.namespace)}">'
             f"<Error><Type>{kind}</Type><Code>{escape(self.code)}</Code>"
             f"<Message>{escape(self.message)}</Message></Error>"
             f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
         ).encode()
 
 
-def expired_token() -> QueryError:
-    return QueryError("ExpiredToken", "The security token included in the request is expired", 403)
+def expired_token(namespace: str = STS_NAMESPACE) -> QueryError:
+    """What STS, SQS and Elastic Load Balancing v2 answer a call signed with temporary
+    credentials past their expiration (in `namespace`, the service's)."""
+    return QueryError(
+        "ExpiredToken", "The security token included in the request is expired", 403, namespace
+    )
 
 
 def request_expired() -> EC2Error:

@@ -5,7 +5,7 @@ account) but never lets them expire, never checks an ExternalId, a duration or a
 `SecurityTokens` remembers every set it issued, so that:
 
 - a call signed with an expired set is refused, as AWS does: `RequestExpired` from EC2,
-  `ExpiredToken` from STS and SQS;
+  `ExpiredToken` from STS, SQS and Elastic Load Balancing v2;
 - `DurationSeconds` is honoured: from `min_duration` (AWS: 900 s; lower in a lab, so that
   tests see credentials expire and refresh within seconds) up to the role's maximum session
   duration (AWS's default 3,600 s), and at most one hour for a role assumed with assumed-role

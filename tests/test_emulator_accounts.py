@@ -153,6 +153,31 @@ def test_expired_credentials_are_refused_as_aws_refuses_them(emulator: EmulatorP
     assert client(emulator.url, fresh).describe_vpcs()["Vpcs"][0]["OwnerId"] == A
 
 
+def test_elbv2_refuses_expired_credentials_in_its_own_error_shape(
+    emulator: EmulatorProcess,
+) -> None:
+    """Elastic Load Balancing v2 answers a call signed with an expired set `ExpiredToken`
+    (403) in its Query API's `ErrorResponse` (not EC2's `Response/Errors`), as STS does."""
+    control(emulator.url, "sts", {"min_duration_seconds": 1})
+    creds = assume(emulator.url, A, duration=2)
+    elbv2 = client(emulator.url, creds, service="elbv2")
+    bodies: list[bytes] = []
+    elbv2.meta.events.register(
+        "before-parse.elastic-load-balancing-v2",
+        lambda response_dict, **_: bodies.append(response_dict["body"]),
+    )
+    assert elbv2.describe_load_balancers()["LoadBalancers"] == []
+    wait_until_expired(emulator.url, creds)
+    assert code_of(elbv2.describe_load_balancers) == ("ExpiredToken", 403)
+    refused = bodies[-1]
+    assert refused.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n<ErrorResponse xmlns=')
+    assert b'xmlns="http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/"' in refused
+    assert b"<Type>Sender</Type><Code>ExpiredToken</Code>" in refused
+    fresh = client(emulator.url, assume(emulator.url, A, duration=2), service="elbv2")
+    assert fresh.describe_load_balancers()["LoadBalancers"] == []
+    assert emulator.stats()["DescribeLoadBalancers"] == {"ok": 2, "ExpiredToken": 1}
+
+
 def test_botocore_refreshes_credentials_the_lifetime_cuts_short(emulator: EmulatorProcess) -> None:
     """With `lifetime_seconds`, a client asking AWS's 900 s gets 2 s: botocore's own refresh
     machinery reads the short Expiration and assumes the role again, call after call."""

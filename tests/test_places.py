@@ -22,9 +22,10 @@ import redis.asyncio as aioredis
 from aiobotocore.session import get_session
 
 from config import Settings
-from emulator.lab import LAB_CREDENTIALS
-from emulator.org_lab import control, role_arn, seed_org_lab, sessions_in
+from emulator.lab import LAB_CREDENTIALS, create_nlb
+from emulator.org_lab import account_client, control, role_arn, seed_org_lab, sessions_in
 from mirrorq.processes import EmulatorProcess, WorkerProcess
+from mirrorq.targets import load_balancer_states
 from tasks.contract import QUEUE, TASK_NAME, Envelope, parse_envelope
 from tasks.errors import InvalidJobError
 from tasks.producer import Producer
@@ -358,6 +359,51 @@ def test_a_chained_role_refreshes_and_so_does_its_source(
     assert Counter(emulator.stats()["AssumeRole"]) == {"ok": target + hop}
     scopes = control(emulator.url, "stats")["scopes"]
     assert scopes["666666666666/eu-west-1"]["DescribeVpcs"] == {"ok": calls}
+
+
+def test_a_roles_load_balancer_reads_refresh_its_expiring_credentials(
+    emulator: EmulatorProcess, lab_credentials: None, redis_url: str
+) -> None:
+    """The target-health read of an NLB target (elbv2 DescribeLoadBalancers on the road's
+    own elbv2 client) through a role whose credentials last 2 s: the set is refreshed again
+    and again, each read answers, and none is signed with an expired set (the emulator's
+    elbv2 refuses those, `ExpiredToken`, as EC2 refuses them `RequestExpired`)."""
+    account, region = "777777777777", "eu-west-1"
+    ec2 = account_client(emulator.url, account, region)
+    vpc_id = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.40.0.0/20")["Subnet"]["SubnetId"]
+    arn = create_nlb(account_client(emulator.url, account, region, "elbv2"), "sensors", [subnet])
+    control(emulator.url, "sts", {"lifetime_seconds": 2})
+    settings = _settings(emulator)
+
+    async def run() -> tuple[int, int]:
+        session = get_session()
+        async with session.create_client(
+            "ec2", region_name="us-east-1", endpoint_url=emulator.url
+        ) as c:
+            broker = aioredis.Redis.from_url(redis_url)
+            default = Ec2Road(c, Limiters(broker, settings, REAL), settings, REAL)
+            roads = Roads(session, default, broker, settings)
+            place = Place(region, role_arn(account))
+            try:
+                async with roads.use(place) as road:
+                    credentials = roads.credentials(place)
+                    assert credentials is not None
+                    deadline = time.monotonic() + 30
+                    reads = 0
+                    while credentials.refreshes < 4:  # lived through at least three expiries
+                        assert time.monotonic() < deadline, credentials.refreshes
+                        assert await load_balancer_states(road, [arn]) == {arn: "active"}
+                        reads += 1
+                    return reads, credentials.refreshes
+            finally:
+                await roads.close()
+                await broker.aclose()
+
+    reads, refreshes = asyncio.run(run())
+    print(f"{reads} reads of the NLB on {refreshes} sets of the role's credentials")
+    assert emulator.stats()["DescribeLoadBalancers"] == {"ok": reads}
+    assert Counter(emulator.stats()["AssumeRole"]) == {"ok": refreshes}
 
 
 def test_the_cache_closes_the_least_recently_used_idle_road_never_one_in_use(
