@@ -21,6 +21,7 @@ EMITTING_ACTIONS = frozenset(
         "TerminateInstances",
         "CreateNetworkInterface",
         "AttachNetworkInterface",
+        "DeleteVpcEndpoints",
     }
 )
 # moto's instances stop and terminate at once; EC2 sends both steps of each.
@@ -29,6 +30,7 @@ _LEAVING = {
     "TerminateInstances": ("shutting-down", "terminated"),
 }
 CLOUDTRAIL_EVENT_VERSION = "1.09"
+EC2_NAMESPACE = "http://ec2.amazonaws.com/doc/2016-11-15/"
 # CloudTrail writes these response fields as numbers; every other leaf stays a string.
 _INTEGER_FIELDS = frozenset({"deviceIndex", "networkCardIndex"})
 
@@ -80,11 +82,26 @@ def api_call(
     source_ip: str,
     user_agent: str,
     service: str = "ec2",
+    nested: bool = False,
 ) -> dict[str, Any]:
     """An `AWS API Call via CloudTrail` event for a successful call of `service` (EC2's
     unless said; `elasticloadbalancing` for ELB's). `response_elements` None: the call
-    answers none (CloudTrail writes null)."""
+    answers none (CloudTrail writes null). `nested`: CloudTrail writes this EC2 call as it
+    writes EC2's newer ones, its answer under `<eventName>Response` with the request id and
+    EC2's XML namespace (the caller nests the request under `<eventName>Request` itself)."""
     request_id = str(uuid.uuid4())
+    if response_elements is None:
+        response: dict[str, Any] | None = None
+    elif nested:
+        response = {
+            f"{event_name}Response": {
+                "requestId": request_id,
+                **response_elements,
+                "xmlns": EC2_NAMESPACE,
+            }
+        }
+    else:
+        response = {"requestId": request_id, **response_elements}
     detail = {
         "eventVersion": CLOUDTRAIL_EVENT_VERSION,
         "userIdentity": {"type": "IAMUser", "accountId": account},
@@ -95,9 +112,7 @@ def api_call(
         "sourceIPAddress": source_ip,
         "userAgent": user_agent,
         "requestParameters": request_parameters,
-        "responseElements": (
-            None if response_elements is None else {"requestId": request_id, **response_elements}
-        ),
+        "responseElements": response,
         "requestID": request_id,
         "eventID": str(uuid.uuid4()),
         "readOnly": False,
@@ -237,6 +252,43 @@ def _attach_network_interface_request(params: dict[str, str]) -> dict[str, Any]:
     return request
 
 
+def _tagged(params: dict[str, str], prefix: str) -> Any:
+    """`Prefix.N` query parameters as CloudTrail writes a list in an EC2 `...Request`:
+    `{"tag": N, "content": value}`, a list of them when there are several."""
+    rows = sorted(
+        (int(key.partition(".")[2]), value)
+        for key, value in params.items()
+        if key.partition(".")[0] == prefix and key.partition(".")[2].isdigit()
+    )
+    tagged = [{"tag": number, "content": value} for number, value in rows]
+    return tagged[0] if len(tagged) == 1 else tagged
+
+
+def vpc_endpoints_deleted(
+    account: str,
+    region: str,
+    params: dict[str, str],
+    *,
+    time: str,
+    source_ip: str,
+    user_agent: str,
+) -> dict[str, Any]:
+    """CloudTrail's record of a DeleteVpcEndpoints (a Gateway Load Balancer endpoint target's
+    going): its ids under `DeleteVpcEndpointsRequest.VpcEndpointId`; `unsuccessful` empty,
+    as moto's answer always is (it skips an unknown id without a word)."""
+    return api_call(
+        "DeleteVpcEndpoints",
+        account,
+        region,
+        {"DeleteVpcEndpointsRequest": {"VpcEndpointId": _tagged(params, "VpcEndpointId")}},
+        {"unsuccessful": ""},
+        time=time,
+        source_ip=source_ip,
+        user_agent=user_agent,
+        nested=True,
+    )
+
+
 def events_for(
     action: str,
     params: dict[str, str],
@@ -272,6 +324,12 @@ def events_for(
             # An instance already in the final state does not change: EC2 says nothing.
             if _text(item, "previousState", "name") != _LEAVING[action][1]
             for state in _LEAVING[action]
+        ]
+    if action == "DeleteVpcEndpoints":
+        return [
+            vpc_endpoints_deleted(
+                account, region, params, time=time, source_ip=source_ip, user_agent=user_agent
+            )
         ]
     if action == "CreateNetworkInterface":
         request = _create_network_interface_request(params)

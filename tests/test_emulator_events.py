@@ -18,11 +18,13 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from emulator.lab import LAB_IMAGE_ID, lab_client, lab_sqs_client, seed_lab
+from emulator.lab import LAB_IMAGE_ID, create_gwlb_endpoint, lab_client, lab_sqs_client, seed_lab
 from emulator.mirroring import largest_instance_types
+from mirrorq.events import read_event
 from mirrorq.processes import MIRRORQ, EmulatorProcess
 
 SAMPLES = Path(__file__).parent / "events"
+SENSORS_GONE = Path(__file__).parent.parent / "deploy" / "eventbridge" / "sensors-gone.json"
 QUEUE = "mirrorq-events"
 ACCOUNT = "123456789012"
 OTHER_ACCOUNT = "222233334444"
@@ -379,6 +381,63 @@ def test_network_interface_calls_send_cloudtrail_events_with_the_new_ids(
         "attachmentId": attachment_id,
         "networkCardIndex": 0,
     }
+
+
+def test_delete_vpc_endpoints_sends_its_cloudtrail_event_in_cloudtrail_s_nested_shape(
+    emu: EmulatorProcess, ec2: Any, sqs: Any, queue_url: str
+) -> None:
+    """A Gateway Load Balancer endpoint deleted: CloudTrail records DeleteVpcEndpoints as it
+    records EC2's newer calls, under `DeleteVpcEndpointsRequest` (each id `{"tag": N,
+    "content": ID}`, a list for several) and `DeleteVpcEndpointsResponse`; the sensors-gone
+    rule matches it and mirrorq reads it as a sensor gone."""
+    net = subnet(ec2)
+    endpoints = [
+        create_gwlb_endpoint(emu.url, net["VpcId"], [net["SubnetId"]], f"inspect-{n}")
+        for n in range(3)
+    ]
+    drain(sqs, queue_url)
+    ec2.delete_vpc_endpoints(VpcEndpointIds=endpoints[:1])
+    ec2.delete_vpc_endpoints(VpcEndpointIds=endpoints[1:])
+    one, two = drain(sqs, queue_url)
+
+    like = sample("cloudtrail-create-network-interface")
+    for event in (one, two):
+        assert_envelope(event, like)
+        assert event["resources"] == []
+        detail = event["detail"]
+        assert detail.keys() == like["detail"].keys()
+        assert (detail["eventName"], detail["eventSource"]) == (
+            "DeleteVpcEndpoints",
+            "ec2.amazonaws.com",
+        )
+        assert (detail["awsRegion"], detail["recipientAccountId"]) == ("us-east-1", ACCOUNT)
+        assert detail["eventTime"] == event["time"]
+        assert detail["responseElements"] == {
+            "DeleteVpcEndpointsResponse": {
+                "requestId": detail["requestID"],
+                "unsuccessful": "",
+                "xmlns": "http://ec2.amazonaws.com/doc/2016-11-15/",
+            }
+        }
+        rule = json.loads(SENSORS_GONE.read_text())["$or"][1]
+        assert event["source"] in rule["source"]
+        assert event["detail-type"] in rule["detail-type"]
+        assert detail["eventSource"] in rule["detail"]["eventSource"]
+        assert detail["eventName"] in rule["detail"]["eventName"]
+        assert "errorCode" not in detail
+        assert read_event(event).gone  # the repair reads every target of the place
+    assert one["detail"]["requestParameters"] == {
+        "DeleteVpcEndpointsRequest": {"VpcEndpointId": {"tag": 1, "content": endpoints[0]}}
+    }
+    assert two["detail"]["requestParameters"] == {
+        "DeleteVpcEndpointsRequest": {
+            "VpcEndpointId": [
+                {"tag": 1, "content": endpoints[1]},
+                {"tag": 2, "content": endpoints[2]},
+            ]
+        }
+    }
+    assert emu.events()["sent"] == {"AWS API Call via CloudTrail": 2}
 
 
 def test_failed_calls_send_nothing(

@@ -266,3 +266,56 @@ def test_a_deleted_nlb_s_cloudtrail_event_repairs_its_sessions_through_the_liste
     assert after.keys() == first.keys()
     assert {s: v[2] for s, v in after.items()} == {s: v[2] for s, v in first.items()}
     assert emulator.stats()["ModifyTrafficMirrorSession"] == {"ok": 5}
+
+
+def test_a_deleted_gwlb_endpoint_s_cloudtrail_event_repairs_its_sessions_through_the_listener(
+    events_emulator: EmulatorProcess,
+    env: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """The NLB test's twin for a Gateway Load Balancer endpoint: EC2's DeleteVpcEndpoints, the
+    CloudTrail event the emulator sends for it, and a real listener's repair."""
+    emulator = events_emulator
+    emulator.reset()
+    url = emulator.url
+    env = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
+    lab = seed_lab(url, 12)  # 4 Role=db ENIs
+    found = targets(url, lab)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text(lab, found, ("db",)))
+    start_worker(**env)
+    made = run(env, "reconcile", "--policy", str(policy), "--wait")
+    assert made.returncode == 0, made.stderr[-3000:]
+    first = by_id(url)
+    db_gone, db_live = found["db"]
+    on_gone = {s for s, v in first.items() if v[1] == db_gone}
+    assert len(first) == 4
+    assert len(on_gone) == 2
+
+    queue = emulator.ready["events_queue_url"]
+    lab_sqs_client(url).purge_queue(QueueUrl=queue)
+    listener = ListenerProcess("listener", env, "--sqs-queue-url", queue, "--policy", str(policy))
+    trail = "AWS API Call via CloudTrail"
+    try:
+        listener.wait_ready()
+        sent = emulator.events()["sent"].get(trail, 0)
+        lab_client(url).delete_vpc_endpoints(VpcEndpointIds=[found["endpoints"][0]])
+        wait_until(
+            lambda: all(by_id(url)[s][1] == db_live for s in on_gone),
+            timeout=120,
+            interval=0.5,
+            what="the listener's modifies",
+        )
+        assert listener.proc.poll() is None, "the listener stopped"
+    finally:
+        listener.stop()
+    assert emulator.events()["sent"][trail] == sent + 1  # the DeleteVpcEndpoints record
+    modifies = [r for r in records(redis_url) if r.get("kind") == "modify"]
+    assert len(modifies) == 2
+    assert all(r["status"] == "modified" and r.get("event_id") for r in modifies)
+    after = by_id(url)
+    assert after.keys() == first.keys()
+    assert {s: v[2] for s, v in after.items()} == {s: v[2] for s, v in first.items()}
+    assert emulator.stats()["ModifyTrafficMirrorSession"] == {"ok": 2}
