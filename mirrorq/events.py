@@ -135,7 +135,7 @@ def _api_call(event_id: str, region: str | None, detail: dict[str, Any]) -> Even
     elif name == "AttachNetworkInterface":
         eni = _dig(detail, "requestParameters", "networkInterfaceId")
     elif name in GONE_CALLS:
-        return Event(event_id, region, gone=(_gone_id(name, detail),))
+        return Event(event_id, region, gone=_gone_ids(name, detail))
     else:
         return Event(event_id, region, ignored=f"eventName {name!r}")
     if not isinstance(eni, str) or not NETWORK_INTERFACE_ID.fullmatch(eni):
@@ -145,20 +145,27 @@ def _api_call(event_id: str, region: str | None, detail: dict[str, Any]) -> Even
     return Event(event_id, region, eni_ids=(eni,))
 
 
-def _gone_id(name: str, detail: dict[str, Any]) -> str:
-    """The id a deletion names (CloudTrail writes a Traffic Mirroring request under the
-    request's own name), else the call's name: the repair reads every target's health."""
+def _gone_ids(name: str, detail: dict[str, Any]) -> tuple[str, ...]:
+    """The ids a deletion names (CloudTrail writes an EC2 request under the request's own
+    name; `DeleteVpcEndpoints`' ids as {tag, content}, a list of them for several), else the
+    call's name: the repair reads every target's health whatever the event names."""
     params = detail.get("requestParameters")
     if not isinstance(params, dict):
-        return name
+        return (name,)
     nested = params.get(f"{name}Request")
-    found = (
+    nested = nested if isinstance(nested, dict) else {}
+    endpoints = nested.get("VpcEndpointId")
+    listed = endpoints if isinstance(endpoints, list) else [endpoints]
+    named = [e.get("content") for e in listed if isinstance(e, dict)]
+    found = [
         params.get("networkInterfaceId")
         or params.get("trafficMirrorTargetId")
         or params.get("loadBalancerArn")
-        or (nested.get("TrafficMirrorTargetId") if isinstance(nested, dict) else None)
-    )
-    return found if isinstance(found, str) and _is_text(found) else name
+        or nested.get("TrafficMirrorTargetId"),
+        *named,
+    ]
+    ids = tuple(f for f in found if isinstance(f, str) and _is_text(f))
+    return ids or (name,)
 
 
 def _dig(detail: dict[str, Any], *path: str) -> Any:

@@ -280,6 +280,13 @@ def test_a_sensor_leaving_asks_for_the_dark_session_repair() -> None:
     endpoint = sample("cloudtrail-create-network-interface.json")
     endpoint["detail"]["eventName"] = "DeleteVpcEndpoints"
     assert read_event(endpoint).gone  # the repair reads every target of the place
+    # CloudTrail's shape: {tag, content} for one id, a list of them for several.
+    one = {"tag": 1, "content": "vpce-0123456789abcdef0"}
+    endpoint["detail"]["requestParameters"] = {"DeleteVpcEndpointsRequest": {"VpcEndpointId": one}}
+    assert read_event(endpoint).gone == ("vpce-0123456789abcdef0",)
+    two = [one, {"tag": 2, "content": "vpce-0123456789abcdef1"}]
+    endpoint["detail"]["requestParameters"] = {"DeleteVpcEndpointsRequest": {"VpcEndpointId": two}}
+    assert read_event(endpoint).gone == ("vpce-0123456789abcdef0", "vpce-0123456789abcdef1")
     assert (
         "Scheduled Event"
         in read_event({"id": "x", "detail-type": "Scheduled Event", "detail": {}}).ignored
