@@ -53,7 +53,7 @@ LONGEST = frozenset({  # 20 s and more
     "test_a_graceful_failover_loses_nothing_by_default",
     "test_the_listener_follows_a_graceful_failover_unrestarted",
     "test_sessions_on_a_deleted_nlb_or_gwlb_endpoint_are_dark_and_moved_a_live_nlb_kept",
-    "test_a_deleted_nlb_s_cloudtrail_event_repairs_its_sessions_through_the_listener",
+    "test_a_deleted_load_balancer_s_cloudtrail_event_repairs_its_sessions_through_the_listener",
     "test_a_terminated_sensor_s_sessions_go_dark_and_are_moved_in_place",
     "test_a_thousand_jobs_posted_at_once_end_created_one_session_each",
     "test_the_dashboard_shows_coverage_batches_and_the_fleet_live",

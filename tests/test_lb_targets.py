@@ -217,29 +217,51 @@ def events_emulator() -> Iterator[EmulatorProcess]:
     emulator.stop()
 
 
-def test_a_deleted_nlb_s_cloudtrail_event_repairs_its_sessions_through_the_listener(
+def delete_nlb(url: str, found: dict[str, Any]) -> None:
+    lab_client(url, service="elbv2").delete_load_balancer(LoadBalancerArn=found["nlbs"][0])
+
+
+def delete_gwlb_endpoint(url: str, found: dict[str, Any]) -> None:
+    lab_client(url).delete_vpc_endpoints(VpcEndpointIds=[found["endpoints"][0]])
+
+
+@pytest.mark.parametrize(
+    ("rule", "enis", "delete"),
+    [
+        pytest.param("web", 30, delete_nlb, id="nlb-DeleteLoadBalancer"),
+        pytest.param("db", 12, delete_gwlb_endpoint, id="gwlb-endpoint-DeleteVpcEndpoints"),
+    ],
+)
+def test_a_deleted_load_balancer_s_cloudtrail_event_repairs_its_sessions_through_the_listener(
     events_emulator: EmulatorProcess,
     env: dict[str, str],
     redis_url: str,
     tmp_path: Path,
     start_worker: Callable[..., WorkerProcess],
+    rule: str,
+    enis: int,
+    delete: Callable[[str, dict[str, Any]], None],
 ) -> None:
+    """An NLB deleted (`DeleteLoadBalancer`) or a Gateway Load Balancer endpoint deleted (EC2's
+    `DeleteVpcEndpoints`): the CloudTrail event the emulator sends for it, and a real
+    listener's repair of the rule's sessions on it (a third of the lab's ENIs are the rule's,
+    half of them on the deleted target)."""
     emulator = events_emulator
     emulator.reset()
     url = emulator.url
     env = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
-    lab = seed_lab(url, 30)  # 10 Role=web ENIs
+    lab = seed_lab(url, enis)
     found = targets(url, lab)
     policy = tmp_path / "policy.toml"
-    policy.write_text(policy_text(lab, found, ("web",)))
+    policy.write_text(policy_text(lab, found, (rule,)))
     start_worker(**env)
     made = run(env, "reconcile", "--policy", str(policy), "--wait")
     assert made.returncode == 0, made.stderr[-3000:]
     first = by_id(url)
-    web_gone, web_live = found["web"]
-    on_gone = {s for s, v in first.items() if v[1] == web_gone}
-    assert len(first) == 10
-    assert len(on_gone) == 5
+    gone, live = found[rule]
+    on_gone = {s for s, v in first.items() if v[1] == gone}
+    assert len(first) == enis // 3
+    assert len(on_gone) == enis // 6
 
     queue = emulator.ready["events_queue_url"]
     lab_sqs_client(url).purge_queue(QueueUrl=queue)
@@ -248,9 +270,9 @@ def test_a_deleted_nlb_s_cloudtrail_event_repairs_its_sessions_through_the_liste
     try:
         listener.wait_ready()
         sent = emulator.events()["sent"].get(trail, 0)
-        lab_client(url, service="elbv2").delete_load_balancer(LoadBalancerArn=found["nlbs"][0])
+        delete(url, found)
         wait_until(
-            lambda: all(by_id(url)[s][1] == web_live for s in on_gone),
+            lambda: all(by_id(url)[s][1] == live for s in on_gone),
             timeout=120,
             interval=0.5,
             what="the listener's modifies",
@@ -258,64 +280,11 @@ def test_a_deleted_nlb_s_cloudtrail_event_repairs_its_sessions_through_the_liste
         assert listener.proc.poll() is None, "the listener stopped"
     finally:
         listener.stop()
-    assert emulator.events()["sent"][trail] == sent + 1  # the DeleteLoadBalancer record
+    assert emulator.events()["sent"][trail] == sent + 1  # the deletion's record
     modifies = [r for r in records(redis_url) if r.get("kind") == "modify"]
-    assert len(modifies) == 5
+    assert len(modifies) == len(on_gone)
     assert all(r["status"] == "modified" and r.get("event_id") for r in modifies)
     after = by_id(url)
     assert after.keys() == first.keys()
     assert {s: v[2] for s, v in after.items()} == {s: v[2] for s, v in first.items()}
-    assert emulator.stats()["ModifyTrafficMirrorSession"] == {"ok": 5}
-
-
-def test_a_deleted_gwlb_endpoint_s_cloudtrail_event_repairs_its_sessions_through_the_listener(
-    events_emulator: EmulatorProcess,
-    env: dict[str, str],
-    redis_url: str,
-    tmp_path: Path,
-    start_worker: Callable[..., WorkerProcess],
-) -> None:
-    """The NLB test's twin for a Gateway Load Balancer endpoint: EC2's DeleteVpcEndpoints, the
-    CloudTrail event the emulator sends for it, and a real listener's repair."""
-    emulator = events_emulator
-    emulator.reset()
-    url = emulator.url
-    env = {**env, "MIRRORQ_EC2_ENDPOINT_URL": url}
-    lab = seed_lab(url, 12)  # 4 Role=db ENIs
-    found = targets(url, lab)
-    policy = tmp_path / "policy.toml"
-    policy.write_text(policy_text(lab, found, ("db",)))
-    start_worker(**env)
-    made = run(env, "reconcile", "--policy", str(policy), "--wait")
-    assert made.returncode == 0, made.stderr[-3000:]
-    first = by_id(url)
-    db_gone, db_live = found["db"]
-    on_gone = {s for s, v in first.items() if v[1] == db_gone}
-    assert len(first) == 4
-    assert len(on_gone) == 2
-
-    queue = emulator.ready["events_queue_url"]
-    lab_sqs_client(url).purge_queue(QueueUrl=queue)
-    listener = ListenerProcess("listener", env, "--sqs-queue-url", queue, "--policy", str(policy))
-    trail = "AWS API Call via CloudTrail"
-    try:
-        listener.wait_ready()
-        sent = emulator.events()["sent"].get(trail, 0)
-        lab_client(url).delete_vpc_endpoints(VpcEndpointIds=[found["endpoints"][0]])
-        wait_until(
-            lambda: all(by_id(url)[s][1] == db_live for s in on_gone),
-            timeout=120,
-            interval=0.5,
-            what="the listener's modifies",
-        )
-        assert listener.proc.poll() is None, "the listener stopped"
-    finally:
-        listener.stop()
-    assert emulator.events()["sent"][trail] == sent + 1  # the DeleteVpcEndpoints record
-    modifies = [r for r in records(redis_url) if r.get("kind") == "modify"]
-    assert len(modifies) == 2
-    assert all(r["status"] == "modified" and r.get("event_id") for r in modifies)
-    after = by_id(url)
-    assert after.keys() == first.keys()
-    assert {s: v[2] for s, v in after.items()} == {s: v[2] for s, v in first.items()}
-    assert emulator.stats()["ModifyTrafficMirrorSession"] == {"ok": 2}
+    assert emulator.stats()["ModifyTrafficMirrorSession"] == {"ok": len(on_gone)}
