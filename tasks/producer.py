@@ -10,7 +10,6 @@ gets NotReplicatedError (tasks/replication.py).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +24,7 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from config import Settings, get_settings
-from tasks import contract, keys, replication
+from tasks import contract, keys
 from tasks.batches import messages_of, place_of_record
 from tasks.connections import sync_client
 from tasks.contract import (
@@ -44,7 +43,7 @@ from tasks.contract import (
     parse_placement,
     parse_request,
 )
-from tasks.errors import IdempotencyConflictError, InvalidJobError, NotReplicatedError
+from tasks.errors import IdempotencyConflictError, InvalidJobError
 from tasks.records import (
     JobResult,
     accepted,
@@ -229,31 +228,14 @@ class Producer:
                 places=[place_of_record(r) for r in jobs],
             )
 
-        on_primary = self.store.on_primary
-        if on_primary is not None:
-            # Sentinel: confirmed on the primary that survives a failover, else undone where
-            # it was written and made again (tasks/replication.py).
-            on_primary.write(
-                self.store.client,
-                write,
-                lambda _: self.store.unaccept_batch(batch_id, jobs),
-                f"batch {batch_id}'s acceptance",
-            )
-        else:
-            with self.store.client.pipeline(transaction=False) as pipe:
-                write(pipe)
-                if replication.wanted(self.settings):
-                    # Accepted means replicated: the pipeline's writes, then the WAIT, on one
-                    # connection; short of it, the batch is undone before anything is published.
-                    replication.queue_wait(pipe, self.settings)
-                written = pipe.execute()
-            if replication.wanted(self.settings):
-                try:
-                    replication.check(written[-1], self.settings, f"batch {batch_id}'s acceptance")
-                except NotReplicatedError:
-                    with contextlib.suppress(RedisError):
-                        self.store.unaccept_batch(batch_id, jobs)
-                    raise
+        # Confirmed as the settings say, else undone before anything is published
+        # (tasks/replication.py).
+        self.store.confirmation.write(
+            self.store.client,
+            write,
+            lambda _: self.store.unaccept_batch(batch_id, jobs),
+            f"batch {batch_id}'s acceptance",
+        )
         with self.app.producer_or_acquire() as producer, producer.batch():
             declared: set[str] = set()
             for message in messages_of(jobs, self.settings.jobs_per_message):
