@@ -2,10 +2,12 @@
 
 A job is accepted when its `queued` record and its pending entry are written (with its
 idempotency claim, if it has a key, in the same atomic step) and its message is queued. If
-the message cannot be queued, the acceptance is undone and the caller gets the error. With
-MIRRORQ_REDIS_MIN_REPLICAS, the written acceptance (a job's, or a whole batch's) must reach
-that many replicas before anything is published; short of them it is undone and the caller
-gets NotReplicatedError (tasks/replication.py).
+the message cannot be queued, the acceptance is undone and the caller gets the error. The
+written acceptance (a job's, or a whole batch's) is confirmed before anything is published,
+one way for both, as the settings say (tasks/replication.py `Confirmation`: with
+MIRRORQ_REDIS_MIN_REPLICAS it must reach that many replicas; with Sentinel and none required,
+the primary that survives a failover); unconfirmed, it is undone and the caller gets
+NotReplicatedError.
 """
 
 from __future__ import annotations

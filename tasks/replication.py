@@ -120,22 +120,28 @@ class Confirmation(abc.ABC):
         NotReplicatedError."""
 
 
-def _sent(client: redis.Redis, queue: Queue, *, load: bool = False) -> list[Any]:
+def _sent(client: redis.Redis, queue: Queue) -> list[Any]:
     """The answers to the writes `queue` puts on a pipeline. Its scripts are sent by their
     hash alone, as a script called outside a pipeline is (no SCRIPT EXISTS round trip first);
     a primary that has not seen them (a new one, or one restarted) answers NOSCRIPT, and the
-    writes are sent once more, the pipeline loading them first. (An acceptance sent twice
-    writes the same twice and counts it once.)"""
+    writes are sent again, the pipeline loading them first, up to twice (a pipeline that
+    loaded them, resent by redis-py through a failover, may still meet a primary that has
+    not seen them). An acceptance sent again writes the same again and counts each job
+    once."""
+    with contextlib.suppress(redis.exceptions.NoScriptError):
+        return _send(client, queue, load=False)
     try:
-        with client.pipeline(transaction=False) as pipe:
-            queue(pipe)
-            if not load:
-                pipe.scripts.clear()  # redis-py's: the scripts it checks before sending
-            return list(pipe.execute())
+        return _send(client, queue, load=True)
     except redis.exceptions.NoScriptError:
-        if load:
-            raise
-        return _sent(client, queue, load=True)
+        return _send(client, queue, load=True)
+
+
+def _send(client: redis.Redis, queue: Queue, *, load: bool) -> list[Any]:
+    with client.pipeline(transaction=False) as pipe:
+        queue(pipe)
+        if not load:
+            pipe.scripts.clear()  # redis-py's: the scripts it makes sure of before sending
+        return list(pipe.execute())
 
 
 class Unchecked(Confirmation):

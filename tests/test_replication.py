@@ -20,7 +20,7 @@ from tasks.batches import place_of_record
 from tasks.connections import sentinels_of, sync_client, transport_options
 from tasks.contract import parse_request
 from tasks.errors import NotReplicatedError
-from tasks.records import JobStatus, accepted, utcnow
+from tasks.records import JobResult, JobStatus, accepted, utcnow
 from tasks.replication import Confirmation, OnPrimary, Replicated, Unchecked
 from tests.helpers import job, producer_for
 
@@ -72,6 +72,13 @@ def _counted(client: redis.Redis) -> tuple[dict[Any, Any], dict[Any, Any]]:
     return client.hgetall(keys.STATS_STATUS), client.hgetall(keys.STATS_PLACED)
 
 
+def _batch(jobs: int) -> tuple[str, list[JobResult]]:
+    """A new batch's id and its jobs' `queued` records."""
+    batch_id = str(uuid.uuid4())
+    eni = {"NetworkInterfaceId": "eni-0"}
+    return batch_id, [accepted(str(uuid.uuid4()), eni, batch_id=batch_id) for _ in range(jobs)]
+
+
 def test_a_job_accepted_again_where_it_was_kept_counts_once(redis_url: str) -> None:
     """A redo (tasks/replication.py: an acceptance not confirmed, undone, made again) can
     meet a primary that kept the first write (it replicated before the undo, or the undo
@@ -96,11 +103,7 @@ def test_a_batch_accepted_again_where_it_was_kept_counts_and_lists_each_job_once
     the fleet's counters, the batch's counts and its list of jobs."""
     client = redis.Redis.from_url(redis_url)
     store = producer_for(redis_url).store
-    batch_id = str(uuid.uuid4())
-    records = [
-        accepted(str(uuid.uuid4()), {"NetworkInterfaceId": f"eni-{n}"}, batch_id=batch_id)
-        for n in range(3)
-    ]
+    batch_id, records = _batch(3)
     for _ in range(2):
         with client.pipeline(transaction=False) as pipe:
             store.accept_on(pipe, records)
@@ -130,11 +133,7 @@ def test_a_batch_undone_twice_or_where_it_was_not_takes_back_each_count_once(
     deletes: sent again, or to a primary that never had the batch, it takes back nothing."""
     client = redis.Redis.from_url(redis_url)
     store = producer_for(redis_url).store
-    batch_id = str(uuid.uuid4())
-    records = [
-        accepted(str(uuid.uuid4()), {"NetworkInterfaceId": f"eni-{n}"}, batch_id=batch_id)
-        for n in range(3)
-    ]
+    batch_id, records = _batch(3)
     client.hset(keys.STATS_STATUS, "queued", 5)  # jobs of other batches
     with client.pipeline(transaction=False) as pipe:
         store.accept_on(pipe, records)
