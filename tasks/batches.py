@@ -41,7 +41,9 @@ class BatchStore:
     ) -> None:
         """Queue the batch's record on `pipe` (the caller executes it with the jobs').
         `places` are the jobs' "<account>/<region>" (place_of): a batch spanning several
-        keeps its counts by them too, moved with each job's status by the step script."""
+        keeps its counts by them too, moved with each job's status by the step script. Made
+        again (an acceptance not confirmed is made again, tasks/replication.py), it writes
+        the same: counts set, not added to, and the list of jobs written anew."""
         meta = {
             "total": len(job_ids),
             "done": 0,
@@ -54,6 +56,7 @@ class BatchStore:
         if job_ids:
             pipe.sadd(keys.RUNNING_BATCHES, batch_id)
             pipe.hset(batch.counts, mapping={JobStatus.QUEUED: len(job_ids)})
+            pipe.delete(batch.jobs)
             for start in range(0, len(job_ids), CHUNK):
                 chunk = job_ids[start : start + CHUNK]
                 pipe.rpush(batch.jobs, *chunk)

@@ -2,15 +2,16 @@
 
 A job is accepted when its `queued` record and its pending entry are written (with its
 idempotency claim, if it has a key, in the same atomic step) and its message is queued. If
-the message cannot be queued, the acceptance is undone and the caller gets the error. With
-MIRRORQ_REDIS_MIN_REPLICAS, the written acceptance (a job's, or a whole batch's) must reach
-that many replicas before anything is published; short of them it is undone and the caller
-gets NotReplicatedError (tasks/replication.py).
+the message cannot be queued, the acceptance is undone and the caller gets the error. The
+written acceptance (a job's, or a whole batch's) is confirmed before anything is published,
+one way for both, as the settings say (tasks/replication.py `Confirmation`: with
+MIRRORQ_REDIS_MIN_REPLICAS it must reach that many replicas; with Sentinel and none required,
+the primary that survives a failover); unconfirmed, it is undone and the caller gets
+NotReplicatedError.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from config import Settings, get_settings
-from tasks import contract, keys, replication
+from tasks import contract, keys
 from tasks.batches import messages_of, place_of_record
 from tasks.connections import sync_client
 from tasks.contract import (
@@ -44,7 +45,7 @@ from tasks.contract import (
     parse_placement,
     parse_request,
 )
-from tasks.errors import IdempotencyConflictError, InvalidJobError, NotReplicatedError
+from tasks.errors import IdempotencyConflictError, InvalidJobError
 from tasks.records import (
     JobResult,
     accepted,
@@ -229,31 +230,14 @@ class Producer:
                 places=[place_of_record(r) for r in jobs],
             )
 
-        on_primary = self.store.on_primary
-        if on_primary is not None:
-            # Sentinel: confirmed on the primary that survives a failover, else undone where
-            # it was written and made again (tasks/replication.py).
-            on_primary.write(
-                self.store.client,
-                write,
-                lambda _: self.store.unaccept_batch(batch_id, jobs),
-                f"batch {batch_id}'s acceptance",
-            )
-        else:
-            with self.store.client.pipeline(transaction=False) as pipe:
-                write(pipe)
-                if replication.wanted(self.settings):
-                    # Accepted means replicated: the pipeline's writes, then the WAIT, on one
-                    # connection; short of it, the batch is undone before anything is published.
-                    replication.queue_wait(pipe, self.settings)
-                written = pipe.execute()
-            if replication.wanted(self.settings):
-                try:
-                    replication.check(written[-1], self.settings, f"batch {batch_id}'s acceptance")
-                except NotReplicatedError:
-                    with contextlib.suppress(RedisError):
-                        self.store.unaccept_batch(batch_id, jobs)
-                    raise
+        # Confirmed as the settings say, else undone before anything is published
+        # (tasks/replication.py).
+        self.store.confirmation.write(
+            self.store.client,
+            write,
+            lambda _: self.store.unaccept_batch(batch_id, jobs),
+            f"batch {batch_id}'s acceptance",
+        )
         with self.app.producer_or_acquire() as producer, producer.batch():
             declared: set[str] = set()
             for message in messages_of(jobs, self.settings.jobs_per_message):

@@ -1,4 +1,21 @@
-"""Accepted means replicated: a write that must survive the loss of Redis's primary is
+"""How an acceptance is confirmed (a job's, a batch's): one concept, `Confirmation`, whose
+`Confirmation.of(client, settings)` is one of three ways, chosen by the settings and the
+client, and whose one `write(client, queue, undo, what)` sends the writes `queue` puts on a
+pipeline and returns their answers once they are confirmed, or undoes them (`undo`) and
+raises NotReplicatedError. tasks/store.py's `ResultStore.accept` (a job) and
+tasks/producer.py's `Producer.submit_batch` (a batch) call it, whatever the way:
+
+- `Unchecked` (plain `redis://` URLs, no replica required): the writes are sent; nothing else.
+- `Replicated` (MIRRORQ_REDIS_MIN_REPLICAS, any URL): accepted means replicated, below.
+- `OnPrimary` (Sentinel URLs, no replica required): confirmed on the primary that survives
+  a graceful failover, below.
+
+Each way sends the writes again, the same, when a pipeline sent through a failover meets a
+primary that has not seen its scripts (NOSCRIPT): the next pipeline loads them first. An
+acceptance made again writes the same again and counts each job once (tasks/scripts.py
+`ACCEPT`, `ACCEPT_MANY`: the counters count only a record written where there was none).
+
+Accepted means replicated: a write that must survive the loss of Redis's primary is
 confirmed only once `Settings.redis_min_replicas` replicas have it (Redis `WAIT`).
 
 Redis replicates asynchronously: a write the primary acknowledged a moment before it died
@@ -6,11 +23,13 @@ may never reach the replica Sentinel promotes. `WAIT n timeout` blocks until n r
 acknowledged every write of its connection; so the writes that need it are sent on one
 connection (a pipeline), followed by a write of the fence key (so the WAIT also covers
 writes made before on other connections: replication is one ordered stream) and the WAIT.
-Which writes wait, and what each costs, is in README.md ("Redis Sentinel").
+Short of the replicas, an acceptance is undone and refused (NotReplicatedError: retry with
+the same key). Which writes wait, and what each costs, is in README.md ("Redis Sentinel");
+an ENI lease's fence waits too (worker/leases.py, through `queue_wait` and `check`).
 
-On the primary that survives: with Sentinel and no replica required, an acceptance (a job's,
-a batch's) is confirmed only once it is known to be on the primary that survives a graceful
-failover (`OnPrimary`). In one (`SENTINEL FAILOVER`) the sentinels promote the replica, and
+On the primary that survives: with Sentinel and no replica required, an acceptance is
+confirmed only once it is known to be on the primary that survives a graceful failover
+(`OnPrimary`). In one (`SENTINEL FAILOVER`) the sentinels promote the replica, and
 only about a second later name it; the old primary stays writable (role master) until they
 make it a replica about ten seconds later, and whatever it took meanwhile is thrown away when
 it resyncs. redis-py's Sentinel pool asks the sentinels for the primary only when a
@@ -24,12 +43,14 @@ the acceptance is confirmed only if a majority answer, and each names the primar
 went to with no failover in progress. If not, it is undone where it was written, the pool is
 pointed at the primary the sentinels name (its idle connections to the old one dropped) and
 the acceptance made again, with the same ids and idempotency claim, until it is confirmed or
-`Settings.redis_retry_s` passes (then NotReplicatedError: retry with the same key). Plain
-`redis://` URLs are not checked: nothing extra is sent.
+`Settings.redis_retry_s` passes (then NotReplicatedError: retry with the same key). The
+undo may not take effect where the first write already replicated, so the acceptance made
+again can meet its own records there: it counts them once (above).
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import time
@@ -73,31 +94,99 @@ def check(acked: Any, settings: Settings, what: str) -> None:
         )
 
 
-class OnPrimary:
+Queue = Callable[[Any], None]  # puts an acceptance's writes on a pipeline (sync)
+Undo = Callable[[list[Any]], None]  # takes back an unconfirmed one, given its answers
+
+
+class Confirmation(abc.ABC):
+    """How an acceptance is confirmed: `of` gives the way for a client and its settings
+    (see the module's docstring), and each way's `write` is the only way an acceptance is
+    sent."""
+
+    @staticmethod
+    def of(client: redis.Redis, settings: Settings) -> Confirmation:
+        if wanted(settings):
+            return Replicated(settings)
+        pool = client.connection_pool
+        if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+            return OnPrimary(pool, settings)
+        return Unchecked()
+
+    @abc.abstractmethod
+    def write(self, client: redis.Redis, queue: Queue, undo: Undo, what: str) -> list[Any]:
+        """Send the writes `queue` puts on a pipeline, confirmed; their answers. `undo(answers)`
+        takes back an unconfirmed one where it was written (if it cannot reach Redis, the
+        acceptance is left to the lost-message repair); `what` names it in
+        NotReplicatedError."""
+
+
+def _sent(client: redis.Redis, queue: Queue) -> list[Any]:
+    """The answers to the writes `queue` puts on a pipeline. Its scripts are sent by their
+    hash alone, as a script called outside a pipeline is (no SCRIPT EXISTS round trip first);
+    a primary that has not seen them (a new one, or one restarted) answers NOSCRIPT, and the
+    writes are sent again, the pipeline loading them first, up to twice (a pipeline that
+    loaded them, resent by redis-py through a failover, may still meet a primary that has
+    not seen them). An acceptance sent again writes the same again and counts each job
+    once."""
+    with contextlib.suppress(redis.exceptions.NoScriptError):
+        return _send(client, queue, load=False)
+    try:
+        return _send(client, queue, load=True)
+    except redis.exceptions.NoScriptError:
+        return _send(client, queue, load=True)
+
+
+def _send(client: redis.Redis, queue: Queue, *, load: bool) -> list[Any]:
+    with client.pipeline(transaction=False) as pipe:
+        queue(pipe)
+        if not load:
+            pipe.scripts.clear()  # redis-py's: the scripts it makes sure of before sending
+        return list(pipe.execute())
+
+
+class Unchecked(Confirmation):
+    """Plain `redis://` URLs and no replica required: nothing is checked, nothing extra sent."""
+
+    def write(self, client: redis.Redis, queue: Queue, undo: Undo, what: str) -> list[Any]:
+        return _sent(client, queue)
+
+
+class Replicated(Confirmation):
+    """MIRRORQ_REDIS_MIN_REPLICAS: the writes, the fence and the WAIT on one connection; short
+    of the replicas, undone and refused (NotReplicatedError)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def write(self, client: redis.Redis, queue: Queue, undo: Undo, what: str) -> list[Any]:
+        def queue_and_wait(pipe: Any) -> None:
+            queue(pipe)
+            queue_wait(pipe, self.settings)
+
+        *written, _, acked = _sent(client, queue_and_wait)
+        try:
+            check(acked, self.settings, what)
+        except NotReplicatedError:
+            # Nothing is published yet: undone, nothing of it runs. (An undo that cannot
+            # reach Redis leaves the acceptance to the repair; the key, retried, names it.)
+            with contextlib.suppress(redis.RedisError):
+                undo(written)
+            raise
+        return written
+
+
+class OnPrimary(Confirmation):
     """Confirms acceptances written through a Sentinel client with no replica required (see
-    the module's docstring); `of` gives None for any other client (nothing to check)."""
+    the module's docstring)."""
 
     def __init__(self, pool: Any, settings: Settings) -> None:
         self.pool = pool  # redis-py's SentinelConnectionPool (untyped)
         self.settings = settings
         self.replicas = 1  # the primary's connected replicas when last asked: what WAIT awaits
 
-    @classmethod
-    def of(cls, client: redis.Redis, settings: Settings) -> OnPrimary | None:
-        pool = client.connection_pool
-        if wanted(settings) or not isinstance(pool, redis.sentinel.SentinelConnectionPool):
-            return None
-        return cls(pool, settings)
-
-    def write(
-        self,
-        client: redis.Redis,
-        queue: Callable[[Any], None],
-        undo: Callable[[list[Any]], None],
-        what: str,
-    ) -> list[Any]:
-        """Send the writes `queue` puts on a pipeline, with the check, until confirmed; their
-        answers. `undo(answers)` takes back an unconfirmed one where it was written."""
+    def write(self, client: redis.Redis, queue: Queue, undo: Undo, what: str) -> list[Any]:
+        """The writes with the check, sent until confirmed (undone where each unconfirmed one
+        was written), or NotReplicatedError once `Settings.redis_retry_s` passes."""
         deadline = time.monotonic() + self.settings.redis_retry_s
         pause = RETRY_FIRST_S
         while True:

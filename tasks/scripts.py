@@ -84,6 +84,25 @@ end
 """
 
 
+# Jobs of ACCEPT_MANY's or UNACCEPT_MANY's arguments `a` tallied (`tally(a, n)`: the n-th
+# job's status a.statuses[n] and place a.places[n]), then added `sign` times to the fleet's
+# counters (`count_tally(key, sign)`: the status counts `key` and its ':placed' twin) in one
+# HINCRBY a field.
+_TALLY = """
+local by_status, by_place = {}, {}
+local function tally(a, n)
+  local status = a.statuses[n]
+  local field = a.places[n] .. '/' .. status
+  by_status[status] = (by_status[status] or 0) + 1
+  by_place[field] = (by_place[field] or 0) + 1
+end
+local function count_tally(key, sign)
+  for status, n in pairs(by_status) do redis.call('HINCRBY', key, status, sign * n) end
+  for field, n in pairs(by_place) do redis.call('HINCRBY', key .. ':placed', field, sign * n) end
+end
+"""
+
+
 class WorkerScope(TypedDict):
     """Where the worker taking the step acts with its own credentials, and the queue it reads."""
 
@@ -216,7 +235,10 @@ class AcceptArguments(TypedDict):
 
 
 # Accept a job: its idempotency claim (if it has a key), its record and its pending entry,
-# all or nothing. Returns nil when accepted, else the claim that was there first.
+# all or nothing. Returns nil when accepted, else the claim that was there first. The same
+# acceptance made again (tasks/replication.py: one not confirmed is made again, and may meet
+# a primary that kept the first) writes the same again and counts the job only once: the
+# fleet's counters count a record this script wrote where there was none.
 # KEYS: record, pending index, status counts[, idempotency key]
 # ARGV[1]: AcceptArguments
 ACCEPT = """
@@ -226,12 +248,68 @@ if #KEYS == 4 then
     return redis.call('GET', KEYS[4])
   end
 end
+local kept = redis.call('EXISTS', KEYS[1]) == 1
 redis.call('SET', KEYS[1], a.record, 'EX', a.ttl_s)
 redis.call('ZADD', KEYS[2], a.now, a.job)
-redis.call('HINCRBY', KEYS[3], a.status, 1)
-redis.call('HINCRBY', KEYS[3] .. ':placed', a.place .. '/' .. a.status, 1)
+if not kept then
+  redis.call('HINCRBY', KEYS[3], a.status, 1)
+  redis.call('HINCRBY', KEYS[3] .. ':placed', a.place .. '/' .. a.status, 1)
+end
 return false
 """
+
+
+class AcceptManyArguments(TypedDict):
+    records: list[str]  # the values to write, one a record key (KEYS[3..]): Celery's meta
+    jobs: list[str]  # the jobs' ids, in the same order
+    statuses: list[str]  # their records' statuses
+    places: list[str]  # their "<account>/<region>" (tasks/batches.py place_of_record)
+    ttl_s: int  # the records' lifetime
+    now: float  # Unix time: the jobs' score in the pending index
+
+
+# Accept many jobs (a batch's, a chunk at a time): each one's record and pending entry, and
+# the fleet's counters of the records this script wrote where there were none (as ACCEPT:
+# the same acceptance made again counts each job once).
+# KEYS: pending index, status counts, record 1..n
+# ARGV[1]: AcceptManyArguments
+ACCEPT_MANY = (
+    _TALLY
+    + """
+local a = cjson.decode(ARGV[1])
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then tally(a, i - 2) end
+  redis.call('SET', KEYS[i], a.records[i - 2], 'EX', a.ttl_s)
+  redis.call('ZADD', KEYS[1], a.now, a.jobs[i - 2])
+end
+count_tally(KEYS[2], 1)
+return false
+"""
+)
+
+
+class UnacceptManyArguments(TypedDict):
+    jobs: list[str]  # the jobs' ids, one a record key (KEYS[3..])
+    statuses: list[str]  # the statuses their acceptance counted
+    places: list[str]  # their "<account>/<region>"
+
+
+# Undo ACCEPT_MANY (a batch none of whose messages was published): each record and pending
+# entry, and the counts of the records deleted here (a record not here was not counted here).
+# KEYS: pending index, status counts, record 1..n
+# ARGV[1]: UnacceptManyArguments
+UNACCEPT_MANY = (
+    _TALLY
+    + """
+local a = cjson.decode(ARGV[1])
+for i = 3, #KEYS do
+  if redis.call('DEL', KEYS[i]) == 1 then tally(a, i - 2) end
+  redis.call('ZREM', KEYS[1], a.jobs[i - 2])
+end
+count_tally(KEYS[2], -1)
+return false
+"""
+)
 
 
 class UnacceptArguments(TypedDict):

@@ -10,10 +10,8 @@ name, as its TypedDict in tasks/scripts.py says.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,22 +23,25 @@ from celery import Celery, states
 
 from config import Settings
 from tasks import keys, replication
-from tasks.batches import BatchStore, place_of_record
+from tasks.batches import CHUNK, BatchStore, place_of_record
 from tasks.connections import sync_client
 from tasks.contract import fleet_scope
-from tasks.errors import NotReplicatedError
 from tasks.records import TERMINAL_STATUSES, JobResult, JobStatus, StepVerdict, is_terminal, loaded
 from tasks.scripts import (
     ACCEPT,
+    ACCEPT_MANY,
     CLAIM_GAPS,
     STEP,
     TERMINAL,
     UNACCEPT,
+    UNACCEPT_MANY,
     AcceptArguments,
+    AcceptManyArguments,
     ClaimGapsArguments,
     Step,
     StepArguments,
     UnacceptArguments,
+    UnacceptManyArguments,
     arguments,
 )
 
@@ -99,9 +100,10 @@ class ResultStore:
         self._accept = self.client.register_script(ACCEPT)
         self._unaccept = self.client.register_script(UNACCEPT)
         self._claim_gaps = self.client.register_script(CLAIM_GAPS)
-        # With Sentinel and no replica required, acceptances are confirmed on the primary
-        # that survives a failover (tasks/replication.py); None: nothing to check.
-        self.on_primary = replication.OnPrimary.of(self.client, settings)
+        self._accept_many = self.client.register_script(ACCEPT_MANY)
+        self._unaccept_many = self.client.register_script(UNACCEPT_MANY)
+        # How every acceptance, a job's or a batch's, is confirmed (tasks/replication.py).
+        self.confirmation = replication.Confirmation.of(self.client, settings)
 
     def load(self, job_id: str) -> JobResult | None:
         return self.load_many([job_id])[0]
@@ -127,54 +129,17 @@ class ResultStore:
 
     def accept(self, record: JobResult, claim: tuple[str, str] | None = None) -> str | None:
         """Write a new job's `queued` record and pending entry, with its idempotency claim
-        (the claim's Redis key, claim JSON) if any, atomically. Returns the earlier claim if
-        the key was taken."""
-        if self.on_primary is not None:
-            return self._accept_on_primary(self.on_primary, record, claim)
-        script_keys, args = self._accept_arguments(record, claim)
-        if not replication.wanted(self.settings):
-            answer = self._accept(keys=script_keys, args=args)
-            return answer.decode() if isinstance(answer, bytes) else answer
-        # Accepted means replicated: the script and the WAIT on one connection. A pipeline
-        # loads its scripts before it is sent; sent again through a failover, it may meet a
-        # primary that has not seen them (NOSCRIPT): sent once more, they are loaded first.
-        for last in (False, True):
-            try:
-                with self.client.pipeline(transaction=False) as pipe:
-                    self._accept(keys=script_keys, args=args, client=pipe)
-                    replication.queue_wait(pipe, self.settings)
-                    answer, _, acked = pipe.execute()
-                break
-            except redis.exceptions.NoScriptError:
-                if last:
-                    raise
-        earlier: str | None = answer.decode() if isinstance(answer, bytes) else answer
-        if earlier is not None and json.loads(earlier)["job_id"] == record["job_id"]:
-            # The pipeline was sent again through a failover, after the first reached Redis:
-            # the claim is this job's own.
-            earlier = None
-        try:
-            replication.check(acked, self.settings, f"job {record['job_id']}'s acceptance")
-        except NotReplicatedError:
-            if earlier is None:
-                # Nothing is published yet: undone, nothing of it runs. (An undo that cannot
-                # reach Redis leaves the job to the repair; the key, retried, names it.)
-                with contextlib.suppress(redis.RedisError):
-                    self.unaccept(record, claim)
-            raise
-        return earlier
-
-    def _accept_on_primary(
-        self, on_primary: replication.OnPrimary, record: JobResult, claim: tuple[str, str] | None
-    ) -> str | None:
-        """`accept`, confirmed on the primary that survives a failover (Sentinel)."""
+        (the claim's Redis key, claim JSON) if any, atomically, confirmed as the settings say
+        (tasks/replication.py). Returns the earlier claim if the key was taken."""
         script_keys, args = self._accept_arguments(record, claim)
 
         def earlier_of(written: list[Any]) -> str | None:
             answer = written[0]
             earlier: str | None = answer.decode() if isinstance(answer, bytes) else answer
             if earlier is not None and json.loads(earlier)["job_id"] == record["job_id"]:
-                return None  # this job's own claim, from an attempt before (not undone)
+                # Made again (a pipeline sent again through a failover after the first
+                # reached Redis, or an unconfirmed acceptance not undone): its own claim.
+                return None
             return earlier
 
         def queue(pipe: Any) -> None:
@@ -185,20 +150,24 @@ class ResultStore:
                 self.unaccept(record, claim)
 
         what = f"job {record['job_id']}'s acceptance"
-        return earlier_of(on_primary.write(self.client, queue, undo, what))
+        return earlier_of(self.confirmation.write(self.client, queue, undo, what))
 
     def unaccept_batch(self, batch_id: str, records: Sequence[JobResult]) -> None:
-        """Undo `accept_on` and `BatchStore.create` (nothing of the batch was published)."""
+        """Undo `accept_on` and `BatchStore.create` (nothing of the batch was published): the
+        counters lose only the records deleted here."""
         with self.client.pipeline(transaction=False) as pipe:
-            for start in range(0, len(records), 1000):
-                chunk = records[start : start + 1000]
-                pipe.delete(*self.keys_for([r["job_id"] for r in chunk]))
-                pipe.zrem(keys.PENDING, *(r["job_id"] for r in chunk))
-            for status, count in Counter(record["status"] for record in records).items():
-                pipe.hincrby(keys.STATS_STATUS, status, -count)
-            placed = Counter(f"{place_of_record(r)}/{r['status']}" for r in records)
-            for field, count in placed.items():
-                pipe.hincrby(keys.STATS_PLACED, field, -count)
+            for start in range(0, len(records), CHUNK):
+                chunk = records[start : start + CHUNK]
+                named: UnacceptManyArguments = {
+                    "jobs": [r["job_id"] for r in chunk],
+                    "statuses": [r["status"] for r in chunk],
+                    "places": [place_of_record(r) for r in chunk],
+                }
+                self._unaccept_many(
+                    keys=[keys.PENDING, keys.STATS_STATUS, *self.keys_for(named["jobs"])],
+                    args=arguments(named),
+                    client=pipe,
+                )
             pipe.delete(*keys.batch(batch_id).all())
             pipe.srem(keys.RUNNING_BATCHES, batch_id)
             pipe.zrem(keys.RECENT_BATCHES, batch_id)  # the dashboard's index: no batch to show
@@ -206,19 +175,25 @@ class ResultStore:
 
     def accept_on(self, pipe: Any, records: Sequence[JobResult]) -> None:
         """The same for many jobs, queued on `pipe` (a batch writes all its records in one
-        pipeline): a SET each, one ZADD and one count for them all."""
-        if not records:
-            return
-        for record in records:
-            key, value = self.encoded(record)
-            pipe.set(key, value, ex=self.ttl_s)
+        pipeline): a script a thousand jobs, counting only the records it wrote where there
+        were none (tasks/scripts.py `ACCEPT_MANY`)."""
         now = time.time()
-        pipe.zadd(keys.PENDING, {record["job_id"]: now for record in records})
-        for status, count in Counter(record["status"] for record in records).items():
-            pipe.hincrby(keys.STATS_STATUS, status, count)
-        placed = Counter(f"{place_of_record(record)}/{record['status']}" for record in records)
-        for field, count in placed.items():
-            pipe.hincrby(keys.STATS_PLACED, field, count)
+        for start in range(0, len(records), CHUNK):
+            chunk = records[start : start + CHUNK]
+            encoded = [self.encoded(record) for record in chunk]
+            named: AcceptManyArguments = {
+                "records": [value for _, value in encoded],
+                "jobs": [r["job_id"] for r in chunk],
+                "statuses": [r["status"] for r in chunk],
+                "places": [place_of_record(r) for r in chunk],
+                "ttl_s": self.ttl_s,
+                "now": now,
+            }
+            self._accept_many(
+                keys=[keys.PENDING, keys.STATS_STATUS, *(key for key, _ in encoded)],
+                args=arguments(named),
+                client=pipe,
+            )
 
     def claim_gaps(self, claims: Sequence[tuple[str, str]]) -> list[str | None]:
         """Take each (gap's Redis key, job id) claim for its job, atomically, unless a job
