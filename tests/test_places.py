@@ -9,17 +9,18 @@ and `external_id` beside the request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 
 from config import Settings
 from emulator.lab import LAB_CREDENTIALS, create_nlb
@@ -308,6 +309,25 @@ def lab_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", LAB_CREDENTIALS["aws_secret_access_key"])
 
 
+@contextlib.asynccontextmanager
+async def open_roads(
+    session: AioSession, emulator: EmulatorProcess, redis_url: str, settings: Settings
+) -> AsyncIterator[Roads]:
+    """A worker's roads (`session` signs the default road and assumes the roles), each
+    road's limiters the fleet's in Redis (a bucket exists at any rate); closed after."""
+    async with session.create_client(
+        "ec2", region_name="us-east-1", endpoint_url=emulator.url
+    ) as client:
+        broker = aioredis.Redis.from_url(redis_url)
+        default = Ec2Road(client, Limiters(broker, settings, REAL), settings, REAL)
+        roads = Roads(session, default, broker, settings)
+        try:
+            yield roads
+        finally:
+            await roads.close()
+            await broker.aclose()
+
+
 async def _until_refreshed(
     road: Ec2Road, credentials: list[AssumedRoleCredentials], times: int, timeout: float = 30
 ) -> int:
@@ -335,24 +355,14 @@ def test_a_chained_role_refreshes_and_so_does_its_source(
         hop = await assumed_role(base, settings, role_arn("555555555555"), None)
         chained = get_session()
         chained._credentials = hop  # type: ignore[attr-defined]
-        async with chained.create_client(
-            "ec2", region_name="us-east-1", endpoint_url=emulator.url
-        ) as c:
-            # Every road's limiters are the fleet's, in Redis (a bucket exists at any rate).
-            broker = aioredis.Redis.from_url(redis_url)
-            default = Ec2Road(c, Limiters(broker, settings, REAL), settings, REAL)
-            roads = Roads(chained, default, broker, settings)
+        async with open_roads(chained, emulator, redis_url, settings) as roads:
             place = Place("eu-west-1", role_arn("666666666666"))
-            try:
-                async with roads.use(place) as road:
-                    target = roads.credentials(place)
-                    assert target is not None
-                    calls = await _until_refreshed(road, [target, hop], 4)
-                    assert road.limiters.account == "666666666666"
-                    return calls, target.refreshes, hop.refreshes
-            finally:
-                await roads.close()
-                await broker.aclose()
+            async with roads.use(place) as road:
+                target = roads.credentials(place)
+                assert target is not None
+                calls = await _until_refreshed(road, [target, hop], 4)
+                assert road.limiters.account == "666666666666"
+                return calls, target.refreshes, hop.refreshes
 
     calls, target, hop = asyncio.run(run())
     print(f"{calls} calls: the chained role received {target} sets, its source {hop}")
@@ -377,28 +387,18 @@ def test_a_roles_load_balancer_reads_refresh_its_expiring_credentials(
     settings = _settings(emulator)
 
     async def run() -> tuple[int, int]:
-        session = get_session()
-        async with session.create_client(
-            "ec2", region_name="us-east-1", endpoint_url=emulator.url
-        ) as c:
-            broker = aioredis.Redis.from_url(redis_url)
-            default = Ec2Road(c, Limiters(broker, settings, REAL), settings, REAL)
-            roads = Roads(session, default, broker, settings)
+        async with open_roads(get_session(), emulator, redis_url, settings) as roads:
             place = Place(region, role_arn(account))
-            try:
-                async with roads.use(place) as road:
-                    credentials = roads.credentials(place)
-                    assert credentials is not None
-                    deadline = time.monotonic() + 30
-                    reads = 0
-                    while credentials.refreshes < 4:  # lived through at least three expiries
-                        assert time.monotonic() < deadline, credentials.refreshes
-                        assert await load_balancer_states(road, [arn]) == {arn: "active"}
-                        reads += 1
-                    return reads, credentials.refreshes
-            finally:
-                await roads.close()
-                await broker.aclose()
+            async with roads.use(place) as road:
+                credentials = roads.credentials(place)
+                assert credentials is not None
+                deadline = time.monotonic() + 30
+                reads = 0
+                while credentials.refreshes < 4:  # lived through at least three expiries
+                    assert time.monotonic() < deadline, credentials.refreshes
+                    assert await load_balancer_states(road, [arn]) == {arn: "active"}
+                    reads += 1
+                return reads, credentials.refreshes
 
     reads, refreshes = asyncio.run(run())
     print(f"{reads} reads of the NLB on {refreshes} sets of the role's credentials")
@@ -412,13 +412,8 @@ def test_the_cache_closes_the_least_recently_used_idle_road_never_one_in_use(
     settings = _settings(emulator, client_cache=2)
 
     async def run() -> None:
-        session = get_session()
-        async with session.create_client(
-            "ec2", region_name="us-east-1", endpoint_url=emulator.url
-        ) as c:
-            broker = aioredis.Redis.from_url(redis_url)
-            default = Ec2Road(c, Limiters(broker, settings, REAL), settings, REAL)
-            roads = Roads(session, default, broker, settings)
+        async with open_roads(get_session(), emulator, redis_url, settings) as roads:
+            default = roads.default
             places = [Place("us-east-1", role_arn(f"{n}" * 12)) for n in range(1, 5)]
             async with roads.use(Place("us-east-1")) as road:
                 assert road is default
@@ -435,7 +430,6 @@ def test_the_cache_closes_the_least_recently_used_idle_road_never_one_in_use(
                 assert roads.credentials(places[3]) is not None
                 await held.call("DescribeVpcs")  # still open
             await roads.close()
-            await broker.aclose()
             assert len(roads) == 0
 
     asyncio.run(run())
