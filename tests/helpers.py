@@ -11,6 +11,8 @@ from datetime import datetime as dt
 from datetime import timedelta
 from typing import Any
 
+import redis
+
 from config import Settings
 from emulator import lab
 from tasks.app import create_app
@@ -160,3 +162,9 @@ def json_lines(text: str, process: str) -> list[dict[str, Any]]:
         lines.append(line)
     assert lines, f"{process} logged nothing"
     return lines
+
+
+def records(redis_url: str) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter("celery-task-meta-*"))
+    return [json.loads(v)["result"] for v in client.mget(keys) if v] if keys else []

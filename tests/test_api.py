@@ -10,7 +10,6 @@ import json
 import socket
 import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,10 +24,8 @@ from emulator.zoned_lab import policy_text, seed_zoned_lab
 from mirrorq.processes import MIRRORQ, ApiProcess, EmulatorProcess, WorkerProcess, free_port
 from tasks.errors import InvalidJobError
 from tasks.producer import Producer
+from tests.api_process import AUTH, TOKENS, start_api
 from tests.helpers import job, mirrors, sessions, wait_until
-
-TOKENS = ("first-token-5f0c", "second-token-9a7e")
-AUTH = {"Authorization": f"Bearer {TOKENS[1]}"}
 
 
 class Api:
@@ -49,16 +46,6 @@ class Api:
 
         wait_until(finished, timeout=timeout, interval=0.2, what="the jobs to finish")
         return [done[j] for j in job_ids]
-
-
-def start_api(env: dict[str, str], tmp_path: Path, *args: str, **extra: str) -> ApiProcess:
-    port = free_port()
-    process = ApiProcess(
-        f"api-{uuid.uuid4().hex[:6]}", {**env, **extra}, "--port", str(port), *args
-    )
-    process.wait_ready()
-    process.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    return process
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ from emulator.lab import LAB_IMAGE_ID, lab_client, lab_sqs_client, seed_lab
 from mirrorq.api.metrics import FleetCollector
 from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.forkserver import run_mirrorq
-from tests.helpers import producer_for, sessions, wait_until
-from tests.test_events import records
+from tests.helpers import producer_for, records, sessions, wait_until
 
 ROLES = ("web", "db", "cache")  # the lab tags its ENIs Role=web/db/cache in turn: 100 each
 

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from emulator.lab import lab_client, lab_sqs_client
 from emulator.zoned_lab import expected_mirrors, launch, policy_text, seed_zoned_lab
 from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.fault_proxy import Answer, FaultProxy
 from tests.forkserver import run_mirrorq
-from tests.helpers import sessions, wait_until
+from tests.helpers import records, sessions, wait_until
+from tests.intake_queues import drain, intake_queue, queue_depth, send
 
 Lab = dict[str, Any]
 
@@ -49,57 +49,6 @@ def mirrors_made(url: str) -> list[tuple[str, str, str]]:
         (s["NetworkInterfaceId"], s["TrafficMirrorTargetId"], s["TrafficMirrorFilterId"])
         for s in sessions(url)
     )
-
-
-def drain(url: str, queue_url: str) -> list[str]:
-    """Every message body in the queue, taken out of it."""
-    sqs = lab_sqs_client(url)
-    bodies: list[str] = []
-    while True:
-        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-        messages = got.get("Messages", [])
-        if not messages:
-            return bodies
-        bodies += [m["Body"] for m in messages]
-        sqs.delete_message_batch(
-            QueueUrl=queue_url,
-            Entries=[
-                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)
-            ],
-        )
-
-
-def intake_queue(url: str, visibility_s: int = 5) -> str:
-    queue: str = lab_sqs_client(url).create_queue(
-        QueueName=f"intake-{uuid.uuid4().hex[:8]}",
-        Attributes={"VisibilityTimeout": str(visibility_s)},
-    )["QueueUrl"]
-    return queue
-
-
-def send(url: str, queue_url: str, bodies: list[str]) -> None:
-    sqs = lab_sqs_client(url)
-    for start in range(0, len(bodies), 10):
-        sqs.send_message_batch(
-            QueueUrl=queue_url,
-            Entries=[
-                {"Id": str(n), "MessageBody": b} for n, b in enumerate(bodies[start : start + 10])
-            ],
-        )
-
-
-def queue_depth(url: str, queue_url: str) -> int:
-    attributes = lab_sqs_client(url).get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return sum(int(v) for v in attributes.values())
-
-
-def records(redis_url: str) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter("celery-task-meta-*"))
-    return [json.loads(v)["result"] for v in client.mget(keys) if v] if keys else []
 
 
 def test_events_mirror_every_matching_eni_once_per_rule_and_reconcile_repairs(

@@ -23,9 +23,9 @@ from emulator.event_shapes import eni_created
 from emulator.lab import lab_sqs_client
 from emulator.org_lab import account_client, control, role_arn, seed_org_lab, sessions_in
 from mirrorq.processes import EmulatorProcess, ListenerProcess, WorkerProcess
+from tests.api_process import AUTH, start_api
 from tests.helpers import wait_until
-from tests.test_api import AUTH, start_api
-from tests.test_events import queue_depth, send
+from tests.intake_queues import queue_depth, send
 
 EAST, WEST, ELSEWHERE = "us-east-1", "eu-west-1", "ap-southeast-2"
 REGIONS = (EAST, WEST)

@@ -21,8 +21,7 @@ from emulator.lab import create_gwlb_endpoint, create_nlb, lab_client, lab_sqs_c
 from emulator.org_lab import control
 from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.fault_proxy import Answer, FaultProxy
-from tests.helpers import producer_for, sessions, wait_until
-from tests.test_events import records
+from tests.helpers import producer_for, records, sessions, wait_until
 
 ACCESS_DENIED = (
     b'<ErrorResponse xmlns="http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/">'

@@ -33,8 +33,8 @@ from mirrorq.processes import (
 )
 from tasks.contract import BATCH_TASK_NAME, TASK_NAME, parse_request
 from tasks.producer import Producer
+from tests.fake_secrets import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN, SIGNATURE
 from tests.helpers import job, json_lines, sessions, wait_all, wait_until
-from tests.test_secrets import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN, SIGNATURE
 from worker.logs import JsonLines, TextFormatter, WithContext, configure, log_context
 from worker.redaction import REDACTOR
 

@@ -27,8 +27,8 @@ from emulator.lab import lab_client
 from emulator.zoned_lab import ZonedLab, policy_text, seed_zoned_lab
 from mirrorq.jobfiles import parse_placed_jobs
 from mirrorq.processes import ApiProcess, EmulatorProcess, WorkerProcess
+from tests.api_process import AUTH, TOKENS, start_api
 from tests.helpers import wait_until
-from tests.test_api import AUTH, TOKENS, start_api
 
 CHECKS = [
     checks.status_code_conformance,

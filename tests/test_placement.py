@@ -35,9 +35,9 @@ from tasks.contract import (
 from tasks.errors import BatchFileError, InvalidJobError
 from tasks.records import JobStatus, StepVerdict, started
 from tasks.store import StepResult
+from tests.api_process import AUTH, start_api
 from tests.forkserver import run_mirrorq
 from tests.helpers import job, producer_for, wait_all, wait_until
-from tests.test_api import AUTH, start_api
 from worker.repair import queued_job_ids, repair_lost_jobs
 
 ROLE = "arn:aws:iam::111111111111:role/mirrorq"

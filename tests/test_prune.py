@@ -14,9 +14,9 @@ import httpx
 from emulator.lab import LAB_IMAGE_ID, create_gwlb_endpoint, lab_client, seed_lab
 from mirrorq.managed import RULE_TAG
 from mirrorq.processes import MIRRORQ, EmulatorProcess, WorkerProcess
+from tests.api_process import AUTH, TOKENS, start_api
 from tests.forkserver import run_mirrorq
 from tests.helpers import sessions
-from tests.test_api import AUTH, TOKENS, start_api
 
 ENIS = 60  # half of them Env=prod (emulator/lab.py's tag variants)
 GONE = 20  # the prod ENIs that lose their tag

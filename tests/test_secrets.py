@@ -15,12 +15,9 @@ from emulator.lab import seed_lab
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.contract import TASK_NAME
 from tasks.producer import Producer
+from tests.fake_secrets import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN, SIGNATURE
 from tests.helpers import job, json_lines, wait_all
 
-ACCESS_KEY_ID = "AKIAMIRRORQTEST0SECRET"
-SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYmirrorqSECRET"  # noqa: S105 - a fake
-SESSION_TOKEN = "FwoGZXIvYXdzEMIRRORQSESSIONTOKENz0LxhVyeZ+very/long/token=="  # noqa: S105
-SIGNATURE = re.compile(r"[Ss]ignature[=:\s\\n]+[0-9a-f]{64}")
 FORMATS = pytest.mark.parametrize("log_format", ["text", "json"])
 
 

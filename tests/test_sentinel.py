@@ -41,9 +41,9 @@ from tasks.connections import async_pool, primary_followed
 from tasks.contract import parse_request
 from tasks.errors import NotReplicatedError
 from tasks.producer import Producer
-from tests.helpers import Lab, job, producer_for, sessions, wait_all, wait_until
+from tests.helpers import Lab, job, producer_for, records, sessions, wait_all, wait_until
+from tests.intake_queues import drain, intake_queue, queue_depth, send
 from tests.redis_server import RedisServer, SentinelSet
-from tests.test_events import drain, intake_queue, queue_depth, records, send
 from worker.leases import Leases
 from worker.timing import REAL
 
