@@ -127,8 +127,14 @@ def health_of(  # noqa: PLR0911 - a return per state
         if owner != own_account:
             return Health(target_id, True, "shared from another account: not checked")
         return Health(target_id, False, "eni_gone")
-    instance = (eni.get("Attachment") or {}).get("InstanceId")
+    attachment = eni.get("Attachment") or {}
+    instance = attachment.get("InstanceId")
     if not instance:
+        if attachment and eni.get("Status") == "in-use":
+            # Attached, but to no instance this account reads (another service's): in use,
+            # and a live sensor must never be taken for dead.
+            owner = attachment.get("InstanceOwnerId", "another owner")
+            return Health(target_id, True, f"attached to no instance ({owner}): not checked")
         return Health(target_id, False, "eni_detached")
     state = states.get(instance)
     if state is None:

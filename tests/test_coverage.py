@@ -192,6 +192,15 @@ def test_a_target_s_health_from_what_was_read() -> None:
     assert health_of(A, target, {}, {}, "222222222222").live  # shared with us: not ours to see
     detached = {"eni-s": {"NetworkInterfaceId": "eni-s"}}
     assert health_of(A, target, detached, {}, None).reason == "eni_detached"
+    available = {"eni-s": {"NetworkInterfaceId": "eni-s", "Status": "available"}}
+    assert health_of(A, target, available, {}, None).reason == "eni_detached"
+    # Attached, but not to an instance this account can read (a sensor appliance's ENI held
+    # by another service): in use, so not judged dead.
+    held = {"NetworkInterfaceId": "eni-s", "Status": "in-use"}
+    held["Attachment"] = {"AttachmentId": "eni-attach-1", "InstanceOwnerId": "amazon-aws"}
+    other = health_of(A, target, {"eni-s": held}, {}, None)
+    assert other.live, other
+    assert "not checked" in other.reason
     nlb = {"TrafficMirrorTargetId": B, "Type": "network-load-balancer"}
     assert health_of(B, nlb, {}, {}, None).live
 
