@@ -4,10 +4,12 @@ and filter stay), as EC2's Traffic Mirroring guide says to.
 
 Pure: what was read (bulk.py `read_live(health=True)`) in, the repairs out. A target is
 chosen as for a create (`same-az`: one serving the session's ENI's zone; `least-loaded` and
-ties: the fewest sessions), within its source limit, counting the repairs planned before it.
-With no live target of the rule that can take it, the session is left as it is and the
-repair says why (`to_target` None). Only managed sessions (tag `mirrorq:rule`, naming a rule
-of the policy) are repaired: mirrorq changes nothing it does not manage.
+ties: the fewest sessions), within its source limit, counting the repairs planned before it;
+never one its ENI already mirrors to through the session's filter, counting the moves planned
+before it too (EC2 refuses a second such mirror: `AlreadyMirrored`). With no live target
+of the rule that can take it, the session is left as it is and the repair says why
+(`to_target` None). Only managed sessions (tag `mirrorq:rule`, naming a rule of the policy)
+are repaired: mirrorq changes nothing it does not manage.
 """
 
 from __future__ import annotations
@@ -88,28 +90,33 @@ def plan_repairs(live: Live) -> list[Repair]:
                 for o in on_eni.get(eni, [])
                 if o["TrafficMirrorFilterId"] == s["TrafficMirrorFilterId"]
             }
-            candidates = [
+            alive = [
                 read.state.targets[t]
                 for t in rule.targets
-                if t in read.state.targets
-                and (h := read.health.get(t)) is not None
-                and h.live
-                and t not in mirrored  # one mirror per ENI, target and filter
+                if t in read.state.targets and (h := read.health.get(t)) is not None and h.live
             ]
             zone = zones.get(eni)
             if rule.choose is Choose.SAME_AZ and zone is not None:
-                candidates = [t for t in candidates if t.zone is None or t.zone == zone]
+                alive = [t for t in alive if t.zone is None or t.zone == zone]
+            # One mirror per ENI, target and filter: counting the moves planned before it.
+            candidates = [t for t in alive if t.target_id not in mirrored]
             room = [t for t in candidates if _has_room(t, eni, sources)]
             base = Repair(name, s["TrafficMirrorSessionId"], eni, target, None, health.reason)
             base = replace(base, place=place)
             if not room:
                 why = _why_none(rule.name, candidates, zone, rule.choose)
+                if alive and not candidates:
+                    taken = ", ".join(t.target_id for t in alive)
+                    flt = s["TrafficMirrorFilterId"]
+                    why = f"rule {rule.name}: {eni} already mirrors to {taken} through {flt}"
                 repairs.append(replace(base, why=why))
                 continue
             chosen = min(room, key=lambda t: load[t.target_id])
             load[target] -= 1
             load[chosen.target_id] += 1
             sources.setdefault(chosen.target_id, set()).add(eni)
+            moved = {**s, "TrafficMirrorTargetId": chosen.target_id}
+            on_eni[eni] = [moved if o is s else o for o in on_eni[eni]]
             repairs.append(replace(base, to_target=chosen.target_id))
     return repairs
 

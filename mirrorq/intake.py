@@ -25,14 +25,14 @@ from botocore.exceptions import ClientError
 
 from config import Settings
 from mirrorq import planning
-from mirrorq.bulk import Live, PlaceRead, rules_in_place
+from mirrorq.bulk import Live, PlaceRead, plan_read, rules_in_place
 from mirrorq.dark import plan_repairs, repair_counts
 from mirrorq.events import Event
 from mirrorq.inventory import Inventory
 from mirrorq.planning import Target
 from mirrorq.policy_watch import RulesSource, rules_now
 from mirrorq.rules import Rule
-from mirrorq.targets import target_health
+from mirrorq.targets import Health, target_health
 from tasks.contract import NOWHERE, JobKind, Placement, parse_request
 from tasks.errors import IdempotencyConflictError, InvalidJobError
 from tasks.producer import MAX_KEY_LENGTH, Producer
@@ -195,11 +195,26 @@ class Intake:
         if wanting or gone:
             assert self.roads is not None
             async with self._slots, self.roads.use(place_at(place, self.settings.region)) as road:
+                # The rules' targets judged once a batch, as `reconcile` judges them: a dead
+                # one takes no new session, and its sessions are what a repair moves.
+                health = await self._health(road, place, rules)
                 if wanting:
-                    await self._mirror(Inventory(road), place, rules, wanting, outcomes)
+                    await self._mirror(Inventory(road), place, rules, wanting, outcomes, health)
                 if gone:
-                    await self._repair(road, place, rules, gone, outcomes)
+                    await self._repair(road, place, rules, gone, outcomes, health)
         return list(outcomes.values())
+
+    async def _health(
+        self, road: Ec2Road, place: Placement, rules: list[Rule]
+    ) -> dict[str, Health]:
+        """The health of the place's rules' targets (mirrorq/targets.py, as `reconcile` reads
+        it): one read a batch, whatever its number of events and ENIs."""
+        _, targets, _ = await self._rules_here(Inventory(road), place, rules)
+        if not targets:
+            return {}
+        assert self.roads is not None
+        own = place.account_id or await self.roads.default_account()
+        return await target_health(road, targets, own)
 
     async def _repair(
         self,
@@ -208,17 +223,16 @@ class Intake:
         rules: list[Rule],
         events: list[Event],
         outcomes: dict[str, Outcome],
+        health: dict[str, Health],
     ) -> None:
         """Something went away (an instance left running, a target or ENI was deleted): the
-        place's rules' targets read afresh, and every managed session on a dead one moved
-        to a live target of its rule, as `reconcile` does (mirrorq/dark.py), in one batch
-        credited to the first of these events. Each move is claimed per session, so the
-        same repair from a later event, or a pass, makes no second job while one is pending."""
+        place's rules' targets read afresh (`health`, read once for the batch), and every
+        managed session on a dead one moved to a live target of its rule, as `reconcile`
+        does (mirrorq/dark.py), in one batch credited to the first of these events. Each move
+        is claimed per session, so the same repair from a later event, or a pass, makes no
+        second job while one is pending."""
         inventory = Inventory(road)
         here, targets, target_enis = await self._rules_here(inventory, place, rules)
-        assert self.roads is not None
-        own = place.account_id or await self.roads.default_account()
-        health = await target_health(road, targets, own)
         dead = sorted(t for t, h in health.items() if not h.live)
         sessions = await inventory.sessions_touching([], targets) if dead else []
         on_dead = [s for s in sessions if s["TrafficMirrorTargetId"] in dead]
@@ -267,7 +281,11 @@ class Intake:
         rules: list[Rule],
         events: list[Event],
         outcomes: dict[str, Outcome],
+        health: dict[str, Health],
     ) -> None:
+        """The events' ENIs planned as `reconcile` plans them (bulk.py `plan_read`): a target
+        `health` says is dead takes no new session; with none of a rule's targets live, the
+        ENI is skipped as `no_target` (or `no_target_in_zone`), and its event says so."""
         rules, targets, target_enis = await self._rules_here(inventory, place, rules)
         if not rules:
             for event in events:
@@ -286,7 +304,9 @@ class Intake:
         # Only the ENIs an event names exactly: EC2 reads `*` and `?` in a filter's values.
         enis = [e for e in enis if e["NetworkInterfaceId"] in named_by]
         types = await inventory.instance_types(enis)
-        plan = planning.plan(rules, enis, sessions, targets, target_enis, instance_types=types)
+        state = planning.PlaceState(rules, enis, sessions, targets, target_enis, types)
+        read = PlaceRead(state, [], set(), health)
+        plan = plan_read(Live(rules, [place], [read], self.settings.region))
         for job in planning.planned_jobs(plan):
             event_id = named_by[job.request["NetworkInterfaceId"]]
             with log_context(event_id=event_id, rule=job.rule):
@@ -303,6 +323,13 @@ class Intake:
             if not outcome.job_ids and not outcome.duplicates and not outcome.ignored:
                 outcome.ignored = "no ENI of it left to mirror (none matches a rule, or each is "
                 outcome.ignored += "mirrored already, gone, or named by an earlier event)"
+                skipped = Counter(
+                    i.outcome.value for i in plan.items if named_by.get(i.eni_id) == event.event_id
+                )
+                if skipped:
+                    outcome.ignored += ": " + ", ".join(
+                        f"{k} {n}" for k, n in sorted(skipped.items())
+                    )
 
     async def _submit_job(self, place: Placement, event: Event, outcome: Outcome) -> None:
         try:

@@ -180,6 +180,52 @@ def test_creates_go_to_live_targets_counting_the_repairs() -> None:
     assert plan_read(live).counts()["already_mirrored"] == 1  # before: ENI 1's session (dark)
 
 
+def test_two_dark_sessions_of_one_eni_are_never_both_moved_to_one_target_and_filter() -> None:
+    """Two rules matching one ENI through one filter, each to its own sensor (A, C) with a
+    shared fallback (B). Both sensors die: the pass must not point both sessions at B through
+    that filter (one mirror per ENI, target and filter: the second modify would end
+    AlreadyMirrored at every pass, its session dark for ever). The second is said to stay,
+    and why; coverage never counts that dark session live (review 2026-12-06)."""
+    pci_rule = Rule("pci", PROD, (C, B), F, choose=Choose.LEAST_LOADED)
+    rules = [web(A, B), pci_rule]
+    sessions = [session(1, A), {**session(1, C, rule="pci"), "TrafficMirrorSessionId": "tms-2"}]
+    targets = {t: Target(t) for t in (A, B, C)}
+    health = {
+        A: Health(A, live=False, reason="instance_terminated"),
+        B: Health(B, live=True),
+        C: Health(C, live=False, reason="instance_terminated"),
+    }
+    state = PlaceState(rules, [eni(1)], sessions, targets, set(), {})
+    live = Live(rules, [NOWHERE], [PlaceRead(state, [], set(), health)])
+    repairs = plan_repairs(live)
+    moved_to_b = [r.session_id for r in repairs if r.to_target == B]
+    assert len(moved_to_b) <= 1, repairs
+    assert [(r.session_id, r.to_target) for r in repairs] == [
+        ("tms-00000000000000001", B),
+        ("tms-2", None),
+    ]
+    assert "already mirrors" in repairs[1].why
+    assert B in repairs[1].why
+    # Once the one move is made, the ENI is mirrored to B through F (pci's wish too), by
+    # web's session: coverage names that one, never pci's dark session as live.
+    found = compute(after(live, repairs))
+    states = {
+        (r.rule, e.eni): (e.state, e.session_id, e.target) for r in found.rules for e in r.enis
+    }
+    eni_id = eni(1)["NetworkInterfaceId"]
+    assert states == {
+        ("web", eni_id): ("live", "tms-00000000000000001", B),
+        ("pci", eni_id): ("live", "tms-00000000000000001", B),
+    }
+    # And as EC2 holds it before any move: both dark, none live.
+    before = compute(live)
+    assert [(e.state, e.session_id) for r in before.rules for e in r.enis] == [
+        ("dark", "tms-00000000000000001"),
+        ("dark", "tms-2"),
+    ]
+    assert before.percent == 0.0
+
+
 def test_a_target_s_health_from_what_was_read() -> None:
     target = {"TrafficMirrorTargetId": A, "NetworkInterfaceId": "eni-s", "OwnerId": "111111111111"}
     attached = {"eni-s": {"NetworkInterfaceId": "eni-s", "Attachment": {"InstanceId": "i-s"}}}

@@ -15,11 +15,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from emulator.lab import create_gwlb_endpoint, create_nlb, lab_client, lab_sqs_client, seed_lab
+from emulator.lab import (
+    LAB_IMAGE_ID,
+    create_gwlb_endpoint,
+    create_nlb,
+    lab_client,
+    lab_sqs_client,
+    seed_lab,
+)
 from emulator.org_lab import control
+from mirrorq.managed import RULE_TAG
 from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
+from tests.api_process import AUTH, TOKENS, start_api
 from tests.fault_proxy import Answer, FaultProxy
 from tests.helpers import producer_for, records, sessions, wait_until
 
@@ -287,3 +297,82 @@ def test_a_deleted_load_balancer_s_cloudtrail_event_repairs_its_sessions_through
     assert after.keys() == first.keys()
     assert {s: v[2] for s, v in after.items()} == {s: v[2] for s, v in first.items()}
     assert emulator.stats()["ModifyTrafficMirrorSession"] == {"ok": len(on_gone)}
+
+
+def running_event(event_id: str, instance_id: str) -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": event_id,
+        "detail-type": "EC2 Instance State-change Notification",
+        "source": "aws.ec2",
+        "account": "123456789012",
+        "time": "2026-12-06T19:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {"instance-id": instance_id, "state": "running"},
+    }
+
+
+def test_an_event_never_mirrors_a_new_eni_into_a_dead_target(
+    emulator: EmulatorProcess, env: dict[str, str], tmp_path: Path
+) -> None:
+    """README: "A dead target takes no new session either". A rule with two NLB targets,
+    least-loaded; the first's load balancer is deleted (its sessions already moved away, so
+    it has the fewest). An instance launched: its `running` event (POST /v1/events, as
+    `mirrorq listen` handles it) must mirror its ENI to the live NLB; an instance whose only
+    rule's one target is that dead NLB gets no job, and the planner's reason, `no_target`, as
+    `reconcile` gives it (review 2026-12-06)."""
+    ec2, elbv2 = lab_client(emulator.url), lab_client(emulator.url, service="elbv2")
+    lab = seed_lab(emulator.url, 2)
+    live_target = lab["target_ids"]["nlb"]
+    dead_arn = create_nlb(elbv2, "sensors-dead", lab["subnet_ids"])
+    dead_target = ec2.create_traffic_mirror_target(NetworkLoadBalancerArn=dead_arn)[
+        "TrafficMirrorTarget"
+    ]["TrafficMirrorTargetId"]
+    ec2.create_traffic_mirror_session(  # the live NLB already serves one ENI
+        NetworkInterfaceId=lab["eni_ids"][0],
+        TrafficMirrorTargetId=live_target,
+        TrafficMirrorFilterId=lab["filter_id"],
+        SessionNumber=1,
+        TagSpecifications=[
+            {"ResourceType": "traffic-mirror-session", "Tags": [{"Key": RULE_TAG, "Value": "web"}]}
+        ],
+    )
+    elbv2.delete_load_balancer(LoadBalancerArn=dead_arn)
+    launched = {}
+    for team in ("web", "sink"):
+        instance = ec2.run_instances(
+            ImageId=LAB_IMAGE_ID,
+            MinCount=1,
+            MaxCount=1,
+            SubnetId=lab["subnet_ids"][0],
+            InstanceType="c5.large",
+        )["Instances"][0]
+        eni_id = instance["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        ec2.create_tags(Resources=[eni_id], Tags=[{"Key": "Team", "Value": team}])
+        launched[team] = instance["InstanceId"]
+    policy = tmp_path / "p.toml"
+    policy.write_text(
+        f'[[rules]]\nname = "web"\ntag = ["Team=web"]\ntargets = ["{dead_target}", '
+        f'"{live_target}"]\nchoose = "least-loaded"\nfilter = "{lab["filter_id"]}"\n\n'
+        f'[[rules]]\nname = "sink"\ntag = ["Team=sink"]\ntarget = "{dead_target}"\n'
+        f'filter = "{lab["filter_id"]}"\n'
+    )
+    api = start_api(
+        {**env, "MIRRORQ_API_TOKENS": ",".join(TOKENS)}, tmp_path, "--policy", str(policy)
+    )
+    try:
+        post = f"{api.url}/v1/events"  # type: ignore[attr-defined]
+        event = running_event("review-running-1", launched["web"])
+        answer = httpx.post(post, json=event, headers=AUTH, timeout=60)
+        assert answer.status_code == 202, answer.text
+        (job_id,) = answer.json()["job_ids"]
+        record = httpx.get(f"{api.url}/v1/jobs/{job_id}", headers=AUTH, timeout=30).json()  # type: ignore[attr-defined]
+        event = running_event("review-running-2", launched["sink"])
+        sink = httpx.post(post, json=event, headers=AUTH, timeout=60)
+    finally:
+        api.stop()
+    assert record["request"]["TrafficMirrorTargetId"] == live_target, record["request"]
+    assert sink.status_code == 202, sink.text
+    assert sink.json()["job_ids"] == [], sink.json()
+    assert "no_target" in sink.json()["ignored"], sink.json()
