@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mirrorq.bulk import Live, PlaceRead, plan_read
-from mirrorq.coverage import compute
+from mirrorq.coverage import compute, percent
 from mirrorq.dark import after, plan_repairs
 from mirrorq.managed import rule_tag
 from mirrorq.planning import PlaceState, Target
@@ -240,3 +240,10 @@ def test_a_dark_eni_whose_repair_is_pending_says_so_and_stays_dark() -> None:
     assert (body["totals"]["dark"], body["totals"]["repairing"]) == (2, 1)
     assert body["rules"][0]["repairing"] == 1
     assert found.percent == 0.0  # nothing mirrors until the modify lands
+
+
+def test_one_eni_not_live_among_thousands_is_under_100_percent() -> None:
+    """`--fail-under 100` is a pipeline gate: one ENI not live among 30,000 (or 100,000) is
+    under 100 %, never rounded up to it."""
+    assert percent(29_999, 30_000) < 100.0
+    assert percent(99_999, 100_000) < 100.0
