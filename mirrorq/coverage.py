@@ -63,7 +63,8 @@ class EniCoverage:
     instance_id: str | None
     zone: str | None
     state: str  # live, dark, missing, unsupported
-    reason: str = ""  # dark: why its target is dead; missing, unsupported: why
+    reason: str = ""  # dark: why its target is dead; live: what of it was not (yet) judged,
+    # "" for a verified live target; missing, unsupported: why
     session_id: str | None = None  # live, dark: the rule's session
     target: str | None = None  # live, dark: the session's target
     repair_job: str | None = None  # dark: the pending modify moving its session, if any
@@ -234,8 +235,10 @@ def _eni(
     if outcome is Outcome.ALREADY_MIRRORED:
         target = sessions.get(detail, {}).get("TrafficMirrorTargetId")
         h = health.get(target or "", _LIVE)
-        state, reason = (LIVE, "") if h.live else (DARK, h.reason)
-        return EniCoverage(eni_id, instance, zone, state, reason, detail, target)
+        # A live target's reason too: what was not judged (a shared target, an owner not
+        # known) or is not yet settled (`load_balancer_provisioning`, `endpoint_pending`).
+        state = LIVE if h.live else DARK
+        return EniCoverage(eni_id, instance, zone, state, h.reason, detail, target)
     if outcome.value in CANNOT_BE_SOURCE:
         return EniCoverage(eni_id, instance, zone, UNSUPPORTED, outcome.value)
     reason = NOT_MIRRORED if outcome is Outcome.CREATE else outcome.value
