@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from mirrorq.bulk import Live, pending_work, plan_read, read_live
@@ -51,6 +52,7 @@ LIVE, DARK, MISSING, UNSUPPORTED = "live", "dark", "missing", "unsupported"
 STATES = (LIVE, DARK, MISSING, UNSUPPORTED)
 _LIVE = Health("", live=True)  # a target whose health was not read
 NOT_MIRRORED = "not_mirrored"  # a gap reconcile fills
+ALMOST_ALL = 99.99  # the most `percent` shows while an ENI is not live
 # What the planner says of an ENI that cannot be a source at all (not counted).
 CANNOT_BE_SOURCE = frozenset(
     {Outcome.IS_MIRROR_TARGET.value, Outcome.NOT_INTERFACE.value, "unsupported_instance_type"}
@@ -150,6 +152,14 @@ class Coverage:
         totals = self.totals
         return percent(totals["live"], totals["eligible"])
 
+    def under(self, percent: float) -> bool:
+        """The exact share of eligible ENIs live is below `percent` (the `--fail-under`
+        gate: never the rounded figure shown, 100.0 for 29,999 of 30,000 once)."""
+        totals = self.totals
+        if totals["eligible"] == 0:
+            return percent > 100.0
+        return Fraction(100 * totals["live"], totals["eligible"]) < Fraction(percent)
+
     def to_json(self, *, enis: bool = True) -> dict[str, Any]:
         """The coverage as JSON (`enis` False: counts only, O(rules), as a pass stores it)."""
         return {
@@ -164,8 +174,12 @@ class Coverage:
 
 
 def percent(live: int, eligible: int) -> float:
-    """Live over eligible, in percent to two places; nothing to mirror is fully covered."""
-    return 100.0 if eligible == 0 else round(100.0 * live / eligible, 2)
+    """Live over eligible, in percent to two places, as shown; nothing to mirror is fully
+    covered. Never 100 while an ENI is not live (29,999 of 30,000 is 99.99, not rounded up):
+    a gate compares the exact share (`Coverage.under`), this figure is what it shows."""
+    if eligible == 0 or live >= eligible:
+        return 100.0
+    return min(round(100.0 * live / eligible, 2), ALMOST_ALL)
 
 
 def compute(
