@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from mirrorq.bulk import Live, pending_work, plan_read, read_live
@@ -51,6 +52,7 @@ LIVE, DARK, MISSING, UNSUPPORTED = "live", "dark", "missing", "unsupported"
 STATES = (LIVE, DARK, MISSING, UNSUPPORTED)
 _LIVE = Health("", live=True)  # a target whose health was not read
 NOT_MIRRORED = "not_mirrored"  # a gap reconcile fills
+ALMOST_ALL = 99.99  # the most `percent` shows while an ENI is not live
 # What the planner says of an ENI that cannot be a source at all (not counted).
 CANNOT_BE_SOURCE = frozenset(
     {Outcome.IS_MIRROR_TARGET.value, Outcome.NOT_INTERFACE.value, "unsupported_instance_type"}
@@ -63,7 +65,8 @@ class EniCoverage:
     instance_id: str | None
     zone: str | None
     state: str  # live, dark, missing, unsupported
-    reason: str = ""  # dark: why its target is dead; missing, unsupported: why
+    reason: str = ""  # dark: why its target is dead; live: what of it was not (yet) judged,
+    # "" for a verified live target; missing, unsupported: why
     session_id: str | None = None  # live, dark: the rule's session
     target: str | None = None  # live, dark: the session's target
     repair_job: str | None = None  # dark: the pending modify moving its session, if any
@@ -149,6 +152,14 @@ class Coverage:
         totals = self.totals
         return percent(totals["live"], totals["eligible"])
 
+    def under(self, percent: float) -> bool:
+        """The exact share of eligible ENIs live is below `percent` (the `--fail-under`
+        gate: never the rounded figure shown, 100.0 for 29,999 of 30,000 once)."""
+        totals = self.totals
+        if totals["eligible"] == 0:
+            return percent > 100.0
+        return Fraction(100 * totals["live"], totals["eligible"]) < Fraction(percent)
+
     def to_json(self, *, enis: bool = True) -> dict[str, Any]:
         """The coverage as JSON (`enis` False: counts only, O(rules), as a pass stores it)."""
         return {
@@ -163,8 +174,12 @@ class Coverage:
 
 
 def percent(live: int, eligible: int) -> float:
-    """Live over eligible, in percent to two places; nothing to mirror is fully covered."""
-    return 100.0 if eligible == 0 else round(100.0 * live / eligible, 2)
+    """Live over eligible, in percent to two places, as shown; nothing to mirror is fully
+    covered. Never 100 while an ENI is not live (29,999 of 30,000 is 99.99, not rounded up):
+    a gate compares the exact share (`Coverage.under`), this figure is what it shows."""
+    if eligible == 0 or live >= eligible:
+        return 100.0
+    return min(round(100.0 * live / eligible, 2), ALMOST_ALL)
 
 
 def compute(
@@ -234,8 +249,10 @@ def _eni(
     if outcome is Outcome.ALREADY_MIRRORED:
         target = sessions.get(detail, {}).get("TrafficMirrorTargetId")
         h = health.get(target or "", _LIVE)
-        state, reason = (LIVE, "") if h.live else (DARK, h.reason)
-        return EniCoverage(eni_id, instance, zone, state, reason, detail, target)
+        # A live target's reason too: what was not judged (a shared target, an owner not
+        # known) or is not yet settled (`load_balancer_provisioning`, `endpoint_pending`).
+        state = LIVE if h.live else DARK
+        return EniCoverage(eni_id, instance, zone, state, h.reason, detail, target)
     if outcome.value in CANNOT_BE_SOURCE:
         return EniCoverage(eni_id, instance, zone, UNSUPPORTED, outcome.value)
     reason = NOT_MIRRORED if outcome is Outcome.CREATE else outcome.value

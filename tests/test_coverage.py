@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mirrorq.bulk import Live, PlaceRead, plan_read
-from mirrorq.coverage import compute
+from mirrorq.coverage import Coverage, EniCoverage, RuleCoverage, compute, percent
 from mirrorq.dark import after, plan_repairs
 from mirrorq.managed import rule_tag
 from mirrorq.planning import PlaceState, Target
@@ -295,3 +295,31 @@ def test_a_dark_eni_whose_repair_is_pending_says_so_and_stays_dark() -> None:
     assert (body["totals"]["dark"], body["totals"]["repairing"]) == (2, 1)
     assert body["rules"][0]["repairing"] == 1
     assert found.percent == 0.0  # nothing mirrors until the modify lands
+
+
+def test_one_eni_not_live_among_thousands_is_under_100_percent() -> None:
+    """`--fail-under 100` is a pipeline gate: one ENI not live among 30,000 (or 100,000) is
+    under 100 %, never rounded up to it."""
+    assert percent(29_999, 30_000) < 100.0
+    assert percent(99_999, 100_000) < 100.0
+
+
+def test_the_gate_compares_the_exact_share_not_the_figure_shown() -> None:
+    """`--fail-under` (Coverage.under): 2 of 3 live is 66.67 % shown, under a gate of 66.67;
+    29,999 of 30,000 is under 100 and not under 99.99; nothing to mirror is never under."""
+
+    def of(live: int, eligible: int) -> Coverage:
+        enis = [EniCoverage(f"eni-{n}", None, None, "live") for n in range(live)]
+        enis += [EniCoverage(f"eni-x{n}", None, None, "dark") for n in range(eligible - live)]
+        return Coverage("2026-12-06T20:00:00Z", [RuleCoverage("web", None, None, enis)], [])
+
+    two_thirds = of(2, 3)
+    assert (two_thirds.percent, two_thirds.under(66.67), two_thirds.under(66.66)) == (
+        66.67,
+        True,
+        False,
+    )
+    almost = of(29_999, 30_000)
+    assert (almost.percent, almost.under(100), almost.under(99.99)) == (99.99, True, False)
+    assert not of(0, 0).under(100)
+    assert not of(5, 5).under(100)

@@ -27,7 +27,7 @@ from emulator.lab import (
     seed_lab,
 )
 from emulator.org_lab import control
-from mirrorq.managed import RULE_TAG
+from mirrorq.managed import RULE_TAG, rule_tag
 from mirrorq.processes import MIRRORQ, EmulatorProcess, ListenerProcess, WorkerProcess
 from tests.api_process import AUTH, TOKENS, start_api
 from tests.fault_proxy import Answer, FaultProxy
@@ -376,3 +376,86 @@ def test_an_event_never_mirrors_a_new_eni_into_a_dead_target(
     assert sink.status_code == 202, sink.text
     assert sink.json()["job_ids"] == [], sink.json()
     assert "no_target" in sink.json()["ignored"], sink.json()
+
+
+def _prod_enis(url: str, lab: dict[str, Any]) -> list[str]:
+    return sorted(
+        e["NetworkInterfaceId"]
+        for e in lab_client(url).describe_network_interfaces(
+            Filters=[
+                {"Name": "vpc-id", "Values": [lab["vpc_id"]]},
+                {"Name": "tag:Env", "Values": ["prod"]},
+            ]
+        )["NetworkInterfaces"]
+    )
+
+
+def _on_lab_nlb(url: str, tmp_path: Path) -> tuple[dict[str, Any], Path, int]:
+    """Managed sessions of rule `web` (its prod ENIs) on the lab's NLB target, and its policy."""
+    ec2, lab = lab_client(url), seed_lab(url, 12)
+    prod = _prod_enis(url, lab)
+    for eni in prod:
+        ec2.create_traffic_mirror_session(
+            NetworkInterfaceId=eni,
+            TrafficMirrorTargetId=lab["target_ids"]["nlb"],
+            TrafficMirrorFilterId=lab["filter_id"],
+            SessionNumber=1,
+            TagSpecifications=[
+                {"ResourceType": "traffic-mirror-session", "Tags": [rule_tag("web")]}
+            ],
+        )
+    policy = tmp_path / "p.toml"
+    policy.write_text(
+        f"""
+[[rules]]
+name = "web"
+tag = ["Env=prod"]
+target = "{lab["target_ids"]["nlb"]}"
+filter = "{lab["filter_id"]}"
+"""
+    )
+    return lab, policy, len(prod)
+
+
+def test_a_deleted_nlb_s_sessions_are_dark_whatever_the_fleet_s_account_name(
+    emulator: EmulatorProcess, env: dict[str, str], tmp_path: Path
+) -> None:
+    """MIRRORQ_AWS_ACCOUNT_ID takes a name (letters, digits, `-`, `_`): a scope, not the
+    account's id. With one set, the sessions on a deleted NLB of the fleet's own account are
+    still dark and `--fail-under 100` exits 1 (not 'shared from another account', live)."""
+    lab, policy, n = _on_lab_nlb(emulator.url, tmp_path)
+    lab_client(emulator.url, service="elbv2").delete_load_balancer(LoadBalancerArn=lab["nlb_arn"])
+    for account in (None, "prod"):
+        named = env if account is None else {**env, "MIRRORQ_AWS_ACCOUNT_ID": account}
+        code, report = coverage(named, policy)
+        assert report["totals"]["dark"] == n, (account, report["totals"])
+        assert {e["reason"] for e in report["rules"][0]["enis"]} == {"load_balancer_gone"}
+        assert code == 1
+
+
+def test_coverage_says_why_a_live_target_was_not_fully_judged(
+    emulator: EmulatorProcess, env: dict[str, str], tmp_path: Path
+) -> None:
+    """README: an NLB `provisioning` is live, `load_balancer_provisioning` in the reason; a
+    target not checked is counted live, said in the reason. Coverage's JSON shows it per ENI,
+    so an ENI on such a target does not read as one on a verified live sensor."""
+    lab, policy, _ = _on_lab_nlb(emulator.url, tmp_path)
+    control(emulator.url, "load-balancer", {"arn": lab["nlb_arn"], "state": "provisioning"})
+    code, report = coverage(env, policy)
+    enis = report["rules"][0]["enis"]
+    assert {e["state"] for e in enis} == {"live"}
+    assert {e["reason"] for e in enis} == {"load_balancer_provisioning"}
+    assert code == 0
+
+
+def test_coverage_fail_under_nan_is_refused_as_usage(
+    emulator: EmulatorProcess, env: dict[str, str], tmp_path: Path
+) -> None:
+    """`--fail-under nan` would be a gate that never fails (NaN compares false both ways): it
+    exits 2 naming the option, as 150 or -5 do."""
+    lab, policy, _ = _on_lab_nlb(emulator.url, tmp_path)
+    lab_client(emulator.url, service="elbv2").delete_load_balancer(LoadBalancerArn=lab["nlb_arn"])
+    for bad in ("nan", "NaN", "150", "-5", "inf"):
+        done = run(env, "coverage", "--policy", str(policy), "--fail-under", bad)
+        assert done.returncode == 2, (bad, done.returncode, done.stdout[-500:], done.stderr[-500:])
+        assert "--fail-under" in done.stderr, bad

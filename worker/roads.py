@@ -44,7 +44,7 @@ from aiobotocore.session import AioSession, get_session
 
 from config import Settings
 from tasks.connections import async_pool, primary_followed
-from tasks.contract import DEFAULT_ACCOUNT, Envelope, Placement
+from tasks.contract import Envelope, Placement
 from tasks.records import JobResult
 from worker.aws import client_config, elbv2_client
 from worker.ec2 import PLANNER_REDIS_CONNECTIONS, Ec2Road, LazyClient
@@ -67,6 +67,9 @@ ADVISORY_SHARE = 1 / 2
 MANDATORY_SHARE = 1 / 3
 STS_SESSION_NAME_MAX = 64
 NEVER_CACHED_S = 10**9  # longer than any set lasts: the fetcher's cache never answers
+# An AWS account's id. MIRRORQ_AWS_ACCOUNT_ID may be a name for the fleet's scope (`prod`):
+# only a value of this shape is taken for the default credentials' account itself.
+AWS_ACCOUNT_ID = re.compile(r"[0-9]{12}")
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,7 @@ class Roads:
         self._roles: dict[tuple[str, str | None], AssumedRoleCredentials] = {}
         self._lock = asyncio.Lock()
         self._default_account: str | None = (
-            None if settings.aws_account_id == DEFAULT_ACCOUNT else settings.aws_account_id
+            settings.aws_account_id if AWS_ACCOUNT_ID.fullmatch(settings.aws_account_id) else None
         )
         self.closed = 0  # roads closed to keep the cache to its size
 
@@ -223,8 +226,10 @@ class Roads:
             await self._trim()
 
     async def default_account(self) -> str | None:
-        """The default credentials' account: MIRRORQ_AWS_ACCOUNT_ID when set, else STS's
-        GetCallerIdentity (asked once a process; None while STS cannot say)."""
+        """The default credentials' account id: MIRRORQ_AWS_ACCOUNT_ID when it is one (12
+        digits), else STS's GetCallerIdentity (asked once a process; None while STS cannot
+        say). Never a name the setting gives the fleet (`prod`): the callers compare it with
+        targets' OwnerId, events' and roles' accounts, all real ids."""
         if self._default_account is None:
             self._default_account = await self._caller_account()
         return self._default_account

@@ -98,7 +98,9 @@ class CoverageEni(BaseModel):
     state: Literal["live", "dark", "missing", "unsupported"]
     reason: str = Field(
         description="dark: why its target is dead (eni_gone, instance_stopped, "
-        "load_balancer_gone, load_balancer_failed, endpoint_gone, endpoint_deleted, ...); missing: "
+        "load_balancer_gone, load_balancer_failed, endpoint_gone, endpoint_deleted, ...); live: "
+        "empty for a target verified live, else what was not judged (load_balancer_provisioning, "
+        "endpoint_pending, shared from another account: not checked, ...); missing: "
         "not_mirrored, pending, session_limit, targets_full, no_target_in_zone, no_target; "
         "unsupported: unsupported_instance_type, is_mirror_target, not_interface_type"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -12,6 +13,14 @@ from mirrorq.cli.policies import _rules, policy_file
 from tasks.errors import EXIT_FAILED, UnknownResourceError
 
 
+def _not_nan(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    """NaN passes FloatRange (it compares false both ways) and no coverage is ever under it:
+    a gate that never fails. Refused as a usage error, as 150 or -5 are."""
+    if value is not None and math.isnan(value):
+        raise click.BadParameter(f"{value} is not a percentage from 0 to 100.")
+    return value
+
+
 @main.command()
 @click.option("--policy", "policy_path", type=policy_file, required=True, help="Policy file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the coverage as JSON, every ENI.")
@@ -19,6 +28,7 @@ from tasks.errors import EXIT_FAILED, UnknownResourceError
     "--fail-under",
     type=click.FloatRange(0, 100),
     default=None,
+    callback=_not_nan,
     metavar="PERCENT",
     help="Exit 1 when the coverage is below PERCENT (or a place could not be read).",
 )
@@ -52,8 +62,13 @@ def coverage(policy_path: Path, as_json: bool, fail_under: float | None) -> None
         click.echo(f"mirrorq: {note}", err=True)
     if fail_under is None:
         return
-    if found.percent < fail_under:
-        click.echo(f"mirrorq: coverage {found.percent:g} % is under {fail_under:g} %", err=True)
+    if found.under(fail_under):
+        totals = found.totals
+        click.echo(
+            f"mirrorq: coverage {found.percent:g} % ({totals['live']} of {totals['eligible']} "
+            f"ENIs live) is under {fail_under:g} %",
+            err=True,
+        )
         sys.exit(EXIT_FAILED)
     if not found.complete:
         click.echo("mirrorq: a place was not read: its ENIs are not counted", err=True)
