@@ -198,3 +198,31 @@ def test_the_planner_s_deletes_are_met_by_a_session_already_gone() -> None:
             assert job.kind is JobKind.DELETE
             assert job.request["missing_ok"] is True
             parse_request(job.request, JobKind.DELETE)  # a valid delete request
+
+
+def test_a_removed_rule_s_session_on_a_dead_target_is_pruned() -> None:
+    """README said prune never deletes a session on a dead target because "dark-session repair
+    moves it to a live target instead"; but repair moves only sessions of the policy's rules.
+    A removed rule's session on a dead target was then neither moved nor pruned, for ever (one
+    of its ENI's 3 session slots, mirroring nothing), while coverage listed it as unwanted
+    (`rule_gone`). Failed (review 2026-12-06): `--prune` left it."""
+    flt, eni_id, dead = "tmf-00000000000000001", "eni-00000000000000001", "tmt-aaaaaaaaaaaaaaaaa"
+    kept = Rule("pci", Selectors(tags=(("Env", "prod"),)), ("tmt-bbbbbbbbbbbbbbbbb",), flt)
+    dark = {
+        "TrafficMirrorSessionId": "tms-00000000000000001",
+        "NetworkInterfaceId": eni_id,
+        "TrafficMirrorTargetId": dead,
+        "TrafficMirrorFilterId": flt,
+        "Tags": [{"Key": RULE_TAG, "Value": "web"}],  # a rule the policy no longer has
+    }
+    read = PruneState(
+        policy=[kept],
+        applying=[kept],
+        here=[kept],
+        enis={eni_id: {"NetworkInterfaceId": eni_id, "TagSet": []}},
+        sessions=[dark],
+        dead_targets=frozenset({dead}),
+    )
+    assert [d.session_id for d in plan_prune(read, everything=True).deletions] == [
+        "tms-00000000000000001"
+    ]
