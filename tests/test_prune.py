@@ -283,7 +283,13 @@ def test_a_renamed_rule_s_prune_pass_leaves_no_matched_eni_unmirrored(
         env, "reconcile", "--policy", str(_lab_policy(tmp_path / "a.toml", "web", lab)), "--wait"
     )
     assert first.returncode == 0, first.stderr[-3000:]
+    made = set(by_id(emulator.url))
     renamed = _lab_policy(tmp_path / "b.toml", "web-new", lab)
+    shown = mirrorq(env, "policy", "plan", str(renamed), "--prune", "--json")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    planned = json.loads(shown.stdout)
+    assert planned["counts"] == {"already_mirrored": len(prod)}
+    assert (planned["prune"]["deletions"], planned["prune"]["adopted"]) == (0, len(prod))
     second = mirrorq(env, "reconcile", "--policy", str(renamed), "--prune", "--force", "--wait")
     assert second.returncode == 0, second.stderr[-3000:]
     mirrored = {
@@ -292,6 +298,13 @@ def test_a_renamed_rule_s_prune_pass_leaves_no_matched_eni_unmirrored(
         if s["TrafficMirrorTargetId"] == lab["target_ids"]["nlb"]
     }
     assert sorted(set(prod) - mirrored) == [], "ENIs the policy matches left unmirrored by the pass"
+    # Kept (adopted by web-new), not deleted and made again: the same sessions, none unwanted.
+    assert set(by_id(emulator.url)) == made
+    assert len(made) == len(prod)
+    found = mirrorq(env, "coverage", "--policy", str(renamed), "--json")
+    assert found.returncode == 0, found.stderr[-3000:]
+    body = json.loads(found.stdout)
+    assert (body["totals"]["live"], body["unwanted"]) == (len(prod), [])
 
 
 def test_a_rule_with_two_filters_in_one_place_mirrors_each_eni_once(
@@ -339,3 +352,6 @@ def test_a_rule_with_two_filters_in_one_place_mirrors_each_eni_once(
         if s["TrafficMirrorTargetId"] == target:
             per_eni[s["NetworkInterfaceId"]] = per_eni.get(s["NetworkInterfaceId"], 0) + 1
     assert per_eni == dict.fromkeys(lab["eni_ids"], 1)
+    assert {s["TrafficMirrorFilterId"] for s in sessions(emulator.url)} == {new}
+    found = mirrorq(env, "coverage", "--policy", str(policy), "--json")
+    assert json.loads(found.stdout)["unwanted"] == [], found.stderr[-3000:]

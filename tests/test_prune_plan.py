@@ -55,7 +55,7 @@ def test_only_managed_sessions_no_rule_wants_are_pruned_each_with_its_reason() -
         session(102, None),  # the same ENI, not mirrorq's: never touched
         session(3, "prod", flt=F2),  # another filter
         session(4, "prod", target=T2),  # another target
-        session(5, "gone"),  # its rule left the policy
+        session(5, "gone", target=T2),  # its rule left the policy (no rule wants it as it is)
         session(6, MIRROR_RULE),  # `mirrorq mirror`'s: no policy's to judge
         session(7, "prod", target=DEAD),  # dark: repaired, never pruned
         session(8, "prod"),  # an ENI this place does not describe (a sharer's)
@@ -226,3 +226,46 @@ def test_a_removed_rule_s_session_on_a_dead_target_is_pruned() -> None:
     assert [d.session_id for d in plan_prune(read, everything=True).deletions] == [
         "tms-00000000000000001"
     ]
+
+
+def test_a_session_no_longer_its_rule_s_is_adopted_by_a_rule_that_wants_it_as_it_is() -> None:
+    """A renamed rule (or another rule with the same target and filter) keeps the sessions
+    it would otherwise create again: never deleted, counted already_mirrored by the planner;
+    one per rule and ENI, never on a dead target; coverage and prune agree."""
+    enis = [eni(n, Env="prod") for n in range(1, 6)]
+    sessions = [
+        session(1, "old"),  # renamed: adopted by prod
+        session(2, "old"),
+        session(102, "old"),  # a second one on ENI 2 that prod would want: deleted
+        session(3, "old", target=DEAD),  # dark, its rule gone: nothing repairs it, deleted
+        session(4, "prod"),  # prod's own
+        session(104, "old"),  # prod has its own on ENI 4: deleted
+        session(5, "old", flt=F2),  # not prod's filter: deleted
+    ]
+    read = state([PROD], sessions, enis=enis, dead_targets=frozenset({DEAD}))
+    done = plan_prune(read, everything=True)
+    assert sorted(d.session_id for d in done.deletions) == [
+        session(n, None)["TrafficMirrorSessionId"] for n in (3, 5, 102, 104)
+    ]
+    assert {d.reason for d in done.deletions} == {Reason.RULE_GONE}
+    assert done.adopted == {session(n, None)["TrafficMirrorSessionId"]: "prod" for n in (1, 2)}
+    assert done.managed == 7
+    kept = {s["TrafficMirrorSessionId"] for s in sessions} - {d.session_id for d in done.deletions}
+    after = [s for s in sessions if s["TrafficMirrorSessionId"] in kept]
+    made = plan([PROD], enis, after, {T: Target(T)}, set())
+    assert made.counts() == {"create": 2, "already_mirrored": 3}  # ENIs 3 and 5
+    assert sorted(i.eni_id for i in made.to_create()) == [
+        eni(3)["NetworkInterfaceId"],
+        eni(5)["NetworkInterfaceId"],
+    ]
+
+
+def test_a_session_through_a_rule_s_second_filter_is_migrated_to_its_first() -> None:
+    """`filters` lists several and the first that exists here is the rule's (the planner's):
+    a session through another of them is `filter_not_rules`, as one through a filter the rule
+    no longer names, and the planner creates the first filter's; each ENI ends mirrored once."""
+    dual = replace(PROD, filter_id=F2, filter_choices=(F2, F))
+    enis, sessions = [eni(1, Env="prod")], [session(1, "prod")]
+    done = plan_prune(state([dual], sessions, enis=enis), everything=True)
+    assert [d.reason for d in done.deletions] == [Reason.FILTER_NOT_RULES]
+    assert plan([dual], enis, sessions, {T: Target(T)}, set()).counts() == {"create": 1}
