@@ -177,23 +177,28 @@ def adopted(
 ) -> dict[str, str]:
     """The managed sessions whose own rule (planned here) does not want them but another rule
     planned here does, by session id: the rule that adopts each (the first in policy order).
-    A rule adopts at most one session per ENI, and none on an ENI where it wants one of its
-    own; a session on a dead target is never adopted (repair moves its own rule's only)."""
+    A rule adopts at most one session per ENI, and none on an ENI where a session that stays
+    anyway (its own rule's, one made outside mirrorq or by `mirror`) is already its mirror: each
+    ENI mirrored once to the rule's target. A session on a dead target is never adopted
+    (dark-session repair moves only its own rule's sessions)."""
     by_name = {r.name: r for r in here}
-    served: set[tuple[str, str]] = set()  # (rule, ENI) with a session the rule wants
-    candidates = []
+    staying: list[tuple[str, Mapping[str, Any], Mapping[str, Any]]] = []
+    candidates: list[tuple[str, Mapping[str, Any], Mapping[str, Any]]] = []
     for session in sorted(sessions, key=lambda s: str(s.get("TrafficMirrorSessionId"))):
         name, eni_id = rule_of(session), str(session.get("NetworkInterfaceId", ""))
         eni = enis.get(eni_id)
-        if name is None or name == MIRROR_RULE or eni is None:
+        if eni is None:
             continue
-        own = by_name.get(name)
-        if own is not None and wants(own, eni, session):
-            served.add((name, eni_id))
-        elif session.get("TrafficMirrorTargetId") not in dead_targets:
-            candidates.append((session, eni_id, eni))
+        own = by_name.get(name or "")
+        dead = session.get("TrafficMirrorTargetId") in dead_targets
+        if name in (None, MIRROR_RULE) or (own is not None and (dead or wants(own, eni, session))):
+            staying.append((eni_id, eni, session))  # never pruned (or moved by repair)
+        elif not dead:
+            candidates.append((eni_id, eni, session))
+    # (rule, ENI) where the rule already has its mirror
+    served = {(r.name, eni_id) for eni_id, eni, s in staying for r in here if wants(r, eni, s)}
     found: dict[str, str] = {}
-    for session, eni_id, eni in candidates:
+    for eni_id, eni, session in candidates:
         for rule in here:
             if (rule.name, eni_id) not in served and wants(rule, eni, session):
                 served.add((rule.name, eni_id))

@@ -231,8 +231,9 @@ def test_a_removed_rule_s_session_on_a_dead_target_is_pruned() -> None:
 def test_a_session_no_longer_its_rule_s_is_adopted_by_a_rule_that_wants_it_as_it_is() -> None:
     """A renamed rule (or another rule with the same target and filter) keeps the sessions
     it would otherwise create again: never deleted, counted already_mirrored by the planner;
-    one per rule and ENI, never on a dead target; coverage and prune agree."""
-    enis = [eni(n, Env="prod") for n in range(1, 6)]
+    one per rule and ENI, none where a session that stays is already its mirror, never on a
+    dead target (coverage agreeing: test_prune.py's renamed rule)."""
+    enis = [eni(n, Env="prod") for n in range(1, 7)]
     sessions = [
         session(1, "old"),  # renamed: adopted by prod
         session(2, "old"),
@@ -241,19 +242,21 @@ def test_a_session_no_longer_its_rule_s_is_adopted_by_a_rule_that_wants_it_as_it
         session(4, "prod"),  # prod's own
         session(104, "old"),  # prod has its own on ENI 4: deleted
         session(5, "old", flt=F2),  # not prod's filter: deleted
+        session(6, None),  # made outside mirrorq, already prod's mirror on ENI 6
+        session(106, "old"),  # so this one is not adopted: deleted
     ]
     read = state([PROD], sessions, enis=enis, dead_targets=frozenset({DEAD}))
     done = plan_prune(read, everything=True)
     assert sorted(d.session_id for d in done.deletions) == [
-        session(n, None)["TrafficMirrorSessionId"] for n in (3, 5, 102, 104)
+        session(n, None)["TrafficMirrorSessionId"] for n in (3, 5, 102, 104, 106)
     ]
     assert {d.reason for d in done.deletions} == {Reason.RULE_GONE}
     assert done.adopted == {session(n, None)["TrafficMirrorSessionId"]: "prod" for n in (1, 2)}
-    assert done.managed == 7
+    assert done.managed == 8
     kept = {s["TrafficMirrorSessionId"] for s in sessions} - {d.session_id for d in done.deletions}
     after = [s for s in sessions if s["TrafficMirrorSessionId"] in kept]
     made = plan([PROD], enis, after, {T: Target(T)}, set())
-    assert made.counts() == {"create": 2, "already_mirrored": 3}  # ENIs 3 and 5
+    assert made.counts() == {"create": 2, "already_mirrored": 4}  # ENIs 3 and 5
     assert sorted(i.eni_id for i in made.to_create()) == [
         eni(3)["NetworkInterfaceId"],
         eni(5)["NetworkInterfaceId"],
