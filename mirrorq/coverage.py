@@ -35,7 +35,7 @@ from mirrorq.bulk import Live, pending_work, plan_read, read_live
 from mirrorq.managed import MIRROR_RULE, rule_of
 from mirrorq.planning import Outcome, Pending
 from mirrorq.policy_watch import RulesSource, rules_now
-from mirrorq.prune import Reason
+from mirrorq.prune import Reason, adopted
 from mirrorq.targets import Health
 from tasks import keys
 from tasks.contract import NOWHERE, Placement
@@ -265,10 +265,12 @@ def _unwanted(rules: Sequence[Rule], place: Placement, read: Any) -> list[Unwant
     applying = {r.name for r in rules if place in (r.places or (NOWHERE,))}
     here = {r.name: r for r in read.state.rules}
     enis = {e["NetworkInterfaceId"]: e for e in read.state.enis}
+    dead = frozenset(t for t, h in read.health.items() if not h.live)
+    kept = adopted(read.state.rules, enis, read.state.sessions, dead)  # as prune keeps them
     found = []
     for s in read.state.sessions:
         name = rule_of(s)
-        if name is None or name == MIRROR_RULE:
+        if name is None or name == MIRROR_RULE or s["TrafficMirrorSessionId"] in kept:
             continue
         session_id, eni_id = s["TrafficMirrorSessionId"], s["NetworkInterfaceId"]
         rule = here.get(name)

@@ -56,6 +56,7 @@ class Pruned:
         return {
             "deletions": len(self.planned),
             "by_reason": dict(counts),
+            "adopted": sum(len(p.adopted) for _, p in self.plans),
             "refused": [str(r) for r in self.refusals],
         }
 

@@ -3,15 +3,25 @@ guard that refuses a pass deleting too much.
 
 A session is judged only when it is mirrorq's (tagged `mirrorq:rule`: mirrorq/managed.py), of
 a policy's rule (not `mirrorq mirror`'s), on an ENI this place describes (an owner of a shared
-target lists its sharers' sessions too: theirs to judge), and mirroring to a live target (a
-session on a dead target is repaired in place by dark-session repair, never deleted). Its rule
-then wants it unless:
+target lists its sharers' sessions too: theirs to judge), and, when its rule is planned here,
+mirroring to a live target (such a session on a dead target is moved by dark-session repair,
+mirrorq/dark.py, never deleted; a session on a dead target whose rule is gone is judged: no
+repair will move it). Its rule then wants it unless:
 
 - `rule_gone`: no rule of the policy has its name, or its rule does not apply to this
   account-Region any more;
 - `eni_not_matched`: its ENI no longer matches the rule's selectors;
-- `filter_not_rules`: its filter is none of the rule's (as planned here);
+- `filter_not_rules`: its filter is not the rule's filter as planned here (of a rule's
+  `filters`, the first that exists here: the planner's; a session through another of them is
+  migrated, as one through a filter the rule no longer names);
 - `target_not_rules`: its target is none of the rule's.
+
+A session its rule does not want but another rule planned here wants as it is (the ENI matched
+by that rule's selectors, its target one of that rule's live targets, its filter that rule's
+as planned here; a renamed rule) is kept: *adopted* (`adopted`), and the planner counts it as
+that rule's mirror already made, so a pass never deletes a mirror it would create again (a gap
+in mirroring). A rule adopts at most one session per ENI, and none when it has one of its own
+there; the adopted session keeps its tag until it is deleted.
 
 A rule that cannot be planned here (none of its targets or filters exists) prunes nothing
 here: what it wants here cannot be known. Nothing is read here: the live read is
@@ -83,11 +93,12 @@ class PruneState:
 
 @dataclass(frozen=True)
 class PrunePlan:
-    """What one place's prune would delete, and how many of its sessions are managed (the
-    guard's denominator)."""
+    """What one place's prune would delete, how many of its sessions are managed (the
+    guard's denominator), and the sessions kept because another rule adopts them."""
 
     deletions: list[Deletion] = field(default_factory=list)
     managed: int = 0
+    adopted: dict[str, str] = field(default_factory=dict)  # kept: session id -> adopting rule
 
 
 def prunes(rule: Rule, everything: bool) -> bool:
@@ -105,6 +116,7 @@ def plan_prune(state: PruneState, *, everything: bool = False) -> PrunePlan:
     applying = {r.name for r in state.applying}
     here = {r.name: r for r in state.here}
     orphans = everything or all(r.prune for r in state.policy)
+    kept = adopted(state.here, state.enis, state.sessions, state.dead_targets)
     deletions: list[Deletion] = []
     managed = 0
     for session in state.sessions:
@@ -113,8 +125,10 @@ def plan_prune(state: PruneState, *, everything: bool = False) -> PrunePlan:
         if name is None or eni is None:
             continue  # not mirrorq's, or not this place's ENI (or gone: EC2 deletes those)
         managed += 1
-        if name == MIRROR_RULE or session.get("TrafficMirrorTargetId") in state.dead_targets:
+        if name == MIRROR_RULE or session.get("TrafficMirrorSessionId") in kept:
             continue
+        if name in here and session.get("TrafficMirrorTargetId") in state.dead_targets:
+            continue  # dark-session repair moves it (mirrorq/dark.py: its rule's sessions)
         rule = by_name.get(name)
         if rule is None:
             why = (Reason.RULE_GONE, "no rule of the policy has this name") if orphans else None
@@ -127,7 +141,7 @@ def plan_prune(state: PruneState, *, everything: bool = False) -> PrunePlan:
             why = _unwanted(rule, here[name], eni, session)
         if why is not None:
             deletions.append(_deletion(session, name, *why, place=state.place))
-    return PrunePlan(deletions, managed)
+    return PrunePlan(deletions, managed, kept)
 
 
 def _unwanted(
@@ -137,12 +151,60 @@ def _unwanted(
     if not rule.selectors.matches(dict(eni)):
         return Reason.ENI_NOT_MATCHED, "the ENI no longer matches the rule's selectors"
     filter_id = session.get("TrafficMirrorFilterId")
-    if filter_id not in {planned.filter_id, *rule.filter_ids}:
+    if filter_id != planned.filter_id:
         return Reason.FILTER_NOT_RULES, f"its filter {filter_id} is not the rule's"
     target_id = session.get("TrafficMirrorTargetId")
     if target_id not in rule.targets:
         return Reason.TARGET_NOT_RULES, f"its target {target_id} is not one of the rule's"
     return None
+
+
+def wants(planned: Rule, eni: Mapping[str, Any], session: Mapping[str, Any]) -> bool:
+    """Does a rule (as planned here) want this session as it is: its ENI matched, its target
+    one of the rule's, its filter the rule's (the planner's `already_mirrored`)?"""
+    return (
+        planned.selectors.matches(dict(eni))
+        and session.get("TrafficMirrorTargetId") in planned.targets
+        and session.get("TrafficMirrorFilterId") == planned.filter_id
+    )
+
+
+def adopted(
+    here: Sequence[Rule],
+    enis: Mapping[str, Mapping[str, Any]],
+    sessions: Sequence[Mapping[str, Any]],
+    dead_targets: frozenset[str] = frozenset(),
+) -> dict[str, str]:
+    """The managed sessions whose own rule (planned here) does not want them but another rule
+    planned here does, by session id: the rule that adopts each (the first in policy order).
+    A rule adopts at most one session per ENI, and none on an ENI where a session that stays
+    anyway (its own rule's, one made outside mirrorq or by `mirror`) is already its mirror: each
+    ENI mirrored once to the rule's target. A session on a dead target is never adopted
+    (dark-session repair moves only its own rule's sessions)."""
+    by_name = {r.name: r for r in here}
+    staying: list[tuple[str, Mapping[str, Any], Mapping[str, Any]]] = []
+    candidates: list[tuple[str, Mapping[str, Any], Mapping[str, Any]]] = []
+    for session in sorted(sessions, key=lambda s: str(s.get("TrafficMirrorSessionId"))):
+        name, eni_id = rule_of(session), str(session.get("NetworkInterfaceId", ""))
+        eni = enis.get(eni_id)
+        if eni is None:
+            continue
+        own = by_name.get(name or "")
+        dead = session.get("TrafficMirrorTargetId") in dead_targets
+        if name in (None, MIRROR_RULE) or (own is not None and (dead or wants(own, eni, session))):
+            staying.append((eni_id, eni, session))  # never pruned (or moved by repair)
+        elif not dead:
+            candidates.append((eni_id, eni, session))
+    # (rule, ENI) where the rule already has its mirror
+    served = {(r.name, eni_id) for eni_id, eni, s in staying for r in here if wants(r, eni, s)}
+    found: dict[str, str] = {}
+    for eni_id, eni, session in candidates:
+        for rule in here:
+            if (rule.name, eni_id) not in served and wants(rule, eni, session):
+                served.add((rule.name, eni_id))
+                found[str(session["TrafficMirrorSessionId"])] = rule.name
+                break
+    return found
 
 
 def _deletion(

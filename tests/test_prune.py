@@ -238,3 +238,120 @@ def test_unmirror_selects_what_its_values_say_never_what_ec2s_wildcards_match(
         assert refused.returncode == 2, refused.stdout[-3000:]
         assert option in refused.stderr
     assert set(by_id(emulator.url)) == set(made)  # nothing was deleted on the way
+
+
+def _lab_policy(path: Path, name: str, lab: dict[str, Any]) -> Path:
+    path.write_text(
+        f"""
+[[rules]]
+name = "{name}"
+tag = ["Env=prod"]
+target = "{lab["target_ids"]["nlb"]}"
+filter = "{lab["filter_id"]}"
+"""
+    )
+    return path
+
+
+def _prod_enis(ec2: Any, lab: dict[str, Any]) -> list[str]:
+    return sorted(
+        e["NetworkInterfaceId"]
+        for e in ec2.describe_network_interfaces(
+            Filters=[
+                {"Name": "vpc-id", "Values": [lab["vpc_id"]]},
+                {"Name": "tag:Env", "Values": ["prod"]},
+            ]
+        )["NetworkInterfaces"]
+    )
+
+
+def test_a_renamed_rule_s_prune_pass_leaves_no_matched_eni_unmirrored(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A rule renamed (same selectors, target and filter): one `reconcile --prune --force`
+    deletes the old rule's sessions (rule_gone) and must mirror the ENIs for the new name in
+    the same pass. Failed (review 2026-12-06): the planner counted the sessions it was deleting
+    as already_mirrored, so the pass ended with every matched ENI unmirrored (exit 0)."""
+    ec2 = lab_client(emulator.url)
+    lab = seed_lab(emulator.url, 12)
+    prod = _prod_enis(ec2, lab)
+    start_worker(MIRRORQ_CONCURRENCY="16")
+    first = mirrorq(
+        env, "reconcile", "--policy", str(_lab_policy(tmp_path / "a.toml", "web", lab)), "--wait"
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    made = set(by_id(emulator.url))
+    renamed = _lab_policy(tmp_path / "b.toml", "web-new", lab)
+    shown = mirrorq(env, "policy", "plan", str(renamed), "--prune", "--json")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    planned = json.loads(shown.stdout)
+    assert planned["counts"] == {"already_mirrored": len(prod)}
+    assert (planned["prune"]["deletions"], planned["prune"]["adopted"]) == (0, len(prod))
+    second = mirrorq(env, "reconcile", "--policy", str(renamed), "--prune", "--force", "--wait")
+    assert second.returncode == 0, second.stderr[-3000:]
+    mirrored = {
+        s["NetworkInterfaceId"]
+        for s in sessions(emulator.url)
+        if s["TrafficMirrorTargetId"] == lab["target_ids"]["nlb"]
+    }
+    assert sorted(set(prod) - mirrored) == [], "ENIs the policy matches left unmirrored by the pass"
+    # Kept (adopted by web-new), not deleted and made again: the same sessions, none unwanted.
+    assert set(by_id(emulator.url)) == made
+    assert len(made) == len(prod)
+    found = mirrorq(env, "coverage", "--policy", str(renamed), "--json")
+    assert found.returncode == 0, found.stderr[-3000:]
+    body = json.loads(found.stdout)
+    assert (body["totals"]["live"], body["unwanted"]) == (len(prod), [])
+
+
+def test_a_rule_with_two_filters_in_one_place_mirrors_each_eni_once(
+    emulator: EmulatorProcess,
+    env: dict[str, str],
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A rule's `filters` list: its ENIs mirrored "through the first of its filters that exists
+    there". An operator moving to a new filter puts it first while the old one still exists;
+    the rule's sessions through the old one are what coverage calls unwanted
+    (`filter_not_rules`). One `reconcile --prune --force` must leave each ENI mirrored once to
+    the rule's target. Failed (review 2026-12-06): it created a second session per ENI through
+    the new filter and pruned none of the old ones (prune took any filter of the list as the
+    rule's), so every ENI was mirrored twice to one sensor."""
+    ec2 = lab_client(emulator.url)
+    lab = seed_lab(emulator.url, 3)
+    target, old = lab["target_ids"]["nlb"], lab["filter_id"]
+    new = ec2.create_traffic_mirror_filter(Description="new")["TrafficMirrorFilter"][
+        "TrafficMirrorFilterId"
+    ]
+    for eni in lab["eni_ids"]:
+        ec2.create_traffic_mirror_session(
+            NetworkInterfaceId=eni,
+            TrafficMirrorTargetId=target,
+            TrafficMirrorFilterId=old,
+            SessionNumber=1,
+            TagSpecifications=[
+                {
+                    "ResourceType": "traffic-mirror-session",
+                    "Tags": [{"Key": RULE_TAG, "Value": "dual"}],
+                }
+            ],
+        )
+    policy = tmp_path / "p.toml"
+    policy.write_text(
+        f'[[rules]]\nname = "dual"\nvpc = ["{lab["vpc_id"]}"]\ntarget = "{target}"\n'
+        f'filters = ["{new}", "{old}"]\n'
+    )
+    start_worker()
+    done = mirrorq(env, "reconcile", "--policy", str(policy), "--prune", "--force", "--wait")
+    assert done.returncode == 0, done.stderr[-2000:]
+    per_eni: dict[str, int] = {}
+    for s in sessions(emulator.url):
+        if s["TrafficMirrorTargetId"] == target:
+            per_eni[s["NetworkInterfaceId"]] = per_eni.get(s["NetworkInterfaceId"], 0) + 1
+    assert per_eni == dict.fromkeys(lab["eni_ids"], 1)
+    assert {s["TrafficMirrorFilterId"] for s in sessions(emulator.url)} == {new}
+    found = mirrorq(env, "coverage", "--policy", str(policy), "--json")
+    assert json.loads(found.stdout)["unwanted"] == [], found.stderr[-3000:]

@@ -55,7 +55,7 @@ def test_only_managed_sessions_no_rule_wants_are_pruned_each_with_its_reason() -
         session(102, None),  # the same ENI, not mirrorq's: never touched
         session(3, "prod", flt=F2),  # another filter
         session(4, "prod", target=T2),  # another target
-        session(5, "gone"),  # its rule left the policy
+        session(5, "gone", target=T2),  # its rule left the policy (no rule wants it as it is)
         session(6, MIRROR_RULE),  # `mirrorq mirror`'s: no policy's to judge
         session(7, "prod", target=DEAD),  # dark: repaired, never pruned
         session(8, "prod"),  # an ENI this place does not describe (a sharer's)
@@ -198,3 +198,77 @@ def test_the_planner_s_deletes_are_met_by_a_session_already_gone() -> None:
             assert job.kind is JobKind.DELETE
             assert job.request["missing_ok"] is True
             parse_request(job.request, JobKind.DELETE)  # a valid delete request
+
+
+def test_a_removed_rule_s_session_on_a_dead_target_is_pruned() -> None:
+    """README said prune never deletes a session on a dead target because "dark-session repair
+    moves it to a live target instead"; but repair moves only sessions of the policy's rules.
+    A removed rule's session on a dead target was then neither moved nor pruned, for ever (one
+    of its ENI's 3 session slots, mirroring nothing), while coverage listed it as unwanted
+    (`rule_gone`). Failed (review 2026-12-06): `--prune` left it."""
+    flt, eni_id, dead = "tmf-00000000000000001", "eni-00000000000000001", "tmt-aaaaaaaaaaaaaaaaa"
+    kept = Rule("pci", Selectors(tags=(("Env", "prod"),)), ("tmt-bbbbbbbbbbbbbbbbb",), flt)
+    dark = {
+        "TrafficMirrorSessionId": "tms-00000000000000001",
+        "NetworkInterfaceId": eni_id,
+        "TrafficMirrorTargetId": dead,
+        "TrafficMirrorFilterId": flt,
+        "Tags": [{"Key": RULE_TAG, "Value": "web"}],  # a rule the policy no longer has
+    }
+    read = PruneState(
+        policy=[kept],
+        applying=[kept],
+        here=[kept],
+        enis={eni_id: {"NetworkInterfaceId": eni_id, "TagSet": []}},
+        sessions=[dark],
+        dead_targets=frozenset({dead}),
+    )
+    assert [d.session_id for d in plan_prune(read, everything=True).deletions] == [
+        "tms-00000000000000001"
+    ]
+
+
+def test_a_session_no_longer_its_rule_s_is_adopted_by_a_rule_that_wants_it_as_it_is() -> None:
+    """A renamed rule (or another rule with the same target and filter) keeps the sessions
+    it would otherwise create again: never deleted, counted already_mirrored by the planner;
+    one per rule and ENI, none where a session that stays is already its mirror, never on a
+    dead target (coverage agreeing: test_prune.py's renamed rule)."""
+    enis = [eni(n, Env="prod") for n in range(1, 7)]
+    sessions = [
+        session(1, "old"),  # renamed: adopted by prod
+        session(2, "old"),
+        session(102, "old"),  # a second one on ENI 2 that prod would want: deleted
+        session(3, "old", target=DEAD),  # dark, its rule gone: nothing repairs it, deleted
+        session(4, "prod"),  # prod's own
+        session(104, "old"),  # prod has its own on ENI 4: deleted
+        session(5, "old", flt=F2),  # not prod's filter: deleted
+        session(6, None),  # made outside mirrorq, already prod's mirror on ENI 6
+        session(106, "old"),  # so this one is not adopted: deleted
+    ]
+    read = state([PROD], sessions, enis=enis, dead_targets=frozenset({DEAD}))
+    done = plan_prune(read, everything=True)
+    assert sorted(d.session_id for d in done.deletions) == [
+        session(n, None)["TrafficMirrorSessionId"] for n in (3, 5, 102, 104, 106)
+    ]
+    assert {d.reason for d in done.deletions} == {Reason.RULE_GONE}
+    assert done.adopted == {session(n, None)["TrafficMirrorSessionId"]: "prod" for n in (1, 2)}
+    assert done.managed == 8
+    kept = {s["TrafficMirrorSessionId"] for s in sessions} - {d.session_id for d in done.deletions}
+    after = [s for s in sessions if s["TrafficMirrorSessionId"] in kept]
+    made = plan([PROD], enis, after, {T: Target(T)}, set())
+    assert made.counts() == {"create": 2, "already_mirrored": 4}  # ENIs 3 and 5
+    assert sorted(i.eni_id for i in made.to_create()) == [
+        eni(3)["NetworkInterfaceId"],
+        eni(5)["NetworkInterfaceId"],
+    ]
+
+
+def test_a_session_through_a_rule_s_second_filter_is_migrated_to_its_first() -> None:
+    """`filters` lists several and the first that exists here is the rule's (the planner's):
+    a session through another of them is `filter_not_rules`, as one through a filter the rule
+    no longer names, and the planner creates the first filter's; each ENI ends mirrored once."""
+    dual = replace(PROD, filter_id=F2, filter_choices=(F2, F))
+    enis, sessions = [eni(1, Env="prod")], [session(1, "prod")]
+    done = plan_prune(state([dual], sessions, enis=enis), everything=True)
+    assert [d.reason for d in done.deletions] == [Reason.FILTER_NOT_RULES]
+    assert plan([dual], enis, sessions, {T: Target(T)}, set()).counts() == {"create": 1}

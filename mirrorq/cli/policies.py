@@ -178,7 +178,8 @@ def reconcile(
     With --prune (or for the rules that say `prune`), the pass also deletes the managed
     sessions no rule wants, in the same batch, listed with the reason; one that would delete
     more than MIRRORQ_PRUNE_MAX_SHARE of an account's managed sessions deletes nothing, says
-    why and exits 1, unless --force. Sessions on a dead target are repaired, never pruned.
+    why and exits 1, unless --force. A rule's sessions on a dead target are repaired, never
+    pruned (a removed rule's are pruned); a session another rule wants as it is is kept.
     """
     import signal
     import threading

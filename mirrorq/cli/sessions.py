@@ -45,6 +45,8 @@ def pruned_table(pruned: Pruned) -> Table:
     title = f"prune: {len(deletions)} managed session(s) no rule wants"
     if pruned.refusals:
         title += " (refused: nothing is deleted)"
+    if adopted := pruned.summary()["adopted"]:
+        title += f"; {adopted} kept: another rule wants them as they are (adopted)"
     table = Table(title=title, title_justify="left")
     for column in ("rule", "session", "ENI", "reason", "detail"):
         table.add_column(column)
