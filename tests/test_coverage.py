@@ -242,7 +242,7 @@ def test_a_target_s_health_from_what_was_read() -> None:
     assert health_of(A, target, available, {}, None).reason == "eni_detached"
     # Attached, but not to an instance this account can read (a sensor appliance's ENI held
     # by another service): in use, so not judged dead.
-    held = {"NetworkInterfaceId": "eni-s", "Status": "in-use"}
+    held: dict[str, Any] = {"NetworkInterfaceId": "eni-s", "Status": "in-use"}
     held["Attachment"] = {"AttachmentId": "eni-attach-1", "InstanceOwnerId": "amazon-aws"}
     other = health_of(A, target, {"eni-s": held}, {}, None)
     assert other.live, other
