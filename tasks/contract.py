@@ -595,6 +595,15 @@ REQUEST_MODELS: dict[JobKind, type[JobRequest]] = {
     JobKind.MODIFY: ModifySessionRequest,
 }
 
+# The request fields, of any kind, that are booleans (DryRun, a delete's missing_ok): read from
+# the models, so a text format (a CSV cell) converts each of them, and any added later.
+BOOLEAN_FIELDS = frozenset(
+    name
+    for model in REQUEST_MODELS.values()
+    for name, info in model.model_fields.items()
+    if info.annotation in (bool, bool | None)
+)
+
 
 class _AtField(ValueError):
     """A validation error that knows the field it belongs to (raised from a model check)."""
