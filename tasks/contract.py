@@ -67,6 +67,9 @@ SESSION_ID = r"^tms-[0-9a-f]{8,17}$"
 VPC_ID = r"^vpc-[0-9a-f]{8,17}$"
 SUBNET_ID = r"^subnet-[0-9a-f]{8,17}$"
 INSTANCE_ID = r"^i-[0-9a-f]{8,17}$"
+# A rule's name as a selector (its sessions' mirrorq:rule tag value): 1 to 256 characters,
+# EC2's limit for a tag's value.
+RULE_NAME_MAX = 256
 
 
 class JobKind(StrEnum):
