@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.contract import (
+    BOOLEAN_FIELDS,
     JOB_ENVELOPE_FIELDS,
     NOWHERE,
     JobKind,
@@ -35,9 +36,10 @@ _LINE_ENDS = re.compile(r"\r\n|\r|\n")
 
 
 def _csv_row(row: dict[str, str | None]) -> dict[str, Any]:
-    """Empty cells are absent; TagSpecifications and RemoveFields are JSON; DryRun
-    true/false; integers digits; the envelope columns (kind, network_interface_id, region,
-    role_arn, external_id) make the line an envelope."""
+    """Empty cells are absent; TagSpecifications and RemoveFields are JSON; booleans (DryRun,
+    a delete's missing_ok: the contract's BOOLEAN_FIELDS) true/false; integers digits; the
+    envelope columns (kind, network_interface_id, region, role_arn, external_id) make the
+    line an envelope."""
     out: dict[str, Any] = {}
     placed: dict[str, Any] = {}
     for key, value in row.items():
@@ -47,7 +49,7 @@ def _csv_row(row: dict[str, str | None]) -> dict[str, Any]:
             placed[key] = value
         elif key in ("TagSpecifications", "RemoveFields"):
             out[key] = parse_json(value, key)
-        elif key == "DryRun":
+        elif key in BOOLEAN_FIELDS:
             out[key] = {"true": True, "false": False}.get(value.strip().lower(), value)
         elif key in _INTEGER_COLUMNS and _DIGITS.fullmatch(value):
             out[key] = int(value)

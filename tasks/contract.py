@@ -67,6 +67,9 @@ SESSION_ID = r"^tms-[0-9a-f]{8,17}$"
 VPC_ID = r"^vpc-[0-9a-f]{8,17}$"
 SUBNET_ID = r"^subnet-[0-9a-f]{8,17}$"
 INSTANCE_ID = r"^i-[0-9a-f]{8,17}$"
+# A rule's name as a selector (its sessions' mirrorq:rule tag value): 1 to 256 characters,
+# EC2's limit for a tag's value.
+RULE_NAME_MAX = 256
 
 
 class JobKind(StrEnum):
@@ -594,6 +597,15 @@ REQUEST_MODELS: dict[JobKind, type[JobRequest]] = {
     JobKind.DELETE: DeleteSessionRequest,
     JobKind.MODIFY: ModifySessionRequest,
 }
+
+# The request fields, of any kind, that are booleans (DryRun, a delete's missing_ok): read from
+# the models, so a text format (a CSV cell) converts each of them, and any added later.
+BOOLEAN_FIELDS = frozenset(
+    name
+    for model in REQUEST_MODELS.values()
+    for name, info in model.model_fields.items()
+    if info.annotation in (bool, bool | None)
+)
 
 
 class _AtField(ValueError):

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from emulator.lab import seed_lab
+from emulator.org_lab import control
 from mirrorq.processes import EmulatorProcess, WorkerProcess
 from tasks.contract import TASK_NAME
 from tasks.producer import Producer
 from tests.fake_secrets import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN, SIGNATURE
 from tests.helpers import job, json_lines, wait_all
+from worker.redaction import RedactSecrets
 
 FORMATS = pytest.mark.parametrize("log_format", ["text", "json"])
 
@@ -184,3 +186,65 @@ def test_redis_and_sentinel_passwords_never_show_quoted_short_or_in_any_url() ->
     # What is not a password stays readable.
     assert secrets.redact("redis://redis:6379/0 at 12:30:45") == "redis://redis:6379/0 at 12:30:45"
     assert "mirrorq:***@cache" in secrets.redact("redis://mirrorq:hunter2@cache:6379")
+
+
+EXTERNAL_ROLE = "arn:aws:iam::111111111111:role/mirrorq"
+EXTERNAL_ID = "org-4711-review-extid"
+
+
+@FORMATS
+def test_no_log_line_carries_a_job_s_external_id(
+    emulator: EmulatorProcess,
+    producer: Producer,
+    start_worker: Callable[..., WorkerProcess],
+    log_format: str,
+) -> None:
+    """README: "The ExternalId is not a secret, but no log line carries it." A job sent by
+    another service with `send_task` (role_arn and external_id beside its request), run by a
+    worker at INFO (the default level) and one at DEBUG, in each log format. Found in review:
+    Celery's `received` line (INFO, JSON: its `data`) printed the kwargs with the ExternalId,
+    and botocore's DEBUG line the AssumeRole request's body with it."""
+    lab = seed_lab(emulator.url, 2)
+    control(emulator.url, "roles", {"role_arn": EXTERNAL_ROLE, "external_id": EXTERNAL_ID})
+    found = {}
+    for level in ("INFO", "DEBUG"):
+        worker = start_worker(None, "--loglevel", level, "--log-format", log_format)
+        ids = [f"ext-{log_format}-{level}-{n}" for n in range(2)]
+        for n, task_id in enumerate(ids):
+            producer.app.send_task(
+                TASK_NAME,
+                task_id=task_id,
+                kwargs={
+                    "request": {**job(lab, n), "DryRun": True},
+                    "role_arn": EXTERNAL_ROLE,
+                    "external_id": EXTERNAL_ID,
+                },
+            )
+        records = wait_all(producer, ids)
+        assert {r["status"] for r in records} <= {"dry_run_ok", "failed"}, records
+        worker.kill()
+        worker.stop()
+        log = read_log(worker.log_path, log_format)
+        if level == "DEBUG":  # teeth: botocore printed the AssumeRole request
+            assert "AssumeRole" in log
+        found[level] = [line[:200] for line in log.splitlines() if EXTERNAL_ID in line]
+    assert found == {"INFO": [], "DEBUG": []}
+
+
+def test_an_external_id_is_masked_by_its_name_wherever_it_is_printed() -> None:
+    """By its key, as a dict's repr, JSON, a query string or keyword arguments print it, whatever
+    its characters (STS takes `,` `=` `/` `:` `@` `+` in one), and by value once remembered."""
+    secrets = RedactSecrets()
+    value = "a,b=c/d:e@f+g.h-i_j"
+    for line in (
+        f"{{'Action': 'AssumeRole', 'ExternalId': '{value}', 'Version': '2011-06-15'}}",
+        f'{{"external_id": "{value}", "role_arn": "arn:aws:iam::1:role/r"}}',
+        f"Action=AssumeRole&ExternalId={value.replace(',', '%2C')}&Version=2011-06-15",
+        f"kwargs={{'request': {{}}, 'external_id': b'{value}'}}",
+        f"ExternalId={value} RoleArn=arn:aws:iam::1:role/r",
+    ):
+        text = secrets.redact(line)
+        assert [part for part in ("a,b", "%2C", "g.h") if part in text] == [], text
+        assert "***" in text, text
+    secrets.remember(value)
+    assert secrets.redact(f"the id is {value}.") == "the id is ***."

@@ -28,7 +28,7 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonEncoder, JsonFormatter
 
 from tasks.contract import TASK_NAME
-from worker.redaction import REDACTOR
+from worker.redaction import EXTERNAL_ID_KEY, MASK, REDACTOR
 
 
 class LogFormat(StrEnum):
@@ -115,14 +115,22 @@ class TextFormatter(logging.Formatter):
 
 
 def _redacted(value: Any) -> Any:
-    """`value` with every string in it redacted (mappings and sequences walked)."""
+    """`value` with every string in it redacted (mappings and sequences walked), and the value
+    of an `ExternalId` or `external_id` key masked whatever it is."""
     if isinstance(value, str):
         return REDACTOR.redact(value)
     if isinstance(value, Mapping):
-        return {str(k): _redacted(v) for k, v in value.items()}
+        return {
+            str(k): MASK if _names_an_external_id(k) and v is not None else _redacted(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple | set | frozenset):
         return [_redacted(v) for v in value]
     return value  # numbers, None, datetimes; anything else is redacted as the encoder sees it
+
+
+def _names_an_external_id(key: object) -> bool:
+    return isinstance(key, str) and EXTERNAL_ID_KEY.fullmatch(key) is not None
 
 
 class _RedactingEncoder(JsonEncoder):

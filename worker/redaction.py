@@ -7,6 +7,12 @@ handler or logger can be missed): the patterns below, and the process's own cred
 value (its default ones, and every set of a role it assumes, as each arrives: worker/roads.py;
 its Redis and Sentinel passwords, however short, quoted and decoded), and any URL's userinfo
 password, wherever they appear, become `***`.
+
+A job's STS ExternalId is not a secret, but no log line carries it either (README): the value
+of any `ExternalId` or `external_id` key (a dict's or a keyword's repr, JSON, a query string:
+Celery's `received` line prints a message's kwargs, botocore at DEBUG the AssumeRole request)
+is masked, and each ExternalId (of 8 characters or more) a role is assumed with is remembered
+by value (worker/roads.py). worker/logs.py masks such a key's value in every field of a JSON line.
 """
 
 from __future__ import annotations
@@ -21,7 +27,14 @@ from urllib.parse import quote, unquote, urlsplit
 from config import Settings
 
 MASK = "***"
+# A key that names an STS ExternalId: `ExternalId` (STS's, botocore's), `external_id` (ours).
+EXTERNAL_ID_KEY = re.compile(r"(?i:external_?id)")
 _PATTERNS = [
+    # A job's ExternalId by its key, quoted (a repr, JSON): everything up to the closing quote
+    # (STS takes `,` `=` `/` `:` `@` `+` in one, and never a quote)...
+    re.compile(r"(\b(?i:external_?id)['\"]?\s*[:=]\s*b?(['\"]))[^'\"]*"),
+    # ... or bare (a query string, `key=value` text): up to `&` or a blank.
+    re.compile(r"(\b(?i:external_?id)\s*=\s*)(?!b?['\"])[^\s&'\"]+"),
     # Authorization: AWS4-HMAC-SHA256 Credential=AKID/date/region/service/aws4_request
     re.compile(r"(Credential=)[^/\s,'\"]+"),
     # Authorization: ..., Signature=<hex>; and botocore.auth's "Signature:\n<hex>"

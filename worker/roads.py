@@ -160,6 +160,9 @@ async def assumed_role(
     extra: dict[str, str] = {"RoleSessionName": session_name()}
     if external_id:
         extra["ExternalId"] = external_id
+        # Never in a log line, however printed (README); a short one (a word a line may hold
+        # for another reason) is left to the patterns that find it by its key.
+        REDACTOR.remember(external_id, shortest=8)
     fetcher = AioAssumeRoleCredentialFetcher(
         cast(Any, functools.partial)(
             session.create_client,

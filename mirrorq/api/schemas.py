@@ -28,6 +28,7 @@ from tasks.contract import (
     PARTITIONS,
     ROLE_ARN_MAX,
     ROLE_ARN_PATTERN,
+    RULE_NAME_MAX,
     SESSION_ID,
     SUBNET_ID,
     TARGET_ID,
@@ -628,7 +629,7 @@ EniIds = Annotated[list[Annotated[str, Field(pattern=ENI_ID)]], _IdList]
 TargetIds = Annotated[list[Annotated[str, Field(pattern=TARGET_ID)]], _IdList]
 FilterIds = Annotated[list[Annotated[str, Field(pattern=FILTER_ID)]], _IdList]
 SessionIds = Annotated[list[Annotated[str, Field(pattern=SESSION_ID)]], _IdList]
-RuleNames = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], _IdList]
+RuleNames = Annotated[list[Annotated[str, Field(min_length=1, max_length=RULE_NAME_MAX)]], _IdList]
 Tags = Annotated[
     list[Annotated[str, Field(pattern=r"^[^=]+=[\s\S]*$", description="Key=Value")]], _IdList
 ]

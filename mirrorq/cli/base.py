@@ -44,6 +44,137 @@ class Group(click.Group):
                 where = "".join(f"{prefix}{str(part).upper()}: " for part in problem["loc"][:1])
                 click.echo(f"mirrorq: {where}{message}", err=True)
             sys.exit(EXIT_USAGE)
+        except Exception as error:
+            said = unreachable(error)
+            if said is None:
+                raise
+            line, code = said
+            _say(f"mirrorq: {line}", code)
+            sys.exit(EXIT_FAILED)
+
+
+# Redis, or an AWS endpoint, that could not be reached (refused, timed out, closed, no
+# master): not a job that failed, nor an input error, nor a bug. A command meeting one, once
+# its own retries are spent (MIRRORQ_REDIS_RETRY_S, MIRRORQ_JOB_DEADLINE_S), says so in one
+# line and exits 1 (something outside the input failed); the API answers 503 with the same
+# codes (mirrorq/api/errors.py).
+REDIS_UNAVAILABLE, EC2_UNAVAILABLE = "RedisUnavailable", "Ec2Unavailable"
+
+
+def unreachable(error: BaseException) -> tuple[str, str] | None:
+    """The line saying which Redis or AWS endpoint `error` could not reach (its URL, never a
+    password), with the setting that names it, and the error's code; None for any other
+    error. An error raised from one (`raise ... from`), or a group holding one, counts."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        said = _redis_unreachable(current) or _aws_unreachable(current)
+        if said is not None:
+            return said
+        if isinstance(current, BaseExceptionGroup):
+            pending += current.exceptions
+        if current.__cause__ is not None:
+            pending.append(current.__cause__)
+    return None
+
+
+def _redis_unreachable(error: BaseException) -> tuple[str, str] | None:
+    if "redis" not in sys.modules and "kombu" not in sys.modules:
+        return None
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if not isinstance(error, RedisConnectionError | RedisTimeoutError | OperationalError):
+        return None
+    from config import get_settings
+
+    settings = get_settings()
+    setting, url = "MIRRORQ_BROKER_URL", settings.broker_url
+    if settings.result_backend != settings.broker_url and _names_host(
+        settings.result_backend, str(error)
+    ):
+        setting, url = "MIRRORQ_RESULT_BACKEND", settings.result_backend
+    return (
+        f"Redis is unreachable at {_without_password(url)} ({_reason(error)}): start it, or "
+        f"set {setting} to the Redis mirrorq uses",
+        REDIS_UNAVAILABLE,
+    )
+
+
+def _aws_unreachable(error: BaseException) -> tuple[str, str] | None:
+    if "botocore" not in sys.modules:
+        return None
+    from botocore.exceptions import ConnectionError as AwsConnectionError
+    from botocore.exceptions import ReadTimeoutError
+
+    if not isinstance(error, AwsConnectionError | ReadTimeoutError):
+        return None
+    from config import get_settings
+
+    settings = get_settings()
+    url = str(error.kwargs.get("endpoint_url") or "")
+    # The endpoint a setting names (the first that matches: those unset fall back to EC2's).
+    service, setting = "EC2", "MIRRORQ_EC2_ENDPOINT_URL (unset: AWS's, for MIRRORQ_REGION)"
+    for name, variable, configured in (
+        ("STS", "MIRRORQ_STS_ENDPOINT_URL", settings.sts_endpoint_url),
+        ("SQS", "MIRRORQ_SQS_ENDPOINT_URL", settings.sqs_endpoint_url),
+        ("Elastic Load Balancing", "MIRRORQ_ELBV2_ENDPOINT_URL", settings.elbv2_endpoint_url),
+    ):
+        if configured and _names_host(configured, url):
+            service, setting = name, variable
+            break
+    verb = "did not answer" if isinstance(error, ReadTimeoutError) else "is unreachable"
+    return (
+        f"{service} {verb} at {_without_password(url) or '?'} ({_reason(error)}): check "
+        f"{setting} and the network, then run the command again",
+        EC2_UNAVAILABLE,
+    )
+
+
+def _names_host(url: str, text: str) -> bool:
+    """Whether `text` names the host and port of `url` (of any of a Sentinel URL's parts)."""
+    import re
+    from urllib.parse import urlsplit
+
+    for part in url.split(";"):
+        with contextlib.suppress(ValueError):
+            split = urlsplit(part.strip())
+            where = f"{split.hostname}:{split.port or ''}".rstrip(":")
+            if split.hostname and re.search(rf"{re.escape(where)}(?![\w-]|\.\w)", text):
+                return True
+    return False
+
+
+def _without_password(url: str) -> str:
+    """`url` (each part of a Sentinel URL) with no userinfo password: `redis://host:6379/0`."""
+    from urllib.parse import urlsplit
+
+    parts = []
+    for part in url.split(";"):
+        try:
+            split = urlsplit(part.strip())
+            host = split.hostname or ""
+            port = f":{split.port}" if split.port else ""
+        except ValueError:
+            parts.append("?")
+            continue
+        user = f"{split.username}@" if split.username else ""
+        netloc = f"{user}{f'[{host}]' if ':' in host else host}{port}"
+        parts.append(split._replace(netloc=netloc).geturl())
+    return ";".join(parts)
+
+
+def _reason(error: BaseException) -> str:
+    """The error's own words, one line, with no secret the redactor knows."""
+    from worker.redaction import REDACTOR
+
+    text = " ".join(str(error).split()) or type(error).__name__
+    return REDACTOR.redact(text)[:300]
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

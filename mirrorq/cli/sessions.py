@@ -19,6 +19,7 @@ from mirrorq.cli.base import (
     placement_options,
     placement_or_exit,
 )
+from tasks.contract import FILTER_ID, RULE_NAME_MAX, SESSION_ID, TARGET_ID
 from tasks.errors import MirrorqError, UnknownResourceError
 
 if TYPE_CHECKING:
@@ -81,19 +82,32 @@ def session_plan_table(plan: SessionPlan) -> Table:
 
 
 def _ids(pattern: str, kind: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """A click callback: each value an id of `kind` (as the API's bodies take them), never an
-    EC2 filter wildcard (`*`, `?`) that would widen the selection; else exit 2 naming it."""
+    """A click callback: each value an id of `kind` matching the contract's `pattern` (as the
+    API's bodies take them), never an EC2 filter wildcard (`*`, `?`) that would widen the
+    selection, nor a typo that would select nothing; else exit 2 naming the option."""
     import re
 
     shape = re.compile(pattern)
 
-    def check(_: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
-        for value in values:
-            if not shape.match(value):
+    def check(_: click.Context, param: click.Parameter, values: Any) -> Any:
+        for value in (values,) if isinstance(values, str) else values:
+            if not shape.fullmatch(value):
                 raise click.BadParameter(f"{value!r} is not {kind} ({pattern})", param=param)
         return values
 
     return check
+
+
+def _rule_names(_: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+    """A click callback: each --rule a name of 1 to RULE_NAME_MAX characters, as the API's
+    bodies take them (an empty one would select nothing); else exit 2 naming the option."""
+    for value in values:
+        if not 1 <= len(value) <= RULE_NAME_MAX:
+            raise click.BadParameter(
+                f"a rule's name is 1 to {RULE_NAME_MAX} characters, got {value[:80]!r}",
+                param=param,
+            )
+    return values
 
 
 def selector_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -230,12 +244,29 @@ def _show_and_submit(
 
 @main.command()
 @selector_options
-@click.option("--target", multiple=True, help="Sessions to this target (repeatable).")
-@click.option("--filter", "filter_", multiple=True, help="... through this filter (repeatable).")
-@click.option("--rule", multiple=True, help="... made by this rule (its mirrorq:rule tag).")
+@click.option(
+    "--target",
+    multiple=True,
+    callback=_ids(TARGET_ID, "a target id"),
+    help="Sessions to this target (repeatable).",
+)
+@click.option(
+    "--filter",
+    "filter_",
+    multiple=True,
+    callback=_ids(FILTER_ID, "a filter id"),
+    help="... through this filter (repeatable).",
+)
+@click.option(
+    "--rule",
+    multiple=True,
+    callback=_rule_names,
+    help="... made by this rule (its mirrorq:rule tag).",
+)
 @click.option(
     "--session-id",
     multiple=True,
+    callback=_ids(SESSION_ID, "a session id"),
     help="This session (repeatable); the one way to delete a session mirrorq does not manage.",
 )
 @plan_options("deleted")
@@ -269,11 +300,33 @@ def unmirror(
 
 
 @main.command()
-@click.option("--from", "from_target", required=True, help="The target the sessions leave.")
-@click.option("--to", "to_target", required=True, help="The target they move to.")
+@click.option(
+    "--from",
+    "from_target",
+    required=True,
+    callback=_ids(TARGET_ID, "a target id"),
+    help="The target the sessions leave.",
+)
+@click.option(
+    "--to",
+    "to_target",
+    required=True,
+    callback=_ids(TARGET_ID, "a target id"),
+    help="The target they move to.",
+)
 @selector_options
-@click.option("--rule", multiple=True, help="Sessions made by this rule (its mirrorq:rule tag).")
-@click.option("--session-id", multiple=True, help="This session (repeatable), managed or not.")
+@click.option(
+    "--rule",
+    multiple=True,
+    callback=_rule_names,
+    help="Sessions made by this rule (its mirrorq:rule tag).",
+)
+@click.option(
+    "--session-id",
+    multiple=True,
+    callback=_ids(SESSION_ID, "a session id"),
+    help="This session (repeatable), managed or not.",
+)
 @plan_options("changed")
 def retarget(
     from_target: str,
