@@ -8,8 +8,8 @@ prune = false                     # optional: every rule's `prune` unless it set
 name = "prod-web"                 # unique; recorded with every job the rule makes
 vpc = ["vpc-0a1b2c3d"]            # selectors: vpc, subnet, tag ("K=V"), instance, eni
 tag = ["Env=prod"]
-target = "tmt-07f75d8feeEXAMPLE"  # or targets = [...] with choose = "same-az" | "least-loaded"
-filter = "tmf-04812ff784EXAMPLE"  # or filters = [...]: each used where it exists
+target = "tmt-07f75d8fee0a1b2c3"  # or targets = [...] with choose = "same-az" | "least-loaded"
+filter = "tmf-04812ff7840a1b2c3"  # or filters = [...]: each used where it exists
 filter_tag = "mirrorq:filter=web" # and/or: where no id exists, the one filter tagged so
 packet_length = 128               # optional: packet_length, virtual_network_id,
 description = "prod web"          #   description, session_tags ("K=V")
