@@ -296,11 +296,13 @@ def test_an_event_whose_id_is_too_long_for_a_key_is_handled_once(
     process = start_api(api_env, tmp_path, "--policy", str(policy))
     try:
         http = httpx.Client(base_url=process.url, headers=AUTH, timeout=60)  # type: ignore[attr-defined]
-        start_worker()
+        # The worker starts after both: once the first job's session exists, the event is
+        # answered "mirrored already", not as a duplicate (seen once the API read target health).
         first, second = (http.post("/v1/events", json=event) for _ in range(2))
         assert (first.status_code, second.status_code) == (202, 202), first.text
         assert len(first.json()["job_ids"]) == 1
         assert (second.json()["job_ids"], second.json()["duplicates"]) == ([], 1)
+        start_worker()
         wait_until(lambda: len(sessions(emulator.url)) == 1, what="the session")
         record = http.get(f"/v1/jobs/{first.json()['job_ids'][0]}").json()
         assert record["status"] == "created"
