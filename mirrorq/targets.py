@@ -38,7 +38,7 @@ from botocore.exceptions import ClientError
 from mirrorq.inventory import FILTER_VALUES, PAGE_SIZE
 from worker.ec2 import Ec2Road
 
-RUNNING = "running"
+RUNNING, PENDING = "running", "pending"
 LB_ARNS_PER_CALL = 20  # DescribeLoadBalancers' LoadBalancerArns: "up to 20 ... in a single call"
 LB_NOT_FOUND = "LoadBalancerNotFound"
 # Elastic Load Balancing v2's LoadBalancerStateEnum (botocore's elbv2 model).
@@ -139,6 +139,10 @@ def health_of(  # noqa: PLR0911 - a return per state
     state = states.get(instance)
     if state is None:
         return Health(target_id, False, "instance_gone", instance)
+    if state == PENDING:
+        # Launched (an Auto Scaling group's replacement sensor, say): it runs by itself, as a
+        # provisioning load balancer becomes active; moving its sessions away would undo that.
+        return Health(target_id, True, f"instance_{state}", instance)
     if state != RUNNING:
         return Health(target_id, False, f"instance_{state}", instance)
     return Health(target_id, True, "", instance)

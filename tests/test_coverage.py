@@ -232,6 +232,11 @@ def test_a_target_s_health_from_what_was_read() -> None:
     assert health_of(A, None, {}, {}, None) == Health(A, False, "target_gone")
     assert health_of(A, target, attached, {"i-s": "running"}, None).live
     assert health_of(A, target, attached, {"i-s": "stopped"}, None).reason == "instance_stopped"
+    # A sensor just launched (its Auto Scaling group's replacement) runs by itself, as a new
+    # load balancer becomes active: its sessions are not moved away.
+    assert health_of(A, target, attached, {"i-s": "pending"}, None) == Health(
+        A, True, "instance_pending", "i-s"
+    )
     assert health_of(A, target, attached, {}, None).reason == "instance_gone"
     assert health_of(A, target, {}, {}, "111111111111").reason == "eni_gone"
     assert health_of(A, target, {}, {}, None).live  # whose ENI it is cannot be told
