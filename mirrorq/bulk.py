@@ -148,12 +148,13 @@ class PlaceRead:
     health: dict[str, Health] = field(default_factory=dict)  # read_live(health=True) only
 
     def live_state(self) -> planning.PlaceState:
-        """The state as creates are planned: without the targets known dead."""
+        """The state as creates are planned: without the targets known dead, and knowing them
+        (a session on one is no rule's mirror but its own rule's, which repair moves)."""
         dead = {t for t, h in self.health.items() if not h.live}
         if not dead:
             return self.state
         targets = {t: v for t, v in self.state.targets.items() if t not in dead}
-        return replace(self.state, targets=targets)
+        return replace(self.state, targets=targets, dead_targets=frozenset(dead))
 
 
 async def _plan_place(

@@ -266,11 +266,10 @@ def _unwanted(rules: Sequence[Rule], place: Placement, read: Any) -> list[Unwant
     here = {r.name: r for r in read.state.rules}
     enis = {e["NetworkInterfaceId"]: e for e in read.state.enis}
     dead = frozenset(t for t, h in read.health.items() if not h.live)
-    kept = adopted(read.state.rules, enis, read.state.sessions, dead)  # as prune keeps them
     found = []
     for s in read.state.sessions:
         name = rule_of(s)
-        if name is None or name == MIRROR_RULE or s["TrafficMirrorSessionId"] in kept:
+        if name is None or name == MIRROR_RULE:
             continue
         session_id, eni_id = s["TrafficMirrorSessionId"], s["NetworkInterfaceId"]
         rule = here.get(name)
@@ -287,7 +286,9 @@ def _unwanted(rules: Sequence[Rule], place: Placement, read: Any) -> list[Unwant
         else:
             continue
         found.append(Unwanted(session_id, eni_id, name, reason.value))
-    return found
+    doomed = {u.session_id for u in found}
+    kept = adopted(read.state.rules, enis, read.state.sessions, doomed, dead)  # as prune keeps
+    return [u for u in found if u.session_id not in kept]
 
 
 async def read_coverage(settings: Settings, rules: Sequence[Rule], producer: Producer) -> Coverage:

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from mirrorq.eligibility import unsupported
-from mirrorq.managed import managed_fields
+from mirrorq.managed import managed_fields, rule_of
 from mirrorq.rules import Choose, Rule
 from tasks.contract import NOWHERE, JobKind, Placement
 from worker.sessions import same_mirror
@@ -278,6 +278,9 @@ class PlaceState:
     target_enis: set[str]
     # The instance type of each ENI attached to an instance, by ENI id (eligible sources).
     instance_types: Mapping[str, str] = field(default_factory=dict)
+    # The targets known dead (bulk.py PlaceRead.live_state): a session on one is no rule's
+    # mirror but its own rule's (dark-session repair moves it: mirrorq/dark.py).
+    dead_targets: frozenset[str] = frozenset()
 
 
 def plan(
@@ -363,7 +366,11 @@ def _decide(  # noqa: PLR0911 - a return per outcome
 ) -> PlanItem:
     eni_id = eni["NetworkInterfaceId"]
     existing = load.on_eni.get(eni_id, [])
-    same = same_mirror(existing, rule.targets, rule.filter_id)
+    same = [
+        s
+        for s in same_mirror(existing, rule.targets, rule.filter_id)
+        if s["TrafficMirrorTargetId"] not in state.dead_targets or rule_of(s) == rule.name
+    ]
     made = [s for s in same if "pending_job" not in s]
     if made:
         return PlanItem(

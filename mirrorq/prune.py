@@ -20,8 +20,9 @@ A session its rule does not want but another rule planned here wants as it is (t
 by that rule's selectors, its target one of that rule's live targets, its filter that rule's
 as planned here; a renamed rule) is kept: *adopted* (`adopted`), and the planner counts it as
 that rule's mirror already made, so a pass never deletes a mirror it would create again (a gap
-in mirroring). A rule adopts at most one session per ENI, and none when it has one of its own
-there; the adopted session keeps its tag until it is deleted.
+in mirroring). A rule adopts at most one session per ENI, and none where a session that stays
+anyway (for whatever reason) is already its mirror; a session on a dead target is no rule's
+mirror here and never adopted. The adopted session keeps its tag until it is deleted.
 
 A rule that cannot be planned here (none of its targets or filters exists) prunes nothing
 here: what it wants here cannot be known. Nothing is read here: the live read is
@@ -30,7 +31,7 @@ mirrorq/bulk.py's, and a Describe that fails fails the whole pass before anythin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -116,8 +117,7 @@ def plan_prune(state: PruneState, *, everything: bool = False) -> PrunePlan:
     applying = {r.name for r in state.applying}
     here = {r.name: r for r in state.here}
     orphans = everything or all(r.prune for r in state.policy)
-    kept = adopted(state.here, state.enis, state.sessions, state.dead_targets)
-    deletions: list[Deletion] = []
+    judged: list[tuple[Mapping[str, Any], str, tuple[Reason, str]]] = []
     managed = 0
     for session in state.sessions:
         name = rule_of(session)
@@ -125,7 +125,7 @@ def plan_prune(state: PruneState, *, everything: bool = False) -> PrunePlan:
         if name is None or eni is None:
             continue  # not mirrorq's, or not this place's ENI (or gone: EC2 deletes those)
         managed += 1
-        if name == MIRROR_RULE or session.get("TrafficMirrorSessionId") in kept:
+        if name == MIRROR_RULE:
             continue
         if name in here and session.get("TrafficMirrorTargetId") in state.dead_targets:
             continue  # dark-session repair moves it (mirrorq/dark.py: its rule's sessions)
@@ -140,7 +140,14 @@ def plan_prune(state: PruneState, *, everything: bool = False) -> PrunePlan:
         else:
             why = _unwanted(rule, here[name], eni, session)
         if why is not None:
-            deletions.append(_deletion(session, name, *why, place=state.place))
+            judged.append((session, name, why))
+    doomed = {str(s["TrafficMirrorSessionId"]) for s, _, _ in judged}
+    kept = adopted(state.here, state.enis, state.sessions, doomed, state.dead_targets)
+    deletions = [
+        _deletion(session, name, *why, place=state.place)
+        for session, name, why in judged
+        if str(session["TrafficMirrorSessionId"]) not in kept
+    ]
     return PrunePlan(deletions, managed, kept)
 
 
@@ -173,37 +180,35 @@ def adopted(
     here: Sequence[Rule],
     enis: Mapping[str, Mapping[str, Any]],
     sessions: Sequence[Mapping[str, Any]],
+    doomed: Collection[str],
     dead_targets: frozenset[str] = frozenset(),
 ) -> dict[str, str]:
-    """The managed sessions whose own rule (planned here) does not want them but another rule
-    planned here does, by session id: the rule that adopts each (the first in policy order).
-    A rule adopts at most one session per ENI, and none on an ENI where a session that stays
-    anyway (its own rule's, one made outside mirrorq or by `mirror`) is already its mirror: each
-    ENI mirrored once to the rule's target. A session on a dead target is never adopted
-    (dark-session repair moves only its own rule's sessions)."""
-    by_name = {r.name: r for r in here}
-    staying: list[tuple[str, Mapping[str, Any], Mapping[str, Any]]] = []
+    """Of the sessions `doomed` (by id: those a pass would delete, no rule of theirs wanting
+    them), those another rule planned here wants as they are, by session id: the rule that
+    adopts each (the first in policy order that has no mirror of the ENI yet). Every other
+    session stays, whatever keeps it (its rule wants it, its rule does not prune or cannot be
+    planned here, made outside mirrorq or by `mirror`), and so does an adopted one: each is
+    the mirror of every rule that wants it, which then adopts none on that ENI (each ENI
+    mirrored once to the rule's target). A session on a dead target is no rule's mirror, and
+    never adopted (dark-session repair moves only its own rule's sessions)."""
+    served: set[tuple[str, str]] = set()  # (rule, ENI) where the rule has its mirror
     candidates: list[tuple[str, Mapping[str, Any], Mapping[str, Any]]] = []
     for session in sorted(sessions, key=lambda s: str(s.get("TrafficMirrorSessionId"))):
-        name, eni_id = rule_of(session), str(session.get("NetworkInterfaceId", ""))
+        eni_id = str(session.get("NetworkInterfaceId", ""))
         eni = enis.get(eni_id)
-        if eni is None:
+        if eni is None or session.get("TrafficMirrorTargetId") in dead_targets:
             continue
-        own = by_name.get(name or "")
-        dead = session.get("TrafficMirrorTargetId") in dead_targets
-        if name in (None, MIRROR_RULE) or (own is not None and (dead or wants(own, eni, session))):
-            staying.append((eni_id, eni, session))  # never pruned (or moved by repair)
-        elif not dead:
+        if str(session.get("TrafficMirrorSessionId")) in doomed:
             candidates.append((eni_id, eni, session))
-    # (rule, ENI) where the rule already has its mirror
-    served = {(r.name, eni_id) for eni_id, eni, s in staying for r in here if wants(r, eni, s)}
+        else:
+            served |= {(r.name, eni_id) for r in here if wants(r, eni, session)}
     found: dict[str, str] = {}
     for eni_id, eni, session in candidates:
-        for rule in here:
-            if (rule.name, eni_id) not in served and wants(rule, eni, session):
-                served.add((rule.name, eni_id))
-                found[str(session["TrafficMirrorSessionId"])] = rule.name
-                break
+        wanting = [r.name for r in here if wants(r, eni, session)]
+        adopter = next((name for name in wanting if (name, eni_id) not in served), None)
+        if adopter is not None:
+            found[str(session["TrafficMirrorSessionId"])] = adopter
+            served |= {(name, eni_id) for name in wanting}  # it stays: theirs too
     return found
 
 

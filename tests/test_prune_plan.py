@@ -272,3 +272,107 @@ def test_a_session_through_a_rule_s_second_filter_is_migrated_to_its_first() -> 
     done = plan_prune(state([dual], sessions, enis=enis), everything=True)
     assert [d.reason for d in done.deletions] == [Reason.FILTER_NOT_RULES]
     assert plan([dual], enis, sessions, {T: Target(T)}, set()).counts() == {"create": 1}
+
+
+def test_adoption_never_keeps_a_second_mirror_of_a_rule_on_an_eni() -> None:
+    """prod (targets T, T2; prune) matches ENI 1. Two sessions of ENI 1 no longer their rules':
+    web's on T (web does not prune: it stays anyway) and db's on T2 (db prunes: without
+    adoption it is deleted, eni_not_matched). Every session that stays, for whatever reason,
+    serves the rules that want it: web's is prod's mirror, so db's is not adopted (it was:
+    ENI 1 mirrored twice to prod's sensors, for ever). Failed (review 2, 2026-12-06)."""
+    prod = Rule("prod", Selectors(tags=(("Env", "prod"),)), (T, T2), F, prune=True)
+    db = Rule("db", Selectors(tags=(("Role", "db"),)), (T2,), F, prune=True)
+    web = Rule("web", Selectors(tags=(("Role", "web"),)), (T,), F, prune=False)
+    policy = [prod, db, web]
+    enis = [eni(1, Env="prod")]  # no longer Role=db nor Role=web
+    sessions = [session(1, "db", target=T2), session(101, "web", target=T)]
+    done = plan_prune(state(policy, sessions, enis=enis))
+    deleted = {d.session_id for d in done.deletions}
+    kept = [s for s in sessions if s["TrafficMirrorSessionId"] not in deleted]
+    mirrors_of_prod = [s for s in kept if s["TrafficMirrorTargetId"] in prod.targets]
+    assert len(mirrors_of_prod) == 1, (done.adopted, deleted)
+    assert done.adopted == {}
+    assert [(d.session_id, d.reason) for d in done.deletions] == [
+        (session(1, None)["TrafficMirrorSessionId"], Reason.ENI_NOT_MATCHED)
+    ]
+    # the planner agrees ENI 1 is prod's already
+    assert plan([prod], enis, kept, {T: Target(T), T2: Target(T2)}, set()).counts() == {
+        "already_mirrored": 1
+    }
+
+
+def _one_place(rules: list[Rule], enis: list[dict[str, Any]], sessions: list[Any]) -> Any:
+    """One place read with health: A dead (its sensor terminated), B live."""
+    from mirrorq.bulk import Live, PlaceRead
+    from mirrorq.planning import PlaceState
+    from mirrorq.targets import Health
+    from tasks.contract import NOWHERE
+
+    health = {A: Health(A, live=False, reason="instance_terminated"), B: Health(B, live=True)}
+    st = PlaceState(rules, enis, sessions, {A: Target(A), B: Target(B)}, set(), {})
+    return Live(rules, [NOWHERE], [PlaceRead(st, [], set(), health)])
+
+
+A, B = "tmt-aaaaaaaaaaaaaaaaa", "tmt-bbbbbbbbbbbbbbbbb"
+
+
+def test_a_dark_session_never_counts_as_a_rule_s_mirror_for_adoption() -> None:
+    """ENI 1 matched by x (target A) and new (targets A, B), one filter. x's session is on A,
+    dead (x has no live target: it stays dark); a renamed rule's (old's) session is on B,
+    live: new's only live mirror of ENI 1. adopted() counted x's dark session as new's mirror
+    ('served'), so old's live one was not adopted and `--prune` deleted it: ENI 1 mirrored only
+    into the dead sensor. Failed (review 2, 2026-12-06)."""
+    from mirrorq.bulk import plan_read
+    from mirrorq.dark import after, plan_repairs
+
+    prod = Selectors(tags=(("Env", "prod"),))
+    x = Rule("x", prod, (A,), F)
+    new = Rule("new", prod, (A, B), F, choose=None)
+    one = {**eni(1, Env="prod"), "AvailabilityZone": "us-east-1a"}
+    dark, live_old = session(1, "x", target=A), session(101, "old", target=B)
+    sessions = [dark, live_old]
+    read = state([x, new], sessions, enis=[one], dead_targets=frozenset({A}))
+    done = plan_prune(read, everything=True)
+    assert done.deletions == [], done.deletions
+    assert done.adopted == {live_old["TrafficMirrorSessionId"]: "new"}
+    live = _one_place([x, new], [one], sessions)
+    repairs = plan_repairs(live)
+    assert [r.to_target for r in repairs] == [None]  # x has no live target
+    made = plan_read(after(live, repairs))
+    assert made.counts("new") == {"already_mirrored": 1}
+    assert [i.detail for i in made.items if i.rule == "new"] == [live_old["TrafficMirrorSessionId"]]
+
+
+def test_another_rule_s_dark_session_is_not_a_rule_s_mirror_for_the_planner() -> None:
+    """x's session of ENI 1 on A (dead; x has no live target, so no repair moves it). new
+    (targets A, B) has no mirror of ENI 1 into a live sensor: the planner creates one on B,
+    not `already_mirrored` by x's dark session (it was: ENI 1 dark for good). Failed (review
+    2, 2026-12-06)."""
+    from mirrorq.bulk import plan_read
+    from mirrorq.dark import after, plan_repairs
+
+    prod = Selectors(tags=(("Env", "prod"),))
+    x = Rule("x", prod, (A,), F)
+    new = Rule("new", prod, (A, B), F, choose=None)
+    one = {**eni(1, Env="prod"), "AvailabilityZone": "us-east-1a"}
+    live = _one_place([x, new], [one], [session(1, "x", target=A)])
+    repairs = plan_repairs(live)
+    made = plan_read(after(live, repairs))
+    assert [(i.rule, i.target_id) for i in made.to_create()] == [("new", B)], made.items
+    assert made.counts("x") == {"already_mirrored": 1}  # its own, dark: nothing to make it on
+
+
+def test_a_rule_s_own_dark_session_being_repaired_is_its_mirror_not_a_gap() -> None:
+    """web (targets A, B): its session of ENI 1 on A (dead) is moved to B by repair; the
+    planner, with or without the repairs applied (coverage and `policy plan` plan what was
+    read), never creates a second one for web beside it."""
+    from mirrorq.bulk import plan_read
+    from mirrorq.dark import after, plan_repairs
+
+    web = Rule("web", Selectors(tags=(("Env", "prod"),)), (A, B), F, choose=None)
+    one = {**eni(1, Env="prod"), "AvailabilityZone": "us-east-1a"}
+    live = _one_place([web], [one], [session(1, "web", target=A)])
+    repairs = plan_repairs(live)
+    assert [r.to_target for r in repairs] == [B]
+    assert plan_read(after(live, repairs)).counts() == {"already_mirrored": 1}
+    assert plan_read(live).counts() == {"already_mirrored": 1}
