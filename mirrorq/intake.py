@@ -216,7 +216,9 @@ class Intake:
             return {}
         assert self.roads is not None
         own = place.account_id or await self.roads.default_account()
-        return await target_health(road, targets, own)
+        # Spared: a kind of target that cannot be read (its permission missing) is not
+        # judged, and fails no event of a rule that does not use it.
+        return await target_health(road, targets, own, spare=True)
 
     async def _repair(
         self,
