@@ -21,7 +21,11 @@ resource on the road every EC2 call takes (worker/ec2.py): the targets
   and `pendingAcceptance` are live, said in the reason.
 
 A read that fails fails the whole reading (and with it the pass: nothing is repaired or
-pruned on a partial view). Not judged (counted live, the reason says so): another account's
+pruned on a partial view), except for an event's (`spare`): there a kind of target whose read
+fails (its ENIs and instances, its load balancers, its endpoints: a role without
+elasticloadbalancing:DescribeLoadBalancers, say) is not judged, its targets counted live with
+the reason, and a WARNING names the permission the read needs; the rules that use none of
+them are planned as ever. Not judged (counted live, the reason says so): another account's
 target shared with this one (RAM), whose ENI, endpoint or load balancer this account cannot
 describe (its owner's place, when a pass reads it, says), and any of them when this place's
 account is not known.
@@ -29,15 +33,18 @@ account is not known.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from mirrorq.inventory import FILTER_VALUES, PAGE_SIZE
 from worker.ec2 import Ec2Road
+from worker.errors import classify
 
+log = logging.getLogger(__name__)
 RUNNING, PENDING = "running", "pending"
 LB_ARNS_PER_CALL = 20  # DescribeLoadBalancers' LoadBalancerArns: "up to 20 ... in a single call"
 LB_NOT_FOUND = "LoadBalancerNotFound"
@@ -58,11 +65,13 @@ class Health:
 
 
 async def target_health(
-    road: Ec2Road, target_ids: Iterable[str], own_account: str | None = None
+    road: Ec2Road, target_ids: Iterable[str], own_account: str | None = None, *, spare: bool = False
 ) -> dict[str, Health]:
     """The health of these targets in the road's place. `own_account`: this place's account,
     to tell its own target whose ENI is gone from another account's shared one, whose ENI
-    it cannot see (None: an ENI it cannot see is not judged, and counts live)."""
+    it cannot see (None: an ENI it cannot see is not judged, and counts live). `spare` (an
+    event's reading): a kind of target whose read fails is not judged (live, the reason says
+    why, a WARNING names the permission) instead of failing the whole reading."""
     wanted = sorted(set(target_ids))
     if not wanted:
         return {}
@@ -71,27 +80,89 @@ async def target_health(
         for t in await road.paginate("DescribeTrafficMirrorTargets", "TrafficMirrorTargets")
         if t["TrafficMirrorTargetId"] in wanted
     }
+    unread: dict[str, str] = {}  # a kind of target not read: why
     eni_ids = [t["NetworkInterfaceId"] for t in described.values() if t.get("NetworkInterfaceId")]
-    enis = {e["NetworkInterfaceId"]: e for e in await _described(road, eni_ids)}
-    instance_ids = [
-        (e.get("Attachment") or {}).get("InstanceId")
-        for e in enis.values()
-        if (e.get("Attachment") or {}).get("InstanceId")
-    ]
-    states = await _instance_states(road, [i for i in instance_ids if i])
+    enis: dict[str, dict[str, Any]] = {}
+    states: dict[str, str] = {}
+    try:
+        enis = {e["NetworkInterfaceId"]: e for e in await _described(road, eni_ids)}
+        instance_ids = [
+            (e.get("Attachment") or {}).get("InstanceId")
+            for e in enis.values()
+            if (e.get("Attachment") or {}).get("InstanceId")
+        ]
+        states = await _instance_states(road, [i for i in instance_ids if i])
+    except (ClientError, BotoCoreError) as error:
+        unread[ENI_KIND] = _unread(error, spare, len(eni_ids), "sensor ENIs and instances")
     ours = [t for t in described.values() if own_account is not None and _owned(t, own_account)]
     arns = [t["NetworkLoadBalancerArn"] for t in ours if t.get("NetworkLoadBalancerArn")]
-    balancers = await load_balancer_states(road, arns) if arns else {}
+    balancers: dict[str, str] | None = {}
+    try:
+        balancers = await load_balancer_states(road, arns) if arns else {}
+    except (ClientError, BotoCoreError) as error:
+        unread[NLB_KIND] = _unread(error, spare, len(arns), "load balancers")
+        balancers = None
     endpoint_ids = [
         t["GatewayLoadBalancerEndpointId"] for t in ours if t.get("GatewayLoadBalancerEndpointId")
     ]
-    endpoints = await endpoint_states(road) if endpoint_ids else {}
-    return {
+    endpoints: dict[str, str] | None = {}
+    try:
+        endpoints = await endpoint_states(road) if endpoint_ids else {}
+    except (ClientError, BotoCoreError) as error:
+        unread[ENDPOINT_KIND] = _unread(error, spare, len(endpoint_ids), "endpoints")
+        endpoints = None
+    found = {
         t: health_of(
             t, described.get(t), enis, states, own_account, balancers=balancers, endpoints=endpoints
         )
         for t in wanted
     }
+    for t, health in found.items():
+        why = unread.get(_kind(described.get(t)))
+        # Not read: not judged, live (a shared target keeps its own reason: never read anyway).
+        if why is not None and health.reason != SHARED:
+            found[t] = Health(t, True, why)
+    return found
+
+
+ENI_KIND, NLB_KIND, ENDPOINT_KIND = "network-interface", "network-load-balancer", "gwlb-endpoint"
+SHARED = "shared from another account: not checked"
+# The IAM permission each read needs, by the action that was refused.
+PERMISSIONS = {
+    "DescribeLoadBalancers": "elasticloadbalancing:DescribeLoadBalancers",
+    "DescribeVpcEndpoints": "ec2:DescribeVpcEndpoints",
+    "DescribeNetworkInterfaces": "ec2:DescribeNetworkInterfaces",
+    "DescribeInstances": "ec2:DescribeInstances",
+}
+
+
+def _kind(target: dict[str, Any] | None) -> str:
+    if target is None:
+        return ""
+    if target.get("NetworkInterfaceId"):
+        return ENI_KIND
+    if target.get("NetworkLoadBalancerArn"):
+        return NLB_KIND
+    return ENDPOINT_KIND if target.get("GatewayLoadBalancerEndpointId") else ""
+
+
+def _unread(error: ClientError | BotoCoreError, spare: bool, count: int, what: str) -> str:
+    """Why a kind of target was not judged (`spare`), said in a WARNING; else re-raised."""
+    if not spare:
+        raise error
+    failure = classify(error)
+    action = failure.operation or getattr(error, "operation_name", None) or "the read"
+    said = f"{failure.service} answered {failure.code} to {action}"
+    permission = PERMISSIONS.get(str(action), str(action))
+    log.warning(
+        "the %s of %d target(s) could not be read (%s): those targets are not judged, counted "
+        "live; the read needs the permission %s",
+        what,
+        count,
+        said,
+        permission,
+    )
+    return f"not read ({said}): not checked"
 
 
 def _owned(target: dict[str, Any], own_account: str) -> bool:

@@ -433,6 +433,30 @@ def test_a_deleted_nlb_s_sessions_are_dark_whatever_the_fleet_s_account_name(
         assert code == 1
 
 
+def test_a_wrong_twelve_digit_account_id_never_hides_a_deleted_nlb(
+    emulator: EmulatorProcess, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Review 2: a 12-digit MIRRORQ_AWS_ACCOUNT_ID that is not the credentials' account (one
+    digit wrong, or another account's id used as the fleet's scope name) was taken for it
+    without asking STS: every own NLB target was judged 'shared from another account: not
+    checked', live, and a deleted NLB's sessions passed `--fail-under 100`, said nowhere.
+    The credentials' real account (STS) owns the targets; the mismatch is said, once."""
+    lab, policy, n = _on_lab_nlb(emulator.url, tmp_path)
+    lab_client(emulator.url, service="elbv2").delete_load_balancer(LoadBalancerArn=lab["nlb_arn"])
+    wrong = {**env, "MIRRORQ_AWS_ACCOUNT_ID": "999999999999"}
+    done = run(wrong, "coverage", "--policy", str(policy), "--json", "--fail-under", "100")
+    report = json.loads(done.stdout)
+    reasons = {e["reason"] for e in report["rules"][0]["enis"]}
+    assert report["totals"]["dark"] == n, (report["totals"], reasons, done.returncode)
+    assert reasons == {"load_balancer_gone"}
+    assert done.returncode == 1
+    # A one-shot command's warnings are its stderr's bare lines (no log set-up: Python's own).
+    said = [line for line in done.stderr.splitlines() if "999999999999" in line]
+    assert len(said) == 1, done.stderr[-3000:]
+    assert "123456789012" in said[0], said
+    assert "MIRRORQ_AWS_ACCOUNT_ID=123456789012" in said[0], said  # what to do
+
+
 def test_coverage_says_why_a_live_target_was_not_fully_judged(
     emulator: EmulatorProcess, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -459,3 +483,71 @@ def test_coverage_fail_under_nan_is_refused_as_usage(
         done = run(env, "coverage", "--policy", str(policy), "--fail-under", bad)
         assert done.returncode == 2, (bad, done.returncode, done.stdout[-500:], done.stderr[-500:])
         assert "--fail-under" in done.stderr, bad
+
+
+def test_an_event_for_an_eni_target_rule_is_mirrored_though_another_rule_s_nlb_is_unreadable(
+    emulator: EmulatorProcess, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Review 2: events read the health of every rule's targets of the place before planning.
+    A role without elasticloadbalancing:DescribeLoadBalancers (one rule's NLB target): an
+    instance's `running` event for the other rule, whose only target is a sensor ENI, was
+    answered 502 ('EC2 answered AccessDenied'), not handled (before the health read it was).
+    README: 'A rule whose targets no longer exist makes nothing (logged); the others go on'."""
+    ec2 = lab_client(emulator.url)
+    lab = seed_lab(emulator.url, 1)
+    instance = ec2.run_instances(
+        ImageId=LAB_IMAGE_ID,
+        MinCount=1,
+        MaxCount=1,
+        SubnetId=lab["subnet_ids"][0],
+        InstanceType="c5.large",
+    )["Instances"][0]
+    eni_id = instance["NetworkInterfaces"][0]["NetworkInterfaceId"]
+    ec2.create_tags(Resources=[eni_id], Tags=[{"Key": "Team", "Value": "web"}])
+    policy = tmp_path / "p.toml"
+    policy.write_text(
+        f'[[rules]]\nname = "web"\ntag = ["Team=web"]\ntarget = "{lab["target_ids"]["eni"]}"\n'
+        f'filter = "{lab["filter_id"]}"\n\n'
+        f'[[rules]]\nname = "other"\ntag = ["Team=other"]\ntarget = "{lab["target_ids"]["nlb"]}"\n'
+        f'filter = "{lab["filter_id"]}"\n'
+    )
+
+    def refuse(action: str, _: dict[str, str], __: int) -> Answer | None:
+        if action == "DescribeLoadBalancers":
+            return Answer(403, ACCESS_DENIED, "text/xml", forward="instead")
+        return None
+
+    with FaultProxy(emulator.url, refuse) as proxy:
+        api_env = {
+            **env,
+            "MIRRORQ_API_TOKENS": ",".join(TOKENS),
+            "MIRRORQ_ELBV2_ENDPOINT_URL": proxy.url,
+        }
+        api = start_api(api_env, tmp_path, "--policy", str(policy))
+        try:
+            answer = httpx.post(
+                f"{api.url}/v1/events",  # type: ignore[attr-defined]
+                json=running_event("review2-running", instance["InstanceId"]),
+                headers=AUTH,
+                timeout=60,
+            )
+        finally:
+            api.stop()
+    assert answer.status_code == 202, (answer.status_code, answer.text[:500])
+    assert len(answer.json()["job_ids"]) == 1, answer.json()
+    # Said where the operator looks: the permission missing, in a WARNING of the API's log.
+    logged = [line for line in api.log_path.read_text().splitlines() if "WARNING" in line]
+    assert any("elasticloadbalancing:DescribeLoadBalancers" in line for line in logged), logged
+
+
+def test_an_elastic_load_balancing_refusal_is_named_after_its_service() -> None:
+    """Review 2: a refused DescribeLoadBalancers was reported 'EC2 answered AccessDenied'."""
+    from botocore.exceptions import ClientError
+
+    from worker.errors import classify
+
+    response: Any = {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}
+    failure = classify(ClientError(response, "DescribeLoadBalancers"))
+    assert failure.service == "Elastic Load Balancing"
+    assert classify(ClientError(response, "DescribeInstances")).service == "EC2"
+    assert classify(ClientError(response, "GetCallerIdentity")).service == "STS"

@@ -406,6 +406,28 @@ def test_a_roles_load_balancer_reads_refresh_its_expiring_credentials(
     assert Counter(emulator.stats()["AssumeRole"]) == {"ok": refreshes}
 
 
+def test_a_wrong_twelve_digit_account_id_never_splits_the_own_account_s_buckets(
+    emulator: EmulatorProcess, lab_credentials: None, redis_url: str
+) -> None:
+    """Review 2: MIRRORQ_AWS_ACCOUNT_ID 12 digits but not the credentials' account: it was
+    taken for that account without asking STS, so a role in the real own account (an
+    [[accounts]] entry naming it) got buckets of its own beside the default place's. The
+    credentials' account is STS's answer (asked once), and such a role spends the fleet's."""
+    settings = _settings(emulator, aws_account_id="999999999999")
+
+    async def run() -> tuple[str | None, str]:
+        async with open_roads(get_session(), emulator, redis_url, settings) as roads:
+            async with roads.use(Place("us-east-1", role_arn("123456789012"))) as road:
+                account = road.limiters.account
+            assert await roads.default_account() == await roads.default_account()
+            return await roads.default_account(), account
+
+    own, bucket = asyncio.run(run())
+    assert own == "123456789012"
+    assert bucket == "999999999999"  # the default road's: one set of buckets for the account
+    assert Counter(emulator.stats().get("GetCallerIdentity", {})) == {"ok": 1}
+
+
 def test_the_cache_closes_the_least_recently_used_idle_road_never_one_in_use(
     emulator: EmulatorProcess, lab_credentials: None, redis_url: str
 ) -> None:

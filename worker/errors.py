@@ -42,6 +42,9 @@ SQS_TRANSIENT_CODES = frozenset({"RequestThrottled", "KmsThrottled", "OverLimit"
 # of a chained role) is retried: the next attempt signs with the refreshed set.
 STS_TRANSIENT_CODES = frozenset({"IDPCommunicationError", "ExpiredToken", "RequestExpired"})
 STS_OPERATIONS = frozenset({"AssumeRole", "GetCallerIdentity"})
+# Elastic Load Balancing v2's (a load-balancer target's health, mirrorq/targets.py): its
+# failures are named after it, not EC2.
+ELBV2_OPERATIONS = frozenset({"DescribeLoadBalancers"})
 TRANSIENT_CODES = THROTTLING_CODES | SERVER_CODES | SQS_TRANSIENT_CODES | STS_TRANSIENT_CODES
 # Everything else EC2 answers is permanent: validation, *.NotFound, quota *LimitExceeded,
 # IdempotentParameterMismatch, UnauthorizedOperation... Retrying cannot change the answer.
@@ -92,7 +95,7 @@ class Failure:
     code: str
     message: str
     action: Action
-    operation: str | None = None  # the EC2 action that failed, when EC2 (or a proxy) answered
+    operation: str | None = None  # the action that failed, when EC2 (STS, elbv2, a proxy) answered
 
     @property
     def retryable(self) -> bool:
@@ -102,6 +105,15 @@ class Failure:
     def throttled(self) -> bool:
         """EC2 throttled the call (STS throttling a role's AssumeRole spends no EC2 bucket)."""
         return self.code in THROTTLING_CODES and self.operation not in STS_OPERATIONS
+
+    @property
+    def service(self) -> str:
+        """Who answered, as a message names it: EC2 unless the action was another's."""
+        if self.operation in ELBV2_OPERATIONS:
+            return "Elastic Load Balancing"
+        if self.operation in STS_OPERATIONS:
+            return "STS"
+        return "EC2"
 
     @property
     def not_found(self) -> bool:

@@ -205,9 +205,8 @@ class Roads:
         # and ExternalId, shared by its open roads, dropped with the last of them.
         self._roles: dict[tuple[str, str | None], AssumedRoleCredentials] = {}
         self._lock = asyncio.Lock()
-        self._default_account: str | None = (
-            settings.aws_account_id if AWS_ACCOUNT_ID.fullmatch(settings.aws_account_id) else None
-        )
+        self._default_account: str | None = None  # STS's answer, once it has given one
+        self._account_lock = asyncio.Lock()
         self.closed = 0  # roads closed to keep the cache to its size
 
     @asynccontextmanager
@@ -229,13 +228,37 @@ class Roads:
             await self._trim()
 
     async def default_account(self) -> str | None:
-        """The default credentials' account id: MIRRORQ_AWS_ACCOUNT_ID when it is one (12
-        digits), else STS's GetCallerIdentity (asked once a process; None while STS cannot
-        say). Never a name the setting gives the fleet (`prod`): the callers compare it with
-        targets' OwnerId, events' and roles' accounts, all real ids."""
-        if self._default_account is None:
-            self._default_account = await self._caller_account()
-        return self._default_account
+        """The default credentials' account id, from STS GetCallerIdentity (asked once a
+        process). The callers compare it with targets' OwnerId, events' and roles' accounts,
+        all real ids, so the credentials' own answer wins over MIRRORQ_AWS_ACCOUNT_ID, which
+        is the fleet's scope name first (`prod`, or an id): a 12-digit value that disagrees
+        is said once, in a WARNING. While STS cannot say: a 12-digit value is taken (and
+        kept: STS is not asked again), a name gives None (asked again for the next road)."""
+        async with self._account_lock:
+            if self._default_account is None:
+                self._default_account = await self._learn_account()
+            return self._default_account
+
+    async def _learn_account(self) -> str | None:
+        setting = self.settings.aws_account_id
+        numbered = setting if AWS_ACCOUNT_ID.fullmatch(setting) else None
+        caller = await self._caller_account()
+        if caller is None:
+            return numbered
+        if numbered is not None and numbered != caller:
+            log.warning(
+                "MIRRORQ_AWS_ACCOUNT_ID is %s, but the credentials are account %s (STS "
+                "GetCallerIdentity): %s is taken for the account that owns targets and events, "
+                "%s stays the fleet's scope name (its queue, its limiters). Set "
+                "MIRRORQ_AWS_ACCOUNT_ID=%s on every process of the fleet if that is its "
+                "account, or give it a name that is not 12 digits (`prod`).",
+                numbered,
+                caller,
+                caller,
+                numbered,
+                caller,
+            )
+        return caller
 
     def credentials(self, place: Place) -> AssumedRoleCredentials | None:
         """The open road's assumed-role credentials (shared with the role's other open roads)."""
@@ -281,7 +304,8 @@ class Roads:
     async def _bucket_account(self, place: Place) -> str:
         """The account whose EC2 buckets the place's calls spend, as the limiters' and leases'
         keys name it: the fleet's own name (MIRRORQ_AWS_ACCOUNT_ID, or `default`) for the
-        default credentials' account, whichever role reaches it; else the role's account."""
+        default credentials' account (STS's answer, whatever the setting says), whichever role
+        reaches it; else the role's account."""
         account = place.account_id
         if account is None:
             return self.settings.aws_account_id

@@ -88,7 +88,10 @@ def install(app: FastAPI) -> None:
     async def _ec2(_: Request, error: ClientError) -> JSONResponse:
         failure = classify(error)
         status = 503 if failure.retryable else 502
-        return answer(ApiError(status, failure.code, f"EC2 answered {failure.code}"))
+        said = f"{failure.service} answered {failure.code}"
+        if failure.operation:
+            said += f" to {failure.operation}"
+        return answer(ApiError(status, failure.code, said))
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, error: Exception) -> JSONResponse:
