@@ -272,3 +272,56 @@ def test_a_session_through_a_rule_s_second_filter_is_migrated_to_its_first() -> 
     done = plan_prune(state([dual], sessions, enis=enis), everything=True)
     assert [d.reason for d in done.deletions] == [Reason.FILTER_NOT_RULES]
     assert plan([dual], enis, sessions, {T: Target(T)}, set()).counts() == {"create": 1}
+
+
+# Review 2's helpers (tests/test_review2_defects.py), kept apart from this file's own.
+_RT, _RF = "tmt-0000000000000000a", "tmf-0000000000000000a"
+
+
+def _r2_eni(n: int, **tags: str) -> dict[str, Any]:
+    return {
+        "NetworkInterfaceId": f"eni-{n:017x}",
+        "InterfaceType": "interface",
+        "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()],
+    }
+
+
+def _r2_session(n: int, rule: str, target: str, flt: str = _RF) -> dict[str, Any]:
+    return {
+        "TrafficMirrorSessionId": f"tms-{n:017x}",
+        "NetworkInterfaceId": f"eni-{n % 100:017x}",
+        "TrafficMirrorTargetId": target,
+        "TrafficMirrorFilterId": flt,
+        "Tags": [{"Key": RULE_TAG, "Value": rule}],
+    }
+
+
+def test_a_filter_migration_on_an_eni_with_three_sessions_never_leaves_it_unmirrored() -> None:
+    """README: to move a rule to a new filter, list it first: 'a new one is made through the
+    new filter for each ENI, and `reconcile --prune` deletes the old ones in the same batch'.
+    An ENI already at EC2's 3 sessions (the rule's old-filter one and two made outside
+    mirrorq): the pass deletes the old one (filter_not_rules) and plans no create
+    (session_limit: the planner counts the session the same pass deletes). After the batch,
+    the ENI is mirrored by no session of the rule until another pass (a one-shot `reconcile
+    --prune` never)."""
+    other1, other2, f2 = "tmt-00000000000000001", "tmt-00000000000000002", "tmf-0000000000000000b"
+    prod = Rule("prod", Selectors(tags=(("Env", "prod"),)), (_RT,), f2, filter_choices=(f2, _RF))
+    enis = [_r2_eni(1, Env="prod")]
+    old = _r2_session(1, "prod", _RT)  # through F, the rule's second filter
+    outside = [
+        _r2_outside(_r2_session(101, "x", other1)),
+        _r2_outside(_r2_session(201, "x", other2)),
+    ]
+    sessions = [old, *outside]
+    read = PruneState([prod], [prod], [prod], {e["NetworkInterfaceId"]: e for e in enis}, sessions)
+    deleted = {d.session_id for d in plan_prune(read, everything=True).deletions}
+    made = plan([prod], enis, sessions, {_RT: Target(_RT)}, set())
+    creates = made.to_create()
+    assert not (old["TrafficMirrorSessionId"] in deleted and not creates), (
+        deleted,
+        made.counts(),
+    )
+
+
+def _r2_outside(session: dict[str, Any]) -> dict[str, Any]:
+    return {**session, "Tags": []}  # made outside mirrorq
