@@ -82,7 +82,7 @@ def run_pass(
     live = asyncio.run(read_live(settings, rules, health=True))
     found = compute(live, pending, region=settings.region, repairs=repairing)
     store_view(producer.store.client, found)
-    repairs = plan_repairs(live)
+    repairs = plan_repairs(live, pending)
     pruned = lifecycle.prune_live(settings, live, everything=prune, force=force)
     # Creates are planned as if the repairs were made: the moved sessions load their targets.
     plan = plan_read(after(live, repairs), pending)
