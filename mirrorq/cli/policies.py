@@ -241,11 +241,12 @@ def reconcile(
     _show_pass(done, console)
     assert done.batch_id is not None  # keep_empty
     click.echo(done.batch_id)
-    failed = False  # the first batch's, when a second pass follows it
-    if done.again:
-        done, failed = _pass_again(
-            done, settings, rules, producer, console, wait=wait, prune=prune, force=force
-        )
+    # ENIs at the session limit its deletes free: a second pass (and did the first batch fail?)
+    done, failed = (
+        _pass_again(done, settings, rules, producer, console, wait=wait, prune=prune, force=force)
+        if done.again
+        else (done, False)
+    )
     if wait:
         assert done.batch_id is not None  # keep_empty
         status = display.watch(producer, done.batch_id, console)
