@@ -9,7 +9,10 @@ never one its ENI already mirrors to through the session's filter, counting the 
 before it too (EC2 refuses a second such mirror: `AlreadyMirrored`). With no live target
 of the rule that can take it, the session is left as it is and the repair says why
 (`to_target` None). Only managed sessions (tag `mirrorq:rule`, naming a rule of the policy)
-are repaired: mirrorq changes nothing it does not manage.
+are repaired: mirrorq changes nothing it does not manage; and only a session its rule still
+wants there (its ENI matched by the rule's selectors): one on an ENI taken out of the rule's
+scope is not moved to a live sensor but judged by prune (mirrorq/prune.py, `eni_not_matched`).
+The mirrors pending jobs will make count as made, as for a create.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from tasks.contract import NOWHERE, Placement
 
 if TYPE_CHECKING:
     from mirrorq.bulk import Live
-    from mirrorq.planning import Target
+    from mirrorq.planning import Pending, Target
 
 
 @dataclass(frozen=True)
@@ -63,21 +66,31 @@ class Repair:
         return f"{self.eni_id}:retarget:{self.session_id}"
 
 
-def plan_repairs(live: Live) -> list[Repair]:
-    """Every managed session on a dead target, in every place read, and where it goes."""
+def plan_repairs(live: Live, pending: Iterable[Pending] = ()) -> list[Repair]:
+    """Every managed session on a dead target, in every place read, and where it goes.
+    `pending`: the mirrors of jobs not finished yet, which count as made (never a second
+    mirror of an ENI to a target through a filter a pending create or modify makes)."""
     views = live.views()
     sessions = _once(s for _, read in views for s in read.state.sessions)
+    pending = list(pending)
     load = Counter(s["TrafficMirrorTargetId"] for s in sessions)
+    load.update(p.target_id for p in pending)
     sources: dict[str, set[str]] = {}
     for s in sessions:
         sources.setdefault(s["TrafficMirrorTargetId"], set()).add(s["NetworkInterfaceId"])
+    for p in pending:
+        sources.setdefault(p.target_id, set()).add(p.eni_id)
     repairs: list[Repair] = []
     for place, read in views:
         rules = {r.name: r for r in read.state.rules}
-        zones = {e["NetworkInterfaceId"]: e.get("AvailabilityZone") for e in read.state.enis}
+        enis = {e["NetworkInterfaceId"]: e for e in read.state.enis}
+        zones = {eni_id: e.get("AvailabilityZone") for eni_id, e in enis.items()}
         on_eni: dict[str, list[dict[str, Any]]] = {}
         for s in read.state.sessions:
             on_eni.setdefault(s["NetworkInterfaceId"], []).append(s)
+        for p in pending:
+            made = {"TrafficMirrorTargetId": p.target_id, "TrafficMirrorFilterId": p.filter_id}
+            on_eni.setdefault(p.eni_id, []).append(made)
         for s in sorted(read.state.sessions, key=lambda s: s["TrafficMirrorSessionId"]):
             name, target = rule_of(s), s["TrafficMirrorTargetId"]
             health = read.health.get(target)
@@ -85,6 +98,8 @@ def plan_repairs(live: Live) -> list[Repair]:
                 continue
             rule = rules[name]
             eni = s["NetworkInterfaceId"]
+            if eni not in enis or not rule.selectors.matches(enis[eni]):
+                continue  # its rule no longer wants it: prune judges it (eni_not_matched)
             mirrored = {
                 o["TrafficMirrorTargetId"]
                 for o in on_eni.get(eni, [])

@@ -5,8 +5,8 @@ A session is judged only when it is mirrorq's (tagged `mirrorq:rule`: mirrorq/ma
 a policy's rule (not `mirrorq mirror`'s), on an ENI this place describes (an owner of a shared
 target lists its sharers' sessions too: theirs to judge), and, when its rule is planned here,
 mirroring to a live target (such a session on a dead target is moved by dark-session repair,
-mirrorq/dark.py, never deleted; a session on a dead target whose rule is gone is judged: no
-repair will move it). Its rule then wants it unless:
+mirrorq/dark.py, never deleted; a session on a dead target whose rule is gone, or whose ENI
+its rule no longer matches, is judged: no repair will move it). Its rule then wants it unless:
 
 - `rule_gone`: no rule of the policy has its name, or its rule does not apply to this
   account-Region any more;
@@ -127,7 +127,11 @@ def plan_prune(state: PruneState, *, everything: bool = False) -> PrunePlan:
         managed += 1
         if name == MIRROR_RULE:
             continue
-        if name in here and session.get("TrafficMirrorTargetId") in state.dead_targets:
+        if (
+            name in here
+            and session.get("TrafficMirrorTargetId") in state.dead_targets
+            and here[name].selectors.matches(dict(eni))
+        ):
             continue  # dark-session repair moves it (mirrorq/dark.py: its rule's sessions)
         rule = by_name.get(name)
         if rule is None:

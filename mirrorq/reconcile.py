@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from config import Settings
@@ -26,6 +26,7 @@ from mirrorq.coverage import Coverage, compute, store_view
 from mirrorq.dark import Repair, after, plan_repairs
 from mirrorq.planning import Outcome, Plan
 from mirrorq.policy_watch import RulesSource, rules_now
+from mirrorq.prune import Deletion
 from mirrorq.rules import Rule
 from tasks import keys
 from tasks.producer import Producer
@@ -57,6 +58,8 @@ class Pass:
     repairs: list[Repair] = field(default_factory=list)  # dark sessions found, and where to
     coverage: Coverage | None = None  # as the pass found it, before its jobs
     pruned: lifecycle.Pruned = field(default_factory=lifecycle.Pruned)  # with --prune or `prune`
+    # ENIs at EC2's session limit the batch's deletes free: planned again once it ended
+    again: list[str] = field(default_factory=list)
 
 
 def run_pass(
@@ -82,11 +85,12 @@ def run_pass(
     live = asyncio.run(read_live(settings, rules, health=True))
     found = compute(live, pending, region=settings.region, repairs=repairing)
     store_view(producer.store.client, found)
-    repairs = plan_repairs(live)
+    repairs = plan_repairs(live, pending)
     pruned = lifecycle.prune_live(settings, live, everything=prune, force=force)
     # Creates are planned as if the repairs were made: the moved sessions load their targets.
     plan = plan_read(after(live, repairs), pending)
     noted = {"prune": pruned.summary()} if pruned.plans else None
+    again = [] if dry_run else after_prune(plan, pruned.deletions)
     batch_id = submit_gaps(
         producer,
         plan,
@@ -108,7 +112,20 @@ def run_pass(
         if wait_s is not None:
             status = producer.wait_batch(batch_id, timeout=wait_s)
             counts = dict(status["counts"]) if status else {}
-    return Pass(number, plan, batch_id, counts, repairs, found, pruned)
+    return Pass(number, plan, batch_id, counts, repairs, found, pruned, again)
+
+
+def after_prune(plan: Plan, deletions: Iterable[Deletion]) -> list[str]:
+    """The ENIs the plan skips at EC2's session limit (3 per ENI) from which the same pass
+    deletes a session (`--prune`: a filter migration's old session, one no rule wants). The
+    create is not planned into the slot that delete frees: the jobs of a batch run in no
+    order, and EC2 refuses a 4th session (TrafficMirrorSessionsPerInterfaceLimitExceeded,
+    permanent), so a create run before the delete would fail. Such an ENI is planned again
+    by a pass once the batch (its deletes) ended: `reconcile` run once runs that pass itself,
+    `--every` at once instead of a period later."""
+    deleting = {d.eni_id for d in deletions}
+    skipped = {i.eni_id for i in plan.items if i.outcome is Outcome.SESSION_LIMIT}
+    return sorted(skipped & deleting)
 
 
 def summary(done: Pass) -> str:
@@ -142,6 +159,8 @@ def summary(done: Pass) -> str:
     ]
     if notes:
         line += "; " + "; ".join(map(str, notes))
+    if done.again:
+        line += f"; {len(done.again)} ENI(s) at the session limit planned again after its deletes"
     line += f"; batch {done.batch_id or 'none'}"
     if done.counts:
         created = done.counts.get(JobStatus.CREATED, 0) + done.counts.get(JobStatus.DRY_RUN_OK, 0)
@@ -189,4 +208,7 @@ def reconcile_every(
             log.info(summary(done))
         except Exception:  # EC2 or Redis away: this pass is lost, the next one tries again
             log.warning("pass %d failed; the next one tries again", number, exc_info=True)
+            done = None
+        if done is not None and done.again and done.counts:
+            continue  # its deletes ended (it waited): plan the ENIs they freed at once
         stop.wait(max(0.0, started + every_s - time.monotonic()))

@@ -8,8 +8,9 @@ from typing import Any
 from mirrorq.bulk import Live, PlaceRead, plan_read
 from mirrorq.coverage import Coverage, EniCoverage, RuleCoverage, compute, percent
 from mirrorq.dark import after, plan_repairs
-from mirrorq.managed import rule_tag
+from mirrorq.managed import RULE_TAG, rule_tag
 from mirrorq.planning import PlaceState, Target
+from mirrorq.prune import PruneState, plan_prune
 from mirrorq.rules import Choose, Rule, Selectors
 from mirrorq.targets import Health, health_of
 from tasks.contract import NOWHERE
@@ -328,3 +329,91 @@ def test_the_gate_compares_the_exact_share_not_the_figure_shown() -> None:
     assert (almost.percent, almost.under(100), almost.under(99.99)) == (99.99, True, False)
     assert not of(0, 0).under(100)
     assert not of(5, 5).under(100)
+
+
+# Review 2's helpers (tests/test_review2_defects.py), kept apart from this file's own.
+_RF = "tmf-0000000000000000a"
+
+
+def _r2_eni(n: int, **tags: str) -> dict[str, Any]:
+    return {
+        "NetworkInterfaceId": f"eni-{n:017x}",
+        "InterfaceType": "interface",
+        "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()],
+    }
+
+
+def _r2_session(n: int, rule: str, target: str, flt: str = _RF) -> dict[str, Any]:
+    return {
+        "TrafficMirrorSessionId": f"tms-{n:017x}",
+        "NetworkInterfaceId": f"eni-{n % 100:017x}",
+        "TrafficMirrorTargetId": target,
+        "TrafficMirrorFilterId": flt,
+        "Tags": [{"Key": RULE_TAG, "Value": rule}],
+    }
+
+
+def test_a_dark_session_its_rule_no_longer_wants_is_not_revived_and_reports_agree() -> None:
+    """Rule web (targets A, B) no longer matches ENI 1 (Env=dev now), whose web session is on
+    A, now dead. Coverage lists the session unwanted (eni_not_matched); `policy plan --prune`
+    (plan_prune) does not list it (a dead target's session of a policy rule: 'repair moves
+    it'); and the repair points it at B, the live sensor: the pass mirrors an ENI its rule
+    excluded (a tag removed to take it out of mirroring) to a live sensor, and deletes it
+    only at the next pass. Coverage and prune must agree, and a repair never revive a
+    session its rule does not want."""
+    from mirrorq.bulk import Live, PlaceRead
+    from mirrorq.coverage import compute
+    from mirrorq.dark import plan_repairs
+    from mirrorq.planning import PlaceState
+    from mirrorq.targets import Health
+    from tasks.contract import NOWHERE
+
+    a, b = "tmt-aaaaaaaaaaaaaaaaa", "tmt-bbbbbbbbbbbbbbbbb"
+    web = Rule("web", Selectors(tags=(("Env", "prod"),)), (a, b), _RF, prune=True)
+    dev = {**_r2_eni(1, Env="dev"), "AvailabilityZone": "us-east-1a"}
+    dark = _r2_session(1, "web", a)
+    health = {a: Health(a, live=False, reason="instance_terminated"), b: Health(b, live=True)}
+    state = PlaceState([web], [], [dark], {a: Target(a), b: Target(b)}, set(), {})
+    live = Live([web], [NOWHERE], [PlaceRead(state, [], set(), health)])
+    unwanted = [u.session_id for u in compute(live).unwanted]
+    read = PruneState([web], [web], [web], {dev["NetworkInterfaceId"]: dev}, [dark], frozenset({a}))
+    pruned = [d.session_id for d in plan_prune(read, everything=True).deletions]
+    moved = [r.session_id for r in plan_repairs(live) if r.to_target is not None]
+    assert unwanted == pruned, (unwanted, pruned, moved)
+    assert moved == [], moved
+
+
+def test_a_repair_never_moves_a_session_onto_a_mirror_a_pending_job_makes() -> None:
+    """ENI 1: web's session through F on A (dead); pci's create of ENI 1 to B through F is
+    pending (submitted by the listener a moment ago, or by an earlier pass, still queued).
+    reconcile (run_pass: plan_repairs(live), then plan_read(after(live, repairs), pending))
+    moves web's session to B too: whichever of the two jobs runs second ends AlreadyMirrored
+    (README: 'Nor is a session moved to a target its ENI already mirrors to through that
+    filter'; pending mirrors 'count as made, for the rule and for the ENI')."""
+    from mirrorq.bulk import Live, PlaceRead
+    from mirrorq.dark import plan_repairs
+    from mirrorq.planning import Pending, PlaceState
+    from mirrorq.targets import Health
+    from tasks.contract import NOWHERE
+
+    a, b = "tmt-aaaaaaaaaaaaaaaaa", "tmt-bbbbbbbbbbbbbbbbb"
+    prod = Selectors(tags=(("Env", "prod"),))
+    web = Rule("web", prod, (a, b), _RF)
+    pci = Rule("pci", prod, (b,), _RF)
+    one = {**_r2_eni(1, Env="prod"), "AvailabilityZone": "us-east-1a"}
+    health = {a: Health(a, live=False, reason="instance_terminated"), b: Health(b, live=True)}
+    state = PlaceState(
+        [web, pci], [one], [_r2_session(1, "web", a)], {a: Target(a), b: Target(b)}, set(), {}
+    )
+    live = Live([web, pci], [NOWHERE], [PlaceRead(state, [], set(), health)])
+    pending = [Pending("job-pci", one["NetworkInterfaceId"], b, _RF)]
+    repairs = plan_repairs(live, pending)
+    onto_pending = [
+        r
+        for r in repairs
+        if r.to_target is not None
+        and any(
+            (p.eni_id, p.target_id, p.filter_id) == (r.eni_id, r.to_target, _RF) for p in pending
+        )
+    ]
+    assert onto_pending == [], onto_pending

@@ -355,3 +355,65 @@ def test_a_rule_with_two_filters_in_one_place_mirrors_each_eni_once(
     assert {s["TrafficMirrorFilterId"] for s in sessions(emulator.url)} == {new}
     found = mirrorq(env, "coverage", "--policy", str(policy), "--json")
     assert json.loads(found.stdout)["unwanted"] == [], found.stderr[-3000:]
+
+
+def test_a_filter_migration_end_to_end_leaves_an_eni_at_three_sessions_unmirrored(
+    emulator: Any, env: dict[str, str], tmp_path: Any, start_worker: Any
+) -> None:
+    """test_prune.py's two-filter migration, one ENI of the three already carrying two
+    sessions made outside mirrorq (to another sensor, through each filter): after one
+    `reconcile --prune --force --wait`, that ENI has no session to the rule's target."""
+    import subprocess
+
+    from emulator.lab import lab_client, seed_lab
+    from mirrorq.processes import MIRRORQ
+    from tests.helpers import sessions
+
+    ec2 = lab_client(emulator.url)
+    lab = seed_lab(emulator.url, 3)
+    target, other, old = lab["target_ids"]["nlb"], lab["target_ids"]["eni"], lab["filter_id"]
+    new = ec2.create_traffic_mirror_filter(Description="new")["TrafficMirrorFilter"][
+        "TrafficMirrorFilterId"
+    ]
+    for eni in lab["eni_ids"]:
+        ec2.create_traffic_mirror_session(
+            NetworkInterfaceId=eni,
+            TrafficMirrorTargetId=target,
+            TrafficMirrorFilterId=old,
+            SessionNumber=1,
+            TagSpecifications=[
+                {
+                    "ResourceType": "traffic-mirror-session",
+                    "Tags": [{"Key": RULE_TAG, "Value": "dual"}],
+                }
+            ],
+        )
+    full = lab["eni_ids"][0]
+    for n, flt in ((2, old), (3, new)):  # outside mirrorq: ENI 0 at EC2's 3 sessions
+        ec2.create_traffic_mirror_session(
+            NetworkInterfaceId=full,
+            TrafficMirrorTargetId=other,
+            TrafficMirrorFilterId=flt,
+            SessionNumber=n,
+        )
+    policy = tmp_path / "p.toml"
+    policy.write_text(
+        f'[[rules]]\nname = "dual"\nvpc = ["{lab["vpc_id"]}"]\ntarget = "{target}"\n'
+        f'filters = ["{new}", "{old}"]\n'
+    )
+    start_worker()
+    done = subprocess.run(
+        [*MIRRORQ, "reconcile", "--policy", str(policy), "--prune", "--force", "--wait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    mirrored = {
+        s["NetworkInterfaceId"]
+        for s in sessions(emulator.url)
+        if s["TrafficMirrorTargetId"] == target
+    }
+    assert sorted(set(lab["eni_ids"]) - mirrored) == [], done.stdout[-1500:] + done.stderr[-1500:]

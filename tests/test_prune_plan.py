@@ -11,6 +11,7 @@ from mirrorq.eligibility import unsupported
 from mirrorq.managed import MIRROR_RULE, RULE_TAG, managed_fields, rule_of
 from mirrorq.planning import Outcome, Target, plan, planned_jobs
 from mirrorq.prune import PrunePlan, PruneState, Reason, guard, plan_prune
+from mirrorq.reconcile import after_prune
 from mirrorq.rules import Rule, Selectors, SessionOptions
 from tasks.contract import Placement
 
@@ -48,7 +49,9 @@ def state(policy: list[Rule], sessions: list[dict[str, Any]], **kw: Any) -> Prun
 
 def test_only_managed_sessions_no_rule_wants_are_pruned_each_with_its_reason() -> None:
     enis = [eni(1, Env="prod"), eni(2, Env="dev"), eni(3, Env="prod"), eni(4, Env="prod")]
-    enis += [eni(5, Env="prod", Role="db"), eni(6, Env="prod"), eni(7, Env="dev")]
+    # ENI 7 still matched: its dark session is its rule's to repair (one on an ENI its rule
+    # no longer matches is judged: test_a_dark_session_its_rule_no_longer_wants_...)
+    enis += [eni(5, Env="prod", Role="db"), eni(6, Env="prod"), eni(7, Env="prod")]
     sessions = [
         session(1, "prod"),  # wanted
         session(2, "prod"),  # ENI lost its tag
@@ -376,3 +379,65 @@ def test_a_rule_s_own_dark_session_being_repaired_is_its_mirror_not_a_gap() -> N
     assert [r.to_target for r in repairs] == [B]
     assert plan_read(after(live, repairs)).counts() == {"already_mirrored": 1}
     assert plan_read(live).counts() == {"already_mirrored": 1}
+
+
+# Review 2's helpers (tests/test_review2_defects.py), kept apart from this file's own.
+_RT, _RF = "tmt-0000000000000000a", "tmf-0000000000000000a"
+
+
+def _r2_eni(n: int, **tags: str) -> dict[str, Any]:
+    return {
+        "NetworkInterfaceId": f"eni-{n:017x}",
+        "InterfaceType": "interface",
+        "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()],
+    }
+
+
+def _r2_session(n: int, rule: str, target: str, flt: str = _RF) -> dict[str, Any]:
+    return {
+        "TrafficMirrorSessionId": f"tms-{n:017x}",
+        "NetworkInterfaceId": f"eni-{n % 100:017x}",
+        "TrafficMirrorTargetId": target,
+        "TrafficMirrorFilterId": flt,
+        "Tags": [{"Key": RULE_TAG, "Value": rule}],
+    }
+
+
+def test_a_filter_migration_on_an_eni_with_three_sessions_never_leaves_it_unmirrored() -> None:
+    """README: to move a rule to a new filter, list it first: 'a new one is made through the
+    new filter for each ENI, and `reconcile --prune` deletes the old ones in the same batch'.
+    An ENI already at EC2's 3 sessions (the rule's old-filter one and two made outside
+    mirrorq): the pass deletes the old one (filter_not_rules) and plans no create
+    (session_limit: the planner counts the session the same pass deletes). After the batch,
+    the ENI is mirrored by no session of the rule until another pass (a one-shot `reconcile
+    --prune` never)."""
+    other1, other2, f2 = "tmt-00000000000000001", "tmt-00000000000000002", "tmf-0000000000000000b"
+    prod = Rule("prod", Selectors(tags=(("Env", "prod"),)), (_RT,), f2, filter_choices=(f2, _RF))
+    enis = [_r2_eni(1, Env="prod")]
+    old = _r2_session(1, "prod", _RT)  # through F, the rule's second filter
+    outside = [
+        _r2_outside(_r2_session(101, "x", other1)),
+        _r2_outside(_r2_session(201, "x", other2)),
+    ]
+    sessions = [old, *outside]
+    read = PruneState([prod], [prod], [prod], {e["NetworkInterfaceId"]: e for e in enis}, sessions)
+    pruned = plan_prune(read, everything=True)
+    deleted = {d.session_id for d in pruned.deletions}
+    made = plan([prod], enis, sessions, {_RT: Target(_RT)}, set())
+    creates = made.to_create()
+    # The create is not planned into the slot the batch's delete frees (a batch's jobs run in
+    # no order: run first, EC2 refuses a 4th session); the pass names the ENI to plan again
+    # once its deletes ended (`reconcile` runs that pass itself), as that pass finds it.
+    again = after_prune(made, pruned.deletions)
+    left = [s for s in sessions if s["TrafficMirrorSessionId"] not in deleted]
+    then = plan([prod], enis, left, {_RT: Target(_RT)}, set()).to_create() if again else []
+    assert not (old["TrafficMirrorSessionId"] in deleted and not creates and not then), (
+        deleted,
+        made.counts(),
+        again,
+    )
+    assert [i.eni_id for i in then] == again == [enis[0]["NetworkInterfaceId"]]
+
+
+def _r2_outside(session: dict[str, Any]) -> dict[str, Any]:
+    return {**session, "Tags": []}  # made outside mirrorq

@@ -15,10 +15,12 @@ from tasks.errors import EXIT_FAILED, PolicyError, QueueError, UnknownResourceEr
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from config import Settings
     from mirrorq.planning import Plan
     from mirrorq.policy_watch import WatchedPolicy
     from mirrorq.reconcile import Pass
     from mirrorq.rules import Rule
+    from tasks.producer import Producer
 
 policy_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 metrics_port = click.option(
@@ -239,15 +241,67 @@ def reconcile(
     _show_pass(done, console)
     assert done.batch_id is not None  # keep_empty
     click.echo(done.batch_id)
+    # ENIs at the session limit its deletes free: a second pass (and did the first batch fail?)
+    done, failed = (
+        _pass_again(done, settings, rules, producer, console, wait=wait, prune=prune, force=force)
+        if done.again
+        else (done, False)
+    )
     if wait:
+        assert done.batch_id is not None  # keep_empty
         status = display.watch(producer, done.batch_id, console)
         if status is not None:
             console.print(display.counts_table(status))
             if not done.plan.unplanned and not done.pruned.refusals:
+                if failed:
+                    sys.exit(EXIT_FAILED)
                 exit_for_batch(status)
     if done.plan.unplanned:
         sys.exit(EXIT_FAILED)
     exit_if_refused(done.pruned)
+
+
+def _pass_again(
+    done: Pass,
+    settings: Settings,
+    rules: list[Rule],
+    producer: Producer,
+    console: Console,
+    *,
+    wait: bool,
+    prune: bool,
+    force: bool,
+) -> tuple[Pass, bool]:
+    """ENIs at EC2's session limit the pass's deletes free (mirrorq/reconcile.py
+    `after_prune`): once its batch ended, a second pass plans them. That pass, and whether
+    the first batch failed any job."""
+    from mirrorq import display
+    from mirrorq.reconcile import run_pass
+    from tasks.records import JobStatus
+
+    click.echo(
+        f"mirrorq: {len(done.again)} ENI(s) at EC2's session limit are planned again "
+        "once this batch's deletes ended",
+        err=True,
+    )
+    assert done.batch_id is not None
+    first = display.watch(producer, done.batch_id, console)
+    if first is not None and wait:
+        console.print(display.counts_table(first))
+    failed = bool(first and first["counts"].get(JobStatus.FAILED))
+    again = run_pass(
+        settings,
+        rules,
+        producer,
+        number=2,
+        keep_empty=True,
+        prune=prune,
+        force=force,
+    )
+    _show_pass(again, console)
+    assert again.batch_id is not None  # keep_empty
+    click.echo(again.batch_id)
+    return again, failed
 
 
 def _show_pass(done: Pass, console: Console) -> None:
