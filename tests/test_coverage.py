@@ -8,7 +8,7 @@ from typing import Any
 from mirrorq.bulk import Live, PlaceRead, plan_read
 from mirrorq.coverage import Coverage, EniCoverage, RuleCoverage, compute, percent
 from mirrorq.dark import after, plan_repairs
-from mirrorq.managed import RULE_TAG, rule_tag
+from mirrorq.managed import rule_tag
 from mirrorq.planning import PlaceState, Target
 from mirrorq.prune import PruneState, plan_prune
 from mirrorq.rules import Choose, Rule, Selectors
@@ -331,28 +331,6 @@ def test_the_gate_compares_the_exact_share_not_the_figure_shown() -> None:
     assert not of(5, 5).under(100)
 
 
-# Review 2's helpers (tests/test_review2_defects.py), kept apart from this file's own.
-_RF = "tmf-0000000000000000a"
-
-
-def _r2_eni(n: int, **tags: str) -> dict[str, Any]:
-    return {
-        "NetworkInterfaceId": f"eni-{n:017x}",
-        "InterfaceType": "interface",
-        "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()],
-    }
-
-
-def _r2_session(n: int, rule: str, target: str, flt: str = _RF) -> dict[str, Any]:
-    return {
-        "TrafficMirrorSessionId": f"tms-{n:017x}",
-        "NetworkInterfaceId": f"eni-{n % 100:017x}",
-        "TrafficMirrorTargetId": target,
-        "TrafficMirrorFilterId": flt,
-        "Tags": [{"Key": RULE_TAG, "Value": rule}],
-    }
-
-
 def test_a_dark_session_its_rule_no_longer_wants_is_not_revived_and_reports_agree() -> None:
     """Rule web (targets A, B) no longer matches ENI 1 (Env=dev now), whose web session is on
     A, now dead. Coverage lists the session unwanted (eni_not_matched); `policy plan --prune`
@@ -369,9 +347,9 @@ def test_a_dark_session_its_rule_no_longer_wants_is_not_revived_and_reports_agre
     from tasks.contract import NOWHERE
 
     a, b = "tmt-aaaaaaaaaaaaaaaaa", "tmt-bbbbbbbbbbbbbbbbb"
-    web = Rule("web", Selectors(tags=(("Env", "prod"),)), (a, b), _RF, prune=True)
-    dev = {**_r2_eni(1, Env="dev"), "AvailabilityZone": "us-east-1a"}
-    dark = _r2_session(1, "web", a)
+    web = Rule("web", Selectors(tags=(("Env", "prod"),)), (a, b), F, prune=True)
+    dev = eni(1, env="dev")
+    dark = session(1, a)
     health = {a: Health(a, live=False, reason="instance_terminated"), b: Health(b, live=True)}
     state = PlaceState([web], [], [dark], {a: Target(a), b: Target(b)}, set(), {})
     live = Live([web], [NOWHERE], [PlaceRead(state, [], set(), health)])
@@ -398,22 +376,18 @@ def test_a_repair_never_moves_a_session_onto_a_mirror_a_pending_job_makes() -> N
 
     a, b = "tmt-aaaaaaaaaaaaaaaaa", "tmt-bbbbbbbbbbbbbbbbb"
     prod = Selectors(tags=(("Env", "prod"),))
-    web = Rule("web", prod, (a, b), _RF)
-    pci = Rule("pci", prod, (b,), _RF)
-    one = {**_r2_eni(1, Env="prod"), "AvailabilityZone": "us-east-1a"}
+    web = Rule("web", prod, (a, b), F)
+    pci = Rule("pci", prod, (b,), F)
+    one = eni(1)
     health = {a: Health(a, live=False, reason="instance_terminated"), b: Health(b, live=True)}
-    state = PlaceState(
-        [web, pci], [one], [_r2_session(1, "web", a)], {a: Target(a), b: Target(b)}, set(), {}
-    )
+    state = PlaceState([web, pci], [one], [session(1, a)], {a: Target(a), b: Target(b)}, set(), {})
     live = Live([web, pci], [NOWHERE], [PlaceRead(state, [], set(), health)])
-    pending = [Pending("job-pci", one["NetworkInterfaceId"], b, _RF)]
+    pending = [Pending("job-pci", one["NetworkInterfaceId"], b, F)]
     repairs = plan_repairs(live, pending)
     onto_pending = [
         r
         for r in repairs
         if r.to_target is not None
-        and any(
-            (p.eni_id, p.target_id, p.filter_id) == (r.eni_id, r.to_target, _RF) for p in pending
-        )
+        and any((p.eni_id, p.target_id, p.filter_id) == (r.eni_id, r.to_target, F) for p in pending)
     ]
     assert onto_pending == [], onto_pending

@@ -381,28 +381,6 @@ def test_a_rule_s_own_dark_session_being_repaired_is_its_mirror_not_a_gap() -> N
     assert plan_read(live).counts() == {"already_mirrored": 1}
 
 
-# Review 2's helpers (tests/test_review2_defects.py), kept apart from this file's own.
-_RT, _RF = "tmt-0000000000000000a", "tmf-0000000000000000a"
-
-
-def _r2_eni(n: int, **tags: str) -> dict[str, Any]:
-    return {
-        "NetworkInterfaceId": f"eni-{n:017x}",
-        "InterfaceType": "interface",
-        "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()],
-    }
-
-
-def _r2_session(n: int, rule: str, target: str, flt: str = _RF) -> dict[str, Any]:
-    return {
-        "TrafficMirrorSessionId": f"tms-{n:017x}",
-        "NetworkInterfaceId": f"eni-{n % 100:017x}",
-        "TrafficMirrorTargetId": target,
-        "TrafficMirrorFilterId": flt,
-        "Tags": [{"Key": RULE_TAG, "Value": rule}],
-    }
-
-
 def test_a_filter_migration_on_an_eni_with_three_sessions_never_leaves_it_unmirrored() -> None:
     """README: to move a rule to a new filter, list it first: 'a new one is made through the
     new filter for each ENI, and `reconcile --prune` deletes the old ones in the same batch'.
@@ -412,32 +390,28 @@ def test_a_filter_migration_on_an_eni_with_three_sessions_never_leaves_it_unmirr
     the ENI is mirrored by no session of the rule until another pass (a one-shot `reconcile
     --prune` never)."""
     other1, other2, f2 = "tmt-00000000000000001", "tmt-00000000000000002", "tmf-0000000000000000b"
-    prod = Rule("prod", Selectors(tags=(("Env", "prod"),)), (_RT,), f2, filter_choices=(f2, _RF))
-    enis = [_r2_eni(1, Env="prod")]
-    old = _r2_session(1, "prod", _RT)  # through F, the rule's second filter
+    prod = Rule("prod", Selectors(tags=(("Env", "prod"),)), (T,), f2, filter_choices=(f2, F))
+    enis = [eni(1, Env="prod")]
+    old = session(1, "prod", T)  # through F, the rule's second filter
     outside = [
-        _r2_outside(_r2_session(101, "x", other1)),
-        _r2_outside(_r2_session(201, "x", other2)),
+        session(101, None, other1),
+        session(201, None, other2),
     ]
     sessions = [old, *outside]
     read = PruneState([prod], [prod], [prod], {e["NetworkInterfaceId"]: e for e in enis}, sessions)
     pruned = plan_prune(read, everything=True)
     deleted = {d.session_id for d in pruned.deletions}
-    made = plan([prod], enis, sessions, {_RT: Target(_RT)}, set())
+    made = plan([prod], enis, sessions, {T: Target(T)}, set())
     creates = made.to_create()
     # The create is not planned into the slot the batch's delete frees (a batch's jobs run in
     # no order: run first, EC2 refuses a 4th session); the pass names the ENI to plan again
     # once its deletes ended (`reconcile` runs that pass itself), as that pass finds it.
     again = after_prune(made, pruned.deletions)
     left = [s for s in sessions if s["TrafficMirrorSessionId"] not in deleted]
-    then = plan([prod], enis, left, {_RT: Target(_RT)}, set()).to_create() if again else []
+    then = plan([prod], enis, left, {T: Target(T)}, set()).to_create() if again else []
     assert not (old["TrafficMirrorSessionId"] in deleted and not creates and not then), (
         deleted,
         made.counts(),
         again,
     )
     assert [i.eni_id for i in then] == again == [enis[0]["NetworkInterfaceId"]]
-
-
-def _r2_outside(session: dict[str, Any]) -> dict[str, Any]:
-    return {**session, "Tags": []}  # made outside mirrorq
